@@ -90,3 +90,7 @@ class ModelError(FailsoftError):
 
     status = 500
     failure_class = FailureClass.LOGIC
+
+
+class BackendLoadError(FailsoftError):
+    """A model that cannot be loaded as configured (raised at start-up)."""

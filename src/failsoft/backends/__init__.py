@@ -1,0 +1,70 @@
+"""Backends: how a model version's replicas are built from its configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from failsoft.backends.base import Replica
+from failsoft.backends.http import HttpReplica, SessionHolder
+from failsoft.backends.local import InProcessReplica, Predict
+from failsoft.backends.onnx import load_onnx
+from failsoft.backends.process import WorkerReplica, worker_spec
+from failsoft.backends.python import load_python
+from failsoft.backends.sklearn import load_sklearn
+from failsoft.config import (
+    HttpBackend,
+    ModelConfig,
+    OnnxBackend,
+    ProcessBackend,
+    PythonBackend,
+    SklearnBackend,
+)
+from failsoft.observe.events import EventBus
+
+__all__ = ["BuiltReplicas", "Replica", "build_replicas"]
+
+
+@dataclass
+class BuiltReplicas:
+    replicas: list[Replica]
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def _local_loader(
+    config: OnnxBackend | SklearnBackend | PythonBackend, model: ModelConfig
+) -> Callable[[], Predict]:
+    if isinstance(config, OnnxBackend):
+        return lambda: load_onnx(config, model.inputs, model.outputs)
+    if isinstance(config, SklearnBackend):
+        return lambda: load_sklearn(config, model.inputs, model.outputs)
+    return lambda: load_python(config)
+
+
+def build_replicas(
+    model_name: str, version_name: str, model: ModelConfig, bus: EventBus
+) -> BuiltReplicas:
+    config = model.versions[version_name]
+    if isinstance(config, HttpBackend):
+        sessions = SessionHolder(config.pool_size)
+        replicas: list[Replica] = [
+            HttpReplica(
+                f"r{i}",
+                url,
+                sessions,
+                config.remote_model or model_name,
+                config.remote_version,
+            )
+            for i, url in enumerate(config.urls)
+        ]
+        return BuiltReplicas(replicas, [sessions.close])
+    if isinstance(config, ProcessBackend):
+        sessions = SessionHolder(256)
+        spec = worker_spec(model_name, version_name, model, config)
+        workers: list[Replica] = [
+            WorkerReplica(f"w{i}", model_name, version_name, spec, config, sessions, bus)
+            for i in range(config.replicas)
+        ]
+        return BuiltReplicas(workers, [sessions.close])
+    load = _local_loader(config, model)
+    return BuiltReplicas([InProcessReplica(f"r{i}", load) for i in range(config.replicas)])

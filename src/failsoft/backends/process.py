@@ -1,0 +1,231 @@
+"""The process backend: supervised worker processes, each a replica.
+
+Each worker is a small failsoft serving one model version over V2 on a
+loopback port, so the gateway reaches it through the same ``HttpReplica``
+code path as any remote server: one path for balancing, breakers and
+ejection, and crash isolation for free.
+
+The supervisor restarts a worker that exits, with exponential backoff and
+full jitter (reset once a worker has stayed up for a while), and kills and
+replaces a worker that stops answering health probes (a hang). On close it
+sends SIGTERM so workers drain, and SIGKILL after the drain timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+
+import orjson
+
+from failsoft.backends.http import HttpReplica, SessionHolder
+from failsoft.call import Call
+from failsoft.config import ModelConfig, ProcessBackend
+from failsoft.errors import BackendLoadError, NotReady
+from failsoft.observe.events import EventBus, ReplicaStateChanged, WorkerRestarted
+from failsoft.protocol.types import InferRequest, Tensors
+
+log = logging.getLogger("failsoft.backends.process")
+
+STABLE_AFTER_S = 30.0  # a worker up this long resets its restart backoff
+
+
+def worker_spec(model: str, version: str, model_config: ModelConfig, backend: ProcessBackend) -> bytes:
+    """The configuration a worker serves: this model with one in-process version."""
+    spec = model_config.model_dump(mode="json")
+    spec["versions"] = {version: backend.worker.model_dump(mode="json")}
+    spec["default_version"] = version
+    return orjson.dumps({"model": model, "config": spec})
+
+
+class WorkerReplica:
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        version: str,
+        spec: bytes,
+        config: ProcessBackend,
+        sessions: SessionHolder,
+        bus: EventBus,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self._model = model
+        self._version = version
+        self._spec = spec
+        self._config = config
+        self._bus = bus
+        self._rng = rng or random.Random()
+        self._http = HttpReplica(name, "http://127.0.0.1:0", sessions, model, version)
+        self._process: asyncio.subprocess.Process | None = None
+        self._ready = False
+        self._closing = False
+        self._restarts = 0
+        self._consecutive_failures = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def available(self) -> bool:
+        return self._ready and not self._closing
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url
+
+    @property
+    def restarts(self) -> int:
+        return self._restarts
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name=f"supervise-{self.name}"),
+            asyncio.create_task(self._probe(), name=f"probe-{self.name}"),
+        ]
+
+    async def infer(self, request: InferRequest, call: Call) -> Tensors:
+        if not self.available:
+            raise NotReady(f"worker {self.name} is restarting")
+        return await self._http.infer(request, call)
+
+    async def health(self) -> bool:
+        return self.available and await self._http.health()
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._stop_process(self._config.drain_timeout_s)
+
+    async def _spawn(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        port = listener.getsockname()[1]
+        listener.set_inheritable(True)
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "failsoft.backends._worker",
+                "--fd", str(listener.fileno()), "--parent", str(os.getpid()),
+                stdin=asyncio.subprocess.PIPE,
+                pass_fds=(listener.fileno(),),
+            )
+        finally:
+            # The worker owns the socket now: when it dies, connects are refused at once.
+            listener.close()
+        assert self._process.stdin is not None
+        self._process.stdin.write(self._spec)
+        self._process.stdin.write_eof()
+        self._http.base_url = f"http://127.0.0.1:{port}"
+        await self._wait_ready()
+
+    async def _wait_ready(self) -> None:
+        process = self._process
+        assert process is not None
+        started = time.monotonic()
+        delay = 0.02
+        while time.monotonic() - started < self._config.startup_timeout_s:
+            if process.returncode is not None:
+                raise BackendLoadError(
+                    f"worker {self.name} exited with code {process.returncode} while starting"
+                )
+            if await self._http.health():
+                self._set_ready(True, "started")
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        await self._stop_process(0)
+        raise BackendLoadError(
+            f"worker {self.name} was not ready within {self._config.startup_timeout_s:g}s"
+        )
+
+    async def _supervise(self) -> None:
+        backoff = self._config.restart_backoff_s
+        while not self._closing:
+            process = self._process
+            assert process is not None
+            started = time.monotonic()
+            exit_code = await process.wait()
+            if self._closing:
+                return
+            self._set_ready(False, f"exited with code {exit_code}")
+            if time.monotonic() - started > STABLE_AFTER_S:
+                backoff = self._config.restart_backoff_s
+            # Full jitter: many workers crashing together do not restart in lockstep.
+            await asyncio.sleep(self._rng.uniform(0, backoff))
+            backoff = min(backoff * 2, self._config.restart_backoff_max_s)
+            old_pid = process.pid
+            try:
+                await self._spawn()
+            except BackendLoadError as error:
+                log.error("worker restart failed", extra={"replica": self.name, "error": str(error)})
+                continue
+            self._restarts += 1
+            self._bus.emit(
+                WorkerRestarted(self._model, self._version, self.name, old_pid, exit_code, "exited")
+            )
+            log.warning(
+                "worker restarted",
+                extra={"replica": self.name, "old_pid": old_pid, "pid": self.pid, "exit_code": exit_code},
+            )
+
+    async def _probe(self) -> None:
+        """Kill a worker that stops answering; _supervise then replaces it."""
+        while not self._closing:
+            await asyncio.sleep(self._config.probe_interval_s)
+            process = self._process
+            if not self._ready or process is None or process.returncode is not None:
+                continue
+            if await self._probe_once():
+                self._consecutive_failures = 0
+                continue
+            self._consecutive_failures += 1
+            if self._consecutive_failures >= self._config.probe_failures:
+                log.error(
+                    "worker not answering, killing it",
+                    extra={"replica": self.name, "pid": process.pid},
+                )
+                self._consecutive_failures = 0
+                self._set_ready(False, "hung")
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+
+    async def _probe_once(self) -> bool:
+        try:
+            return await asyncio.wait_for(self._http.health(), self._config.probe_timeout_s)
+        except TimeoutError:
+            return False
+
+    async def _stop_process(self, grace_s: float) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), grace_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    def _set_ready(self, ready: bool, reason: str) -> None:
+        if ready != self._ready:
+            self._ready = ready
+            self._bus.emit(ReplicaStateChanged(self._model, self._version, self.name, ready, reason))

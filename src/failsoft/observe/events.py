@@ -1,0 +1,65 @@
+"""The event bus: stages emit facts, observers (metrics, logs) subscribe.
+
+Strategies and backends never call an observer directly; they emit a small
+frozen event on the bus, and whoever cares subscribes. Dispatch is
+synchronous and cheap; an observer that raises is logged and skipped so a
+broken observer can never fail a request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from failsoft.errors import FailureClass
+
+log = logging.getLogger("failsoft.events")
+
+
+@dataclass(slots=True, frozen=True)
+class RequestFinished:
+    model: str
+    version: str
+    status: int
+    failure_class: FailureClass | None
+    seconds: float
+    replica: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class ReplicaStateChanged:
+    model: str
+    version: str
+    replica: str
+    available: bool
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerRestarted:
+    model: str
+    version: str
+    replica: str
+    pid: int
+    exit_code: int | None
+    reason: str
+
+
+Event = RequestFinished | ReplicaStateChanged | WorkerRestarted
+Observer = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._observers: list[Observer] = []
+
+    def subscribe(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def emit(self, event: Event) -> None:
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                log.exception("event observer failed", extra={"event_type": type(event).__name__})

@@ -1,0 +1,331 @@
+"""The data plane: a plain ASGI app speaking V2 and KServe V1 REST.
+
+No web framework: routing is a split of the path, which keeps the hot path
+short (see benchmarks/serve.py). Every error leaves as JSON ``{"error": ...}``
+with the status its exception carries; anything unexpected becomes a 500
+that names the request id and never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from failsoft import __version__
+from failsoft.call import Call
+from failsoft.config import ServerConfig
+from failsoft.data.contracts import check_outputs, check_request
+from failsoft.errors import BadRequest, FailsoftError, MethodNotAllowed, NotFound, NotReady
+from failsoft.observe.events import RequestFinished
+from failsoft.observe.logging import request_id_var
+from failsoft.observe.metrics import CONTENT_TYPE, Metrics
+from failsoft.protocol import v1, v2
+from failsoft.protocol.types import InferRequest, InferResponse
+from failsoft.runtime import ModelRuntime, Runtime
+from failsoft.server.admin import AdminRoutes
+from failsoft.server.http import (
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    json_body,
+    read_body,
+    send_response,
+)
+
+log = logging.getLogger("failsoft.server")
+access_log = logging.getLogger("failsoft.access")
+
+TIMEOUT_HEADER = b"failsoft-timeout-ms"
+OK_EMPTY = b"{}"
+
+
+@dataclass(slots=True)
+class Incoming:
+    """What the handlers need from one HTTP request."""
+
+    method: str
+    parts: list[str]
+    request_id: str
+    content_length: int | None
+    header_length: int | None
+    timeout_ms: int | None
+    authorization: str | None
+    receive: Receive
+
+
+@dataclass(slots=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: Headers
+    content_type: bytes = b"application/json"
+
+
+def _int_header(name: str, raw: bytes) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"header {name} must be a whole number, got {raw[:40]!r}") from None
+    if value < 0:
+        raise BadRequest(f"header {name} must not be negative")
+    return value
+
+
+class FailsoftApp:
+    def __init__(
+        self,
+        runtime: Runtime,
+        server: ServerConfig,
+        metrics: Metrics,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self._on_ready = on_ready
+        self.server = server
+        self.metrics = metrics
+        self.admin = AdminRoutes(runtime, server.resolved_admin_token())
+        runtime.bus.subscribe(metrics.observe)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.runtime.start()
+                except Exception as error:
+                    log.error("start-up failed", extra={"error": str(error)})
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+                if self._on_ready is not None:
+                    self._on_ready()
+            elif message["type"] == "lifespan.shutdown":
+                await self.runtime.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = None
+        content_length = header_length = timeout_ms = None
+        authorization = None
+        try:
+            for key, value in scope["headers"]:
+                if key == b"x-request-id":
+                    request_id = value[:128].decode("latin-1")
+                elif key == b"content-length":
+                    content_length = _int_header("content-length", value)
+                elif key == b"inference-header-content-length":
+                    header_length = _int_header("Inference-Header-Content-Length", value)
+                elif key == TIMEOUT_HEADER:
+                    timeout_ms = _int_header("Failsoft-Timeout-Ms", value)
+                elif key == b"authorization":
+                    authorization = value.decode("latin-1")
+        except BadRequest as error:
+            request_id = request_id or uuid.uuid4().hex
+            await self._send_error(send, error, request_id)
+            return
+        request_id = request_id or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        incoming = Incoming(
+            scope["method"], scope["path"].strip("/").split("/"), request_id,
+            content_length, header_length, timeout_ms, authorization, receive,
+        )
+        try:
+            answer = await self._route(incoming)
+        except FailsoftError as error:
+            answer = self._error_answer(error)
+        except Exception:
+            log.exception("unexpected error")
+            answer = Answer(
+                500, json_body({"error": f"internal error (request id {request_id})"}), []
+            )
+        finally:
+            request_id_var.reset(token)
+        answer.headers.append((b"x-request-id", request_id.encode("latin-1")))
+        await send_response(send, answer.status, answer.body, answer.headers, answer.content_type)
+        if self.server.access_log:
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id, "method": incoming.method, "path": scope["path"],
+                    "status": answer.status,
+                    "ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )
+
+    def _error_answer(self, error: FailsoftError) -> Answer:
+        headers: Headers = []
+        if isinstance(error, MethodNotAllowed):
+            headers.append((b"allow", error.allow.encode()))
+        elif error.status == 503:
+            headers.append((b"retry-after", b"1"))
+        return Answer(error.status, json_body({"error": error.message}), headers)
+
+    async def _send_error(self, send: Send, error: FailsoftError, request_id: str) -> None:
+        answer = self._error_answer(error)
+        answer.headers.append((b"x-request-id", request_id.encode("latin-1")))
+        await send_response(send, answer.status, answer.body, answer.headers)
+
+    async def _route(self, req: Incoming) -> Answer:
+        parts = req.parts
+        head = parts[0]
+        if head == "v2":
+            return await self._route_v2(req, parts)
+        if head == "v1" and len(parts) == 3 and parts[1] == "models":
+            name, _, verb = parts[2].partition(":")
+            if verb == "predict":
+                _expect(req, "POST")
+                return await self._infer(req, name, None, v1_codec=True)
+            if verb:
+                raise NotFound(f"unknown V1 verb {verb!r} (use :predict)")
+            _expect(req, "GET")
+            model = self.runtime.model(name)
+            return Answer(200, json_body({"name": name, "ready": model.ready}), [])
+        if head == "metrics" and len(parts) == 1:
+            _expect(req, "GET")
+            return Answer(200, self.metrics.render(), [], CONTENT_TYPE.encode())
+        if head == "admin":
+            status, body = self.admin.handle(req.method, parts[1:], req.authorization)
+            return Answer(status, body, [])
+        if head == "" and len(parts) == 1:
+            _expect(req, "GET")
+            return Answer(200, json_body(self._index()), [])
+        raise NotFound(f"no route for /{'/'.join(parts)}")
+
+    async def _route_v2(self, req: Incoming, parts: list[str]) -> Answer:
+        n = len(parts)
+        if n == 1:
+            _expect(req, "GET")
+            return Answer(200, json_body(v2.server_metadata(__version__)), [])
+        if parts[1] == "health" and n == 3 and parts[2] in ("live", "ready"):
+            _expect(req, "GET")
+            if parts[2] == "live":
+                return Answer(200, json_body({"live": True}), [])
+            if not self.runtime.ready:
+                raise NotReady("not ready: a model's default version has no available replica")
+            return Answer(200, json_body({"ready": True}), [])
+        if parts[1] != "models" or n < 3:
+            raise NotFound(f"no route for /{'/'.join(parts)}")
+        model_name = parts[2]
+        version_name: str | None = None
+        rest = parts[3:]
+        if rest[:1] == ["versions"]:
+            if len(rest) < 2:
+                raise NotFound("a version name is missing after /versions")
+            version_name = rest[1]
+            rest = rest[2:]
+        if not rest:
+            _expect(req, "GET")
+            return Answer(200, json_body(self._metadata(model_name, version_name)), [])
+        if rest == ["infer"]:
+            _expect(req, "POST")
+            return await self._infer(req, model_name, version_name, v1_codec=False)
+        if rest == ["ready"]:
+            _expect(req, "GET")
+            model = self.runtime.model(model_name)
+            if not model.version(version_name).ready:
+                raise NotReady(f"model {model_name!r} is not ready")
+            return Answer(200, json_body({"name": model_name, "ready": True}), [])
+        raise NotFound(f"no route for /{'/'.join(parts)}")
+
+    def _metadata(self, model_name: str, version_name: str | None) -> dict[str, object]:
+        model = self.runtime.model(model_name)
+        versions = [model.version(version_name).name] if version_name else list(model.versions)
+        return v2.model_metadata(
+            model_name, versions, model.config.platform, model.config.inputs, model.config.outputs
+        )
+
+    def _index(self) -> dict[str, object]:
+        return {
+            "name": "failsoft",
+            "version": __version__,
+            "models": {
+                name: {"versions": list(model.versions), "default_version": model.config.default,
+                       "ready": model.ready}
+                for name, model in self.runtime.models.items()
+            },
+        }
+
+    async def _infer(
+        self, req: Incoming, model_name: str, version_name: str | None, *, v1_codec: bool
+    ) -> Answer:
+        started = time.perf_counter()
+        model = self.runtime.model(model_name)
+        version = model.version(version_name)
+        status = 500
+        failure = None
+        replica_name = ""
+        try:
+            body = await read_body(req.receive, self.server.max_body_bytes, req.content_length)
+            request = self._decode(model, body, req.header_length, v1_codec)
+            check_request(request, model.config.inputs, model.config.outputs)
+            call = Call(req.request_id, model_name, version.name,
+                        time.monotonic() + self._timeout_s(model, req.timeout_ms), self.runtime.bus)
+            outputs, replica = await version.infer(request, call)
+            replica_name = replica.name
+            response = InferResponse(
+                model_name, version.name, check_outputs(outputs, model.config.outputs), request.id
+            )
+            answer = self._encode(response, request, v1_codec)
+            answer.headers.append(
+                (b"failsoft-served-by", f"{model_name}/{version.name}/{replica_name}".encode())
+            )
+            answer.headers.append((b"failsoft-degraded", b"false"))
+            status = 200
+            return answer
+        except FailsoftError as error:
+            status = error.status
+            failure = error.failure_class
+            if status >= 500:
+                log.warning("inference failed", extra={
+                    "model": model_name, "version": version.name, "status": status,
+                    "class": failure.value, "error": error.message,
+                })
+            raise
+        finally:
+            self.runtime.bus.emit(RequestFinished(
+                model_name, version.name, status, failure, time.perf_counter() - started,
+                replica_name,
+            ))
+
+    @staticmethod
+    def _timeout_s(model: ModelRuntime, requested_ms: int | None) -> float:
+        limit = model.config.timeout_ms
+        if requested_ms is not None and 0 < requested_ms < limit:
+            limit = requested_ms
+        return limit / 1000.0
+
+    @staticmethod
+    def _decode(
+        model: ModelRuntime, body: bytes, header_length: int | None, v1_codec: bool
+    ) -> InferRequest:
+        if v1_codec:
+            return v1.decode_predict_request(body, model.config.inputs)
+        return v2.decode_infer_request(body, header_length)
+
+    @staticmethod
+    def _encode(response: InferResponse, request: InferRequest, v1_codec: bool) -> Answer:
+        if v1_codec:
+            return Answer(200, v1.encode_predict_response(response), [])
+        body, header_length = v2.encode_infer_response(response, request)
+        headers: Headers = []
+        if header_length is not None:
+            headers.append((b"inference-header-content-length", str(header_length).encode()))
+            return Answer(200, body, headers, b"application/octet-stream")
+        return Answer(200, body, headers)
+
+
+def _expect(req: Incoming, method: str) -> None:
+    if req.method != method and not (method == "GET" and req.method == "HEAD"):
+        raise MethodNotAllowed(f"{req.method} is not allowed here; use {method}", method)

@@ -1,0 +1,91 @@
+"""Running the app on uvicorn (uvloop + httptools) on a socket we bind ourselves.
+
+Binding first means ``--port 0`` works: the real port is known, and logged,
+before the server starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from collections.abc import Callable
+
+import uvicorn
+
+from failsoft.config import Config
+from failsoft.observe.events import EventBus
+from failsoft.observe.logging import setup_logging
+from failsoft.observe.metrics import Metrics
+from failsoft.runtime import Runtime
+from failsoft.server.app import FailsoftApp
+
+log = logging.getLogger("failsoft.server")
+
+
+def build_app(config: Config, on_ready: Callable[[], None] | None = None) -> FailsoftApp:
+    return FailsoftApp(Runtime(config, EventBus()), config.server, Metrics(), on_ready)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise SystemExit(f"failsoft: cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.listen(2048)
+    return sock
+
+
+def serve_on_socket(
+    config: Config,
+    *,
+    fd: int | None = None,
+    sock: socket.socket | None = None,
+    role: str = "gateway",
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; exits with status 1 if the models fail to load."""
+    setup_logging(config.server.log_level)
+    if sock is None:
+        if fd is None:
+            raise ValueError("serve_on_socket needs a socket or a file descriptor")
+        sock = socket.socket(fileno=fd)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}"
+
+    def ready() -> None:
+        log.info("ready", extra={"url": url, "role": role})
+        if on_ready is not None:
+            on_ready(url)
+
+    app = build_app(config, ready)
+    uvicorn_config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+        backlog=2048,
+    )
+    server = uvicorn.Server(uvicorn_config)
+    log.info("listening", extra={"url": url, "role": role})
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(1)
+
+
+def serve(
+    config: Config,
+    host: str | None = None,
+    port: int | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    sock = bind(host or config.server.host, config.server.port if port is None else port)
+    serve_on_socket(config, sock=sock, on_ready=on_ready)
