@@ -36,7 +36,9 @@ class ServerProcess:
             stderr=subprocess.PIPE, env=self._env, start_new_session=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
-        ready = self.wait_for(lambda line: line.get("msg") == "ready", timeout)
+        ready = self.wait_for(
+            lambda line: line.get("msg") == "ready" and line.get("role") == "gateway", timeout
+        )
         self.url = ready["url"]
         return self
 

@@ -13,7 +13,9 @@ import orjson
 request_id_var: ContextVar[str | None] = ContextVar("failsoft_request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed with extra= and is logged.
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message", "asctime", "color_message",  # uvicorn's ANSI-coloured duplicate
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,6 +26,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            "pid": record.process,
         }
         request_id = request_id_var.get()
         if request_id is not None:

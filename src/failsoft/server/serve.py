@@ -7,6 +7,7 @@ before the server starts.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -75,6 +76,10 @@ def serve_on_socket(
         backlog=2048,
     )
     server = uvicorn.Server(uvicorn_config)
+    # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler
+    # that was installed before it; a no-op one lets a clean drain exit 0.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
     log.info("listening", extra={"url": url, "role": role})
     server.run(sockets=[sock])
     if not server.started:
