@@ -72,12 +72,16 @@ class ServerConfig(_Strict):
         return self.admin_token or os.environ.get("FAILSOFT_ADMIN_TOKEN") or None
 
 
+Execution = Literal["auto", "thread", "inline"]
+
+
 class OnnxBackend(_Strict):
     backend: Literal["onnx"]
     path: ConfigPath
     sha256: Sha256 | None = None
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
     threads: Annotated[int, Field(ge=1, le=64)] = 1
+    execution: Execution = "auto"
 
 
 class SklearnBackend(_Strict):
@@ -88,6 +92,7 @@ class SklearnBackend(_Strict):
     methods: dict[str, Literal["predict", "predict_proba", "decision_function", "transform"]] = (
         Field(default_factory=dict)
     )
+    execution: Execution = "auto"
 
     @model_validator(mode="after")
     def _pinned(self) -> SklearnBackend:
@@ -105,6 +110,7 @@ class PythonBackend(_Strict):
         str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:function")
     ]
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    execution: Execution = "auto"
 
 
 class HttpBackend(_Strict):

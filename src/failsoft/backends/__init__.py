@@ -67,4 +67,6 @@ def build_replicas(
         ]
         return BuiltReplicas(workers, [sessions.close])
     load = _local_loader(config, model)
-    return BuiltReplicas([InProcessReplica(f"r{i}", load) for i in range(config.replicas)])
+    return BuiltReplicas(
+        [InProcessReplica(f"r{i}", load, config.execution) for i in range(config.replicas)]
+    )

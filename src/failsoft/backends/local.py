@@ -1,39 +1,62 @@
-"""In-process replicas: a synchronous predict function run off the event loop.
+"""In-process replicas: a synchronous predict function, kept off the event loop when slow.
 
-Each replica owns one thread, so a slow model call never stalls the event
-loop, and replicas of one version run in parallel (onnxruntime and numpy
-release the GIL). One thread per replica also serialises calls into the
-replica's model object, which not every library makes thread-safe.
+Each replica owns one thread. A model call that takes milliseconds runs
+there, so it never stalls the event loop, and replicas of one version run in
+parallel (onnxruntime and numpy release the GIL). But handing a call to a
+thread costs more than a fast model does: for the iris ONNX model (tens of
+microseconds) the hop and the GIL hand-offs it causes cut throughput by more
+than half (benchmarks/serve.py). So in ``auto`` mode a replica whose recent
+calls were all fast runs them inline on the loop, and goes back to its
+thread the moment one call is slow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
+from typing import Literal
 
 from failsoft.call import Call
-from failsoft.errors import FailsoftError, ModelError
+from failsoft.errors import DeadlineExceeded, FailsoftError, ModelError
 from failsoft.protocol.types import InferRequest, Tensors
 
 log = logging.getLogger("failsoft.backends")
 
 Predict = Callable[[Tensors], Tensors]
+Execution = Literal["auto", "thread", "inline"]
+
+INLINE_BELOW_S = 0.0005  # a call this short stalls the loop less than decoding a big request
+FAST_STREAK = 200  # consecutive fast threaded calls before auto mode goes inline
 
 
 class InProcessReplica:
-    def __init__(self, name: str, load: Callable[[], Predict]) -> None:
+    def __init__(
+        self,
+        name: str,
+        load: Callable[[], Predict],
+        execution: Execution = "auto",
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.name = name
         self._load = load
+        self._execution = execution
+        self._clock = clock
         self._predict: Predict | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._inline = execution == "inline"
+        self._fast_streak = 0
 
     @property
     def available(self) -> bool:
         return self._predict is not None
+
+    @property
+    def inline(self) -> bool:
+        """True while calls run on the event loop rather than the replica's thread."""
+        return self._inline
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.name}")
@@ -44,14 +67,45 @@ class InProcessReplica:
         predict = self._predict
         if predict is None or self._executor is None:
             raise ModelError(f"replica {self.name} is not loaded")
-        loop = asyncio.get_running_loop()
+        remaining = call.remaining()
+        if remaining <= 0:
+            raise DeadlineExceeded("the deadline passed before the model was called")
         try:
-            return await loop.run_in_executor(self._executor, _checked, predict, request.inputs)
+            if self._inline:
+                outputs, seconds = self._timed(predict, request.inputs)
+            else:
+                loop = asyncio.get_running_loop()
+                future = loop.run_in_executor(self._executor, self._timed, predict, request.inputs)
+                outputs, seconds = await asyncio.wait_for(future, remaining)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"replica {self.name}: the model did not answer within the deadline"
+            ) from None
         except FailsoftError:
             raise
         except Exception as error:
             log.warning("model raised", extra={"replica": self.name, "error": repr(error)})
             raise ModelError(f"model raised {type(error).__name__}: {error}") from error
+        if self._execution == "auto":
+            self._adapt(seconds)
+        return outputs
+
+    def _adapt(self, seconds: float) -> None:
+        if seconds > INLINE_BELOW_S:
+            self._fast_streak = 0
+            if self._inline:
+                self._inline = False
+                log.info("slow model call: moving calls to the replica thread",
+                         extra={"replica": self.name, "ms": round(seconds * 1000, 3)})
+        elif not self._inline:
+            self._fast_streak += 1
+            if self._fast_streak >= FAST_STREAK:
+                self._inline = True
+
+    def _timed(self, predict: Predict, inputs: Tensors) -> tuple[Tensors, float]:
+        started = self._clock()
+        outputs = predict(inputs)
+        return outputs, self._clock() - started
 
     async def health(self) -> bool:
         return self.available
@@ -61,12 +115,3 @@ class InProcessReplica:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-
-
-def _checked(predict: Predict, inputs: Tensors) -> Tensors:
-    outputs = predict(inputs)
-    if not isinstance(outputs, dict) or not all(
-        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in outputs.items()
-    ):
-        raise ModelError("model must return a dict of output name -> numpy array")
-    return outputs

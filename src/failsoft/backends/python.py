@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
+
 from failsoft.backends.local import Predict
 from failsoft.config import PythonBackend
-from failsoft.errors import BackendLoadError
+from failsoft.errors import BackendLoadError, ModelError
+from failsoft.protocol.types import Tensors
 
 
 def load_python(config: PythonBackend) -> Predict:
@@ -18,5 +21,16 @@ def load_python(config: PythonBackend) -> Predict:
     function = getattr(module, attribute, None)
     if not callable(function):
         raise BackendLoadError(f"{config.function}: no callable {attribute!r} in {module_name}")
-    predict: Predict = function
+
+    def predict(inputs: Tensors) -> Tensors:
+        outputs = function(inputs)
+        if not isinstance(outputs, dict) or not all(
+            isinstance(k, str) and isinstance(v, np.ndarray) for k, v in outputs.items()
+        ):
+            raise ModelError(
+                f"{config.function} must return a dict of output name -> numpy array, "
+                f"got {type(outputs).__name__}"
+            )
+        return outputs
+
     return predict

@@ -16,8 +16,11 @@ from failsoft.errors import FailureClass
 
 log = logging.getLogger("failsoft.events")
 
+# Events are plain slotted dataclasses, not frozen ones: a frozen dataclass
+# pays for object.__setattr__ per field, and events are made on the hot path.
 
-@dataclass(slots=True, frozen=True)
+
+@dataclass(slots=True)
 class RequestFinished:
     model: str
     version: str
@@ -27,7 +30,7 @@ class RequestFinished:
     replica: str = ""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ReplicaStateChanged:
     model: str
     version: str
@@ -36,7 +39,7 @@ class ReplicaStateChanged:
     reason: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class WorkerRestarted:
     model: str
     version: str

@@ -72,6 +72,7 @@ def serve_on_socket(
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,
         timeout_graceful_shutdown=30,
         backlog=2048,
     )
