@@ -38,8 +38,13 @@ def make_app(model_path: str) -> Callable[[Scope, Receive, Send], Awaitable[None
 
     async def reply(send: Send, status: int, payload: dict[str, Any]) -> None:
         body = orjson.dumps(payload)
-        await send({"type": "http.response.start", "status": status, "headers": [
-            *JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,8 +73,12 @@ def make_app(model_path: str) -> Callable[[Scope, Receive, Send], Awaitable[None
             "model_name": "iris",
             "model_version": "1",
             "outputs": [
-                {"name": name, "datatype": V2_DATATYPES[value.dtype],
-                 "shape": list(value.shape), "data": value.ravel().tolist()}
+                {
+                    "name": name,
+                    "datatype": V2_DATATYPES[value.dtype],
+                    "shape": list(value.shape),
+                    "data": value.ravel().tolist(),
+                }
                 for name, value in zip(output_names, results, strict=True)
             ],
         }
@@ -86,8 +95,16 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
-    uvicorn.run(make_app(args.model), host=args.host, port=args.port, loop="uvloop",
-                http="httptools", lifespan="off", access_log=False, log_level="warning")
+    uvicorn.run(
+        make_app(args.model),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ IRIS_ROW = [5.1, 3.5, 1.4, 0.2]  # a setosa (class 0)
 def iris_body(row: Sequence[float] = IRIS_ROW) -> bytes:
     """The V2 JSON body for one [1, 4] FP32 iris row."""
     values = ",".join(repr(float(v)) for v in row)
-    return ('{"inputs":[{"name":"features","datatype":"FP32","shape":[1,4],'
-            f'"data":[{values}]}}]}}').encode()
+    return (
+        f'{{"inputs":[{{"name":"features","datatype":"FP32","shape":[1,4],"data":[{values}]}}]}}'
+    ).encode()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,22 +50,29 @@ def src_env() -> dict[str, str]:
     """The environment with this checkout's ``src`` first on PYTHONPATH."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO / "src"), env.get("PYTHONPATH", "")) if p)
+        p for p in (str(REPO / "src"), env.get("PYTHONPATH", "")) if p
+    )
     return env
 
 
 class ServerProcess:
     """A server started in its own process group (so stop() ends its children too)."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_dir: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True)
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -93,7 +101,8 @@ class ServerProcess:
 
 def post(url: str, body: bytes, timeout_s: float = 5.0) -> tuple[int, bytes]:
     request = urllib.request.Request(
-        url, data=body, method="POST", headers={"content-type": "application/json"})
+        url, data=body, method="POST", headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return int(response.status), bytes(response.read())
@@ -101,8 +110,13 @@ def post(url: str, body: bytes, timeout_s: float = 5.0) -> tuple[int, bytes]:
         return int(error.code), bytes(error.read())
 
 
-def wait_until_answers(server: ServerProcess, url: str, body: bytes, timeout_s: float,
-                       check: Callable[[bytes], None] | None = None) -> None:
+def wait_until_answers(
+    server: ServerProcess,
+    url: str,
+    body: bytes,
+    timeout_s: float,
+    check: Callable[[bytes], None] | None = None,
+) -> None:
     """Poll ``url`` with a real request until it answers 200 (then run ``check``).
 
     Raises RuntimeError with the server's log if it exits or does not answer in time.
@@ -113,7 +127,8 @@ def wait_until_answers(server: ServerProcess, url: str, body: bytes, timeout_s: 
         if server.process.poll() is not None:
             raise RuntimeError(
                 f"{server.name} exited with code {server.process.returncode} before it "
-                f"answered.\ncommand: {' '.join(server.argv)}\n--- log ---\n{server.log_tail()}")
+                f"answered.\ncommand: {' '.join(server.argv)}\n--- log ---\n{server.log_tail()}"
+            )
         try:
             status, answer = post(url, body, timeout_s=2.0)
             if status == 200:
@@ -128,7 +143,8 @@ def wait_until_answers(server: ServerProcess, url: str, body: bytes, timeout_s: 
             raise RuntimeError(
                 f"{server.name} did not answer POST {url} within {timeout_s:.0f}s "
                 f"(last: {last}).\ncommand: {' '.join(server.argv)}\n"
-                f"--- log ---\n{server.log_tail()}")
+                f"--- log ---\n{server.log_tail()}"
+            )
         time.sleep(0.1)
 
 
@@ -163,8 +179,10 @@ def _wrk_time_ms(text: str) -> float:
 
 def parse_wrk(output: str) -> LoadResult:
     """Read ``wrk --latency`` output: Requests/sec, the 50% and 99% lines, errors."""
-    percentiles = {int(p): _wrk_time_ms(t) for p, t in
-                   re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.MULTILINE)}
+    percentiles = {
+        int(p): _wrk_time_ms(t)
+        for p, t in re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.MULTILINE)
+    }
     totals = re.search(r"(\d+) requests in ([\d.]+\w+),", output)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     if not (totals and rps and set(percentiles) == {50, 99}):
@@ -172,22 +190,41 @@ def parse_wrk(output: str) -> LoadResult:
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     errors += int(non2xx.group(1)) if non2xx else 0
-    return LoadResult("wrk", int(totals.group(1)), _wrk_time_ms(totals.group(2)) / 1e3,
-                      float(rps.group(1)), percentiles[50], percentiles[99], errors)
+    return LoadResult(
+        "wrk",
+        int(totals.group(1)),
+        _wrk_time_ms(totals.group(2)) / 1e3,
+        float(rps.group(1)),
+        percentiles[50],
+        percentiles[99],
+        errors,
+    )
 
 
-def run_wrk(url: str, body: bytes, connections: int, duration_s: float,
-            threads: int = 1) -> LoadResult:
-    script = ('wrk.method = "POST"\n'
-              'wrk.headers["Content-Type"] = "application/json"\n'
-              f'wrk.body = [==[{body.decode()}]==]\n')
+def run_wrk(
+    url: str, body: bytes, connections: int, duration_s: float, threads: int = 1
+) -> LoadResult:
+    script = (
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [==[{body.decode()}]==]\n"
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     try:
-        argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
-                "--latency", "-s", handle.name, url]
-        done = subprocess.run(argv, capture_output=True, text=True,
-                              timeout=duration_s + 60, check=False)
+        argv = [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(duration_s))}s",
+            "--latency",
+            "-s",
+            handle.name,
+            url,
+        ]
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration_s + 60, check=False
+        )
     finally:
         os.unlink(handle.name)
     if done.returncode != 0:
@@ -195,8 +232,7 @@ def run_wrk(url: str, body: bytes, connections: int, duration_s: float,
     return parse_wrk(done.stdout)
 
 
-async def _python_load(url: str, body: bytes, connections: int,
-                       duration_s: float) -> LoadResult:
+async def _python_load(url: str, body: bytes, connections: int, duration_s: float) -> LoadResult:
     import aiohttp
 
     latencies: list[float] = []
@@ -223,8 +259,9 @@ async def _python_load(url: str, body: bytes, connections: int,
         await asyncio.gather(*(worker() for _ in range(connections)))
         elapsed = time.perf_counter() - start
     p50, p99 = (np.percentile(latencies, [50, 99]) * 1e3) if latencies else (np.nan, np.nan)
-    return LoadResult("python", len(latencies), elapsed, len(latencies) / elapsed,
-                      float(p50), float(p99), errors)
+    return LoadResult(
+        "python", len(latencies), elapsed, len(latencies) / elapsed, float(p50), float(p99), errors
+    )
 
 
 def run_python_load(url: str, body: bytes, connections: int, duration_s: float) -> LoadResult:
@@ -235,8 +272,9 @@ def run_python_load(url: str, body: bytes, connections: int, duration_s: float) 
     return uvloop.run(_python_load(url, body, connections, duration_s))
 
 
-def drive(url: str, body: bytes, *, connections: int, duration_s: float,
-          tool: str = "auto") -> LoadResult:
+def drive(
+    url: str, body: bytes, *, connections: int, duration_s: float, tool: str = "auto"
+) -> LoadResult:
     """Closed-loop load on ``url``: ``tool`` is ``wrk``, ``python`` or ``auto``."""
     if tool == "auto":
         tool = "wrk" if have_wrk() else "python"

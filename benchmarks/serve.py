@@ -73,13 +73,25 @@ def failsoft_argv(config_path: Path, port: int) -> list[str]:
     if importlib.util.find_spec("failsoft.__main__") is not None:
         return [sys.executable, "-m", "failsoft", *args]
     # No __main__ yet: call the CLI entry point directly.
-    return [sys.executable, "-c", "import sys; from failsoft.cli import main; sys.exit(main())",
-            *args]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from failsoft.cli import main; sys.exit(main())",
+        *args,
+    ]
 
 
 def bare_argv(model_path: Path, port: int) -> list[str]:
-    return [sys.executable, str(Path(__file__).with_name("_bare_server.py")),
-            "--model", str(model_path), "--host", HOST, "--port", str(port)]
+    return [
+        sys.executable,
+        str(Path(__file__).with_name("_bare_server.py")),
+        "--model",
+        str(model_path),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
 
 
 def expected_answer(model_path: Path) -> tuple[list[int], np.ndarray]:
@@ -98,15 +110,21 @@ def make_check(name: str, model_path: Path) -> Callable[[bytes], None]:
             outputs = {o["name"]: o for o in orjson.loads(answer)["outputs"]}
             got_label = outputs["label"]["data"]
             got_probs = np.asarray(outputs["probabilities"]["data"], np.float32)
-            ok = (got_label == label and outputs["label"]["datatype"] == "INT64"
-                  and np.allclose(got_probs.reshape(probabilities.shape), probabilities,
-                                  atol=1e-5))
+            ok = (
+                got_label == label
+                and outputs["label"]["datatype"] == "INT64"
+                and np.allclose(got_probs.reshape(probabilities.shape), probabilities, atol=1e-5)
+            )
         except (KeyError, TypeError, ValueError) as error:
-            raise RuntimeError(f"{name} gave an unreadable answer ({error}): "
-                               f"{answer[:300]!r}") from None
+            raise RuntimeError(
+                f"{name} gave an unreadable answer ({error}): {answer[:300]!r}"
+            ) from None
         if not ok:
-            raise RuntimeError(f"{name} answered wrongly for {IRIS_ROW}: {answer[:300]!r}; "
-                               f"expected label {label}, probabilities {probabilities.tolist()}")
+            raise RuntimeError(
+                f"{name} answered wrongly for {IRIS_ROW}: {answer[:300]!r}; "
+                f"expected label {label}, probabilities {probabilities.tolist()}"
+            )
+
     return check
 
 
@@ -118,11 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one round of 3 s")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load first")
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument("--candidate", choices=["failsoft", "bare"], default="failsoft",
-                        help="server compared with the bare one (bare: check the harness)")
+    parser.add_argument(
+        "--candidate",
+        choices=["failsoft", "bare"],
+        default="failsoft",
+        help="server compared with the bare one (bare: check the harness)",
+    )
     parser.add_argument("--startup-timeout", type=float, default=60.0)
-    parser.add_argument("--fail-below", type=float, default=None, metavar="RATIO",
-                        help="exit 1 when the throughput ratio is below RATIO")
+    parser.add_argument(
+        "--fail-below",
+        type=float,
+        default=None,
+        metavar="RATIO",
+        help="exit 1 when the throughput ratio is below RATIO",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds = 3.0, 1
@@ -150,33 +177,58 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
             servers.append(ServerProcess("bare", bare_argv(model_path, bare_port), tmp_dir))
             if args.candidate == "failsoft":
                 bench_config = tmp_dir / "failsoft.yaml"
-                bench_config.write_text(yaml.safe_dump(
-                    failsoft_config(model_path, candidate_port), sort_keys=False))
+                bench_config.write_text(
+                    yaml.safe_dump(failsoft_config(model_path, candidate_port), sort_keys=False)
+                )
                 load_config(bench_config)  # a bad config is our bug: fail before starting
-                servers.append(ServerProcess(
-                    "failsoft", failsoft_argv(bench_config, candidate_port), tmp_dir, src_env()))
+                servers.append(
+                    ServerProcess(
+                        "failsoft", failsoft_argv(bench_config, candidate_port), tmp_dir, src_env()
+                    )
+                )
             else:
-                servers.append(ServerProcess(
-                    "bare#2", bare_argv(model_path, candidate_port), tmp_dir))
-            urls = {s.name: f"http://{HOST}:{port}{INFER_PATH}"
-                    for s, port in zip(servers, (bare_port, candidate_port), strict=True)}
+                servers.append(
+                    ServerProcess("bare#2", bare_argv(model_path, candidate_port), tmp_dir)
+                )
+            urls = {
+                s.name: f"http://{HOST}:{port}{INFER_PATH}"
+                for s, port in zip(servers, (bare_port, candidate_port), strict=True)
+            }
             for server in servers:
-                wait_until_answers(server, urls[server.name], body, args.startup_timeout,
-                                   make_check(server.name, model_path))
+                wait_until_answers(
+                    server,
+                    urls[server.name],
+                    body,
+                    args.startup_timeout,
+                    make_check(server.name, model_path),
+                )
                 print(f"{server.name}: answers correctly at {urls[server.name]}", flush=True)
             for server in servers:
-                drive(urls[server.name], body, connections=args.connections,
-                      duration_s=args.warmup, tool=tool)
+                drive(
+                    urls[server.name],
+                    body,
+                    connections=args.connections,
+                    duration_s=args.warmup,
+                    tool=tool,
+                )
 
             runs: dict[str, list[LoadResult]] = {s.name: [] for s in servers}
             for round_no in range(1, args.rounds + 1):
                 for server in servers:
-                    result = drive(urls[server.name], body, connections=args.connections,
-                                   duration_s=args.duration, tool=tool)
+                    result = drive(
+                        urls[server.name],
+                        body,
+                        connections=args.connections,
+                        duration_s=args.duration,
+                        tool=tool,
+                    )
                     runs[server.name].append(result)
-                    print(f"round {round_no} {server.name:>8}: {result.rps:10.1f} req/s  "
-                          f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                          f"errors {result.errors}", flush=True)
+                    print(
+                        f"round {round_no} {server.name:>8}: {result.rps:10.1f} req/s  "
+                        f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+                        f"errors {result.errors}",
+                        flush=True,
+                    )
         finally:
             for server in servers:
                 server.stop()
@@ -186,19 +238,26 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
 def report(runs: dict[str, list[LoadResult]], args: argparse.Namespace, tool: str) -> int:
     best = {name: max(results, key=lambda r: r.rps) for name, results in runs.items()}
     bare_name, candidate_name = list(best)
-    how = (f"wrk -t1 -c{args.connections} -d{round(args.duration)}s" if tool == "wrk"
-           else f"python aiohttp, {args.connections} connections, {args.duration:g}s")
+    how = (
+        f"wrk -t1 -c{args.connections} -d{round(args.duration)}s"
+        if tool == "wrk"
+        else f"python aiohttp, {args.connections} connections, {args.duration:g}s"
+    )
     print(f"\nbest of {args.rounds} round(s), closed loop ({how}), iris [1,4] FP32 row\n")
     print(f"{'server':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, result in best.items():
-        print(f"{name:<10} {result.rps:>10.1f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f} "
-              f"{sum(r.errors for r in runs[name]):>7}")
+        print(
+            f"{name:<10} {result.rps:>10.1f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f} "
+            f"{sum(r.errors for r in runs[name]):>7}"
+        )
     ratio = best[candidate_name].rps / best[bare_name].rps
     label = "failsoft" if candidate_name == "failsoft" else candidate_name
     print(f"\nratio {label}/bare: {ratio:.2f} (target >= {TARGET_RATIO})")
     if tool == "python":
-        print("note: the Python load driver shares the CPU and may be the bottleneck; "
-              "install wrk for a truer number")
+        print(
+            "note: the Python load driver shares the CPU and may be the bottleneck; "
+            "install wrk for a truer number"
+        )
     if any(r.errors for results in runs.values() for r in results):
         print("error: some requests failed; the numbers above are not valid", file=sys.stderr)
         return 1

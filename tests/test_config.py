@@ -61,7 +61,10 @@ def test_issue_example_loads_and_resolves_paths_against_the_file(tmp_path: Path)
 
 def test_unknown_keys_are_rejected_with_their_path() -> None:
     problems = problems_of(
-        {"server": {"prot": 1}, **with_versions({"v1": {"backend": "onnx", "path": "a", "paht": 1}})}
+        {
+            "server": {"prot": 1},
+            **with_versions({"v1": {"backend": "onnx", "path": "a", "paht": 1}}),
+        }
     )
     assert "server.prot: unknown key" in problems
     assert "models.m.versions.v1.paht: unknown key" in problems
@@ -82,7 +85,8 @@ def test_wrong_values_name_the_path_and_what_was_expected() -> None:
     )
     joined = "\n".join(problems)
     assert "server.port: Input should be less than or equal to 65535 (got 70000)" in problems
-    assert "models.m.inputs[0].datatype:" in joined and "'FP33'" in joined
+    assert "models.m.inputs[0].datatype:" in joined
+    assert "'FP33'" in joined
     assert "models.m.versions.v1.replicas: Input should be greater than or equal to 1" in joined
 
 
@@ -122,7 +126,13 @@ def test_default_version_must_exist_and_is_required_with_several_versions() -> N
 def test_process_backend_nests_a_local_worker() -> None:
     config = parse_config(
         with_versions(
-            {"v1": {"backend": "process", "replicas": 3, "worker": {"backend": "onnx", "path": "a"}}}
+            {
+                "v1": {
+                    "backend": "process",
+                    "replicas": 3,
+                    "worker": {"backend": "onnx", "path": "a"},
+                }
+            }
         )
     )
     version = config.models["m"].versions["v1"]
@@ -130,7 +140,9 @@ def test_process_backend_nests_a_local_worker() -> None:
     assert version.replicas == 3
     assert isinstance(version.worker, OnnxBackend)
     (problem,) = problems_of(
-        with_versions({"v1": {"backend": "process", "worker": {"backend": "http", "urls": ["http://a"]}}})
+        with_versions(
+            {"v1": {"backend": "process", "worker": {"backend": "http", "urls": ["http://a"]}}}
+        )
     )
     assert problem.startswith("models.m.versions.v1.worker:")
 

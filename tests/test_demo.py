@@ -102,9 +102,7 @@ def test_manifest_records_hashes_and_versions(trained: Path) -> None:
     assert not [p for p in trained.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_second_call_is_a_cache_hit(
-    trained: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_second_call_is_a_cache_hit(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = _snapshot(trained)
 
     def no_training(*_: object) -> bytes:
@@ -192,8 +190,13 @@ def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 def test_usage_text() -> None:
     text = demo.usage_text("http://127.0.0.1:8123/")
-    for path in ("/v2/models/iris/infer", "/v2/models/breast-cancer/infer",
-                 "/v1/models/iris:predict", "/metrics", "/v2/health/ready"):
+    for path in (
+        "/v2/models/iris/infer",
+        "/v2/models/breast-cancer/infer",
+        "/v1/models/iris:predict",
+        "/metrics",
+        "/v2/health/ready",
+    ):
         assert f"http://127.0.0.1:8123{path}" in text
     curl = next(line for line in text.splitlines() if "curl" in line and "/v2/" in line)
     body = curl.split("-d '", 1)[1].rstrip("'")

@@ -36,10 +36,19 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to listen on (0 picks a free one).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where demo models are cached [default: ~/.cache/failsoft/demo].")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0 picks a free one).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where demo models are cached [default: ~/.cache/failsoft/demo].",
+)
 def demo(host: str, port: int, data_dir: Path | None) -> None:
     """Train and serve the demo models (iris, breast-cancer), no downloads needed.
 
@@ -66,11 +75,20 @@ def _progress(message: str) -> None:
 
 
 @main.command("serve")
-@click.option("--config", "config_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="YAML configuration file.")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML configuration file.",
+)
 @click.option("--host", default=None, help="Override server.host.")
-@click.option("--port", default=None, type=click.IntRange(0, 65535),
-              help="Override server.port (0 picks a free one).")
+@click.option(
+    "--port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Override server.port (0 picks a free one).",
+)
 def serve_command(config_path: Path, host: str | None, port: int | None) -> None:
     """Serve the models of a configuration file.
 

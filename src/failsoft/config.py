@@ -29,8 +29,19 @@ from failsoft.protocol.datatypes import DATATYPES
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
 Datatype = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES",
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
 ]
 assert set(Datatype.__args__) == set(DATATYPES)  # type: ignore[attr-defined]
 
@@ -115,8 +126,10 @@ class PythonBackend(_Strict):
 
 class HttpBackend(_Strict):
     backend: Literal["http"]
-    urls: Annotated[list[Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]],
-                    Field(min_length=1, max_length=256)]
+    urls: Annotated[
+        list[Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]],
+        Field(min_length=1, max_length=256),
+    ]
     remote_model: Name | None = None
     remote_version: Name | None = None
     pool_size: Annotated[int, Field(ge=1, le=4096)] = 128
@@ -130,7 +143,9 @@ class HttpBackend(_Strict):
         return stripped
 
 
-LocalBackend = Annotated[OnnxBackend | SklearnBackend | PythonBackend, Field(discriminator="backend")]
+LocalBackend = Annotated[
+    OnnxBackend | SklearnBackend | PythonBackend, Field(discriminator="backend")
+]
 
 
 class ProcessBackend(_Strict):
@@ -211,12 +226,13 @@ class ConfigError(Exception):
 def _format_location(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
     for i, item in enumerate(loc):
-        # Tagged unions add the tag ("onnx", ...) to the location; a reader
+        # Tagged unions put the tag ("onnx", ...) in the location; a reader
         # thinks of versions.v1.path, not versions.v1.onnx.path.
-        if item in BACKEND_NAMES and i > 0 and parts and parts[-1] not in ("backend",):
-            if i >= 2 and loc[i - 2] in ("versions",) or loc[i - 1] == "worker":
-                continue
-        parts.append(f"[{item}]" if isinstance(item, int) else str(item))
+        is_tag = item in BACKEND_NAMES and (
+            (i >= 2 and loc[i - 2] == "versions") or (i >= 1 and loc[i - 1] == "worker")
+        )
+        if not is_tag:
+            parts.append(f"[{item}]" if isinstance(item, int) else str(item))
     return ".".join(parts).replace(".[", "[") or "(top level)"
 
 

@@ -59,13 +59,26 @@ def _recipes() -> list[_Recipe]:
     from sklearn.preprocessing import StandardScaler
 
     return [
-        _Recipe("iris-v1.onnx", "iris", "LogisticRegression",
-                lambda: LogisticRegression(max_iter=5000, random_state=0)),
-        _Recipe("iris-v2.onnx", "iris", "GradientBoostingClassifier",
-                lambda: GradientBoostingClassifier(random_state=0)),
-        _Recipe("breast-cancer-v1.onnx", "breast_cancer", "StandardScaler + LogisticRegression",
-                lambda: make_pipeline(StandardScaler(),
-                                      LogisticRegression(max_iter=5000, random_state=0))),
+        _Recipe(
+            "iris-v1.onnx",
+            "iris",
+            "LogisticRegression",
+            lambda: LogisticRegression(max_iter=5000, random_state=0),
+        ),
+        _Recipe(
+            "iris-v2.onnx",
+            "iris",
+            "GradientBoostingClassifier",
+            lambda: GradientBoostingClassifier(random_state=0),
+        ),
+        _Recipe(
+            "breast-cancer-v1.onnx",
+            "breast_cancer",
+            "StandardScaler + LogisticRegression",
+            lambda: make_pipeline(
+                StandardScaler(), LogisticRegression(max_iter=5000, random_state=0)
+            ),
+        ),
     ]
 
 
@@ -148,14 +161,21 @@ def _train_and_export(recipe: _Recipe) -> bytes:
         raise RuntimeError(f"{recipe.file}: unexpected ONNX outputs {names}")
     label, probabilities = session.run(None, {"features": features})
     n_classes = len(np.unique(target))
-    if label.dtype != np.int64 or probabilities.dtype != np.float32 \
-            or probabilities.shape != (len(target), n_classes):
-        raise RuntimeError(f"{recipe.file}: unexpected output types "
-                           f"{label.dtype}, {probabilities.dtype}{probabilities.shape}")
+    if (
+        label.dtype != np.int64
+        or probabilities.dtype != np.float32
+        or probabilities.shape != (len(target), n_classes)
+    ):
+        raise RuntimeError(
+            f"{recipe.file}: unexpected output types "
+            f"{label.dtype}, {probabilities.dtype}{probabilities.shape}"
+        )
     agreement = float(np.mean(label == model.predict(features)))
     if agreement < _MIN_AGREEMENT:
-        raise RuntimeError(f"{recipe.file}: ONNX agrees with scikit-learn on only "
-                           f"{agreement:.1%} of rows (need {_MIN_AGREEMENT:.0%})")
+        raise RuntimeError(
+            f"{recipe.file}: ONNX agrees with scikit-learn on only "
+            f"{agreement:.1%} of rows (need {_MIN_AGREEMENT:.0%})"
+        )
     return data
 
 
@@ -243,8 +263,9 @@ def usage_text(base_url: str) -> str:
     """What the demo prints once it serves: URLs, a curl line and a tritonclient snippet."""
     base = base_url.rstrip("/")
     netloc = urlsplit(base).netloc or base
-    body = ('{"inputs":[{"name":"features","datatype":"FP32","shape":[1,4],'
-            '"data":[5.1,3.5,1.4,0.2]}]}')
+    body = (
+        '{"inputs":[{"name":"features","datatype":"FP32","shape":[1,4],"data":[5.1,3.5,1.4,0.2]}]}'
+    )
     return f"""\
 failsoft demo is serving at {base}
 

@@ -38,7 +38,9 @@ class VersionRuntime:
         await asyncio.gather(*(replica.start() for replica in self.replicas))
 
     async def close(self) -> None:
-        await asyncio.gather(*(replica.close() for replica in self.replicas), return_exceptions=True)
+        await asyncio.gather(
+            *(replica.close() for replica in self.replicas), return_exceptions=True
+        )
         for close in self._closers:
             await close()
 
@@ -89,7 +91,9 @@ class Runtime:
                 name,
                 model,
                 {
-                    version: VersionRuntime(name, version, build_replicas(name, version, model, bus))
+                    version: VersionRuntime(
+                        name, version, build_replicas(name, version, model, bus)
+                    )
                     for version in model.versions
                 },
             )

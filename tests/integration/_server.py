@@ -22,8 +22,17 @@ class ServerProcess:
 
     def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.config = config
-        self._args = [sys.executable, "-m", "failsoft", "serve", "--config", str(config),
-                      "--port", "0", *extra]
+        self._args = [
+            sys.executable,
+            "-m",
+            "failsoft",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            "0",
+            *extra,
+        ]
         self._env = {**os.environ, **(env or {})}
         self._lines: queue.Queue[LogLine] = queue.Queue()
         self.logs: list[LogLine] = []
@@ -32,8 +41,12 @@ class ServerProcess:
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self.process = subprocess.Popen(
-            self._args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=self._env, start_new_session=True,
+            self._args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=self._env,
+            start_new_session=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
         ready = self.wait_for(
@@ -43,7 +56,8 @@ class ServerProcess:
         return self
 
     def _read(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
+        assert self.process is not None
+        assert self.process.stderr is not None
         for raw in self.process.stderr:
             try:
                 line = json.loads(raw)
@@ -58,7 +72,9 @@ class ServerProcess:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no matching log line within {timeout}s; saw {self.logs[-20:]}")
+                raise AssertionError(
+                    f"no matching log line within {timeout}s; saw {self.logs[-20:]}"
+                )
             try:
                 line = self._lines.get(timeout=remaining)
             except queue.Empty:

@@ -16,8 +16,11 @@ from tests.integration.conftest import ADMIN_TOKEN
 pytestmark = pytest.mark.integration
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-ROW = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4],
-                   "data": [6.7, 3.0, 5.2, 2.3]}]}
+ROW = {
+    "inputs": [
+        {"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [6.7, 3.0, 5.2, 2.3]}
+    ]
+}
 
 
 def process_config(demo_dir: Path, replicas: int = 2) -> str:
@@ -50,8 +53,10 @@ def test_a_killed_worker_is_replaced(
         assert [w["available"] for w in before] == [True, True]
         victim = before[0]
         assert isinstance(victim["pid"], int)
-        served = {http.post("/v2/models/iris/infer", json=ROW).headers["failsoft-served-by"]
-                  for _ in range(4)}
+        served = {
+            http.post("/v2/models/iris/infer", json=ROW).headers["failsoft-served-by"]
+            for _ in range(4)
+        }
         assert served == {"iris/v1/w0", "iris/v1/w1"}
 
         os.kill(victim["pid"], signal.SIGKILL)
@@ -70,28 +75,33 @@ def test_a_killed_worker_is_replaced(
             assert answer.status_code == 200
             assert answer.json()["outputs"][0]["data"] == [2]
         metrics = http.get("/metrics").text
-        assert 'failsoft_worker_restarts_total{model="iris",reason="exited",replica="w0",version="v1"} 1.0' in metrics
+        restarts = 'failsoft_worker_restarts_total{model="iris",reason="exited",replica="w0"'
+        assert restarts + ',version="v1"} 1.0' in metrics
 
 
 def test_a_hung_worker_is_killed_and_replaced(
     start_server: Callable[[str], ServerProcess], demo_dir: Path
 ) -> None:
     config = process_config(demo_dir, replicas=1).replace(
-        "restart_backoff_s: 0.05", "restart_backoff_s: 0.05\n        probe_interval_s: 0.2\n"
-        "        probe_timeout_s: 0.2\n        probe_failures: 2"
+        "restart_backoff_s: 0.05",
+        "restart_backoff_s: 0.05\n        probe_interval_s: 0.2\n"
+        "        probe_timeout_s: 0.2\n        probe_failures: 2",
     )
     server = start_server(config)
     with httpx.Client(base_url=server.url, timeout=10) as http:
         (worker,) = workers(http)
         os.kill(worker["pid"], signal.SIGSTOP)  # alive, but answers nothing: a hang
-        killed = server.wait_for(lambda line: line.get("msg") == "worker not answering, killing it",
-                                 timeout=20)
+        killed = server.wait_for(
+            lambda line: line.get("msg") == "worker not answering, killing it", timeout=20
+        )
         assert killed["pid"] == worker["pid"]
         server.wait_for(lambda line: line.get("msg") == "worker restarted", timeout=20)
         assert http.post("/v2/models/iris/infer", json=ROW).status_code == 200
 
 
-def test_sigterm_stops_workers(start_server: Callable[[str], ServerProcess], demo_dir: Path) -> None:
+def test_sigterm_stops_workers(
+    start_server: Callable[[str], ServerProcess], demo_dir: Path
+) -> None:
     server = start_server(process_config(demo_dir))
     with httpx.Client(base_url=server.url, timeout=10) as http:
         pids = [w["pid"] for w in workers(http)]

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.integration
 
 IRIS_TENSORS = """
     inputs:  [{name: features, datatype: FP32, shape: [-1, 4]}]
-    outputs: [{name: label, datatype: INT64, shape: [-1]}, {name: probabilities, datatype: FP32, shape: [-1, 3]}]
+    outputs:
+      - {name: label, datatype: INT64, shape: [-1]}
+      - {name: probabilities, datatype: FP32, shape: [-1, 3]}
 """
 
 
@@ -85,10 +87,13 @@ def test_infer_through_tritonclient(
 ) -> None:
     features = triton.InferInput("features", list(ROWS.shape), "FP32")
     features.set_data_from_numpy(ROWS, binary_data=binary)
-    outputs = [triton.InferRequestedOutput("label", binary_data=binary),
-               triton.InferRequestedOutput("probabilities", binary_data=binary)]
-    result = client.infer("iris", [features], model_version=version, outputs=outputs,
-                          request_id="req-42")
+    outputs = [
+        triton.InferRequestedOutput("label", binary_data=binary),
+        triton.InferRequestedOutput("probabilities", binary_data=binary),
+    ]
+    result = client.infer(
+        "iris", [features], model_version=version, outputs=outputs, request_id="req-42"
+    )
     labels = result.as_numpy("label")
     np.testing.assert_array_equal(labels, expected_labels(demo_dir, version, ROWS))
     probabilities = result.as_numpy("probabilities")
@@ -143,7 +148,9 @@ def test_v1_predict(server: ServerProcess, demo_dir: Path) -> None:
         assert "features" in bad.json()["error"]
 
 
-def infer_body(data: object, shape: list[int], datatype: str = "FP32", name: str = "features") -> dict[str, object]:
+def infer_body(
+    data: object, shape: list[int], datatype: str = "FP32", name: str = "features"
+) -> dict[str, object]:
     return {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]}
 
 
@@ -151,13 +158,28 @@ def infer_body(data: object, shape: list[int], datatype: str = "FP32", name: str
     ("path", "body", "status", "message"),
     [
         ("/v2/models/nope/infer", infer_body([1, 2, 3, 4], [1, 4]), 404, "unknown model 'nope'"),
-        ("/v2/models/iris/versions/v9/infer", infer_body([1, 2, 3, 4], [1, 4]), 404, "no version 'v9'"),
+        (
+            "/v2/models/iris/versions/v9/infer",
+            infer_body([1, 2, 3, 4], [1, 4]),
+            404,
+            "no version 'v9'",
+        ),
         ("/v2/models/iris/infer", infer_body([1, 2, 3], [1, 4]), 400, "features"),
-        ("/v2/models/iris/infer", infer_body([1, 2, 3, 4], [1, 4], name="x"), 400, "unknown input 'x'"),
+        (
+            "/v2/models/iris/infer",
+            infer_body([1, 2, 3, 4], [1, 4], name="x"),
+            400,
+            "unknown input 'x'",
+        ),
         ("/v2/models/iris/infer", infer_body([1, 2, 3, 4], [1, 4], "INT64"), 400, "datatype INT64"),
         ("/v2/models/iris/infer", infer_body([1, 2, 3, 4], [4]), 400, "shape [4] does not match"),
         ("/v2/models/iris/infer", infer_body(["a", "b", "c", "d"], [1, 4]), 400, "features"),
-        ("/v2/models/broken/infer", infer_body([1, 2, 3, 4], [1, 4]), 500, "this model always fails"),
+        (
+            "/v2/models/broken/infer",
+            infer_body([1, 2, 3, 4], [1, 4]),
+            500,
+            "this model always fails",
+        ),
     ],
 )
 def test_errors_are_json_with_the_right_status(
@@ -221,7 +243,9 @@ def test_error_logs_are_json_with_the_request_id(server: ServerProcess) -> None:
 def test_admin_requires_the_token(server: ServerProcess) -> None:
     with httpx.Client(base_url=server.url) as http:
         assert http.get("/admin/status").status_code == 401
-        assert http.get("/admin/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            http.get("/admin/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        )
         status = http.get("/admin/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert status.status_code == 200
         replicas = status.json()["models"]["iris"]["versions"]["v1"]["replicas"]

@@ -18,16 +18,27 @@ from failsoft.protocol.datatypes import DATATYPE_TO_DTYPE, DATATYPES
 from failsoft.protocol.v1 import decode_predict_request
 from failsoft.protocol.v2 import decode_infer_request, decode_infer_response
 
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
-json_scalars = (st.none() | st.booleans() | st.integers(INT64_MIN, UINT64_MAX)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8))
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(INT64_MIN, UINT64_MAX)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=12,
 )
 
@@ -55,8 +66,11 @@ def elements_of(datatype: Any) -> st.SearchStrategy[Any]:
     elif datatype in ("FP16", "FP32", "FP64"):
         plausible = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-9, 9)
     else:
-        plausible = (st.integers(-300, 300) | st.integers(INT64_MIN, UINT64_MAX)
-                     | st.floats(-1e20, 1e20).map(float.__floor__).map(float))
+        plausible = (
+            st.integers(-300, 300)
+            | st.integers(INT64_MIN, UINT64_MAX)
+            | st.floats(-1e20, 1e20).map(float.__floor__).map(float)
+        )
     return mostly(plausible, json_scalars)
 
 
@@ -70,15 +84,19 @@ def binary_chunks(draw: st.DrawFn, datatype: Any, count: int) -> bytes:
         itemsize = dtype.itemsize if dtype is not None else 4
         chunk = draw(st.binary(min_size=count * itemsize, max_size=count * itemsize))
     cut = draw(st.sampled_from([0, 0, 0, 1, 3]))  # sometimes a truncated chunk
-    return chunk[:len(chunk) - cut] if cut <= len(chunk) else chunk
+    return chunk[: len(chunk) - cut] if cut <= len(chunk) else chunk
 
 
 @st.composite
 def tensors(draw: st.DrawFn, tail: list[bytes]) -> Any:
     """A near-valid tensor; binary data is appended to ``tail``."""
     datatype = draw(datatypes)
-    shape = draw(mostly(st.lists(st.integers(0, 3), max_size=3),
-                        st.lists(st.integers(-2, 3) | json_scalars, max_size=3) | json_values))
+    shape = draw(
+        mostly(
+            st.lists(st.integers(0, 3), max_size=3),
+            st.lists(st.integers(-2, 3) | json_scalars, max_size=3) | json_values,
+        )
+    )
     valid_shape = isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
     count = math.prod(shape) if valid_shape else 0
     if not valid_shape or count > 64:  # a shape like [2**63] gets a few elements only
@@ -94,7 +112,7 @@ def tensors(draw: st.DrawFn, tail: list[bytes]) -> Any:
         data = draw(st.lists(elements_of(datatype), min_size=count, max_size=count))
         nestable = valid_shape and len(shape) > 1 and shape[-1] and count == math.prod(shape)
         if nestable and draw(st.booleans()):
-            data = [data[i:i + shape[-1]] for i in range(0, count, shape[-1])]
+            data = [data[i : i + shape[-1]] for i in range(0, count, shape[-1])]
         entry["data"] = draw(mostly(st.just(data), json_values))
     for key in draw(mostly(st.just([]), st.lists(st.sampled_from(list(entry)), max_size=1))):
         del entry[key]
@@ -107,18 +125,31 @@ def v2_bodies(draw: st.DrawFn, key: str = "inputs") -> tuple[bytes, int | None]:
     tail: list[bytes] = []
     message: dict[str, Any] = {key: draw(st.lists(tensors(tail), min_size=1, max_size=3))}
     if key == "inputs" and draw(st.booleans()):
-        message["outputs"] = draw(mostly(
-            st.lists(st.fixed_dictionaries(
-                {"name": names}, optional={"parameters": st.fixed_dictionaries(
-                    {}, optional={"binary_data": mostly(st.booleans(), json_scalars)})}),
-                max_size=2),
-            json_values))
+        message["outputs"] = draw(
+            mostly(
+                st.lists(
+                    st.fixed_dictionaries(
+                        {"name": names},
+                        optional={
+                            "parameters": st.fixed_dictionaries(
+                                {}, optional={"binary_data": mostly(st.booleans(), json_scalars)}
+                            )
+                        },
+                    ),
+                    max_size=2,
+                ),
+                json_values,
+            )
+        )
     if draw(st.booleans()):
         message["id"] = draw(mostly(st.text(max_size=4), json_scalars))
     if draw(st.booleans()):
-        message["parameters"] = draw(mostly(
-            st.fixed_dictionaries({}, optional={"binary_data_output": st.booleans()}),
-            json_values))
+        message["parameters"] = draw(
+            mostly(
+                st.fixed_dictionaries({}, optional={"binary_data_output": st.booleans()}),
+                json_values,
+            )
+        )
     header = orjson.dumps(message)
     header_length = len(header) if tail else None
     if draw(rarely):
@@ -184,9 +215,16 @@ def test_v1_arbitrary_bytes(body: bytes) -> None:
 
 
 specs = st.lists(
-    st.builds(TensorSpec, name=st.sampled_from(["a", "b", "c"]),
-              datatype=st.sampled_from(DATATYPES), shape=st.just([-1])),
-    min_size=1, max_size=3, unique_by=lambda spec: spec.name)
+    st.builds(
+        TensorSpec,
+        name=st.sampled_from(["a", "b", "c"]),
+        datatype=st.sampled_from(DATATYPES),
+        shape=st.just([-1]),
+    ),
+    min_size=1,
+    max_size=3,
+    unique_by=lambda spec: spec.name,
+)
 
 
 @st.composite
@@ -195,9 +233,10 @@ def v1_requests(draw: st.DrawFn) -> tuple[bytes, list[TensorSpec]]:
     rows = st.lists(elements_of(inputs[0].datatype), min_size=2, max_size=2)
     row = mostly(elements_of(inputs[0].datatype) | rows, json_values)
     if len(inputs) > 1 or draw(st.booleans()):
-        row = mostly(st.fixed_dictionaries(
-            {spec.name: elements_of(spec.datatype) for spec in inputs}),
-            st.fixed_dictionaries({}, optional={"extra": json_values, "a": json_values}))
+        row = mostly(
+            st.fixed_dictionaries({spec.name: elements_of(spec.datatype) for spec in inputs}),
+            st.fixed_dictionaries({}, optional={"extra": json_values, "a": json_values}),
+        )
     instances = draw(mostly(st.lists(row, min_size=1, max_size=3), json_values))
     key = draw(mostly(st.sampled_from(["instances", "inputs"]), st.just("rows")))
     return orjson.dumps({key: instances}), inputs

@@ -94,28 +94,58 @@ BAD_REQUESTS: list[tuple[bytes, list[TensorSpec], str]] = [
     (body(rows=[]), [FEATURES], "the request needs 'instances'"),
     (body(instances=[], inputs=[]), [FEATURES], "both 'instances' and 'inputs'"),
     (body(instances=[]), [FEATURES], "'instances' is empty"),
-    (body(instances={"features": [1, 2, 3]}), [FEATURES],
-     "'instances' must be a list of rows, got an object"),
+    (
+        body(instances={"features": [1, 2, 3]}),
+        [FEATURES],
+        "'instances' must be a list of rows, got an object",
+    ),
     (body(inputs={"features": [[1, 2, 3]]}), [FEATURES], "columnar 'inputs'"),
-    (body(instances=[[1, 2, 3], [4, 5]]), [FEATURES],
-     r"input 'features': ragged data: lists at depth 1 have different lengths \[2, 3\]"),
+    (
+        body(instances=[[1, 2, 3], [4, 5]]),
+        [FEATURES],
+        r"input 'features': ragged data: lists at depth 1 have different lengths \[2, 3\]",
+    ),
     (body(instances=[[1, 2, 3], 4]), [FEATURES], "input 'features': ragged data"),
-    (body(instances=[[1, "2", 3]]), [FEATURES],
-     "input 'features': FP32 data must be numbers, got a string '2'"),
-    (body(instances=[[1, 2, 3]]), [FEATURES, TEXT],
-     "instance 0 must be an object with the inputs features, text; got a list"),
-    (body(instances=[{"features": [1, 2, 3], "text": "a"}, {"features": [1, 2, 3]}]),
-     [FEATURES, TEXT], "instance 1: missing input 'text'"),
-    (body(instances=[{"features": [1, 2, 3], "text": "a", "extra": 1}]), [FEATURES, TEXT],
-     r"instance 0: unknown input 'extra' \(inputs: features, text\)"),
-    (body(instances=[{"features": [1, 2, 3], "text": 5}]), [FEATURES, TEXT],
-     "input 'text': BYTES data must be strings, got a number"),
-    (body(instances=[300]), [TensorSpec(name="b", datatype="UINT8", shape=[-1])],
-     "input 'b': value 300 is out of range for UINT8"),
-    (body(instances=[1.5]), [TensorSpec(name="i", datatype="INT32", shape=[-1])],
-     "input 'i': INT32 data must be integers, got 1.5"),
-    (body(instances=[1]), [TensorSpec(name="f", datatype="BOOL", shape=[-1])],
-     "input 'f': BOOL data must be true or false"),
+    (
+        body(instances=[[1, "2", 3]]),
+        [FEATURES],
+        "input 'features': FP32 data must be numbers, got a string '2'",
+    ),
+    (
+        body(instances=[[1, 2, 3]]),
+        [FEATURES, TEXT],
+        "instance 0 must be an object with the inputs features, text; got a list",
+    ),
+    (
+        body(instances=[{"features": [1, 2, 3], "text": "a"}, {"features": [1, 2, 3]}]),
+        [FEATURES, TEXT],
+        "instance 1: missing input 'text'",
+    ),
+    (
+        body(instances=[{"features": [1, 2, 3], "text": "a", "extra": 1}]),
+        [FEATURES, TEXT],
+        r"instance 0: unknown input 'extra' \(inputs: features, text\)",
+    ),
+    (
+        body(instances=[{"features": [1, 2, 3], "text": 5}]),
+        [FEATURES, TEXT],
+        "input 'text': BYTES data must be strings, got a number",
+    ),
+    (
+        body(instances=[300]),
+        [TensorSpec(name="b", datatype="UINT8", shape=[-1])],
+        "input 'b': value 300 is out of range for UINT8",
+    ),
+    (
+        body(instances=[1.5]),
+        [TensorSpec(name="i", datatype="INT32", shape=[-1])],
+        "input 'i': INT32 data must be integers, got 1.5",
+    ),
+    (
+        body(instances=[1]),
+        [TensorSpec(name="f", datatype="BOOL", shape=[-1])],
+        "input 'f': BOOL data must be true or false",
+    ),
 ]
 
 
@@ -128,7 +158,8 @@ def test_bad_requests_are_named(raw: bytes, specs: list[TensorSpec], message: st
 def test_one_output_is_a_list_of_row_values() -> None:
     response = response_with({"p": np.array([[0.25, 0.75], [1, 0]], dtype=np.float32)})
     assert orjson.loads(encode_predict_response(response)) == {
-        "predictions": [[0.25, 0.75], [1.0, 0.0]]}
+        "predictions": [[0.25, 0.75], [1.0, 0.0]]
+    }
 
 
 def test_one_output_of_labels() -> None:
@@ -137,15 +168,19 @@ def test_one_output_of_labels() -> None:
 
 
 def test_several_outputs_are_objects_per_row() -> None:
-    response = response_with({
-        "label": np.array([1, 0], dtype=np.int64),
-        "proba": np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float16),
-        "name": np.array([["a"], ["b"]], dtype=object),
-    })
-    assert orjson.loads(encode_predict_response(response)) == {"predictions": [
-        {"label": 1, "proba": [0.25, 0.75], "name": ["a"]},
-        {"label": 0, "proba": [0.5, 0.5], "name": ["b"]},
-    ]}
+    response = response_with(
+        {
+            "label": np.array([1, 0], dtype=np.int64),
+            "proba": np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float16),
+            "name": np.array([["a"], ["b"]], dtype=object),
+        }
+    )
+    assert orjson.loads(encode_predict_response(response)) == {
+        "predictions": [
+            {"label": 1, "proba": [0.25, 0.75], "name": ["a"]},
+            {"label": 0, "proba": [0.5, 0.5], "name": ["b"]},
+        ]
+    }
 
 
 def test_scalar_output_is_one_prediction() -> None:
@@ -156,7 +191,8 @@ def test_scalar_output_is_one_prediction() -> None:
 def test_fortran_ordered_output() -> None:
     array = np.asfortranarray(np.arange(6, dtype=np.int32).reshape(2, 3))
     assert orjson.loads(encode_predict_response(response_with({"y": array}))) == {
-        "predictions": array.tolist()}
+        "predictions": array.tolist()
+    }
 
 
 def test_output_errors() -> None:

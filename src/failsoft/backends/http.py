@@ -10,7 +10,6 @@ client's ``data`` problem; an answer that cannot be decoded is ``logic``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
@@ -101,8 +100,10 @@ class HttpReplica:
                 payload = await response.read()
                 status = response.status
                 answer_header_length = response.headers.get(HEADER_LENGTH)
-        except (TimeoutError, asyncio.TimeoutError):
-            raise DeadlineExceeded(f"replica {self.name} did not answer within the deadline") from None
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"replica {self.name} did not answer within the deadline"
+            ) from None
         except aiohttp.ClientError as error:
             raise UpstreamError(f"replica {self.name}: {type(error).__name__}: {error}") from None
         if status != 200:

@@ -59,7 +59,9 @@ class InProcessReplica:
         return self._inline
 
     async def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"replica-{self.name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"replica-{self.name}"
+        )
         loop = asyncio.get_running_loop()
         self._predict = await loop.run_in_executor(self._executor, self._load)
 
@@ -95,8 +97,10 @@ class InProcessReplica:
             self._fast_streak = 0
             if self._inline:
                 self._inline = False
-                log.info("slow model call: moving calls to the replica thread",
-                         extra={"replica": self.name, "ms": round(seconds * 1000, 3)})
+                log.info(
+                    "slow model call: moving calls to the replica thread",
+                    extra={"replica": self.name, "ms": round(seconds * 1000, 3)},
+                )
         elif not self._inline:
             self._fast_streak += 1
             if self._fast_streak >= FAST_STREAK:

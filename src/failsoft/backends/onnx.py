@@ -25,7 +25,10 @@ def load_onnx(config: OnnxBackend, inputs: list[TensorSpec], outputs: list[Tenso
         raise BackendLoadError(f"{config.path}: not a loadable ONNX model: {error}") from None
     model_inputs = {i.name for i in session.get_inputs()}
     model_outputs = {o.name for o in session.get_outputs()}
-    for kind, declared, actual in (("input", inputs, model_inputs), ("output", outputs, model_outputs)):
+    for kind, declared, actual in (
+        ("input", inputs, model_inputs),
+        ("output", outputs, model_outputs),
+    ):
         unknown = [spec.name for spec in declared if spec.name not in actual]
         if unknown:
             raise BackendLoadError(

@@ -37,7 +37,9 @@ log = logging.getLogger("failsoft.backends.process")
 STABLE_AFTER_S = 30.0  # a worker up this long resets its restart backoff
 
 
-def worker_spec(model: str, version: str, model_config: ModelConfig, backend: ProcessBackend) -> bytes:
+def worker_spec(
+    model: str, version: str, model_config: ModelConfig, backend: ProcessBackend
+) -> bytes:
     """The configuration a worker serves: this model with one in-process version."""
     spec = model_config.model_dump(mode="json")
     spec["versions"] = {version: backend.worker.model_dump(mode="json")}
@@ -121,8 +123,13 @@ class WorkerReplica:
         listener.set_inheritable(True)
         try:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "failsoft.backends._worker",
-                "--fd", str(listener.fileno()), "--parent", str(os.getpid()),
+                sys.executable,
+                "-m",
+                "failsoft.backends._worker",
+                "--fd",
+                str(listener.fileno()),
+                "--parent",
+                str(os.getpid()),
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=(listener.fileno(),),
             )
@@ -174,7 +181,9 @@ class WorkerReplica:
             try:
                 await self._spawn()
             except BackendLoadError as error:
-                log.error("worker restart failed", extra={"replica": self.name, "error": str(error)})
+                log.error(
+                    "worker restart failed", extra={"replica": self.name, "error": str(error)}
+                )
                 continue
             self._restarts += 1
             self._bus.emit(
@@ -182,7 +191,12 @@ class WorkerReplica:
             )
             log.warning(
                 "worker restarted",
-                extra={"replica": self.name, "old_pid": old_pid, "pid": self.pid, "exit_code": exit_code},
+                extra={
+                    "replica": self.name,
+                    "old_pid": old_pid,
+                    "pid": self.pid,
+                    "exit_code": exit_code,
+                },
             )
 
     async def _probe(self) -> None:
@@ -228,4 +242,6 @@ class WorkerReplica:
     def _set_ready(self, ready: bool, reason: str) -> None:
         if ready != self._ready:
             self._ready = ready
-            self._bus.emit(ReplicaStateChanged(self._model, self._version, self.name, ready, reason))
+            self._bus.emit(
+                ReplicaStateChanged(self._model, self._version, self.name, ready, reason)
+            )

@@ -38,7 +38,9 @@ def load_sklearn(
     declared = {spec.name: spec for spec in outputs}
     for output, method in methods.items():
         if output not in declared:
-            raise BackendLoadError(f"methods names output {output!r}, which the model does not declare")
+            raise BackendLoadError(
+                f"methods names output {output!r}, which the model does not declare"
+            )
         if not callable(getattr(estimator, method, None)):
             raise BackendLoadError(f"{config.path}: the estimator has no method {method!r}")
     missing = [name for name in declared if name not in methods]

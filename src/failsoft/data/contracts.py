@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
 from failsoft.config import TensorSpec
 from failsoft.errors import BadRequest, ModelError
 from failsoft.protocol.datatypes import DATATYPE_TO_DTYPE, datatype_of
@@ -26,7 +25,9 @@ def _show(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def check_request(request: InferRequest, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+def check_request(
+    request: InferRequest, inputs: list[TensorSpec], outputs: list[TensorSpec]
+) -> None:
     """Raise BadRequest unless the request carries exactly the declared inputs."""
     declared = {spec.name: spec for spec in inputs}
     for name, array in request.inputs.items():

@@ -14,7 +14,9 @@ request_id_var: ContextVar[str | None] = ContextVar("failsoft_request_id", defau
 
 # Attributes every LogRecord has; anything else was passed with extra= and is logged.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {
-    "message", "asctime", "color_message",  # uvicorn's ANSI-coloured duplicate
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured duplicate
 }
 
 

@@ -30,7 +30,20 @@ from failsoft.observe.events import (
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 MAX_SERIES = 10_000  # label combinations kept; beyond this new ones are dropped
 
@@ -66,15 +79,18 @@ class _RequestCollector:
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            "failsoft_requests", "Inference requests answered, by HTTP status code.",
+            "failsoft_requests",
+            "Inference requests answered, by HTTP status code.",
             labels=["model", "version", "code"],
         )
         failures = CounterMetricFamily(
-            "failsoft_request_failures", "Failed inference requests, by failure class.",
+            "failsoft_request_failures",
+            "Failed inference requests, by failure class.",
             labels=["model", "version", "class"],
         )
         latency = HistogramMetricFamily(
-            "failsoft_request_duration_seconds", "Time from request read to response ready.",
+            "failsoft_request_duration_seconds",
+            "Time from request read to response ready.",
             labels=["model", "version"],
         )
         for (model, version), stats in list(self.stats.items()):
@@ -103,14 +119,18 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._requests = _RequestCollector()
-        self.registry.register(self._requests)  # type: ignore[arg-type]
+        self.registry.register(self._requests)
         self.replica_up = Gauge(
-            "failsoft_replica_up", "1 when a replica is in rotation, 0 when it is not.",
-            ["model", "version", "replica"], registry=self.registry,
+            "failsoft_replica_up",
+            "1 when a replica is in rotation, 0 when it is not.",
+            ["model", "version", "replica"],
+            registry=self.registry,
         )
         self.worker_restarts = Counter(
-            "failsoft_worker_restarts", "Worker processes restarted by the supervisor.",
-            ["model", "version", "replica", "reason"], registry=self.registry,
+            "failsoft_worker_restarts",
+            "Worker processes restarted by the supervisor.",
+            ["model", "version", "replica", "reason"],
+            registry=self.registry,
         )
 
     def observe(self, event: Event) -> None:

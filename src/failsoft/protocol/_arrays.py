@@ -26,8 +26,15 @@ MAX_DIMS = 32  # numpy 1.x's limit; numpy 2 allows 64
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
 _INTS = frozenset({"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"})
 _NUMBER_TYPES = frozenset({float, int})
-_JSON_KINDS = {str: "a string", bool: "a boolean", type(None): "null", dict: "an object",
-               list: "a list", int: "a number", float: "a number"}
+_JSON_KINDS = {
+    str: "a string",
+    bool: "a boolean",
+    type(None): "null",
+    dict: "an object",
+    list: "a list",
+    int: "a number",
+    float: "a number",
+}
 _LENGTH_PREFIX = struct.Struct("<I")
 
 
@@ -56,8 +63,9 @@ def parse_datatype(where: str, value: Any) -> str:
 
 def parse_shape(where: str, value: Any) -> list[int]:
     if type(value) is not list or not all(type(d) is int and d >= 0 for d in value):
-        raise BadRequest(f"{where}: shape must be a list of non-negative integers, "
-                         f"got {_show(value)}")
+        raise BadRequest(
+            f"{where}: shape must be a list of non-negative integers, got {_show(value)}"
+        )
     if len(value) > MAX_DIMS:
         raise BadRequest(f"{where}: shape has {len(value)} dimensions (at most {MAX_DIMS})")
     return value
@@ -77,8 +85,9 @@ def build_array(
     if shape is None:
         shape = nested_shape
     elif len(flat) != math.prod(shape):
-        raise BadRequest(f"{where}: shape {shape} needs {math.prod(shape)} elements, "
-                         f"got {len(flat)}")
+        raise BadRequest(
+            f"{where}: shape {shape} needs {math.prod(shape)} elements, got {len(flat)}"
+        )
     if datatype in _FLOATS:
         array = _floats(where, datatype, flat, types, null_as_nan)
     elif datatype in _INTS:
@@ -100,11 +109,15 @@ def from_binary(where: str, datatype: str, shape: list[int], chunk: memoryview) 
         return _reshape(where, _object_array(_split_bytes(where, chunk, count)), shape)
     dtype = DATATYPE_TO_DTYPE[datatype]
     if len(chunk) % dtype.itemsize:
-        raise BadRequest(f"{where}: binary_data_size {len(chunk)} is not a multiple of "
-                         f"{dtype.itemsize} ({datatype} element size)")
+        raise BadRequest(
+            f"{where}: binary_data_size {len(chunk)} is not a multiple of "
+            f"{dtype.itemsize} ({datatype} element size)"
+        )
     if len(chunk) // dtype.itemsize != count:
-        raise BadRequest(f"{where}: shape {shape} needs {count} elements, "
-                         f"got {len(chunk) // dtype.itemsize} ({len(chunk)} bytes)")
+        raise BadRequest(
+            f"{where}: shape {shape} needs {count} elements, "
+            f"got {len(chunk) // dtype.itemsize} ({len(chunk)} bytes)"
+        )
     array = np.frombuffer(chunk, dtype=dtype)
     if datatype == "BOOL" and count and np.frombuffer(chunk, dtype=np.uint8).max() > 1:
         raise BadRequest(f"{where}: BOOL binary data must hold only bytes 0 and 1")
@@ -131,8 +144,10 @@ def to_json(array: np.ndarray, flat: bool) -> Any:
 def utf8_strings(where: str, array: np.ndarray) -> list[str] | None:
     """The flattened elements of a BYTES array as str; None if one is not UTF-8."""
     try:
-        return [item if type(item) is str else _as_bytes(where, item).decode()
-                for item in array.ravel().tolist()]
+        return [
+            item if type(item) is str else _as_bytes(where, item).decode()
+            for item in array.ravel().tolist()
+        ]
     except UnicodeDecodeError:
         return None
 
@@ -159,12 +174,13 @@ def _flatten(where: str, data: Any) -> tuple[list[Any], list[int], set[type]]:
         if list not in types:
             return level, shape, types
         if len(types) > 1:
-            raise BadRequest(f"{where}: ragged data: lists and values mixed at depth "
-                             f"{len(shape)}")
+            raise BadRequest(f"{where}: ragged data: lists and values mixed at depth {len(shape)}")
         lengths = set(map(len, level))
         if len(lengths) > 1:
-            raise BadRequest(f"{where}: ragged data: lists at depth {len(shape)} have "
-                             f"different lengths {sorted(lengths)[:4]}")
+            raise BadRequest(
+                f"{where}: ragged data: lists at depth {len(shape)} have "
+                f"different lengths {sorted(lengths)[:4]}"
+            )
         shape.append(lengths.pop())
         level = list(chain.from_iterable(level))
 
@@ -182,8 +198,9 @@ def _floats(
             return np.array(flat, dtype=dtype)
     except FloatingPointError:  # 1e39 as FP32; orjson itself only yields finite numbers
         index = int(np.abs(np.array(flat, dtype=np.float64)).argmax())
-        raise BadRequest(f"{where}: value {flat[index]} at index {index} is out of range for "
-                         f"{datatype}") from None
+        raise BadRequest(
+            f"{where}: value {flat[index]} at index {index} is out of range for {datatype}"
+        ) from None
 
 
 def _ints(where: str, datatype: str, flat: list[Any], types: set[type]) -> np.ndarray:
@@ -204,8 +221,9 @@ def _ints(where: str, datatype: str, flat: list[Any], types: set[type]) -> np.nd
         low, high = int(wide.min()), int(wide.max())
     for value in (low, high):
         if not info.min <= value <= info.max:
-            raise BadRequest(f"{where}: value {value} is out of range for {datatype} "
-                             f"({info.min}..{info.max})")
+            raise BadRequest(
+                f"{where}: value {value} is out of range for {datatype} ({info.min}..{info.max})"
+            )
     return np.array(flat, dtype=dtype)
 
 
@@ -213,20 +231,25 @@ def _exact_int(where: str, datatype: str, index: int, item: int | float) -> int:
     if isinstance(item, int):
         return item
     if not item.is_integer():
-        raise BadRequest(f"{where}: {datatype} data must be integers, got {item} at "
-                         f"index {index}")
+        raise BadRequest(f"{where}: {datatype} data must be integers, got {item} at index {index}")
     return int(item)
 
 
 def _require(
-    where: str, datatype: str, flat: list[Any], types: set[type], allowed: frozenset[type],
+    where: str,
+    datatype: str,
+    flat: list[Any],
+    types: set[type],
+    allowed: frozenset[type],
     wanted: str,
 ) -> None:
     if types <= allowed:
         return
     index, item = next((i, v) for i, v in enumerate(flat) if type(v) not in allowed)
-    raise BadRequest(f"{where}: {datatype} data must be {wanted}, got {json_kind(item)} "
-                     f"{_show(item)} at index {index}")
+    raise BadRequest(
+        f"{where}: {datatype} data must be {wanted}, got {json_kind(item)} "
+        f"{_show(item)} at index {index}"
+    )
 
 
 def _split_bytes(where: str, chunk: memoryview, count: int) -> list[bytes]:
@@ -234,18 +257,23 @@ def _split_bytes(where: str, chunk: memoryview, count: int) -> list[bytes]:
     position, end = 0, len(chunk)
     while position < end:
         if position + 4 > end:
-            raise BadRequest(f"{where}: malformed BYTES binary data: {end - position} "
-                             f"trailing bytes cannot hold a 4-byte length prefix")
+            raise BadRequest(
+                f"{where}: malformed BYTES binary data: {end - position} "
+                f"trailing bytes cannot hold a 4-byte length prefix"
+            )
         (length,) = _LENGTH_PREFIX.unpack_from(chunk, position)
         position += 4
         if position + length > end:
-            raise BadRequest(f"{where}: malformed BYTES binary data: element "
-                             f"{len(elements)} declares {length} bytes, {end - position} left")
-        elements.append(bytes(chunk[position:position + length]))
+            raise BadRequest(
+                f"{where}: malformed BYTES binary data: element "
+                f"{len(elements)} declares {length} bytes, {end - position} left"
+            )
+        elements.append(bytes(chunk[position : position + length]))
         position += length
     if len(elements) != count:
-        raise BadRequest(f"{where}: shape needs {count} elements, the BYTES binary data "
-                         f"holds {len(elements)}")
+        raise BadRequest(
+            f"{where}: shape needs {count} elements, the BYTES binary data holds {len(elements)}"
+        )
     return elements
 
 
@@ -267,8 +295,7 @@ def _as_bytes(where: str, item: Any) -> bytes:
         return item
     if type(item) is str:
         return item.encode()
-    raise ModelError(f"{where}: a BYTES element must be bytes or str, got "
-                     f"{type(item).__name__}")
+    raise ModelError(f"{where}: a BYTES element must be bytes or str, got {type(item).__name__}")
 
 
 def _show(value: Any) -> str:

@@ -36,10 +36,12 @@ def decode_predict_request(body: bytes, inputs: list[TensorSpec]) -> InferReques
         columns = {inputs[0].name: instances}
     else:
         columns = _columns(instances, [spec.name for spec in inputs])
-    return InferRequest(inputs={
-        spec.name: build_array(f"input '{spec.name}'", spec.datatype, None, columns[spec.name])
-        for spec in inputs
-    })
+    return InferRequest(
+        inputs={
+            spec.name: build_array(f"input '{spec.name}'", spec.datatype, None, columns[spec.name])
+            for spec in inputs
+        }
+    )
 
 
 def encode_predict_response(response: InferResponse) -> bytes:
@@ -63,8 +65,10 @@ def _instances(request: dict[str, Any]) -> list[Any]:
     key = keys[0]
     instances = request[key]
     if type(instances) is dict and key == "inputs":
-        raise BadRequest("columnar 'inputs' (an object of columns) is not supported; send "
-                         "'instances' as a list of rows")
+        raise BadRequest(
+            "columnar 'inputs' (an object of columns) is not supported; send "
+            "'instances' as a list of rows"
+        )
     if type(instances) is not list:
         raise BadRequest(f"'{key}' must be a list of rows, got {json_kind(instances)}")
     if not instances:
@@ -76,8 +80,10 @@ def _columns(instances: list[Any], names: list[str]) -> dict[str, list[Any]]:
     columns: dict[str, list[Any]] = {name: [] for name in names}
     for index, instance in enumerate(instances):
         if type(instance) is not dict:
-            raise BadRequest(f"instance {index} must be an object with the inputs "
-                             f"{', '.join(names)}; got {json_kind(instance)}")
+            raise BadRequest(
+                f"instance {index} must be an object with the inputs "
+                f"{', '.join(names)}; got {json_kind(instance)}"
+            )
         if instance.keys() != columns.keys():
             _explain_keys(index, instance, names)
         for name, column in columns.items():
@@ -102,8 +108,10 @@ def _rows(name: str, array: np.ndarray) -> Any:
         return to_json(array, flat=False)
     strings = utf8_strings(where, array)
     if strings is None:
-        raise ModelError(f"{where} holds BYTES that are not valid UTF-8, which V1 JSON cannot "
-                         "carry; call the model over V2 and request the output as binary data")
+        raise ModelError(
+            f"{where} holds BYTES that are not valid UTF-8, which V1 JSON cannot "
+            "carry; call the model over V2 and request the output as binary data"
+        )
     return np.array(strings, dtype=np.object_).reshape(array.shape).tolist()
 
 
@@ -114,7 +122,10 @@ def _row_objects(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         columns[name] = rows.tolist() if isinstance(rows, np.ndarray) else rows
     lengths = {name: len(rows) for name, rows in columns.items()}
     if len(set(lengths.values())) > 1:
-        raise ModelError(f"outputs have different numbers of rows {lengths}, so they cannot be "
-                         "returned as V1 predictions")
-    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(),
-                                                                       strict=True)]
+        raise ModelError(
+            f"outputs have different numbers of rows {lengths}, so they cannot be "
+            "returned as V1 predictions"
+        )
+    return [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ]

@@ -59,23 +59,30 @@ class _BinaryTail:
 
     def take(self, where: str, size: Any) -> memoryview:
         if type(size) is not int or size < 0:
-            raise BadRequest(f"{where}: binary_data_size must be a non-negative integer, "
-                             f"got {size!r}")
+            raise BadRequest(
+                f"{where}: binary_data_size must be a non-negative integer, got {size!r}"
+            )
         if self.data is None:
-            raise BadRequest(f"{where}: has binary_data_size but there is no binary data "
-                             "after the JSON (Inference-Header-Content-Length is missing)")
+            raise BadRequest(
+                f"{where}: has binary_data_size but there is no binary data "
+                "after the JSON (Inference-Header-Content-Length is missing)"
+            )
         left = len(self.data) - self.position
         if size > left:
-            raise BadRequest(f"{where}: binary_data_size {size} is more than the {left} "
-                             "bytes of binary data left in the body")
-        chunk = self.data[self.position:self.position + size]
+            raise BadRequest(
+                f"{where}: binary_data_size {size} is more than the {left} "
+                "bytes of binary data left in the body"
+            )
+        chunk = self.data[self.position : self.position + size]
         self.position += size
         return chunk
 
     def finish(self) -> None:
         if self.data is not None and self.position != len(self.data):
-            raise BadRequest(f"the body has {len(self.data)} bytes of binary data after the "
-                             f"JSON, but the binary_data_size values add up to {self.position}")
+            raise BadRequest(
+                f"the body has {len(self.data)} bytes of binary data after the "
+                f"JSON, but the binary_data_size values add up to {self.position}"
+            )
 
 
 def decode_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
@@ -91,8 +98,9 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
     parameters = _parameters(request.get("parameters"), "the request")
     binary_output = parameters.pop("binary_data_output", False)
     if type(binary_output) is not bool:
-        raise BadRequest("parameters.binary_data_output must be true or false, got "
-                         f"{binary_output!r}")
+        raise BadRequest(
+            f"parameters.binary_data_output must be true or false, got {binary_output!r}"
+        )
     return InferRequest(
         inputs=tensors,
         id=_id(request),
@@ -117,7 +125,8 @@ def encode_infer_response(
         if chunk is not None:
             chunks.append(chunk)
     header: dict[str, Any] = {
-        "model_name": response.model_name, "model_version": response.model_version,
+        "model_name": response.model_name,
+        "model_version": response.model_version,
     }
     if response.id is not None:
         header["id"] = response.id
@@ -170,8 +179,9 @@ def decode_infer_response(
     if type(outputs) is not list:
         if "error" in response:
             raise BadRequest(f"the response is an error: {response['error']!r}")
-        raise BadRequest(f"the response needs 'outputs', a list of tensors; got "
-                         f"{json_kind(outputs)}")
+        raise BadRequest(
+            f"the response needs 'outputs', a list of tensors; got {json_kind(outputs)}"
+        )
     return InferResponse(
         model_name=_optional_str(response, "model_name") or model_name,
         model_version=_optional_str(response, "model_version") or model_version,
@@ -186,7 +196,10 @@ def server_metadata(version: str) -> dict[str, Any]:
 
 
 def model_metadata(
-    name: str, versions: list[str], platform: str, inputs: list[TensorSpec],
+    name: str,
+    versions: list[str],
+    platform: str,
+    inputs: list[TensorSpec],
     outputs: list[TensorSpec],
 ) -> dict[str, Any]:
     return {
@@ -207,14 +220,14 @@ def _split_body(body: bytes, header_length: int | None) -> tuple[memoryview, _Bi
     if header_length is None:
         return view, _BinaryTail(None)
     if type(header_length) is not int or not 0 < header_length <= len(body):
-        raise BadRequest(f"Inference-Header-Content-Length {header_length!r} must be between 1 "
-                         f"and the body size {len(body)}")
+        raise BadRequest(
+            f"Inference-Header-Content-Length {header_length!r} must be between 1 "
+            f"and the body size {len(body)}"
+        )
     return view[:header_length], _BinaryTail(view[header_length:])
 
 
-def _decode_tensors(
-    kind: str, items: list[Any], tail: _BinaryTail, null_as_nan: bool
-) -> Tensors:
+def _decode_tensors(kind: str, items: list[Any], tail: _BinaryTail, null_as_nan: bool) -> Tensors:
     tensors: Tensors = {}
     for index, item in enumerate(items):
         name, array = _decode_tensor(kind, index, item, tail, null_as_nan)
@@ -246,8 +259,9 @@ def _decode_tensor(
         chunk = tail.take(where, parameters["binary_data_size"])
         return name, from_binary(where, datatype, shape, chunk)
     if "data" not in item:
-        raise BadRequest(f"{where}: missing 'data' (or parameters.binary_data_size for "
-                         "binary data)")
+        raise BadRequest(
+            f"{where}: missing 'data' (or parameters.binary_data_size for binary data)"
+        )
     return name, build_array(where, datatype, shape, item["data"], null_as_nan=null_as_nan)
 
 
@@ -270,14 +284,16 @@ def _requested_outputs(value: Any, default_binary: bool) -> list[RequestedOutput
     if value is None or value == []:
         return None
     if type(value) is not list:
-        raise BadRequest(f"'outputs' must be a list of {{name, parameters}} objects, got "
-                         f"{json_kind(value)}")
+        raise BadRequest(
+            f"'outputs' must be a list of {{name, parameters}} objects, got {json_kind(value)}"
+        )
     requested: dict[str, RequestedOutput] = {}
     for index, item in enumerate(value):
         name = item.get("name") if type(item) is dict else None
         if type(name) is not str or not name:
-            raise BadRequest(f"outputs[{index}] must be an object with a 'name' (a non-empty "
-                             "string)")
+            raise BadRequest(
+                f"outputs[{index}] must be an object with a 'name' (a non-empty string)"
+            )
         where = f"requested output '{name}'"
         binary = _parameters(item.get("parameters"), where).get("binary_data", default_binary)
         if type(binary) is not bool:
@@ -312,8 +328,10 @@ def _selected_outputs(
     for requested in request.outputs:
         array = response.outputs.get(requested.name)
         if array is None:
-            raise BadRequest(f"requested output '{requested.name}' is not an output of model "
-                             f"'{response.model_name}' (outputs: {', '.join(response.outputs)})")
+            raise BadRequest(
+                f"requested output '{requested.name}' is not an output of model "
+                f"'{response.model_name}' (outputs: {', '.join(response.outputs)})"
+            )
         selected.append((requested.name, array, requested.binary))
     return selected
 
@@ -330,8 +348,10 @@ def _encode_tensor(
             entry["data"] = data
             return entry, None
         if not utf8_fallback:
-            raise ModelError(f"{where} holds BYTES that are not valid UTF-8, which JSON cannot "
-                             "carry; request it with parameters {\"binary_data\": true}")
+            raise ModelError(
+                f"{where} holds BYTES that are not valid UTF-8, which JSON cannot "
+                'carry; request it with parameters {"binary_data": true}'
+            )
     chunk = to_binary(where, array, datatype)
     entry["parameters"] = {"binary_data_size": len(chunk)}
     return entry, chunk

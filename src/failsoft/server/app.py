@@ -155,8 +155,14 @@ class FailsoftApp:
         request_id = request_id or self._new_request_id()
         token = request_id_var.set(request_id)
         incoming = Incoming(
-            scope["method"], scope["path"].strip("/").split("/"), request_id,
-            content_length, header_length, timeout_ms, authorization, receive,
+            scope["method"],
+            scope["path"].strip("/").split("/"),
+            request_id,
+            content_length,
+            header_length,
+            timeout_ms,
+            authorization,
+            receive,
         )
         try:
             answer = await self._route(incoming)
@@ -175,7 +181,9 @@ class FailsoftApp:
             access_log.info(
                 "request",
                 extra={
-                    "request_id": request_id, "method": incoming.method, "path": scope["path"],
+                    "request_id": request_id,
+                    "method": incoming.method,
+                    "path": scope["path"],
                     "status": answer.status,
                     "ms": round((time.perf_counter() - started) * 1000, 3),
                 },
@@ -268,8 +276,11 @@ class FailsoftApp:
             "name": "failsoft",
             "version": __version__,
             "models": {
-                name: {"versions": list(model.versions), "default_version": model.config.default,
-                       "ready": model.ready}
+                name: {
+                    "versions": list(model.versions),
+                    "default_version": model.config.default,
+                    "ready": model.ready,
+                }
                 for name, model in self.runtime.models.items()
             },
         }
@@ -287,8 +298,13 @@ class FailsoftApp:
             body = await read_body(req.receive, self.server.max_body_bytes, req.content_length)
             request = self._decode(model, body, req.header_length, v1_codec)
             check_request(request, model.config.inputs, model.config.outputs)
-            call = Call(req.request_id, model_name, version.name,
-                        time.monotonic() + self._timeout_s(model, req.timeout_ms), self.runtime.bus)
+            call = Call(
+                req.request_id,
+                model_name,
+                version.name,
+                time.monotonic() + self._timeout_s(model, req.timeout_ms),
+                self.runtime.bus,
+            )
             outputs, replica = await version.infer(request, call)
             replica_name = replica.name
             response = InferResponse(
@@ -305,16 +321,28 @@ class FailsoftApp:
             status = error.status
             failure = error.failure_class
             if status >= 500:
-                log.warning("inference failed", extra={
-                    "model": model_name, "version": version.name, "status": status,
-                    "class": failure.value, "error": error.message,
-                })
+                log.warning(
+                    "inference failed",
+                    extra={
+                        "model": model_name,
+                        "version": version.name,
+                        "status": status,
+                        "class": failure.value,
+                        "error": error.message,
+                    },
+                )
             raise
         finally:
-            self.runtime.bus.emit(RequestFinished(
-                model_name, version.name, status, failure, time.perf_counter() - started,
-                replica_name,
-            ))
+            self.runtime.bus.emit(
+                RequestFinished(
+                    model_name,
+                    version.name,
+                    status,
+                    failure,
+                    time.perf_counter() - started,
+                    replica_name,
+                )
+            )
 
     @staticmethod
     def _timeout_s(model: ModelRuntime, requested_ms: int | None) -> float:

@@ -21,7 +21,9 @@ JSON = b"application/json"
 async def read_body(receive: Receive, limit: int, content_length: int | None) -> bytes:
     """The whole request body, refused as soon as it is known to exceed ``limit``."""
     if content_length is not None and content_length > limit:
-        raise PayloadTooLarge(f"request body of {content_length} bytes is over the {limit}-byte limit")
+        raise PayloadTooLarge(
+            f"request body of {content_length} bytes is over the {limit}-byte limit"
+        )
     chunks: list[bytes] = []
     size = 0
     while True:
