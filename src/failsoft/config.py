@@ -15,8 +15,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -24,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from failsoft._options import StrictModel
 from failsoft.protocol.datatypes import DATATYPES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -57,8 +56,7 @@ ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
 
 
 class TensorSpec(_Strict):

@@ -20,8 +20,14 @@ log = logging.getLogger("failsoft.events")
 # pays for object.__setattr__ per field, and events are made on the hot path.
 
 
+class Event:
+    """Base of every event; strategies define their own subclasses next to them."""
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
-class RequestFinished:
+class RequestFinished(Event):
     model: str
     version: str
     status: int
@@ -31,7 +37,7 @@ class RequestFinished:
 
 
 @dataclass(slots=True)
-class ReplicaStateChanged:
+class ReplicaStateChanged(Event):
     model: str
     version: str
     replica: str
@@ -40,7 +46,7 @@ class ReplicaStateChanged:
 
 
 @dataclass(slots=True)
-class WorkerRestarted:
+class WorkerRestarted(Event):
     model: str
     version: str
     replica: str
@@ -49,7 +55,6 @@ class WorkerRestarted:
     reason: str
 
 
-Event = RequestFinished | ReplicaStateChanged | WorkerRestarted
 Observer = Callable[[Event], None]
 
 
