@@ -1,0 +1,178 @@
+"""Latency-aware load balancing: power of two choices over peak-EWMA cost.
+
+``pick`` draws two distinct replicas at random from the eligible ones and
+sends the call to the cheaper of the two (Mitzenmacher's power of two
+choices, as in Finagle, Linkerd and Envoy). A replica's cost is
+
+    latency_ms * (outstanding + 1) / weight
+
+- **Peak EWMA** (Finagle, tower): a finished call slower than the estimate
+  replaces it at once, so a replica that turns slow is avoided on the next
+  pick; a faster one pulls the estimate down with weight ``1 - w``, where
+  ``w = exp(-elapsed / ewma_decay_ms)`` and ``elapsed`` is the time since the
+  previous sample. A failed call counts as at least ``failure_penalty_ms``,
+  so a replica that fails fast does not look fast.
+- **Idle decay.** While a replica has no call in flight, the latency used
+  for picking is the estimate discounted by ``exp(-idle / ewma_decay_ms)``
+  (Finagle and tower decay towards zero the same way). Without it a replica
+  that was slow or failed once would lose every pair it is drawn into and,
+  at low traffic, never be tried again. As soon as one call is in flight
+  the full estimate applies again, so a recovering replica is probed with
+  one call at a time rather than a burst; and silence from a replica with
+  calls in flight (a hung one) is never mistaken for good news.
+- **Outstanding calls.** The ``(outstanding + 1)`` factor turns a hung
+  replica away quickly: its calls never finish, so its cost grows with every
+  call sent to it although no sample says it is slow.
+- **Slow start** (Envoy): after ``begin_slow_start`` a replica's weight
+  rises linearly from ``slow_start_min_weight`` to 1 over ``slow_start_ms``,
+  and its estimate is reset to the median of the other replicas', so a
+  returning replica is neither flooded (a stale low estimate) nor starved
+  (a stale high one). ``slow_start_ms = 0`` disables the ramp; the reset
+  still happens.
+
+Ties are broken by the random draw: the pair comes out in random order and
+the first of it is kept on equal cost. State is a few flat lists indexed by
+replica; ``pick`` reads the clock once, builds no containers and is O(1) in
+the number of eligible replicas. Indices on the hot path (``pick``,
+``started``, ``finished``, ``cancelled``) are trusted; the other methods
+check them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Sequence
+from typing import Annotated
+
+from pydantic import Field
+
+from failsoft._options import StrictModel
+from failsoft.clock import Clock
+
+INITIAL_EWMA_MS = 1.0
+# The latency used for picking never goes below this, so that a cost is never
+# zero and still grows with the outstanding calls.
+_FLOOR_MS = 1e-3
+
+
+class BalancerOptions(StrictModel):
+    ewma_decay_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10000.0
+    failure_penalty_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1000.0
+    slow_start_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10000.0
+    slow_start_min_weight: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+
+class PeakEwmaBalancer:
+    """Picks a replica index per call; told when calls start, finish or are cancelled."""
+
+    def __init__(
+        self, size: int, options: BalancerOptions, clock: Clock, rng: random.Random
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"a balancer needs at least one replica, got {size}")
+        self._size = size
+        self._clock = clock
+        self._rng = rng
+        self._decay_s = options.ewma_decay_ms / 1000.0
+        self._penalty_ms = options.failure_penalty_ms
+        self._ramp_s = options.slow_start_ms / 1000.0
+        self._min_weight = options.slow_start_min_weight
+        now = clock.now()
+        self._ewma_ms = [INITIAL_EWMA_MS] * size
+        self._stamp = [now] * size
+        self._outstanding = [0] * size
+        self._ramp_start = [-math.inf] * size
+
+    def pick(self, eligible: Sequence[int]) -> int:
+        count = len(eligible)
+        if count == 1:
+            return eligible[0]
+        if count == 0:
+            raise ValueError("no eligible replica to pick from")
+        draw = self._rng.random
+        # int(random() * n) is what random.choice once did; randrange costs several times more.
+        first = int(draw() * count)
+        second = int(draw() * (count - 1))
+        if second >= first:
+            second += 1
+        a, b = eligible[first], eligible[second]
+        now = self._clock.now()
+        return b if self._cost(b, now) < self._cost(a, now) else a
+
+    def started(self, index: int) -> None:
+        self._outstanding[index] += 1
+
+    def finished(self, index: int, seconds: float, ok: bool) -> None:
+        self._release(index)
+        sample_ms = seconds * 1000.0
+        if not ok:
+            sample_ms = max(sample_ms, self._penalty_ms)
+        self._observe(index, sample_ms, self._clock.now())
+
+    def cancelled(self, index: int, elapsed: float | None = None) -> None:
+        """A call given up on (a hedge loser): no latency sample.
+
+        ``elapsed``, when given, is how long the call had run: a lower bound
+        on that replica's latency, so it can raise the estimate, never lower it.
+        """
+        self._release(index)
+        if elapsed is not None and elapsed * 1000.0 > self._ewma_ms[index]:
+            self._ewma_ms[index] = elapsed * 1000.0
+            self._stamp[index] = self._clock.now()
+
+    def begin_slow_start(self, index: int) -> None:
+        self._check(index)
+        now = self._clock.now()
+        others = [self._latency_ms(i, now) for i in range(self._size) if i != index]
+        self._ewma_ms[index] = statistics.median(others) if others else INITIAL_EWMA_MS
+        self._stamp[index] = now
+        self._ramp_start[index] = now
+
+    def weight(self, index: int) -> float:
+        self._check(index)
+        return self._weight(index, self._clock.now())
+
+    def snapshot(self, index: int) -> dict[str, float]:
+        self._check(index)
+        now = self._clock.now()
+        return {
+            "ewma_ms": self._latency_ms(index, now),
+            "outstanding": float(self._outstanding[index]),
+            "weight": self._weight(index, now),
+        }
+
+    def _cost(self, index: int, now: float) -> float:
+        load = self._latency_ms(index, now) * (self._outstanding[index] + 1)
+        return load / self._weight(index, now)
+
+    def _latency_ms(self, index: int, now: float) -> float:
+        value = self._ewma_ms[index]
+        if not self._outstanding[index]:
+            value *= math.exp((self._stamp[index] - now) / self._decay_s)
+        return max(value, _FLOOR_MS)
+
+    def _observe(self, index: int, sample_ms: float, now: float) -> None:
+        current = self._ewma_ms[index]
+        if sample_ms > current:
+            self._ewma_ms[index] = sample_ms
+        else:
+            keep = math.exp(-(now - self._stamp[index]) / self._decay_s)
+            self._ewma_ms[index] = current * keep + sample_ms * (1.0 - keep)
+        self._stamp[index] = now
+
+    def _weight(self, index: int, now: float) -> float:
+        elapsed = now - self._ramp_start[index]
+        if elapsed >= self._ramp_s:
+            return 1.0
+        return self._min_weight + (1.0 - self._min_weight) * (elapsed / self._ramp_s)
+
+    def _release(self, index: int) -> None:
+        # Never below zero: a stray report must not make a replica look idler than idle.
+        if self._outstanding[index] > 0:
+            self._outstanding[index] -= 1
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < self._size:
+            raise IndexError(f"replica index {index} out of range 0..{self._size - 1}")

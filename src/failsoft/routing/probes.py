@@ -1,0 +1,184 @@
+"""Active health probes: a real inference with a golden input, not only a ping.
+
+Each replica of a version is probed every ``interval_ms``. With a golden
+input configured, the probe runs a real inference and compares the answer
+with the expected outputs (exact for integers and strings, within
+``tolerance`` for floats), so a replica that answers 200 with garbage fails
+its probe. Without one, the probe asks the replica's own readiness. After
+``fall`` failures in a row the replica leaves rotation (and readiness);
+after ``rise`` successes in a row it comes back, ramped in by slow start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+from pydantic import Field
+
+from failsoft._options import StrictModel
+from failsoft.call import Call
+from failsoft.clock import Clock
+from failsoft.data.contracts import ModelContract
+from failsoft.errors import FailsoftError
+from failsoft.observe.events import Event, EventBus
+from failsoft.protocol.datatypes import DATATYPE_TO_DTYPE
+from failsoft.protocol.types import InferRequest, Tensors
+
+if TYPE_CHECKING:
+    from failsoft.config import TensorSpec
+
+log = logging.getLogger("failsoft.probes")
+
+
+class HealthCheckOptions(StrictModel):
+    enabled: bool = True
+    interval_ms: Annotated[float, Field(gt=0, le=3_600_000)] = 1000.0
+    timeout_ms: Annotated[float, Field(gt=0, le=600_000)] = 500.0
+    fall: Annotated[int, Field(ge=1, le=100)] = 3
+    rise: Annotated[int, Field(ge=1, le=100)] = 2
+    inputs: dict[str, Any] | None = Field(
+        default=None, description="golden input: tensor name -> data (nested lists)"
+    )
+    expect: dict[str, Any] | None = Field(
+        default=None, description="expected outputs for the golden input: name -> data"
+    )
+    tolerance: Annotated[float, Field(ge=0)] = 1e-4
+
+
+@dataclass(slots=True)
+class HealthChanged(Event):
+    model: str
+    version: str
+    replica: str
+    healthy: bool
+    reason: str
+
+
+def golden_request(options: HealthCheckOptions, specs: list[TensorSpec]) -> InferRequest | None:
+    """The golden input as a request, or None when none is configured."""
+    if options.inputs is None:
+        return None
+    by_name = {spec.name: spec for spec in specs}
+    tensors: Tensors = {}
+    for name, data in options.inputs.items():
+        spec = by_name.get(name)
+        if spec is None:
+            raise ValueError(f"health_check.inputs names unknown input {name!r}")
+        tensors[name] = np.asarray(data, dtype=DATATYPE_TO_DTYPE[spec.datatype])
+    return InferRequest(tensors)
+
+
+def answer_problem(outputs: Tensors, expect: dict[str, Any] | None, tolerance: float) -> str | None:
+    """What differs between an answer and the expected one, or None."""
+    for name, expected in (expect or {}).items():
+        got = outputs.get(name)
+        if got is None:
+            return f"output {name!r} missing"
+        want = np.asarray(expected)
+        if got.shape != want.shape:
+            return f"output {name!r} has shape {list(got.shape)}, expected {list(want.shape)}"
+        if got.dtype.kind == "f":
+            if not np.allclose(got, want, rtol=tolerance, atol=tolerance):
+                return f"output {name!r} is {got.ravel()[:4].tolist()}, expected {want.ravel()[:4].tolist()}"
+        elif got.ravel().tolist() != [_plain(v) for v in want.ravel().tolist()]:
+            return f"output {name!r} is {got.ravel()[:4].tolist()}, expected {want.ravel()[:4].tolist()}"
+    return None
+
+
+def _plain(value: Any) -> Any:
+    return value.encode() if isinstance(value, str) else value
+
+
+class Prober:
+    """Probes the replicas of one version pipeline and flips their health."""
+
+    def __init__(
+        self,
+        pipeline: Any,  # VersionPipeline; Any avoids an import cycle
+        options: HealthCheckOptions,
+        contract: ModelContract,
+        golden: InferRequest | None,
+        bus: EventBus,
+        clock: Clock,
+    ) -> None:
+        self._pipeline = pipeline
+        self._options = options
+        self._contract = contract
+        self._golden = golden
+        self._bus = bus
+        self._clock = clock
+        size = len(pipeline.replicas)
+        self._failures = [0] * size
+        self._successes = [0] * size
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._options.enabled and self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._clock.sleep(self._options.interval_ms / 1000)
+            await self.probe_all()
+
+    async def probe_all(self) -> None:
+        replicas = self._pipeline.replicas
+        results = await asyncio.gather(*(self._probe(r) for r in replicas))
+        for index, problem in enumerate(results):
+            self._judge(index, problem)
+
+    async def _probe(self, replica: Any) -> str | None:
+        if not replica.available:
+            return None  # restarting: the supervisor owns that state, not the probe
+        timeout = self._options.timeout_ms / 1000
+        try:
+            if self._golden is None:
+                ok = await asyncio.wait_for(replica.health(), timeout)
+                return None if ok else "not ready"
+            call = Call("health-probe", self._pipeline.model, self._pipeline.version,
+                        self._clock.now() + timeout, self._bus)
+            outputs = await asyncio.wait_for(replica.infer(self._golden, call), timeout)
+            self._contract.check_outputs(outputs)
+        except TimeoutError:
+            return f"no answer within {self._options.timeout_ms:g} ms"
+        except FailsoftError as error:
+            return error.message
+        return answer_problem(outputs, self._options.expect, self._options.tolerance)
+
+    def _judge(self, index: int, problem: str | None) -> None:
+        pipeline = self._pipeline
+        healthy = pipeline.probe_healthy[index]
+        name = pipeline.replicas[index].name
+        if problem is None:
+            self._failures[index] = 0
+            self._successes[index] += 1
+            if not healthy and self._successes[index] >= self._options.rise:
+                pipeline.probe_healthy[index] = True
+                pipeline.balancer.begin_slow_start(index)
+                self._emit(name, True, f"{self._options.rise} probes passed")
+            return
+        self._successes[index] = 0
+        self._failures[index] += 1
+        if healthy and self._failures[index] >= self._options.fall:
+            pipeline.probe_healthy[index] = False
+            self._emit(name, False, problem)
+
+    def _emit(self, replica: str, healthy: bool, reason: str) -> None:
+        pipeline = self._pipeline
+        log.warning("replica health changed", extra={
+            "model": pipeline.model, "version": pipeline.version, "replica": replica,
+            "healthy": healthy, "reason": reason,
+        })
+        self._bus.emit(HealthChanged(pipeline.model, pipeline.version, replica, healthy, reason))

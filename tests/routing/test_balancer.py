@@ -1,0 +1,276 @@
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import Counter
+
+import pytest
+from pydantic import ValidationError
+
+from failsoft.clock import ManualClock
+from failsoft.routing.balancer import INITIAL_EWMA_MS, BalancerOptions, PeakEwmaBalancer
+
+
+def make(size: int, seed: int = 7, **options: float) -> tuple[PeakEwmaBalancer, ManualClock]:
+    clock = ManualClock()
+    balancer = PeakEwmaBalancer(size, BalancerOptions(**options), clock, random.Random(seed))
+    return balancer, clock
+
+
+def sample(balancer: PeakEwmaBalancer, index: int, seconds: float, ok: bool = True) -> None:
+    balancer.started(index)
+    balancer.finished(index, seconds, ok)
+
+
+def ewma(balancer: PeakEwmaBalancer, index: int) -> float:
+    return balancer.snapshot(index)["ewma_ms"]
+
+
+async def simulate(
+    balancer: PeakEwmaBalancer,
+    clock: ManualClock,
+    latencies: list[float],
+    calls: int,
+    concurrency: int,
+) -> Counter[int]:
+    """A closed loop: ``concurrency`` calls in flight, each taking its replica's latency."""
+    eligible = range(len(latencies))
+    in_flight: list[tuple[float, int, int]] = []
+    picks: Counter[int] = Counter()
+    for call in range(calls):
+        if len(in_flight) == concurrency:
+            done_at, _, done = heapq.heappop(in_flight)
+            await clock.advance(done_at - clock.now())
+            balancer.finished(done, latencies[done], True)
+        index = balancer.pick(eligible)
+        picks[index] += 1
+        balancer.started(index)
+        heapq.heappush(in_flight, (clock.now() + latencies[index], call, index))
+    return picks
+
+
+async def test_the_faster_replica_gets_most_of_the_traffic() -> None:
+    balancer, clock = make(2)
+    picks = await simulate(balancer, clock, [0.005, 0.050], calls=2000, concurrency=16)
+    assert picks == Counter({0: 1973, 1: 27})
+    assert picks[0] / 2000 > 0.8
+
+
+async def test_traffic_follows_latency_across_several_replicas() -> None:
+    balancer, clock = make(3)
+    picks = await simulate(balancer, clock, [0.005, 0.020, 0.050], calls=2000, concurrency=16)
+    assert picks == Counter({0: 1322, 1: 572, 2: 106})
+    # Power of two choices never sends the fastest more than 2/3 here (it is in
+    # 2 of the 3 pairs), but the slowest replica is left with little.
+    assert picks[2] / 2000 < 0.1
+
+
+def test_of_two_the_lower_latency_one_wins() -> None:
+    balancer, _ = make(2)
+    sample(balancer, 0, 0.050)
+    sample(balancer, 1, 0.005)
+    assert {balancer.pick([0, 1]) for _ in range(100)} == {1}
+
+
+def test_outstanding_calls_outweigh_lower_latency() -> None:
+    balancer, _ = make(2)
+    sample(balancer, 0, 0.010)
+    sample(balancer, 1, 0.020)
+    for _ in range(2):
+        balancer.started(0)
+    # 10 ms x (2 + 1) = 30 > 20 ms x 1
+    assert balancer.pick([0, 1]) == 1
+    balancer.cancelled(0)
+    # 10 ms x 2 = 20: a tie, settled by the draw
+    assert {balancer.pick([0, 1]) for _ in range(50)} == {0, 1}
+    balancer.cancelled(0)
+    assert balancer.pick([0, 1]) == 0
+
+
+async def test_a_hung_replica_is_avoided_after_its_first_stuck_call() -> None:
+    balancer, clock = make(3)
+    for index in range(3):
+        sample(balancer, index, 0.010)
+    picks: Counter[int] = Counter()
+    for _ in range(1000):
+        index = balancer.pick(range(3))
+        picks[index] += 1
+        balancer.started(index)
+        await clock.advance(0.010)
+        if index != 0:  # replica 0 hangs: its calls never finish
+            balancer.finished(index, 0.010, True)
+    assert picks[0] == 1
+    assert balancer.snapshot(0)["outstanding"] == 1.0
+
+
+def test_a_failure_counts_as_the_penalty_so_fast_failures_do_not_attract() -> None:
+    balancer, _ = make(2, failure_penalty_ms=1000.0)
+    sample(balancer, 0, 0.001, ok=False)
+    sample(balancer, 1, 0.050)
+    assert ewma(balancer, 0) == 1000.0
+    assert balancer.pick([0, 1]) == 1
+
+
+def test_a_failure_slower_than_the_penalty_keeps_its_own_latency() -> None:
+    balancer, _ = make(1, failure_penalty_ms=1000.0)
+    sample(balancer, 0, 2.5, ok=False)
+    assert ewma(balancer, 0) == 2500.0
+
+
+async def test_peak_ewma_jumps_up_and_decays_down() -> None:
+    balancer, clock = make(1, ewma_decay_ms=10000.0)
+    assert ewma(balancer, 0) == INITIAL_EWMA_MS
+    sample(balancer, 0, 0.100)
+    assert ewma(balancer, 0) == pytest.approx(100.0)  # a peak replaces the estimate
+    await clock.advance(10.0)  # one time constant
+    balancer.started(0)
+    balancer.finished(0, 0.010, True)
+    keep = math.exp(-1.0)
+    assert ewma(balancer, 0) == pytest.approx(100.0 * keep + 10.0 * (1.0 - keep))
+    sample(balancer, 0, 0.500)
+    assert ewma(balancer, 0) == pytest.approx(500.0)
+
+
+async def test_the_estimate_decays_while_idle_but_not_while_calls_are_in_flight() -> None:
+    balancer, clock = make(1, ewma_decay_ms=10000.0)
+    sample(balancer, 0, 0.100)
+    await clock.advance(20.0)
+    assert ewma(balancer, 0) == pytest.approx(100.0 * math.exp(-2.0))
+    balancer.started(0)
+    assert ewma(balancer, 0) == pytest.approx(100.0)
+
+
+async def test_a_replica_that_failed_once_is_probed_again_later() -> None:
+    balancer, clock = make(2, ewma_decay_ms=10000.0)
+    sample(balancer, 0, 0.010, ok=False)  # 1000 ms penalty
+    sample(balancer, 1, 0.010)
+    assert balancer.pick([0, 1]) == 1
+    await clock.advance(60.0)  # both idle: 1000 x e^-6 = 2.5 ms against 10 x e^-6
+    assert balancer.pick([0, 1]) == 1
+    sample(balancer, 1, 0.010)  # replica 1 answers in 10 ms right now
+    assert balancer.pick([0, 1]) == 0  # 2.5 ms: worth another try
+
+
+def test_a_hedge_loser_can_only_raise_the_estimate() -> None:
+    balancer, _ = make(1)
+    sample(balancer, 0, 0.050)
+    balancer.started(0)
+    balancer.cancelled(0, elapsed=0.010)
+    assert ewma(balancer, 0) == pytest.approx(50.0)
+    balancer.started(0)
+    balancer.cancelled(0, elapsed=0.200)
+    assert ewma(balancer, 0) == pytest.approx(200.0)
+    balancer.started(0)
+    balancer.cancelled(0)
+    assert balancer.snapshot(0) == {"ewma_ms": 200.0, "outstanding": 0.0, "weight": 1.0}
+
+
+def test_outstanding_never_goes_below_zero() -> None:
+    balancer, _ = make(1)
+    balancer.cancelled(0)
+    balancer.finished(0, 0.001, True)
+    assert balancer.snapshot(0)["outstanding"] == 0.0
+
+
+async def test_slow_start_ramps_the_weight_linearly() -> None:
+    balancer, clock = make(2, slow_start_ms=10000.0, slow_start_min_weight=0.1)
+    assert balancer.weight(0) == 1.0
+    balancer.begin_slow_start(0)
+    assert balancer.weight(0) == pytest.approx(0.1)
+    await clock.advance(5.0)
+    assert balancer.weight(0) == pytest.approx(0.55)
+    await clock.advance(5.0)
+    assert balancer.weight(0) == 1.0
+    await clock.advance(100.0)
+    assert balancer.weight(0) == 1.0
+    assert balancer.weight(1) == 1.0
+
+
+def test_slow_start_resets_the_estimate_to_the_median_of_the_others() -> None:
+    balancer, _ = make(4)
+    for index, seconds in enumerate([0.010, 0.020, 0.030]):
+        sample(balancer, index, seconds)
+    sample(balancer, 3, 0.001, ok=False)
+    balancer.begin_slow_start(3)
+    assert ewma(balancer, 3) == pytest.approx(20.0)
+
+
+def test_slow_start_of_a_lone_replica_resets_to_the_initial_estimate() -> None:
+    balancer, _ = make(1)
+    sample(balancer, 0, 0.5)
+    balancer.begin_slow_start(0)
+    assert ewma(balancer, 0) == INITIAL_EWMA_MS
+
+
+def test_a_ramping_replica_loses_to_an_equal_one() -> None:
+    balancer, _ = make(2)
+    balancer.begin_slow_start(0)
+    assert {balancer.pick([0, 1]) for _ in range(50)} == {1}
+
+
+def test_slow_start_window_zero_disables_the_ramp() -> None:
+    balancer, _ = make(2, slow_start_ms=0.0)
+    sample(balancer, 1, 0.040)
+    balancer.begin_slow_start(0)
+    assert balancer.weight(0) == 1.0
+    assert ewma(balancer, 0) == pytest.approx(40.0)
+
+
+def test_a_single_eligible_replica_is_picked() -> None:
+    balancer, _ = make(3)
+    sample(balancer, 2, 5.0, ok=False)
+    for _ in range(10):
+        balancer.started(2)
+    assert balancer.pick([2]) == 2
+
+
+def test_ties_are_split_by_the_rng() -> None:
+    balancer, _ = make(3, seed=11)
+    picks = Counter(balancer.pick([0, 1, 2]) for _ in range(3000))
+    assert picks == Counter({0: 1011, 1: 997, 2: 992})
+    assert all(900 < count < 1100 for count in picks.values())
+
+
+def test_pick_draws_a_distinct_pair() -> None:
+    balancer, _ = make(2)
+    sample(balancer, 0, 0.001)
+    sample(balancer, 1, 0.002)
+    # Were the same replica drawn twice, replica 1 would sometimes be picked.
+    assert {balancer.pick([0, 1]) for _ in range(200)} == {0}
+
+
+def test_an_empty_eligible_set_raises() -> None:
+    balancer, _ = make(2)
+    with pytest.raises(ValueError, match="no eligible replica"):
+        balancer.pick([])
+
+
+def test_checked_methods_reject_unknown_indices() -> None:
+    balancer, _ = make(2)
+    with pytest.raises(IndexError):
+        balancer.snapshot(2)
+    with pytest.raises(IndexError):
+        balancer.begin_slow_start(-1)
+
+
+def test_a_balancer_needs_a_replica() -> None:
+    with pytest.raises(ValueError, match="at least one replica"):
+        make(0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ewma_decay_ms": 0.0},
+        {"failure_penalty_ms": -1.0},
+        {"slow_start_ms": -1.0},
+        {"slow_start_min_weight": 0.0},
+        {"slow_start_min_weight": 1.5},
+        {"ewma_decay_ms": math.inf},
+        {"unknown": 1.0},
+    ],
+)
+def test_invalid_options_are_rejected(options: dict[str, float]) -> None:
+    with pytest.raises(ValidationError):
+        BalancerOptions(**options)
