@@ -23,7 +23,15 @@ from pydantic import (
 )
 
 from failsoft._options import StrictModel
+from failsoft.pipeline.breaker import BreakerOptions
+from failsoft.pipeline.cache import CacheOptions
+from failsoft.pipeline.fallback import FallbackTier, ModelTier, StaticTier, VersionTier
+from failsoft.pipeline.hedge import HedgeOptions
+from failsoft.pipeline.retry import RetryOptions
 from failsoft.protocol.datatypes import DATATYPES
+from failsoft.routing.balancer import BalancerOptions
+from failsoft.routing.ejection import EjectionOptions
+from failsoft.routing.probes import HealthCheckOptions
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
@@ -59,12 +67,50 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 _Strict = StrictModel
 
 
+_FLOAT_TYPES = ("FP16", "FP32", "FP64")
+_LABEL_TYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "BYTES",
+)
+
+
 class TensorSpec(_Strict):
-    """A declared input or output: its name, V2 datatype and shape (-1: any size)."""
+    """A declared input or output: its name, V2 datatype and shape (-1: any size).
+
+    The optional value contract (``range``, ``labels``, ``allow_nan``) is
+    checked on every request (a violation is a 400) and every answer (a
+    violation is a model failure, retried or fallen back, never returned).
+    """
 
     name: Annotated[str, Field(min_length=1, max_length=256)]
     datatype: Datatype
     shape: list[Annotated[int, Field(ge=-1)]]
+    range: tuple[float, float] | None = None
+    labels: Annotated[list[int | str], Field(min_length=1, max_length=100_000)] | None = None
+    allow_nan: bool = False
+
+    @model_validator(mode="after")
+    def _contract_fits_datatype(self) -> TensorSpec:
+        if self.range is not None:
+            if self.datatype in ("BYTES", "BOOL"):
+                raise ValueError(f"range does not apply to {self.datatype}")
+            if self.range[0] > self.range[1]:
+                raise ValueError(f"range minimum {self.range[0]} is above its maximum")
+        if self.labels is not None and self.datatype not in _LABEL_TYPES:
+            raise ValueError(
+                f"labels apply to integer, BOOL and BYTES tensors, not {self.datatype}"
+            )
+        if self.allow_nan and self.datatype not in _FLOAT_TYPES:
+            raise ValueError("allow_nan applies to FP16, FP32 and FP64 tensors only")
+        return self
 
 
 class ServerConfig(_Strict):
@@ -181,7 +227,22 @@ class ModelConfig(_Strict):
     versions: Annotated[dict[Name, VersionConfig], Field(min_length=1)]
     default_version: Name | None = None
     timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 5_000
+    max_timeout_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
+    per_try_timeout_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
     platform: str = "failsoft"
+    retry: RetryOptions = Field(default_factory=RetryOptions)
+    hedge: HedgeOptions = Field(default_factory=HedgeOptions)
+    breaker: BreakerOptions = Field(default_factory=BreakerOptions)
+    ejection: EjectionOptions = Field(default_factory=EjectionOptions)
+    balancer: BalancerOptions = Field(default_factory=BalancerOptions)
+    health_check: HealthCheckOptions = Field(default_factory=HealthCheckOptions)
+    cache: CacheOptions = Field(default_factory=CacheOptions)
+    fallback: Annotated[list[FallbackTier], Field(max_length=16)] = Field(default_factory=list)
+
+    @property
+    def timeout_cap_ms(self) -> int:
+        """The longest deadline a request may ask for with Failsoft-Timeout-Ms."""
+        return self.max_timeout_ms or self.timeout_ms
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -200,7 +261,32 @@ class ModelConfig(_Strict):
                 f"default_version {self.default_version!r} is not one of the versions "
                 f"{sorted(self.versions)}"
             )
+        self._check_fallback()
+        self._check_health_check()
         return self
+
+    def _check_fallback(self) -> None:
+        declared = {spec.name for spec in self.outputs}
+        for index, tier in enumerate(self.fallback):
+            if isinstance(tier, VersionTier) and tier.version not in self.versions:
+                raise ValueError(
+                    f"fallback[{index}]: version {tier.version!r} is not one of "
+                    f"{sorted(self.versions)}"
+                )
+            if isinstance(tier, StaticTier) and set(tier.static) != declared:
+                raise ValueError(
+                    f"fallback[{index}]: static must give exactly the outputs {sorted(declared)}"
+                )
+
+    def _check_health_check(self) -> None:
+        golden = self.health_check.inputs
+        if golden is not None and set(golden) != {spec.name for spec in self.inputs}:
+            raise ValueError(
+                "health_check.inputs must give every declared input "
+                f"{sorted(spec.name for spec in self.inputs)}"
+            )
+        if self.health_check.expect is not None and golden is None:
+            raise ValueError("health_check.expect needs health_check.inputs")
 
     @property
     def default(self) -> str:
@@ -210,6 +296,25 @@ class ModelConfig(_Strict):
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: Annotated[dict[Name, ModelConfig], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _fallback_models_exist(self) -> Config:
+        for name, model in self.models.items():
+            for index, tier in enumerate(model.fallback):
+                if not isinstance(tier, ModelTier):
+                    continue
+                other = self.models.get(tier.model)
+                if other is None or tier.model == name:
+                    raise ValueError(
+                        f"models.{name}.fallback[{index}]: model {tier.model!r} must be another "
+                        f"configured model ({sorted(set(self.models) - {name})})"
+                    )
+                if tier.version is not None and tier.version not in other.versions:
+                    raise ValueError(
+                        f"models.{name}.fallback[{index}]: model {tier.model!r} has no version "
+                        f"{tier.version!r}"
+                    )
+        return self
 
 
 class ConfigError(Exception):
@@ -226,9 +331,10 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
     for i, item in enumerate(loc):
         # Tagged unions put the tag ("onnx", ...) in the location; a reader
         # thinks of versions.v1.path, not versions.v1.onnx.path.
-        is_tag = item in BACKEND_NAMES and (
-            (i >= 2 and loc[i - 2] == "versions") or (i >= 1 and loc[i - 1] == "worker")
-        )
+        is_tag = (
+            item in BACKEND_NAMES
+            and ((i >= 2 and loc[i - 2] == "versions") or (i >= 1 and loc[i - 1] == "worker"))
+        ) or (i >= 2 and loc[i - 2] == "fallback" and isinstance(loc[i - 1], int))
         if not is_tag:
             parts.append(f"[{item}]" if isinstance(item, int) else str(item))
     return ".".join(parts).replace(".[", "[") or "(top level)"

@@ -43,6 +43,8 @@ models:
   broken:{IRIS_TENSORS}
     versions:
       v1: {{backend: python, function: "tests.integration._models:broken"}}
+    breaker: {{enabled: false}}
+    ejection: {{enabled: false}}
 """
 
 

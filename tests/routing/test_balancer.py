@@ -203,10 +203,17 @@ def test_slow_start_of_a_lone_replica_resets_to_the_initial_estimate() -> None:
     assert ewma(balancer, 0) == INITIAL_EWMA_MS
 
 
-def test_a_ramping_replica_loses_to_an_equal_one() -> None:
-    balancer, _ = make(2)
+async def test_a_ramping_replica_gets_a_share_that_grows_with_its_weight() -> None:
+    balancer, clock = make(2)  # slow start 10 s from weight 0.1
     balancer.begin_slow_start(0)
-    assert {balancer.pick([0, 1]) for _ in range(50)} == {1}
+    early = sum(balancer.pick([0, 1]) == 0 for _ in range(2000)) / 2000
+    await clock.advance(5.0)  # weight 0.55
+    middle = sum(balancer.pick([0, 1]) == 0 for _ in range(2000)) / 2000
+    await clock.advance(5.0)  # ramp over: an even split between equals
+    late = sum(balancer.pick([0, 1]) == 0 for _ in range(2000)) / 2000
+    assert 0.0 < early < 0.15
+    assert early < middle < late
+    assert 0.4 < late < 0.6
 
 
 def test_slow_start_window_zero_disables_the_ramp() -> None:

@@ -293,3 +293,20 @@ def test_a_detector_needs_a_replica() -> None:
 def test_invalid_options_are_rejected(options: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         EjectionOptions(**options)
+
+
+def test_reinstate_ends_an_ejection_early_but_keeps_the_count() -> None:
+    events: list[object] = []
+    clock = ManualClock()
+    detector = OutlierDetector(
+        ["a", "b", "c"], EjectionOptions(consecutive_failures=1), clock, events.append, "m", "v1"
+    )
+    assert not detector.reinstate(0)
+    detector.record(0, False)
+    assert detector.is_ejected(0)
+    assert detector.reinstate(0)
+    assert not detector.is_ejected(0)
+    assert detector.returned() == [0]
+    assert isinstance(events[-1], ReplicaReturned)
+    detector.record(0, False)
+    assert detector.snapshot(0)["times_ejected"] == 2

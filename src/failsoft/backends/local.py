@@ -33,6 +33,9 @@ FAST_STREAK = 200  # consecutive fast threaded calls before auto mode goes inlin
 
 
 class InProcessReplica:
+    # A hedge would run on this process's CPU too: it cannot beat a slow call.
+    hedgeable = False
+
     def __init__(
         self,
         name: str,

@@ -44,6 +44,10 @@ def worker_spec(
     spec = model_config.model_dump(mode="json")
     spec["versions"] = {version: backend.worker.model_dump(mode="json")}
     spec["default_version"] = version
+    # Resilience is the gateway's job: a worker serves its one model plainly.
+    off = {"enabled": False}
+    spec.update(retry=off, hedge=off, breaker=off, ejection=off, health_check=off, fallback=[])
+    spec["cache"] = off
     return orjson.dumps({"model": model, "config": spec})
 
 
@@ -132,6 +136,7 @@ class WorkerReplica:
                 str(os.getpid()),
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=(listener.fileno(),),
+                env={**os.environ, "FAILSOFT_REPLICA": self.name},
             )
         finally:
             # The worker owns the socket now: when it dies, connects are refused at once.

@@ -2,81 +2,157 @@
 
 Input violations are the client's (``data``, 400) and name the tensor and
 the problem. Output violations are the model's (``logic``): a 200 with the
-wrong tensors is a failure, never a success.
+wrong tensors, NaN, values outside the declared range or label set is a
+failure, retried or fallen back, never a success.
+
+Each declared tensor is compiled once into a ``TensorContract`` so the
+per-request checks are a few comparisons.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from failsoft.config import TensorSpec
-from failsoft.errors import BadRequest, ModelError
+import numpy as np
+
+from failsoft.errors import BadRequest, FailsoftError, ModelError
 from failsoft.protocol.datatypes import DATATYPE_TO_DTYPE, datatype_of
 from failsoft.protocol.types import InferRequest, Tensors
 
+if TYPE_CHECKING:
+    from failsoft.config import TensorSpec
 
-def _shape_matches(shape: tuple[int, ...], declared: Sequence[int]) -> bool:
-    return len(shape) == len(declared) and all(
-        want in (-1, got) for got, want in zip(shape, declared, strict=True)
-    )
+_SMALL = 64  # below this many elements a Python set beats np.isin
 
 
 def _show(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def check_request(
-    request: InferRequest, inputs: list[TensorSpec], outputs: list[TensorSpec]
+class TensorContract:
+    __slots__ = ("_finite", "_fixed", "_labels", "_labels_array", "_range", "dtype", "spec")
+
+    def __init__(self, spec: TensorSpec) -> None:
+        self.spec = spec
+        self.dtype = DATATYPE_TO_DTYPE[spec.datatype]
+        self._fixed = tuple((axis, size) for axis, size in enumerate(spec.shape) if size != -1)
+        self._finite = spec.datatype in ("FP16", "FP32", "FP64") and not spec.allow_nan
+        self._range = spec.range
+        self._labels: frozenset[object] | None = None
+        self._labels_array: np.ndarray | None = None
+        if spec.labels is not None:
+            if spec.datatype == "BYTES":
+                values: list[object] = [
+                    v.encode() if isinstance(v, str) else str(v).encode() for v in spec.labels
+                ]
+            else:
+                values = [int(v) for v in spec.labels if not isinstance(v, str)]
+            self._labels = frozenset(values)
+            self._labels_array = np.array(
+                values, dtype=object if spec.datatype == "BYTES" else None
+            )
+
+    def shape_ok(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.spec.shape) and all(
+            shape[axis] == size for axis, size in self._fixed
+        )
+
+    def value_problem(self, array: np.ndarray) -> str | None:
+        """What is wrong with the values, or None."""
+        if array.size == 0:
+            return None
+        if self._finite and not np.isfinite(array).all():
+            return "contains NaN or infinity"
+        if self._range is not None:
+            low, high = self._range
+            smallest, largest = array.min(), array.max()
+            if smallest < low or largest > high:
+                bad = (smallest if smallest < low else largest).item()
+                return f"value {bad} is outside the declared range [{low:g}, {high:g}]"
+        if self._labels is not None:
+            return self._label_problem(array)
+        return None
+
+    def _label_problem(self, array: np.ndarray) -> str | None:
+        assert self._labels is not None and self._labels_array is not None
+        if array.size <= _SMALL:
+            for value in array.ravel().tolist():
+                if value not in self._labels:
+                    return f"value {value!r} is not one of the declared labels"
+            return None
+        known = np.isin(array, self._labels_array)
+        if not known.all():
+            unknown = array.ravel()[~known.ravel()][0]
+            return f"value {unknown.item()!r} is not one of the declared labels"
+        return None
+
+
+class ModelContract:
+    """The declared inputs and outputs of one model, compiled."""
+
+    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+        self.inputs = {spec.name: TensorContract(spec) for spec in inputs}
+        self.outputs = [TensorContract(spec) for spec in outputs]
+        self._output_names = frozenset(spec.name for spec in outputs)
+
+    def check_request(self, request: InferRequest) -> None:
+        """Raise BadRequest unless the request carries exactly the declared inputs."""
+        for name, array in request.inputs.items():
+            contract = self.inputs.get(name)
+            if contract is None:
+                raise BadRequest(f"unknown input {name!r} (the model takes {sorted(self.inputs)})")
+            _check(contract, array, "input", BadRequest, "the model's")
+        if len(request.inputs) != len(self.inputs):
+            missing = [name for name in self.inputs if name not in request.inputs]
+            raise BadRequest(f"missing input(s) {missing}")
+        if request.outputs is not None:
+            for requested in request.outputs:
+                if requested.name not in self._output_names:
+                    raise BadRequest(
+                        f"unknown output {requested.name!r} requested "
+                        f"(the model has {sorted(self._output_names)})"
+                    )
+
+    def check_outputs(self, outputs: Tensors) -> Tensors:
+        """The declared outputs, in declared order; ModelError if any is missing or bad."""
+        checked: Tensors = {}
+        for contract in self.outputs:
+            name = contract.spec.name
+            array = outputs.get(name)
+            if array is None:
+                raise ModelError(f"the model did not return output {name!r}")
+            _check(contract, array, "output", ModelError, "the declared")
+            checked[name] = array
+        return checked
+
+
+def _check(
+    contract: TensorContract,
+    array: np.ndarray,
+    kind: str,
+    error: type[FailsoftError],
+    whose: str,
 ) -> None:
-    """Raise BadRequest unless the request carries exactly the declared inputs."""
-    declared = {spec.name: spec for spec in inputs}
-    for name, array in request.inputs.items():
-        spec = declared.get(name)
-        if spec is None:
-            raise BadRequest(f"unknown input {name!r} (the model takes {sorted(declared)})")
-        datatype = datatype_of(array)
-        if datatype != spec.datatype:
-            raise BadRequest(
-                f"input {name!r}: datatype {datatype} does not match the model's {spec.datatype}"
+    spec = contract.spec
+    if array.dtype != contract.dtype:
+        datatype = _datatype_name(array)
+        if not (spec.datatype == "BYTES" and datatype == "BYTES"):
+            raise error(
+                f"{kind} {spec.name!r}: datatype {datatype} does not match {whose} {spec.datatype}"
             )
-        if not _shape_matches(array.shape, spec.shape):
-            raise BadRequest(
-                f"input {name!r}: shape {_show(array.shape)} does not match the model's "
-                f"{_show(spec.shape)} (-1 means any size)"
-            )
-    missing = [name for name in declared if name not in request.inputs]
-    if missing:
-        raise BadRequest(f"missing input(s) {missing}")
-    if request.outputs is not None:
-        known = {spec.name for spec in outputs}
-        for requested in request.outputs:
-            if requested.name not in known:
-                raise BadRequest(
-                    f"unknown output {requested.name!r} requested (the model has {sorted(known)})"
-                )
+    if not contract.shape_ok(array.shape):
+        raise error(
+            f"{kind} {spec.name!r}: shape {_show(array.shape)} does not match {whose} "
+            f"{_show(spec.shape)} (-1 means any size)"
+        )
+    problem = contract.value_problem(array)
+    if problem is not None:
+        raise error(f"{kind} {spec.name!r}: {problem}")
 
 
-def check_outputs(outputs: Tensors, declared: list[TensorSpec]) -> Tensors:
-    """The declared outputs, in declared order; ModelError if any is missing or malformed."""
-    checked: Tensors = {}
-    for spec in declared:
-        array = outputs.get(spec.name)
-        if array is None:
-            raise ModelError(f"the model did not return output {spec.name!r}")
-        if array.dtype != DATATYPE_TO_DTYPE[spec.datatype] and not (
-            spec.datatype == "BYTES" and array.dtype.kind in ("U", "S", "O")
-        ):
-            raise ModelError(
-                f"output {spec.name!r}: datatype {array.dtype} does not match the declared "
-                f"{spec.datatype}"
-            )
-        if not _shape_matches(array.shape, spec.shape):
-            raise ModelError(
-                f"output {spec.name!r}: shape {_show(array.shape)} does not match the declared "
-                f"{_show(spec.shape)}"
-            )
-        checked[spec.name] = array
-    return checked
-
-
-__all__ = ["check_outputs", "check_request"]
+def _datatype_name(array: np.ndarray) -> str:
+    try:
+        return datatype_of(array)
+    except TypeError:
+        return str(array.dtype)

@@ -68,8 +68,11 @@ FallbackTier = Annotated[
     ),
 ]
 _TIER_OF_CLASS = {
-    "VersionTier": "version", "ModelTier": "model", "PythonTier": "python",
-    "StaticTier": "static", "StaleCacheTier": "stale_cache",
+    "VersionTier": "version",
+    "ModelTier": "model",
+    "PythonTier": "python",
+    "StaticTier": "static",
+    "StaleCacheTier": "stale_cache",
 }
 
 

@@ -114,8 +114,10 @@ class VersionPipeline:
         self.latency = LatencyTracker()
         self.probe_healthy = [True] * size
         self._was_available = [True] * size
-        self._hedging = hedge.enabled and hedge.max_hedges > 0 and all(
-            getattr(replica, "hedgeable", True) for replica in self.replicas
+        self._hedging = (
+            hedge.enabled
+            and hedge.max_hedges > 0
+            and all(getattr(replica, "hedgeable", True) for replica in self.replicas)
         )
         self._max_attempts = retry.max_attempts if retry.enabled else 1
 
@@ -161,7 +163,9 @@ class VersionPipeline:
         replica = self.replicas[index]
         per_try = self.options.per_try_timeout_s
         if per_try is not None:
-            call = dataclasses.replace(call, deadline=min(call.deadline, self._clock.now() + per_try))
+            call = dataclasses.replace(
+                call, deadline=min(call.deadline, self._clock.now() + per_try)
+            )
         self.balancer.started(index)
         started = self._clock.now()
         try:
@@ -172,10 +176,16 @@ class VersionPipeline:
                 self._record(index, True, seconds)
             else:
                 self._record(index, False, seconds)
-                self._bus.emit(AttemptFailed(
-                    self.model, self.version, replica.name, error.failure_class, error.message,
-                    seconds,
-                ))
+                self._bus.emit(
+                    AttemptFailed(
+                        self.model,
+                        self.version,
+                        replica.name,
+                        error.failure_class,
+                        error.message,
+                        seconds,
+                    )
+                )
             raise
         except asyncio.CancelledError:
             # A cancelled hedge loser: what it took so far is a lower bound on its
@@ -203,7 +213,9 @@ class VersionPipeline:
             return None
         retry_options = self.options.retry
         delay = backoff_delay(
-            retry, retry_options.backoff_base_ms / 1000, retry_options.backoff_max_ms / 1000,
+            retry,
+            retry_options.backoff_base_ms / 1000,
+            retry_options.backoff_max_ms / 1000,
             self._rng,
         )
         if self._clock.now() + delay >= call.deadline:
@@ -312,7 +324,9 @@ class VersionPipeline:
                     await task
 
     def _no_replica(self) -> NotReady:
-        reasons = ", ".join(f"{r.name}: {self._why_unusable(i)}" for i, r in enumerate(self.replicas))
+        reasons = ", ".join(
+            f"{r.name}: {self._why_unusable(i)}" for i, r in enumerate(self.replicas)
+        )
         return NotReady(f"no replica of {self.model}/{self.version} is available ({reasons})")
 
     def _why_unusable(self, index: int) -> str:

@@ -84,6 +84,7 @@ class PeakEwmaBalancer:
         self._stamp = [now] * size
         self._outstanding = [0] * size
         self._ramp_start = [-math.inf] * size
+        self._ramp_until = -math.inf  # some replica is ramping until then
 
     def pick(self, eligible: Sequence[int]) -> int:
         count = len(eligible)
@@ -99,7 +100,18 @@ class PeakEwmaBalancer:
             second += 1
         a, b = eligible[first], eligible[second]
         now = self._clock.now()
+        if now < self._ramp_until:
+            # Slow start: a ramping replica takes part in a comparison only with
+            # probability equal to its weight, so its share grows with the ramp
+            # instead of waiting until it wins a cost comparison outright.
+            a_in = self._admitted(a, now)
+            if a_in != self._admitted(b, now):
+                return a if a_in else b
         return b if self._cost(b, now) < self._cost(a, now) else a
+
+    def _admitted(self, index: int, now: float) -> bool:
+        weight = self._weight(index, now)
+        return weight >= 1.0 or self._rng.random() < weight
 
     def started(self, index: int) -> None:
         self._outstanding[index] += 1
@@ -129,6 +141,7 @@ class PeakEwmaBalancer:
         self._ewma_ms[index] = statistics.median(others) if others else INITIAL_EWMA_MS
         self._stamp[index] = now
         self._ramp_start[index] = now
+        self._ramp_until = max(self._ramp_until, now + self._ramp_s)
 
     def weight(self, index: int) -> float:
         self._check(index)
@@ -144,8 +157,7 @@ class PeakEwmaBalancer:
         }
 
     def _cost(self, index: int, now: float) -> float:
-        load = self._latency_ms(index, now) * (self._outstanding[index] + 1)
-        return load / self._weight(index, now)
+        return self._latency_ms(index, now) * (self._outstanding[index] + 1)
 
     def _latency_ms(self, index: int, now: float) -> float:
         value = self._ewma_ms[index]

@@ -182,6 +182,17 @@ class OutlierDetector:
             return False
         return self._eject(index, reason, now)
 
+    def reinstate(self, index: int) -> bool:
+        """End an ejection early: fresh evidence (a restart, passing probes) says it is well.
+
+        Its ejection count stays, so a replica that fails again is ejected for longer.
+        """
+        self._check(index)
+        if index not in self._ejected:
+            return False
+        self._replicas[index].ejected_until = self._clock.now()
+        return not self._still_ejected(index, self._clock.now())
+
     def snapshot(self, index: int) -> dict[str, object]:
         self._check(index)
         replica = self._replicas[index]

@@ -147,8 +147,13 @@ class Prober:
             if self._golden is None:
                 ok = await asyncio.wait_for(replica.health(), timeout)
                 return None if ok else "not ready"
-            call = Call("health-probe", self._pipeline.model, self._pipeline.version,
-                        self._clock.now() + timeout, self._bus)
+            call = Call(
+                "health-probe",
+                self._pipeline.model,
+                self._pipeline.version,
+                self._clock.now() + timeout,
+                self._bus,
+            )
             outputs = await asyncio.wait_for(replica.infer(self._golden, call), timeout)
             self._contract.check_outputs(outputs)
         except TimeoutError:
@@ -166,6 +171,7 @@ class Prober:
             self._successes[index] += 1
             if not healthy and self._successes[index] >= self._options.rise:
                 pipeline.probe_healthy[index] = True
+                pipeline.outliers.reinstate(index)
                 pipeline.balancer.begin_slow_start(index)
                 self._emit(name, True, f"{self._options.rise} probes passed")
             return
@@ -177,8 +183,14 @@ class Prober:
 
     def _emit(self, replica: str, healthy: bool, reason: str) -> None:
         pipeline = self._pipeline
-        log.warning("replica health changed", extra={
-            "model": pipeline.model, "version": pipeline.version, "replica": replica,
-            "healthy": healthy, "reason": reason,
-        })
+        log.warning(
+            "replica health changed",
+            extra={
+                "model": pipeline.model,
+                "version": pipeline.version,
+                "replica": replica,
+                "healthy": healthy,
+                "reason": reason,
+            },
+        )
         self._bus.emit(HealthChanged(pipeline.model, pipeline.version, replica, healthy, reason))

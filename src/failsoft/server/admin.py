@@ -47,7 +47,12 @@ class AdminRoutes:
                 versions[version_name] = {
                     "backend": config.backend,
                     "ready": version.ready,
-                    "replicas": [_replica_status(replica) for replica in version.replicas],
+                    "replicas": [
+                        {**_replica_status(replica), **detail}
+                        for replica, detail in zip(
+                            version.replicas, version.snapshot(), strict=True
+                        )
+                    ],
                 }
             models[name] = {
                 "default_version": model.config.default,

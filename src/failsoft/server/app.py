@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from failsoft import __version__
 from failsoft.call import Call
 from failsoft.config import ServerConfig
-from failsoft.data.contracts import check_outputs, check_request
 from failsoft.errors import BadRequest, FailsoftError, MethodNotAllowed, NotFound, NotReady
+from failsoft.observe.eventlog import log_event
 from failsoft.observe.events import RequestFinished
 from failsoft.observe.logging import request_id_var
 from failsoft.observe.metrics import CONTENT_TYPE, Metrics
@@ -106,6 +106,7 @@ class FailsoftApp:
         self.admin = AdminRoutes(runtime, server.resolved_admin_token())
         self._new_request_id = RequestIds()
         runtime.bus.subscribe(metrics.observe)
+        runtime.bus.subscribe(log_event)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -266,7 +267,7 @@ class FailsoftApp:
 
     def _metadata(self, model_name: str, version_name: str | None) -> dict[str, object]:
         model = self.runtime.model(model_name)
-        versions = [model.version(version_name).name] if version_name else list(model.versions)
+        versions = [model.version(version_name).version] if version_name else list(model.versions)
         return v2.model_metadata(
             model_name, versions, model.config.platform, model.config.inputs, model.config.outputs
         )
@@ -290,31 +291,34 @@ class FailsoftApp:
     ) -> Answer:
         started = time.perf_counter()
         model = self.runtime.model(model_name)
-        version = model.version(version_name)
+        version = model.version(version_name).version
         status = 500
         failure = None
-        replica_name = ""
+        served_by = ""
         try:
             body = await read_body(req.receive, self.server.max_body_bytes, req.content_length)
             request = self._decode(model, body, req.header_length, v1_codec)
-            check_request(request, model.config.inputs, model.config.outputs)
+            model.contract.check_request(request)
             call = Call(
                 req.request_id,
                 model_name,
-                version.name,
+                version,
                 time.monotonic() + self._timeout_s(model, req.timeout_ms),
                 self.runtime.bus,
             )
-            outputs, replica = await version.infer(request, call)
-            replica_name = replica.name
+            served = await model.serve(request, call, version_name)
+            served_by = served.served_by
+            degraded = b"true" if served.degraded else b"false"
             response = InferResponse(
-                model_name, version.name, check_outputs(outputs, model.config.outputs), request.id
+                model_name,
+                served.version,
+                served.outputs,
+                request.id,
+                {"failsoft_served_by": served_by, "failsoft_degraded": served.degraded},
             )
             answer = self._encode(response, request, v1_codec)
-            answer.headers.append(
-                (b"failsoft-served-by", f"{model_name}/{version.name}/{replica_name}".encode())
-            )
-            answer.headers.append((b"failsoft-degraded", b"false"))
+            answer.headers.append((b"failsoft-served-by", served_by.encode()))
+            answer.headers.append((b"failsoft-degraded", degraded))
             status = 200
             return answer
         except FailsoftError as error:
@@ -325,7 +329,7 @@ class FailsoftApp:
                     "inference failed",
                     extra={
                         "model": model_name,
-                        "version": version.name,
+                        "version": version,
                         "status": status,
                         "class": failure.value,
                         "error": error.message,
@@ -336,20 +340,19 @@ class FailsoftApp:
             self.runtime.bus.emit(
                 RequestFinished(
                     model_name,
-                    version.name,
+                    version,
                     status,
                     failure,
                     time.perf_counter() - started,
-                    replica_name,
+                    served_by,
                 )
             )
 
     @staticmethod
     def _timeout_s(model: ModelRuntime, requested_ms: int | None) -> float:
-        limit = model.config.timeout_ms
-        if requested_ms is not None and 0 < requested_ms < limit:
-            limit = requested_ms
-        return limit / 1000.0
+        if requested_ms is None or requested_ms <= 0:
+            return model.config.timeout_ms / 1000.0
+        return min(requested_ms, model.config.timeout_cap_ms) / 1000.0
 
     @staticmethod
     def _decode(
