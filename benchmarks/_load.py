@@ -1,17 +1,25 @@
-"""Shared pieces for the benchmarks: servers in their own process groups and a
-closed-loop load driver.
+"""Shared pieces for the benchmarks: servers in their own process groups, a
+closed-loop load driver and an open-loop (fixed-rate) one.
 
-The driver is ``wrk`` when it is on PATH (C, one thread, cheap enough to leave
-the CPU to the server) and otherwise a Python asyncio + aiohttp loop with the
-same shape: N connections, each sending its next request as soon as the last
-answer arrived. Both report requests/s, p50 and p99 and count non-2xx answers
-and socket errors, so a fast stream of errors is never mistaken for speed.
+The closed-loop driver is ``wrk`` when it is on PATH (C, one thread, cheap
+enough to leave the CPU to the server) and otherwise a Python asyncio + aiohttp
+loop with the same shape: N connections, each sending its next request as soon
+as the last answer arrived. Both report requests/s, p50 and p99 and count
+non-2xx answers and socket errors, so a fast stream of errors is never mistaken
+for speed.
+
+The open-loop driver (``open_loop``) sends at a fixed rate whatever the server
+does, and measures each latency from the request's *scheduled* send time, so a
+stalled server shows up as latency instead of as fewer samples (no coordinated
+omission). It is bounded in requests, in flight and in time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import math
 import os
 import re
 import shutil
@@ -281,3 +289,158 @@ def drive(
     if tool == "wrk":
         return run_wrk(url, body, connections, duration_s)
     return run_python_load(url, body, connections, duration_s)
+
+
+# --- open loop: a fixed send rate, latency from the schedule ---------------------------
+
+MAX_OPEN_LOOP_REQUESTS = 1_000_000
+_EARLY_S = 0.0005  # event-loop timers tick in ms: send up to this much before schedule
+
+
+@dataclass(frozen=True, slots=True)
+class OpenLoopResult:
+    rate: float  # requested sends per second
+    duration_s: float  # length of the send schedule
+    scheduled: int
+    ok: int  # 2xx answers
+    errors: int  # non-2xx, socket errors, timeouts, dropped (too many in flight), unfinished
+    p50_ms: float  # latencies of the 2xx answers, from the scheduled send time
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    send_lag_p50_ms: float  # how late the driver itself sent (negative: early); in the latencies
+    send_lag_p99_ms: float
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.scheduled if self.scheduled else 1.0
+
+
+async def _open_loop(
+    url: str,
+    body: bytes,
+    rate: float,
+    duration_s: float,
+    timeout_s: float,
+    max_in_flight: int,
+    connections: int,
+) -> OpenLoopResult:
+    import aiohttp
+
+    count = max(1, round(rate * duration_s))
+    interval = 1.0 / rate
+    latencies = np.full(count, np.nan)
+    lags = np.zeros(count)
+    headers = {"content-type": "application/json"}
+    errors = 0
+    in_flight = 0
+    tasks: set[asyncio.Task[None]] = set()
+    clock = time.perf_counter
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",)
+    ) as session:
+
+        async def one(index: int, origin: float) -> None:
+            nonlocal errors, in_flight
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    ok = 200 <= response.status < 300
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            finally:
+                in_flight -= 1
+            if ok:
+                latencies[index] = clock() - origin
+            else:
+                errors += 1
+
+        start = clock() + 0.01
+        for index in range(count):
+            scheduled = start + index * interval
+            delay = scheduled - clock()
+            while delay > _EARLY_S:  # pacing: the wake-up time is the point, not an event
+                await asyncio.sleep(delay - _EARLY_S)
+                delay = scheduled - clock()
+            sent = clock()
+            lags[index] = sent - scheduled
+            if delay < 0 and index % 16 == 0:
+                await asyncio.sleep(0)  # behind schedule: still let answers in
+            if in_flight >= max_in_flight:
+                errors += 1  # the server is this far behind: count it, do not queue more
+                continue
+            in_flight += 1
+            # From the schedule when late (coordinated omission stays visible);
+            # from the real send when a timer tick sent it a little early.
+            task = asyncio.create_task(one(index, min(sent, scheduled)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            _, pending = await asyncio.wait(set(tasks), timeout=timeout_s + 1.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            errors += len(pending)
+
+    answered = latencies[~np.isnan(latencies)] * 1e3
+    if answered.size:
+        p50, p90, p99, top = np.percentile(answered, [50, 90, 99, 100])
+    else:
+        p50 = p90 = p99 = top = math.nan
+    lag50, lag99 = np.percentile(lags * 1e3, [50, 99])
+    return OpenLoopResult(
+        rate,
+        duration_s,
+        count,
+        int(answered.size),
+        errors,
+        float(p50),
+        float(p90),
+        float(p99),
+        float(top),
+        float(lag50),
+        float(lag99),
+    )
+
+
+def open_loop(
+    url: str,
+    body: bytes,
+    *,
+    rate: float,
+    duration_s: float,
+    timeout_s: float = 5.0,
+    max_in_flight: int = 1000,
+    connections: int = 64,
+) -> OpenLoopResult:
+    """POST ``body`` to ``url`` ``rate`` times a second for ``duration_s``, answers or not.
+
+    Latency counts from each request's scheduled send time. At most
+    ``max_in_flight`` requests are outstanding (past that a scheduled request
+    is counted as an error, not queued), each gets ``timeout_s``, and the run
+    ends at most ``timeout_s + 1`` s after the last send. Runs on uvloop when
+    installed, with the garbage collector paused so its own pauses do not
+    show up as server latency.
+    """
+    if rate <= 0 or duration_s <= 0:
+        raise ValueError("rate and duration_s must be positive")
+    if rate * duration_s > MAX_OPEN_LOOP_REQUESTS:
+        raise ValueError(
+            f"{rate:g} req/s for {duration_s:g}s is over {MAX_OPEN_LOOP_REQUESTS} requests"
+        )
+    run = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        run = uvloop.run
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        return run(_open_loop(url, body, rate, duration_s, timeout_s, max_in_flight, connections))
+    finally:
+        if was_enabled:
+            gc.enable()
