@@ -13,6 +13,7 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -23,6 +24,13 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancel:
+        """Run ``callback`` after ``seconds``; the returned function cancels it."""
+        ...
+
+
+Cancel = Callable[[], None]
+
 
 class SystemClock:
     def now(self) -> float:
@@ -30,6 +38,9 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancel:
+        return asyncio.get_running_loop().call_later(seconds, callback).cancel
 
 
 class ManualClock:
@@ -48,6 +59,18 @@ class ManualClock:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
         await future
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancel:
+        async def later() -> None:
+            await self.sleep(seconds)
+            callback()
+
+        task = asyncio.ensure_future(later())
+
+        def cancel() -> None:
+            task.cancel()
+
+        return cancel
 
     @property
     def sleeping(self) -> int:

@@ -146,7 +146,7 @@ def test_nan_allowed_when_declared() -> None:
 
 def test_input_value_contract_is_a_bad_request() -> None:
     spec = [TensorSpec(name="x", datatype="FP32", shape=[-1], range=(0, 10))]
-    with pytest.raises(BadRequest, match="input 'x': value 11.0 is outside the declared range"):
+    with pytest.raises(BadRequest, match=r"input 'x': value 11\.0 is outside the declared range"):
         check_request(request(x=np.array([1, 11], np.float32)), spec, OUTPUTS)
 
 
@@ -159,5 +159,5 @@ def test_contract_options_are_validated() -> None:
         TensorSpec(name="x", datatype="FP32", shape=[-1], labels=[1])
     with pytest.raises(ValidationError, match="allow_nan applies to"):
         TensorSpec(name="x", datatype="INT32", shape=[-1], allow_nan=True)
-    with pytest.raises(ValidationError, match="minimum 2.0 is above"):
+    with pytest.raises(ValidationError, match=r"minimum 2\.0 is above"):
         TensorSpec(name="x", datatype="FP32", shape=[-1], range=(2, 1))

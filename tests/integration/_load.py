@@ -42,7 +42,9 @@ def body_for(index: int) -> tuple[bytes, int]:
     return payload.encode(), int(petal_rule(row[np.newaxis, :])[0])
 
 
-async def open_loop(url: str, rate: float, seconds: float, timeout: float = 5.0) -> list[Outcome]:
+async def open_loop(
+    url: str, rate: float, seconds: float, request_timeout: float = 5.0
+) -> list[Outcome]:
     """POST one row every 1/rate seconds for `seconds`; every request is awaited."""
     total = int(rate * seconds)
     connector = aiohttp.TCPConnector(limit=256)
@@ -60,7 +62,7 @@ async def open_loop(url: str, rate: float, seconds: float, timeout: float = 5.0)
                     url,
                     data=body,
                     headers={"content-type": "application/json"},
-                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    timeout=aiohttp.ClientTimeout(total=request_timeout),
                 ) as response:
                     payload = await response.json(content_type=None)
                     status = response.status

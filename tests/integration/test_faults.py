@@ -9,6 +9,7 @@ checks that every request was answered correctly. Bounded: about 10 s each.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -132,15 +133,15 @@ models:
             )
 
     def stop(self) -> None:
-        for index in range(3):  # a stopped process must be resumed to be stopped cleanly
-            for server in self.upstreams:
-                if server.process and server.process.poll() is None:
-                    os.kill(server.process.pid, signal.SIGCONT)
+        # A stopped process must be resumed to be stopped cleanly.
+        for server in self.upstreams:
+            if server.process and server.process.poll() is None:
+                os.kill(server.process.pid, signal.SIGCONT)
         if self.gateway is not None and self.backend == "process":
             for replica in self.replicas():
                 pid = replica.get("pid")
                 if isinstance(pid, int):
-                    with __import__("contextlib").suppress(ProcessLookupError):
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGCONT)
         for server in [*self.upstreams, self.gateway]:
             if server is not None:

@@ -81,7 +81,10 @@ class HttpReplica:
         remaining = call.remaining()
         if remaining <= 0:
             raise DeadlineExceeded("deadline passed before the call to the replica")
-        body, header_length = encode_infer_request(request)
+        if request.raw is not None:
+            body, header_length = request.raw, request.raw_header_length
+        else:
+            body, header_length = encode_infer_request(request)
         headers = {
             "Content-Type": "application/json",
             "X-Request-Id": call.request_id,

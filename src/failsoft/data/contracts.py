@@ -75,7 +75,8 @@ class TensorContract:
         return None
 
     def _label_problem(self, array: np.ndarray) -> str | None:
-        assert self._labels is not None and self._labels_array is not None
+        assert self._labels is not None
+        assert self._labels_array is not None
         if array.size <= _SMALL:
             for value in array.ravel().tolist():
                 if value not in self._labels:

@@ -24,7 +24,6 @@ import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from failsoft.backends.base import Replica
 from failsoft.call import Call
@@ -362,12 +361,29 @@ class VersionPipeline:
 
 async def _first_done(
     tasks: dict[asyncio.Task[Tensors], int], clock: Clock, seconds: float
-) -> set[asyncio.Task[Tensors]]:
-    """The attempts that finished within ``seconds`` (of the injected clock)."""
-    timer = asyncio.ensure_future(clock.sleep(max(seconds, 0.0)))
+) -> list[asyncio.Task[Tensors]]:
+    """The attempts that finished within ``seconds`` (of the injected clock).
+
+    One future woken by whichever comes first, a finished attempt or the
+    clock's timer: cheaper than asyncio.wait plus a timer task, and this runs
+    for every request to remote replicas.
+    """
+    done = [task for task in tasks if task.done()]
+    if done:
+        return done
+    wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wakeup(_: object = None) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    for task in tasks:
+        task.add_done_callback(wakeup)
+    cancel_timer = clock.call_later(max(seconds, 0.0), wakeup)
     try:
-        waiting: list[asyncio.Future[Any]] = [*tasks, timer]
-        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        await wake
     finally:
-        timer.cancel()
-    return {task for task in tasks if task in done}
+        cancel_timer()
+        for task in tasks:
+            task.remove_done_callback(wakeup)
+    return [task for task in tasks if task.done()]

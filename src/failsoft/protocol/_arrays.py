@@ -193,14 +193,25 @@ def _floats(
         types = types - {type(None)} | {float}
     _require(where, datatype, flat, types, _NUMBER_TYPES, "numbers")
     dtype = DATATYPE_TO_DTYPE[datatype]
-    try:
-        with np.errstate(over="raise"):
-            return np.array(flat, dtype=dtype)
-    except FloatingPointError:  # 1e39 as FP32; orjson itself only yields finite numbers
-        index = int(np.abs(np.array(flat, dtype=np.float64)).argmax())
+    limit = _FLOAT_LIMITS.get(datatype)
+    # 1e39 would silently become inf as FP32 (orjson itself only yields finite
+    # numbers). Checking the magnitude first is cheaper than np.errstate.
+    if limit is not None and flat and _largest(flat) > limit:
+        index = int(np.nanargmax(np.abs(np.array(flat, dtype=np.float64))))
         raise BadRequest(
             f"{where}: value {flat[index]} at index {index} is out of range for {datatype}"
-        ) from None
+        )
+    return np.array(flat, dtype=dtype)
+
+
+_FLOAT_LIMITS = {"FP16": float(np.finfo(np.float16).max), "FP32": float(np.finfo(np.float32).max)}
+
+
+def _largest(flat: list[Any]) -> float:
+    if len(flat) <= 64:
+        return max((abs(v) for v in flat if v == v), default=0.0)  # NaN != NaN: skipped
+    magnitudes = np.abs(np.array(flat, dtype=np.float64))
+    return float(magnitudes[~np.isnan(magnitudes)].max(initial=0.0))
 
 
 def _ints(where: str, datatype: str, flat: list[Any], types: set[type]) -> np.ndarray:

@@ -37,6 +37,10 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     outputs: list[RequestedOutput] | None = None
     binary_output: bool = False
+    # The V2 body this was decoded from, so a proxy can forward it unchanged
+    # instead of encoding the same tensors again.
+    raw: bytes | None = None
+    raw_header_length: int | None = None
 
 
 @dataclass(slots=True)

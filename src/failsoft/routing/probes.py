@@ -83,10 +83,12 @@ def answer_problem(outputs: Tensors, expect: dict[str, Any] | None, tolerance: f
         if got.shape != want.shape:
             return f"output {name!r} has shape {list(got.shape)}, expected {list(want.shape)}"
         if got.dtype.kind == "f":
-            if not np.allclose(got, want, rtol=tolerance, atol=tolerance):
-                return f"output {name!r} is {got.ravel()[:4].tolist()}, expected {want.ravel()[:4].tolist()}"
-        elif got.ravel().tolist() != [_plain(v) for v in want.ravel().tolist()]:
-            return f"output {name!r} is {got.ravel()[:4].tolist()}, expected {want.ravel()[:4].tolist()}"
+            same = bool(np.allclose(got, want, rtol=tolerance, atol=tolerance))
+        else:
+            same = got.ravel().tolist() == [_plain(v) for v in want.ravel().tolist()]
+        if not same:
+            shown, wanted = got.ravel()[:4].tolist(), want.ravel()[:4].tolist()
+            return f"output {name!r} is {shown}, expected {wanted}"
     return None
 
 

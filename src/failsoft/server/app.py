@@ -360,7 +360,10 @@ class FailsoftApp:
     ) -> InferRequest:
         if v1_codec:
             return v1.decode_predict_request(body, model.config.inputs)
-        return v2.decode_infer_request(body, header_length)
+        request = v2.decode_infer_request(body, header_length)
+        request.raw = body
+        request.raw_header_length = header_length
+        return request
 
     @staticmethod
     def _encode(response: InferResponse, request: InferRequest, v1_codec: bool) -> Answer:
