@@ -203,3 +203,15 @@ def test_usage_text() -> None:
     assert json.loads(body)["inputs"][0]["shape"] == [1, 4]
     assert 'InferenceServerClient("127.0.0.1:8123")' in text
     assert "tritonclient.http" in text
+
+
+def test_iris_rules_heuristic_is_mostly_right() -> None:
+    from sklearn.datasets import load_iris
+
+    from failsoft.demo import iris_rules
+
+    iris = load_iris()
+    answer = iris_rules({"features": iris.data.astype(np.float32)})
+    accuracy = float((answer["label"] == iris.target).mean())
+    assert accuracy > 0.9
+    np.testing.assert_allclose(answer["probabilities"].sum(axis=1), 1.0, rtol=1e-6)

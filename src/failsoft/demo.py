@@ -30,6 +30,7 @@ __all__ = [
     "MODEL_FILES",
     "default_data_dir",
     "demo_config_text",
+    "iris_rules",
     "prepare_demo",
     "usage_text",
 ]
@@ -234,10 +235,11 @@ models:
     # Input contract: a batch of rows of 4 float32 values (-1: any batch size).
     inputs:
       - {{name: features, datatype: FP32, shape: [-1, 4]}}
-    # Output contract: checked on every answer; a reply that breaks it is a failure.
+    # Output contract: checked on every answer; a reply that breaks it (a missing
+    # output, NaN, a label outside 0-2) is a failure, retried or fallen back.
     outputs:
-      - {{name: label, datatype: INT64, shape: [-1]}}
-      - {{name: probabilities, datatype: FP32, shape: [-1, 3]}}
+      - {{name: label, datatype: INT64, shape: [-1], labels: [0, 1, 2]}}
+      - {{name: probabilities, datatype: FP32, shape: [-1, 3], range: [0, 1]}}
     versions:
       # v1 runs in 2 supervised worker processes: kill one and traffic moves over.
       v1: {{backend: process, replicas: 2, worker: {{backend: onnx, path: iris-v1.onnx}}}}
@@ -245,6 +247,18 @@ models:
       v2: {{backend: onnx, path: iris-v2.onnx}}
     # Requests that do not name a version go to v1.
     default_version: v1
+    # Each request gets 1 s (a client may ask for less with Failsoft-Timeout-Ms).
+    timeout_ms: 1000
+    # Every second each replica answers a known flower; a wrong answer counts as down.
+    health_check:
+      inputs: {{features: [[5.1, 3.5, 1.4, 0.2]]}}
+      expect: {{label: [0]}}
+    # When v1 cannot answer: v2, then the last good answer for the same input,
+    # then petal-size rules. Such answers say Failsoft-Degraded: true.
+    fallback:
+      - {{version: v2}}
+      - {{stale_cache: true}}
+      - {{python: "failsoft.demo:iris_rules"}}
 
   # Breast cancer diagnosis: 30 features in, benign/malignant and probabilities out.
   breast-cancer:
@@ -257,6 +271,20 @@ models:
       # A scaler + logistic regression pipeline, in-process.
       v1: {{backend: onnx, path: breast-cancer-v1.onnx}}
 """
+
+
+def iris_rules(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The iris heuristic of last resort: the classic petal-size rules.
+
+    Petal length under 2.45 cm is setosa; otherwise petal width under
+    1.75 cm is versicolor, else virginica (about 95% right on the dataset).
+    """
+    features = inputs["features"]
+    petal_length, petal_width = features[:, 2], features[:, 3]
+    label = np.where(petal_length < 2.45, 0, np.where(petal_width < 1.75, 1, 2)).astype(np.int64)
+    probabilities = np.full((len(label), 3), 0.05, dtype=np.float32)
+    probabilities[np.arange(len(label)), label] = 0.9
+    return {"label": label, "probabilities": probabilities}
 
 
 def usage_text(base_url: str) -> str:
