@@ -58,7 +58,7 @@ import collections
 import contextlib
 import socket
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import httptools
 
@@ -411,6 +411,7 @@ class _Connection(asyncio.Protocol):
         waiter: asyncio.Future[H1Response] = self.loop.create_future()
         self._got_bytes = False
         self._keep_alive = False
+        self._headers_done = False
         transport = self._transport
         if self.closed or transport is None or transport.is_closing():
             waiter.set_exception(self._lost_error(None))
@@ -427,8 +428,8 @@ class _Connection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

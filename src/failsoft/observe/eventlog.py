@@ -14,23 +14,23 @@ from failsoft.routing.ejection import ReplicaEjected, ReplicaReturned
 log = logging.getLogger("failsoft.events")
 RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
-_WARNINGS = (BreakerTransition, ReplicaEjected, FallbackTierFailed)
-_INFO = (ReplicaReturned,)
-_DEBUG = (AttemptFailed, RetryDenied, FallbackUsed)
+_LEVELS: dict[type[Event], int] = {
+    BreakerTransition: logging.WARNING,
+    ReplicaEjected: logging.WARNING,
+    FallbackTierFailed: logging.WARNING,
+    ReplicaReturned: logging.INFO,
+    AttemptFailed: logging.DEBUG,
+    RetryDenied: logging.DEBUG,
+    FallbackUsed: logging.DEBUG,
+}
 
 
 def log_event(event: Event) -> None:
-    if isinstance(event, _WARNINGS):
-        level = logging.WARNING
-    elif isinstance(event, _INFO):
-        level = logging.INFO
-    elif isinstance(event, _DEBUG):
-        level = logging.DEBUG
-    else:
+    level = _LEVELS.get(type(event))  # one dict lookup: this sees every event
+    if level is None or not log.isEnabledFor(level):
         return
-    if log.isEnabledFor(level):
-        fields = {
-            f"event_{key}" if key in RESERVED else key: value
-            for key, value in dataclasses.asdict(event).items()
-        }
-        log.log(level, type(event).__name__, extra=fields)
+    fields = {
+        f"event_{key}" if key in RESERVED else key: value
+        for key, value in dataclasses.asdict(event).items()  # type: ignore[call-overload]
+    }
+    log.log(level, type(event).__name__, extra=fields)

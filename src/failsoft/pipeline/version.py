@@ -123,7 +123,7 @@ class VersionPipeline:
     # -- choosing a replica ------------------------------------------------
 
     def usable(self, index: int) -> bool:
-        """Could this replica take a call now (before asking its breaker)?"""
+        """Could this replica take a call now? Its breaker has the last word, in _choose."""
         replica = self.replicas[index]
         available = replica.available
         if available != self._was_available[index]:
@@ -131,20 +131,19 @@ class VersionPipeline:
             if available:  # a restarted worker is back: in rotation, ramped in, not flooded
                 self.outliers.reinstate(index)
                 self.balancer.begin_slow_start(index)
-        return (
-            available
-            and self.probe_healthy[index]
-            and not self.outliers.is_ejected(index)
-            and self.breakers[index].state is not BreakerState.OPEN
-        )
+        return available and self.probe_healthy[index] and not self.outliers.is_ejected(index)
 
     @property
     def ready(self) -> bool:
-        return any(self.usable(i) for i in range(len(self.replicas)))
+        return any(
+            self.usable(i) and self.breakers[i].state is not BreakerState.OPEN
+            for i in range(len(self.replicas))
+        )
 
     def _choose(self, tried: set[int], *, repeat: bool = True) -> int | None:
-        for index in self.outliers.returned():
-            self.balancer.begin_slow_start(index)
+        if not self.outliers.quiet:
+            for index in self.outliers.returned():
+                self.balancer.begin_slow_start(index)
         size = len(self.replicas)
         candidates = [i for i in range(size) if i not in tried and self.usable(i)]
         if not candidates and tried and repeat:  # all usable ones were tried: a second go

@@ -182,6 +182,11 @@ class OutlierDetector:
             return False
         return self._eject(index, reason, now)
 
+    @property
+    def quiet(self) -> bool:
+        """True when no replica is ejected and none has returned unannounced (hot-path check)."""
+        return not self._ejected and not self._returned
+
     def reinstate(self, index: int) -> bool:
         """End an ejection early: fresh evidence (a restart, passing probes) says it is well.
 
