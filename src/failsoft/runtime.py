@@ -151,7 +151,9 @@ class ModelRuntime:
             if outputs is None:
                 continue
             bus.emit(FallbackUsed(self.name, version, name, error.message))
-            return Served(outputs, version, f"{self.name}/{version}/fallback:{name}", True)
+            # The answer's model_version says which version answered, when one did.
+            answered = tier.version if isinstance(tier, VersionTier) else version
+            return Served(outputs, answered, f"{self.name}/{version}/fallback:{name}", True)
         raise error
 
     async def _run_tier(

@@ -67,7 +67,7 @@ __all__ = ["MAX_RESPONSE_BYTES", "H1Pool", "H1Response", "PoolError", "PoolTimeo
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """The largest response body accepted; a larger one is refused with PoolError."""
 MAX_HEAD_BYTES = 64 * 1024
-"""The largest response head (status line and headers) accepted."""
+"""A response whose head (status line, headers) has not ended after this many bytes is refused."""
 
 # Set by the pool; a caller passing them could desynchronise the connection.
 _FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})

@@ -185,6 +185,9 @@ class VersionPipeline:
                     )
                 )
             raise
+        except Exception:  # a backend breaking the Replica protocol: still release its slot
+            self._record(index, False, self._clock.now() - started)
+            raise
         except asyncio.CancelledError:
             # A cancelled hedge loser: what it took so far is a lower bound on its
             # latency, which keeps a hung replica from looking idle and attractive.
@@ -206,9 +209,6 @@ class VersionPipeline:
 
     def _retry_delay(self, retry: int, call: Call) -> float | None:
         """Backoff before retry number ``retry``, or None when no retry may happen."""
-        if not self.retry_budget.try_withdraw():
-            self._bus.emit(RetryDenied(self.model, self.version, "budget"))
-            return None
         retry_options = self.options.retry
         delay = backoff_delay(
             retry,
@@ -218,6 +218,9 @@ class VersionPipeline:
         )
         if self._clock.now() + delay >= call.deadline:
             self._bus.emit(RetryDenied(self.model, self.version, "deadline"))
+            return None
+        if not self.retry_budget.try_withdraw():  # last: a refused retry spends nothing
+            self._bus.emit(RetryDenied(self.model, self.version, "budget"))
             return None
         return delay
 
@@ -269,6 +272,9 @@ class VersionPipeline:
             index = self._choose(tried, repeat=kind != "hedge")
             if index is None:
                 return False
+            if kind == "hedge" and not self.hedge_budget.try_withdraw():
+                self.breakers[index].release()  # allow() reserved a probe slot
+                return False
             tried.add(index)
             self._started(index, kind)
             in_flight[asyncio.ensure_future(self._attempt(index, request, call))] = index
@@ -306,11 +312,11 @@ class VersionPipeline:
                 now = clock.now()
                 if retry_at is not None and now >= retry_at:
                     retry_at = None
-                    launch("retry")
+                    if launch("retry"):  # the hedge delay counts from the newest attempt
+                        hedge_at = now + hedge_delay(self.latency, self.options.hedge)
                 if hedges < max_hedges and in_flight and now >= hedge_at:
                     hedges += 1
-                    if self.hedge_budget.try_withdraw():
-                        launch("hedge")
+                    launch("hedge")
                     hedge_at = now + hedge_delay(self.latency, self.options.hedge)
                 if not in_flight and retry_at is None:
                     raise error or self._no_replica()
