@@ -68,18 +68,7 @@ _Strict = StrictModel
 
 
 _FLOAT_TYPES = ("FP16", "FP32", "FP64")
-_LABEL_TYPES = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "BYTES",
-)
+_LABEL_TYPES = tuple(datatype for datatype in DATATYPES if datatype not in _FLOAT_TYPES)
 
 
 class TensorSpec(_Strict):

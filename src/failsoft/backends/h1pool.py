@@ -33,15 +33,17 @@ The single retry, and why it is safe
 ------------------------------------
 A keep-alive connection can be closed by the server (its idle timeout) at the
 moment we send a request on it; the request then fails with no response byte
-at all. That one case, on a *reused* connection, is retried once on a freshly
-opened connection, within the same deadline. It is safe here because:
+at all (or, from some servers, with a 408 written just before they closed).
+That one case, on a *reused* connection, is retried once on a freshly opened
+connection, within the same deadline. It is safe here because:
 
 - the requests this pool carries are model inferences: they change no state
   on the server, so even if the server had started computing the answer
   before it closed, running it again is harmless (RFC 9110 section 9.2.2 lets
   clients retry such requests automatically);
-- it happens only when not a single response byte arrived, so no partial or
-  duplicate response can reach the caller;
+- it happens only when not a single response byte arrived (or the response
+  is a 408, which says the request was not taken), so no partial or duplicate
+  response can reach the caller;
 - it happens at most once, on a new connection (which cannot be stale), and
   within the caller's deadline, so it cannot become a retry storm; a new
   connection that fails the same way is a real upstream failure and is
@@ -428,6 +430,9 @@ class _Connection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.closed:  # given up on while connecting
+            transport.close()
+            return
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
@@ -474,10 +479,12 @@ class _Connection(asyncio.Protocol):
         self._headers_done = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
+        key = name.lower().decode("latin-1")
+        headers = self._headers
+        if key in headers:
+            headers[key] = f"{headers[key]}, {value.decode('latin-1')}"
+        else:
+            headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -497,6 +504,9 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if 100 <= self._status < 200:
             return  # an interim response (100 Continue, 103 Early Hints): the real one follows
+        if self._status == 408 and self.reused:
+            # The server timed the idle connection out as we sent: it did not take the request.
+            raise _StaleConnection(f"{self._pool.origin} timed out a reused connection (408)")
         self._complete()
 
     # --- helpers ------------------------------------------------------------------------
