@@ -269,6 +269,32 @@ async def test_reused_connection_closed_as_we_send_is_retried_once_on_a_new_one(
     assert [request[-3:] for request in upstream.requests] == [b"one", b"two", b"two"]
 
 
+async def test_408_on_a_reused_connection_is_retried_once_on_a_new_one() -> None:
+    async def handler(peer: Peer) -> None:
+        if peer.index == 0:
+            await peer.read_request()
+            await peer.reply(OK)
+            await peer.read_request()
+            await peer.reply(response(b"", "Connection: close", status="408 Request Timeout"))
+            return
+        await answer_all(peer)
+
+    async with running(handler) as (upstream, pool):
+        await post(pool)
+        assert (await post(pool)).status == 200
+    assert upstream.connections == 2
+
+
+async def test_408_on_a_new_connection_is_the_answer() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.reply(response(b"", "Connection: close", status="408 Request Timeout"))
+
+    async with running(handler) as (upstream, pool):
+        assert (await post(pool)).status == 408
+    assert upstream.connections == 1
+
+
 async def test_the_retry_happens_only_once() -> None:
     async def handler(peer: Peer) -> None:
         if peer.index == 0:

@@ -64,7 +64,14 @@ from typing import NamedTuple, cast
 
 import httptools
 
-__all__ = ["MAX_RESPONSE_BYTES", "H1Pool", "H1Response", "PoolError", "PoolTimeout"]
+__all__ = [
+    "MAX_HEAD_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "H1Pool",
+    "H1Response",
+    "PoolError",
+    "PoolTimeout",
+]
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """The largest response body accepted; a larger one is refused with PoolError."""
@@ -92,7 +99,7 @@ class PoolTimeout(PoolError):
 
 
 class _StaleConnection(PoolError):
-    """A reused connection closed before any response byte: retried once, never raised."""
+    """A reused connection closed before any response byte (or with a 408): retried once."""
 
 
 class H1Pool:
