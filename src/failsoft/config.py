@@ -160,7 +160,7 @@ class PythonBackend(_Strict):
 class HttpBackend(_Strict):
     backend: Literal["http"]
     urls: Annotated[
-        list[Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]],
+        list[Annotated[str, Field(pattern=r"^http://[^\s/]+(/[^\s]*)?$")]],
         Field(min_length=1, max_length=256),
     ]
     remote_model: Name | None = None

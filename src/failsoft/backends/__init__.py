@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from failsoft.backends.base import Replica
-from failsoft.backends.http import HttpReplica, SessionHolder
+from failsoft.backends.http import HttpReplica
 from failsoft.backends.local import InProcessReplica, Predict
 from failsoft.backends.onnx import load_onnx
 from failsoft.backends.process import WorkerReplica, worker_spec
@@ -46,26 +46,24 @@ def build_replicas(
 ) -> BuiltReplicas:
     config = model.versions[version_name]
     if isinstance(config, HttpBackend):
-        sessions = SessionHolder(config.pool_size)
         replicas: list[Replica] = [
             HttpReplica(
                 f"r{i}",
                 url,
-                sessions,
+                config.pool_size,
                 config.remote_model or model_name,
                 config.remote_version,
             )
             for i, url in enumerate(config.urls)
         ]
-        return BuiltReplicas(replicas, [sessions.close])
+        return BuiltReplicas(replicas)
     if isinstance(config, ProcessBackend):
-        sessions = SessionHolder(256)
         spec = worker_spec(model_name, version_name, model, config)
         workers: list[Replica] = [
-            WorkerReplica(f"w{i}", model_name, version_name, spec, config, sessions, bus)
+            WorkerReplica(f"w{i}", model_name, version_name, spec, config, bus)
             for i in range(config.replicas)
         ]
-        return BuiltReplicas(workers, [sessions.close])
+        return BuiltReplicas(workers)
     load = _local_loader(config, model)
     return BuiltReplicas(
         [InProcessReplica(f"r{i}", load, config.execution) for i in range(config.replicas)]

@@ -1,20 +1,24 @@
 """The http backend: a remote Open Inference Protocol (V2) server per replica.
 
-All replicas of a version share one aiohttp session (one keep-alive pool).
-The request's remaining deadline bounds each call and is passed on to the
-remote in the ``Failsoft-Timeout-Ms`` header, so a failsoft upstream can
-give up when the caller already has. Failures are classified here, at the
-source: connect errors, timeouts and 5xx are ``infra``; a remote 400 is the
-client's ``data`` problem; an answer that cannot be decoded is ``logic``.
+Each replica keeps its own pool of keep-alive connections (``H1Pool``: a
+small HTTP/1.1 client on asyncio protocols, several times cheaper per call
+than aiohttp; see benchmarks/h1_client.py). The request's remaining
+deadline bounds each call and is passed on to the remote in the
+``Failsoft-Timeout-Ms`` header, so a failsoft upstream can give up when the
+caller already has. Failures are classified here, at the source: connect
+errors, timeouts and 5xx are ``infra``; a remote 400 is the client's
+``data`` problem; an answer that cannot be decoded is ``logic``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
+from failsoft.backends.h1pool import H1Pool, H1Response, PoolError, PoolTimeout
 from failsoft.call import Call
 from failsoft.errors import (
     BadRequest,
@@ -28,25 +32,14 @@ from failsoft.protocol.v2 import decode_infer_response, encode_infer_request
 
 log = logging.getLogger("failsoft.backends.http")
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
+HEADER_LENGTH = "inference-header-content-length"
+# Below uvicorn's 5 s keep-alive, so an idle connection is dropped here first.
+IDLE_TIMEOUT_S = 4.0
+HEALTH_TIMEOUT_S = 1.0
 
 
-def new_session(pool_size: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=pool_size, limit_per_host=pool_size, keepalive_timeout=30, ttl_dns_cache=300
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        json_serialize=lambda value: orjson.dumps(value).decode(),
-        skip_auto_headers=("User-Agent",),
-        auto_decompress=False,
-    )
-
-
-def infer_path(model: str, version: str | None) -> str:
-    if version:
-        return f"/v2/models/{model}/versions/{version}/infer"
-    return f"/v2/models/{model}/infer"
+def model_path(model: str, version: str | None) -> str:
+    return f"/v2/models/{model}/versions/{version}" if version else f"/v2/models/{model}"
 
 
 class HttpReplica:
@@ -56,26 +49,44 @@ class HttpReplica:
         self,
         name: str,
         base_url: str,
-        session_holder: SessionHolder,
+        pool_size: int,
         remote_model: str,
         remote_version: str | None,
     ) -> None:
         self.name = name
+        self._pool_size = pool_size
+        self._model_path = model_path(remote_model, remote_version)
+        self._pool: H1Pool | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._base_url = ""
+        self._prefix = ""
         self.base_url = base_url
-        self._sessions = session_holder
-        self._path = infer_path(remote_model, remote_version)
-        self._ready_path = (
-            f"/v2/models/{remote_model}/versions/{remote_version}/ready"
-            if remote_version
-            else f"/v2/models/{remote_model}/ready"
-        )
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @base_url.setter
+    def base_url(self, url: str) -> None:
+        if url == self._base_url:
+            return
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"replica {self.name}: only http:// URLs are supported, got {url!r}")
+        if self._pool is not None:  # the old peer is gone (a restarted worker): let go of it
+            task = asyncio.get_running_loop().create_task(self._pool.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        self._pool = H1Pool(parts.hostname, parts.port or 80, self._pool_size, IDLE_TIMEOUT_S)
+        self._base_url = url
+        self._prefix = parts.path.rstrip("/")
 
     @property
     def available(self) -> bool:
         return True
 
     async def start(self) -> None:
-        self._sessions.get()
+        return None
 
     async def infer(self, request: InferRequest, call: Call) -> Tensors:
         remaining = call.remaining()
@@ -85,52 +96,52 @@ class HttpReplica:
             body, header_length = request.raw, request.raw_header_length
         else:
             body, header_length = encode_infer_request(request)
-        headers = {
-            "Content-Type": "application/json",
-            "X-Request-Id": call.request_id,
-            "Failsoft-Timeout-Ms": str(max(1, int(remaining * 1000))),
-        }
+        headers = [
+            ("Content-Type", "application/json"),
+            ("X-Request-Id", call.request_id),
+            ("Failsoft-Timeout-Ms", str(max(1, int(remaining * 1000)))),
+        ]
         if header_length is not None:
-            headers[HEADER_LENGTH] = str(header_length)
-        session = self._sessions.get()
-        try:
-            async with session.post(
-                self.base_url + self._path,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=remaining),
-            ) as response:
-                payload = await response.read()
-                status = response.status
-                answer_header_length = response.headers.get(HEADER_LENGTH)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"replica {self.name} did not answer within the deadline"
-            ) from None
-        except aiohttp.ClientError as error:
-            raise UpstreamError(f"replica {self.name}: {type(error).__name__}: {error}") from None
-        if status != 200:
-            raise _status_error(self.name, status, payload)
+            headers.append(("Inference-Header-Content-Length", str(header_length)))
+        response = await self._request("POST", "/infer", headers, body, remaining)
+        if response.status != 200:
+            raise _status_error(self.name, response.status, response.body)
+        answer_length = response.headers.get(HEADER_LENGTH)
         try:
             decoded = decode_infer_response(
-                payload, int(answer_header_length) if answer_header_length else None
+                response.body, int(answer_length) if answer_length else None
             )
         except (FailsoftError, ValueError) as error:
             raise ModelError(f"replica {self.name} sent an undecodable answer: {error}") from None
         return decoded.outputs
 
-    async def health(self) -> bool:
-        session = self._sessions.get()
+    async def _request(
+        self, method: str, suffix: str, headers: list[tuple[str, str]], body: bytes, seconds: float
+    ) -> H1Response:
+        assert self._pool is not None
         try:
-            async with session.get(
-                self.base_url + self._ready_path, timeout=aiohttp.ClientTimeout(total=1.0)
-            ) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
+            return await self._pool.request(
+                method, self._prefix + self._model_path + suffix, headers, body, seconds
+            )
+        except PoolTimeout:
+            raise DeadlineExceeded(
+                f"replica {self.name} did not answer within the deadline"
+            ) from None
+        except PoolError as error:
+            raise UpstreamError(f"replica {self.name}: {error}") from None
+
+    async def health(self) -> bool:
+        try:
+            response = await self._request("GET", "/ready", [], b"", HEALTH_TIMEOUT_S)
+        except FailsoftError:
             return False
+        return response.status == 200
 
     async def close(self) -> None:
-        return None
+        if self._pool is not None:
+            await self._pool.close()
+        for task in list(self._closing):
+            await task
 
 
 def _status_error(replica: str, status: int, payload: bytes) -> FailsoftError:
@@ -141,21 +152,3 @@ def _status_error(replica: str, status: int, payload: bytes) -> FailsoftError:
     if status == 400:
         return BadRequest(message or "the replica rejected the input")
     return UpstreamError(f"replica {replica} answered {status}: {message}")
-
-
-class SessionHolder:
-    """Creates the shared session lazily, inside the running event loop."""
-
-    def __init__(self, pool_size: int) -> None:
-        self._pool_size = pool_size
-        self._session: aiohttp.ClientSession | None = None
-
-    def get(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = new_session(self._pool_size)
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

@@ -25,7 +25,7 @@ import time
 
 import orjson
 
-from failsoft.backends.http import HttpReplica, SessionHolder
+from failsoft.backends.http import HttpReplica
 from failsoft.call import Call
 from failsoft.config import ModelConfig, ProcessBackend
 from failsoft.errors import BackendLoadError, NotReady
@@ -35,6 +35,7 @@ from failsoft.protocol.types import InferRequest, Tensors
 log = logging.getLogger("failsoft.backends.process")
 
 STABLE_AFTER_S = 30.0  # a worker up this long resets its restart backoff
+WORKER_POOL_SIZE = 128  # connections from the gateway to one worker
 
 
 def worker_spec(
@@ -59,7 +60,6 @@ class WorkerReplica:
         version: str,
         spec: bytes,
         config: ProcessBackend,
-        sessions: SessionHolder,
         bus: EventBus,
         rng: random.Random | None = None,
     ) -> None:
@@ -70,7 +70,7 @@ class WorkerReplica:
         self._config = config
         self._bus = bus
         self._rng = rng or random.Random()
-        self._http = HttpReplica(name, "http://127.0.0.1:0", sessions, model, version)
+        self._http = HttpReplica(name, "http://127.0.0.1:0", WORKER_POOL_SIZE, model, version)
         self._process: asyncio.subprocess.Process | None = None
         self._ready = False
         self._closing = False
@@ -117,6 +117,7 @@ class WorkerReplica:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._stop_process(self._config.drain_timeout_s)
+        await self._http.close()
 
     async def _spawn(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
