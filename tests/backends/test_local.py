@@ -49,7 +49,7 @@ def identity(inputs: Tensors) -> Tensors:
 
 async def test_auto_mode_goes_inline_after_a_fast_streak_and_back_on_a_slow_call() -> None:
     clock = StepClock()
-    replica = InProcessReplica("r0", lambda: identity, "auto", clock)
+    replica = InProcessReplica("r0", lambda: identity, "auto", clock, clock)
     await replica.start()
     request = InferRequest({"features": ROW})
     try:
@@ -68,7 +68,7 @@ async def test_auto_mode_goes_inline_after_a_fast_streak_and_back_on_a_slow_call
 
 async def test_thread_mode_never_goes_inline() -> None:
     clock = StepClock()
-    replica = InProcessReplica("r0", lambda: identity, "thread", clock)
+    replica = InProcessReplica("r0", lambda: identity, "thread", clock, clock)
     await replica.start()
     try:
         for _ in range(FAST_STREAK + 1):

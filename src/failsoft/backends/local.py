@@ -42,11 +42,16 @@ class InProcessReplica:
         load: Callable[[], Predict],
         execution: Execution = "auto",
         clock: Callable[[], float] = time.perf_counter,
+        thread_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self.name = name
         self._load = load
         self._execution = execution
         self._clock = clock
+        # On the replica's thread, wall time would include waiting for the GIL
+        # while the event loop runs, which says nothing about how long the call
+        # would hold the loop; the thread's own CPU time does.
+        self._thread_clock = thread_clock
         self._predict: Predict | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._inline = execution == "inline"
@@ -77,10 +82,12 @@ class InProcessReplica:
             raise DeadlineExceeded("the deadline passed before the model was called")
         try:
             if self._inline:
-                outputs, seconds = self._timed(predict, request.inputs)
+                outputs, seconds = self._timed(predict, request.inputs, self._clock)
             else:
                 loop = asyncio.get_running_loop()
-                future = loop.run_in_executor(self._executor, self._timed, predict, request.inputs)
+                future = loop.run_in_executor(
+                    self._executor, self._timed, predict, request.inputs, self._thread_clock
+                )
                 outputs, seconds = await asyncio.wait_for(future, remaining)
         except TimeoutError:
             raise DeadlineExceeded(
@@ -109,10 +116,13 @@ class InProcessReplica:
             if self._fast_streak >= FAST_STREAK:
                 self._inline = True
 
-    def _timed(self, predict: Predict, inputs: Tensors) -> tuple[Tensors, float]:
-        started = self._clock()
+    @staticmethod
+    def _timed(
+        predict: Predict, inputs: Tensors, clock: Callable[[], float]
+    ) -> tuple[Tensors, float]:
+        started = clock()
         outputs = predict(inputs)
-        return outputs, self._clock() - started
+        return outputs, clock() - started
 
     async def health(self) -> bool:
         return self.available

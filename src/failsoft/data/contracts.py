@@ -11,6 +11,7 @@ per-request checks are a few comparisons.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -31,12 +32,22 @@ def _show(shape: Sequence[int]) -> str:
 
 
 class TensorContract:
-    __slots__ = ("_finite", "_fixed", "_labels", "_labels_array", "_range", "dtype", "spec")
+    __slots__ = (
+        "_finite",
+        "_fixed",
+        "_labels",
+        "_labels_array",
+        "_range",
+        "_rank",
+        "dtype",
+        "spec",
+    )
 
     def __init__(self, spec: TensorSpec) -> None:
         self.spec = spec
         self.dtype = DATATYPE_TO_DTYPE[spec.datatype]
         self._fixed = tuple((axis, size) for axis, size in enumerate(spec.shape) if size != -1)
+        self._rank = len(spec.shape)
         self._finite = spec.datatype in ("FP16", "FP32", "FP64") and not spec.allow_nan
         self._range = spec.range
         self._labels: frozenset[object] | None = None
@@ -54,15 +65,19 @@ class TensorContract:
             )
 
     def shape_ok(self, shape: tuple[int, ...]) -> bool:
-        return len(shape) == len(self.spec.shape) and all(
-            shape[axis] == size for axis, size in self._fixed
-        )
+        if len(shape) != self._rank:
+            return False
+        for axis, size in self._fixed:
+            if shape[axis] != size:
+                return False
+        return True
 
     def value_problem(self, array: np.ndarray) -> str | None:
         """What is wrong with the values, or None."""
-        if array.size == 0:
+        size = array.size
+        if size == 0:
             return None
-        if self._finite and not np.isfinite(array).all():
+        if self._finite and not _all_finite(array, size):
             return "contains NaN or infinity"
         if self._range is not None:
             low, high = self._range
@@ -150,6 +165,12 @@ def _check(
     problem = contract.value_problem(array)
     if problem is not None:
         raise error(f"{kind} {spec.name!r}: {problem}")
+
+
+def _all_finite(array: np.ndarray, size: int) -> bool:
+    if size <= _SMALL:  # two ufunc calls cost more than a loop over a few floats
+        return all(map(math.isfinite, array.ravel().tolist()))
+    return bool(np.isfinite(array).all())
 
 
 def _datatype_name(array: np.ndarray) -> str:

@@ -196,7 +196,8 @@ class VersionPipeline:
             raise
         seconds = self._clock.now() - started
         self._record(index, True, seconds)
-        self.latency.observe(seconds)
+        if self._hedging:  # the tracker only feeds the hedge delay
+            self.latency.observe(seconds)
         return outputs
 
     def _record(self, index: int, ok: bool, seconds: float) -> None:

@@ -64,7 +64,7 @@ class AdminRoutes:
 
 def _replica_status(replica: Any) -> dict[str, Any]:
     status: dict[str, Any] = {"name": replica.name, "available": replica.available}
-    for attribute in ("pid", "restarts", "base_url"):
+    for attribute in ("pid", "restarts", "base_url", "inline"):
         value = getattr(replica, attribute, None)
         if value is not None:
             status[attribute] = value
