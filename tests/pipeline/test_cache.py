@@ -293,3 +293,15 @@ async def test_counters() -> None:
         "expired": 0.0,
         "oversize": 0.0,
     }
+
+
+def test_total_bytes_are_bounded_by_evicting_the_least_recently_used() -> None:
+    cache = ResponseCache(
+        CacheOptions(enabled=True, max_total_bytes=2 * 800, max_entry_bytes=1000), ManualClock()
+    )
+    for index in range(3):  # 100 float64 = 800 bytes each
+        cache.put(("m", "v1", bytes([index])), {"y": np.zeros(100)})
+    assert len(cache) == 2
+    assert cache.get_fresh(("m", "v1", bytes([0]))) is None
+    assert cache.get_fresh(("m", "v1", bytes([2]))) is not None
+    assert cache.snapshot()["bytes"] <= 1600

@@ -48,6 +48,7 @@ class CacheOptions(StrictModel):
     stale_ms: Annotated[float, Field(ge=0.0)] = 3600000.0
     max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
     max_entry_bytes: Annotated[int, Field(ge=1)] = 1048576
+    max_total_bytes: Annotated[int, Field(ge=1)] = 256 * 1048576  # all entries together
 
 
 def input_digest(inputs: Tensors) -> bytes:
@@ -177,7 +178,9 @@ class ResponseCache:
         self._entries[key] = _Entry({n: _frozen_copy(a) for n, a in outputs.items()}, now, size)
         self._bytes += size
         self._purge_expired(now)
-        while len(self._entries) > self._options.max_entries:
+        while len(self._entries) > self._options.max_entries or (
+            self._bytes > self._options.max_total_bytes and len(self._entries) > 1
+        ):
             _, entry = self._entries.popitem(last=False)
             self._bytes -= entry.size
             self._evictions += 1
