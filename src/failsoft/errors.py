@@ -94,3 +94,25 @@ class ModelError(FailsoftError):
 
 class BackendLoadError(FailsoftError):
     """A model that cannot be loaded as configured (raised at start-up)."""
+
+
+class Overloaded(FailsoftError):
+    """Shed: over the concurrency limit, the queue full or the wait too long (503)."""
+
+    status = 503
+    failure_class = FailureClass.OVERLOAD
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExceeded(FailsoftError):
+    """A tenant over its request or row quota (429)."""
+
+    status = 429
+    failure_class = FailureClass.OVERLOAD
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
