@@ -13,16 +13,15 @@ The ratio caps the extra load at a fixed share (0.2: at most 20% more calls
 than requests). The floor keeps retries possible at low traffic, where a
 ratio alone would refuse most of them.
 
-The window is a ring of ``_BUCKETS + 1`` counters, each ``window / _BUCKETS``
-seconds wide. The budget counts the current, partly filled bucket plus the
-``_BUCKETS`` before it, so the counted span is at least one window long and
-less than ``window + window / _BUCKETS``. The guarantee this gives (and the
-tests check): the retries in the ``window`` seconds up to any retry never
-exceed ``ratio`` times the requests in the ``window + window / _BUCKETS``
-seconds up to it, plus the floor allowance. The only slack is that a request
-keeps counting for up to one bucket longer than the window. Time comes only
-from the injected clock; the budget is meant for one event loop and is not
-thread-safe.
+The window is ``window.SlidingCounts``: a ring of buckets, each a tenth of
+the window, counting the current partly filled bucket plus the ten before
+it, so the counted span is at least one window long and less than 1.1
+windows. The guarantee this gives (and the tests check): the retries in
+the ``window`` seconds up to any retry never exceed ``ratio`` times the
+requests in the 1.1 windows up to it, plus the floor allowance. The only
+slack is that a request keeps counting for up to one bucket longer than the
+window. Time comes only from the injected clock; the budget is meant for
+one event loop and is not thread-safe.
 
 Between attempts the caller waits ``backoff_delay``: AWS's "full jitter",
 a uniform draw from zero up to an exponentially growing, capped ceiling.
@@ -41,13 +40,12 @@ from pydantic import Field, model_validator
 from failsoft._options import StrictModel
 from failsoft.clock import Clock
 from failsoft.errors import FailureClass
+from failsoft.pipeline.window import SlidingCounts
 
 BudgetRatio = Annotated[float, Field(ge=0.0, le=1.0)]
 BudgetFloor = Annotated[float, Field(ge=0.0)]
 BudgetWindow = Annotated[float, Field(gt=0.0, le=600.0)]
 
-_BUCKETS = 10
-_SLOTS = _BUCKETS + 1
 # ratio * requests is a float; 0.29 * 100 is 28.999999999999996, which must
 # still allow the 29th retry.
 _ROUNDING = 1e-9
@@ -78,91 +76,43 @@ class RetryOptions(StrictModel):
 class RetryBudget:
     """Shared by all requests of one model version: how many retries may happen now."""
 
-    __slots__ = (
-        "_bucket",
-        "_clock",
-        "_floor",
-        "_ratio",
-        "_request_counts",
-        "_requests",
-        "_retries",
-        "_retry_counts",
-        "_width",
-    )
+    __slots__ = ("_counts", "_floor", "_ratio")
 
     def __init__(self, ratio: float, min_per_s: float, window_s: float, clock: Clock) -> None:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"ratio must be within [0, 1], got {ratio}")
         if not min_per_s >= 0.0:
             raise ValueError(f"min_per_s must be >= 0, got {min_per_s}")
-        if not 0.0 < window_s < math.inf:
-            raise ValueError(f"window_s must be > 0, got {window_s}")
         self._ratio = ratio
         self._floor = min_per_s * window_s
-        self._width = window_s / _BUCKETS
-        self._clock = clock
-        self._request_counts = [0] * _SLOTS
-        self._retry_counts = [0] * _SLOTS
-        self._requests = 0
-        self._retries = 0
-        self._bucket = self._bucket_now()
+        self._counts = SlidingCounts(window_s, clock)  # first: requests, second: retries
 
     def deposit(self) -> None:
         """Record that one request arrived."""
-        slot = self._rotate()
-        self._request_counts[slot] += 1
-        self._requests += 1
+        self._counts.add_first()
 
     def try_withdraw(self) -> bool:
         """Whether one retry may happen now; if so, it is counted."""
-        slot = self._rotate()
-        if self._retries + 1 > self._allowance() + _ROUNDING:
+        counts = self._counts
+        counts.rotate()
+        if counts.second + 1 > self._allowance() + _ROUNDING:
             return False
-        self._retry_counts[slot] += 1
-        self._retries += 1
+        counts.add_second()
         return True
 
     def snapshot(self) -> dict[str, float]:
         """Requests and retries in the window, and how many retries are available now."""
-        self._rotate()
-        available = math.floor(self._allowance() + _ROUNDING) - self._retries
+        counts = self._counts
+        counts.rotate()
+        available = math.floor(self._allowance() + _ROUNDING) - counts.second
         return {
-            "requests": float(self._requests),
-            "retries": float(self._retries),
+            "requests": float(counts.first),
+            "retries": float(counts.second),
             "available": float(max(0, available)),
         }
 
     def _allowance(self) -> float:
-        return self._ratio * self._requests + self._floor
-
-    def _bucket_now(self) -> int:
-        return math.floor(self._clock.now() / self._width)
-
-    def _rotate(self) -> int:
-        """Clear the buckets that left the window; return the current bucket's slot."""
-        bucket = self._bucket_now()
-        passed = bucket - self._bucket
-        # A clock that steps back (passed < 0) keeps counting into the current bucket.
-        if passed >= _SLOTS:
-            self._clear()
-        elif passed > 0:
-            for gone in range(self._bucket + 1, bucket + 1):
-                self._clear_slot(gone % _SLOTS)
-        if passed > 0:
-            self._bucket = bucket
-        return self._bucket % _SLOTS
-
-    def _clear_slot(self, slot: int) -> None:
-        self._requests -= self._request_counts[slot]
-        self._retries -= self._retry_counts[slot]
-        self._request_counts[slot] = 0
-        self._retry_counts[slot] = 0
-
-    def _clear(self) -> None:
-        self._request_counts = [0] * _SLOTS
-        self._retry_counts = [0] * _SLOTS
-        self._requests = 0
-        self._retries = 0
+        return self._ratio * self._counts.first + self._floor
 
 
 def retry_budget(options: RetryOptions, clock: Clock) -> RetryBudget:
