@@ -24,10 +24,12 @@ from pydantic import (
 
 from failsoft._options import StrictModel
 from failsoft.pipeline.breaker import BreakerOptions
+from failsoft.pipeline.bulkhead import BulkheadOptions
 from failsoft.pipeline.cache import CacheOptions
 from failsoft.pipeline.fallback import FallbackTier, ModelTier, StaticTier, VersionTier
 from failsoft.pipeline.hedge import HedgeOptions
 from failsoft.pipeline.retry import RetryOptions
+from failsoft.pipeline.throttle import ThrottleOptions
 from failsoft.protocol.datatypes import DATATYPES
 from failsoft.routing.balancer import BalancerOptions
 from failsoft.routing.ejection import EjectionOptions
@@ -226,6 +228,8 @@ class ModelConfig(_Strict):
     balancer: BalancerOptions = Field(default_factory=BalancerOptions)
     health_check: HealthCheckOptions = Field(default_factory=HealthCheckOptions)
     cache: CacheOptions = Field(default_factory=CacheOptions)
+    bulkhead: BulkheadOptions = Field(default_factory=BulkheadOptions)
+    throttle: ThrottleOptions = Field(default_factory=ThrottleOptions)
     fallback: Annotated[list[FallbackTier], Field(max_length=16)] = Field(default_factory=list)
 
     @property

@@ -62,6 +62,8 @@ def resilience_options(config: ModelConfig) -> ResilienceOptions:
         ejection=config.ejection,
         balancer=config.balancer,
         per_try_timeout_s=per_try / 1000 if per_try is not None else None,
+        bulkhead=config.bulkhead,
+        throttle=config.throttle,
     )
 
 

@@ -9,7 +9,9 @@ replicas start refusing, the gateway refuses locally too, with probability
 
 so a backend that is already drowning is not sent work it will only reject,
 while a trickle still reaches it to notice when it recovers. ``k`` = 2 lets
-twice the accepted traffic through before any local rejection.
+twice the accepted traffic through before any local rejection. Below
+``min_requests`` calls in the window nothing is rejected: at a handful of
+calls one refusal would otherwise throttle half the next ones.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class ThrottleOptions(StrictModel):
     enabled: bool = True
     k: Annotated[float, Field(ge=1.0, le=100.0)] = 2.0
     window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    min_requests: Annotated[int, Field(ge=0, le=1_000_000)] = 20
 
 
 @dataclass(slots=True)
@@ -40,11 +43,12 @@ class ThrottledLocally(Event):
 
 
 class AdaptiveThrottle:
-    __slots__ = ("_counts", "_enabled", "_k", "_rng")
+    __slots__ = ("_counts", "_enabled", "_k", "_minimum", "_rng")
 
     def __init__(self, options: ThrottleOptions, clock: Clock, rng: random.Random) -> None:
         self._enabled = options.enabled
         self._k = options.k
+        self._minimum = options.min_requests
         self._rng = rng
         self._counts = SlidingCounts(options.window_s, clock)  # first: requests, second: accepts
 
@@ -52,6 +56,8 @@ class AdaptiveThrottle:
         counts = self._counts
         counts.rotate()
         requests = counts.first
+        if requests < self._minimum:
+            return 0.0
         return max(0.0, (requests - self._k * counts.second) / (requests + 1))
 
     def allow(self) -> bool:

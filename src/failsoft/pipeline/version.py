@@ -23,17 +23,19 @@ import contextlib
 import dataclasses
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from failsoft.backends.base import Replica
 from failsoft.call import Call
 from failsoft.clock import Clock
 from failsoft.data.contracts import ModelContract
-from failsoft.errors import DeadlineExceeded, FailsoftError, FailureClass, NotReady
+from failsoft.errors import DeadlineExceeded, FailsoftError, FailureClass, NotReady, Overloaded
 from failsoft.observe.events import Event, EventBus
 from failsoft.pipeline.breaker import BreakerOptions, BreakerState, CircuitBreaker
+from failsoft.pipeline.bulkhead import BulkheadOptions
 from failsoft.pipeline.hedge import HedgeOptions, LatencyTracker, hedge_delay
 from failsoft.pipeline.retry import RetryBudget, RetryOptions, backoff_delay
+from failsoft.pipeline.throttle import AdaptiveThrottle, ThrottledLocally, ThrottleOptions
 from failsoft.protocol.types import InferRequest, Tensors
 from failsoft.routing.balancer import BalancerOptions, PeakEwmaBalancer
 from failsoft.routing.ejection import EjectionOptions, OutlierDetector
@@ -72,6 +74,8 @@ class ResilienceOptions:
     ejection: EjectionOptions
     balancer: BalancerOptions
     per_try_timeout_s: float | None = None
+    bulkhead: BulkheadOptions = field(default_factory=BulkheadOptions)
+    throttle: ThrottleOptions = field(default_factory=ThrottleOptions)
 
 
 class VersionPipeline:
@@ -111,13 +115,13 @@ class VersionPipeline:
             hedge.budget_ratio, hedge.budget_min_per_s, hedge.budget_window_s, clock
         )
         self.latency = LatencyTracker()
+        self.throttle = AdaptiveThrottle(options.throttle, clock, rng)
+        self.in_flight = 0
         self.probe_healthy = [True] * size
         self._was_available = [True] * size
-        self._hedging = (
-            hedge.enabled
-            and hedge.max_hedges > 0
-            and all(getattr(replica, "hedgeable", True) for replica in self.replicas)
-        )
+        # Remote and worker replicas can be hedged and throttled; in-process ones cannot.
+        self._remote = all(getattr(replica, "hedgeable", True) for replica in self.replicas)
+        self._hedging = hedge.enabled and hedge.max_hedges > 0 and self._remote
         self._max_attempts = retry.max_attempts if retry.enabled else 1
 
     # -- choosing a replica ------------------------------------------------
@@ -159,6 +163,15 @@ class VersionPipeline:
 
     async def _attempt(self, index: int, request: InferRequest, call: Call) -> Tensors:
         replica = self.replicas[index]
+        remote = self._remote
+        if remote and not self.throttle.allow():
+            self.breakers[index].release()
+            self._bus.emit(ThrottledLocally(
+                self.model, self.version, self.throttle.rejection_probability()
+            ))
+            raise Overloaded(
+                f"{self.model}/{self.version}: replicas are refusing calls; throttled locally"
+            )
         per_try = self.options.per_try_timeout_s
         if per_try is not None:
             call = dataclasses.replace(
@@ -170,6 +183,8 @@ class VersionPipeline:
             outputs = self._contract.check_outputs(await replica.infer(request, call))
         except FailsoftError as error:
             seconds = self._clock.now() - started
+            if remote and error.failure_class is not FailureClass.INFRA:
+                self.throttle.accepted()
             if error.failure_class is FailureClass.DATA:  # the client's fault, not the replica's
                 self._record(index, True, seconds)
             else:
@@ -195,6 +210,8 @@ class VersionPipeline:
             self.breakers[index].release()
             raise
         seconds = self._clock.now() - started
+        if remote:
+            self.throttle.accepted()
         self._record(index, True, seconds)
         if self._hedging:  # the tracker only feeds the hedge delay
             self.latency.observe(seconds)
@@ -231,11 +248,20 @@ class VersionPipeline:
     # -- the request -------------------------------------------------------
 
     async def infer(self, request: InferRequest, call: Call) -> tuple[Tensors, Replica]:
-        self.retry_budget.deposit()
-        if self._hedging:
-            self.hedge_budget.deposit()
-            return await self._infer_hedged(request, call)
-        return await self._infer_sequential(request, call)
+        if self.in_flight >= self.options.bulkhead.max_in_flight:
+            raise Overloaded(
+                f"{self.model}/{self.version} has {self.in_flight} calls in flight (its bulkhead)",
+                retry_after_s=1.0,
+            )
+        self.in_flight += 1
+        try:
+            self.retry_budget.deposit()
+            if self._hedging:
+                self.hedge_budget.deposit()
+                return await self._infer_hedged(request, call)
+            return await self._infer_sequential(request, call)
+        finally:
+            self.in_flight -= 1
 
     async def _infer_sequential(self, request: InferRequest, call: Call) -> tuple[Tensors, Replica]:
         tried: set[int] = set()
