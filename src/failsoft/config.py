@@ -112,6 +112,7 @@ class ServerConfig(_Strict):
         default=None, description="bearer token for /admin; falls back to $FAILSOFT_ADMIN_TOKEN"
     )
     access_log: bool = False
+    drain_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def resolved_admin_token(self) -> str | None:

@@ -51,3 +51,11 @@ def faulty(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def heuristic(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The degraded answer when no replica can give one."""
     return {"label": petal_rule(inputs["x"])}
+
+
+def slow_rule(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The petal rule, taking half a second: keeps requests in flight for drain tests."""
+    import time
+
+    time.sleep(0.5)
+    return {"label": petal_rule(inputs["x"])}

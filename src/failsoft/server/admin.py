@@ -47,6 +47,7 @@ class AdminRoutes:
                 versions[version_name] = {
                     "backend": config.backend,
                     "ready": version.ready,
+                    "in_flight": version.in_flight,
                     "replicas": [
                         {**_replica_status(replica), **detail}
                         for replica, detail in zip(

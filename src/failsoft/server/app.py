@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -18,7 +19,15 @@ from dataclasses import dataclass
 from failsoft import __version__
 from failsoft.call import Call
 from failsoft.config import ServerConfig
-from failsoft.errors import BadRequest, FailsoftError, MethodNotAllowed, NotFound, NotReady
+from failsoft.errors import (
+    BadRequest,
+    FailsoftError,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    Overloaded,
+    QuotaExceeded,
+)
 from failsoft.observe.eventlog import log_event
 from failsoft.observe.events import RequestFinished
 from failsoft.observe.logging import request_id_var
@@ -105,6 +114,7 @@ class FailsoftApp:
         self.metrics = metrics
         self.admin = AdminRoutes(runtime, server.resolved_admin_token())
         self._new_request_id = RequestIds()
+        self.draining = False  # set on SIGTERM: not ready, no new work
         runtime.bus.subscribe(metrics.observe)
         runtime.bus.subscribe(log_event)
 
@@ -194,6 +204,9 @@ class FailsoftApp:
         headers: Headers = []
         if isinstance(error, MethodNotAllowed):
             headers.append((b"allow", error.allow.encode()))
+        elif isinstance(error, Overloaded | QuotaExceeded):
+            seconds = max(1, math.ceil(min(error.retry_after_s, 3600)))
+            headers.append((b"retry-after", str(seconds).encode()))
         elif error.status == 503:
             headers.append((b"retry-after", b"1"))
         return Answer(error.status, json_body({"error": error.message}), headers)
@@ -238,6 +251,8 @@ class FailsoftApp:
             _expect(req, "GET")
             if parts[2] == "live":
                 return Answer(200, json_body({"live": True}), [])
+            if self.draining:
+                raise NotReady("not ready: shutting down")
             if not self.runtime.ready:
                 raise NotReady("not ready: a model's default version has no available replica")
             return Answer(200, json_body({"ready": True}), [])
@@ -296,6 +311,8 @@ class FailsoftApp:
         failure = None
         served_by = ""
         try:
+            if self.draining:
+                raise Overloaded("shutting down: send this request to another instance")
             body = await read_body(req.receive, self.server.max_body_bytes, req.content_length)
             request = self._decode(model, body, req.header_length, v1_codec)
             model.contract.check_request(request)

@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 
@@ -22,6 +23,22 @@ from failsoft.runtime import Runtime
 from failsoft.server.app import FailsoftApp
 
 log = logging.getLogger("failsoft.server")
+
+
+class _DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT: readiness turns false and new work gets 503 at once,
+    while uvicorn stops accepting connections and lets in-flight requests
+    finish (up to ``server.drain_s``); then the runtime drains its workers."""
+
+    def __init__(self, config: uvicorn.Config, app: FailsoftApp) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self._app.draining:
+            log.info("draining", extra={"signal": signal.Signals(sig).name})
+        self._app.draining = True
+        super().handle_exit(sig, frame)
 
 
 def build_app(config: Config, on_ready: Callable[[], None] | None = None) -> FailsoftApp:
@@ -73,10 +90,10 @@ def serve_on_socket(
         log_config=None,
         server_header=False,
         proxy_headers=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=max(1, round(config.server.drain_s)),
         backlog=2048,
     )
-    server = uvicorn.Server(uvicorn_config)
+    server = _DrainingServer(uvicorn_config, app)
     # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler
     # that was installed before it; a no-op one lets a clean drain exit 0.
     for signum in (signal.SIGINT, signal.SIGTERM):
