@@ -1,0 +1,1 @@
+"""The control plane: tenants with their API keys and quotas."""
