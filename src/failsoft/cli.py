@@ -103,6 +103,35 @@ def serve_command(config_path: Path, host: str | None, port: int | None) -> None
     serve(_load_or_exit(config_path), host=host, port=port)
 
 
+@main.group()
+def keys() -> None:
+    """Manage tenant API keys (only their sha256 is ever stored)."""
+
+
+@keys.command("add")
+@click.argument("name")
+def keys_add(name: str) -> None:
+    """Make a new API key for tenant NAME and print it once, with the YAML to paste.
+
+    The key itself is not stored anywhere: paste the printed entry under
+    `tenants:` in your configuration and hand the key to the tenant, who sends
+    it as `Authorization: Bearer <key>`.
+
+    \b
+    Example:
+      failsoft keys add acme >> tenants-snippet.yaml
+    """
+    from failsoft.control.tenants import key_entry_yaml, new_key
+
+    key = new_key()
+    try:
+        entry = key_entry_yaml(name, key)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="NAME") from None
+    click.echo(f"API key for {name} (shown once, store it now): {key}", err=True)
+    click.echo(entry)
+
+
 @main.command("check-config")
 @click.argument("config_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--strict", is_flag=True, help="Treat missing model files as errors.")

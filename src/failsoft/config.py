@@ -23,11 +23,13 @@ from pydantic import (
 )
 
 from failsoft._options import StrictModel
+from failsoft.control.tenants import TenantConfig
 from failsoft.pipeline.breaker import BreakerOptions
 from failsoft.pipeline.bulkhead import BulkheadOptions
 from failsoft.pipeline.cache import CacheOptions
 from failsoft.pipeline.fallback import FallbackTier, ModelTier, StaticTier, VersionTier
 from failsoft.pipeline.hedge import HedgeOptions
+from failsoft.pipeline.limiter import LimiterOptions
 from failsoft.pipeline.retry import RetryOptions
 from failsoft.pipeline.throttle import ThrottleOptions
 from failsoft.protocol.datatypes import DATATYPES
@@ -110,6 +112,9 @@ class ServerConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 8 * 1024 * 1024
     admin_token: str | None = Field(
         default=None, description="bearer token for /admin; falls back to $FAILSOFT_ADMIN_TOKEN"
+    )
+    require_keys: bool = Field(
+        default=False, description="refuse requests without a tenant key (401)"
     )
     access_log: bool = False
     drain_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
@@ -229,6 +234,7 @@ class ModelConfig(_Strict):
     balancer: BalancerOptions = Field(default_factory=BalancerOptions)
     health_check: HealthCheckOptions = Field(default_factory=HealthCheckOptions)
     cache: CacheOptions = Field(default_factory=CacheOptions)
+    limiter: LimiterOptions = Field(default_factory=LimiterOptions)
     bulkhead: BulkheadOptions = Field(default_factory=BulkheadOptions)
     throttle: ThrottleOptions = Field(default_factory=ThrottleOptions)
     fallback: Annotated[list[FallbackTier], Field(max_length=16)] = Field(default_factory=list)
@@ -290,6 +296,23 @@ class ModelConfig(_Strict):
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: Annotated[dict[Name, ModelConfig], Field(min_length=1)]
+    tenants: Annotated[dict[Name, TenantConfig], Field(max_length=100_000)] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _keys_can_be_met(self) -> Config:
+        if self.server.require_keys and not self.tenants:
+            raise ValueError(
+                "server.require_keys is true but no tenants are configured: every request would "
+                "get 401 (add one with `failsoft keys add NAME`)"
+            )
+        digests: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            other = digests.setdefault(tenant.key_sha256, name)
+            if other != name:
+                raise ValueError(f"tenants {other!r} and {name!r} have the same key_sha256")
+        return self
 
     @model_validator(mode="after")
     def _fallback_models_exist(self) -> Config:

@@ -36,6 +36,7 @@ from failsoft.pipeline.fallback import (
     static_outputs,
     tier_name,
 )
+from failsoft.pipeline.limiter import AdaptiveLimiter
 from failsoft.pipeline.version import ResilienceOptions, VersionPipeline
 from failsoft.protocol.types import InferRequest, Tensors
 from failsoft.routing.probes import Prober, golden_request
@@ -101,6 +102,7 @@ class ModelRuntime:
             if isinstance(tier, PythonTier)
         }
         self._output_types = {spec.name: spec.datatype for spec in config.outputs}
+        self.limiter = AdaptiveLimiter(config.limiter, clock, runtime.bus.emit, name)
 
     def version(self, name: str | None) -> VersionPipeline:
         if name is None:
@@ -134,6 +136,17 @@ class ModelRuntime:
             self.cache.put(key, outputs)
         return Served(outputs, version, f"{self.name}/{version}/{replica.name}", False)
 
+    async def shed(self, request: InferRequest, call: Call, error: FailsoftError) -> Served:
+        """A request the limiter refused: answered by the local fallback tiers if any can.
+
+        Only tiers that cost next to nothing run here (a heuristic, a static
+        answer, a stale cached one): a degraded answer beats a 503, but the
+        model's replicas must not see this request.
+        """
+        version = self.version(call.version).version
+        key = (self.name, version, input_digest(request.inputs)) if self._stale else None
+        return await self._fall_back(request, call, version, error, key, local_only=True)
+
     async def _fall_back(
         self,
         request: InferRequest,
@@ -141,9 +154,13 @@ class ModelRuntime:
         version: str,
         error: FailsoftError,
         key: tuple[str, str, bytes] | None,
+        *,
+        local_only: bool = False,
     ) -> Served:
         bus = self._runtime.bus
         for index, tier in enumerate(self.config.fallback):
+            if local_only and isinstance(tier, VersionTier | ModelTier):
+                continue
             name = tier_name(tier)
             try:
                 outputs = await self._run_tier(index, tier, request, call, version, key)
@@ -215,6 +232,7 @@ class Runtime:
         self.bus = bus
         clock = clock or SystemClock()
         rng = rng or random.Random()
+        self.clock = clock
         self.models: dict[str, ModelRuntime] = {
             name: ModelRuntime(name, model, self, clock, rng)
             for name, model in config.models.items()

@@ -166,9 +166,9 @@ class VersionPipeline:
         remote = self._remote
         if remote and not self.throttle.allow():
             self.breakers[index].release()
-            self._bus.emit(ThrottledLocally(
-                self.model, self.version, self.throttle.rejection_probability()
-            ))
+            self._bus.emit(
+                ThrottledLocally(self.model, self.version, self.throttle.rejection_probability())
+            )
             raise Overloaded(
                 f"{self.model}/{self.version}: replicas are refusing calls; throttled locally"
             )

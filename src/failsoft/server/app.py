@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from failsoft import __version__
 from failsoft.call import Call
 from failsoft.config import ServerConfig
+from failsoft.control.tenants import Tenants
 from failsoft.errors import (
     BadRequest,
     FailsoftError,
+    FailureClass,
     MethodNotAllowed,
     NotFound,
     NotReady,
@@ -36,6 +38,7 @@ from failsoft.protocol import v1, v2
 from failsoft.protocol.types import InferRequest, InferResponse
 from failsoft.runtime import ModelRuntime, Runtime
 from failsoft.server.admin import AdminRoutes
+from failsoft.server.admission import Admission
 from failsoft.server.http import (
     Headers,
     Receive,
@@ -64,6 +67,7 @@ class Incoming:
     header_length: int | None
     timeout_ms: int | None
     authorization: str | None
+    priority: str | None
     receive: Receive
 
 
@@ -114,6 +118,9 @@ class FailsoftApp:
         self.metrics = metrics
         self.admin = AdminRoutes(runtime, server.resolved_admin_token())
         self._new_request_id = RequestIds()
+        self.admission = Admission(
+            Tenants(runtime.config.tenants, server.require_keys, runtime.clock)
+        )
         self.draining = False  # set on SIGTERM: not ready, no new work
         runtime.bus.subscribe(metrics.observe)
         runtime.bus.subscribe(log_event)
@@ -146,7 +153,7 @@ class FailsoftApp:
         started = time.perf_counter()
         request_id = None
         content_length = header_length = timeout_ms = None
-        authorization = None
+        authorization = priority = None
         try:
             for key, value in scope["headers"]:
                 if key == b"x-request-id":
@@ -159,6 +166,8 @@ class FailsoftApp:
                     timeout_ms = _int_header("Failsoft-Timeout-Ms", value)
                 elif key == b"authorization":
                     authorization = value.decode("latin-1")
+                elif key == b"failsoft-priority":
+                    priority = value[:32].decode("latin-1")
         except BadRequest as error:
             request_id = request_id or self._new_request_id()
             await self._send_error(send, error, request_id)
@@ -173,6 +182,7 @@ class FailsoftApp:
             header_length,
             timeout_ms,
             authorization,
+            priority,
             receive,
         )
         try:
@@ -313,29 +323,33 @@ class FailsoftApp:
         try:
             if self.draining:
                 raise Overloaded("shutting down: send this request to another instance")
+            tenant, priority = self.admission.identify(req.authorization, req.priority)
             body = await read_body(req.receive, self.server.max_body_bytes, req.content_length)
             request = self._decode(model, body, req.header_length, v1_codec)
-            model.contract.check_request(request)
-            call = Call(
-                req.request_id,
-                model_name,
-                version,
-                time.monotonic() + self._timeout_s(model, req.timeout_ms),
-                self.runtime.bus,
-            )
-            served = await model.serve(request, call, version_name)
-            served_by = served.served_by
-            degraded = b"true" if served.degraded else b"false"
-            response = InferResponse(
-                model_name,
-                served.version,
-                served.outputs,
-                request.id,
-                {"failsoft_served_by": served_by, "failsoft_degraded": served.degraded},
-            )
-            answer = self._encode(response, request, v1_codec)
-            answer.headers.append((b"failsoft-served-by", served_by.encode()))
-            answer.headers.append((b"failsoft-degraded", degraded))
+            try:
+                permit = await self.admission.admit(tenant, priority, request, model.limiter)
+            except Overloaded as shed:
+                if not model.config.fallback:
+                    raise
+                model.contract.check_request(request)
+                answer, served_by = await self._serve(
+                    req, model, version_name, request, v1_codec, shed=shed
+                )
+                status = 200
+                return answer
+            admitted = time.perf_counter()
+            try:
+                model.contract.check_request(request)
+                answer, served_by = await self._serve(req, model, version_name, request, v1_codec)
+            except FailsoftError as error:
+                # Only answers that say something about the model's speed move the limit.
+                healthy = error.failure_class in (FailureClass.DATA, FailureClass.LOGIC)
+                permit.release(healthy, time.perf_counter() - admitted)
+                raise
+            except BaseException:
+                permit.cancel()
+                raise
+            permit.release(True, time.perf_counter() - admitted)
             status = 200
             return answer
         except FailsoftError as error:
@@ -356,14 +370,41 @@ class FailsoftApp:
         finally:
             self.runtime.bus.emit(
                 RequestFinished(
-                    model_name,
-                    version,
-                    status,
-                    failure,
-                    time.perf_counter() - started,
-                    served_by,
+                    model_name, version, status, failure, time.perf_counter() - started, served_by
                 )
             )
+
+    async def _serve(
+        self,
+        req: Incoming,
+        model: ModelRuntime,
+        version_name: str | None,
+        request: InferRequest,
+        v1_codec: bool,
+        shed: Overloaded | None = None,
+    ) -> tuple[Answer, str]:
+        call = Call(
+            req.request_id,
+            model.name,
+            model.version(version_name).version,
+            time.monotonic() + self._timeout_s(model, req.timeout_ms),
+            self.runtime.bus,
+        )
+        if shed is not None:
+            served = await model.shed(request, call, shed)
+        else:
+            served = await model.serve(request, call, version_name)
+        response = InferResponse(
+            model.name,
+            served.version,
+            served.outputs,
+            request.id,
+            {"failsoft_served_by": served.served_by, "failsoft_degraded": served.degraded},
+        )
+        answer = self._encode(response, request, v1_codec)
+        answer.headers.append((b"failsoft-served-by", served.served_by.encode()))
+        answer.headers.append((b"failsoft-degraded", b"true" if served.degraded else b"false"))
+        return answer, served.served_by
 
     @staticmethod
     def _timeout_s(model: ModelRuntime, requested_ms: int | None) -> float:
