@@ -28,6 +28,8 @@ from failsoft.observe.events import (
 )
 from failsoft.pipeline.breaker import BreakerState, BreakerTransition
 from failsoft.pipeline.fallback import FallbackUsed
+from failsoft.pipeline.limiter import LimitChanged, RequestShed
+from failsoft.pipeline.throttle import ThrottledLocally
 from failsoft.pipeline.version import AttemptFailed, AttemptStarted, RetryDenied
 from failsoft.routing.ejection import ReplicaEjected, ReplicaReturned
 from failsoft.routing.probes import HealthChanged
@@ -154,6 +156,22 @@ class Metrics:
             "Answers given by a fallback tier (degraded).",
             ["model", "version", "tier"],
         )
+        self.shed = _Family(
+            "failsoft_shed",
+            "Requests refused by the adaptive concurrency limit, by priority.",
+            ["model", "priority", "reason"],
+        )
+        self.limit = _Family(
+            "failsoft_concurrency_limit",
+            "The adaptive concurrency limit of each model.",
+            ["model"],
+            gauge=True,
+        )
+        self.throttled = _Family(
+            "failsoft_throttled_locally",
+            "Calls refused locally by adaptive client-side throttling.",
+            ["model", "version"],
+        )
         self.replica_up = _Family(
             "failsoft_replica_up",
             "1 when a replica process is up, 0 while it restarts.",
@@ -177,6 +195,9 @@ class Metrics:
             self.ejections,
             self.healthy,
             self.fallbacks,
+            self.shed,
+            self.limit,
+            self.throttled,
             self.replica_up,
             self.worker_restarts,
         ]
@@ -226,6 +247,12 @@ class Metrics:
             self.healthy.set(1 if event.healthy else 0, event.model, event.version, event.replica)
         elif isinstance(event, FallbackUsed):
             self.fallbacks.inc(event.model, event.version, event.tier)
+        elif isinstance(event, RequestShed):
+            self.shed.inc(event.model, event.priority.value, event.reason)
+        elif isinstance(event, LimitChanged):
+            self.limit.set(event.new, event.model)
+        elif isinstance(event, ThrottledLocally):
+            self.throttled.inc(event.model, event.version)
         elif isinstance(event, ReplicaStateChanged):
             self.replica_up.set(
                 1 if event.available else 0, event.model, event.version, event.replica

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from failsoft.errors import FailsoftError, MethodNotAllowed, NotFound, Unauthorized
@@ -15,9 +16,15 @@ class Forbidden(FailsoftError):
 
 
 class AdminRoutes:
-    def __init__(self, runtime: Runtime, token: str | None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        token: str | None,
+        tenant_snapshot: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self._runtime = runtime
         self._token = token
+        self._tenant_snapshot = tenant_snapshot
 
     def handle(self, method: str, parts: list[str], authorization: str | None) -> tuple[int, bytes]:
         self._authorize(authorization)
@@ -58,9 +65,13 @@ class AdminRoutes:
             models[name] = {
                 "default_version": model.config.default,
                 "ready": model.ready,
+                "limiter": model.limiter.snapshot(),
                 "versions": versions,
             }
-        return {"ready": self._runtime.ready, "models": models}
+        return {"ready": self._runtime.ready, "models": models, "tenants": self._tenants()}
+
+    def _tenants(self) -> dict[str, Any]:
+        return self._tenant_snapshot() if self._tenant_snapshot is not None else {}
 
 
 def _replica_status(replica: Any) -> dict[str, Any]:

@@ -116,10 +116,12 @@ class FailsoftApp:
         self._on_ready = on_ready
         self.server = server
         self.metrics = metrics
-        self.admin = AdminRoutes(runtime, server.resolved_admin_token())
         self._new_request_id = RequestIds()
         self.admission = Admission(
             Tenants(runtime.config.tenants, server.require_keys, runtime.clock)
+        )
+        self.admin = AdminRoutes(
+            runtime, server.resolved_admin_token(), self.admission.tenants.snapshot
         )
         self.draining = False  # set on SIGTERM: not ready, no new work
         runtime.bus.subscribe(metrics.observe)

@@ -1,0 +1,202 @@
+"""Admission through the real app in-process: keys, priorities, quotas, the limit, the bulkhead."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from failsoft.clock import ManualClock
+from failsoft.config import parse_config
+from failsoft.control.tenants import key_digest
+from failsoft.observe.events import EventBus
+from failsoft.observe.metrics import Metrics
+from failsoft.runtime import Runtime
+from failsoft.server.app import FailsoftApp
+from tests import _admission_models as models
+
+ALICE, BOB = "fsk_alice-test-key", "fsk_bob-test-key"
+ROW = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+Client = Callable[[dict[str, Any]], Awaitable[tuple[httpx.AsyncClient, ManualClock]]]
+
+
+def model(function: str, replicas: int = 1, **extra: Any) -> dict[str, Any]:
+    version = {
+        "backend": "python",
+        "function": function,
+        "execution": "thread",
+        "replicas": replicas,
+    }
+    return {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
+        "versions": {"v1": version},
+        "health_check": {"enabled": False},
+        **extra,
+    }
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Client]:
+    started: list[tuple[FailsoftApp, httpx.AsyncClient]] = []
+
+    async def start(config: dict[str, Any]) -> tuple[httpx.AsyncClient, ManualClock]:
+        clock = ManualClock(start=time.monotonic())
+        app = FailsoftApp(
+            Runtime(parse_config(config), EventBus(), clock), parse_config(config).server, Metrics()
+        )
+        await app.runtime.start()
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+        started.append((app, http))
+        return http, clock
+
+    yield start
+    models.GATE.set()
+    for app, http in started:
+        await http.aclose()
+        await app.runtime.close()
+    models.GATE.clear()
+
+
+def tenants(**quota: Any) -> dict[str, Any]:
+    return {
+        "alice": {"key_sha256": key_digest(ALICE), **quota},
+        "bob": {"key_sha256": key_digest(BOB), "priority": "critical"},
+    }
+
+
+async def test_keys_are_checked(client: Client) -> None:
+    http, _ = await client(
+        {
+            "server": {"require_keys": True},
+            "tenants": tenants(),
+            "models": {"m": model("tests._admission_models:label")},
+        }
+    )
+    missing = await http.post("/v2/models/m/infer", json=ROW)
+    assert missing.status_code == 401
+    wrong = await http.post(
+        "/v2/models/m/infer", json=ROW, headers={"Authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 401
+    ok = await http.post(
+        "/v2/models/m/infer", json=ROW, headers={"Authorization": f"Bearer {ALICE}"}
+    )
+    assert ok.status_code == 200
+
+
+async def test_an_unknown_priority_is_a_bad_request(client: Client) -> None:
+    http, _ = await client({"models": {"m": model("tests._admission_models:label")}})
+    answer = await http.post(
+        "/v2/models/m/infer", json=ROW, headers={"Failsoft-Priority": "urgent"}
+    )
+    assert answer.status_code == 400
+    assert "critical, default, sheddable" in answer.json()["error"]
+
+
+async def test_quota_gives_429_with_retry_after_and_refills(client: Client) -> None:
+    http, clock = await client(
+        {
+            "tenants": tenants(requests_per_s=2, burst_s=1),
+            "models": {"m": model("tests._admission_models:label")},
+        }
+    )
+    alice = {"Authorization": f"Bearer {ALICE}"}
+    statuses = [
+        (await http.post("/v2/models/m/infer", json=ROW, headers=alice)).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]
+    over = await http.post("/v2/models/m/infer", json=ROW, headers=alice)
+    assert over.headers["retry-after"] == "1"
+    assert "tenant 'alice' is over its request quota" in over.json()["error"]
+    bob = await http.post(
+        "/v2/models/m/infer", json=ROW, headers={"Authorization": f"Bearer {BOB}"}
+    )
+    assert bob.status_code == 200  # one tenant's quota never touches another's
+    await clock.advance(1.0)
+    assert (await http.post("/v2/models/m/infer", json=ROW, headers=alice)).status_code == 200
+
+
+async def wait_entered(count: int) -> None:
+    for _ in range(count):
+        assert await asyncio.to_thread(models.ENTERED.acquire, True, 10)
+
+
+async def test_over_the_limit_is_shed_with_503_and_retry_after(client: Client) -> None:
+    limiter = {"initial_limit": 1, "min_limit": 1, "max_limit": 1, "queue_size": 0}
+    http, _ = await client(
+        {"models": {"m": model("tests._admission_models:gated", limiter=limiter)}}
+    )
+    held = asyncio.ensure_future(http.post("/v2/models/m/infer", json=ROW))
+    await wait_entered(1)
+    shed = await http.post("/v2/models/m/infer", json=ROW)
+    assert shed.status_code == 503
+    assert int(shed.headers["retry-after"]) >= 1
+    models.GATE.set()
+    assert (await held).status_code == 200
+
+
+async def test_a_shed_request_gets_a_local_fallback_answer_when_one_is_configured(
+    client: Client,
+) -> None:
+    limiter = {"initial_limit": 1, "min_limit": 1, "max_limit": 1, "queue_size": 0}
+    fallback = [{"python": "tests._admission_models:heuristic"}]
+    http, _ = await client(
+        {
+            "models": {
+                "m": model("tests._admission_models:gated", limiter=limiter, fallback=fallback)
+            }
+        }
+    )
+    held = asyncio.ensure_future(http.post("/v2/models/m/infer", json=ROW))
+    await wait_entered(1)
+    degraded = await http.post("/v2/models/m/infer", json=ROW)
+    assert degraded.status_code == 200
+    assert degraded.headers["failsoft-degraded"] == "true"
+    assert degraded.headers["failsoft-served-by"] == "m/v1/fallback:heuristic"
+    models.GATE.set()
+    assert (await held).headers["failsoft-degraded"] == "false"
+
+
+async def test_sheddable_work_is_shed_first(client: Client) -> None:
+    limiter = {
+        "initial_limit": 2,
+        "min_limit": 2,
+        "max_limit": 2,
+        "queue_size": 0,
+        "sheddable_share": 0.5,
+        "default_share": 1.0,
+    }
+    http, _ = await client(
+        {"models": {"m": model("tests._admission_models:gated", replicas=2, limiter=limiter)}}
+    )
+    sheddable = {"Failsoft-Priority": "sheddable"}
+    first = asyncio.ensure_future(http.post("/v2/models/m/infer", json=ROW, headers=sheddable))
+    await wait_entered(1)
+    second = await http.post("/v2/models/m/infer", json=ROW, headers=sheddable)
+    assert second.status_code == 503  # sheddable may use half the limit: it is full
+    critical = asyncio.ensure_future(
+        http.post("/v2/models/m/infer", json=ROW, headers={"Failsoft-Priority": "critical"})
+    )
+    await wait_entered(1)  # critical still got the last slot
+    models.GATE.set()
+    assert (await first).status_code == 200
+    assert (await critical).status_code == 200
+
+
+async def test_the_bulkhead_caps_calls_in_flight_per_version(client: Client) -> None:
+    http, _ = await client(
+        {"models": {"m": model("tests._admission_models:gated", bulkhead={"max_in_flight": 1})}}
+    )
+    held = asyncio.ensure_future(http.post("/v2/models/m/infer", json=ROW))
+    await wait_entered(1)
+    refused = await http.post("/v2/models/m/infer", json=ROW)
+    assert refused.status_code == 503
+    assert "bulkhead" in refused.json()["error"]
+    models.GATE.set()
+    assert (await held).status_code == 200
