@@ -226,6 +226,7 @@ class ModelConfig(_Strict):
     timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 5_000
     max_timeout_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
     per_try_timeout_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
+    max_batch_size: Annotated[int, Field(ge=1, le=100_000_000)] = 65_536
     platform: str = "failsoft"
     retry: RetryOptions = Field(default_factory=RetryOptions)
     hedge: HedgeOptions = Field(default_factory=HedgeOptions)

@@ -74,7 +74,7 @@ class ModelRuntime:
     ) -> None:
         self.name = name
         self.config = config
-        self.contract = ModelContract(config.inputs, config.outputs)
+        self.contract = ModelContract(config.inputs, config.outputs, config.max_batch_size)
         self._runtime = runtime
         self.built: dict[str, BuiltReplicas] = {}
         self.versions: dict[str, VersionPipeline] = {}

@@ -161,3 +161,12 @@ def test_contract_options_are_validated() -> None:
         TensorSpec(name="x", datatype="INT32", shape=[-1], allow_nan=True)
     with pytest.raises(ValidationError, match=r"minimum 2\.0 is above"):
         TensorSpec(name="x", datatype="FP32", shape=[-1], range=(2, 1))
+
+
+def test_batches_over_the_limit_are_refused() -> None:
+    contract = ModelContract(INPUTS, OUTPUTS, max_batch=2)
+    contract.check_request(request(x=np.zeros((2, 4), np.float32)))
+    with pytest.raises(
+        BadRequest, match="a batch of 3 rows is over the model's max_batch_size of 2"
+    ):
+        contract.check_request(request(x=np.zeros((3, 4), np.float32)))

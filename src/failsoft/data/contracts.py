@@ -107,7 +107,10 @@ class TensorContract:
 class ModelContract:
     """The declared inputs and outputs of one model, compiled."""
 
-    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    def __init__(
+        self, inputs: list[TensorSpec], outputs: list[TensorSpec], max_batch: int | None = None
+    ) -> None:
+        self.max_batch = max_batch
         self.inputs = {spec.name: TensorContract(spec) for spec in inputs}
         self.outputs = [TensorContract(spec) for spec in outputs]
         self._output_names = frozenset(spec.name for spec in outputs)
@@ -119,6 +122,11 @@ class ModelContract:
             if contract is None:
                 raise BadRequest(f"unknown input {name!r} (the model takes {sorted(self.inputs)})")
             _check(contract, array, "input", BadRequest, "the model's")
+            if self.max_batch is not None and array.ndim and array.shape[0] > self.max_batch:
+                raise BadRequest(
+                    f"input {name!r}: a batch of {array.shape[0]} rows is over the model's "
+                    f"max_batch_size of {self.max_batch}; split it"
+                )
         if len(request.inputs) != len(self.inputs):
             missing = [name for name in self.inputs if name not in request.inputs]
             raise BadRequest(f"missing input(s) {missing}")
