@@ -118,6 +118,7 @@ class ServerConfig(_Strict):
     )
     access_log: bool = False
     drain_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    max_connections: Annotated[int, Field(ge=16, le=1_000_000)] = 8192
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def resolved_admin_token(self) -> str | None:

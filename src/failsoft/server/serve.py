@@ -92,6 +92,9 @@ def serve_on_socket(
         proxy_headers=False,
         timeout_graceful_shutdown=max(1, round(config.server.drain_s)),
         backlog=2048,
+        # A last-resort bound on connections and requests together; the
+        # adaptive limit sheds long before this is reached.
+        limit_concurrency=config.server.max_connections,
     )
     server = _DrainingServer(uvicorn_config, app)
     # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler
