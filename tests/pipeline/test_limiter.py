@@ -225,7 +225,7 @@ async def test_shares_round_down_but_leave_at_least_one_slot() -> None:
     await settle()
 
 
-async def test_waiters_are_served_critical_then_default_then_sheddable_in_fifo_order() -> None:
+async def test_waiters_are_served_critical_then_default_then_sheddable_newest_first() -> None:
     h = Harness(initial_limit=10, queue_size=10)
     held = deque(h.hold(10))
     served: list[str] = []
@@ -249,7 +249,7 @@ async def test_waiters_are_served_critical_then_default_then_sheddable_in_fifo_o
     while not all(task.done() for task in tasks):
         held.popleft().release(True, 0.01)
         await settle()
-    assert served == ["c1", "c2", "d1", "d2", "s1", "s2"]
+    assert served == ["c2", "c1", "d2", "d1", "s2", "s1"]  # by priority, newest first
     assert h.limiter.in_flight == len(held)
 
 
@@ -319,20 +319,21 @@ async def test_without_a_queue_over_the_allowance_is_shed_at_once() -> None:
     assert h.sheds() == [RequestShed("m", CRITICAL, "over limit")]
 
 
-async def test_a_higher_priority_newcomer_evicts_the_newest_lowest_waiter() -> None:
+async def test_a_higher_priority_newcomer_evicts_the_oldest_lowest_waiter() -> None:
+    # The oldest: with newest-first service it would be served last, if before its timeout.
     h = Harness(initial_limit=4, queue_size=3)
     h.hold(4)
     s1 = await h.start(SHEDDABLE)
     d1 = await h.start(DEFAULT)
     s2 = await h.start(SHEDDABLE)
     d2 = await h.start(DEFAULT)
-    assert "evicted by higher priority" in await shed_reason(s2)
-    assert not s1.done()
-    c2 = await h.start(CRITICAL)
     assert "evicted by higher priority" in await shed_reason(s1)
+    assert not s2.done()
+    c2 = await h.start(CRITICAL)
+    assert "evicted by higher priority" in await shed_reason(s2)
     c3 = await h.start(CRITICAL)
-    assert "evicted by higher priority" in await shed_reason(d2)
-    assert not d1.done()
+    assert "evicted by higher priority" in await shed_reason(d1)
+    assert not d2.done()
     assert h.sheds() == [
         RequestShed("m", SHEDDABLE, "evicted by higher priority"),
         RequestShed("m", SHEDDABLE, "evicted by higher priority"),
@@ -340,7 +341,7 @@ async def test_a_higher_priority_newcomer_evicts_the_newest_lowest_waiter() -> N
     ]
     assert h.limiter.waiting == 3
     # An evicted waiter's timer is gone: nothing more is shed when it would have fired.
-    for task in (d1, c2, c3):
+    for task in (d2, c2, c3):
         task.cancel()
     await h.clock.advance(1.0)
     assert len(h.sheds()) == 3

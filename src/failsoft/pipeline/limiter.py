@@ -41,13 +41,15 @@ can never take more than its share, and the top of the limit is kept free for
 critical work even when default traffic is heavy.
 
 A request over its allowance waits in one bounded queue (``queue_size``
-across priorities): critical first, then default, then sheddable, first come
-first served within a priority. A freed slot goes to the head of the most
-important non-empty priority if that priority's allowance has room;
-allowances shrink with priority, so when that head does not fit, no less
-important waiter would either. When the queue is full, a newcomer evicts the
-newest waiter of the lowest priority below its own; if there is none, the
-newcomer is shed. A waiter not served within ``queue_timeout_ms`` is shed.
+across priorities): critical first, then default, then sheddable, newest
+first within a priority (under overload the oldest waiters are about to time
+out anyway; serving the newest keeps the latency of admitted requests short).
+A freed slot goes to the newest waiter of the most important non-empty
+priority if that priority's allowance has room; allowances shrink with
+priority, so when that one does not fit, no less important waiter would
+either. When the queue is full, a newcomer evicts the oldest waiter of the
+lowest priority below its own; if there is none, the newcomer is shed. A
+waiter not served within ``queue_timeout_ms`` is shed.
 With ``queue_size`` 0 there is no queue: a request over its allowance is shed
 at once ("over limit").
 
@@ -225,7 +227,11 @@ class _Gradient:
             factor = 1.0 / self._long_windows
         else:
             factor = self._long_factor
-        long = self.long_rtt + factor * (short - self.long_rtt)
+        # The baseline falls at once to a faster window and rises only slowly:
+        # a plain average would follow the latency that queueing itself causes
+        # under sustained overload, and the limit would creep up with it.
+        rising = self.long_rtt + factor * (short - self.long_rtt)
+        long = short if short < self.long_rtt else rising
         self.short_rtt = short
         self.long_rtt = long * _BASELINE_DECAY if long > 2.0 * short else long
         return long
@@ -387,8 +393,8 @@ class AdaptiveLimiter:
             if _RANK[lower] >= rank:
                 return None
             queue = self._queues[lower]
-            if queue:
-                return next(reversed(queue))
+            if queue:  # the oldest: served last (LIFO) and closest to timing out
+                return next(iter(queue))
         return None
 
     def _time_out(self, waiter: _Waiter) -> None:
@@ -431,7 +437,11 @@ class AdaptiveLimiter:
             queue = self._queues[priority]
             allowance = self._allowance[priority]
             while queue:
-                waiter = next(iter(queue))
+                # Newest first: under overload the oldest waiters are the ones about
+                # to time out anyway, and serving the newest keeps admitted latency
+                # short instead of making every admitted request wait nearly the
+                # whole queue timeout (Facebook's adaptive LIFO, without the switch).
+                waiter = next(reversed(queue))
                 if waiter.future.done():  # cancelled; its task has not cleaned up yet
                     self._dequeue(waiter)
                     continue

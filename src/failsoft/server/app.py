@@ -319,6 +319,8 @@ class FailsoftApp:
         started = time.perf_counter()
         model = self.runtime.model(model_name)
         version = model.version(version_name).version
+        # The deadline counts from arrival: time spent waiting for admission is spent.
+        deadline = time.monotonic() + self._timeout_s(model, req.timeout_ms)
         status = 500
         failure = None
         served_by = ""
@@ -335,14 +337,16 @@ class FailsoftApp:
                     raise
                 model.contract.check_request(request)
                 answer, served_by = await self._serve(
-                    req, model, version_name, request, v1_codec, shed=shed
+                    req, model, version_name, request, v1_codec, deadline, shed=shed
                 )
                 status = 200
                 return answer
             admitted = time.perf_counter()
             try:
                 model.contract.check_request(request)
-                answer, served_by = await self._serve(req, model, version_name, request, v1_codec)
+                answer, served_by = await self._serve(
+                    req, model, version_name, request, v1_codec, deadline
+                )
             except FailsoftError as error:
                 # Only answers that say something about the model's speed move the limit.
                 healthy = error.failure_class in (FailureClass.DATA, FailureClass.LOGIC)
@@ -383,13 +387,14 @@ class FailsoftApp:
         version_name: str | None,
         request: InferRequest,
         v1_codec: bool,
+        deadline: float,
         shed: Overloaded | None = None,
     ) -> tuple[Answer, str]:
         call = Call(
             req.request_id,
             model.name,
             model.version(version_name).version,
-            time.monotonic() + self._timeout_s(model, req.timeout_ms),
+            deadline,
             self.runtime.bus,
         )
         if shed is not None:
