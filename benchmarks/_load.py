@@ -30,9 +30,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -297,6 +298,47 @@ MAX_OPEN_LOOP_REQUESTS = 1_000_000
 _EARLY_S = 0.0005  # event-loop timers tick in ms: send up to this much before schedule
 
 
+async def send_on_schedule(
+    offsets: Sequence[float],
+    start: float,
+    clock: Callable[[], float],
+    lags: np.ndarray,
+    launch: Callable[[int, float], Coroutine[Any, Any, None] | None],
+    timeout_s: float,
+) -> int:
+    """Start ``launch(index, origin)`` at ``start + offsets[index]``, open loop.
+
+    ``launch`` returns the request's coroutine, or None when it refuses to
+    send (too many in flight). ``origin`` is the schedule when late, so
+    coordinated omission stays visible, or the real send when a millisecond
+    timer tick sent it a little early. Waits for every request, at most
+    ``timeout_s`` after the last send; returns how many were cut off.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+    for index, offset in enumerate(offsets):
+        scheduled = start + offset
+        delay = scheduled - clock()
+        while delay > _EARLY_S:  # pacing: the wake-up time is the point, not an event
+            await asyncio.sleep(delay - _EARLY_S)
+            delay = scheduled - clock()
+        sent = clock()
+        lags[index] = sent - scheduled
+        if delay < 0 and index % 16 == 0:
+            await asyncio.sleep(0)  # behind schedule: still let answers in
+        request = launch(index, min(sent, scheduled))
+        if request is not None:
+            task = asyncio.create_task(request)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    if not tasks:
+        return 0
+    _, pending = await asyncio.wait(set(tasks), timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return len(pending)
+
+
 @dataclass(frozen=True, slots=True)
 class OpenLoopResult:
     rate: float  # requested sends per second
@@ -334,7 +376,6 @@ async def _open_loop(
     headers = {"content-type": "application/json"}
     errors = 0
     in_flight = 0
-    tasks: set[asyncio.Task[None]] = set()
     clock = time.perf_counter
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -358,32 +399,18 @@ async def _open_loop(
             else:
                 errors += 1
 
-        start = clock() + 0.01
-        for index in range(count):
-            scheduled = start + index * interval
-            delay = scheduled - clock()
-            while delay > _EARLY_S:  # pacing: the wake-up time is the point, not an event
-                await asyncio.sleep(delay - _EARLY_S)
-                delay = scheduled - clock()
-            sent = clock()
-            lags[index] = sent - scheduled
-            if delay < 0 and index % 16 == 0:
-                await asyncio.sleep(0)  # behind schedule: still let answers in
+        def launch(index: int, origin: float) -> Coroutine[Any, Any, None] | None:
+            nonlocal errors, in_flight
             if in_flight >= max_in_flight:
                 errors += 1  # the server is this far behind: count it, do not queue more
-                continue
+                return None
             in_flight += 1
-            # From the schedule when late (coordinated omission stays visible);
-            # from the real send when a timer tick sent it a little early.
-            task = asyncio.create_task(one(index, min(sent, scheduled)))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            _, pending = await asyncio.wait(set(tasks), timeout=timeout_s + 1.0)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            errors += len(pending)
+            return one(index, origin)
+
+        offsets = [index * interval for index in range(count)]
+        errors += await send_on_schedule(
+            offsets, clock() + 0.01, clock, lags, launch, timeout_s + 1.0
+        )
 
     answered = latencies[~np.isnan(latencies)] * 1e3
     if answered.size:

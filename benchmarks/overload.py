@@ -58,7 +58,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,14 @@ import orjson
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import REPO, ServerProcess, free_port, src_env, wait_until_answers
+from _load import (
+    REPO,
+    ServerProcess,
+    free_port,
+    send_on_schedule,
+    src_env,
+    wait_until_answers,
+)
 
 if str(REPO / "src") not in sys.path:
     sys.path.insert(1, str(REPO / "src"))
@@ -188,9 +195,6 @@ def _schedule(
     return all_times[order], all_kinds[order], labels
 
 
-_EARLY_S = 0.0005  # event-loop timers tick in ms: send up to this much before schedule
-
-
 async def _open_loop(
     url: str,
     streams: Sequence[Stream],
@@ -217,7 +221,6 @@ async def _open_loop(
     limiter: list[tuple[float, dict[str, Any]]] = []
     clock = time.perf_counter
     in_flight = 0
-    tasks: set[asyncio.Task[None]] = set()
 
     async def on_headers_sent(_session: Any, ctx: Any, _params: Any) -> None:
         sent[ctx.trace_request_ctx] = True
@@ -272,29 +275,16 @@ async def _open_loop(
         wall_start = loop.time() + (start - clock())
         for delay_s, action in actions:
             loop.call_at(wall_start + delay_s, action)
-        for index in range(n):
-            scheduled = start + times[index]
-            delay = scheduled - clock()
-            while delay > _EARLY_S:  # pacing: the wake-up time is the point, not an event
-                await asyncio.sleep(delay - _EARLY_S)
-                delay = scheduled - clock()
-            now = clock()
-            lags[index] = now - scheduled
-            if delay < 0 and index % 16 == 0:
-                await asyncio.sleep(0)  # behind schedule: still let answers in
+
+        def launch(index: int, origin: float) -> Coroutine[Any, Any, None] | None:
+            nonlocal in_flight
             if in_flight >= max_in_flight:
                 status[index] = DROPPED
-                continue
+                return None
             in_flight += 1
-            # From the schedule when late; from the real send when a timer tick sent it early.
-            task = asyncio.create_task(one(index, min(now, scheduled)))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            _, pending = await asyncio.wait(set(tasks), timeout=CLIENT_TIMEOUT_S + 1.0)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            return one(index, origin)
+
+        await send_on_schedule(times.tolist(), start, clock, lags, launch, CLIENT_TIMEOUT_S + 1.0)
         if poller is not None:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
