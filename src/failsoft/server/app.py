@@ -321,6 +321,7 @@ class FailsoftApp:
         version = model.version(version_name).version
         # The deadline counts from arrival: time spent waiting for admission is spent.
         deadline = time.monotonic() + self._timeout_s(model, req.timeout_ms)
+        call = Call(req.request_id, model_name, version, deadline, self.runtime.bus)
         status = 500
         failure = None
         served_by = ""
@@ -337,16 +338,14 @@ class FailsoftApp:
                     raise
                 model.contract.check_request(request)
                 answer, served_by = await self._serve(
-                    req, model, version_name, request, v1_codec, deadline, shed=shed
+                    model, version_name, request, v1_codec, call, shed=shed
                 )
                 status = 200
                 return answer
             admitted = time.perf_counter()
             try:
                 model.contract.check_request(request)
-                answer, served_by = await self._serve(
-                    req, model, version_name, request, v1_codec, deadline
-                )
+                answer, served_by = await self._serve(model, version_name, request, v1_codec, call)
             except FailsoftError as error:
                 # Only answers that say something about the model's speed move the limit.
                 healthy = error.failure_class in (FailureClass.DATA, FailureClass.LOGIC)
@@ -382,21 +381,13 @@ class FailsoftApp:
 
     async def _serve(
         self,
-        req: Incoming,
         model: ModelRuntime,
         version_name: str | None,
         request: InferRequest,
         v1_codec: bool,
-        deadline: float,
+        call: Call,
         shed: Overloaded | None = None,
     ) -> tuple[Answer, str]:
-        call = Call(
-            req.request_id,
-            model.name,
-            model.version(version_name).version,
-            deadline,
-            self.runtime.bus,
-        )
         if shed is not None:
             served = await model.shed(request, call, shed)
         else:
