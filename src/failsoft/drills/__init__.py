@@ -1,0 +1,1 @@
+"""Chaos drills: experiments, the load driver, the scorecard and its chart."""
