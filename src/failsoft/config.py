@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from failsoft._options import StrictModel
+from failsoft.control.faults import ChaosOptions
 from failsoft.control.tenants import TenantConfig
 from failsoft.pipeline.breaker import BreakerOptions
 from failsoft.pipeline.bulkhead import BulkheadOptions
@@ -301,6 +302,7 @@ class Config(_Strict):
     tenants: Annotated[dict[Name, TenantConfig], Field(max_length=100_000)] = Field(
         default_factory=dict
     )
+    chaos: ChaosOptions = Field(default_factory=ChaosOptions)
 
     @model_validator(mode="after")
     def _keys_can_be_met(self) -> Config:

@@ -15,14 +15,16 @@ import random
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 
-from failsoft.backends import BuiltReplicas, build_replicas
+from failsoft.backends import BuiltReplicas, Replica, build_replicas
 from failsoft.call import Call
 from failsoft.clock import Clock, SystemClock
 from failsoft.config import Config, ModelConfig
+from failsoft.control.faults import FaultRegistry, Killable, Target
 from failsoft.data.contracts import ModelContract
 from failsoft.errors import FailsoftError, FailureClass, NotFound
 from failsoft.observe.events import EventBus
 from failsoft.pipeline.cache import ResponseCache, input_digest
+from failsoft.pipeline.chaos import ChaosReplica
 from failsoft.pipeline.fallback import (
     FallbackTierFailed,
     FallbackUsed,
@@ -83,8 +85,14 @@ class ModelRuntime:
         golden = golden_request(config.health_check, config.inputs)
         for version in config.versions:
             built = build_replicas(name, version, config, runtime.bus)
+            replicas: list[Replica] = built.replicas
+            if runtime.config.chaos.enabled:
+                replicas = [
+                    ChaosReplica(replica, name, version, runtime.faults, clock, rng)
+                    for replica in replicas
+                ]
             pipeline = VersionPipeline(
-                name, version, built.replicas, options, self.contract, runtime.bus, clock, rng
+                name, version, replicas, options, self.contract, runtime.bus, clock, rng
             )
             self.built[version] = built
             self.versions[version] = pipeline
@@ -233,11 +241,20 @@ class Runtime:
         clock = clock or SystemClock()
         rng = rng or random.Random()
         self.clock = clock
+        self.faults = FaultRegistry(config.chaos, clock, bus.emit, self._fault_targets)
         self.models: dict[str, ModelRuntime] = {
             name: ModelRuntime(name, model, self, clock, rng)
             for name, model in config.models.items()
         }
         self.started = False
+
+    def _fault_targets(self) -> list[Target]:
+        return [
+            Target(name, version, replica.name, replica if isinstance(replica, Killable) else None)
+            for name, model in self.models.items()
+            for version, pipeline in model.versions.items()
+            for replica in pipeline.replicas
+        ]
 
     def model(self, name: str) -> ModelRuntime:
         found = self.models.get(name)
@@ -256,6 +273,7 @@ class Runtime:
 
     async def close(self) -> None:
         self.started = False
+        self.faults.clear()
         for model in self.models.values():
             await model.close()
 

@@ -94,6 +94,14 @@ class WorkerReplica:
     def restarts(self) -> int:
         return self._restarts
 
+    def kill(self) -> int | None:
+        """SIGKILL the worker now, as a crash would (chaos); the supervisor restarts it."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return None
+        process.kill()
+        return process.pid
+
     async def start(self) -> None:
         await self._spawn()
         self._tasks = [

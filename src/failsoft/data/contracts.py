@@ -39,6 +39,7 @@ class TensorContract:
         "_labels_array",
         "_range",
         "_rank",
+        "batched",
         "dtype",
         "spec",
     )
@@ -48,6 +49,7 @@ class TensorContract:
         self.dtype = DATATYPE_TO_DTYPE[spec.datatype]
         self._fixed = tuple((axis, size) for axis, size in enumerate(spec.shape) if size != -1)
         self._rank = len(spec.shape)
+        self.batched = bool(spec.shape) and spec.shape[0] == -1
         self._finite = spec.datatype in ("FP16", "FP32", "FP64") and not spec.allow_nan
         self._range = spec.range
         self._labels: frozenset[object] | None = None
@@ -114,6 +116,14 @@ class ModelContract:
         self.inputs = {spec.name: TensorContract(spec) for spec in inputs}
         self.outputs = [TensorContract(spec) for spec in outputs]
         self._output_names = frozenset(spec.name for spec in outputs)
+        self._batch_first = all(contract.batched for contract in self.inputs.values())
+
+    def batch_rows(self, request: InferRequest) -> int | None:
+        """The request's batch size, when every declared input is batch-first (shape [-1, ...])."""
+        if self._batch_first:
+            for array in request.inputs.values():
+                return int(array.shape[0]) if array.ndim else None
+        return None
 
     def check_request(self, request: InferRequest) -> None:
         """Raise BadRequest unless the request carries exactly the declared inputs."""
@@ -138,8 +148,12 @@ class ModelContract:
                         f"(the model has {sorted(self._output_names)})"
                     )
 
-    def check_outputs(self, outputs: Tensors) -> Tensors:
-        """The declared outputs, in declared order; ModelError if any is missing or bad."""
+    def check_outputs(self, outputs: Tensors, rows: int | None = None) -> Tensors:
+        """The declared outputs, in declared order; ModelError if any is missing or bad.
+
+        With ``rows`` (the request's batch size), an output whose first axis is
+        the batch (declared -1) must have exactly one row per input row.
+        """
         checked: Tensors = {}
         for contract in self.outputs:
             name = contract.spec.name
@@ -147,6 +161,10 @@ class ModelContract:
             if array is None:
                 raise ModelError(f"the model did not return output {name!r}")
             _check(contract, array, "output", ModelError, "the declared")
+            if rows is not None and contract.batched and array.shape[0] != rows:
+                raise ModelError(
+                    f"output {name!r}: {array.shape[0]} rows for a request of {rows} rows"
+                )
             checked[name] = array
         return checked
 

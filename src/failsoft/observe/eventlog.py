@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from failsoft.control.faults import FaultAdded, FaultEnded, ReplicaKilled
 from failsoft.observe.events import Event
 from failsoft.pipeline.breaker import BreakerTransition
 from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
@@ -16,6 +17,9 @@ RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 _LEVELS: dict[type[Event], int] = {
     BreakerTransition: logging.WARNING,
+    FaultAdded: logging.WARNING,
+    FaultEnded: logging.WARNING,
+    ReplicaKilled: logging.WARNING,
     ReplicaEjected: logging.WARNING,
     FallbackTierFailed: logging.WARNING,
     ReplicaReturned: logging.INFO,

@@ -180,7 +180,9 @@ class VersionPipeline:
         self.balancer.started(index)
         started = self._clock.now()
         try:
-            outputs = self._contract.check_outputs(await replica.infer(request, call))
+            outputs = self._contract.check_outputs(
+                await replica.infer(request, call), self._contract.batch_rows(request)
+            )
         except FailsoftError as error:
             seconds = self._clock.now() - started
             if remote and error.failure_class is not FailureClass.INFRA:

@@ -157,7 +157,7 @@ class Prober:
                 self._bus,
             )
             outputs = await asyncio.wait_for(replica.infer(self._golden, call), timeout)
-            self._contract.check_outputs(outputs)
+            self._contract.check_outputs(outputs, self._contract.batch_rows(self._golden))
         except TimeoutError:
             return f"no answer within {self._options.timeout_ms:g} ms"
         except FailsoftError as error:

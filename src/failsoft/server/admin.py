@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from failsoft.errors import FailsoftError, MethodNotAllowed, NotFound, Unauthorized
+import orjson
+
+from failsoft.errors import BadRequest, FailsoftError, MethodNotAllowed, NotFound, Unauthorized
+from failsoft.observe.recent import RecentEvents
 from failsoft.runtime import Runtime
 from failsoft.server.http import json_body
+
+ADMIN_BODY_LIMIT = 64 * 1024
+ReadBody = Callable[[int], Awaitable[bytes]]
 
 
 class Forbidden(FailsoftError):
@@ -21,18 +27,48 @@ class AdminRoutes:
         runtime: Runtime,
         token: str | None,
         tenant_snapshot: Callable[[], dict[str, Any]] | None = None,
+        recent: RecentEvents | None = None,
     ) -> None:
         self._runtime = runtime
         self._token = token
         self._tenant_snapshot = tenant_snapshot
+        self._recent = recent
 
-    def handle(self, method: str, parts: list[str], authorization: str | None) -> tuple[int, bytes]:
+    async def handle(
+        self, method: str, parts: list[str], authorization: str | None, read_body: ReadBody
+    ) -> tuple[int, bytes]:
         self._authorize(authorization)
         if parts == ["status"]:
-            if method not in ("GET", "HEAD"):
-                raise MethodNotAllowed(f"{method} is not allowed here; use GET", "GET")
+            _allow(method, "GET")
             return 200, json_body(self.status())
+        if parts == ["events"]:
+            _allow(method, "GET")
+            recent = self._recent.snapshot() if self._recent else {"events": []}
+            return 200, json_body(recent)
+        if parts[:1] == ["faults"] and len(parts) <= 2:
+            return await self._faults(method, parts[1] if len(parts) == 2 else None, read_body)
         raise NotFound(f"no admin route /admin/{'/'.join(parts)}")
+
+    async def _faults(
+        self, method: str, fault_id: str | None, read_body: ReadBody
+    ) -> tuple[int, bytes]:
+        faults = self._runtime.faults
+        if fault_id is not None:
+            _allow(method, "DELETE")
+            return 200, json_body({"cleared": faults.clear(fault_id)})
+        if method == "DELETE":
+            return 200, json_body({"cleared": faults.clear()})
+        if method == "POST":
+            try:
+                spec = orjson.loads(await read_body(ADMIN_BODY_LIMIT))
+            except orjson.JSONDecodeError as error:
+                raise BadRequest(f"the body is not JSON: {error}") from None
+            if not isinstance(spec, dict):
+                raise BadRequest("the body must be a JSON object describing one fault")
+            fault = faults.add(spec)
+            return 201, json_body(fault.describe(self._runtime.clock.now()))
+        _allow(method, "GET, POST, DELETE")
+        return 200, json_body({"enabled": faults.options.enabled, "faults": faults.snapshot()})
 
     def _authorize(self, authorization: str | None) -> None:
         if self._token is None:
@@ -72,6 +108,11 @@ class AdminRoutes:
 
     def _tenants(self) -> dict[str, Any]:
         return self._tenant_snapshot() if self._tenant_snapshot is not None else {}
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method not in allowed.split(", ") and not (method == "HEAD" and "GET" in allowed):
+        raise MethodNotAllowed(f"{method} is not allowed here; use {allowed}", allowed)
 
 
 def _replica_status(replica: Any) -> dict[str, Any]:

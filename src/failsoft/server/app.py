@@ -34,6 +34,7 @@ from failsoft.observe.eventlog import log_event
 from failsoft.observe.events import RequestFinished
 from failsoft.observe.logging import request_id_var
 from failsoft.observe.metrics import CONTENT_TYPE, Metrics
+from failsoft.observe.recent import RecentEvents
 from failsoft.protocol import v1, v2
 from failsoft.protocol.types import InferRequest, InferResponse
 from failsoft.runtime import ModelRuntime, Runtime
@@ -120,12 +121,14 @@ class FailsoftApp:
         self.admission = Admission(
             Tenants(runtime.config.tenants, server.require_keys, runtime.clock)
         )
+        self.recent = RecentEvents()
         self.admin = AdminRoutes(
-            runtime, server.resolved_admin_token(), self.admission.tenants.snapshot
+            runtime, server.resolved_admin_token(), self.admission.tenants.snapshot, self.recent
         )
         self.draining = False  # set on SIGTERM: not ready, no new work
         runtime.bus.subscribe(metrics.observe)
         runtime.bus.subscribe(log_event)
+        runtime.bus.subscribe(self.recent.observe)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -247,7 +250,12 @@ class FailsoftApp:
             _expect(req, "GET")
             return Answer(200, self.metrics.render(), [], CONTENT_TYPE.encode())
         if head == "admin":
-            status, body = self.admin.handle(req.method, parts[1:], req.authorization)
+            status, body = await self.admin.handle(
+                req.method,
+                parts[1:],
+                req.authorization,
+                lambda limit: read_body(req.receive, limit, req.content_length),
+            )
             return Answer(status, body, [])
         if head == "" and len(parts) == 1:
             _expect(req, "GET")
