@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from failsoft._options import StrictModel
+from failsoft._options import StrictModel, validation_problems
 from failsoft.control.faults import ChaosOptions
 from failsoft.control.tenants import TenantConfig
 from failsoft.pipeline.breaker import BreakerOptions
@@ -362,20 +362,13 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
 
 
 def _format_errors(error: ValidationError) -> list[str]:
-    problems = []
-    for item in error.errors(include_url=False):
-        message = item["msg"].removeprefix("Value error, ")
-        where = _format_location(tuple(item["loc"]))
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif item["type"] == "union_tag_invalid":
-            message = f"backend must be one of {', '.join(BACKEND_NAMES)}"
+    problems = validation_problems(error, _format_location)
+    for index, item in enumerate(error.errors(include_url=False)):
+        where = problems[index].partition(": ")[0]
+        if item["type"] == "union_tag_invalid":
+            problems[index] = f"{where}: backend must be one of {', '.join(BACKEND_NAMES)}"
         elif item["type"] == "union_tag_not_found":
-            message = f"missing key 'backend' (one of {', '.join(BACKEND_NAMES)})"
-        elif "input" in item and not isinstance(item["input"], dict | list):
-            shown = repr(item["input"])
-            message += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
-        problems.append(f"{where}: {message}")
+            problems[index] = f"{where}: missing key 'backend' (one of {', '.join(BACKEND_NAMES)})"
     return problems
 
 

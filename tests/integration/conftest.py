@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration._server import ServerProcess
+from failsoft.drills.server import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token"

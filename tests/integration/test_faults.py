@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from failsoft.drills.server import ServerProcess
 from tests.integration._load import Outcome, open_loop, p99, summary
-from tests.integration._server import ServerProcess
 from tests.integration.conftest import ADMIN_TOKEN, REPO
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.integration._server import ServerProcess
+from failsoft.drills.server import ServerProcess
 from tests.integration.conftest import launch
 
 pytestmark = pytest.mark.integration

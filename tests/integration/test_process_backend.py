@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration._server import ServerProcess
+from failsoft.drills.server import ServerProcess
 from tests.integration.conftest import ADMIN_TOKEN
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import tritonclient.http as triton
 from sklearn.datasets import load_iris
 from tritonclient.utils import InferenceServerException
 
-from tests.integration._server import ServerProcess
+from failsoft.drills.server import ServerProcess
 from tests.integration.conftest import ADMIN_TOKEN, launch
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration._server import ServerProcess
+from failsoft.drills.server import ServerProcess
 from tests.integration.conftest import ADMIN_TOKEN
 
 pytestmark = pytest.mark.integration

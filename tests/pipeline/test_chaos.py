@@ -254,3 +254,26 @@ def test_corrupt_breaks_floats_with_nan_and_labels_with_an_extra_row() -> None:
     assert np.isnan(broken["score"]).all()
     assert broken["score"].shape == (2,)
     assert broken["label"].shape == (3,)
+
+
+@pytest.mark.parametrize("gateway", [{"replicas": 1}], indirect=True)
+async def test_latency_with_concurrency_queues_calls_like_a_saturated_replica(
+    gateway: Gateway,
+) -> None:
+    gateway.faults.add(
+        {
+            "kind": "latency",
+            "model": "m",
+            "replica": "r0",
+            "latency_ms": 100,
+            "concurrency": 1,
+            "duration_s": 10,
+        }
+    )
+    tasks = [await gateway.serve() for _ in range(3)]
+    done_after = []
+    for _ in range(3):
+        await gateway.clock.advance(0.1)
+        await yield_to(tasks[0])
+        done_after.append(sum(task.done() for task in tasks))
+    assert done_after == [1, 2, 3]  # one slot: one answer per 100 ms

@@ -13,15 +13,16 @@ every ``every_s`` while the fault lasts.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import Field, ValidationError, model_validator
 
-from failsoft._options import StrictModel
+from failsoft._options import StrictModel, validation_problems
 from failsoft.clock import Cancel, Clock
 from failsoft.errors import BadRequest, FailsoftError
 from failsoft.observe.events import Event
@@ -54,6 +55,11 @@ class FaultSpec(StrictModel):
     probability: Annotated[float, Field(ge=0, le=1)] = 1.0
     latency_ms: Annotated[float, Field(ge=0, le=600_000)] = 0.0
     jitter_ms: Annotated[float, Field(ge=0, le=600_000)] = 0.0
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None,
+        description="latency: the slowed replica serves at most this many calls at once, "
+        "as a saturated model would (unbounded when unset)",
+    )
     error: Literal["status", "exception"] = "status"
     status: Annotated[int, Field(ge=500, le=599)] = 500
     every_s: Annotated[float, Field(gt=0, le=3600)] | None = Field(
@@ -66,6 +72,8 @@ class FaultSpec(StrictModel):
             raise ValueError("a latency fault needs latency_ms or jitter_ms above 0")
         if self.every_s is not None and self.kind != "kill":
             raise ValueError("every_s applies to kill faults only")
+        if self.concurrency is not None and self.kind != "latency":
+            raise ValueError("concurrency applies to latency faults only")
         return self
 
     def matches(self, model: str, version: str, replica: str) -> bool:
@@ -85,6 +93,17 @@ class Fault:
     injected: int = 0
     cancel_expiry: Cancel | None = None
     cancel_kill: Cancel | None = None
+    _slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+
+    def slots(self, replica: str) -> asyncio.Semaphore | None:
+        """The replica's call slots under a latency fault with ``concurrency``."""
+        limit = self.spec.concurrency
+        if limit is None:
+            return None
+        found = self._slots.get(replica)
+        if found is None:
+            found = self._slots[replica] = asyncio.Semaphore(limit)
+        return found
 
     def describe(self, now: float) -> dict[str, Any]:
         return {
@@ -267,13 +286,7 @@ def parse_fault(data: dict[str, Any]) -> FaultSpec:
     try:
         return FaultSpec.model_validate(data)
     except ValidationError as error:
-        problems = []
-        for item in error.errors(include_url=False):
-            where = ".".join(str(part) for part in item["loc"]) or "fault"
-            message = item["msg"].removeprefix("Value error, ")
-            if item["type"] == "extra_forbidden":
-                message = "unknown key"
-            problems.append(f"{where}: {message}")
+        problems = validation_problems(error, root="fault")
         raise BadRequest("invalid fault: " + "; ".join(problems)) from None
 
 

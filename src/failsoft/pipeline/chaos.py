@@ -6,6 +6,8 @@ fault would hit both) it looks up the faults matching its model, version and
 replica in the ``FaultRegistry`` and, with each fault's probability:
 
 - ``latency``: waits latency_ms plus up to jitter_ms, then calls the replica;
+  with ``concurrency`` at most that many calls wait at once, the others queue,
+  so the replica's capacity really drops, as a saturated model's would;
 - ``error``: fails as a replica answering HTTP ``status`` would (infra), or as
   a model raising an exception (logic);
 - ``hang``: never answers; the call fails when its deadline passes;
@@ -77,7 +79,12 @@ class ChaosReplica:
             fault.injected += 1
             if spec.kind == "latency":
                 delay = (spec.latency_ms + self._rng.uniform(0, spec.jitter_ms)) / 1000
-                await self._wait(delay, call, fault)
+                slots = fault.slots(self.name)
+                if slots is None:
+                    await self._wait(delay, call, fault)
+                else:  # a saturated replica: calls queue for one of its few slots
+                    async with slots:
+                        await self._wait(delay, call, fault)
             elif spec.kind == "hang":
                 await self._wait(float("inf"), call, fault)
             elif spec.kind == "error":

@@ -1,7 +1,13 @@
-"""Start `failsoft serve` as a real process and follow its JSON logs."""
+"""Start `failsoft serve` as a real process and follow its JSON logs.
+
+Used by drills whose target is a configuration, and by the integration tests.
+The server runs in its own session (so stopping it stops its workers too) on
+an ephemeral port; its URL comes from its first "ready" log line.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -10,11 +16,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 LogLine = dict[str, Any]
+
+
+MAX_KEPT_LINES = 2000
+
+
+class ServerFailed(RuntimeError):
+    """The server exited, or no expected log line came in time; carries its last logs."""
 
 
 class ServerProcess:
@@ -34,8 +48,8 @@ class ServerProcess:
             *extra,
         ]
         self._env = {**os.environ, **(env or {})}
-        self._lines: queue.Queue[LogLine] = queue.Queue()
-        self.logs: list[LogLine] = []
+        self._lines: queue.Queue[LogLine] = queue.Queue(maxsize=MAX_KEPT_LINES)
+        self.logs: deque[LogLine] = deque(maxlen=MAX_KEPT_LINES)
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -63,8 +77,17 @@ class ServerProcess:
                 line = json.loads(raw)
             except ValueError:
                 line = {"msg": raw.decode(errors="replace").rstrip()}
-            self._lines.put(line)
-        self._lines.put({"msg": "<exited>"})
+            self._put(line)
+        self._put({"msg": "<exited>"})
+
+    def _put(self, line: LogLine) -> None:
+        while True:  # bounded: when nobody waits for lines, the oldest unread one goes
+            try:
+                self._lines.put_nowait(line)
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self.logs.append(self._lines.get_nowait())
 
     def wait_for(self, predicate: Callable[[LogLine], bool], timeout: float) -> LogLine:
         """Block until a log line matches; fail with the logs seen if the process exits first."""
@@ -72,8 +95,8 @@ class ServerProcess:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(
-                    f"no matching log line within {timeout}s; saw {self.logs[-20:]}"
+                raise ServerFailed(
+                    f"no matching log line within {timeout:g}s; last logs: {self.tail()}"
                 )
             try:
                 line = self._lines.get(timeout=remaining)
@@ -81,9 +104,12 @@ class ServerProcess:
                 continue
             self.logs.append(line)
             if line.get("msg") == "<exited>":
-                raise AssertionError(f"server exited; last logs: {self.logs[-20:]}")
+                raise ServerFailed(f"the server exited; last logs: {self.tail()}")
             if predicate(line):
                 return line
+
+    def tail(self, count: int = 20) -> list[LogLine]:
+        return list(self.logs)[-count:]
 
     def stop(self, timeout: float = 15.0) -> int:
         if self.process is None:

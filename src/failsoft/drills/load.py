@@ -1,0 +1,209 @@
+"""The open-loop load driver: requests leave on schedule whether or not answers came.
+
+Each request's latency counts from its *scheduled* send time, so a stalled
+gateway shows up as latency instead of as fewer samples (no coordinated
+omission). Requests are bounded in number, in flight and in time; one that
+cannot be sent because too many are outstanding is counted as lost, not
+queued. Answers are checked against the expected outputs of their request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+
+from failsoft.backends.h1pool import H1Pool, PoolError
+from failsoft.drills.experiment import Load, RequestSpec
+
+MAX_IN_FLIGHT = 4096
+_EARLY_S = 0.0005  # event-loop timers tick in ms: send up to this much before schedule
+NOT_SENT = -1  # status of a request the driver could not send (too many in flight)
+NO_ANSWER = 0  # status of a request that got no HTTP answer (reset, timeout)
+
+
+async def send_on_schedule(
+    offsets: Sequence[float],
+    start: float,
+    clock: Callable[[], float],
+    lags: np.ndarray,
+    launch: Callable[[int, float], Coroutine[Any, Any, None] | None],
+    timeout_s: float,
+) -> int:
+    """Start ``launch(index, origin)`` at ``start + offsets[index]``, open loop.
+
+    ``launch`` returns the request's coroutine, or None when it refuses to
+    send (too many in flight). ``origin`` is the schedule when late, so
+    coordinated omission stays visible, or the real send when a millisecond
+    timer tick sent it a little early. Waits for every request, at most
+    ``timeout_s`` after the last send; returns how many were cut off.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+    for index, offset in enumerate(offsets):
+        scheduled = start + offset
+        delay = scheduled - clock()
+        while delay > _EARLY_S:  # pacing: the wake-up time is the point, not an event
+            await asyncio.sleep(delay - _EARLY_S)
+            delay = scheduled - clock()
+        sent = clock()
+        lags[index] = sent - scheduled
+        if delay < 0 and index % 16 == 0:
+            await asyncio.sleep(0)  # behind schedule: still let answers in
+        request = launch(index, min(sent, scheduled))
+        if request is not None:
+            task = asyncio.create_task(request)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    if not tasks:
+        return 0
+    _, pending = await asyncio.wait(set(tasks), timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return len(pending)
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    body: bytes
+    expect: dict[str, np.ndarray] | None
+
+
+@dataclass
+class Outcomes:
+    """One entry per scheduled request, in schedule order."""
+
+    offsets: np.ndarray  # scheduled send, seconds since the load started
+    latency_s: np.ndarray  # from the scheduled send; NaN without an answer
+    status: np.ndarray  # HTTP status, NO_ANSWER or NOT_SENT
+    correct: np.ndarray  # 200 and the expected outputs
+    degraded: np.ndarray  # answered by a fallback tier
+    priority: list[str]
+    started_at: float  # wall-clock time (time.time()) of offset 0
+
+    @classmethod
+    def empty(cls, offsets: np.ndarray, priority: list[str], started_at: float) -> Outcomes:
+        size = len(offsets)
+        return cls(
+            offsets,
+            np.full(size, math.nan),
+            np.full(size, NOT_SENT, dtype=np.int32),
+            np.zeros(size, dtype=bool),
+            np.zeros(size, dtype=bool),
+            priority,
+            started_at,
+        )
+
+
+def prepare(spec: RequestSpec) -> PreparedRequest:
+    expect = (
+        {name: np.asarray(values) for name, values in spec.expect.items()} if spec.expect else None
+    )
+    return PreparedRequest(orjson.dumps({"inputs": spec.inputs}), expect)
+
+
+def is_correct(payload: bytes, expect: dict[str, np.ndarray] | None) -> bool:
+    if expect is None:
+        return True
+    try:
+        outputs = {output["name"]: output["data"] for output in orjson.loads(payload)["outputs"]}
+        for name, wanted in expect.items():
+            got = np.asarray(outputs[name])
+            if got.size != wanted.size:
+                return False
+            if wanted.dtype.kind == "f" or got.dtype.kind == "f":
+                if not np.allclose(got.ravel(), wanted.ravel(), atol=1e-4):
+                    return False
+            elif not np.array_equal(got.ravel(), wanted.ravel()):
+                return False
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _mix(weights: dict[str, float], count: int, rng: random.Random) -> list[str]:
+    names = list(weights)
+    return rng.choices(names, weights=[weights[n] for n in names], k=count)
+
+
+async def run_load(
+    base_url: str,
+    load: Load,
+    *,
+    duration_s: float | None = None,
+    tenant_keys: dict[str, str] | None = None,
+    seed: int = 0,
+) -> Outcomes:
+    """Drive ``load`` against a failsoft at ``base_url``; every request is awaited."""
+    duration = duration_s if duration_s is not None else load.duration_s
+    count = max(1, round(load.rate * duration))
+    rng = random.Random(seed)
+    offsets = np.arange(count) / load.rate
+    priorities = _mix({str(k): v for k, v in load.priorities.items()}, count, rng)
+    tenants = (
+        _mix({n: t.weight for n, t in load.tenants.items()}, count, rng) if tenant_keys else []
+    )
+    requests = [prepare(spec) for spec in load.requests]
+    path = (
+        f"/v2/models/{load.model}"
+        + (f"/versions/{load.version}" if load.version else "")
+        + "/infer"
+    )
+    parts = urlsplit(base_url)
+    assert parts.hostname is not None
+    pool = H1Pool(parts.hostname, parts.port or 80, MAX_IN_FLIGHT, idle_timeout_s=4.0)
+    timeout_s = load.timeout_ms / 1000
+    base_headers = [
+        ("Content-Type", "application/json"),
+        ("Failsoft-Timeout-Ms", str(load.timeout_ms)),
+    ]
+    clock = time.perf_counter
+    outcomes = Outcomes.empty(offsets, priorities, time.time())
+    in_flight = 0
+    cycle = itertools.cycle(range(len(requests)))
+    which = [next(cycle) for _ in range(count)]
+
+    async def one(index: int, origin: float) -> None:
+        nonlocal in_flight
+        request = requests[which[index]]
+        headers = [*base_headers, ("Failsoft-Priority", priorities[index])]
+        if tenants and tenant_keys:
+            headers.append(("Authorization", f"Bearer {tenant_keys[tenants[index]]}"))
+        try:
+            # A little past the gateway's own deadline: its answer, not ours, is measured.
+            response = await pool.request("POST", path, headers, request.body, timeout_s + 1.0)
+        except PoolError:
+            outcomes.status[index] = NO_ANSWER
+            return
+        finally:
+            in_flight -= 1
+        outcomes.latency_s[index] = clock() - origin
+        outcomes.status[index] = response.status
+        if response.status == 200:
+            outcomes.correct[index] = is_correct(response.body, request.expect)
+            outcomes.degraded[index] = response.headers.get("failsoft-degraded") == "true"
+
+    def launch(index: int, origin: float) -> Coroutine[Any, Any, None] | None:
+        nonlocal in_flight
+        if in_flight >= MAX_IN_FLIGHT:
+            return None  # stays NOT_SENT: the gateway is this far behind
+        in_flight += 1
+        return one(index, origin)
+
+    lags = np.zeros(count)
+    start = clock() + 0.01
+    outcomes.started_at = time.time() + 0.01
+    try:
+        await send_on_schedule(offsets.tolist(), start, clock, lags, launch, timeout_s + 2.0)
+    finally:
+        await pool.close()
+    return outcomes
