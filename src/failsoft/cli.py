@@ -89,7 +89,12 @@ def _progress(message: str) -> None:
     type=click.IntRange(0, 65535),
     help="Override server.port (0 picks a free one).",
 )
-def serve_command(config_path: Path, host: str | None, port: int | None) -> None:
+@click.option(
+    "--chaos",
+    is_flag=True,
+    help="Allow fault injection (chaos.enabled) for this run: for drills, never production.",
+)
+def serve_command(config_path: Path, host: str | None, port: int | None, chaos: bool) -> None:
     """Serve the models of a configuration file.
 
     \b
@@ -100,7 +105,11 @@ def serve_command(config_path: Path, host: str | None, port: int | None) -> None
     """
     from failsoft.server.serve import serve
 
-    serve(_load_or_exit(config_path), host=host, port=port)
+    config = _load_or_exit(config_path)
+    if chaos:
+        enabled = config.chaos.model_copy(update={"enabled": True})
+        config = config.model_copy(update={"chaos": enabled})
+    serve(config, host=host, port=port)
 
 
 @main.group()
@@ -153,3 +162,308 @@ def check_config(config_path: Path, strict: bool) -> None:
     if missing and strict:
         sys.exit(2)
     click.echo("ok")
+
+
+# --- chaos: faults and drills ------------------------------------------------------
+
+_URL_OPTION = click.option(
+    "--url",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The running failsoft to steer.",
+)
+_TOKEN_OPTION = click.option(
+    "--token-env",
+    default="FAILSOFT_ADMIN_TOKEN",
+    show_default=True,
+    help="Environment variable holding the admin token.",
+)
+
+
+def _admin_call(url: str, token_env: str, action: str, *args: object) -> object:
+    import asyncio
+    import os
+
+    from failsoft.drills.target import AdminClient, TargetError
+
+    async def run() -> object:
+        client = AdminClient(url, os.environ.get(token_env))
+        try:
+            return await getattr(client, action)(*args)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(run())
+    except TargetError as error:
+        click.echo(f"failsoft: {error}", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def fault() -> None:
+    """Inject, list and clear chaos faults on a running failsoft.
+
+    The gateway must run with chaos enabled (`chaos: {enabled: true}` or
+    `failsoft serve --chaos`). Every fault expires by itself after --for
+    seconds (capped by chaos.max_duration_s, 5 minutes by default).
+
+    \b
+    Example:
+      export FAILSOFT_ADMIN_TOKEN=...
+      failsoft fault add kill iris --version v1 --replica w0 --for 30
+      failsoft fault add latency iris --latency-ms 300 --probability 0.5 --for 60
+      failsoft fault list
+      failsoft fault clear
+    """
+
+
+@fault.command("add")
+@click.argument("kind", type=click.Choice(["latency", "error", "hang", "garbage", "drop", "kill"]))
+@click.argument("model")
+@click.option("--version", "version_name", default=None, help="Only this version.")
+@click.option("--replica", default=None, help="Only this replica (r0, w1, ...).")
+@click.option(
+    "--for", "duration_s", type=float, default=60.0, show_default=True, help="Seconds it lasts."
+)
+@click.option("--probability", type=float, default=1.0, show_default=True)
+@click.option("--latency-ms", type=float, default=0.0, help="latency: added delay.")
+@click.option("--jitter-ms", type=float, default=0.0, help="latency: up to this much more.")
+@click.option("--concurrency", type=int, default=None, help="latency: calls served at once.")
+@click.option("--status", type=int, default=500, show_default=True, help="error: HTTP status.")
+@click.option("--exception", is_flag=True, help="error: fail as a model exception instead.")
+@click.option("--every", "every_s", type=float, default=None, help="kill: repeat every N s.")
+@_URL_OPTION
+@_TOKEN_OPTION
+def fault_add(
+    kind: str,
+    model: str,
+    version_name: str | None,
+    replica: str | None,
+    duration_s: float,
+    probability: float,
+    latency_ms: float,
+    jitter_ms: float,
+    concurrency: int | None,
+    status: int,
+    exception: bool,
+    every_s: float | None,
+    url: str,
+    token_env: str,
+) -> None:
+    """Add a KIND fault to MODEL: latency, error, hang, garbage, drop or kill."""
+    spec: dict[str, object] = {
+        "kind": kind,
+        "model": model,
+        "version": version_name,
+        "replica": replica,
+        "duration_s": duration_s,
+        "probability": probability,
+    }
+    if kind == "latency":
+        spec.update(latency_ms=latency_ms, jitter_ms=jitter_ms, concurrency=concurrency)
+    if kind == "error":
+        spec.update(status=status, error="exception" if exception else "status")
+    if kind == "kill":
+        spec["every_s"] = every_s
+    added = _admin_call(
+        url, token_env, "add_fault", {k: v for k, v in spec.items() if v is not None}
+    )
+    assert isinstance(added, dict)
+    click.echo(f"fault {added['id']} added: {kind} on {model}, expires in {added['remaining_s']} s")
+
+
+@fault.command("list")
+@_URL_OPTION
+@_TOKEN_OPTION
+def fault_list(url: str, token_env: str) -> None:
+    """List the active faults."""
+    listed = _admin_call(url, token_env, "list_faults")
+    assert isinstance(listed, dict)
+    if not listed["enabled"]:
+        click.echo("chaos is disabled on this gateway")
+    if not listed["faults"]:
+        click.echo("no active faults")
+    for item in listed["faults"]:
+        target = "/".join(str(item.get(key, "*")) for key in ("model", "version", "replica"))
+        click.echo(
+            f"{item['id']:<5} {item['kind']:<8} {target:<24} "
+            f"p={item['probability']:g} injected={item['injected']} "
+            f"expires in {item['remaining_s']:.0f} s"
+        )
+
+
+@fault.command("clear")
+@click.argument("fault_id", required=False)
+@_URL_OPTION
+@_TOKEN_OPTION
+def fault_clear(fault_id: str | None, url: str, token_env: str) -> None:
+    """End fault FAULT_ID now, or every fault when no id is given."""
+    if fault_id is None:
+        _admin_call(url, token_env, "clear_faults")
+        click.echo("every fault cleared")
+    else:
+        _admin_call(url, token_env, "end_fault", fault_id)
+        click.echo(f"fault {fault_id} cleared")
+
+
+@main.group()
+def drill() -> None:
+    """Chaos drills: drive load, inject faults, judge the gateway with a scorecard.
+
+    \b
+    Example:
+      failsoft drill run drills/replica-crash.yaml
+      failsoft drill suite drills --short
+    """
+
+
+def _drill_target(config: Path | None, url: str | None) -> object:
+    from failsoft.drills.runner import TargetChoice
+
+    if config is not None and url is not None:
+        raise click.UsageError("give --config or --url, not both")
+    return TargetChoice(config=config, url=url)
+
+
+_CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Start this configuration as the target (chaos enabled for the run).",
+)
+_DRILL_URL_OPTION = click.option(
+    "--url", default=None, help="Run against this running failsoft (admin token in env)."
+)
+_OUT_OPTION = click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("drill-results"),
+    show_default=True,
+    help="Where the JSON scorecards and PNG timelines go.",
+)
+_SHORT_OPTION = click.option(
+    "--short",
+    "short_s",
+    type=float,
+    default=None,
+    is_flag=False,
+    flag_value=10.0,
+    help="Shrink every drill's timeline to this many seconds of load (10 when given alone).",
+)
+
+
+def _load_experiment_or_exit(path: Path) -> object:
+    from failsoft.drills.experiment import ExperimentError, load_experiment
+
+    try:
+        return load_experiment(path)
+    except ExperimentError as error:
+        click.echo(f"{error.source}: invalid drill", err=True)
+        for problem in error.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+
+
+@drill.command("run")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_CONFIG_OPTION
+@_DRILL_URL_OPTION
+@_OUT_OPTION
+@_SHORT_OPTION
+def drill_run(
+    file: Path, config_path: Path | None, url: str | None, out_dir: Path, short_s: float | None
+) -> None:
+    """Run the drill in FILE and print its scorecard; exit 1 if it fails.
+
+    The target is the drill's own `target:` unless --config or --url is given.
+
+    \b
+    Example:
+      failsoft drill run drills/replica-hang.yaml --config failsoft.yaml
+    """
+    from failsoft.drills.experiment import Experiment
+    from failsoft.drills.report import render, write_outputs
+    from failsoft.drills.runner import TargetChoice, run_drill
+    from failsoft.drills.target import TargetError
+
+    experiment = _load_experiment_or_exit(file)
+    assert isinstance(experiment, Experiment)
+    choice = _drill_target(config_path, url)
+    assert isinstance(choice, TargetChoice)
+    if choice == TargetChoice() and experiment.target is None:
+        choice = TargetChoice(config=_demo_config())
+    scale = 1.0 if short_s is None else min(1.0, short_s / experiment.load.duration_s)
+    try:
+        card = run_drill(experiment, choice, scale=scale, progress=_progress)
+    except TargetError as error:
+        click.echo(f"failsoft: {error}", err=True)
+        sys.exit(2)
+    click.echo(render(card, color=sys.stdout.isatty()))
+    json_path, png_path = write_outputs(card, experiment, out_dir)
+    click.echo(f"scorecard: {json_path}  timeline: {png_path}")
+    sys.exit(0 if card.passed else 1)
+
+
+def _demo_config() -> Path:
+    from failsoft.demo import default_data_dir, prepare_demo
+
+    return prepare_demo(default_data_dir(), progress=_progress)
+
+
+@drill.command("suite")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=Path("drills"))
+@_CONFIG_OPTION
+@_DRILL_URL_OPTION
+@_OUT_OPTION
+@_SHORT_OPTION
+def drill_suite(
+    folder: Path, config_path: Path | None, url: str | None, out_dir: Path, short_s: float | None
+) -> None:
+    """Run every drill in FOLDER (default: drills) against the demo configuration.
+
+    Prints each scorecard, then a summary with the resilience score (the share
+    of drills passed); exits 1 if any drill fails. Use --config to run the
+    suite against your own configuration instead.
+
+    \b
+    Example:
+      failsoft drill suite drills --short
+    """
+    from failsoft.drills.report import render, write_outputs
+    from failsoft.drills.runner import TargetChoice
+    from failsoft.drills.suite import load_suite, run_suite
+
+    try:
+        experiments = load_suite(folder)
+    except Exception as error:  # ExperimentError, with every problem listed
+        problems = getattr(error, "problems", [str(error)])
+        click.echo(f"{folder}: invalid drills", err=True)
+        for problem in problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+    choice = _drill_target(config_path, url)
+    assert isinstance(choice, TargetChoice)
+    if choice == TargetChoice():
+        choice = TargetChoice(config=_demo_config())
+    color = sys.stdout.isatty()
+
+    def show(experiment: object, card: object) -> None:
+        click.echo(render(card, color=color))  # type: ignore[arg-type]
+        write_outputs(card, experiment, out_dir)  # type: ignore[arg-type]
+
+    result = run_suite(experiments, choice, short_s=short_s, progress=_progress, on_card=show)
+    click.echo("\nsuite summary:")
+    for experiment, card, problem in result.cards:
+        verdict = "passed" if card is not None and card.passed else "FAILED"
+        failing = [c.name for c in card.checks if not c.ok] if card is not None else [problem]
+        line = f"  {verdict:<7} {experiment.name:<24} {'; '.join(failing)}"
+        click.echo(click.style(line, fg="red", bold=True) if color and failing else line)
+    total = len(result.cards)
+    click.echo(
+        f"resilience score: {result.score_pct:.0f}% ({result.passed} of {total} drills passed); "
+        f"scorecards in {out_dir}"
+    )
+    sys.exit(0 if result.passed == total else 1)

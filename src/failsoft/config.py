@@ -230,6 +230,10 @@ class ModelConfig(_Strict):
     per_try_timeout_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
     max_batch_size: Annotated[int, Field(ge=1, le=100_000_000)] = 65_536
     platform: str = "failsoft"
+    objective_pct: Annotated[float, Field(gt=0, lt=100)] = Field(
+        default=99.9,
+        description="availability objective (SLO); 100 minus it is the error budget",
+    )
     retry: RetryOptions = Field(default_factory=RetryOptions)
     hedge: HedgeOptions = Field(default_factory=HedgeOptions)
     breaker: BreakerOptions = Field(default_factory=BreakerOptions)

@@ -101,6 +101,7 @@ class AdminRoutes:
             models[name] = {
                 "default_version": model.config.default,
                 "ready": model.ready,
+                "objective_pct": model.config.objective_pct,
                 "limiter": model.limiter.snapshot(),
                 "versions": versions,
             }

@@ -76,6 +76,11 @@ def serve_on_socket(
     url = f"http://{host}:{port}"
 
     def ready() -> None:
+        if config.chaos.enabled and role == "gateway":
+            log.warning(
+                "chaos is enabled: faults may be injected through /admin/faults",
+                extra={"max_duration_s": config.chaos.max_duration_s},
+            )
         log.info("ready", extra={"url": url, "role": role})
         if on_ready is not None:
             on_ready(url)

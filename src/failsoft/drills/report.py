@@ -1,0 +1,76 @@
+"""A scorecard for people (a table, failing lines marked) and for machines (JSON, PNG)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from failsoft.drills.chart import draw_timeline
+from failsoft.drills.experiment import Experiment
+from failsoft.drills.scorecard import Scorecard
+
+
+def _cell(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}{unit}" if unit == "%" else f"{value:.1f} {unit}"
+
+
+def render(card: Scorecard, color: bool = True) -> str:
+    """The scorecard as a plain-text table; failing checks are marked FAIL (red on a tty)."""
+    lines = [f"drill {card.name}: {card.requests} requests"]
+    lines.append(f"  {'phase':<8} {'requests':>9} {'available':>10} {'p50':>10} {'p99':>10}")
+    for name, stats in card.phases.items():
+        lines.append(
+            f"  {name:<8} {stats.requests:>9} {_cell(stats.available_pct, '%'):>10} "
+            f"{_cell(stats.p50_ms, 'ms'):>10} {_cell(stats.p99_ms, 'ms'):>10}"
+        )
+    detect = ", ".join("never" if d is None else f"{d:.2f} s" for d in card.detect_s) or "-"
+    recover = "-" if card.recover_s is None else f"{card.recover_s:.2f} s"
+    budget = "-" if card.error_budget_used_pct is None else f"{card.error_budget_used_pct:.1f}%"
+    amplification = "-" if card.retry_amplification is None else f"{card.retry_amplification:.2f}x"
+    lines += [
+        f"  time to detect {detect} · time to recover {recover} · lost {card.lost}",
+        f"  degraded {card.degraded_pct:.2f}% · attempts per request {amplification} · "
+        f"error budget used {budget} (objective {card.objective_pct:g}%)",
+        "  checks:",
+    ]
+    for check in card.checks:
+        mark = "ok  " if check.ok else "FAIL"
+        text = f"  {mark} {check.name:<24} {check.measured:>14}  (expected {check.expected})"
+        if color:
+            text = click.style(text, fg="green" if check.ok else "red", bold=not check.ok)
+        lines.append(text)
+    verdict = "PASSED" if card.passed else "FAILED"
+    lines.append(
+        click.style(f"drill {card.name} {verdict}", fg="green" if card.passed else "red", bold=True)
+        if color
+        else f"drill {card.name} {verdict}"
+    )
+    return "\n".join(lines)
+
+
+def write_outputs(card: Scorecard, experiment: Experiment, out_dir: Path) -> tuple[Path, Path]:
+    """``<name>.json`` and ``<name>.png`` in ``out_dir``; their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{card.name}.json"
+    json_path.write_text(json.dumps(card.to_json(), indent=2) + "\n", encoding="utf-8")
+    png_path = out_dir / f"{card.name}.png"
+    line = card.timeline
+    draw_timeline(
+        png_path,
+        f"{card.name}: {experiment.load.rate:g} req/s on {experiment.load.model}"
+        f" — {'passed' if card.passed else 'FAILED'}",
+        line.seconds,
+        line.success_pct,
+        line.degraded_pct,
+        line.p99_ms,
+        [(window.label, window.start_s, window.end_s) for window in card.faults],
+        availability_target_pct=experiment.hypothesis.availability_pct,
+        p99_target_ms=experiment.hypothesis.p99_ms,
+        detected_at_s=card.detected_at_s,
+        recovered_at_s=card.recovered_at_s,
+    )
+    return json_path, png_path

@@ -1,0 +1,123 @@
+"""Run one drill: start or reach the target, drive the load, inject the faults, score.
+
+Faults are added through the admin API at their start and removed at their
+end; each is also created with its own duration, so it expires by itself if
+the drill dies half-way. ``scale`` shortens every time in the experiment
+(load and fault schedule) for the short form CI runs; the expectations are
+about the gateway's reaction times and stay as written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from failsoft.drills.experiment import Experiment, ScheduledFault
+from failsoft.drills.load import Outcomes, run_load
+from failsoft.drills.scorecard import FaultWindow, Scorecard, score
+from failsoft.drills.target import AdminClient, TargetError, open_target
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TargetChoice:
+    """Where to run: overrides the experiment's own target when set."""
+
+    config: Path | None = None
+    url: str | None = None
+
+
+def _quiet(message: str) -> None:
+    return None
+
+
+def run_drill(
+    experiment: Experiment,
+    choice: TargetChoice = TargetChoice(),
+    *,
+    scale: float = 1.0,
+    progress: Progress = _quiet,
+) -> Scorecard:
+    config, url = choice.config, choice.url
+    token_env = "FAILSOFT_ADMIN_TOKEN"
+    if config is None and url is None and experiment.target is not None:
+        config, url = experiment.target.config, experiment.target.url
+        token_env = experiment.target.admin_token_env
+    progress(f"{experiment.name}: starting the target" if url is None else experiment.name)
+    with open_target(config, url, token_env) as target:
+        return asyncio.run(_drive(experiment, target.url, target.admin_token, scale, progress))
+
+
+async def _drive(
+    experiment: Experiment, url: str, token: str | None, scale: float, progress: Progress
+) -> Scorecard:
+    admin = AdminClient(url, token)
+    model = experiment.load.model
+    duration = experiment.load.duration_s * scale
+    try:
+        await admin.clear_faults()
+        status = await admin.status()
+        objective = status.get("models", {}).get(model, {}).get("objective_pct")
+        before = await admin.model_counts(model)
+        progress(
+            f"{experiment.name}: {experiment.load.rate:g} req/s for {duration:.1f} s, "
+            f"{len(experiment.faults)} fault(s)"
+        )
+        load = asyncio.create_task(run_load(url, experiment.load, duration_s=duration))
+        started = time.time()
+        windows = await asyncio.gather(
+            *(_inject(admin, fault, scale, started, progress) for fault in experiment.faults)
+        )
+        outcomes = await load
+        after = await admin.model_counts(model)
+        events = _localise(await admin.events(), outcomes)
+    finally:
+        await admin.close()
+    shift = outcomes.started_at - started  # the load's time 0 is a few ms after ours
+    windows = [FaultWindow(w.label, w.model, w.start_s - shift, w.end_s - shift) for w in windows]
+    return score(
+        experiment,
+        outcomes,
+        windows,
+        events,
+        duration_s=duration,
+        attempts=after[0] - before[0],
+        requests_served=after[1] - before[1],
+        objective_pct=objective,
+    )
+
+
+async def _inject(
+    admin: AdminClient, fault: ScheduledFault, scale: float, started: float, progress: Progress
+) -> FaultWindow:
+    await asyncio.sleep(max(0.0, started + fault.at_s * scale - time.time()))
+    added = await admin.add_fault(fault.spec(scale))
+    start = time.time() - started
+    progress(f"  +{start:5.1f}s fault {added['id']}: {_describe(fault)}")
+    await asyncio.sleep(max(0.0, started + (fault.at_s + fault.for_s) * scale - time.time()))
+    await admin.end_fault(added["id"])
+    end = time.time() - started
+    progress(f"  +{end:5.1f}s fault {added['id']} ended")
+    return FaultWindow(_describe(fault), fault.model, start, end)
+
+
+def _describe(fault: ScheduledFault) -> str:
+    where = "/".join(part for part in (fault.model, fault.version, fault.replica) if part)
+    return f"{fault.kind} {where}"
+
+
+def _localise(recent: dict[str, Any], outcomes: Outcomes) -> list[dict[str, Any]]:
+    """Event times as seconds since the load started, correcting for clock offset."""
+    offset = time.time() - float(recent.get("now", time.time()))
+    events = []
+    for event in recent.get("events", []):
+        events.append({**event, "at_s": float(event["time"]) + offset - outcomes.started_at})
+    return events
+
+
+__all__ = ["TargetChoice", "TargetError", "run_drill"]

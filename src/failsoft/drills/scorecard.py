@@ -1,0 +1,334 @@
+"""The scorecard: what a drill's requests and the gateway's events say, judged.
+
+Everything is computed from the outcomes of the open-loop requests (by their
+scheduled send time), the fault windows as they really ran, and the
+gateway's notable events, all in seconds since the load started:
+
+- availability, p50 and p99 per phase: before the first fault, during the
+  faults, after the last one ends;
+- time to detect: from a fault's start to the gateway's first reaction to
+  it (an ejection, a breaker opening, a failed probe, a replica marked down,
+  a fallback answer, a shed request);
+- time to recover: from the last fault's end to the start of the first
+  second from which every second meets the hypothesis with full service
+  (no degraded answers);
+- requests lost, degraded share, retry amplification (attempts per request)
+  and the error budget the drill consumed against the objective.
+
+Each check says what was measured, what was expected, and whether it held.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from failsoft.drills.experiment import Experiment
+from failsoft.drills.load import Outcomes
+
+
+def is_reaction(event: dict[str, Any]) -> bool:
+    """Did the gateway react to trouble with this event?"""
+    kind = event["type"]
+    if kind == "BreakerTransition":
+        return bool(event.get("new") == "open")
+    if kind == "HealthChanged":
+        return not event.get("healthy", True)
+    if kind == "ReplicaStateChanged":
+        return not event.get("available", True)
+    return kind in ("ReplicaEjected", "WorkerRestarted", "FallbackUsed", "RequestShed")
+
+
+PHASES = ("before", "during", "after")
+
+
+@dataclass(frozen=True)
+class FaultWindow:
+    label: str
+    model: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class PhaseStats:
+    requests: int
+    available_pct: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+    degraded_pct: float | None
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    measured: str
+    expected: str
+    ok: bool
+
+
+@dataclass
+class Timeline:
+    seconds: list[float] = field(default_factory=list)
+    success_pct: list[float | None] = field(default_factory=list)
+    degraded_pct: list[float | None] = field(default_factory=list)
+    p99_ms: list[float | None] = field(default_factory=list)
+
+
+@dataclass
+class Scorecard:
+    name: str
+    requests: int
+    phases: dict[str, PhaseStats]
+    detect_s: list[float | None]
+    recover_s: float | None
+    lost: int
+    degraded_pct: float
+    retry_amplification: float | None
+    objective_pct: float
+    error_budget_used_pct: float | None
+    checks: list[Check]
+    faults: list[FaultWindow]
+    timeline: Timeline
+    detected_at_s: float | None = None
+    recovered_at_s: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        return data
+
+
+def _pct(part: int, whole: int) -> float | None:
+    return 100.0 * part / whole if whole else None
+
+
+def _quantiles(latency_s: np.ndarray) -> tuple[float | None, float | None]:
+    answered = latency_s[~np.isnan(latency_s)]
+    if not answered.size:
+        return None, None
+    p50, p99 = np.percentile(answered * 1000, [50, 99])
+    return float(p50), float(p99)
+
+
+def phase_stats(outcomes: Outcomes, mask: np.ndarray) -> PhaseStats:
+    count = int(mask.sum())
+    p50, p99 = _quantiles(outcomes.latency_s[mask & outcomes.correct])
+    return PhaseStats(
+        count,
+        _pct(int(outcomes.correct[mask].sum()), count),
+        p50,
+        p99,
+        _pct(int(outcomes.degraded[mask].sum()), count),
+    )
+
+
+def timeline(outcomes: Outcomes, duration_s: float) -> Timeline:
+    line = Timeline()
+    for second in range(math.ceil(duration_s)):
+        mask = (outcomes.offsets >= second) & (outcomes.offsets < second + 1)
+        stats = phase_stats(outcomes, mask)
+        line.seconds.append(float(second))
+        line.success_pct.append(stats.available_pct)
+        line.degraded_pct.append(stats.degraded_pct)
+        line.p99_ms.append(stats.p99_ms)
+    return line
+
+
+def detection(
+    window: FaultWindow, events: Sequence[dict[str, Any]], outcomes: Outcomes
+) -> float | None:
+    """Seconds from the fault's start to the gateway's first reaction, or None."""
+    times = [
+        event["at_s"]
+        for event in events
+        if event["at_s"] >= window.start_s
+        and event.get("model") == window.model
+        and is_reaction(event)
+    ]
+    degraded = outcomes.offsets[outcomes.degraded & (outcomes.offsets >= window.start_s)]
+    if degraded.size:
+        times.append(float(degraded.min()))
+    return min(times) - window.start_s if times else None
+
+
+def recovery(
+    line: Timeline, end_s: float, availability_pct: float, p99_ms: float | None
+) -> float | None:
+    """The start of the first second after ``end_s`` from which every second is healthy."""
+    recovered: float | None = None
+    for second, success, degraded, p99 in zip(
+        line.seconds, line.success_pct, line.degraded_pct, line.p99_ms, strict=True
+    ):
+        if second + 1 <= end_s or success is None:
+            continue
+        healthy = (
+            success >= availability_pct
+            and not degraded
+            and (p99_ms is None or (p99 is not None and p99 <= p99_ms))
+        )
+        if not healthy:
+            recovered = None
+        elif recovered is None:
+            recovered = max(second, end_s)
+    return recovered
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f} s"
+
+
+def score(
+    experiment: Experiment,
+    outcomes: Outcomes,
+    windows: Sequence[FaultWindow],
+    events: Sequence[dict[str, Any]],
+    *,
+    duration_s: float,
+    attempts: float | None = None,
+    requests_served: float | None = None,
+    objective_pct: float | None = None,
+) -> Scorecard:
+    hypothesis, expect = experiment.hypothesis, experiment.expect
+    offsets = outcomes.offsets
+    judged = np.ones(len(offsets), dtype=bool)
+    if hypothesis.priorities:
+        judged = np.isin(np.asarray(outcomes.priority), hypothesis.priorities)
+    if not hypothesis.correctness:  # any 200 counts as available
+        outcomes.correct = outcomes.status == 200
+    first = min((w.start_s for w in windows), default=duration_s)
+    last = max((w.end_s for w in windows), default=duration_s)
+    masks = {
+        "before": offsets < first,
+        "during": (offsets >= first) & (offsets < last),
+        "after": offsets >= last,
+    }
+    phases = {name: phase_stats(outcomes, mask & judged) for name, mask in masks.items()}
+    line = timeline(outcomes, duration_s)
+    detect = [detection(window, events, outcomes) for window in windows]
+    recovered_at = (
+        recovery(line, last, hypothesis.availability_pct, hypothesis.p99_ms) if windows else None
+    )
+    recover_s = None if recovered_at is None else recovered_at - last
+    total = len(offsets)
+    lost = int(total - outcomes.correct.sum())
+    degraded_pct = _pct(int(outcomes.degraded.sum()), total) or 0.0
+    amplification = attempts / requests_served if attempts and requests_served else None
+    objective = objective_pct if objective_pct is not None else hypothesis.availability_pct
+    allowed = total * (100.0 - objective) / 100.0
+    budget = 100.0 * lost / allowed if allowed > 0 else (0.0 if lost == 0 else None)
+
+    checks: list[Check] = []
+    for name, stats in phases.items():
+        if not stats.requests:
+            continue
+        checks.append(
+            Check(
+                f"availability {name}",
+                _percent(stats.available_pct),
+                f">= {hypothesis.availability_pct:g}%",
+                (stats.available_pct or 0.0) >= hypothesis.availability_pct,
+            )
+        )
+        if hypothesis.p99_ms is not None:
+            checks.append(
+                Check(
+                    f"p99 {name}",
+                    _ms(stats.p99_ms),
+                    f"<= {hypothesis.p99_ms:g} ms",
+                    stats.p99_ms is not None and stats.p99_ms <= hypothesis.p99_ms,
+                )
+            )
+    if expect.max_detect_s is not None:
+        known = [value for value in detect if value is not None]
+        worst = max(known, default=0.0) if len(known) == len(detect) else None
+        checks.append(
+            Check(
+                "time to detect",
+                _seconds(worst),
+                f"<= {expect.max_detect_s:g} s",
+                worst is not None and worst <= expect.max_detect_s,
+            )
+        )
+    if expect.max_recover_s is not None and windows:
+        checks.append(
+            Check(
+                "time to recover",
+                _seconds(recover_s),
+                f"<= {expect.max_recover_s:g} s",
+                recover_s is not None and recover_s <= expect.max_recover_s,
+            )
+        )
+    if expect.max_lost is not None:
+        checks.append(
+            Check("requests lost", str(lost), f"<= {expect.max_lost}", lost <= expect.max_lost)
+        )
+    if expect.max_degraded_pct is not None:
+        checks.append(
+            Check(
+                "degraded answers",
+                _percent(degraded_pct),
+                f"<= {expect.max_degraded_pct:g}%",
+                degraded_pct <= expect.max_degraded_pct,
+            )
+        )
+    if expect.max_retry_amplification is not None:
+        checks.append(
+            Check(
+                "retry amplification",
+                "-" if amplification is None else f"{amplification:.2f}x",
+                f"<= {expect.max_retry_amplification:g}x",
+                amplification is not None and amplification <= expect.max_retry_amplification,
+            )
+        )
+    if expect.sheddable_first:
+        checks.append(_sheddable_first(outcomes, masks["during"]))
+    return Scorecard(
+        experiment.name,
+        total,
+        phases,
+        detect,
+        recover_s,
+        lost,
+        degraded_pct,
+        amplification,
+        objective,
+        budget,
+        checks,
+        list(windows),
+        line,
+        detected_at_s=(
+            windows[0].start_s + detect[0] if windows and detect[0] is not None else None
+        ),
+        recovered_at_s=recovered_at,
+    )
+
+
+def _sheddable_first(outcomes: Outcomes, during: np.ndarray) -> Check:
+    priorities = np.asarray(outcomes.priority)
+    rates: dict[str, float] = {}
+    for name in ("critical", "default", "sheddable"):
+        mask = during & (priorities == name)
+        if mask.any():
+            rates[name] = 100.0 * float(outcomes.correct[mask].mean())
+    order = [rates[name] for name in ("critical", "default", "sheddable") if name in rates]
+    ok = len(order) >= 2 and all(a >= b for a, b in itertools.pairwise(order))
+    measured = ", ".join(f"{name} {rate:.1f}%" for name, rate in rates.items())
+    return Check("sheddable shed first", measured, "critical >= default >= sheddable", ok)
