@@ -1,0 +1,236 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from failsoft.drills.experiment import (
+    MAX_REQUESTS,
+    Experiment,
+    ExperimentError,
+    ScheduledFault,
+    load_experiment,
+)
+
+DRILLS = Path(__file__).resolve().parents[2] / "drills"
+BUNDLED = sorted(DRILLS.glob("*.yaml"))
+
+MINIMAL: dict[str, Any] = {
+    "name": "minimal",
+    "load": {
+        "model": "iris",
+        "rate": 10,
+        "duration_s": 10,
+        "requests": [
+            {
+                "inputs": [
+                    {"name": "features", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}
+                ],
+                "expect": {"label": [0]},
+            }
+        ],
+    },
+}
+
+
+def _write(folder: Path, data: Any, name: str = "drill.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _drill(**changes: Any) -> dict[str, Any]:
+    data = copy.deepcopy(MINIMAL)
+    data.update(changes)
+    return data
+
+
+def _problems(path: Path) -> list[str]:
+    with pytest.raises(ExperimentError) as caught:
+        load_experiment(path)
+    assert caught.value.source == str(path)
+    return caught.value.problems
+
+
+def test_the_suite_bundles_drills() -> None:
+    assert len(BUNDLED) >= 2
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=[path.stem for path in BUNDLED])
+def test_bundled_drill_loads(path: Path) -> None:
+    experiment = load_experiment(path)
+
+    assert isinstance(experiment, Experiment)
+    assert experiment.faults
+    for fault in experiment.faults:
+        assert fault.at_s + fault.for_s <= experiment.load.duration_s
+
+
+def test_minimal_drill_loads_with_defaults(tmp_path: Path) -> None:
+    experiment = load_experiment(_write(tmp_path, MINIMAL))
+
+    assert experiment.name == "minimal"
+    assert experiment.target is None
+    assert experiment.faults == []
+    assert experiment.hypothesis.availability_pct == 99.0
+    assert experiment.hypothesis.correctness
+    assert experiment.load.priorities == {"default": 1.0}
+    assert experiment.load.timeout_ms == 1000
+
+
+def test_unknown_key_is_named_by_its_path(tmp_path: Path) -> None:
+    data = _drill()
+    data["load"]["ratte"] = 10
+
+    assert _problems(_write(tmp_path, data)) == ["load.ratte: unknown key"]
+
+
+def test_unknown_top_level_key_is_named(tmp_path: Path) -> None:
+    assert _problems(_write(tmp_path, _drill(expectations={}))) == ["expectations: unknown key"]
+
+
+def test_fault_ending_after_the_load_is_named(tmp_path: Path) -> None:
+    data = _drill(faults=[{"at_s": 1, "for_s": 2, "kind": "kill", "model": "iris"}])
+    data["faults"].append({"at_s": 8, "for_s": 4, "kind": "kill", "model": "iris"})
+
+    (problem,) = _problems(_write(tmp_path, data))
+
+    assert "faults[1] ends at 12 s, after the load (10 s)" in problem
+
+
+def test_fault_ending_exactly_with_the_load_is_accepted(tmp_path: Path) -> None:
+    data = _drill(faults=[{"at_s": 6, "for_s": 4, "kind": "kill", "model": "iris"}])
+
+    assert len(load_experiment(_write(tmp_path, data)).faults) == 1
+
+
+def test_target_with_both_config_and_url_is_named(tmp_path: Path) -> None:
+    data = _drill(target={"config": "failsoft.yaml", "url": "http://127.0.0.1:8000"})
+
+    (problem,) = _problems(_write(tmp_path, data))
+
+    assert problem.startswith("target: ")
+    assert "exactly one of config" in problem
+
+
+def test_target_with_neither_config_nor_url_is_named(tmp_path: Path) -> None:
+    (problem,) = _problems(_write(tmp_path, _drill(target={"admin_token_env": "TOKEN"})))
+
+    assert problem.startswith("target: ")
+
+
+def test_too_many_requests_are_named(tmp_path: Path) -> None:
+    data = _drill()
+    data["load"].update(rate=20_000, duration_s=3600)
+
+    (problem,) = _problems(_write(tmp_path, data))
+
+    assert problem == f"load: 20000 req/s for 3600 s is over {MAX_REQUESTS} requests"
+
+
+def test_requests_at_the_cap_are_accepted(tmp_path: Path) -> None:
+    data = _drill()
+    data["load"].update(rate=1000, duration_s=MAX_REQUESTS / 1000)
+
+    assert load_experiment(_write(tmp_path, data)).load.rate == 1000
+
+
+def test_fault_kind_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    data = _drill(faults=[{"at_s": 1, "for_s": 2, "kind": "explode", "model": "iris"}])
+
+    (problem,) = _problems(_write(tmp_path, data))
+
+    assert problem.startswith("faults[0].kind: ")
+    assert "'explode'" in problem
+
+
+def test_every_problem_is_named(tmp_path: Path) -> None:
+    data = _drill(faults=[{"at_s": -1, "for_s": 0, "kind": "kill", "model": "iris"}])
+    data["load"]["rate"] = 0
+
+    problems = _problems(_write(tmp_path, data))
+
+    assert [problem.split(":")[0] for problem in problems] == [
+        "load.rate",
+        "faults[0].at_s",
+        "faults[0].for_s",
+    ]
+
+
+def test_file_that_is_not_a_mapping_is_an_error(tmp_path: Path) -> None:
+    assert _problems(_write(tmp_path, ["name", "load"])) == [
+        "(top level): expected a mapping with name and load"
+    ]
+
+
+def test_invalid_yaml_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n", encoding="utf-8")
+
+    (problem,) = _problems(path)
+
+    assert problem.startswith("invalid YAML: ")
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    (problem,) = _problems(tmp_path / "absent.yaml")
+
+    assert problem.startswith("cannot read: ")
+
+
+def test_relative_target_config_is_resolved_against_the_drill_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "drills"
+    folder.mkdir()
+    path = _write(folder, _drill(target={"config": "../configs/failsoft.yaml"}))
+
+    target = load_experiment(path).target
+
+    assert target is not None
+    assert target.config == (tmp_path / "configs" / "failsoft.yaml").resolve()
+
+
+def test_absolute_target_config_is_kept(tmp_path: Path) -> None:
+    config = (tmp_path / "elsewhere" / "failsoft.yaml").resolve()
+    path = _write(tmp_path, _drill(target={"config": str(config)}))
+
+    target = load_experiment(path).target
+
+    assert target is not None
+    assert target.config == config
+
+
+def test_url_target_is_kept(tmp_path: Path) -> None:
+    path = _write(tmp_path, _drill(target={"url": "http://127.0.0.1:8000"}))
+
+    target = load_experiment(path).target
+
+    assert target is not None
+    assert target.url == "http://127.0.0.1:8000"
+    assert target.config is None
+    assert target.admin_token_env == "FAILSOFT_ADMIN_TOKEN"
+
+
+def test_scheduled_fault_spec_drops_the_schedule_and_scales_the_duration() -> None:
+    fault = ScheduledFault(
+        at_s=3, for_s=4, kind="latency", model="iris", version="v1", latency_ms=20
+    )
+
+    spec = fault.spec(0.5)
+
+    assert "at_s" not in spec
+    assert "for_s" not in spec
+    assert "replica" not in spec  # unset, not sent as null
+    assert spec["duration_s"] == 2.0
+    assert spec["kind"] == "latency"
+    assert spec["model"] == "iris"
+    assert spec["version"] == "v1"
+    assert spec["latency_ms"] == 20
+
+
+def test_scheduled_fault_spec_lasts_for_s_unscaled_by_default() -> None:
+    fault = ScheduledFault(at_s=0, for_s=8, kind="kill", model="iris", replica="w0")
+
+    assert fault.spec()["duration_s"] == 8.0
