@@ -323,6 +323,8 @@ def _drill_target(config: Path | None, url: str | None) -> object:
 
     if config is not None and url is not None:
         raise click.UsageError("give --config or --url, not both")
+    if config is not None:
+        _load_or_exit(config)  # a bad target is refused before any drill starts
     return TargetChoice(config=config, url=url)
 
 

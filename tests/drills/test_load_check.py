@@ -58,12 +58,6 @@ def test_floats_beyond_tolerance_are_wrong() -> None:
     assert not is_correct(answer, _expect(probabilities=[0.1, 0.8, 0.1]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="is_correct uses np.allclose(atol=1e-4) with the default rtol=1e-5, so the "
-    "tolerance grows with the value (1000.0 accepts +-0.0101) instead of the documented "
-    "'floats within 1e-4' (RequestSpec.expect)",
-)
 def test_large_floats_beyond_tolerance_are_wrong() -> None:
     assert not is_correct(_answer(value=[1000.005]), _expect(value=[1000.0]))
 

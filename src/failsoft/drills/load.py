@@ -121,7 +121,7 @@ def is_correct(payload: bytes, expect: dict[str, np.ndarray] | None) -> bool:
             if got.size != wanted.size:
                 return False
             if wanted.dtype.kind == "f" or got.dtype.kind == "f":
-                if not np.allclose(got.ravel(), wanted.ravel(), atol=1e-4):
+                if not np.allclose(got.ravel(), wanted.ravel(), rtol=0, atol=1e-4):
                     return False
             elif not np.array_equal(got.ravel(), wanted.ravel()):
                 return False

@@ -20,6 +20,7 @@ Each check says what was measured, what was expected, and whether it held.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -212,7 +213,7 @@ def score(
     if hypothesis.priorities:
         judged = np.isin(np.asarray(outcomes.priority), hypothesis.priorities)
     if not hypothesis.correctness:  # any 200 counts as available
-        outcomes.correct = outcomes.status == 200
+        outcomes = dataclasses.replace(outcomes, correct=outcomes.status == 200)
     first = min((w.start_s for w in windows), default=duration_s)
     last = max((w.end_s for w in windows), default=duration_s)
     masks = {
