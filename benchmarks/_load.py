@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from failsoft.drills.load import send_on_schedule
+
 REPO = Path(__file__).resolve().parents[1]
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]  # a setosa (class 0)
 
@@ -295,48 +297,6 @@ def drive(
 # --- open loop: a fixed send rate, latency from the schedule ---------------------------
 
 MAX_OPEN_LOOP_REQUESTS = 1_000_000
-_EARLY_S = 0.0005  # event-loop timers tick in ms: send up to this much before schedule
-
-
-async def send_on_schedule(
-    offsets: Sequence[float],
-    start: float,
-    clock: Callable[[], float],
-    lags: np.ndarray,
-    launch: Callable[[int, float], Coroutine[Any, Any, None] | None],
-    timeout_s: float,
-) -> int:
-    """Start ``launch(index, origin)`` at ``start + offsets[index]``, open loop.
-
-    ``launch`` returns the request's coroutine, or None when it refuses to
-    send (too many in flight). ``origin`` is the schedule when late, so
-    coordinated omission stays visible, or the real send when a millisecond
-    timer tick sent it a little early. Waits for every request, at most
-    ``timeout_s`` after the last send; returns how many were cut off.
-    """
-    tasks: set[asyncio.Task[None]] = set()
-    for index, offset in enumerate(offsets):
-        scheduled = start + offset
-        delay = scheduled - clock()
-        while delay > _EARLY_S:  # pacing: the wake-up time is the point, not an event
-            await asyncio.sleep(delay - _EARLY_S)
-            delay = scheduled - clock()
-        sent = clock()
-        lags[index] = sent - scheduled
-        if delay < 0 and index % 16 == 0:
-            await asyncio.sleep(0)  # behind schedule: still let answers in
-        request = launch(index, min(sent, scheduled))
-        if request is not None:
-            task = asyncio.create_task(request)
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-    if not tasks:
-        return 0
-    _, pending = await asyncio.wait(set(tasks), timeout=timeout_s)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    return len(pending)
 
 
 @dataclass(frozen=True, slots=True)
