@@ -96,9 +96,8 @@ def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
     verdicts = summary(result.stdout)
     # Without fallback, every v1 answer is lost while v1 is down.
     assert verdicts["all-replicas-down"].startswith("FAILED availability during")
-    # Without admission control the saturated model times out for every priority.
+    # Without admission control the saturated model times out, critical requests too.
     assert "availability during" in verdicts["overload"]
-    assert "sheddable shed first" in verdicts["overload"]
     # Without retries, a killed worker's calls fail; without fallback, so do the rest.
     assert "requests lost" in verdicts["worker-restart-storm"]
     # Each single-replica fault loses the calls that met it before anything routed around.
