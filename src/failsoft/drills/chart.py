@@ -240,7 +240,7 @@ def draw_timeline(
             ax.axvline(at, color=color, linestyle="--", linewidth=1.3)
         labels.append(_header_label(top, at, name, color))
         handles.append(
-            Line2D([], [], color=color, linestyle="--", linewidth=1.3, label=f"{name} {at:g} s")
+            Line2D([], [], color=color, linestyle="--", linewidth=1.3, label=f"{name} {at:.1f} s")
         )
 
     if empty:
