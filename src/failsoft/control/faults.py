@@ -6,9 +6,9 @@ expire: ``duration_s`` is mandatory and capped by ``chaos.max_duration_s``
 (5 minutes unless configured), so a forgotten fault cannot outlive an
 incident drill. Adding, ending and clearing a fault are events on the bus,
 which the event log writes out. The per-call effects (latency, errors, hangs,
-garbage, dropped connections) live in ``pipeline/chaos.py``; ``kill`` is an
-action, done here: a real SIGKILL to the targeted worker processes, once or
-every ``every_s`` while the fault lasts.
+garbage, dropped connections, and ``kill``: a real SIGKILL of a worker
+process as a call reaches it, so that call meets the crash, once or every
+``every_s`` while the fault lasts) live in ``pipeline/chaos.py``.
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ class FaultSpec(StrictModel):
     error: Literal["status", "exception"] = "status"
     status: Annotated[int, Field(ge=500, le=599)] = 500
     every_s: Annotated[float, Field(gt=0, le=3600)] | None = Field(
-        default=None, description="kill: repeat every this many seconds (once when unset)"
+        default=None,
+        description="kill: kill again at the first call this many seconds after the last kill "
+        "(once when unset)",
     )
 
     @model_validator(mode="after")
@@ -92,8 +94,17 @@ class Fault:
     expires_at: float
     injected: int = 0
     cancel_expiry: Cancel | None = None
-    cancel_kill: Cancel | None = None
+    _killed_at: dict[str, float] = field(default_factory=dict)
     _slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+
+    def kill_due(self, replica: str, now: float) -> bool:
+        """Should this call to ``replica`` kill it first? Records the kill when so."""
+        last = self._killed_at.get(replica)
+        every = self.spec.every_s
+        if last is not None and (every is None or now - last < every):
+            return False
+        self._killed_at[replica] = now
+        return True
 
     def slots(self, replica: str) -> asyncio.Semaphore | None:
         """The replica's call slots under a latency fault with ``concurrency``."""
@@ -222,8 +233,6 @@ class FaultRegistry:
                 spec.duration_s,
             )
         )
-        if spec.kind == "kill":
-            self._kill(fault, [t for t in targets if t.killable is not None])
         return fault
 
     def matching(self, model: str, version: str, replica: str) -> list[Fault]:
@@ -254,27 +263,11 @@ class FaultRegistry:
         fault = self._faults.pop(fault_id, None)
         if fault is None:
             return
-        for cancel in (fault.cancel_expiry, fault.cancel_kill):
-            if cancel is not None:
-                cancel()
+        if fault.cancel_expiry is not None:
+            fault.cancel_expiry()
         self.active = bool(self._faults)
         spec = fault.spec
         self._emit(FaultEnded(fault.id, spec.kind, spec.model, reason, fault.injected))
-
-    def _kill(self, fault: Fault, targets: list[Target]) -> None:
-        if fault.id not in self._faults:
-            return
-        for target in targets:
-            assert target.killable is not None
-            pid = target.killable.kill()
-            if pid is not None:
-                fault.injected += 1
-                self._emit(
-                    ReplicaKilled(target.model, target.version, target.replica, pid, fault.id)
-                )
-        every = fault.spec.every_s
-        if every is not None and self._clock.now() + every < fault.expires_at:
-            fault.cancel_kill = self._clock.call_later(every, lambda: self._kill(fault, targets))
 
 
 class FaultNotFound(FailsoftError):

@@ -13,7 +13,9 @@ replica in the ``FaultRegistry`` and, with each fault's probability:
 - ``hang``: never answers; the call fails when its deadline passes;
 - ``garbage``: calls the replica and corrupts its answer (NaN floats, one row
   too many), which the output contract must catch;
-- ``drop``: the connection is reset before an answer arrives.
+- ``drop``: the connection is reset before an answer arrives;
+- ``kill``: the worker process gets a real SIGKILL just as this call
+  reaches it, so the call meets the crash (once, or again every ``every_s``).
 
 With no fault active the wrapper costs one attribute read per call.
 """
@@ -28,7 +30,7 @@ import numpy as np
 from failsoft.backends.base import Replica
 from failsoft.call import Call
 from failsoft.clock import Clock
-from failsoft.control.faults import Fault, FaultRegistry
+from failsoft.control.faults import Fault, FaultRegistry, Killable, ReplicaKilled
 from failsoft.errors import DeadlineExceeded, ModelError, UpstreamError
 from failsoft.protocol.types import InferRequest, Tensors
 
@@ -74,7 +76,11 @@ class ChaosReplica:
         garbage = False
         for fault in self._registry.matching(self._model, self._version, self.name):
             spec = fault.spec
-            if spec.kind == "kill" or self._rng.random() >= spec.probability:
+            if spec.kind == "kill":
+                if fault.kill_due(self.name, self._clock.now()):
+                    self._kill(fault, call)
+                continue
+            if self._rng.random() >= spec.probability:
                 continue
             fault.injected += 1
             if spec.kind == "latency":
@@ -101,6 +107,12 @@ class ChaosReplica:
                 garbage = True
         outputs = await self.inner.infer(request, call)
         return corrupt(outputs) if garbage else outputs
+
+    def _kill(self, fault: Fault, call: Call) -> None:
+        pid = self.inner.kill() if isinstance(self.inner, Killable) else None
+        if pid is not None:
+            fault.injected += 1
+            call.bus.emit(ReplicaKilled(self._model, self._version, self.name, pid, fault.id))
 
     async def _wait(self, seconds: float, call: Call, fault: Fault) -> None:
         remaining = call.deadline - self._clock.now()
