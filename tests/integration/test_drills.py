@@ -100,8 +100,9 @@ def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
     assert "availability during" in verdicts["overload"]
     # Without retries, a killed worker's calls fail; without fallback, so do the rest.
     assert "requests lost" in verdicts["worker-restart-storm"]
+    # Without hedging, the 3% of calls that stall for 300 ms make the p99.
+    assert verdicts["replica-slow"] == "FAILED p99 during"
     # A sick replica loses the calls that meet it before anything routes around it.
-    # (replica-slow is absorbed by latency-aware balancing alone, so it is not asserted.)
     for drill in ("replica-crash", "replica-errors", "replica-garbage", "replica-hang"):
         assert "requests lost" in verdicts[drill], (drill, verdicts[drill])
     assert re.search(r"FAIL availability during\s+0\.00%", result.stdout)
