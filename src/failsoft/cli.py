@@ -458,10 +458,10 @@ def drill_suite(
 
     result = run_suite(experiments, choice, short_s=short_s, progress=_progress, on_card=show)
     click.echo("\nsuite summary:")
-    for experiment, card, problem in result.cards:
+    for (experiment, card, problem), seconds in zip(result.cards, result.seconds, strict=True):
         verdict = "passed" if card is not None and card.passed else "FAILED"
         failing = [c.name for c in card.checks if not c.ok] if card is not None else [problem]
-        line = f"  {verdict:<7} {experiment.name:<24} {'; '.join(failing)}"
+        line = f"  {verdict:<7} {experiment.name:<24} {seconds:5.1f}s  {'; '.join(failing)}"
         click.echo(click.style(line, fg="red", bold=True) if color and failing else line)
     total = len(result.cards)
     click.echo(

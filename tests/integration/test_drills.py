@@ -55,7 +55,7 @@ def summary(stdout: str) -> dict[str, str]:
     lines = stdout.split("suite summary:", 1)[1].splitlines()
     found = {}
     for line in lines:
-        match = re.match(r"\s+(passed|FAILED)\s+(\S+)\s*(.*)$", line)
+        match = re.match(r"\s+(passed|FAILED)\s+(\S+)\s+[\d.]+s\s*(.*)$", line)
         if match:
             found[match.group(2)] = f"{match.group(1)} {match.group(3)}".strip()
     return found

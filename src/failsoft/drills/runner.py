@@ -10,6 +10,7 @@ about the gateway's reaction times and stay as written.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +69,11 @@ async def _drive(
             f"{experiment.name}: {experiment.load.rate:g} req/s for {duration:.1f} s, "
             f"{len(experiment.faults)} fault(s)"
         )
-        load = asyncio.create_task(run_load(url, experiment.load, duration_s=duration))
+        load = asyncio.create_task(
+            run_load(
+                url, experiment.load, duration_s=duration, tenant_keys=_tenant_keys(experiment)
+            )
+        )
         started = time.time()
         windows = await asyncio.gather(
             *(_inject(admin, fault, scale, started, progress) for fault in experiment.faults)
@@ -104,6 +109,16 @@ async def _inject(
     end = time.time() - started
     progress(f"  +{end:5.1f}s fault {added['id']} ended")
     return FaultWindow(_describe(fault), fault.model, start, end)
+
+
+def _tenant_keys(experiment: Experiment) -> dict[str, str]:
+    keys = {}
+    for name, tenant in experiment.load.tenants.items():
+        key = os.environ.get(tenant.key_env)
+        if not key:
+            raise TargetError(f"load.tenants.{name}: set ${tenant.key_env} to the tenant's API key")
+        keys[name] = key
+    return keys
 
 
 def _describe(fault: ScheduledFault) -> str:

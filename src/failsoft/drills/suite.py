@@ -7,8 +7,9 @@ resilience score is the share of drills that passed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from failsoft.drills.experiment import Experiment, ExperimentError, load_experiment
@@ -20,6 +21,7 @@ from failsoft.drills.target import TargetError
 @dataclass
 class SuiteResult:
     cards: list[tuple[Experiment, Scorecard | None, str]]  # (drill, scorecard, error)
+    seconds: list[float] = field(default_factory=list)  # wall time of each drill
 
     @property
     def passed(self) -> int:
@@ -65,13 +67,16 @@ def run_suite(
     for index, experiment in enumerate(experiments, 1):
         progress(f"[{index}/{len(experiments)}] {experiment.name}")
         scale = 1.0 if short_s is None else min(1.0, short_s / experiment.load.duration_s)
+        started = time.monotonic()
         try:
             card = run_drill(experiment, choice, scale=scale, progress=progress)
         except TargetError as error:
             result.cards.append((experiment, None, str(error)))
+            result.seconds.append(time.monotonic() - started)
             progress(f"{experiment.name}: could not run: {error}")
             continue
         result.cards.append((experiment, card, ""))
+        result.seconds.append(time.monotonic() - started)
         if on_card is not None:
             on_card(experiment, card)
     return result
