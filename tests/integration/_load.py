@@ -1,19 +1,18 @@
-"""A small open-loop load driver for fault tests: fixed rate, bounded count and time.
+"""Open-loop load for the fault tests, on failsoft's own drill driver.
 
-Requests are sent on schedule whether or not earlier ones have answered, and
-latency is measured from the scheduled time, so a stall shows up in the
-numbers instead of silently slowing the sender (coordinated omission).
+Requests leave at a fixed rate whether or not earlier ones answered, and
+latency counts from the scheduled send, so a stall shows up in the numbers
+instead of slowing the sender (no coordinated omission).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 
-import aiohttp
 import numpy as np
 
+from failsoft.drills.experiment import Load
+from failsoft.drills.load import run_load
 from tests.integration._models import petal_rule
 
 ROWS = np.array(
@@ -32,57 +31,42 @@ class Outcome:
     served_by: str
 
 
-def body_for(index: int) -> tuple[bytes, int]:
-    row = ROWS[index % len(ROWS)]
-    payload = (
-        '{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":['
-        + ",".join(f"{v:.1f}" for v in row)
-        + "]}]}"
+def demo_load(model: str, rate: float, seconds: float, timeout_ms: int) -> Load:
+    """The four rows above, each with the label the petal rule (and every demo model) gives."""
+    requests = [
+        {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": row.tolist()}],
+            "expect": {"label": [int(petal_rule(row[np.newaxis, :])[0])]},
+        }
+        for row in ROWS
+    ]
+    return Load.model_validate(
+        {
+            "model": model,
+            "rate": rate,
+            "duration_s": seconds,
+            "timeout_ms": timeout_ms,
+            "requests": requests,
+        }
     )
-    return payload.encode(), int(petal_rule(row[np.newaxis, :])[0])
 
 
 async def open_loop(
-    url: str, rate: float, seconds: float, request_timeout: float = 5.0
+    base_url: str, model: str, rate: float, seconds: float, timeout_ms: int = 5000
 ) -> list[Outcome]:
-    """POST one row every 1/rate seconds for `seconds`; every request is awaited."""
-    total = int(rate * seconds)
-    connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        start = time.perf_counter()
-
-        async def one(index: int) -> Outcome:
-            scheduled = start + index / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            body, expected = body_for(index)
-            try:
-                async with session.post(
-                    url,
-                    data=body,
-                    headers={"content-type": "application/json"},
-                    timeout=aiohttp.ClientTimeout(total=request_timeout),
-                ) as response:
-                    payload = await response.json(content_type=None)
-                    status = response.status
-                    served_by = response.headers.get("failsoft-served-by", "")
-                    degraded = response.headers.get("failsoft-degraded") == "true"
-            except (aiohttp.ClientError, TimeoutError):
-                return Outcome(
-                    scheduled - start, time.perf_counter() - scheduled, 0, False, False, ""
-                )
-            correct = status == 200 and payload["outputs"][0]["data"] == [expected]
-            return Outcome(
-                scheduled - start,
-                time.perf_counter() - scheduled,
-                status,
-                correct,
-                degraded,
-                served_by,
-            )
-
-        return await asyncio.gather(*(one(i) for i in range(total)))
+    """POST one row every 1/rate seconds for ``seconds``; every request is awaited."""
+    got = await run_load(base_url, demo_load(model, rate, seconds, timeout_ms))
+    return [
+        Outcome(
+            float(got.offsets[i]),
+            float(got.latency_s[i]) if not np.isnan(got.latency_s[i]) else float("inf"),
+            int(got.status[i]),
+            bool(got.correct[i]),
+            bool(got.degraded[i]),
+            got.served_by[i],
+        )
+        for i in range(len(got.offsets))
+    ]
 
 
 def p99(outcomes: list[Outcome]) -> float:

@@ -100,7 +100,7 @@ models:
     @property
     def url(self) -> str:
         assert self.gateway is not None
-        return self.gateway.url + "/v2/models/demo/infer"
+        return self.gateway.url
 
     def replicas(self) -> list[dict[str, object]]:
         assert self.gateway is not None
@@ -159,7 +159,7 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
 
 def drive(fleet: Fleet, seconds: float, inject: Callable[[], None]) -> list[Outcome]:
     async def run() -> list[Outcome]:
-        load = asyncio.ensure_future(open_loop(fleet.url, RATE, seconds))
+        load = asyncio.ensure_future(open_loop(fleet.url, "demo", RATE, seconds))
         await asyncio.sleep(FAULT_AT)  # the load runs meanwhile; this only places the fault
         await asyncio.get_running_loop().run_in_executor(None, inject)
         return await load

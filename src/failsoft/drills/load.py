@@ -89,6 +89,7 @@ class Outcomes:
     degraded: np.ndarray  # answered by a fallback tier
     priority: list[str]
     started_at: float  # wall-clock time (time.time()) of offset 0
+    served_by: list[str]  # the Failsoft-Served-By header ("" without an answer)
 
     @classmethod
     def empty(cls, offsets: np.ndarray, priority: list[str], started_at: float) -> Outcomes:
@@ -101,6 +102,7 @@ class Outcomes:
             np.zeros(size, dtype=bool),
             priority,
             started_at,
+            [""] * size,
         )
 
 
@@ -188,6 +190,7 @@ async def run_load(
             in_flight -= 1
         outcomes.latency_s[index] = clock() - origin
         outcomes.status[index] = response.status
+        outcomes.served_by[index] = response.headers.get("failsoft-served-by", "")
         if response.status == 200:
             outcomes.correct[index] = is_correct(response.body, request.expect)
             outcomes.degraded[index] = response.headers.get("failsoft-degraded") == "true"
