@@ -57,12 +57,14 @@ async def test_the_tenant_with_fewest_calls_in_flight_goes_first() -> None:
     assert (queue.in_flight("flood"), queue.in_flight("quiet"), queue.in_flight("x")) == (1, 4, 0)
 
 
-async def test_a_tie_in_flight_goes_to_the_newest_waiter() -> None:
+async def test_on_a_tie_in_flight_the_tenant_waiting_longest_takes_its_turn() -> None:
     queue = AdmissionQueue()
-    _, newest_b = queued(queue, (DEFAULT, "a"), (DEFAULT, "b"))
-    assert queue.next(DEFAULT) is newest_b
-    newest_a = queued(queue, (DEFAULT, "a"))[0]
-    assert queue.next(DEFAULT) is newest_a
+    a1, b1 = queued(queue, (DEFAULT, "a"), (DEFAULT, "b"))
+    assert queue.next(DEFAULT) is a1
+    a2 = queued(queue, (DEFAULT, "a"))[0]
+    assert queue.next(DEFAULT) is b1  # "a" sent again: "b" has waited longer
+    queue.remove(b1)
+    assert queue.next(DEFAULT) is a2  # then "a", newest first
 
 
 async def test_priorities_are_separate_lanes() -> None:

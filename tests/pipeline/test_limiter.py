@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
+import random
+import statistics
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from failsoft.clock import ManualClock, settle
+from failsoft.clock import Cancel, ManualClock, settle
 from failsoft.errors import Overloaded
 from failsoft.observe.events import Event
 from failsoft.pipeline.limiter import (
@@ -26,12 +30,28 @@ CRITICAL, DEFAULT, SHEDDABLE = Priority.CRITICAL, Priority.DEFAULT, Priority.SHE
 
 
 class Harness:
-    def __init__(self, **options: Any) -> None:
+    """A limiter on a manual clock. Unless ``probe_rtt`` is None, its first
+    window and min-RTT probe are done (every call ``probe_rtt``) and forgotten."""
+
+    def __init__(self, probe_rtt: float | None = 0.1, seed: int = 7, **options: Any) -> None:
         self.clock = ManualClock()
         self.events: list[Event] = []
         self.limiter = AdaptiveLimiter(
-            LimiterOptions(**options), self.clock, self.events.append, "m"
+            LimiterOptions(**options), self.clock, self.events.append, "m", random.Random(seed)
         )
+        if probe_rtt is not None and options.get("enabled", True):
+            self.saturated_window(probe_rtt)
+            assert self.probing()
+            self.finish_probe(probe_rtt)
+            self.events.clear()
+
+    def probing(self) -> bool:
+        return self.limiter.snapshot()["probing_min_rtt"] is True
+
+    def finish_probe(self, rtt_s: float) -> None:
+        """Run the current min-RTT probe to its end with calls of ``rtt_s`` one at a time."""
+        while self.probing():
+            admit_now(self.limiter, CRITICAL).release(True, rtt_s)
 
     def hold(self, count: int, priority: Priority = CRITICAL) -> list[Permit]:
         """Permits that must be granted at once."""
@@ -39,7 +59,11 @@ class Harness:
 
     async def start(self, priority: Priority) -> asyncio.Task[Permit]:
         """An acquire that is expected to wait in the queue."""
-        task = asyncio.create_task(self.limiter.acquire(priority))
+        return await self.start_for(priority, None)
+
+    async def start_for(self, priority: Priority, tenant: str | None) -> asyncio.Task[Permit]:
+        """An acquire by ``tenant`` that is expected to wait in the queue."""
+        task = asyncio.create_task(self.limiter.acquire(priority, tenant))
         await settle()
         assert not task.done()
         return task
@@ -66,6 +90,15 @@ class Harness:
 def admit_now(limiter: AdaptiveLimiter, priority: Priority) -> Permit:
     """Run acquire to its first suspension point: an admission without waiting never gets there."""
     coroutine = limiter.acquire(priority)
+    with pytest.raises(StopIteration) as stopped:
+        coroutine.send(None)
+    permit = stopped.value.value
+    assert isinstance(permit, Permit)
+    return permit
+
+
+def admit_now_for(limiter: AdaptiveLimiter, priority: Priority, tenant: str | None) -> Permit:
+    coroutine = limiter.acquire(priority, tenant)
     with pytest.raises(StopIteration) as stopped:
         coroutine.send(None)
     permit = stopped.value.value
@@ -125,44 +158,47 @@ async def test_limit_holds_while_the_load_does_not_fill_it() -> None:
     assert h.events == []
 
 
-def baseline(h: Harness, rtt_s: float = 0.1, windows: int = 10) -> None:
-    for _ in range(windows):
-        h.saturated_window(rtt_s)
-
-
-async def test_limit_shrinks_when_short_rtt_exceeds_the_tolerance() -> None:
-    h = Harness(initial_limit=40, max_limit=40, smoothing=1.0)
-    baseline(h)
-    assert h.limiter.limit == 40
-    h.saturated_window(0.3)  # 3x the baseline, tolerance 1.5
-    long = 0.1 + (0.3 - 0.1) * 2 / 601
-    gradient = 1.5 * long / 0.3
-    assert h.limiter.limit == int(40 * gradient + math.sqrt(40)) == 26
-    assert h.events == [LimitChanged("m", 40, 26)]
+async def test_limit_shrinks_by_the_gradient_past_the_tolerance() -> None:
+    # Binary fractions of a second keep the arithmetic exact.
+    h = Harness(0.125, initial_limit=40, max_limit=40, smoothing=1.0)
+    h.saturated_window(0.375)  # 3 x the min RTT, tolerance 1.5: gradient 0.5
+    # No square-root allowance on the way down: the limit goes to the gradient's share.
+    assert h.limiter.limit == 20
+    assert h.events == [LimitChanged("m", 40, 20)]
     snapshot = h.limiter.snapshot()
-    assert snapshot["short_rtt_ms"] == pytest.approx(300.0)
-    assert snapshot["long_rtt_ms"] == pytest.approx(long * 1000)
+    assert snapshot["short_rtt_ms"] == pytest.approx(375.0)
+    assert snapshot["min_rtt_ms"] == pytest.approx(125.0)
 
 
 async def test_rtt_within_the_tolerance_does_not_shrink_the_limit() -> None:
-    h = Harness(initial_limit=40, max_limit=40, smoothing=1.0)
-    baseline(h)
+    h = Harness(0.125, initial_limit=40, max_limit=40, smoothing=1.0)
     for _ in range(5):
-        h.saturated_window(0.14)
+        h.saturated_window(0.1875)  # exactly 1.5 x the min RTT
     assert h.limiter.limit == 40
     assert h.events == []
 
 
+async def test_limit_settles_where_the_rtt_reaches_the_tolerance() -> None:
+    # A server with 4 slots of 0.1 s: at n calls in flight each takes 0.1 * max(1, n / 4).
+    h = Harness(initial_limit=32, max_limit=64)
+    for _ in range(60):
+        h.saturated_window(0.1 * max(1.0, h.limiter.limit / 4))
+    limits = []
+    for _ in range(40):
+        h.saturated_window(0.1 * max(1.0, h.limiter.limit / 4))
+        limits.append(h.limiter.limit)
+    assert set(limits) <= {6, 7}  # the RTT is 1.5 x the min RTT at 6 in flight
+
+
 async def test_one_window_never_more_than_halves_the_limit() -> None:
     h = Harness(initial_limit=100, max_limit=100, min_limit=1, smoothing=1.0)
-    baseline(h)
     h.saturated_window(100.0)
-    assert h.limiter.limit == int(100 * 0.5 + 10)
+    assert h.limiter.limit == 50
 
 
 async def test_limit_stays_within_min_and_max() -> None:
     h = Harness(initial_limit=10, min_limit=8, max_limit=12, smoothing=1.0)
-    baseline(h)
+    h.saturated_window(0.1)
     assert h.limiter.limit == 12
     for _ in range(10):
         h.saturated_window(5.0)
@@ -195,7 +231,160 @@ async def test_unusable_rtts_are_not_samples() -> None:
     for permit in held:
         permit.release(True, math.nan)
     assert h.limiter.limit == 10
-    assert h.limiter.snapshot()["short_rtt_ms"] is None
+    assert h.limiter.snapshot()["short_rtt_ms"] == pytest.approx(100.0)  # the first window
+    assert h.events == []
+
+
+# --- min-RTT probes --------------------------------------------------------------------
+
+
+async def test_the_first_window_sets_nothing_and_starts_the_first_probe() -> None:
+    h = Harness(None, initial_limit=20)
+    assert (h.limiter.limit, h.probing()) == (20, False)  # a fresh limiter admits as usual
+    h.saturated_window(5.0)  # no baseline yet: however slow, it moves nothing
+    assert h.limiter.snapshot()["short_rtt_ms"] == pytest.approx(5000.0)
+    assert (h.limiter.limit, h.probing()) == (4, True)  # but it starts the probe
+    assert h.limit_changes() == [(20, 4)]
+
+
+async def test_a_probe_pins_the_limit_to_min_limit_and_takes_the_median() -> None:
+    h = Harness(None, initial_limit=20, min_limit=3, min_rtt_samples=5)
+    h.saturated_window(0.5)
+    assert (h.limiter.limit, h.probing()) == (3, True)
+    samples = [
+        (True, 0.05),
+        (False, 0.01),
+        (True, math.nan),
+        (True, 0.03),
+        (True, 0.5),
+        (True, 0.04),
+    ]
+    for ok, rtt_s in samples:  # a failure and an unusable RTT are no samples
+        admit_now(h.limiter, CRITICAL).release(ok, rtt_s)
+    assert h.probing()
+    held = h.hold(3)
+    waiter = await h.start(CRITICAL)  # the probe's limit is full
+    held[0].release(True, 0.02)  # the fifth sample ends the probe
+    await settle()
+    assert not h.probing()
+    assert h.limiter.snapshot()["min_rtt_ms"] == pytest.approx(40.0)  # the median of 5
+    assert h.limit_changes() == [(20, 3), (3, 20)]
+    assert waiter.done()  # the restored limit admits the waiter
+    assert h.limiter.in_flight == 3
+
+
+async def test_calls_admitted_before_a_probe_are_no_probe_samples() -> None:
+    h = Harness(initial_limit=12, min_rtt_interval_s=1.0, min_rtt_jitter=0.0, min_rtt_samples=3)
+    held = h.hold(12)
+    await h.clock.advance(1.0)
+    for permit in held[:11]:
+        permit.release(True, 0.1)
+    admit_now(h.limiter, CRITICAL).release(True, 0.1)  # closes the window: the probe starts
+    assert (h.limiter.limit, h.probing()) == (4, True)
+    held[11].release(True, 5.0)  # admitted before the probe: it may have queued
+    assert h.probing()
+    for rtt_s in (0.2, 0.3, 0.25):
+        admit_now(h.limiter, CRITICAL).release(True, rtt_s)
+    assert not h.probing()
+    assert h.limiter.snapshot()["min_rtt_ms"] == pytest.approx(250.0)
+    grown = int(12 + 0.2 * math.sqrt(12))
+    assert h.limit_changes() == [(12, 4), (4, grown)]
+
+
+async def test_probes_recur_after_the_jittered_interval_and_follow_a_slower_server() -> None:
+    h = Harness(initial_limit=10, min_rtt_interval_s=10.0, min_rtt_jitter=0.5, seed=3)
+    draws = random.Random(3)
+    first_gap = 10.0 * (1 + 0.5 * draws.random())
+    await h.clock.advance(first_gap - 0.01)
+    h.saturated_window(0.1)
+    assert not h.probing()
+    await h.clock.advance(0.02)
+    h.saturated_window(0.1)
+    assert h.probing()
+    probe_ended = h.clock.now()
+    h.finish_probe(0.3)  # the model became slower: the baseline follows it
+    assert h.limiter.snapshot()["min_rtt_ms"] == pytest.approx(300.0)
+    second_gap = 10.0 * (1 + 0.5 * draws.random())
+    await h.clock.advance(probe_ended + second_gap - h.clock.now() - 0.01)
+    h.saturated_window(0.3)
+    assert not h.probing()
+    await h.clock.advance(0.02)
+    h.saturated_window(0.3)
+    assert h.probing()
+
+
+class SteppedClock:
+    """Time that a simulation sets directly (it never sleeps or schedules)."""
+
+    def __init__(self) -> None:
+        self.time = 0.0
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("not used")
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancel:
+        raise AssertionError("not used")
+
+
+def try_admit(limiter: AdaptiveLimiter, priority: Priority) -> Permit | None:
+    """Admit at once, or None when shed (a limiter without a queue never suspends)."""
+    coroutine = limiter.acquire(priority)
+    try:
+        coroutine.send(None)
+    except StopIteration as stopped:
+        permit = stopped.value
+        assert isinstance(permit, Permit)
+        return permit
+    except Overloaded:
+        return None
+    raise AssertionError("acquire suspended")
+
+
+async def test_at_3x_load_the_limit_settles_near_the_servers_slots_through_probes() -> None:
+    """A server of 4 slots of about 20 ms (200 calls/s), offered 600 calls/s for 60 s.
+
+    The limit must settle just above the 4 slots (a queue inside the server
+    would only add latency) while keeping the slots busy, also across the
+    min-RTT probes that pin it to min_limit now and then.
+    """
+    slots, service_s, rate, seconds = 4, 0.02, 600.0, 60.0
+    clock, rng = SteppedClock(), random.Random(11)
+    events: list[Event] = []
+    limiter = AdaptiveLimiter(LimiterOptions(queue_size=0), clock, events.append, "m", rng)
+    free_at = [0.0] * slots  # when each slot of the server is next free
+    finishing: list[tuple[float, int, Permit, float]] = []  # (finish, order, permit, admitted)
+    done_at: list[float] = []
+    rtts: list[float] = []
+    limits: list[int] = []
+    for index in range(int(rate * seconds)):
+        now = index / rate
+        while finishing and finishing[0][0] <= now:
+            finished, _, permit, admitted = heapq.heappop(finishing)
+            clock.time = finished
+            permit.release(True, finished - admitted)
+            done_at.append(finished)
+            rtts.append(finished - admitted)
+        clock.time = now
+        limits.append(limiter.limit)
+        permit = try_admit(limiter, DEFAULT)
+        if permit is None:
+            continue
+        slot = min(range(slots), key=free_at.__getitem__)
+        free_at[slot] = max(now, free_at[slot]) + service_s * rng.uniform(0.9, 1.1)
+        heapq.heappush(finishing, (free_at[slot], index, permit, now))
+    settled = slice(len(limits) // 6, None)  # after the first 10 s
+    goodput = sum(1 for t in done_at if t >= seconds / 6) / (seconds * 5 / 6)
+    assert goodput >= 0.9 * slots / service_s
+    # About rtt_tolerance (1.5) x the min RTT, where the limit settles.
+    assert statistics.mean(rtts[len(rtts) // 6 :]) <= 1.7 * service_s
+    steady = [limit for limit in limits[settled] if limit != 4]  # 4 is min_limit: probes
+    assert min(steady) >= 6
+    assert max(steady) <= 9
+    probes = [new for old, new in ((e.old, e.new) for e in events if isinstance(e, LimitChanged))]
+    assert probes.count(4) >= 3  # every 10 to 15 s after the first
 
 
 # --- priorities --------------------------------------------------------------------
@@ -279,6 +468,90 @@ async def test_a_newcomer_does_not_jump_the_queue_of_its_priority() -> None:
     await settle()
 
 
+# --- fairness between tenants ----------------------------------------------------------
+
+
+async def test_a_quiet_tenant_is_served_before_a_flooding_one() -> None:
+    h = Harness(initial_limit=4)
+    flood = [admit_now_for(h.limiter, CRITICAL, "flood") for _ in range(4)]
+    f1 = await h.start_for(CRITICAL, "flood")
+    q1 = await h.start_for(CRITICAL, "quiet")
+    f2 = await h.start_for(CRITICAL, "flood")  # the newest, but its tenant holds 3 slots
+    flood.pop().release(True, 0.1)
+    await settle()
+    assert [q1.done(), f1.done(), f2.done()] == [True, False, False]
+    flood.pop().release(True, 0.1)  # flood 2 in flight, quiet 1: flood's turn, newest first
+    await settle()
+    assert [f2.done(), f1.done()] == [True, False]
+    q1.result().release(True, 0.1)
+    await settle()
+    assert f1.done()
+    assert (h.limiter.in_flight, h.limiter.waiting) == (4, 0)
+
+
+async def test_tenants_with_as_many_in_flight_take_turns() -> None:
+    h = Harness(initial_limit=4)
+    held = [admit_now_for(h.limiter, CRITICAL, name) for name in ("a", "a", None, None)]
+    a1 = await h.start_for(CRITICAL, "a")
+    anonymous = await h.start_for(CRITICAL, None)  # anonymous requests are one tenant
+    a2 = await h.start_for(CRITICAL, "a")
+    held[0].release(True, 0.1)  # "a" 1 in flight, anonymous 2
+    await settle()
+    assert [a2.done(), a1.done(), anonymous.done()] == [True, False, False]
+    held[2].release(True, 0.1)  # 2 in flight each: anonymous has waited longest
+    await settle()
+    assert [anonymous.done(), a1.done()] == [True, False]
+    held[1].release(True, 0.1)
+    await settle()
+    assert a1.done()
+
+
+async def test_priority_comes_before_fairness_between_tenants() -> None:
+    h = Harness(initial_limit=4)
+    held = [admit_now_for(h.limiter, CRITICAL, "flood") for _ in range(4)]
+    quiet = await h.start_for(DEFAULT, "quiet")
+    flood = await h.start_for(CRITICAL, "flood")
+    held[0].release(True, 0.1)
+    await settle()
+    assert [flood.done(), quiet.done()] == [True, False]
+    held[1].release(True, 0.1)
+    held[2].release(True, 0.1)  # default may fill 3 of the 4 slots
+    await settle()
+    assert quiet.done()
+
+
+async def test_a_full_queue_evicts_the_oldest_waiter_of_the_tenant_holding_most_places() -> None:
+    h = Harness(initial_limit=4, queue_size=3)
+    h.hold(4)
+    f1, f2, f3 = [await h.start_for(DEFAULT, "flood") for _ in range(3)]
+    q1 = await h.start_for(DEFAULT, "quiet")
+    assert "evicted by fair share" in await shed_reason(f1)
+    # flood 2 places, quiet 1: neither may take the other's place any more.
+    with pytest.raises(Overloaded, match="queue full"):
+        await h.limiter.acquire(DEFAULT, "flood")
+    with pytest.raises(Overloaded, match="queue full"):
+        await h.limiter.acquire(DEFAULT, "quiet")
+    assert h.sheds() == [
+        RequestShed("m", DEFAULT, "evicted by fair share"),
+        RequestShed("m", DEFAULT, "queue full"),
+        RequestShed("m", DEFAULT, "queue full"),
+    ]
+    for task in (f2, f3, q1):
+        task.cancel()
+    await settle()
+    # A lower priority is evicted first: the oldest waiter of its tenant holding most places.
+    s_x = await h.start_for(SHEDDABLE, "x")
+    s_y1 = await h.start_for(SHEDDABLE, "y")
+    s_y2 = await h.start_for(SHEDDABLE, "y")
+    c_x = await h.start_for(CRITICAL, "x")
+    assert "evicted by higher priority" in await shed_reason(s_y1)
+    assert [s_x.done(), s_y2.done()] == [False, False]
+    for task in (s_x, s_y2, c_x):
+        task.cancel()
+    await settle()
+    assert h.limiter.waiting == 0
+
+
 # --- queue: timeout, full, eviction, cancellation --------------------------------------
 
 
@@ -293,6 +566,65 @@ async def test_queue_timeout_sheds_with_overloaded_and_an_event() -> None:
     assert h.sheds() == [RequestShed("m", DEFAULT, "queue timeout")]
     assert h.limiter.waiting == 0
     assert h.limiter.in_flight == 4
+
+
+async def test_a_waiter_joining_a_standing_lane_times_out_after_a_min_rtt() -> None:
+    h = Harness(0.02, initial_limit=4, queue_timeout_ms=100)
+    h.hold(4)
+    first = await h.start_for(DEFAULT, "flood")  # t = 0
+    await h.clock.advance(0.06)
+    second = await h.start_for(DEFAULT, "flood")  # standing 60 ms: not yet a whole timeout
+    await h.clock.advance(0.05)  # t = 110 ms
+    assert first.done()
+    third = await h.start_for(DEFAULT, "flood")  # second kept the lane standing 110 ms
+    quiet = await h.start_for(DEFAULT, "quiet")  # its own lane: not standing
+    await h.clock.advance(0.025)
+    assert third.done()  # after one min RTT, 20 ms
+    assert not second.done()
+    await h.clock.advance(0.03)  # t = 165 ms
+    assert second.done()
+    assert not quiet.done()
+    await h.clock.advance(0.05)
+    assert quiet.done()
+    assert [e.reason for e in h.sheds()] == [
+        "queue timeout",
+        "standing queue timeout",
+        "queue timeout",
+        "queue timeout",
+    ]
+    for task in (first, second, third, quiet):
+        assert isinstance(task.exception(), Overloaded)
+
+
+async def test_during_a_probe_standing_lanes_keep_the_whole_timeout() -> None:
+    h = Harness(0.02, initial_limit=10, min_rtt_interval_s=1.0, min_rtt_jitter=0.0)
+    await h.clock.advance(1.01)
+    h.saturated_window(0.02)
+    assert h.probing()
+    h.hold(4)
+    await h.start(DEFAULT)
+    await h.clock.advance(0.06)
+    await h.start(DEFAULT)
+    await h.clock.advance(0.05)
+    late = await h.start(DEFAULT)  # the lane has stood 110 ms
+    await h.clock.advance(0.09)
+    assert not late.done()
+    await h.clock.advance(0.02)
+    assert "(queue timeout)" in await shed_reason(late)
+
+
+async def test_standing_lanes_keep_the_whole_timeout_when_turned_off() -> None:
+    h = Harness(0.02, initial_limit=4, queue_timeout_ms=100, standing_timeout_rtts=0)
+    h.hold(4)
+    await h.start(DEFAULT)
+    await h.clock.advance(0.06)
+    await h.start(DEFAULT)
+    await h.clock.advance(0.05)
+    late = await h.start(DEFAULT)  # the lane has stood 110 ms
+    await h.clock.advance(0.09)
+    assert not late.done()
+    await h.clock.advance(0.02)
+    assert "(queue timeout)" in await shed_reason(late)
 
 
 async def test_a_full_queue_sheds_a_newcomer_of_no_higher_priority() -> None:
@@ -442,7 +774,7 @@ async def test_disabled_limiter_admits_everything_and_never_adapts() -> None:
 
 
 async def test_retry_after_estimates_the_queue_drain_time() -> None:
-    h = Harness(initial_limit=10, queue_size=4, queue_timeout_ms=200)
+    h = Harness(None, initial_limit=10, queue_size=4, queue_timeout_ms=200)
     h.hold(10)
     waiters = [await h.start(CRITICAL) for _ in range(4)]
     with pytest.raises(Overloaded) as shed:
@@ -454,12 +786,14 @@ async def test_retry_after_estimates_the_queue_drain_time() -> None:
     await settle()
 
 
-@pytest.mark.parametrize(("rtt_s", "retry_after_s"), [(2.0, 0.2), (0.001, 0.05), (1000.0, 30.0)])
+@pytest.mark.parametrize(
+    ("rtt_s", "retry_after_s"), [(2.0, 2.0 / 13), (0.001, 0.05), (1000.0, 30.0)]
+)
 async def test_retry_after_uses_the_short_rtt_within_bounds(
     rtt_s: float, retry_after_s: float
 ) -> None:
-    h = Harness(initial_limit=10, queue_size=0)
-    h.saturated_window(rtt_s)
+    h = Harness(rtt_s, initial_limit=10, smoothing=1.0, queue_size=0)
+    h.saturated_window(rtt_s)  # the limit grows to 13
     h.hold(h.limiter.limit)
     with pytest.raises(Overloaded) as shed:
         await h.limiter.acquire(CRITICAL)
@@ -489,6 +823,13 @@ async def test_retry_after_uses_the_short_rtt_within_bounds(
         {"sheddable_share": 1.1},
         {"default_share": 0},
         {"sheddable_share": 0.9, "default_share": 0.5},
+        {"min_rtt_interval_s": 0},
+        {"min_rtt_interval_s": math.inf},
+        {"min_rtt_jitter": -0.1},
+        {"min_rtt_jitter": 1.1},
+        {"min_rtt_samples": 0},
+        {"standing_timeout_rtts": -1},
+        {"standing_timeout_rtts": math.nan},
         {"queue_limit": 10},
     ],
 )
@@ -515,21 +856,28 @@ def test_boundary_options_are_accepted() -> None:
         queue_size=0,
         sheddable_share=1.0,
         default_share=1.0,
+        min_rtt_jitter=0.0,
+        min_rtt_samples=1,
+        standing_timeout_rtts=0.0,
     )
     assert options.max_limit == options.min_limit
 
 
 async def test_snapshot() -> None:
-    h = Harness(initial_limit=4, queue_size=1)
+    h = Harness(None, initial_limit=6, queue_size=1)
     assert h.limiter.snapshot() == {
         "enabled": True,
-        "limit": 4,
+        "limit": 6,
         "in_flight": 0,
         "waiting": {"critical": 0, "default": 0, "sheddable": 0},
         "short_rtt_ms": None,
-        "long_rtt_ms": None,
+        "min_rtt_ms": None,
+        "probing_min_rtt": False,
         "shed": {"critical": 0, "default": 0, "sheddable": 0},
     }
+    h.saturated_window(0.05)
+    assert h.limiter.snapshot()["probing_min_rtt"] is True
+    h.finish_probe(0.05)
     h.saturated_window(0.05)
     h.hold(h.limiter.limit)
     waiter = await h.start(DEFAULT)
@@ -542,7 +890,8 @@ async def test_snapshot() -> None:
         "in_flight": limit,
         "waiting": {"critical": 0, "default": 1, "sheddable": 0},
         "short_rtt_ms": pytest.approx(50.0),
-        "long_rtt_ms": pytest.approx(50.0),
+        "min_rtt_ms": pytest.approx(50.0),
+        "probing_min_rtt": False,
         "shed": {"critical": 0, "default": 0, "sheddable": 1},
     }
     waiter.cancel()
@@ -552,7 +901,9 @@ async def test_snapshot() -> None:
 # --- property ------------------------------------------------------------------------
 
 operation = st.one_of(
-    st.tuples(st.just("acquire"), st.sampled_from(list(Priority))),
+    st.tuples(
+        st.just("acquire"), st.sampled_from(list(Priority)), st.sampled_from(["a", "b", None])
+    ),
     st.tuples(st.just("release"), st.integers(0, 50), st.booleans(), st.floats(0.001, 1.0)),
     st.tuples(st.just("cancel_permit"), st.integers(0, 50)),
     st.tuples(st.just("cancel_waiter"), st.integers(0, 50)),
@@ -565,21 +916,26 @@ operation = st.one_of(
     initial_limit=st.integers(1, 8),
     queue_size=st.integers(0, 4),
     smoothing=st.sampled_from([0.2, 1.0]),
+    probe_samples=st.integers(1, 4),
     operations=st.lists(operation, max_size=80),
 )
 def test_limiter_invariants_hold_for_any_sequence(
     initial_limit: int,
     queue_size: int,
     smoothing: float,
+    probe_samples: int,
     operations: list[tuple[Any, ...]],
 ) -> None:
     h = Harness(
+        0.02,  # a min RTT under the queue timeout: standing lanes time out sooner
         initial_limit=initial_limit,
         min_limit=1,
         max_limit=12,
         queue_size=queue_size,
         smoothing=smoothing,
         queue_timeout_ms=50,
+        min_rtt_interval_s=0.1,  # probes come and go during the sequence
+        min_rtt_samples=probe_samples,
     )
     limiter = h.limiter
 
@@ -611,7 +967,7 @@ def test_limiter_invariants_hold_for_any_sequence(
     ) -> None:
         kind = op[0]
         if kind == "acquire":
-            pending.append(asyncio.create_task(limiter.acquire(op[1])))
+            pending.append(asyncio.create_task(limiter.acquire(op[1], op[2])))
         elif kind == "advance":
             await h.clock.advance(op[1])
         elif kind == "release" and held:

@@ -8,14 +8,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
-from failsoft.clock import ManualClock
+from failsoft.clock import ManualClock, settle
 from failsoft.config import parse_config
-from failsoft.control.tenants import key_digest
+from failsoft.control.tenants import TenantConfig, Tenants, key_digest
 from failsoft.observe.events import EventBus
 from failsoft.observe.metrics import Metrics
+from failsoft.pipeline.limiter import AdaptiveLimiter, LimiterOptions, Permit
+from failsoft.protocol.types import InferRequest
 from failsoft.runtime import Runtime
+from failsoft.server.admission import Admission
 from failsoft.server.app import FailsoftApp
 from tests import _admission_models as models
 
@@ -200,3 +204,37 @@ async def test_the_bulkhead_caps_calls_in_flight_per_version(client: Client) -> 
     assert "bulkhead" in refused.json()["error"]
     models.GATE.set()
     assert (await held).status_code == 200
+
+
+async def test_the_tenant_reaches_the_limiter_so_a_quiet_tenant_is_served_first() -> None:
+    clock = ManualClock()
+    alice, carol = "fsk_alice-test-key", "fsk_carol-test-key"
+    admission = Admission(
+        Tenants(
+            {
+                "alice": TenantConfig(key_sha256=key_digest(alice)),
+                "carol": TenantConfig(key_sha256=key_digest(carol)),
+            },
+            require_keys=True,
+            clock=clock,
+        )
+    )
+    options = LimiterOptions(initial_limit=2, min_limit=2, max_limit=2, queue_size=4)
+    limiter = AdaptiveLimiter(options, clock, lambda _: None, "m")
+    request = InferRequest({"x": np.zeros((1, 4), dtype=np.float32)})
+
+    async def admit(key: str) -> Permit:
+        tenant, priority = admission.identify(f"Bearer {key}", "critical")
+        return await admission.admit(tenant, priority, request, limiter)
+
+    held = [await admit(alice), await admit(alice)]
+    carol_waits = asyncio.ensure_future(admit(carol))
+    await settle()
+    alice_waits = asyncio.ensure_future(admit(alice))  # newer, but alice holds both slots
+    await settle()
+    held[0].release(True, 0.01)
+    await settle()
+    assert carol_waits.done()
+    assert not alice_waits.done()
+    alice_waits.cancel()
+    await settle()

@@ -8,7 +8,8 @@ freed slot:
 - within it, the tenant with the fewest calls in flight (max-min fairness of
   the limit's slots), so a tenant that floods the queue cannot starve a quiet
   one: the quiet tenant's next waiter is served at the next free slot;
-  on a tie, the tenant whose newest waiter arrived last;
+  on a tie, the tenant whose newest waiter has waited longest, so that tied
+  tenants take turns, and a tenant sending often does not win every tie;
 - within the tenant, its newest waiter (under overload the oldest are about to
   time out anyway; serving the newest keeps admitted latency short, as
   Facebook's adaptive LIFO does).
@@ -26,9 +27,10 @@ The limiter shortens the timeout of waiters that join a lane standing for a
 whole queue timeout: that tenant is offering more than its share steadily,
 and its waiters, served newest first, would mostly time out anyway.
 
-Choosing a tenant scans the tenants waiting at one priority: O(tenants), and
-tenants come from the configuration, so it stays small. Every other operation
-is O(1). A tenant is known by its name; None is the anonymous tenant.
+Choosing the next waiter or a victim, and counting the waiters of a priority,
+scan the tenants waiting at a priority: O(tenants), and tenants come from the
+configuration, so that stays small. Queueing and removing a waiter are O(1).
+A tenant is known by its name; None is the anonymous tenant.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ class AdmissionQueue:
             in_flight = self._in_flight
             lane = min(
                 lanes.items(),
-                key=lambda item: (in_flight.get(item[0], 0), -next(reversed(item[1].waiters)).seq),
+                key=lambda item: (in_flight.get(item[0], 0), next(reversed(item[1].waiters)).seq),
             )[1]
         return next(reversed(lane.waiters))
 

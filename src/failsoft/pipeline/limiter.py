@@ -1,28 +1,42 @@
-"""An adaptive concurrency limit per model, with priority-aware admission.
+"""An adaptive concurrency limit per model, with priority-aware, tenant-fair admission.
 
 The limit
 ---------
-The limit follows Netflix concurrency-limits' Gradient2 (Envoy's adaptive
-concurrency filter works the same way). A server that is not queueing answers
-in about its usual round-trip time; when the recent RTT rises well above the
-long-term one, requests are queueing inside it and the limit comes down.
+A server that is not queueing answers in about its minimum round-trip time
+(min RTT); when calls take well longer, they queue inside it and the limit
+comes down. The baseline is measured rather than learned from the traffic:
+RTTs averaged under overload already include queueing inside the server, and
+a limit that follows them settles far above the server's real concurrency.
+So, as in Envoy's adaptive concurrency filter, the limiter re-measures the
+min RTT now and then with a *probe*:
 
-Finished calls are grouped into windows of ``max(10, limit)`` calls: about one
-round trip of the whole limit when it is saturated, so the limit moves once
-per round trip whatever the request rate. When a window closes:
+- The limit drops to ``min_limit`` until ``min_rtt_samples`` calls admitted
+  during the probe have succeeded. Their median RTT is the new min RTT, and
+  the limit goes back to where it was. Calls admitted before the probe do not
+  count: they may have queued. A probe costs little: a fraction of a second
+  at ``min_limit`` every ``min_rtt_interval_s``.
+- The first probe starts when the first window (below) closes; until then
+  there is no baseline and the limit stays at ``initial_limit``, so a fresh
+  gateway admits as it would without probes. The next probe starts at the
+  first window that closes ``min_rtt_interval_s`` after the last probe
+  ended, stretched at random by up to ``min_rtt_jitter`` of it so that the
+  gateways of a fleet do not probe in step.
 
-- The mean RTT of its successful calls is the *short RTT*. The *long RTT*
-  (the baseline) averages the short RTTs of the last ``long_window`` windows
-  exponentially, after a plain mean over the first ten so that one odd window
-  cannot set the baseline. While the long RTT is more than twice the short one
-  it decays by 5% a window, so the baseline comes back down quickly after a
-  long overload (as in Gradient2).
-- ``gradient = clamp(rtt_tolerance * long / short, 0.5, 1)``: 1 while the short
-  RTT stays within the tolerance of the baseline, lower as queueing builds up,
-  and never below one half, so one noisy window cannot halve the limit.
-- ``target = limit * gradient + sqrt(limit)``: the square root is the queue
-  allowance, the headroom that lets the limit probe upwards while the latency
-  holds, as in Gradient2 and Envoy.
+Between probes, finished calls are grouped into windows of ``max(10, limit)``
+calls: about one round trip of the whole limit when it is saturated, so the
+limit moves once per round trip whatever the request rate. When a window
+closes:
+
+- The mean RTT of its successful calls is the *short RTT*, and
+  ``gradient = rtt_tolerance * min RTT / short RTT``.
+- While the gradient is at least 1 (no queueing beyond the tolerance) the
+  target is ``limit + sqrt(limit)``, the allowance that lets the limit probe
+  upwards, as in Gradient2 and Envoy. Below 1 the target is
+  ``limit * max(gradient, 0.5)``, without that allowance: with it, the limit
+  would settle well past the point where calls start to queue inside the
+  server, where each call admitted beyond the server's own slots only waits
+  there. So the limit settles where the short RTT is about ``rtt_tolerance``
+  times the min RTT, and one noisy window never more than halves the target.
 - ``limit += smoothing * (target - limit)``, clamped to [min_limit, max_limit].
 - When fewer than half the limit's requests were in flight or waiting during
   the window, the load says nothing about the limit and it stays put
@@ -32,8 +46,8 @@ per round trip whatever the request rate. When a window closes:
   cuts it by AIMD's x0.9, while a trickle of errors cannot grind it down to
   ``min_limit``: the growth from the successful calls outweighs it.
 
-Admission by priority
----------------------
+Admission by priority and tenant
+--------------------------------
 All priorities share one in-flight count, and each may fill it up to its
 allowance: critical the whole limit, default ``default_share`` of it,
 sheddable ``sheddable_share`` (rounded down, at least 1). So sheddable work
@@ -41,15 +55,23 @@ can never take more than its share, and the top of the limit is kept free for
 critical work even when default traffic is heavy.
 
 A request over its allowance waits in one bounded queue (``queue_size``
-across priorities): critical first, then default, then sheddable, newest
-first within a priority (under overload the oldest waiters are about to time
-out anyway; serving the newest keeps the latency of admitted requests short).
-A freed slot goes to the newest waiter of the most important non-empty
-priority if that priority's allowance has room; allowances shrink with
-priority, so when that one does not fit, no less important waiter would
-either. When the queue is full, a newcomer evicts the oldest waiter of the
-lowest priority below its own; if there is none, the newcomer is shed. A
-waiter not served within ``queue_timeout_ms`` is shed.
+across priorities, see ``admission_queue``): critical first, then default,
+then sheddable; within a priority the tenant with the fewest calls in flight
+first (on a tie, the one whose newest waiter has waited longest), and a
+tenant's newest waiter first. A freed slot goes to that waiter
+if its priority's allowance has room; allowances shrink with priority, so
+when it does not fit, no less important waiter would either. When the queue
+is full, a newcomer evicts the oldest waiter of a lower priority, or of a
+tenant holding at least two more places at its own priority; otherwise the
+newcomer is shed. A waiter not served within ``queue_timeout_ms`` is shed.
+A waiter that joins a *standing* lane (its tenant's waiters at its priority
+have not all been served for a whole ``queue_timeout_ms``: that tenant offers
+more than it gets, steadily) is shed sooner, after ``standing_timeout_rtts``
+min RTTs (CoDel, as in Facebook's adaptive LIFO). Served newest first, it
+would seldom be served later anyway; keeping it would only let the queue
+grow old, and when the load drops every one of those stale waiters would be
+served late. A burst into a queue that empties now and then still waits the
+whole ``queue_timeout_ms``, and so does every waiter during a min-RTT probe.
 With ``queue_size`` 0 there is no queue: a request over its allowance is shed
 at once ("over limit").
 
@@ -64,27 +86,36 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
+import statistics
 import sys
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import partial
 from typing import Annotated
 
 from pydantic import Field, model_validator
 
 from failsoft._options import StrictModel
-from failsoft.clock import Cancel, Clock
+from failsoft.clock import Clock
 from failsoft.errors import Overloaded
 from failsoft.observe.events import Event
+from failsoft.pipeline.admission_queue import ORDER, AdmissionQueue, Priority, TenantKey, Waiter
+
+__all__ = [
+    "AdaptiveLimiter",
+    "LimitChanged",
+    "LimiterOptions",
+    "Permit",
+    "Priority",
+    "RequestShed",
+    "TenantKey",
+]
 
 _MAX_LIMIT = 100_000
 _MIN_WINDOW = 10
-_WARMUP_WINDOWS = 10
 _MIN_GRADIENT = 0.5
 _BACKOFF = 0.1
-_BASELINE_DECAY = 0.95
 _MIN_RTT_S = 1e-6
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 30.0
@@ -96,29 +127,82 @@ Limit = Annotated[int, Field(ge=1, le=_MAX_LIMIT)]
 Share = Annotated[float, Field(gt=0, le=1)]
 
 
-class Priority(StrEnum):
-    CRITICAL = "critical"
-    DEFAULT = "default"
-    SHEDDABLE = "sheddable"
-
-
-# Most important first: the order waiters are served in.
-_ORDER = (Priority.CRITICAL, Priority.DEFAULT, Priority.SHEDDABLE)
-_RANK = {Priority.SHEDDABLE: 0, Priority.DEFAULT: 1, Priority.CRITICAL: 2}
-
-
 class LimiterOptions(StrictModel):
     enabled: bool = True
-    initial_limit: Limit = 32
-    min_limit: Limit = 4
+    initial_limit: Annotated[
+        Limit, Field(description="the limit until the first min-RTT probe, and after it")
+    ] = 32
+    min_limit: Annotated[
+        Limit,
+        Field(
+            description="the lowest limit, and the limit during a min-RTT probe: "
+            "at most the calls the model serves at once without queueing"
+        ),
+    ] = 4
     max_limit: Limit = 1024
-    smoothing: Share = 0.2
-    rtt_tolerance: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 1.5
-    long_window: Annotated[int, Field(ge=10, le=1_000_000)] = 600
-    queue_size: Annotated[int, Field(ge=0, le=_MAX_LIMIT)] = 256
-    queue_timeout_ms: Annotated[float, Field(gt=0, le=600_000)] = 100.0
-    sheddable_share: Share = 0.5
-    default_share: Share = 0.9
+    smoothing: Annotated[
+        Share, Field(description="how far the limit moves towards its target per window")
+    ] = 0.2
+    rtt_tolerance: Annotated[
+        float,
+        Field(
+            ge=1,
+            allow_inf_nan=False,
+            description="the limit comes down once the RTT exceeds this times the min RTT",
+        ),
+    ] = 1.5
+    long_window: Annotated[
+        int,
+        Field(
+            ge=10,
+            le=1_000_000,
+            description="unused since the baseline is the probed min RTT; "
+            "accepted so that older configurations still load",
+        ),
+    ] = 600
+    min_rtt_interval_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=86_400,
+            allow_inf_nan=False,
+            description="seconds from the end of one min-RTT probe to the next (before jitter)",
+        ),
+    ] = 10.0
+    min_rtt_jitter: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            description="each interval is stretched by a random part of it, up to this share",
+        ),
+    ] = 0.5
+    min_rtt_samples: Annotated[
+        int,
+        Field(ge=1, le=10_000, description="successful calls a min-RTT probe takes the median of"),
+    ] = 25
+    queue_size: Annotated[
+        int, Field(ge=0, le=_MAX_LIMIT, description="waiting places across priorities")
+    ] = 256
+    queue_timeout_ms: Annotated[
+        float, Field(gt=0, le=600_000, description="the longest a request waits before shed")
+    ] = 100.0
+    standing_timeout_rtts: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1000,
+            allow_inf_nan=False,
+            description="min RTTs a request waits in a standing queue before shed "
+            "(0: queue_timeout_ms, as in any queue)",
+        ),
+    ] = 1.0
+    sheddable_share: Annotated[
+        Share, Field(description="the part of the limit sheddable requests may fill")
+    ] = 0.5
+    default_share: Annotated[
+        Share, Field(description="the part of the limit default requests may fill")
+    ] = 0.9
 
     @model_validator(mode="after")
     def _consistent(self) -> LimiterOptions:
@@ -154,49 +238,73 @@ class RequestShed(Event):
 
 
 class _Gradient:
-    """Gradient2's limit estimate, fed one finished call at a time."""
+    """The limit estimate, fed one finished call at a time, and its min-RTT probes."""
 
     __slots__ = (
+        "_clock",
         "_demand",
         "_drops",
-        "_long_factor",
-        "_long_windows",
+        "_interval_s",
+        "_jitter",
         "_max",
         "_min",
+        "_next_probe_at",
         "_ok",
+        "_probe_rtts",
+        "_probe_size",
+        "_rng",
         "_rtt_sum",
         "_samples",
         "_smoothing",
         "_tolerance",
         "_window_size",
+        "epoch",
         "estimate",
-        "long_rtt",
+        "min_rtt",
+        "probing",
         "short_rtt",
     )
 
-    def __init__(self, options: LimiterOptions) -> None:
+    def __init__(self, options: LimiterOptions, clock: Clock, rng: random.Random) -> None:
         self._min = float(options.min_limit)
         self._max = float(options.max_limit)
         self._smoothing = options.smoothing
         self._tolerance = options.rtt_tolerance
-        self._long_factor = 2.0 / (options.long_window + 1)
-        self._long_windows = 0
+        self._clock = clock
+        self._rng = rng
+        self._interval_s = options.min_rtt_interval_s
+        self._jitter = options.min_rtt_jitter
+        self._probe_size = options.min_rtt_samples
         self.estimate = float(options.initial_limit)
         self.short_rtt = 0.0
-        self.long_rtt = 0.0
+        self.min_rtt = 0.0
+        self._next_probe_at = -math.inf  # the first window starts the first probe
+        self._probe_rtts: list[float] = []
         self._window_size = max(_MIN_WINDOW, options.initial_limit)
         self._samples = self._ok = self._drops = self._demand = 0
         self._rtt_sum = 0.0
+        # A permit carries the epoch it was admitted in: only calls admitted
+        # during the current probe are probe samples.
+        self.epoch = 0
+        self.probing = False
 
     @property
     def limit(self) -> int:
-        return int(self.estimate)
+        return int(self._min) if self.probing else int(self.estimate)
 
-    def add(self, ok: bool, rtt_s: float, demand: int) -> bool:
-        """Count one finished call; True when it closed a window."""
+    def add(self, ok: bool, rtt_s: float, demand: int, epoch: int) -> bool:
+        """Count one finished call admitted in ``epoch``; True when the limit may have moved."""
+        usable = ok and 0.0 <= rtt_s < math.inf
+        if self.probing:
+            if usable and epoch == self.epoch:
+                self._probe_rtts.append(rtt_s)
+                if len(self._probe_rtts) >= self._probe_size:
+                    self._end_probe()
+                    return True
+            return False
         if not ok:
             self._drops += 1
-        elif 0.0 <= rtt_s < math.inf:
+        elif usable:
             self._ok += 1
             self._rtt_sum += rtt_s
         self._samples += 1
@@ -205,78 +313,67 @@ class _Gradient:
         if self._samples < self._window_size:
             return False
         self._close_window()
+        if self._clock.now() >= self._next_probe_at:
+            self.probing = True
+            self.epoch += 1
         return True
 
     def _close_window(self) -> None:
         estimate = self.estimate
         if self._ok:
-            short = max(self._rtt_sum / self._ok, _MIN_RTT_S)
-            long = self._observe(short)
-            if self._demand * 2 >= estimate:
-                estimate = self._toward(estimate, long / short)
+            self.short_rtt = max(self._rtt_sum / self._ok, _MIN_RTT_S)
+            if self.min_rtt and self._demand * 2 >= estimate:
+                estimate = self._toward(estimate, self.short_rtt)
         if self._drops:
             estimate *= 1.0 - _BACKOFF * self._drops / self._samples
         self.estimate = min(max(estimate, self._min), self._max)
+        self._new_window()
+
+    def _toward(self, estimate: float, short: float) -> float:
+        gradient = self._tolerance * self.min_rtt / short
+        if gradient >= 1.0:
+            target = estimate + math.sqrt(estimate)
+        else:
+            target = estimate * max(gradient, _MIN_GRADIENT)
+        return estimate + self._smoothing * (target - estimate)
+
+    def _end_probe(self) -> None:
+        self.min_rtt = max(statistics.median(self._probe_rtts), _MIN_RTT_S)
+        self._probe_rtts.clear()
+        self.probing = False
+        stretch = 1.0 + self._jitter * self._rng.random()
+        self._next_probe_at = self._clock.now() + self._interval_s * stretch
+        self._new_window()
+
+    def _new_window(self) -> None:
         self._window_size = max(_MIN_WINDOW, self.limit)
         self._samples = self._ok = self._drops = self._demand = 0
         self._rtt_sum = 0.0
-
-    def _observe(self, short: float) -> float:
-        self._long_windows += 1
-        if self._long_windows <= _WARMUP_WINDOWS:
-            factor = 1.0 / self._long_windows
-        else:
-            factor = self._long_factor
-        # The baseline falls at once to a faster window and rises only slowly:
-        # a plain average would follow the latency that queueing itself causes
-        # under sustained overload, and the limit would creep up with it.
-        rising = self.long_rtt + factor * (short - self.long_rtt)
-        long = short if short < self.long_rtt else rising
-        self.short_rtt = short
-        self.long_rtt = long * _BASELINE_DECAY if long > 2.0 * short else long
-        return long
-
-    def _toward(self, estimate: float, long_over_short: float) -> float:
-        gradient = min(max(self._tolerance * long_over_short, _MIN_GRADIENT), 1.0)
-        target = estimate * gradient + math.sqrt(estimate)
-        return estimate + self._smoothing * (target - estimate)
-
-
-def _noop() -> None:
-    pass
-
-
-class _Waiter:
-    __slots__ = ("cancel_timer", "future", "priority")
-
-    def __init__(self, priority: Priority, future: asyncio.Future[Overloaded | None]) -> None:
-        self.priority = priority
-        # Resolves to None when granted a slot, or to the error to raise when shed.
-        self.future = future
-        self.cancel_timer: Cancel = _noop
 
 
 class Permit:
     """One admitted request's slot; give it back exactly once with release or cancel."""
 
-    __slots__ = ("_limiter",)
+    __slots__ = ("_epoch", "_limiter", "_tenant")
 
-    def __init__(self, limiter: AdaptiveLimiter) -> None:
+    def __init__(self, limiter: AdaptiveLimiter, tenant: TenantKey, epoch: int) -> None:
         self._limiter: AdaptiveLimiter | None = limiter
+        self._tenant = tenant
+        self._epoch = epoch
 
     def release(self, ok: bool, rtt_s: float) -> None:
         """The call finished: sample it, then hand the slot on. Later calls do nothing."""
         limiter = self._limiter
         if limiter is not None:
             self._limiter = None
-            limiter._finish(ok, rtt_s)
+            limiter._finish(ok, rtt_s, self._tenant, self._epoch)
 
     def cancel(self) -> None:
         """The call never happened: free the slot without a sample. Later calls do nothing."""
         limiter = self._limiter
         if limiter is not None:
             self._limiter = None
-            limiter._free()
+            limiter._free(self._tenant)
 
 
 def _share(limit: int, share: float) -> int:
@@ -295,11 +392,10 @@ class AdaptiveLimiter:
         "_in_flight",
         "_model",
         "_options",
+        "_queue",
         "_queue_size",
-        "_queues",
         "_shed_counts",
         "_timeout_s",
-        "_waiting",
     )
 
     def __init__(
@@ -308,21 +404,19 @@ class AdaptiveLimiter:
         clock: Clock,
         emit: Callable[[Event], None],
         model: str,
+        rng: random.Random | None = None,
     ) -> None:
         self._options = options
         self._clock = clock
         self._emit = emit
         self._model = model
         self._enabled = options.enabled
-        self._gradient = _Gradient(options)
+        self._gradient = _Gradient(options, clock, rng if rng is not None else random.Random())
         self._queue_size = options.queue_size
         self._timeout_s = options.queue_timeout_ms / 1000.0
-        self._queues: dict[Priority, OrderedDict[_Waiter, None]] = {
-            priority: OrderedDict() for priority in _ORDER
-        }
-        self._shed_counts = dict.fromkeys(_ORDER, 0)
+        self._queue = AdmissionQueue()
+        self._shed_counts = dict.fromkeys(ORDER, 0)
         self._in_flight = 0
-        self._waiting = 0
         self._allowance: dict[Priority, int] = {}
         self._set_allowances()
 
@@ -336,14 +430,17 @@ class AdaptiveLimiter:
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        return len(self._queue)
 
-    async def acquire(self, priority: Priority) -> Permit:
-        """A slot for one call, at once or after waiting; raises Overloaded when shed."""
+    async def acquire(self, priority: Priority, tenant: TenantKey = None) -> Permit:
+        """A slot for one call, at once or after waiting; raises Overloaded when shed.
+
+        ``tenant`` (a tenant's name, None for anonymous requests) only orders
+        waiters fairly between tenants; each tenant's quota is checked before.
+        """
         if self._in_flight < self._allowance[priority]:
-            self._in_flight += 1
-            return Permit(self)
-        return await self._wait(priority)
+            return self._admit(tenant)
+        return await self._wait(priority, tenant)
 
     def snapshot(self) -> dict[str, object]:
         gradient = self._gradient
@@ -351,106 +448,105 @@ class AdaptiveLimiter:
             "enabled": self._enabled,
             "limit": gradient.limit,
             "in_flight": self._in_flight,
-            "waiting": {p.value: len(queue) for p, queue in self._queues.items()},
+            "waiting": {p.value: self._queue.waiting(p) for p in ORDER},
             "short_rtt_ms": gradient.short_rtt * 1000.0 if gradient.short_rtt else None,
-            "long_rtt_ms": gradient.long_rtt * 1000.0 if gradient.long_rtt else None,
+            "min_rtt_ms": gradient.min_rtt * 1000.0 if gradient.min_rtt else None,
+            "probing_min_rtt": self._enabled and gradient.probing,
             "shed": {p.value: count for p, count in self._shed_counts.items()},
         }
 
-    async def _wait(self, priority: Priority) -> Permit:
-        if self._waiting >= self._queue_size and not self._make_room(priority):
+    def _admit(self, tenant: TenantKey) -> Permit:
+        self._in_flight += 1
+        self._queue.started(tenant)
+        return Permit(self, tenant, self._gradient.epoch)
+
+    async def _wait(self, priority: Priority, tenant: TenantKey) -> Permit:
+        if len(self._queue) >= self._queue_size and not self._make_room(priority, tenant):
             raise self._shed(priority, "queue full" if self._queue_size else "over limit")
-        waiter = _Waiter(priority, asyncio.get_running_loop().create_future())
-        self._queues[priority][waiter] = None
-        self._waiting += 1
+        waiter = Waiter(priority, tenant, asyncio.get_running_loop().create_future())
+        standing_s = self._queue.push(waiter, self._clock.now())
+        timeout_s, reason = self._timeout_s, "queue timeout"
+        # A probe cuts the throughput for a moment: no reason to shed sooner then.
+        if standing_s >= self._timeout_s and not self._gradient.probing:
+            short_s = self._options.standing_timeout_rtts * self._gradient.min_rtt
+            if 0 < short_s < timeout_s:
+                timeout_s, reason = short_s, "standing queue timeout"
         waiter.cancel_timer = self._clock.call_later(
-            self._timeout_s, partial(self._time_out, waiter)
+            timeout_s, partial(self._time_out, waiter, reason)
         )
         try:
-            shed = await waiter.future
+            outcome = await waiter.future
         except asyncio.CancelledError:
             self._abandon(waiter)
             raise
-        if shed is not None:
-            raise shed
-        return Permit(self)
+        if isinstance(outcome, Overloaded):
+            raise outcome
+        return outcome
 
-    def _make_room(self, priority: Priority) -> bool:
-        """Evict less important waiters until the queue has room; False if it cannot."""
-        while self._waiting >= self._queue_size:
-            victim = self._newest_below(priority)
+    def _make_room(self, priority: Priority, tenant: TenantKey) -> bool:
+        """Evict waiters until the queue has room for this newcomer; False if it cannot."""
+        queue = self._queue
+        while len(queue) >= self._queue_size:
+            victim = queue.victim(priority, tenant)
             if victim is None:
                 return False
-            self._dequeue(victim)
+            queue.remove(victim)
             victim.cancel_timer()
             if not victim.future.done():
-                victim.future.set_result(self._shed(victim.priority, "evicted by higher priority"))
+                reason = (
+                    "evicted by fair share"
+                    if victim.priority is priority
+                    else "evicted by higher priority"
+                )
+                victim.future.set_result(self._shed(victim.priority, reason))
         return True
 
-    def _newest_below(self, priority: Priority) -> _Waiter | None:
-        rank = _RANK[priority]
-        for lower in reversed(_ORDER):
-            if _RANK[lower] >= rank:
-                return None
-            queue = self._queues[lower]
-            if queue:  # the oldest: served last (LIFO) and closest to timing out
-                return next(iter(queue))
-        return None
-
-    def _time_out(self, waiter: _Waiter) -> None:
+    def _time_out(self, waiter: Waiter, reason: str) -> None:
         if not waiter.future.done():
-            self._dequeue(waiter)
-            waiter.future.set_result(self._shed(waiter.priority, "queue timeout"))
+            self._queue.remove(waiter)
+            waiter.future.set_result(self._shed(waiter.priority, reason))
 
-    def _abandon(self, waiter: _Waiter) -> None:
+    def _abandon(self, waiter: Waiter) -> None:
         """The waiting task was cancelled: leave the queue, or give back a granted slot."""
         waiter.cancel_timer()
         future = waiter.future
-        if future.done() and not future.cancelled() and future.result() is None:
-            self._free()
-        else:
-            self._dequeue(waiter)
+        if future.done() and not future.cancelled():
+            outcome = future.result()
+            if isinstance(outcome, Permit):
+                outcome.cancel()
+            return
+        self._queue.remove(waiter)
 
-    def _dequeue(self, waiter: _Waiter) -> None:
-        queue = self._queues[waiter.priority]
-        if waiter in queue:
-            del queue[waiter]
-            self._waiting -= 1
-
-    def _finish(self, ok: bool, rtt_s: float) -> None:
+    def _finish(self, ok: bool, rtt_s: float, tenant: TenantKey, epoch: int) -> None:
         if self._enabled:
             gradient = self._gradient
             old = gradient.limit
-            if gradient.add(ok, rtt_s, self._in_flight + self._waiting) and gradient.limit != old:
+            demand = self._in_flight + len(self._queue)
+            if gradient.add(ok, rtt_s, demand, epoch) and gradient.limit != old:
                 self._set_allowances()
                 self._emit(LimitChanged(self._model, old, gradient.limit))
-        self._free()
+        self._free(tenant)
 
-    def _free(self) -> None:
+    def _free(self, tenant: TenantKey) -> None:
         self._in_flight -= 1
-        if self._waiting:
+        self._queue.finished(tenant)
+        if len(self._queue):
             self._drain()
 
     def _drain(self) -> None:
         """Grant free slots to the best waiters, stopping at the first that does not fit."""
-        for priority in _ORDER:
-            queue = self._queues[priority]
+        queue = self._queue
+        for priority in ORDER:
             allowance = self._allowance[priority]
-            while queue:
-                # Newest first: under overload the oldest waiters are the ones about
-                # to time out anyway, and serving the newest keeps admitted latency
-                # short instead of making every admitted request wait nearly the
-                # whole queue timeout (Facebook's adaptive LIFO, without the switch).
-                waiter = next(reversed(queue))
+            while (waiter := queue.next(priority)) is not None:
                 if waiter.future.done():  # cancelled; its task has not cleaned up yet
-                    self._dequeue(waiter)
+                    queue.remove(waiter)
                     continue
                 if self._in_flight >= allowance:
                     return
-                self._dequeue(waiter)
+                queue.remove(waiter)
                 waiter.cancel_timer()
-                self._in_flight += 1
-                waiter.future.set_result(None)
+                waiter.future.set_result(self._admit(waiter.tenant))
 
     def _shed(self, priority: Priority, reason: str) -> Overloaded:
         self._shed_counts[priority] += 1
@@ -461,13 +557,13 @@ class AdaptiveLimiter:
         )
 
     def _retry_after(self) -> float:
-        rtt = self._gradient.short_rtt or self._timeout_s
-        seconds = rtt * (self._waiting + 1) / self._gradient.limit
+        rtt = self._gradient.short_rtt or self._gradient.min_rtt or self._timeout_s
+        seconds = rtt * (len(self._queue) + 1) / self._gradient.limit
         return min(max(seconds, _RETRY_MIN_S), _RETRY_MAX_S)
 
     def _set_allowances(self) -> None:
         if not self._enabled:
-            self._allowance = dict.fromkeys(_ORDER, sys.maxsize)
+            self._allowance = dict.fromkeys(ORDER, sys.maxsize)
             return
         limit = self._gradient.limit
         options = self._options

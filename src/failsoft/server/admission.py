@@ -4,7 +4,8 @@
     concurrency limit, priority aware (503 + Retry-After)
 
 A request that passes holds a permit of its model's limiter until it is
-answered; the time it took feeds the limit.
+answered; the time it took feeds the limit. The limiter learns the tenant's
+name too, so that waiters are served fairly between tenants.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Admission:
     ) -> Permit:
         """Charge the tenant's quota, then wait for a slot under the model's limit."""
         self.tenants.admit(tenant, _rows(request))
-        return await limiter.acquire(priority)
+        return await limiter.acquire(priority, tenant.name if tenant is not None else None)
 
 
 def _rows(request: InferRequest) -> int:
