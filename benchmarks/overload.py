@@ -626,8 +626,8 @@ def limiter_summary(run: Run) -> str:
     return (
         f"  limiter: limit min {limits.min()} median {np.median(limits):.0f} max "
         f"{limits.max()}; in flight median {np.median(flying):.0f}, waiting median "
-        f"{np.median(waiting):.0f} max {waiting.max()}; short/long RTT at end "
-        f"{_fmt(last['short_rtt_ms'] or math.nan)}/{_fmt(last['long_rtt_ms'] or math.nan)} ms\n"
+        f"{np.median(waiting):.0f} max {waiting.max()}; short/min RTT at end "
+        f"{_fmt(last['short_rtt_ms'] or math.nan)}/{_fmt(last['min_rtt_ms'] or math.nan)} ms\n"
         f"  limit over time: {' '.join(series)}"
     )
 
