@@ -62,13 +62,15 @@ def summary(stdout: str) -> dict[str, str]:
 
 
 def fragile_config(demo_dir: Path, directory: Path) -> Path:
-    """The demo configuration without retries, hedging, ejection, fallback or admission control."""
+    """The demo without retries, hedging, ejection, fallback, admission control, or the
+    balancer's failure penalty (which alone steers calls away from a failing replica)."""
     config: dict[str, Any] = yaml.safe_load((demo_dir / CONFIG_NAME).read_text())
     for model in config["models"].values():
         model["retry"] = {"enabled": False}
         model["hedge"] = {"enabled": False}
         model["ejection"] = {"enabled": False}
         model["limiter"] = {"enabled": False}
+        model["balancer"] = {"failure_penalty_ms": 0}
         model["fallback"] = []
     path = demo_dir / "fragile.yaml"  # next to the model files its paths name
     path.write_text(yaml.safe_dump(config))

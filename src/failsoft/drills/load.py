@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -89,7 +89,7 @@ class Outcomes:
     degraded: np.ndarray  # answered by a fallback tier
     priority: list[str]
     started_at: float  # wall-clock time (time.time()) of offset 0
-    served_by: list[str]  # the Failsoft-Served-By header ("" without an answer)
+    served_by: list[str] = field(default_factory=list)  # Failsoft-Served-By ("" unanswered)
 
     @classmethod
     def empty(cls, offsets: np.ndarray, priority: list[str], started_at: float) -> Outcomes:

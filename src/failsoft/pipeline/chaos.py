@@ -14,8 +14,9 @@ replica in the ``FaultRegistry`` and, with each fault's probability:
 - ``garbage``: calls the replica and corrupts its answer (NaN floats, one row
   too many), which the output contract must catch;
 - ``drop``: the connection is reset before an answer arrives;
-- ``kill``: the worker process gets a real SIGKILL just as this call
-  reaches it, so the call meets the crash (once, or again every ``every_s``).
+- ``kill``: the worker process gets a real SIGKILL just as a request (not
+  a probe) reaches it, so that request meets the crash (once, or again every
+  ``every_s``).
 
 With no fault active the wrapper costs one attribute read per call.
 """
@@ -33,6 +34,7 @@ from failsoft.clock import Clock
 from failsoft.control.faults import Fault, FaultRegistry, Killable, ReplicaKilled
 from failsoft.errors import DeadlineExceeded, ModelError, UpstreamError
 from failsoft.protocol.types import InferRequest, Tensors
+from failsoft.routing.probes import PROBE_REQUEST_ID
 
 
 class ChaosReplica:
@@ -77,7 +79,10 @@ class ChaosReplica:
         for fault in self._registry.matching(self._model, self._version, self.name):
             spec = fault.spec
             if spec.kind == "kill":
-                if fault.kill_due(self.name, self._clock.now()):
+                # A request, not a probe, must meet the crash: that is what a retry saves.
+                if call.request_id != PROBE_REQUEST_ID and fault.kill_due(
+                    self.name, self._clock.now()
+                ):
                     self._kill(fault, call)
                 continue
             if self._rng.random() >= spec.probability:

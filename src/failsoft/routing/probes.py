@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from failsoft.config import TensorSpec
 
 log = logging.getLogger("failsoft.probes")
+PROBE_REQUEST_ID = "health-probe"
 
 
 class HealthCheckOptions(StrictModel):
@@ -150,7 +151,7 @@ class Prober:
                 ok = await asyncio.wait_for(replica.health(), timeout)
                 return None if ok else "not ready"
             call = Call(
-                "health-probe",
+                PROBE_REQUEST_ID,
                 self._pipeline.model,
                 self._pipeline.version,
                 self._clock.now() + timeout,
