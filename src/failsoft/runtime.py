@@ -110,7 +110,7 @@ class ModelRuntime:
             if isinstance(tier, PythonTier)
         }
         self._output_types = {spec.name: spec.datatype for spec in config.outputs}
-        self.limiter = AdaptiveLimiter(config.limiter, clock, runtime.bus.emit, name)
+        self.limiter = AdaptiveLimiter(config.limiter, clock, runtime.bus.emit, name, rng)
 
     def version(self, name: str | None) -> VersionPipeline:
         if name is None:

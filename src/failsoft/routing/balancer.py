@@ -1,8 +1,14 @@
-"""Latency-aware load balancing: power of two choices over peak-EWMA cost.
+"""Latency-aware load balancing: the cheapest replica by peak-EWMA cost.
 
-``pick`` draws two distinct replicas at random from the eligible ones and
-sends the call to the cheaper of the two (Mitzenmacher's power of two
-choices, as in Finagle, Linkerd and Envoy). A replica's cost is
+With up to ``FULL_SCAN_MAX`` eligible replicas, ``pick`` compares them all
+and sends the call to the cheapest, starting from a random one so ties are
+split fairly. The gateway knows every replica's state exactly and at once,
+so it needs none of the randomness that protects distributed balancers from
+herding, and with few replicas the two-choice draw too often leaves an idle
+replica out while a busy one gets the call. Past that size it draws two
+distinct replicas at random and keeps the cheaper (Mitzenmacher's power of
+two choices, as in Finagle, Linkerd and Envoy), which costs O(1). A
+replica's cost is
 
     latency_ms * (outstanding + 1) / weight
 
@@ -30,10 +36,9 @@ choices, as in Finagle, Linkerd and Envoy). A replica's cost is
   (a stale high one). ``slow_start_ms = 0`` disables the ramp; the reset
   still happens.
 
-Ties are broken by the random draw: the pair comes out in random order and
-the first of it is kept on equal cost. State is a few flat lists indexed by
-replica; ``pick`` reads the clock once, builds no containers and is O(1) in
-the number of eligible replicas. Indices on the hot path (``pick``,
+Ties are broken by the random start (or the random order of the pair). State
+is a few flat lists indexed by replica; ``pick`` reads the clock once and
+builds no containers. Indices on the hot path (``pick``,
 ``started``, ``finished``, ``cancelled``) are trusted; the other methods
 check them.
 """
@@ -55,6 +60,7 @@ INITIAL_EWMA_MS = 1.0
 # The latency used for picking never goes below this, so that a cost is never
 # zero and still grows with the outstanding calls.
 _FLOOR_MS = 1e-3
+FULL_SCAN_MAX = 8  # up to this many eligible replicas, compare them all
 
 
 class BalancerOptions(StrictModel):
@@ -92,6 +98,8 @@ class PeakEwmaBalancer:
             return eligible[0]
         if count == 0:
             raise ValueError("no eligible replica to pick from")
+        if count <= FULL_SCAN_MAX:
+            return self._cheapest(eligible)
         draw = self._rng.random
         # int(random() * n) is what random.choice once did; randrange costs several times more.
         first = int(draw() * count)
@@ -108,6 +116,22 @@ class PeakEwmaBalancer:
             if a_in != self._admitted(b, now):
                 return a if a_in else b
         return b if self._cost(b, now) < self._cost(a, now) else a
+
+    def _cheapest(self, eligible: Sequence[int]) -> int:
+        count = len(eligible)
+        start = int(self._rng.random() * count)
+        now = self._clock.now()
+        ramping = now < self._ramp_until
+        best, best_cost = eligible[start], math.inf
+        for offset in range(count):
+            index = eligible[(start + offset) % count]
+            # Slow start: a ramping replica takes part only with probability = its weight.
+            if ramping and not self._admitted(index, now):
+                continue
+            cost = self._cost(index, now)
+            if cost < best_cost:
+                best, best_cost = index, cost
+        return best
 
     def _admitted(self, index: int, now: float) -> bool:
         weight = self._weight(index, now)
