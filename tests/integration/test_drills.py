@@ -105,7 +105,9 @@ def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
     # Without hedging, the 3% of calls that stall for 300 ms make the p99.
     assert verdicts["replica-slow"] == "FAILED p99 during"
     # A sick replica loses the calls that meet it before anything routes around it.
-    for drill in ("replica-crash", "replica-errors", "replica-garbage", "replica-hang"):
+    # (A hung one only loses a call if one reaches it before its probes fail, which
+    # at this low concurrency is likely but not certain, so replica-hang is not asserted.)
+    for drill in ("replica-crash", "replica-errors", "replica-garbage"):
         assert "requests lost" in verdicts[drill], (drill, verdicts[drill])
     assert re.search(r"FAIL availability during\s+0\.00%", result.stdout)
     assert re.search(r"resilience score: \d+% \([0-7] of 8 drills passed\)", result.stdout)

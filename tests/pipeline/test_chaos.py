@@ -237,7 +237,11 @@ async def test_faults_are_cleared_one_by_one_or_all_at_once(gateway: Gateway) ->
     assert len(gateway.of(FaultEnded)) == 3
 
 
+@pytest.mark.parametrize(
+    "gateway", [{"breaker": {"enabled": False}, "ejection": {"enabled": False}}], indirect=True
+)
 async def test_probability_injects_into_that_share_of_calls(gateway: Gateway) -> None:
+    # Breaker and ejection off: every request reaches a replica and meets the draw.
     fault = gateway.faults.add(
         {"kind": "error", "model": "m", "probability": 0.25, "duration_s": 30}
     )
