@@ -104,10 +104,9 @@ def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
     assert "requests lost" in verdicts["worker-restart-storm"]
     # Without hedging, the 3% of calls that stall for 300 ms make the p99.
     assert verdicts["replica-slow"] == "FAILED p99 during"
-    # A sick replica loses the calls that meet it before anything routes around it.
-    # (A hung one only loses a call if one reaches it before its probes fail, which
-    # at this low concurrency is likely but not certain, so replica-hang is not asserted.)
-    for drill in ("replica-crash", "replica-errors", "replica-garbage"):
-        assert "requests lost" in verdicts[drill], (drill, verdicts[drill])
+    # The single-worker drills (crash, errors, garbage, hang) fail too when a request
+    # reaches the sick worker before its probes fail; at 100 req/s with about one call
+    # in flight the balancer may keep every call on the healthy worker for seconds,
+    # so those are likely but not certain and are not asserted one by one.
     assert re.search(r"FAIL availability during\s+0\.00%", result.stdout)
     assert re.search(r"resilience score: \d+% \([0-7] of 8 drills passed\)", result.stdout)

@@ -30,6 +30,9 @@ from failsoft.observe.events import Event
 log = logging.getLogger("failsoft.chaos")
 
 FaultKind = Literal["latency", "error", "hang", "garbage", "drop", "kill"]
+# A kill waits for a request to meet it, but not longer than this: a worker the
+# balancer happens not to pick must still crash, or the drill measures nothing.
+KILL_AT_LATEST_S = 0.5
 FAULT_KINDS: tuple[str, ...] = FaultKind.__args__  # type: ignore[attr-defined]
 _Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=128)]
 
@@ -94,6 +97,7 @@ class Fault:
     expires_at: float
     injected: int = 0
     cancel_expiry: Cancel | None = None
+    cancel_kill: Cancel | None = None
     _killed_at: dict[str, float] = field(default_factory=dict)
     _slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
 
@@ -223,6 +227,11 @@ class FaultRegistry:
         fault.cancel_expiry = self._clock.call_later(
             spec.duration_s, lambda: self._end(fault.id, "expired")
         )
+        if spec.kind == "kill":
+            killables = [t for t in targets if t.killable is not None]
+            fault.cancel_kill = self._clock.call_later(
+                KILL_AT_LATEST_S, lambda: self._kill_waiting(fault, killables)
+            )
         self._emit(
             FaultAdded(
                 fault.id,
@@ -263,11 +272,25 @@ class FaultRegistry:
         fault = self._faults.pop(fault_id, None)
         if fault is None:
             return
-        if fault.cancel_expiry is not None:
-            fault.cancel_expiry()
+        for cancel in (fault.cancel_expiry, fault.cancel_kill):
+            if cancel is not None:
+                cancel()
         self.active = bool(self._faults)
         spec = fault.spec
         self._emit(FaultEnded(fault.id, spec.kind, spec.model, reason, fault.injected))
+
+    def _kill_waiting(self, fault: Fault, targets: list[Target]) -> None:
+        """Kill the targets no request has reached since the fault began."""
+        if fault.id not in self._faults:
+            return
+        for target in targets:
+            if target.killable is not None and fault.kill_due(target.replica, self._clock.now()):
+                pid = target.killable.kill()
+                if pid is not None:
+                    fault.injected += 1
+                    self._emit(
+                        ReplicaKilled(target.model, target.version, target.replica, pid, fault.id)
+                    )
 
 
 class FaultNotFound(FailsoftError):

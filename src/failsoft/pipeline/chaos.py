@@ -16,7 +16,7 @@ replica in the ``FaultRegistry`` and, with each fault's probability:
 - ``drop``: the connection is reset before an answer arrives;
 - ``kill``: the worker process gets a real SIGKILL just as a request (not
   a probe) reaches it, so that request meets the crash (once, or again every
-  ``every_s``).
+  ``every_s``); the registry kills it anyway if no request came within 0.5 s.
 
 With no fault active the wrapper costs one attribute read per call.
 """
