@@ -171,16 +171,27 @@ async def test_limit_shrinks_by_the_gradient_past_the_tolerance() -> None:
 
 
 async def test_rtt_within_the_tolerance_does_not_shrink_the_limit() -> None:
-    h = Harness(0.125, initial_limit=40, max_limit=40, smoothing=1.0)
+    h = Harness(
+        0.125, initial_limit=40, max_limit=40, smoothing=1.0, rtt_tolerance=1.5, rtt_slack_ms=0
+    )
     for _ in range(5):
         h.saturated_window(0.1875)  # exactly 1.5 x the min RTT
     assert h.limiter.limit == 40
     assert h.events == []
 
 
+async def test_the_slack_absorbs_event_loop_noise_of_a_fast_model() -> None:
+    # A 0.5 ms model whose calls take 2 ms under load because the gateway's own
+    # event loop is busy: 4x the min RTT, yet within tolerance x min RTT + 2 ms.
+    h = Harness(0.0005, initial_limit=40, max_limit=40, smoothing=1.0)
+    for _ in range(5):
+        h.saturated_window(0.002)
+    assert h.limiter.limit == 40
+
+
 async def test_limit_settles_where_the_rtt_reaches_the_tolerance() -> None:
     # A server with 4 slots of 0.1 s: at n calls in flight each takes 0.1 * max(1, n / 4).
-    h = Harness(initial_limit=32, max_limit=64)
+    h = Harness(initial_limit=32, max_limit=64, rtt_tolerance=1.5, rtt_slack_ms=0)
     for _ in range(60):
         h.saturated_window(0.1 * max(1.0, h.limiter.limit / 4))
     limits = []
@@ -378,11 +389,11 @@ async def test_at_3x_load_the_limit_settles_near_the_servers_slots_through_probe
     settled = slice(len(limits) // 6, None)  # after the first 10 s
     goodput = sum(1 for t in done_at if t >= seconds / 6) / (seconds * 5 / 6)
     assert goodput >= 0.9 * slots / service_s
-    # About rtt_tolerance (1.5) x the min RTT, where the limit settles.
-    assert statistics.mean(rtts[len(rtts) // 6 :]) <= 1.7 * service_s
+    # About rtt_tolerance (1.1) x the min RTT + rtt_slack_ms (2 ms): where the limit settles.
+    assert statistics.mean(rtts[len(rtts) // 6 :]) <= 1.1 * service_s + 0.002 + 0.003
     steady = [limit for limit in limits[settled] if limit != 4]  # 4 is min_limit: probes
-    assert min(steady) >= 6
-    assert max(steady) <= 9
+    assert min(steady) >= 5
+    assert max(steady) <= 7
     probes = [new for old, new in ((e.old, e.new) for e in events if isinstance(e, LimitChanged))]
     assert probes.count(4) >= 3  # every 10 to 15 s after the first
 

@@ -127,6 +127,12 @@ Limit = Annotated[int, Field(ge=1, le=_MAX_LIMIT)]
 Share = Annotated[float, Field(gt=0, le=1)]
 
 
+# A fast model's min RTT is a fraction of a millisecond, less than an event-loop
+# turn under load: a standing-queue timeout that short sheds a steady closed-loop
+# client (16 connections, a limit below 16) for no reason.
+_STANDING_FLOOR_S = 0.010
+
+
 class LimiterOptions(StrictModel):
     enabled: bool = True
     initial_limit: Annotated[
@@ -150,7 +156,17 @@ class LimiterOptions(StrictModel):
             allow_inf_nan=False,
             description="the limit comes down once the RTT exceeds this times the min RTT",
         ),
-    ] = 1.5
+    ] = 1.1
+    rtt_slack_ms: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=60_000,
+            allow_inf_nan=False,
+            description="added to the tolerated RTT: the gateway's own event-loop noise, "
+            "which for a sub-millisecond model is larger than any rtt_tolerance",
+        ),
+    ] = 2.0
     long_window: Annotated[
         int,
         Field(
@@ -255,6 +271,7 @@ class _Gradient:
         "_rng",
         "_rtt_sum",
         "_samples",
+        "_slack_s",
         "_smoothing",
         "_tolerance",
         "_window_size",
@@ -270,6 +287,7 @@ class _Gradient:
         self._max = float(options.max_limit)
         self._smoothing = options.smoothing
         self._tolerance = options.rtt_tolerance
+        self._slack_s = options.rtt_slack_ms / 1000.0
         self._clock = clock
         self._rng = rng
         self._interval_s = options.min_rtt_interval_s
@@ -330,7 +348,7 @@ class _Gradient:
         self._new_window()
 
     def _toward(self, estimate: float, short: float) -> float:
-        gradient = self._tolerance * self.min_rtt / short
+        gradient = (self._tolerance * self.min_rtt + self._slack_s) / short
         if gradient >= 1.0:
             target = estimate + math.sqrt(estimate)
         else:
@@ -468,8 +486,10 @@ class AdaptiveLimiter:
         timeout_s, reason = self._timeout_s, "queue timeout"
         # A probe cuts the throughput for a moment: no reason to shed sooner then.
         if standing_s >= self._timeout_s and not self._gradient.probing:
-            short_s = self._options.standing_timeout_rtts * self._gradient.min_rtt
-            if 0 < short_s < timeout_s:
+            short_s = max(
+                self._options.standing_timeout_rtts * self._gradient.min_rtt, _STANDING_FLOOR_S
+            )
+            if self._options.standing_timeout_rtts > 0 and short_s < timeout_s:
                 timeout_s, reason = short_s, "standing queue timeout"
         waiter.cancel_timer = self._clock.call_later(
             timeout_s, partial(self._time_out, waiter, reason)
