@@ -241,7 +241,7 @@ def test_a_single_eligible_replica_is_picked() -> None:
 def test_ties_are_split_by_the_rng() -> None:
     balancer, _ = make(3, seed=11)
     picks = Counter(balancer.pick([0, 1, 2]) for _ in range(3000))
-    assert picks == Counter({0: 1006, 1: 1008, 2: 986})
+    assert picks == Counter({0: 1011, 1: 997, 2: 992})
     assert all(900 < count < 1100 for count in picks.values())
 
 

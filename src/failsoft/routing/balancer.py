@@ -1,13 +1,15 @@
 """Latency-aware load balancing: the cheapest replica by peak-EWMA cost.
 
-With up to ``FULL_SCAN_MAX`` eligible replicas, ``pick`` compares them all
-and sends the call to the cheapest, starting from a random one so ties are
-split fairly. The gateway knows every replica's state exactly and at once,
-so it needs none of the randomness that protects distributed balancers from
-herding, and with few replicas the two-choice draw too often leaves an idle
-replica out while a busy one gets the call. Past that size it draws two
-distinct replicas at random and keeps the cheaper (Mitzenmacher's power of
-two choices, as in Finagle, Linkerd and Envoy), which costs O(1). A
+While calls are in flight and there are up to ``FULL_SCAN_MAX`` eligible
+replicas, ``pick`` compares them all and sends the call to the cheapest,
+starting from a random one so ties are split fairly: the gateway knows every
+replica's load exactly, so it needs none of the randomness that protects
+distributed balancers from herding, and under load the two-choice draw too
+often leaves an idle replica out while a busy one gets the call. Otherwise
+(all idle, or many replicas) it draws two distinct replicas at random and
+keeps the cheaper (Mitzenmacher's power of two choices, as in Finagle,
+Linkerd and Envoy), which costs O(1) and, when nothing is in flight, spreads
+calls instead of sending every one to the replica with the lowest estimate. A
 replica's cost is
 
     latency_ms * (outstanding + 1) / weight
@@ -89,6 +91,7 @@ class PeakEwmaBalancer:
         self._ewma_ms = [INITIAL_EWMA_MS] * size
         self._stamp = [now] * size
         self._outstanding = [0] * size
+        self._busy = 0  # calls in flight on all replicas
         self._ramp_start = [-math.inf] * size
         self._ramp_until = -math.inf  # some replica is ramping until then
 
@@ -98,7 +101,7 @@ class PeakEwmaBalancer:
             return eligible[0]
         if count == 0:
             raise ValueError("no eligible replica to pick from")
-        if count <= FULL_SCAN_MAX:
+        if count <= FULL_SCAN_MAX and self._busy:
             return self._cheapest(eligible)
         draw = self._rng.random
         # int(random() * n) is what random.choice once did; randrange costs several times more.
@@ -139,6 +142,7 @@ class PeakEwmaBalancer:
 
     def started(self, index: int) -> None:
         self._outstanding[index] += 1
+        self._busy += 1
 
     def finished(self, index: int, seconds: float, ok: bool) -> None:
         self._release(index)
@@ -208,6 +212,7 @@ class PeakEwmaBalancer:
         # Never below zero: a stray report must not make a replica look idler than idle.
         if self._outstanding[index] > 0:
             self._outstanding[index] -= 1
+            self._busy -= 1
 
     def _check(self, index: int) -> None:
         if not 0 <= index < self._size:
