@@ -418,6 +418,11 @@ def open_loop(
         raise ValueError(
             f"{rate:g} req/s for {duration_s:g}s is over {MAX_OPEN_LOOP_REQUESTS} requests"
         )
+    return run_async(_open_loop(url, body, rate, duration_s, timeout_s, max_in_flight, connections))
+
+
+def run_async(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run on uvloop when installed, with the collector paused (its pauses are not the server's)."""
     run = asyncio.run
     with contextlib.suppress(ImportError):
         import uvloop
@@ -427,7 +432,7 @@ def open_loop(
     gc.collect()
     gc.disable()
     try:
-        return run(_open_loop(url, body, rate, duration_s, timeout_s, max_in_flight, connections))
+        return run(coroutine)
     finally:
         if was_enabled:
             gc.enable()

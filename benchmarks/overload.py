@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import math
 import os
 import secrets
@@ -72,6 +71,7 @@ from _load import (
     REPO,
     ServerProcess,
     free_port,
+    run_async,
     send_on_schedule,
     src_env,
     wait_until_answers,
@@ -351,23 +351,6 @@ async def _closed_loop(url: str, connections: int, duration_s: float) -> tuple[f
     return good / elapsed, good, total
 
 
-def _run_async(coroutine: Any) -> Any:
-    """Run on uvloop when installed, with the collector paused (its pauses are not the server's)."""
-    run = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        run = uvloop.run
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        return run(coroutine)
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def open_loop(
     url: str,
     streams: Sequence[Stream],
@@ -382,7 +365,7 @@ def open_loop(
     total = sum(s.rate for s in streams) * duration_s
     if not 0 < total <= 200_000:
         raise ValueError(f"{total:.0f} requests is out of bounds (1..200000)")
-    run: Run = _run_async(
+    run: Run = run_async(
         _open_loop(
             url,
             streams,
@@ -399,7 +382,7 @@ def open_loop(
 
 
 def closed_loop(url: str, connections: int, duration_s: float) -> tuple[float, int, int]:
-    rate, good, total = _run_async(_closed_loop(url, connections, duration_s))
+    rate, good, total = run_async(_closed_loop(url, connections, duration_s))
     return float(rate), int(good), int(total)
 
 
