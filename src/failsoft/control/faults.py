@@ -284,13 +284,15 @@ class FaultRegistry:
         if fault.id not in self._faults:
             return
         for target in targets:
-            if target.killable is not None and fault.kill_due(target.replica, self._clock.now()):
-                pid = target.killable.kill()
-                if pid is not None:
-                    fault.injected += 1
-                    self._emit(
-                        ReplicaKilled(target.model, target.version, target.replica, pid, fault.id)
-                    )
+            if fault.kill_due(target.replica, self._clock.now()):
+                self.kill(fault, target)
+
+    def kill(self, fault: Fault, target: Target) -> None:
+        """SIGKILL the target's process now for ``fault``: counted and told on the bus."""
+        pid = target.killable.kill() if target.killable is not None else None
+        if pid is not None:
+            fault.injected += 1
+            self._emit(ReplicaKilled(target.model, target.version, target.replica, pid, fault.id))
 
 
 class FaultNotFound(FailsoftError):

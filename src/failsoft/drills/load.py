@@ -10,7 +10,6 @@ queued. Answers are checked against the expected outputs of their request.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import random
 import time
@@ -171,12 +170,10 @@ async def run_load(
     clock = time.perf_counter
     outcomes = Outcomes.empty(offsets, priorities, time.time())
     in_flight = 0
-    cycle = itertools.cycle(range(len(requests)))
-    which = [next(cycle) for _ in range(count)]
 
     async def one(index: int, origin: float) -> None:
         nonlocal in_flight
-        request = requests[which[index]]
+        request = requests[index % len(requests)]
         headers = [*base_headers, ("Failsoft-Priority", priorities[index])]
         if tenants and tenant_keys:
             headers.append(("Authorization", f"Bearer {tenant_keys[tenants[index]]}"))

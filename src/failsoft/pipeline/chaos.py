@@ -31,7 +31,7 @@ import numpy as np
 from failsoft.backends.base import Replica
 from failsoft.call import Call
 from failsoft.clock import Clock
-from failsoft.control.faults import Fault, FaultRegistry, Killable, ReplicaKilled
+from failsoft.control.faults import Fault, FaultRegistry, Killable, Target
 from failsoft.errors import DeadlineExceeded, ModelError, UpstreamError
 from failsoft.protocol.types import InferRequest, Tensors
 from failsoft.routing.probes import PROBE_REQUEST_ID
@@ -54,6 +54,8 @@ class ChaosReplica:
         self._registry = registry
         self._clock = clock
         self._rng = rng
+        killable = inner if isinstance(inner, Killable) else None
+        self._target = Target(model, version, inner.name, killable)
 
     def __getattr__(self, attribute: str) -> Any:
         # pid, restarts, base_url, hedgeable, kill...: whatever the wrapped replica has.
@@ -83,7 +85,7 @@ class ChaosReplica:
                 if call.request_id != PROBE_REQUEST_ID and fault.kill_due(
                     self.name, self._clock.now()
                 ):
-                    self._kill(fault, call)
+                    self._registry.kill(fault, self._target)
                 continue
             if self._rng.random() >= spec.probability:
                 continue
@@ -112,12 +114,6 @@ class ChaosReplica:
                 garbage = True
         outputs = await self.inner.infer(request, call)
         return corrupt(outputs) if garbage else outputs
-
-    def _kill(self, fault: Fault, call: Call) -> None:
-        pid = self.inner.kill() if isinstance(self.inner, Killable) else None
-        if pid is not None:
-            fault.injected += 1
-            call.bus.emit(ReplicaKilled(self._model, self._version, self.name, pid, fault.id))
 
     async def _wait(self, seconds: float, call: Call, fault: Fault) -> None:
         remaining = call.deadline - self._clock.now()
