@@ -607,35 +607,30 @@ async def test_a_waiter_joining_a_standing_lane_times_out_after_a_min_rtt() -> N
         assert isinstance(task.exception(), Overloaded)
 
 
+async def assert_a_lane_standing_110_ms_keeps_the_whole_timeout(h: Harness) -> None:
+    h.hold(4)
+    await h.start(DEFAULT)
+    await h.clock.advance(0.06)
+    await h.start(DEFAULT)
+    await h.clock.advance(0.05)
+    late = await h.start(DEFAULT)  # the lane has stood 110 ms
+    await h.clock.advance(0.09)
+    assert not late.done()
+    await h.clock.advance(0.02)
+    assert "(queue timeout)" in await shed_reason(late)
+
+
 async def test_during_a_probe_standing_lanes_keep_the_whole_timeout() -> None:
     h = Harness(0.02, initial_limit=10, min_rtt_interval_s=1.0, min_rtt_jitter=0.0)
     await h.clock.advance(1.01)
     h.saturated_window(0.02)
     assert h.probing()
-    h.hold(4)
-    await h.start(DEFAULT)
-    await h.clock.advance(0.06)
-    await h.start(DEFAULT)
-    await h.clock.advance(0.05)
-    late = await h.start(DEFAULT)  # the lane has stood 110 ms
-    await h.clock.advance(0.09)
-    assert not late.done()
-    await h.clock.advance(0.02)
-    assert "(queue timeout)" in await shed_reason(late)
+    await assert_a_lane_standing_110_ms_keeps_the_whole_timeout(h)
 
 
 async def test_standing_lanes_keep_the_whole_timeout_when_turned_off() -> None:
     h = Harness(0.02, initial_limit=4, queue_timeout_ms=100, standing_timeout_rtts=0)
-    h.hold(4)
-    await h.start(DEFAULT)
-    await h.clock.advance(0.06)
-    await h.start(DEFAULT)
-    await h.clock.advance(0.05)
-    late = await h.start(DEFAULT)  # the lane has stood 110 ms
-    await h.clock.advance(0.09)
-    assert not late.done()
-    await h.clock.advance(0.02)
-    assert "(queue timeout)" in await shed_reason(late)
+    await assert_a_lane_standing_110_ms_keeps_the_whole_timeout(h)
 
 
 async def test_a_full_queue_sheds_a_newcomer_of_no_higher_priority() -> None:
