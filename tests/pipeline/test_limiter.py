@@ -34,6 +34,7 @@ class Harness:
     window and min-RTT probe are done (every call ``probe_rtt``) and forgotten."""
 
     def __init__(self, probe_rtt: float | None = 0.1, seed: int = 7, **options: Any) -> None:
+        options.setdefault("window_min_ms", 0)  # the clock stands still: windows close by count
         self.clock = ManualClock()
         self.events: list[Event] = []
         self.limiter = AdaptiveLimiter(
@@ -189,6 +190,45 @@ async def test_the_slack_absorbs_event_loop_noise_of_a_fast_model() -> None:
     assert h.limiter.limit == 40
 
 
+async def test_the_slack_is_a_floor_not_an_addition_to_the_tolerance() -> None:
+    # min RTT 125 ms: tolerance 1.5 allows 187.5 ms, the 2 ms slack only 127 ms.
+    h = Harness(0.125, initial_limit=40, max_limit=40, smoothing=1.0, rtt_tolerance=1.5)
+    h.saturated_window(0.1875)
+    assert h.limiter.limit == 40
+    h.saturated_window(0.1875 + 0.001)  # within 1.5 x min RTT + 2 ms, but past the larger
+    assert h.limiter.limit == 39
+
+
+async def test_calls_queueing_take_the_limit_below_their_level() -> None:
+    h = Harness(0.125, initial_limit=40, rtt_slack_ms=0)
+    h.saturated_window(0.125)
+    assert h.limiter.limit == 41  # 40 + 0.2 x sqrt(40) = 41.26
+    # A gradient of 0.99 smoothed would only shave 0.08 off 41.26: the limit still leaves 41.
+    h.saturated_window(1.1 * 0.125 / 0.99)
+    assert h.limiter.limit == 40
+
+
+async def test_a_window_also_spans_window_min_ms() -> None:
+    h = Harness(None, initial_limit=10, window_min_ms=100)
+    h.saturated_window(0.01)  # a whole window of calls, in no time
+    assert not h.probing()
+    await h.clock.advance(0.1)
+    admit_now(h.limiter, CRITICAL).release(True, 0.01)
+    assert h.probing()  # the first window closed, and started the first probe
+
+
+async def test_calls_admitted_under_an_earlier_limit_are_no_samples() -> None:
+    h = Harness(initial_limit=10, smoothing=1.0)
+    early = h.hold(5)
+    for _ in range(10):
+        admit_now(h.limiter, CRITICAL).release(True, 0.1)
+    assert h.limiter.limit == 13
+    for permit in early:  # admitted at 10, finishing late: they say nothing about 13
+        permit.release(True, 1.0)
+    h.saturated_window(0.1)
+    assert h.limiter.limit == int(13 + math.sqrt(13))
+
+
 async def test_limit_settles_where_the_rtt_reaches_the_tolerance() -> None:
     # A server with 4 slots of 0.1 s: at n calls in flight each takes 0.1 * max(1, n / 4).
     h = Harness(initial_limit=32, max_limit=64, rtt_tolerance=1.5, rtt_slack_ms=0)
@@ -199,6 +239,38 @@ async def test_limit_settles_where_the_rtt_reaches_the_tolerance() -> None:
         h.saturated_window(0.1 * max(1.0, h.limiter.limit / 4))
         limits.append(h.limiter.limit)
     assert set(limits) <= {6, 7}  # the RTT is 1.5 x the min RTT at 6 in flight
+
+
+def slots_rtt(limit: int, slots: int = 5, service_s: float = 0.1) -> float:
+    """The mean RTT of a server with ``slots`` slots kept full with ``limit`` calls."""
+    return service_s * max(1.0, limit / slots)
+
+
+async def limits_over_time(h: Harness, windows: int, slots: int = 5) -> list[int]:
+    """The limit after each of ``windows`` saturated windows 0.1 s apart (``slots`` slots)."""
+    seen = []
+    for _ in range(windows):
+        h.saturated_window(slots_rtt(h.limiter.limit, slots))
+        seen.append(h.limiter.limit)
+        await h.clock.advance(0.1)
+    return seen
+
+
+async def test_a_limit_that_queues_twice_is_tried_ever_more_rarely() -> None:
+    # 5 slots: a sixth call in flight waits inside the server, for 20 s.
+    held = await limits_over_time(Harness(initial_limit=5, knee_hold_s=1, knee_hold_max_s=8), 200)
+    assert set(held) <= {4, 5, 6}  # 4: min_limit, during a min-RTT probe
+    # Twice (a suspect, then the knee), then after holds of about 1, 2, 4, 8 and 8 s.
+    assert 5 <= held.count(6) <= 9
+    unheld = await limits_over_time(Harness(initial_limit=5, knee_hold_s=0), 200)
+    assert unheld.count(6) > 5 * held.count(6)
+
+
+async def test_a_knee_that_stops_queueing_is_forgotten() -> None:
+    h = Harness(initial_limit=5, knee_hold_s=1, knee_hold_max_s=1)
+    await limits_over_time(h, 50)  # the knee at 6 is known
+    grown = await limits_over_time(h, 50, slots=8)  # the server got 3 more slots
+    assert max(grown) >= 8
 
 
 async def test_one_window_never_more_than_halves_the_limit() -> None:

@@ -23,21 +23,33 @@ min RTT now and then with a *probe*:
   gateways of a fleet do not probe in step.
 
 Between probes, finished calls are grouped into windows of ``max(10, limit)``
-calls: about one round trip of the whole limit when it is saturated, so the
-limit moves once per round trip whatever the request rate. When a window
-closes:
+calls and at least ``window_min_ms`` (100 ms, Envoy's update interval): about
+one round trip of the whole limit when it is saturated, and long enough that
+one event-loop stall among a fast model's calls cannot decide a window. A
+window only counts calls admitted under the limit it judges: whenever the
+limit changes, calls still in flight from before are no samples. When a
+window closes:
 
-- The mean RTT of its successful calls is the *short RTT*, and
-  ``gradient = rtt_tolerance * min RTT / short RTT``.
+- The mean RTT of its successful calls is the *short RTT*. The *tolerated*
+  RTT is ``rtt_tolerance`` times the min RTT or the min RTT plus
+  ``rtt_slack_ms``, whichever is more: the slack covers the gateway's own
+  event-loop noise, which dwarfs a sub-millisecond model's RTT, and the
+  tolerance the noise of a slower one. ``gradient = tolerated / short RTT``.
 - While the gradient is at least 1 (no queueing beyond the tolerance) the
   target is ``limit + sqrt(limit)``, the allowance that lets the limit probe
   upwards, as in Gradient2 and Envoy. Below 1 the target is
   ``limit * max(gradient, 0.5)``, without that allowance: with it, the limit
   would settle well past the point where calls start to queue inside the
   server, where each call admitted beyond the server's own slots only waits
-  there. So the limit settles where the short RTT is about ``rtt_tolerance``
-  times the min RTT, and one noisy window never more than halves the target.
+  there. One noisy window never more than halves the target.
 - ``limit += smoothing * (target - limit)``, clamped to [min_limit, max_limit].
+- A window whose calls queued takes the limit below their level in any case,
+  and the level where they queued twice in a row is the *knee* (see
+  ``knee``): the limit does not grow back into it for ``knee_hold_s``,
+  doubled at each repeat up to ``knee_hold_max_s``. On a server of 4 slots,
+  a fifth call in flight makes a fifth of the calls wait a whole service
+  time while the mean RTT rises by a quarter: without the hold the limit
+  steps into it every few windows, and the p99 doubles.
 - When fewer than half the limit's requests were in flight or waiting during
   the window, the load says nothing about the limit and it stays put
   (Gradient2's "app limited" rule).
@@ -101,6 +113,7 @@ from failsoft.clock import Clock
 from failsoft.errors import Overloaded
 from failsoft.observe.events import Event
 from failsoft.pipeline.admission_queue import ORDER, AdmissionQueue, Priority, TenantKey, Waiter
+from failsoft.pipeline.knee import BELOW, Knee
 
 __all__ = [
     "AdaptiveLimiter",
@@ -154,7 +167,8 @@ class LimiterOptions(StrictModel):
         Field(
             ge=1,
             allow_inf_nan=False,
-            description="the limit comes down once the RTT exceeds this times the min RTT",
+            description="the limit comes down once the RTT exceeds this times the min RTT "
+            "(or the min RTT plus rtt_slack_ms, if that is more)",
         ),
     ] = 1.1
     rtt_slack_ms: Annotated[
@@ -163,10 +177,20 @@ class LimiterOptions(StrictModel):
             ge=0,
             le=60_000,
             allow_inf_nan=False,
-            description="added to the tolerated RTT: the gateway's own event-loop noise, "
-            "which for a sub-millisecond model is larger than any rtt_tolerance",
+            description="the least RTT increase tolerated: the gateway's own event-loop "
+            "noise, which for a sub-millisecond model is larger than any rtt_tolerance",
         ),
     ] = 2.0
+    window_min_ms: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=60_000,
+            allow_inf_nan=False,
+            description="a window of calls also spans at least this long, so that one "
+            "event-loop stall among a fast model's calls cannot decide it",
+        ),
+    ] = 100.0
     long_window: Annotated[
         int,
         Field(
@@ -193,6 +217,20 @@ class LimiterOptions(StrictModel):
             description="each interval is stretched by a random part of it, up to this share",
         ),
     ] = 0.5
+    knee_hold_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=3600,
+            allow_inf_nan=False,
+            description="after calls queued at a limit, seconds before the limit may grow "
+            "back to it; doubled each time it queues there again (0: no hold)",
+        ),
+    ] = 1.0
+    knee_hold_max_s: Annotated[
+        float,
+        Field(ge=0, le=3600, allow_inf_nan=False, description="the longest knee hold"),
+    ] = 16.0
     min_rtt_samples: Annotated[
         int,
         Field(ge=1, le=10_000, description="successful calls a min-RTT probe takes the median of"),
@@ -262,6 +300,7 @@ class _Gradient:
         "_drops",
         "_interval_s",
         "_jitter",
+        "_knee",
         "_max",
         "_min",
         "_next_probe_at",
@@ -274,7 +313,9 @@ class _Gradient:
         "_slack_s",
         "_smoothing",
         "_tolerance",
+        "_window_min_s",
         "_window_size",
+        "_window_start",
         "epoch",
         "estimate",
         "min_rtt",
@@ -293,16 +334,20 @@ class _Gradient:
         self._interval_s = options.min_rtt_interval_s
         self._jitter = options.min_rtt_jitter
         self._probe_size = options.min_rtt_samples
+        self._knee = Knee(clock, options.knee_hold_s, options.knee_hold_max_s)
         self.estimate = float(options.initial_limit)
         self.short_rtt = 0.0
         self.min_rtt = 0.0
         self._next_probe_at = -math.inf  # the first window starts the first probe
         self._probe_rtts: list[float] = []
+        self._window_min_s = options.window_min_ms / 1000.0
         self._window_size = max(_MIN_WINDOW, options.initial_limit)
+        self._window_start = clock.now()
         self._samples = self._ok = self._drops = self._demand = 0
         self._rtt_sum = 0.0
-        # A permit carries the epoch it was admitted in: only calls admitted
-        # during the current probe are probe samples.
+        # A permit carries the epoch it was admitted in, and the epoch moves on
+        # whenever the limit does: a window or a probe only judges calls that
+        # were admitted under the limit it is judging.
         self.epoch = 0
         self.probing = False
 
@@ -312,9 +357,11 @@ class _Gradient:
 
     def add(self, ok: bool, rtt_s: float, demand: int, epoch: int) -> bool:
         """Count one finished call admitted in ``epoch``; True when the limit may have moved."""
+        if epoch != self.epoch:
+            return False
         usable = ok and 0.0 <= rtt_s < math.inf
         if self.probing:
-            if usable and epoch == self.epoch:
+            if usable:
                 self._probe_rtts.append(rtt_s)
                 if len(self._probe_rtts) >= self._probe_size:
                     self._end_probe()
@@ -328,11 +375,16 @@ class _Gradient:
         self._samples += 1
         if demand > self._demand:
             self._demand = demand
-        if self._samples < self._window_size:
+        if (
+            self._samples < self._window_size
+            or self._clock.now() - self._window_start < self._window_min_s
+        ):
             return False
+        before = self.limit
         self._close_window()
         if self._clock.now() >= self._next_probe_at:
             self.probing = True
+        if self.probing or self.limit != before:
             self.epoch += 1
         return True
 
@@ -348,23 +400,30 @@ class _Gradient:
         self._new_window()
 
     def _toward(self, estimate: float, short: float) -> float:
-        gradient = (self._tolerance * self.min_rtt + self._slack_s) / short
-        if gradient >= 1.0:
-            target = estimate + math.sqrt(estimate)
-        else:
+        tolerated = max(self._tolerance * self.min_rtt, self.min_rtt + self._slack_s)
+        gradient = tolerated / short
+        level = int(estimate)
+        if gradient < 1.0:
+            if level > self._min:  # nothing to hold the limit below
+                self._knee.queued(level)
             target = estimate * max(gradient, _MIN_GRADIENT)
-        return estimate + self._smoothing * (target - estimate)
+            return min(estimate + self._smoothing * (target - estimate), level - BELOW)
+        self._knee.passed(level)
+        grown = estimate + self._smoothing * math.sqrt(estimate)
+        return max(estimate, min(grown, self._knee.ceiling()))
 
     def _end_probe(self) -> None:
         self.min_rtt = max(statistics.median(self._probe_rtts), _MIN_RTT_S)
         self._probe_rtts.clear()
         self.probing = False
+        self.epoch += 1
         stretch = 1.0 + self._jitter * self._rng.random()
         self._next_probe_at = self._clock.now() + self._interval_s * stretch
         self._new_window()
 
     def _new_window(self) -> None:
         self._window_size = max(_MIN_WINDOW, self.limit)
+        self._window_start = self._clock.now()
         self._samples = self._ok = self._drops = self._demand = 0
         self._rtt_sum = 0.0
 
