@@ -12,7 +12,13 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from failsoft.backends.local import FAST_STREAK, INLINE_BELOW_S, InProcessReplica
+from failsoft.backends.local import (
+    FAST_STREAK,
+    INLINE_BELOW_S,
+    LEAVE_AT_ONCE_S,
+    SLOW_STREAK,
+    InProcessReplica,
+)
 from failsoft.backends.onnx import load_onnx
 from failsoft.backends.python import load_python
 from failsoft.backends.sklearn import load_sklearn
@@ -25,6 +31,7 @@ from failsoft.protocol.types import InferRequest, Tensors
 FEATURES = [TensorSpec(name="features", datatype="FP32", shape=[-1, 4])]
 LABEL = [TensorSpec(name="label", datatype="INT64", shape=[-1])]
 ROW = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+REQUEST = InferRequest({"features": ROW})
 
 
 class StepClock:
@@ -47,20 +54,54 @@ def identity(inputs: Tensors) -> Tensors:
     return {"label": np.zeros(len(inputs["features"]), dtype=np.int64)}
 
 
-async def test_auto_mode_goes_inline_after_a_fast_streak_and_back_on_a_slow_call() -> None:
-    clock = StepClock()
+async def inline_replica(clock: StepClock) -> InProcessReplica:
+    """An auto-mode replica that has gone inline after a streak of fast calls."""
     replica = InProcessReplica("r0", lambda: identity, "auto", clock, clock)
     await replica.start()
-    request = InferRequest({"features": ROW})
+    clock.step = INLINE_BELOW_S / 4  # a call lasts one step: a quarter of the line
+    for _ in range(FAST_STREAK - 1):
+        await replica.infer(REQUEST, call())
+    assert not replica.inline
+    await replica.infer(REQUEST, call())
+    assert replica.inline
+    return replica
+
+
+async def test_auto_mode_goes_inline_after_a_fast_streak_and_back_after_slow_ones() -> None:
+    clock = StepClock()
+    replica = await inline_replica(clock)
     try:
-        clock.step = INLINE_BELOW_S / 2 / 2  # two clock reads per call
-        for _ in range(FAST_STREAK - 1):
-            await replica.infer(request, call())
+        clock.step = 2 * INLINE_BELOW_S  # calls of twice the line
+        for _ in range(SLOW_STREAK - 1):
+            await replica.infer(REQUEST, call())
+            assert replica.inline  # a preempted call or two: stay
+        await replica.infer(REQUEST, call())
         assert not replica.inline
-        await replica.infer(request, call())
+    finally:
+        await replica.close()
+
+
+async def test_a_fast_call_between_slow_ones_keeps_the_replica_inline() -> None:
+    clock = StepClock()
+    replica = await inline_replica(clock)
+    try:
+        for _ in range(3):
+            clock.step = 2 * INLINE_BELOW_S
+            for _ in range(SLOW_STREAK - 1):
+                await replica.infer(REQUEST, call())
+            clock.step = INLINE_BELOW_S / 4
+            await replica.infer(REQUEST, call())
         assert replica.inline
-        clock.step = INLINE_BELOW_S  # one call of 2x the limit
-        await replica.infer(request, call())
+    finally:
+        await replica.close()
+
+
+async def test_one_call_that_stalls_the_loop_leaves_it_at_once() -> None:
+    clock = StepClock()
+    replica = await inline_replica(clock)
+    try:
+        clock.step = 2 * LEAVE_AT_ONCE_S  # one call of 2x the stall that leaves at once
+        await replica.infer(REQUEST, call())
         assert not replica.inline
     finally:
         await replica.close()

@@ -6,8 +6,12 @@ parallel (onnxruntime and numpy release the GIL). But handing a call to a
 thread costs more than a fast model does: for the iris ONNX model (tens of
 microseconds) the hop and the GIL hand-offs it causes cut throughput by more
 than half (benchmarks/serve.py). So in ``auto`` mode a replica whose recent
-calls were all fast runs them inline on the loop, and goes back to its
-thread the moment one call is slow.
+calls were all fast runs them inline on the loop. It goes back to its thread
+after ``SLOW_STREAK`` slow calls in a row, or at once after one call so slow
+that it stalled the loop for real (``LEAVE_AT_ONCE_S``). One call merely over
+the line is not enough: on a busy machine the OS preempts the gateway now and
+then mid-call, and a replica that left the loop for 200 calls each time spent
+an eighth of its calls on the thread (96 moves in 24 s of benchmarks/serve.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ Execution = Literal["auto", "thread", "inline"]
 
 INLINE_BELOW_S = 0.0005  # a call this short stalls the loop less than decoding a big request
 FAST_STREAK = 200  # consecutive fast threaded calls before auto mode goes inline
+SLOW_STREAK = 3  # consecutive slow inline calls before auto mode leaves the loop
+LEAVE_AT_ONCE_S = 10 * INLINE_BELOW_S  # an inline call this slow leaves the loop by itself
 
 
 class InProcessReplica:
@@ -56,6 +62,7 @@ class InProcessReplica:
         self._executor: ThreadPoolExecutor | None = None
         self._inline = execution == "inline"
         self._fast_streak = 0
+        self._slow_streak = 0
 
     @property
     def available(self) -> bool:
@@ -103,18 +110,23 @@ class InProcessReplica:
         return outputs
 
     def _adapt(self, seconds: float) -> None:
-        if seconds > INLINE_BELOW_S:
-            self._fast_streak = 0
-            if self._inline:
-                self._inline = False
-                log.info(
-                    "slow model call: moving calls to the replica thread",
-                    extra={"replica": self.name, "ms": round(seconds * 1000, 3)},
-                )
-        elif not self._inline:
-            self._fast_streak += 1
-            if self._fast_streak >= FAST_STREAK:
-                self._inline = True
+        if seconds <= INLINE_BELOW_S:
+            self._slow_streak = 0
+            if not self._inline:
+                self._fast_streak += 1
+                self._inline = self._fast_streak >= FAST_STREAK
+            return
+        self._fast_streak = 0
+        if not self._inline:
+            return
+        self._slow_streak += 1
+        if self._slow_streak >= SLOW_STREAK or seconds >= LEAVE_AT_ONCE_S:
+            self._inline = False
+            self._slow_streak = 0
+            log.info(
+                "slow model calls: moving calls to the replica thread",
+                extra={"replica": self.name, "ms": round(seconds * 1000, 3)},
+            )
 
     @staticmethod
     def _timed(
