@@ -908,6 +908,9 @@ async def test_retry_after_uses_the_short_rtt_within_bounds(
         {"min_rtt_samples": 0},
         {"standing_timeout_rtts": -1},
         {"standing_timeout_rtts": math.nan},
+        {"window_min_ms": -1},
+        {"knee_hold_s": -1},
+        {"knee_hold_s": 4, "knee_hold_max_s": 2},
         {"queue_limit": 10},
     ],
 )

@@ -44,7 +44,7 @@ class Knee:
     def __init__(self, clock: Clock, hold_s: float, max_hold_s: float) -> None:
         self._clock = clock
         self._start_hold_s = hold_s
-        self._max_hold_s = max(max_hold_s, hold_s)
+        self._max_hold_s = max_hold_s
         self._hold_s = 0.0
         self._until = -math.inf
         self._level = 0  # the knee; 0: none known

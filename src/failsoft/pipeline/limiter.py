@@ -269,6 +269,11 @@ class LimiterOptions(StrictModel):
                 f"initial_limit ({self.initial_limit}) must be within "
                 f"[min_limit, max_limit] ([{self.min_limit}, {self.max_limit}])"
             )
+        if self.knee_hold_max_s < self.knee_hold_s:
+            raise ValueError(
+                f"knee_hold_max_s ({self.knee_hold_max_s}) must be >= "
+                f"knee_hold_s ({self.knee_hold_s})"
+            )
         if self.sheddable_share > self.default_share:
             raise ValueError(
                 f"sheddable_share ({self.sheddable_share}) must be <= "
