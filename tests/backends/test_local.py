@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import joblib
@@ -54,57 +55,56 @@ def identity(inputs: Tensors) -> Tensors:
     return {"label": np.zeros(len(inputs["features"]), dtype=np.int64)}
 
 
-async def inline_replica(clock: StepClock) -> InProcessReplica:
-    """An auto-mode replica that has gone inline after a streak of fast calls."""
+@pytest.fixture
+async def inline() -> AsyncIterator[tuple[InProcessReplica, StepClock]]:
+    """An auto-mode replica that has gone inline after a streak of fast calls, and its clock."""
+    clock = StepClock()
     replica = InProcessReplica("r0", lambda: identity, "auto", clock, clock)
     await replica.start()
-    clock.step = INLINE_BELOW_S / 4  # a call lasts one step: a quarter of the line
-    for _ in range(FAST_STREAK - 1):
-        await replica.infer(REQUEST, call())
-    assert not replica.inline
-    await replica.infer(REQUEST, call())
-    assert replica.inline
-    return replica
-
-
-async def test_auto_mode_goes_inline_after_a_fast_streak_and_back_after_slow_ones() -> None:
-    clock = StepClock()
-    replica = await inline_replica(clock)
     try:
-        clock.step = 2 * INLINE_BELOW_S  # calls of twice the line
+        clock.step = INLINE_BELOW_S / 4  # a call lasts one step: a quarter of the line
+        for _ in range(FAST_STREAK - 1):
+            await replica.infer(REQUEST, call())
+        assert not replica.inline
+        await replica.infer(REQUEST, call())
+        assert replica.inline
+        yield replica, clock
+    finally:
+        await replica.close()
+
+
+async def test_auto_mode_goes_inline_after_a_fast_streak_and_back_after_slow_ones(
+    inline: tuple[InProcessReplica, StepClock],
+) -> None:
+    replica, clock = inline
+    clock.step = 2 * INLINE_BELOW_S  # calls of twice the line
+    for _ in range(SLOW_STREAK - 1):
+        await replica.infer(REQUEST, call())
+        assert replica.inline  # a preempted call or two: stay
+    await replica.infer(REQUEST, call())
+    assert not replica.inline
+
+
+async def test_a_fast_call_between_slow_ones_keeps_the_replica_inline(
+    inline: tuple[InProcessReplica, StepClock],
+) -> None:
+    replica, clock = inline
+    for _ in range(3):
+        clock.step = 2 * INLINE_BELOW_S
         for _ in range(SLOW_STREAK - 1):
             await replica.infer(REQUEST, call())
-            assert replica.inline  # a preempted call or two: stay
+        clock.step = INLINE_BELOW_S / 4
         await replica.infer(REQUEST, call())
-        assert not replica.inline
-    finally:
-        await replica.close()
+    assert replica.inline
 
 
-async def test_a_fast_call_between_slow_ones_keeps_the_replica_inline() -> None:
-    clock = StepClock()
-    replica = await inline_replica(clock)
-    try:
-        for _ in range(3):
-            clock.step = 2 * INLINE_BELOW_S
-            for _ in range(SLOW_STREAK - 1):
-                await replica.infer(REQUEST, call())
-            clock.step = INLINE_BELOW_S / 4
-            await replica.infer(REQUEST, call())
-        assert replica.inline
-    finally:
-        await replica.close()
-
-
-async def test_one_call_that_stalls_the_loop_leaves_it_at_once() -> None:
-    clock = StepClock()
-    replica = await inline_replica(clock)
-    try:
-        clock.step = 2 * LEAVE_AT_ONCE_S  # one call of 2x the stall that leaves at once
-        await replica.infer(REQUEST, call())
-        assert not replica.inline
-    finally:
-        await replica.close()
+async def test_one_call_that_stalls_the_loop_leaves_it_at_once(
+    inline: tuple[InProcessReplica, StepClock],
+) -> None:
+    replica, clock = inline
+    clock.step = 2 * LEAVE_AT_ONCE_S  # one call of 2x the stall that leaves at once
+    await replica.infer(REQUEST, call())
+    assert not replica.inline
 
 
 async def test_thread_mode_never_goes_inline() -> None:
