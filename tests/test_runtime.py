@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from failsoft.call import Call
-from failsoft.clock import ManualClock
+from failsoft.clock import ManualClock, SystemClock
 from failsoft.config import parse_config
 from failsoft.errors import BadRequest, ModelError, NotFound
 from failsoft.observe.events import Event, EventBus
@@ -75,7 +75,7 @@ class Gateway:
     async def serve(self, x: np.ndarray = X, name: str = "m", at: str | None = None) -> Served:
         served_model = self.runtime.model(name)
         version = at or served_model.config.default
-        call = Call("req", name, version, time.monotonic() + 30.0, self.runtime.bus)
+        call = Call("req", name, version, time.monotonic() + 30.0, self.runtime.bus, SystemClock())
         return await served_model.serve(InferRequest({"x": x}), call, at)
 
     def of(self, kind: type[Event]) -> list[Any]:

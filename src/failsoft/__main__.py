@@ -1,3 +1,4 @@
 from failsoft.cli import main
 
-main()
+if __name__ == "__main__":  # a spawned helper process imports this module too
+    main()

@@ -25,6 +25,7 @@ from pydantic import (
 from failsoft._options import StrictModel, validation_problems
 from failsoft.control.faults import ChaosOptions
 from failsoft.control.tenants import TenantConfig
+from failsoft.pipeline.attribution import AttributionOptions
 from failsoft.pipeline.breaker import BreakerOptions
 from failsoft.pipeline.bulkhead import BulkheadOptions
 from failsoft.pipeline.cache import CacheOptions
@@ -33,29 +34,15 @@ from failsoft.pipeline.hedge import HedgeOptions
 from failsoft.pipeline.limiter import LimiterOptions
 from failsoft.pipeline.retry import RetryOptions
 from failsoft.pipeline.throttle import ThrottleOptions
-from failsoft.protocol.datatypes import DATATYPES
+from failsoft.protocol.spec import Datatype, TensorSpec
 from failsoft.routing.balancer import BalancerOptions
 from failsoft.routing.ejection import EjectionOptions
 from failsoft.routing.probes import HealthCheckOptions
 
+__all__ = ["Config", "ConfigError", "Datatype", "ModelConfig", "ServerConfig", "TensorSpec"]
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
-Datatype = Literal[
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-]
-assert set(Datatype.__args__) == set(DATATYPES)  # type: ignore[attr-defined]
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -70,41 +57,6 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
 
 _Strict = StrictModel
-
-
-_FLOAT_TYPES = ("FP16", "FP32", "FP64")
-_LABEL_TYPES = tuple(datatype for datatype in DATATYPES if datatype not in _FLOAT_TYPES)
-
-
-class TensorSpec(_Strict):
-    """A declared input or output: its name, V2 datatype and shape (-1: any size).
-
-    The optional value contract (``range``, ``labels``, ``allow_nan``) is
-    checked on every request (a violation is a 400) and every answer (a
-    violation is a model failure, retried or fallen back, never returned).
-    """
-
-    name: Annotated[str, Field(min_length=1, max_length=256)]
-    datatype: Datatype
-    shape: list[Annotated[int, Field(ge=-1)]]
-    range: tuple[float, float] | None = None
-    labels: Annotated[list[int | str], Field(min_length=1, max_length=100_000)] | None = None
-    allow_nan: bool = False
-
-    @model_validator(mode="after")
-    def _contract_fits_datatype(self) -> TensorSpec:
-        if self.range is not None:
-            if self.datatype in ("BYTES", "BOOL"):
-                raise ValueError(f"range does not apply to {self.datatype}")
-            if self.range[0] > self.range[1]:
-                raise ValueError(f"range minimum {self.range[0]} is above its maximum")
-        if self.labels is not None and self.datatype not in _LABEL_TYPES:
-            raise ValueError(
-                f"labels apply to integer, BOOL and BYTES tensors, not {self.datatype}"
-            )
-        if self.allow_nan and self.datatype not in _FLOAT_TYPES:
-            raise ValueError("allow_nan applies to FP16, FP32 and FP64 tensors only")
-        return self
 
 
 class ServerConfig(_Strict):
@@ -244,6 +196,7 @@ class ModelConfig(_Strict):
     limiter: LimiterOptions = Field(default_factory=LimiterOptions)
     bulkhead: BulkheadOptions = Field(default_factory=BulkheadOptions)
     throttle: ThrottleOptions = Field(default_factory=ThrottleOptions)
+    attribution: AttributionOptions = Field(default_factory=AttributionOptions)
     fallback: Annotated[list[FallbackTier], Field(max_length=16)] = Field(default_factory=list)
 
     @property

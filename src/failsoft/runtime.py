@@ -23,27 +23,19 @@ from failsoft.control.faults import FaultRegistry, Killable, Target
 from failsoft.data.contracts import ModelContract
 from failsoft.errors import FailsoftError, FailureClass, NotFound
 from failsoft.observe.events import EventBus
-from failsoft.pipeline.cache import ResponseCache, input_digest
+from failsoft.pipeline.cache import CacheKey, ResponseCache, request_digest
 from failsoft.pipeline.chaos import ChaosReplica
-from failsoft.pipeline.fallback import (
-    FallbackTierFailed,
-    FallbackUsed,
-    ModelTier,
-    PythonTier,
-    StaleCacheTier,
-    StaticTier,
-    VersionTier,
-    load_heuristic,
-    run_heuristic,
-    static_outputs,
-    tier_name,
-)
+from failsoft.pipeline.fallback import FallbackChain, Infer, StaleCacheTier
 from failsoft.pipeline.limiter import AdaptiveLimiter
 from failsoft.pipeline.version import ResilienceOptions, VersionPipeline
 from failsoft.protocol.types import InferRequest, Tensors
 from failsoft.routing.probes import Prober, golden_request
 
 log = logging.getLogger("failsoft.runtime")
+
+# A failure of these classes goes down the fallback chain; a client that spent its
+# own deadline, or sent data the contract refuses, gets its error.
+_FALLBACK_CLASSES = frozenset({FailureClass.REPLICA, FailureClass.REQUEST, FailureClass.OVERLOAD})
 
 
 @dataclass(slots=True)
@@ -67,6 +59,7 @@ def resilience_options(config: ModelConfig) -> ResilienceOptions:
         per_try_timeout_s=per_try / 1000 if per_try is not None else None,
         bulkhead=config.bulkhead,
         throttle=config.throttle,
+        attribution=config.attribution,
     )
 
 
@@ -77,7 +70,6 @@ class ModelRuntime:
         self.name = name
         self.config = config
         self.contract = ModelContract(config.inputs, config.outputs, config.max_batch_size)
-        self._runtime = runtime
         self.built: dict[str, BuiltReplicas] = {}
         self.versions: dict[str, VersionPipeline] = {}
         self.probers: list[Prober] = []
@@ -97,19 +89,25 @@ class ModelRuntime:
             self.built[version] = built
             self.versions[version] = pipeline
             self.probers.append(
-                Prober(pipeline, config.health_check, self.contract, golden, runtime.bus, clock)
+                Prober(
+                    pipeline, config.health_check, self.contract, golden, runtime.bus, clock, rng
+                )
             )
-        self._stale = any(isinstance(tier, StaleCacheTier) for tier in config.fallback)
+        output_types = {spec.name: spec.datatype for spec in config.outputs}
         # Stale-if-error needs answers stored even when fresh hits are not served.
-        store = config.cache.model_copy(update={"enabled": True}) if self._stale else config.cache
+        stale = any(isinstance(tier, StaleCacheTier) for tier in config.fallback)
+        store = config.cache.model_copy(update={"enabled": True}) if stale else config.cache
         self.cache = ResponseCache(store, clock)
-        self._caching = config.cache.enabled or self._stale
-        self._heuristics = {
-            index: load_heuristic(tier)
-            for index, tier in enumerate(config.fallback)
-            if isinstance(tier, PythonTier)
-        }
-        self._output_types = {spec.name: spec.datatype for spec in config.outputs}
+        self.fallback = FallbackChain(
+            name,
+            config.fallback,
+            self.contract,
+            output_types,
+            self.cache,
+            runtime.resolve,
+            runtime.bus,
+        )
+        self._caching = config.cache.enabled or stale
         self.limiter = AdaptiveLimiter(config.limiter, clock, runtime.bus.emit, name, rng)
 
     def version(self, name: str | None) -> VersionPipeline:
@@ -129,7 +127,7 @@ class ModelRuntime:
     async def serve(self, request: InferRequest, call: Call, version_name: str | None) -> Served:
         pipeline = self.version(version_name)
         version = pipeline.version
-        key = (self.name, version, input_digest(request.inputs)) if self._caching else None
+        key = (self.name, version, request_digest(request)) if self._caching else None
         if key is not None and self.config.cache.enabled:
             cached = self.cache.get_fresh(key)
             if cached is not None:
@@ -137,9 +135,13 @@ class ModelRuntime:
         try:
             outputs, replica = await pipeline.infer(request, call)
         except FailsoftError as error:
-            if error.failure_class is FailureClass.DATA or not self.config.fallback:
+            if error.failure_class not in _FALLBACK_CLASSES or not self.fallback:
                 raise
-            return await self._fall_back(request, call, version, error, key)
+            sample = call.sample  # the limiter judges the model's own call, not the fallback's
+            try:
+                return await self._fall_back(request, call, version, error, key)
+            finally:
+                call.sample = sample
         if key is not None:
             self.cache.put(key, outputs)
         return Served(outputs, version, f"{self.name}/{version}/{replica.name}", False)
@@ -152,7 +154,8 @@ class ModelRuntime:
         model's replicas must not see this request.
         """
         version = self.version(call.version).version
-        key = (self.name, version, input_digest(request.inputs)) if self._stale else None
+        stale = self.fallback.uses_stale_cache
+        key = (self.name, version, request_digest(request)) if stale else None
         return await self._fall_back(request, call, version, error, key, local_only=True)
 
     async def _fall_back(
@@ -161,58 +164,16 @@ class ModelRuntime:
         call: Call,
         version: str,
         error: FailsoftError,
-        key: tuple[str, str, bytes] | None,
+        key: CacheKey | None,
         *,
         local_only: bool = False,
     ) -> Served:
-        bus = self._runtime.bus
-        for index, tier in enumerate(self.config.fallback):
-            if local_only and isinstance(tier, VersionTier | ModelTier):
-                continue
-            name = tier_name(tier)
-            try:
-                outputs = await self._run_tier(index, tier, request, call, version, key)
-            except FailsoftError as failure:
-                bus.emit(FallbackTierFailed(self.name, name, failure.message))
-                continue
-            if outputs is None:
-                continue
-            bus.emit(FallbackUsed(self.name, version, name, error.message))
-            # The answer's model_version says which version answered, when one did.
-            answered = tier.version if isinstance(tier, VersionTier) else version
-            return Served(outputs, answered, f"{self.name}/{version}/fallback:{name}", True)
-        raise error
-
-    async def _run_tier(
-        self,
-        index: int,
-        tier: object,
-        request: InferRequest,
-        call: Call,
-        version: str,
-        key: tuple[str, str, bytes] | None,
-    ) -> Tensors | None:
-        if isinstance(tier, VersionTier):
-            if tier.version == version:
-                return None
-            outputs, _ = await self.versions[tier.version].infer(request, call)
-            return outputs
-        if isinstance(tier, ModelTier):
-            other = self._runtime.model(tier.model)
-            outputs, _ = await other.version(tier.version).infer(request, call)
-            return self.contract.check_outputs(outputs)
-        if isinstance(tier, PythonTier):
-            return self.contract.check_outputs(
-                run_heuristic(self._heuristics[index], request.inputs)
-            )
-        if isinstance(tier, StaticTier):
-            rows = len(next(iter(request.inputs.values()))) if request.inputs else 1
-            outputs = static_outputs(tier.static, self._output_types, rows)
-            return self.contract.check_outputs(outputs)
-        if isinstance(tier, StaleCacheTier) and key is not None:
-            found = self.cache.get_stale(key)
-            return found[0] if found is not None else None
-        return None
+        found = await self.fallback.answer(
+            request, call, version, error, key, local_only=local_only
+        )
+        return Served(
+            found.outputs, found.version, f"{self.name}/{version}/fallback:{found.tier}", True
+        )
 
     async def start(self) -> None:
         await _all(pipeline.start() for pipeline in self.versions.values())
@@ -256,10 +217,20 @@ class Runtime:
             for replica in pipeline.replicas
         ]
 
+    def resolve(self, model: str, version: str | None) -> Infer:
+        """A fallback tier's way into another version or model (looked up at call time)."""
+
+        async def infer(request: InferRequest, call: Call) -> Tensors:
+            outputs, _ = await self.model(model).version(version).infer(request, call)
+            return outputs
+
+        return infer
+
     def model(self, name: str) -> ModelRuntime:
         found = self.models.get(name)
         if found is None:
-            raise NotFound(f"unknown model {name!r} (models: {sorted(self.models)})")
+            # No list of the models: the caller may not be entitled to know them.
+            raise NotFound(f"unknown model {name!r}")
         return found
 
     async def start(self) -> None:

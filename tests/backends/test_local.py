@@ -24,6 +24,7 @@ from failsoft.backends.onnx import load_onnx
 from failsoft.backends.python import load_python
 from failsoft.backends.sklearn import load_sklearn
 from failsoft.call import Call
+from failsoft.clock import SystemClock
 from failsoft.config import OnnxBackend, PythonBackend, SklearnBackend, TensorSpec
 from failsoft.errors import BackendLoadError, DeadlineExceeded, ModelError
 from failsoft.observe.events import EventBus
@@ -48,7 +49,7 @@ class StepClock:
 
 
 def call(seconds: float = 10.0) -> Call:
-    return Call("test", "m", "v1", time.monotonic() + seconds, EventBus())
+    return Call("test", "m", "v1", time.monotonic() + seconds, EventBus(), SystemClock())
 
 
 def identity(inputs: Tensors) -> Tensors:

@@ -4,7 +4,6 @@ import asyncio
 import base64
 import hashlib
 import math
-import typing
 from typing import Any
 
 import pytest
@@ -15,8 +14,6 @@ from pydantic import ValidationError
 
 from failsoft.clock import ManualClock
 from failsoft.control.tenants import (
-    PRIORITIES,
-    Priority,
     Tenant,
     TenantConfig,
     Tenants,
@@ -85,10 +82,6 @@ def test_key_digest_is_the_hex_sha256_of_the_utf8_bytes() -> None:
 
 
 # --- config --------------------------------------------------------------------------
-
-
-def test_priorities_match_the_priority_type() -> None:
-    assert typing.get_args(Priority) == PRIORITIES
 
 
 def test_config_defaults() -> None:

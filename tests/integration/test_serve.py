@@ -180,7 +180,7 @@ def infer_body(
             "/v2/models/broken/infer",
             infer_body([1, 2, 3, 4], [1, 4]),
             500,
-            "this model always fails",
+            "the model failed on this request (request id ",
         ),
     ],
 )
@@ -191,6 +191,7 @@ def test_errors_are_json_with_the_right_status(
     assert answer.status_code == status, answer.text
     assert message in answer.json()["error"]
     assert "Traceback" not in answer.text
+    assert "always fails" not in answer.text  # a model's exception text stays in the log
 
 
 def test_malformed_and_oversized_bodies(server: ServerProcess) -> None:
@@ -224,7 +225,7 @@ def test_metrics_count_requests_and_failures(server: ServerProcess) -> None:
         http.post("/v2/models/broken/infer", json=infer_body([5.1, 3.5, 1.4, 0.2], [1, 4]))
         text = http.get("/metrics").text
     assert 'failsoft_requests_total{code="200",model="iris",version="v1"}' in text
-    assert 'failsoft_request_failures_total{class="logic",model="broken",version="v1"}' in text
+    assert 'failsoft_request_failures_total{class="replica",model="broken",version="v1"}' in text
     assert "failsoft_request_duration_seconds_bucket" in text
 
 
@@ -234,12 +235,19 @@ def test_error_logs_are_json_with_the_request_id(server: ServerProcess) -> None:
         json=infer_body([5.1, 3.5, 1.4, 0.2], [1, 4]),
         headers={"X-Request-Id": "trace-me"},
     )
-    line = server.wait_for(
-        lambda line: line.get("request_id") == "trace-me" and line["msg"] == "inference failed",
+    raised = server.wait_for(
+        lambda line: line.get("request_id") == "trace-me" and line["msg"] == "model raised",
         timeout=10,
     )
-    assert line["level"] == "warning"
-    assert line["class"] == "logic"
+    assert "this model always fails" in raised["error"]
+    # Failed requests are folded into one line per model per second, with their counts.
+    folded = server.wait_for(
+        lambda line: line["msg"] == "inference failed" and line.get("model") == "broken",
+        timeout=10,
+    )
+    assert folded["level"] == "warning"
+    assert folded["counts"]["500 replica"] >= 1
+    assert folded["last_request_id"]
 
 
 def test_admin_requires_the_token(server: ServerProcess) -> None:

@@ -36,7 +36,7 @@ def test_state_changes_are_kept_in_order_with_their_fields_and_time() -> None:
 
 def test_per_request_events_are_not_kept() -> None:
     recent = RecentEvents(wall=Wall())
-    recent.observe(RequestFinished("iris", "v1", 502, FailureClass.INFRA, 0.01))
+    recent.observe(RequestFinished("iris", "v1", 502, FailureClass.REPLICA, 0.01))
     assert recent.snapshot()["events"] == []
 
 

@@ -71,7 +71,7 @@ class Gateway:
 
     async def serve(self, timeout_s: float = 30.0) -> asyncio.Task[Served]:
         """Start a request and let it run until it waits (for the clock) or ends."""
-        call = Call("req", "m", "v1", self.clock.now() + timeout_s, self.runtime.bus)
+        call = Call("req", "m", "v1", self.clock.now() + timeout_s, self.runtime.bus, self.clock)
         model = self.runtime.model("m")
         task = asyncio.ensure_future(model.serve(InferRequest({"x": X}), call, None))
         await yield_to(task)

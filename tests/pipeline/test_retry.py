@@ -37,12 +37,18 @@ def withdraw_all(budget: RetryBudget, limit: int = 10_000) -> int:
 def test_option_defaults() -> None:
     options = RetryOptions()
     assert options.max_attempts == 3
-    assert options.retry_on == {FailureClass.INFRA, FailureClass.LOGIC}
+    assert options.retry_on == {FailureClass.REPLICA}
 
 
-def test_retry_on_accepts_class_names() -> None:
-    options = RetryOptions.model_validate({"retry_on": ["infra"]})
-    assert options.retry_on == frozenset({FailureClass.INFRA})
+def test_retry_on_takes_the_names_of_earlier_releases() -> None:
+    options = RetryOptions.model_validate({"retry_on": ["infra", "logic"]})
+    assert options.retry_on == frozenset({FailureClass.REPLICA})
+    assert RetryOptions.model_validate({"retry_on": []}).retry_on == frozenset()
+
+
+def test_only_replica_failures_can_be_retried() -> None:
+    with pytest.raises(ValidationError, match="only replica failures can be retried"):
+        RetryOptions.model_validate({"retry_on": ["replica", "request"]})
 
 
 @pytest.mark.parametrize(

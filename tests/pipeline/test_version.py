@@ -21,20 +21,25 @@ from failsoft.config import TensorSpec
 from failsoft.data.contracts import ModelContract
 from failsoft.errors import (
     BadRequest,
+    ContractViolation,
     DeadlineExceeded,
     FailsoftError,
     FailureClass,
     ModelError,
     NotReady,
+    PoisonRequest,
     UpstreamError,
 )
 from failsoft.observe.events import Event, EventBus
+from failsoft.pipeline.attribution import AttributionOptions
 from failsoft.pipeline.breaker import BreakerOptions, BreakerState, BreakerTransition
 from failsoft.pipeline.hedge import HedgeOptions
 from failsoft.pipeline.retry import RetryOptions
 from failsoft.pipeline.version import (
     AttemptFailed,
     AttemptStarted,
+    PanicChanged,
+    PoisonDetected,
     ResilienceOptions,
     RetryDenied,
     VersionPipeline,
@@ -131,6 +136,17 @@ def hang() -> Action:
     return act
 
 
+def stall() -> Action:
+    """No answer until the call's deadline, then a timeout, as a real backend gives."""
+
+    async def act(replica: ScriptedReplica) -> Tensors:
+        clock = replica.fleet.clock
+        await clock.sleep(replica.deadlines[-1] - clock.now())
+        raise DeadlineExceeded(f"replica {replica.name} did not answer within the deadline")
+
+    return act
+
+
 class ScriptedReplica:
     """Implements the Replica protocol; does what ``behaviour`` or the fleet's plan says."""
 
@@ -196,6 +212,7 @@ class Fleet:
         ejection: EjectionOptions | None = None,
         balancer: BalancerOptions | None = None,
         per_try_timeout_s: float | None = None,
+        attribution: AttributionOptions | None = None,
     ) -> None:
         self.clock = ManualClock()
         self.bus = EventBus()
@@ -213,6 +230,7 @@ class Fleet:
             ejection=ejection or EjectionOptions(),
             balancer=balancer or BalancerOptions(),
             per_try_timeout_s=per_try_timeout_s,
+            attribution=attribution or AttributionOptions(),
         )
         self.pipeline = VersionPipeline(
             "m",
@@ -225,8 +243,10 @@ class Fleet:
             random.Random(seed),
         )
 
-    def call(self, seconds: float = 10.0) -> Call:
-        return Call("req", "m", "v1", self.clock.now() + seconds, self.bus)
+    def call(self, seconds: float = 10.0, *, client_limited: bool = False) -> Call:
+        return Call(
+            "req", "m", "v1", self.clock.now() + seconds, self.bus, self.clock, client_limited
+        )
 
     async def start(self, seconds: float = 10.0) -> asyncio.Task[Result]:
         """Begin a request and let it run until it waits on the clock or a replica."""
@@ -330,7 +350,7 @@ async def test_infra_failure_is_retried_on_another_replica_after_the_backoff(
     assert fleet.calls == ["r0"]  # the retry waits for the backoff on the clock
     assert not task.done()
     [failure] = [e for e in fleet.events if isinstance(e, AttemptFailed)]
-    assert (failure.replica, failure.failure_class) == ("r0", FailureClass.INFRA)
+    assert (failure.replica, failure.failure_class) == ("r0", FailureClass.REPLICA)
 
     await fleet.clock.advance(0.010)  # the longest possible first backoff
 
@@ -367,7 +387,7 @@ async def test_garbage_answer_is_retried_and_never_returned(
     assert outputs["label"].dtype == np.int64
     assert np.isfinite(outputs["score"]).all()
     [failure] = [e for e in fleet.events if isinstance(e, AttemptFailed)]
-    assert failure.failure_class is FailureClass.LOGIC
+    assert failure.failure_class is FailureClass.REPLICA
     assert problem in failure.message
 
 
@@ -717,6 +737,7 @@ async def test_a_replica_back_from_a_restart_is_reinstated_and_slow_started() ->
     assert not pipeline.usable(0)
 
     fleet.replicas[0].available = True  # restarted: fresh evidence it is well
+    await fleet.infer()  # the next choice of a replica notices
 
     assert pipeline.usable(0)
     assert not pipeline.outliers.is_ejected(0)  # reinstated before its ejection time was up
@@ -741,30 +762,302 @@ async def test_a_replica_failing_health_probes_is_not_picked(hedgeable: bool) ->
 
 
 @both_paths
-async def test_not_ready_explains_why_each_replica_is_unusable(hedgeable: bool) -> None:
-    fleet = Fleet(
-        4,
-        hedgeable=hedgeable,
-        breaker=BreakerOptions(window_size=1, minimum_calls=1),
-        ejection=EjectionOptions(max_ejection_percent=100.0),
-    )
-    pipeline = fleet.pipeline
-    assert pipeline.outliers.eject(0, "test")
-    fleet.replicas[1].available = False
-    pipeline.probe_healthy[2] = False
-    pipeline.breakers[3].record(False, 0.0)  # one failure in a window of one: open
+async def test_not_ready_when_every_replica_is_restarting(hedgeable: bool) -> None:
+    fleet = Fleet(3, hedgeable=hedgeable)
+    for replica in fleet.replicas:
+        replica.available = False
 
     with pytest.raises(NotReady) as raised:
         await fleet.infer()
 
     message = raised.value.message
     assert "no replica of m/v1 is available" in message
-    for reason in (
-        "r0: ejected",
-        "r1: restarting",
-        "r2: failing health probes",
-        "r3: circuit open",
-    ):
-        assert reason in message
+    for name in ("r0", "r1", "r2"):
+        assert f"{name}: restarting" in message
     assert fleet.calls == []
+    assert not fleet.pipeline.ready
+
+
+# --- attribution: whose fault is a failure ------------------------------------------
+
+
+async def warm_up(fleet: Fleet, calls: int = 12) -> None:
+    """Good calls on every replica, so each has a record of answering well."""
+    for replica in fleet.replicas:
+        replica.behaviour = answer()
+    for _ in range(calls * len(fleet.replicas)):
+        await fleet.infer()
+    for replica in fleet.replicas:
+        replica.behaviour = None
+    fleet.calls.clear()
+    fleet.events.clear()
+
+
+def charged(fleet: Fleet) -> list[str]:
+    return [e.replica for e in fleet.events if isinstance(e, AttemptFailed)]
+
+
+def window_failures(fleet: Fleet, index: int) -> float:
+    return fleet.pipeline.breakers[index].snapshot()["failure_rate"]  # type: ignore[return-value]
+
+
+@both_paths
+async def test_an_input_that_breaks_healthy_replicas_is_poison_and_charges_nobody(
+    hedgeable: bool,
+) -> None:
+    fleet = Fleet(hedgeable=hedgeable, retry=NO_BACKOFF)
+    await warm_up(fleet)
+    fleet.plan = [nan_score(), nan_score()]
+
+    task = await fleet.start()
+    await fleet.clock.advance(0.0)
+    error = failed_with(task)
+
+    assert isinstance(error, PoisonRequest)
+    assert error.status == 422
+    assert error.failure_class is FailureClass.REQUEST
+    assert "break its output contract" in error.message
+    assert "NaN" in error.message
+    assert sorted(fleet.calls) == ["r0", "r1"]  # confirmed on a second replica
+    assert charged(fleet) == []
+    assert window_failures(fleet, 0) == window_failures(fleet, 1) == 0.0
+    [poison] = [e for e in fleet.events if isinstance(e, PoisonDetected)]
+    assert poison.replicas == "r0,r1"
+
+
+@both_paths
+async def test_a_remembered_poison_input_calls_no_replica(hedgeable: bool) -> None:
+    fleet = Fleet(hedgeable=hedgeable, retry=NO_BACKOFF)
+    await warm_up(fleet)
+    fleet.plan = [nan_score(), nan_score()]
+    task = await fleet.start()
+    await fleet.clock.advance(0.0)
+    assert isinstance(failed_with(task), PoisonRequest)
+    fleet.calls.clear()
+
+    with pytest.raises(PoisonRequest):
+        await fleet.infer()
+    assert fleet.calls == []
+
+    await fleet.clock.advance(AttributionOptions().poison_ttl_s)  # forgotten after its TTL
+    outputs, _ = await fleet.infer()
+    assert outputs["label"].shape == (2,)
+
+
+@both_paths
+async def test_a_replica_that_lies_where_another_answers_is_charged(hedgeable: bool) -> None:
+    fleet = Fleet(hedgeable=hedgeable, retry=NO_BACKOFF)
+    await warm_up(fleet)
+    fleet.replicas[0].behaviour = nan_score()
+
+    for _ in range(4):
+        task = await fleet.start()
+        await fleet.clock.advance(0.0)
+        _, replica = finished(task)
+        assert replica.name == "r1"
+
+    assert set(charged(fleet)) == {"r0"}
+    assert window_failures(fleet, 0) > 0
+    assert not any(isinstance(e, PoisonDetected) for e in fleet.events)
+
+
+async def test_on_a_single_healthy_replica_a_model_error_is_poison_at_once() -> None:
+    fleet = Fleet(1, hedgeable=False)
+    await warm_up(fleet)
+    fleet.plan = [fail(ModelError("model raised ValueError: /secret/path"))]
+
+    with pytest.raises(PoisonRequest) as raised:
+        await fleet.infer()
+
+    assert fleet.calls == ["r0"]  # no second opinion to ask for
+    assert "/secret/path" not in raised.value.message
+    assert charged(fleet) == []
+
+
+@both_paths
+async def test_a_model_that_fails_for_most_inputs_is_at_fault_not_its_clients(
+    hedgeable: bool,
+) -> None:
+    fleet = Fleet(hedgeable=hedgeable, retry=NO_BACKOFF)
+    await warm_up(fleet)
+    for replica in fleet.replicas:
+        replica.behaviour = nan_score()  # a bad deploy: every input breaks it
+
+    verdicts = []
+    for number in range(8):
+        request = InferRequest({"x": np.full((2, 2), number, dtype=np.float32)})
+        task = asyncio.ensure_future(fleet.pipeline.infer(request, fleet.call()))
+        await fleet.clock.advance(0.0)
+        verdicts.append(type(failed_with(task)).__name__)
+
+    # The first failures look like poison; once the replicas fail most calls they are charged.
+    assert verdicts[0] == "PoisonRequest"
+    assert verdicts[-1] == "ContractViolation"
+    assert {"r0", "r1"} <= set(charged(fleet))
+    assert len(fleet.pipeline.poison) == 0  # the early verdicts are withdrawn
+
+
+async def test_attribution_off_charges_every_model_error() -> None:
+    fleet = Fleet(
+        retry=RetryOptions(max_attempts=2, backoff_base_ms=0.0, backoff_max_ms=0.0),
+        attribution=AttributionOptions(enabled=False),
+    )
+    await warm_up(fleet)
+    fleet.plan = [nan_score(), nan_score()]
+
+    task = await fleet.start()
+    await fleet.clock.advance(0.0)
+
+    assert isinstance(failed_with(task), ContractViolation)
+    assert sorted(charged(fleet)) == ["r0", "r1"]
+
+
+@both_paths
+async def test_a_deadline_the_client_cut_short_charges_no_replica(hedgeable: bool) -> None:
+    fleet = Fleet(hedgeable=hedgeable, hedge=HedgeOptions(enabled=False))
+    fleet.plan = [stall()]
+    call = fleet.call(0.005, client_limited=True)
+
+    task = asyncio.ensure_future(fleet.pipeline.infer(REQUEST, call))
+    await settle()
+    await fleet.clock.advance(0.005)
+    await settle()
+
+    error = failed_with(task)
+    assert isinstance(error, DeadlineExceeded)
+    assert error.failure_class is FailureClass.CLIENT
+    assert charged(fleet) == []
+    assert fleet.pipeline.breakers[0].snapshot()["calls"] == 0
+    assert call.sample is None  # nothing for the limiter either
+
+
+async def test_a_deadline_the_model_set_is_the_replicas_fault() -> None:
+    fleet = Fleet(hedgeable=False)
+    fleet.plan = [stall()]
+    call = fleet.call(0.005)
+
+    task = asyncio.ensure_future(fleet.pipeline.infer(REQUEST, call))
+    await settle()
+    await fleet.clock.advance(0.005)
+    await settle()
+
+    error = failed_with(task)
+    assert isinstance(error, DeadlineExceeded)
+    assert error.failure_class is FailureClass.REPLICA
+    assert charged(fleet) == fleet.calls[:1]
+    assert call.sample is False
+
+
+@both_paths
+async def test_a_request_whose_deadline_is_spent_is_not_attempted(hedgeable: bool) -> None:
+    fleet = Fleet(hedgeable=hedgeable)
+
+    with pytest.raises(DeadlineExceeded) as raised:
+        await fleet.pipeline.infer(REQUEST, fleet.call(0.0))
+
+    assert raised.value.failure_class is FailureClass.CLIENT
+    assert fleet.calls == []
+
+
+@both_paths
+async def test_half_open_trials_are_not_spent_on_a_client_limited_request(
+    hedgeable: bool,
+) -> None:
+    fleet = Fleet(
+        1,
+        hedgeable=hedgeable,
+        breaker=BreakerOptions(window_size=1, minimum_calls=1, open_ms=1000.0),
+    )
+    breaker = fleet.pipeline.breakers[0]
+    breaker.record(False, 0.0)
+    await fleet.clock.advance(1.0)
+    assert breaker.state is BreakerState.HALF_OPEN
+
+    with pytest.raises(NotReady):
+        await fleet.pipeline.infer(REQUEST, fleet.call(0.5, client_limited=True))
+    assert fleet.calls == []
+
+    await fleet.infer()  # a normal deadline may take the trial
+    assert fleet.calls == ["r0"]
+
+
+async def test_a_hedge_cancelled_before_it_ran_gives_back_its_half_open_slot() -> None:
+    fleet = Fleet(
+        hedge=HedgeOptions(min_delay_ms=50.0, max_delay_ms=50.0),
+        breaker=BreakerOptions(window_size=1, minimum_calls=1, open_ms=1000.0),
+    )
+    fleet.replicas[0].behaviour = hang()
+    breaker = fleet.pipeline.breakers[1]
+    breaker.record(False, 0.0)
+    await fleet.clock.advance(1.0)
+    assert breaker.state is BreakerState.HALF_OPEN
+    fleet.pipeline.breakers[0].record(True, 0.0)
+    fleet.pipeline.balancer.started(1)  # r1 looks busy, so r0 takes the first attempt
+
+    # The hedge is due exactly at the deadline: launched, then cancelled before it ran.
+    task = asyncio.ensure_future(fleet.pipeline.infer(REQUEST, fleet.call(0.050)))
+    await settle()
+    await fleet.clock.advance(0.050)
+    await settle()
+
+    assert isinstance(failed_with(task), DeadlineExceeded)
+    assert fleet.calls == ["r0"]
+    assert breaker.snapshot()["probes"] == 0  # the slot was given back
+
+
+# --- panic routing and readiness ---------------------------------------------------
+
+
+@both_paths
+async def test_with_no_replica_eligible_the_most_recently_successful_is_tried(
+    hedgeable: bool,
+) -> None:
+    fleet = Fleet(
+        3,
+        hedgeable=hedgeable,
+        breaker=BreakerOptions(window_size=1, minimum_calls=1, open_ms=60_000.0),
+        ejection=EjectionOptions(max_ejection_percent=100.0),
+    )
+    fleet.replicas[2].behaviour = answer()
+    await fleet.infer()
+    await fleet.infer()
+    await fleet.clock.advance(1.0)
+    _, latest = await fleet.infer()
+    fleet.replicas[2].behaviour = None
+    pipeline = fleet.pipeline
+    for index in range(3):  # every replica out: open, open, and ejected
+        pipeline.breakers[index].record(False, 0.0)
+    assert pipeline.outliers.eject(fleet.index(latest.name), "test")
+    fleet.calls.clear()
+
+    _, replica = await fleet.infer()
+
+    assert replica.name == latest.name
+    assert fleet.kinds()[-1] == "panic"
+    index = fleet.index(replica.name)
+    assert pipeline.breakers[index].state is BreakerState.CLOSED  # readmitted by the answer
+    assert not pipeline.outliers.is_ejected(index)
+    assert [e.active for e in fleet.events if isinstance(e, PanicChanged)] == [True]
+
+    await fleet.infer()  # an eligible replica again: panic is over
+    assert [e.active for e in fleet.events if isinstance(e, PanicChanged)] == [True, False]
+
+
+@both_paths
+async def test_readiness_follows_probes_not_breakers_or_ejections(hedgeable: bool) -> None:
+    fleet = Fleet(
+        hedgeable=hedgeable,
+        breaker=BreakerOptions(window_size=1, minimum_calls=1),
+        ejection=EjectionOptions(max_ejection_percent=100.0),
+    )
+    pipeline = fleet.pipeline
+    pipeline.breakers[0].record(False, 0.0)
+    pipeline.breakers[1].record(False, 0.0)
+    pipeline.outliers.eject(0, "client traffic")
+    assert pipeline.ready
+
+    pipeline.set_probe_health(0, False)
+    pipeline.set_probe_health(1, False)
     assert not pipeline.ready
+    pipeline.set_probe_health(1, True)
+    assert pipeline.ready

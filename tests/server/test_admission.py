@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
+from failsoft.call import Call
 from failsoft.clock import ManualClock, settle
 from failsoft.config import parse_config
 from failsoft.control.tenants import TenantConfig, Tenants, key_digest
 from failsoft.observe.events import EventBus
 from failsoft.observe.metrics import Metrics
-from failsoft.pipeline.limiter import AdaptiveLimiter, LimiterOptions, Permit
-from failsoft.protocol.types import InferRequest
+from failsoft.pipeline.limiter import AdaptiveLimiter, LimiterOptions
+from failsoft.priority import Priority
 from failsoft.runtime import Runtime
 from failsoft.server.admission import Admission
 from failsoft.server.app import FailsoftApp
@@ -212,8 +212,8 @@ async def test_the_tenant_reaches_the_limiter_so_a_quiet_tenant_is_served_first(
     admission = Admission(
         Tenants(
             {
-                "alice": TenantConfig(key_sha256=key_digest(alice)),
-                "carol": TenantConfig(key_sha256=key_digest(carol)),
+                "alice": TenantConfig(key_sha256=key_digest(alice), priority="critical"),
+                "carol": TenantConfig(key_sha256=key_digest(carol), priority="critical"),
             },
             require_keys=True,
             clock=clock,
@@ -221,20 +221,82 @@ async def test_the_tenant_reaches_the_limiter_so_a_quiet_tenant_is_served_first(
     )
     options = LimiterOptions(initial_limit=2, min_limit=2, max_limit=2, queue_size=4)
     limiter = AdaptiveLimiter(options, clock, lambda _: None, "m")
-    request = InferRequest({"x": np.zeros((1, 4), dtype=np.float32)})
+    entered: list[str] = []
 
-    async def admit(key: str) -> Permit:
+    async def hold(key: str, name: str, done: asyncio.Event) -> None:
         tenant, priority = admission.identify(f"Bearer {key}", "critical")
-        return await admission.admit(tenant, priority, request, limiter)
+        call = Call("req", "m", "v1", clock.now() + 10.0, EventBus(), clock)
+        async with admission.permit(tenant, priority, limiter, call):
+            entered.append(name)
+            call.sample = True
+            await done.wait()
 
-    held = [await admit(alice), await admit(alice)]
-    carol_waits = asyncio.ensure_future(admit(carol))
+    first, second, later = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    held = [
+        asyncio.ensure_future(hold(alice, "alice", first)),
+        asyncio.ensure_future(hold(alice, "alice", second)),
+    ]
     await settle()
-    alice_waits = asyncio.ensure_future(admit(alice))  # newer, but alice holds both slots
+    carol_waits = asyncio.ensure_future(hold(carol, "carol", later))
     await settle()
-    held[0].release(True, 0.01)
+    alice_waits = asyncio.ensure_future(hold(alice, "alice-again", later))  # newer; alice holds 2
     await settle()
-    assert carol_waits.done()
-    assert not alice_waits.done()
-    alice_waits.cancel()
+    first.set()
     await settle()
+    assert entered == ["alice", "alice", "carol"]
+    assert limiter.in_flight == 2
+    later.set()
+    second.set()
+    await asyncio.gather(*held, carol_waits, alice_waits)
+    assert limiter.in_flight == 0
+
+
+class RecordingPermit:
+    def __init__(self, outcomes: list[object]) -> None:
+        self._outcomes = outcomes
+
+    def release(self, ok: bool, rtt_s: float) -> None:
+        self._outcomes.append((ok, rtt_s))
+
+    def cancel(self) -> None:
+        self._outcomes.append("cancelled")
+
+
+class RecordingLimiter:
+    """Stands in for AdaptiveLimiter: records how each permit was given back."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[object] = []
+
+    async def acquire(self, priority: Priority, tenant: str | None) -> RecordingPermit:
+        return RecordingPermit(self.outcomes)
+
+
+async def test_a_permit_feeds_the_limiter_only_what_the_model_did() -> None:
+    clock = ManualClock()
+    admission = Admission(Tenants({}, require_keys=False, clock=clock))
+    limiter = RecordingLimiter()
+
+    for sample in (None, True, False):
+        call = Call("req", "m", "v1", clock.now() + 10.0, EventBus(), clock)
+        async with admission.permit(None, Priority.DEFAULT, limiter, call):  # type: ignore[arg-type]
+            await clock.advance(0.25)
+            call.sample = sample
+
+    # A cache hit, a poison input or a client's own deadline (None) is no sample.
+    assert limiter.outcomes == ["cancelled", (True, 0.25), (False, 0.25)]
+
+
+def test_a_priority_above_the_tenants_is_capped_and_anonymous_gets_default() -> None:
+    clock = ManualClock()
+    admission = Admission(
+        Tenants(
+            {"alice": TenantConfig(key_sha256=key_digest(ALICE), priority="sheddable")},
+            require_keys=False,
+            clock=clock,
+        )
+    )
+    assert admission.identify(f"Bearer {ALICE}", "critical")[1] is Priority.SHEDDABLE
+    assert admission.identify(f"Bearer {ALICE}", None)[1] is Priority.SHEDDABLE
+    assert admission.identify(None, "critical")[1] is Priority.DEFAULT
+    assert admission.identify(None, "sheddable")[1] is Priority.SHEDDABLE

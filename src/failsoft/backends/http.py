@@ -6,13 +6,16 @@ than aiohttp; see benchmarks/h1_client.py). The request's remaining
 deadline bounds each call and is passed on to the remote in the
 ``Failsoft-Timeout-Ms`` header, so a failsoft upstream can give up when the
 caller already has. Failures are classified here, at the source: connect
-errors, timeouts and 5xx are ``infra``; a remote 400 is the client's
-``data`` problem; an answer that cannot be decoded is ``logic``.
+errors, timeouts, 5xx and answers that cannot be decoded are the replica's
+(``UpstreamError``); a remote 500 is a ``ModelError``, which attribution may
+find to be the input's fault (the same input fails elsewhere too); a remote
+400 is the client's ``data`` problem.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from urllib.parse import urlsplit
 
@@ -94,8 +97,8 @@ class HttpReplica:
             raise DeadlineExceeded("deadline passed before the call to the replica")
         if request.raw is not None:
             body, header_length = request.raw, request.raw_header_length
-        else:
-            body, header_length = encode_infer_request(request)
+        else:  # every output, whatever the client asked for: the contract checks them all
+            body, header_length = encode_infer_request(dataclasses.replace(request, outputs=None))
         headers = [
             ("Content-Type", "application/json"),
             ("X-Request-Id", call.request_id),
@@ -112,7 +115,9 @@ class HttpReplica:
                 response.body, int(answer_length) if answer_length else None
             )
         except (FailsoftError, ValueError) as error:
-            raise ModelError(f"replica {self.name} sent an undecodable answer: {error}") from None
+            raise UpstreamError(
+                f"replica {self.name} sent an undecodable answer: {error}"
+            ) from None
         return decoded.outputs
 
     async def _request(
@@ -151,4 +156,6 @@ def _status_error(replica: str, status: int, payload: bytes) -> FailsoftError:
         message = payload[:200].decode("utf-8", "replace")
     if status == 400:
         return BadRequest(message or "the replica rejected the input")
-    return UpstreamError(f"replica {replica} answered {status}: {message}")
+    if status == 500:
+        return ModelError(f"replica {replica} answered 500: {message}")
+    return UpstreamError(f"replica {replica} answered {status}: {message}", status)

@@ -48,6 +48,7 @@ def worker_spec(
     # Resilience is the gateway's job: a worker serves its one model plainly.
     off = {"enabled": False}
     spec.update(retry=off, hedge=off, breaker=off, ejection=off, health_check=off, fallback=[])
+    spec["attribution"] = off  # the gateway judges whose fault a model error is
     spec["cache"] = off
     return orjson.dumps({"model": model, "config": spec})
 

@@ -26,16 +26,14 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
 from failsoft._options import StrictModel
 from failsoft.clock import Clock
 from failsoft.errors import BadRequest, QuotaExceeded, Unauthorized
-
-Priority = Literal["critical", "default", "sheddable"]
-PRIORITIES: tuple[Priority, ...] = ("critical", "default", "sheddable")
+from failsoft.priority import Priority
 
 KEY_PREFIX = "fsk_"
 _KEY_BYTES = 32
@@ -56,7 +54,7 @@ class TenantConfig(StrictModel):
     requests_per_s: Rate | None = None
     rows_per_s: Rate | None = None
     burst_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 1.0
-    priority: Priority = "default"
+    priority: Priority = Priority.DEFAULT
 
     @field_validator("key_sha256")
     @classmethod
@@ -265,6 +263,41 @@ class Tenants:
             raise
         state.admitted += 1
 
+    def admit_request(self, tenant: Tenant | None) -> None:
+        """Charge one request, before its body is read; QuotaExceeded when short.
+
+        The first half of ``admit``: a tenant over its request quota costs no
+        decoding. ``admit_rows`` charges the rows once the batch is known.
+        """
+        if tenant is None:
+            return
+        state = self._state(tenant)
+        requests = state.requests
+        if requests is None:
+            return
+        seconds = requests.take(1)
+        if seconds:
+            state.rejected += 1
+            raise _over(tenant.name, "request", requests, seconds)
+
+    def admit_rows(self, tenant: Tenant | None, rows: int) -> None:
+        """Charge the rows of a request ``admit_request`` let in; refunds it when refused."""
+        if tenant is None:
+            return
+        if rows < 0:
+            raise ValueError(f"rows must be >= 0, got {rows}")
+        state = self._state(tenant)
+        row_bucket = state.rows
+        try:
+            if row_bucket is not None:
+                _charge_rows(state.tenant.name, row_bucket, rows)
+        except (BadRequest, QuotaExceeded):
+            if state.requests is not None:
+                state.requests.give_back(1)
+            state.rejected += 1
+            raise
+        state.admitted += 1
+
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Per tenant: tokens left in each limited bucket, and admitted and rejected counts."""
         return {name: _snapshot(state) for name, state in self._by_name.items()}
@@ -287,10 +320,7 @@ def _bearer_key(authorization: str) -> str:
 def _charge(state: _TenantState, rows: int) -> None:
     requests, row_bucket, name = state.requests, state.rows, state.tenant.name
     if row_bucket is not None and not row_bucket.fits(rows):
-        raise BadRequest(
-            f"a batch of {rows} rows exceeds tenant {name!r}'s burst of "
-            f"{_number(row_bucket.capacity)} rows (rows_per_s x burst_s): split the batch"
-        )
+        raise _too_big(name, row_bucket, rows)
     if requests is not None:
         seconds = requests.take(1)
         if seconds:
@@ -298,11 +328,27 @@ def _charge(state: _TenantState, rows: int) -> None:
             rows_wait = row_bucket.wait(rows) if row_bucket is not None else 0.0
             raise _over(name, "request", requests, max(seconds, rows_wait))
     if row_bucket is not None:
-        seconds = row_bucket.take(rows)
-        if seconds:
+        try:
+            _charge_rows(name, row_bucket, rows)
+        except QuotaExceeded:
             if requests is not None:
                 requests.give_back(1)
-            raise _over(name, "row", row_bucket, seconds)
+            raise
+
+
+def _charge_rows(name: str, bucket: TokenBucket, rows: int) -> None:
+    if not bucket.fits(rows):
+        raise _too_big(name, bucket, rows)
+    seconds = bucket.take(rows)
+    if seconds:
+        raise _over(name, "row", bucket, seconds)
+
+
+def _too_big(name: str, bucket: TokenBucket, rows: int) -> BadRequest:
+    return BadRequest(
+        f"a batch of {rows} rows exceeds tenant {name!r}'s burst of "
+        f"{_number(bucket.capacity)} rows (rows_per_s x burst_s): split the batch"
+    )
 
 
 def _over(name: str, what: str, bucket: TokenBucket, seconds: float) -> QuotaExceeded:

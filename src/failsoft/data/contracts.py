@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from failsoft.errors import BadRequest, FailsoftError, ModelError
+from failsoft.errors import BadRequest, ContractViolation, FailsoftError
 from failsoft.protocol.datatypes import DATATYPE_TO_DTYPE, datatype_of
 from failsoft.protocol.types import InferRequest, Tensors
 
 if TYPE_CHECKING:
-    from failsoft.config import TensorSpec
+    from failsoft.protocol.spec import TensorSpec
 
 _SMALL = 64  # below this many elements a Python set beats np.isin
 
@@ -125,17 +125,34 @@ class ModelContract:
                 return int(array.shape[0]) if array.ndim else None
         return None
 
-    def check_request(self, request: InferRequest) -> None:
-        """Raise BadRequest unless the request carries exactly the declared inputs."""
+    def check_request(self, request: InferRequest) -> int:
+        """The request's rows (its batch size); BadRequest unless it carries the declared inputs.
+
+        Every batch-first input (declared shape [-1, ...]) must have the same
+        number of rows: they are what tenant quotas charge. A model with no
+        batch-first input takes one row per request.
+        """
+        rows: int | None = None
+        batched_name = ""
         for name, array in request.inputs.items():
             contract = self.inputs.get(name)
             if contract is None:
                 raise BadRequest(f"unknown input {name!r} (the model takes {sorted(self.inputs)})")
             _check(contract, array, "input", BadRequest, "the model's")
-            if self.max_batch is not None and array.ndim and array.shape[0] > self.max_batch:
+            if not (contract.batched and array.ndim):
+                continue
+            size = int(array.shape[0])
+            if self.max_batch is not None and size > self.max_batch:
                 raise BadRequest(
-                    f"input {name!r}: a batch of {array.shape[0]} rows is over the model's "
+                    f"input {name!r}: a batch of {size} rows is over the model's "
                     f"max_batch_size of {self.max_batch}; split it"
+                )
+            if rows is None:
+                rows, batched_name = size, name
+            elif size != rows:
+                raise BadRequest(
+                    f"inputs {batched_name!r} and {name!r} have {rows} and {size} rows: "
+                    "every input of a request has the same batch size"
                 )
         if len(request.inputs) != len(self.inputs):
             missing = [name for name in self.inputs if name not in request.inputs]
@@ -147,9 +164,10 @@ class ModelContract:
                         f"unknown output {requested.name!r} requested "
                         f"(the model has {sorted(self._output_names)})"
                     )
+        return 1 if rows is None else rows
 
     def check_outputs(self, outputs: Tensors, rows: int | None = None) -> Tensors:
-        """The declared outputs, in declared order; ModelError if any is missing or bad.
+        """The declared outputs, in declared order; ContractViolation if any is missing or bad.
 
         With ``rows`` (the request's batch size), an output whose first axis is
         the batch (declared -1) must have exactly one row per input row.
@@ -159,10 +177,10 @@ class ModelContract:
             name = contract.spec.name
             array = outputs.get(name)
             if array is None:
-                raise ModelError(f"the model did not return output {name!r}")
-            _check(contract, array, "output", ModelError, "the declared")
+                raise ContractViolation(f"the model did not return output {name!r}")
+            _check(contract, array, "output", ContractViolation, "the declared")
             if rows is not None and contract.batched and array.shape[0] != rows:
-                raise ModelError(
+                raise ContractViolation(
                     f"output {name!r}: {array.shape[0]} rows for a request of {rows} rows"
                 )
             checked[name] = array

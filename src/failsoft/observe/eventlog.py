@@ -9,7 +9,7 @@ from failsoft.control.faults import FaultAdded, FaultEnded, ReplicaKilled
 from failsoft.observe.events import Event
 from failsoft.pipeline.breaker import BreakerTransition
 from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
-from failsoft.pipeline.version import AttemptFailed, RetryDenied
+from failsoft.pipeline.version import AttemptFailed, PanicChanged, PoisonDetected, RetryDenied
 from failsoft.routing.ejection import ReplicaEjected, ReplicaReturned
 
 log = logging.getLogger("failsoft.events")
@@ -22,7 +22,9 @@ _LEVELS: dict[type[Event], int] = {
     ReplicaKilled: logging.WARNING,
     ReplicaEjected: logging.WARNING,
     FallbackTierFailed: logging.WARNING,
+    PanicChanged: logging.WARNING,
     ReplicaReturned: logging.INFO,
+    PoisonDetected: logging.DEBUG,
     AttemptFailed: logging.DEBUG,
     RetryDenied: logging.DEBUG,
     FallbackUsed: logging.DEBUG,

@@ -30,7 +30,13 @@ from failsoft.pipeline.breaker import BreakerState, BreakerTransition
 from failsoft.pipeline.fallback import FallbackUsed
 from failsoft.pipeline.limiter import LimitChanged, RequestShed
 from failsoft.pipeline.throttle import ThrottledLocally
-from failsoft.pipeline.version import AttemptFailed, AttemptStarted, RetryDenied
+from failsoft.pipeline.version import (
+    AttemptFailed,
+    AttemptStarted,
+    PanicChanged,
+    PoisonDetected,
+    RetryDenied,
+)
 from failsoft.routing.ejection import ReplicaEjected, ReplicaReturned
 from failsoft.routing.probes import HealthChanged
 
@@ -105,7 +111,8 @@ class Metrics:
         )
         self.failures = _Family(
             "failsoft_request_failures",
-            "Failed inference requests, by failure class.",
+            "Failed inference requests, by failure class (replica, request, client, data, "
+            "overload).",
             ["model", "version", "class"],
         )
         self.attempts = _Family(
@@ -115,7 +122,7 @@ class Metrics:
         )
         self.attempt_failures = _Family(
             "failsoft_attempt_failures",
-            "Failed calls to replicas, by failure class.",
+            "Failed calls charged to their replica.",
             ["model", "version", "replica", "class"],
         )
         self.retries_denied = _Family(
@@ -178,6 +185,18 @@ class Metrics:
             ["model", "version", "replica"],
             gauge=True,
         )
+        self.poison = _Family(
+            "failsoft_poison_requests",
+            "Requests judged poison (their input breaks healthy replicas); remembered "
+            "ones are answered without a call.",
+            ["model", "version", "remembered"],
+        )
+        self.panic = _Family(
+            "failsoft_panic_routing",
+            "1 while no replica of a version is eligible and every one is tried anyway.",
+            ["model", "version"],
+            gauge=True,
+        )
         self.worker_restarts = _Family(
             "failsoft_worker_restarts",
             "Worker processes restarted by the supervisor.",
@@ -199,6 +218,8 @@ class Metrics:
             self.limit,
             self.throttled,
             self.replica_up,
+            self.poison,
+            self.panic,
             self.worker_restarts,
         ]
         self._latency: dict[tuple[str, str], _VersionStats] = {}
@@ -259,6 +280,11 @@ class Metrics:
             )
         elif isinstance(event, WorkerRestarted):
             self.worker_restarts.inc(event.model, event.version, event.replica, event.reason)
+        elif isinstance(event, PoisonDetected):
+            remembered = "false" if event.replicas else "true"
+            self.poison.inc(event.model, event.version, remembered)
+        elif isinstance(event, PanicChanged):
+            self.panic.set(1 if event.active else 0, event.model, event.version)
 
     def collect(self) -> Iterator[Metric]:
         for family in self._families:

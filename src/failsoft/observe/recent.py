@@ -23,6 +23,7 @@ from failsoft.observe.events import Event, ReplicaStateChanged, WorkerRestarted
 from failsoft.pipeline.breaker import BreakerTransition
 from failsoft.pipeline.fallback import FallbackUsed
 from failsoft.pipeline.limiter import RequestShed
+from failsoft.pipeline.version import PanicChanged, PoisonDetected
 from failsoft.routing.ejection import ReplicaEjected, ReplicaReturned
 from failsoft.routing.probes import HealthChanged
 
@@ -36,8 +37,9 @@ KEPT: tuple[type[Event], ...] = (
     FaultAdded,
     FaultEnded,
     ReplicaKilled,
+    PanicChanged,
 )
-FOLDED: tuple[type[Event], ...] = (FallbackUsed, RequestShed)
+FOLDED: tuple[type[Event], ...] = (FallbackUsed, RequestShed, PoisonDetected)
 FOLD_WINDOW_S = 1.0
 
 

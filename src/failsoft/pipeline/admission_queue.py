@@ -37,25 +37,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from failsoft.clock import Cancel
+from failsoft.priority import ORDER, RANK, Priority
 
 if TYPE_CHECKING:
     from failsoft.errors import Overloaded
     from failsoft.pipeline.limiter import Permit
 
-
-class Priority(StrEnum):
-    CRITICAL = "critical"
-    DEFAULT = "default"
-    SHEDDABLE = "sheddable"
-
-
-# Most important first: the order waiters are served in.
-ORDER = (Priority.CRITICAL, Priority.DEFAULT, Priority.SHEDDABLE)
-RANK = {Priority.SHEDDABLE: 0, Priority.DEFAULT: 1, Priority.CRITICAL: 2}
 
 TenantKey = str | None  # a tenant's name; None for anonymous requests
 _NOBODY = object()  # excludes no tenant

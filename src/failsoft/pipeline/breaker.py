@@ -260,12 +260,18 @@ class CircuitBreaker:
             self._half_open_if_due()
         return self._state
 
-    def allow(self) -> bool:
+    def allow(self, trial_ok: bool = True) -> bool:
+        """Whether a call may go through now; in HALF_OPEN it takes a probe slot.
+
+        ``trial_ok`` False (a request whose client cut its deadline short) is
+        let through only while CLOSED: a trial must be able to show the replica
+        well, and a 1 ms deadline cannot.
+        """
         if not self._enabled or self._state is _CLOSED:
             return True
         if self._state is _OPEN and not self._half_open_if_due():
             return False
-        if self._probes_taken >= self._options.half_open_calls:
+        if not trial_ok or self._probes_taken >= self._options.half_open_calls:
             return False
         self._probes_taken += 1
         return True
@@ -281,8 +287,14 @@ class CircuitBreaker:
             self._judge_probe(ok, slow)
 
     def release(self) -> None:
+        """Give back a probe slot whose call said nothing about the replica."""
         if self._state is _HALF_OPEN and self._probes_taken > self._probes_ok:
             self._probes_taken -= 1
+
+    def readmit(self, reason: str) -> None:
+        """Close now: the replica just answered well (a call made in panic mode)."""
+        if self._enabled and self._state is not _CLOSED:
+            self._close(reason)
 
     def snapshot(self) -> dict[str, object]:
         state = self.state

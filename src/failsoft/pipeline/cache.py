@@ -33,7 +33,7 @@ from pydantic import Field
 
 from failsoft._options import StrictModel
 from failsoft.clock import Clock
-from failsoft.protocol.types import Tensors
+from failsoft.protocol.types import InferRequest, Tensors
 
 CacheKey = tuple[str, str, bytes]
 """(model, version, input digest)."""
@@ -49,6 +49,13 @@ class CacheOptions(StrictModel):
     max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
     max_entry_bytes: Annotated[int, Field(ge=1)] = 1048576
     max_total_bytes: Annotated[int, Field(ge=1)] = 256 * 1048576  # all entries together
+
+
+def request_digest(request: InferRequest) -> bytes:
+    """``input_digest`` of the request's inputs, computed once per request."""
+    if request.digest is None:
+        request.digest = input_digest(request.inputs)
+    return request.digest
 
 
 def input_digest(inputs: Tensors) -> bytes:

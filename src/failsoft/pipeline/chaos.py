@@ -104,7 +104,8 @@ class ChaosReplica:
                 if spec.error == "exception":
                     raise ModelError(f"replica {self.name}: chaos fault {fault.id} raised")
                 raise UpstreamError(
-                    f"replica {self.name} answered {spec.status}: chaos fault {fault.id}"
+                    f"replica {self.name} answered {spec.status}: chaos fault {fault.id}",
+                    spec.status,
                 )
             elif spec.kind == "drop":
                 raise UpstreamError(

@@ -5,12 +5,18 @@ version of the model, another model with the same inputs, a Python
 heuristic, a static answer, or the last good answer for the same input
 (stale-if-error). Every fallback answer still passes the model's output
 contract and is marked degraded.
+
+``FallbackChain`` runs the tiers of one model. It knows the model's versions
+and is handed a ``resolve`` function for other models, so it never reaches up
+into the runtime that owns it. A request shed by admission control runs only
+the local tiers (heuristic, static, stale cache): its model's replicas must
+not see it.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -18,10 +24,13 @@ import numpy as np
 from pydantic import Discriminator, Field, Tag
 
 from failsoft._options import StrictModel
+from failsoft.call import Call
+from failsoft.data.contracts import ModelContract
 from failsoft.errors import BackendLoadError, FailsoftError, ModelError
-from failsoft.observe.events import Event
+from failsoft.observe.events import Event, EventBus
+from failsoft.pipeline.cache import CacheKey, ResponseCache
 from failsoft.protocol.datatypes import DATATYPE_TO_DTYPE
-from failsoft.protocol.types import Tensors
+from failsoft.protocol.types import InferRequest, Tensors
 
 
 class VersionTier(StrictModel):
@@ -139,3 +148,102 @@ def run_heuristic(heuristic: Heuristic, inputs: Tensors) -> Tensors:
     if not isinstance(outputs, dict):
         raise ModelError("a heuristic must return a dict of output name -> numpy array")
     return {name: np.asarray(value) for name, value in outputs.items()}
+
+
+# (model, version or None for its default) -> a coroutine running that version's pipeline
+Infer = Callable[[InferRequest, Call], Awaitable[Tensors]]
+Resolve = Callable[[str, str | None], Infer]
+
+
+@dataclass(slots=True)
+class FallbackAnswer:
+    outputs: Tensors
+    version: str  # the version that answered (the failed one for local tiers)
+    tier: str
+
+
+class FallbackChain:
+    """The fallback tiers of one model, tried in order."""
+
+    def __init__(
+        self,
+        model: str,
+        tiers: list[FallbackTier],
+        contract: ModelContract,
+        output_types: Mapping[str, str],
+        cache: ResponseCache,
+        resolve: Resolve,
+        bus: EventBus,
+    ) -> None:
+        self._model = model
+        self._tiers = tiers
+        self._contract = contract
+        self._output_types = output_types
+        self._cache = cache
+        self._resolve = resolve
+        self._bus = bus
+        self._heuristics = {
+            index: load_heuristic(tier)
+            for index, tier in enumerate(tiers)
+            if isinstance(tier, PythonTier)
+        }
+        self.uses_stale_cache = any(isinstance(tier, StaleCacheTier) for tier in tiers)
+
+    def __bool__(self) -> bool:
+        return bool(self._tiers)
+
+    async def answer(
+        self,
+        request: InferRequest,
+        call: Call,
+        version: str,
+        error: FailsoftError,
+        key: CacheKey | None,
+        *,
+        local_only: bool = False,
+    ) -> FallbackAnswer:
+        """The first tier's answer; ``error`` again when none can give one."""
+        for index, tier in enumerate(self._tiers):
+            if local_only and isinstance(tier, VersionTier | ModelTier):
+                continue
+            name = tier_name(tier)
+            try:
+                outputs = await self._run(index, tier, request, call, version, key)
+            except FailsoftError as failure:
+                self._bus.emit(FallbackTierFailed(self._model, name, failure.message))
+                continue
+            if outputs is None:
+                continue
+            self._bus.emit(FallbackUsed(self._model, version, name, error.message))
+            answered = tier.version if isinstance(tier, VersionTier) else version
+            return FallbackAnswer(outputs, answered, name)
+        raise error
+
+    async def _run(
+        self,
+        index: int,
+        tier: StrictModel,
+        request: InferRequest,
+        call: Call,
+        version: str,
+        key: CacheKey | None,
+    ) -> Tensors | None:
+        if isinstance(tier, VersionTier):
+            if tier.version == version:
+                return None
+            return await self._resolve(self._model, tier.version)(request, call)
+        if isinstance(tier, ModelTier):
+            outputs = await self._resolve(tier.model, tier.version)(request, call)
+            return self._contract.check_outputs(outputs)
+        if isinstance(tier, PythonTier):
+            return self._contract.check_outputs(
+                run_heuristic(self._heuristics[index], request.inputs)
+            )
+        if isinstance(tier, StaticTier):
+            rows = len(next(iter(request.inputs.values()))) if request.inputs else 1
+            outputs = static_outputs(tier.static, self._output_types, rows)
+            return self._contract.check_outputs(outputs)
+        if isinstance(tier, StaleCacheTier) and key is not None:
+            found = self._cache.get_stale(key)
+            return found[0] if found is not None else None
+        return None

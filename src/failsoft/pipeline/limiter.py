@@ -110,10 +110,11 @@ from pydantic import Field, model_validator
 
 from failsoft._options import StrictModel
 from failsoft.clock import Clock
-from failsoft.errors import Overloaded
+from failsoft.errors import Overloaded, Shed
 from failsoft.observe.events import Event
-from failsoft.pipeline.admission_queue import ORDER, AdmissionQueue, Priority, TenantKey, Waiter
+from failsoft.pipeline.admission_queue import AdmissionQueue, TenantKey, Waiter
 from failsoft.pipeline.knee import BELOW, Knee
+from failsoft.priority import ORDER, Priority
 
 __all__ = [
     "AdaptiveLimiter",
@@ -632,10 +633,10 @@ class AdaptiveLimiter:
                 waiter.cancel_timer()
                 waiter.future.set_result(self._admit(waiter.tenant))
 
-    def _shed(self, priority: Priority, reason: str) -> Overloaded:
+    def _shed(self, priority: Priority, reason: str) -> Shed:
         self._shed_counts[priority] += 1
         self._emit(RequestShed(self._model, priority, reason))
-        return Overloaded(
+        return Shed(
             f"model {self._model!r} overloaded: {priority} request shed ({reason})",
             self._retry_after(),
         )

@@ -35,11 +35,11 @@ import math
 import random
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from failsoft._options import StrictModel
 from failsoft.clock import Clock
-from failsoft.errors import FailureClass
+from failsoft.errors import LEGACY_CLASSES, FailureClass
 from failsoft.pipeline.window import SlidingCounts
 
 BudgetRatio = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -61,7 +61,30 @@ class RetryOptions(StrictModel):
     budget_ratio: BudgetRatio = 0.2
     budget_min_per_s: BudgetFloor = 10.0
     budget_window_s: BudgetWindow = 10.0
-    retry_on: frozenset[FailureClass] = frozenset({FailureClass.INFRA, FailureClass.LOGIC})
+    retry_on: frozenset[FailureClass] = Field(
+        default=frozenset({FailureClass.REPLICA}),
+        description="failure classes worth another attempt; only replica failures are "
+        "(infra and logic, the names of earlier releases, mean replica)",
+    )
+
+    @field_validator("retry_on", mode="before")
+    @classmethod
+    def _legacy_names(cls, value: object) -> object:
+        if isinstance(value, list | tuple | set | frozenset):
+            return [
+                LEGACY_CLASSES.get(item, item) if isinstance(item, str) else item for item in value
+            ]
+        return value
+
+    @field_validator("retry_on")
+    @classmethod
+    def _replica_only(cls, value: frozenset[FailureClass]) -> frozenset[FailureClass]:
+        others = sorted(value - {FailureClass.REPLICA})
+        if others:
+            raise ValueError(
+                f"only replica failures can be retried; {', '.join(others)} would fail again"
+            )
+        return value
 
     @model_validator(mode="after")
     def _backoff_range(self) -> RetryOptions:

@@ -1,16 +1,27 @@
 """The version pipeline: how one request reaches a healthy replica of a version.
 
-    deadline → retry (budget) → hedge → pick replica (P2C on peak EWMA)
-             → replica breaker → backend call → output contract
+    deadline → poison memory → retry (budget) → hedge → pick replica
+             → replica breaker → backend call → output contract → attribution
 
-Every attempt's outcome feeds the balancer, the replica's circuit breaker
-and the outlier detector; a 200 that breaks the output contract is a
-failure like any other. Retries go to another replica where there is one,
-after a jittered backoff, and only while the retry budget allows, so a
-sick fleet is never hammered. When the replicas can run calls concurrently
-(remote or worker replicas), a request that has not answered by the
-replica set's recent p95 gets one hedged attempt on another replica; the
-first good answer wins and the others are cancelled.
+Every attempt's outcome is attributed before any state machine sees it
+(``errors.FailureClass``): only a replica's own failures move its balancer
+penalty, circuit breaker and outlier ejection. A deadline the client cut
+short, an upstream 4xx and a shed call charge nobody; a model error on a
+healthy replica is a suspect until the request is over (``attribution``):
+confirmed on a second replica it is a poison request (422, remembered), and
+answered well anywhere it was the replica's fault after all.
+
+Retries go to another replica where there is one, after a jittered backoff,
+and only while the retry budget allows, so a sick fleet is never hammered.
+When the replicas can run calls concurrently (remote or worker replicas), a
+request that has not answered by the replica set's recent p95 gets one
+hedged attempt on another replica; the first good answer wins and the others
+are cancelled.
+
+When no replica is eligible at all (every one ejected, open or failing its
+probes) every request would fail, so the pipeline tries them anyway, the
+most recently successful first (Envoy's panic routing): the first answer
+after an outage readmits that replica to its breaker and ejection at once.
 
 Time comes from the injected clock and randomness from the injected RNG,
 so all of this is tested without sleeping.
@@ -21,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,10 +41,22 @@ from failsoft.backends.base import Replica
 from failsoft.call import Call
 from failsoft.clock import Clock
 from failsoft.data.contracts import ModelContract
-from failsoft.errors import DeadlineExceeded, FailsoftError, FailureClass, NotReady, Overloaded
+from failsoft.errors import (
+    ContractViolation,
+    DeadlineExceeded,
+    FailsoftError,
+    FailureClass,
+    ModelError,
+    NotReady,
+    Overloaded,
+    PoisonRequest,
+    UpstreamError,
+)
 from failsoft.observe.events import Event, EventBus
+from failsoft.pipeline.attribution import AttributionOptions, PoisonMemory, RecentOutcomes
 from failsoft.pipeline.breaker import BreakerOptions, BreakerState, CircuitBreaker
 from failsoft.pipeline.bulkhead import BulkheadOptions
+from failsoft.pipeline.cache import request_digest
 from failsoft.pipeline.hedge import HedgeOptions, LatencyTracker, hedge_delay
 from failsoft.pipeline.retry import RetryBudget, RetryOptions, backoff_delay
 from failsoft.pipeline.throttle import AdaptiveThrottle, ThrottledLocally, ThrottleOptions
@@ -40,17 +64,21 @@ from failsoft.protocol.types import InferRequest, Tensors
 from failsoft.routing.balancer import BalancerOptions, PeakEwmaBalancer
 from failsoft.routing.ejection import EjectionOptions, OutlierDetector
 
+_REPLICA = FailureClass.REPLICA
+
 
 @dataclass(slots=True)
 class AttemptStarted(Event):
     model: str
     version: str
     replica: str
-    kind: str  # "first", "retry" or "hedge"
+    kind: str  # "first", "retry", "hedge" or "panic"
 
 
 @dataclass(slots=True)
 class AttemptFailed(Event):
+    """A failed attempt charged to its replica (failure_class ``replica``)."""
+
     model: str
     version: str
     replica: str
@@ -66,6 +94,25 @@ class RetryDenied(Event):
     reason: str  # "budget" or "deadline"
 
 
+@dataclass(slots=True)
+class PoisonDetected(Event):
+    """A request judged poison: answered by the fallback chain or a 422, nobody charged."""
+
+    model: str
+    version: str
+    replicas: str  # the replicas it failed on, "" when answered from memory
+    reason: str
+
+
+@dataclass(slots=True)
+class PanicChanged(Event):
+    """No replica of the version is eligible (active) / one is again (not active)."""
+
+    model: str
+    version: str
+    active: bool
+
+
 @dataclass(frozen=True)
 class ResilienceOptions:
     retry: RetryOptions
@@ -76,6 +123,18 @@ class ResilienceOptions:
     per_try_timeout_s: float | None = None
     bulkhead: BulkheadOptions = field(default_factory=BulkheadOptions)
     throttle: ThrottleOptions = field(default_factory=ThrottleOptions)
+    attribution: AttributionOptions = field(default_factory=AttributionOptions)
+
+
+class _Tally:
+    """One request's attempts: where it went, and the model errors awaiting a verdict."""
+
+    __slots__ = ("suspect_error", "suspects", "tried")
+
+    def __init__(self) -> None:
+        self.tried: set[int] = set()
+        self.suspects: list[tuple[int, float]] = []  # (replica, seconds) of each suspect
+        self.suspect_error: ModelError | None = None
 
 
 class VersionPipeline:
@@ -118,53 +177,131 @@ class VersionPipeline:
         self.throttle = AdaptiveThrottle(options.throttle, clock, rng)
         self.in_flight = 0
         self.probe_healthy = [True] * size
+        attribution = options.attribution
+        self._attribution = attribution
+        self._attributing = attribution.enabled
+        self._recent = [RecentOutcomes() for _ in range(size)]
+        self.poison = PoisonMemory(attribution.poison_ttl_s, attribution.poison_max_entries, clock)
+        self._last_success = [-math.inf] * size
         self._was_available = [True] * size
+        self._panic = False
         # Remote and worker replicas can be hedged and throttled; in-process ones cannot.
         self._remote = all(getattr(replica, "hedgeable", True) for replica in self.replicas)
         self._hedging = hedge.enabled and hedge.max_hedges > 0 and self._remote
         self._max_attempts = retry.max_attempts if retry.enabled else 1
 
-    # -- choosing a replica ------------------------------------------------
+    # -- replica state -----------------------------------------------------
 
     def usable(self, index: int) -> bool:
         """Could this replica take a call now? Its breaker has the last word, in _choose."""
-        replica = self.replicas[index]
-        available = replica.available
-        if available != self._was_available[index]:
-            self._was_available[index] = available
-            if available:  # a restarted worker is back: in rotation, ramped in, not flooded
-                self.outliers.reinstate(index)
-                self.balancer.begin_slow_start(index)
-        return available and self.probe_healthy[index] and not self.outliers.is_ejected(index)
+        return (
+            self.replicas[index].available
+            and self.probe_healthy[index]
+            and not self.outliers.is_ejected(index)
+        )
 
     @property
     def ready(self) -> bool:
+        """Some replica is up and passes its probes: what no client request can change."""
         return any(
-            self.usable(i) and self.breakers[i].state is not BreakerState.OPEN
-            for i in range(len(self.replicas))
+            replica.available and self.probe_healthy[i] for i, replica in enumerate(self.replicas)
         )
 
-    def _choose(self, tried: set[int], *, repeat: bool = True) -> int | None:
+    @property
+    def all_out(self) -> bool:
+        """No replica is in rotation: probes should look again soon."""
+        return not any(self.usable(i) for i in range(len(self.replicas)))
+
+    def set_probe_health(self, index: int, healthy: bool) -> None:
+        """The prober's verdict; a replica passing again is reinstated and ramped in."""
+        if self.probe_healthy[index] == healthy:
+            return
+        self.probe_healthy[index] = healthy
+        if healthy:
+            self.outliers.reinstate(index)
+            self.balancer.begin_slow_start(index)
+
+    def _sync_availability(self) -> None:
+        for index, replica in enumerate(self.replicas):
+            available = replica.available
+            if available != self._was_available[index]:
+                self._was_available[index] = available
+                if available:  # a restarted worker is back: in rotation, ramped in, not flooded
+                    self.outliers.reinstate(index)
+                    self.balancer.begin_slow_start(index)
+
+    # -- choosing a replica ------------------------------------------------
+
+    def _choose(self, tally: _Tally, call: Call, kind: str) -> tuple[int, bool] | None:
+        """A replica index, and whether it was chosen in panic mode; None when none can go."""
+        self._sync_availability()
         if not self.outliers.quiet:
             for index in self.outliers.returned():
                 self.balancer.begin_slow_start(index)
         size = len(self.replicas)
-        candidates = [i for i in range(size) if i not in tried and self.usable(i)]
-        if not candidates and tried and repeat:  # all usable ones were tried: a second go
-            candidates = [i for i in range(size) if self.usable(i)]
+        usable = [i for i in range(size) if self.usable(i)]
+        candidates = [i for i in usable if i not in tally.tried]
+        if not candidates and kind != "hedge":  # all usable ones were tried: a second go
+            candidates = usable
+        trial_ok = not call.client_limited
         while candidates:
             index = self.balancer.pick(candidates)
-            if self.breakers[index].allow():
-                return index
-            candidates.remove(index)
-        return None
+            if self.breakers[index].allow(trial_ok):
+                if self._panic:
+                    self._set_panic(False)
+                return index, False
+            candidates = [i for i in candidates if i != index]
+        if kind == "hedge" or (usable and not self._none_eligible(usable)):
+            return None
+        return self._panic_choice(tally)
+
+    def _none_eligible(self, usable: list[int]) -> bool:
+        return all(self.breakers[i].state is BreakerState.OPEN for i in usable)
+
+    def _panic_choice(self, tally: _Tally) -> tuple[int, bool] | None:
+        up = [
+            i
+            for i, replica in enumerate(self.replicas)
+            if replica.available and i not in tally.tried
+        ]
+        if not up:
+            return None
+        if not self._panic:
+            self._set_panic(True)
+        return max(up, key=self._last_success.__getitem__), True
+
+    def _set_panic(self, active: bool) -> None:
+        self._panic = active
+        self._bus.emit(PanicChanged(self.model, self.version, active))
 
     # -- one attempt -------------------------------------------------------
 
-    async def _attempt(self, index: int, request: InferRequest, call: Call) -> Tensors:
+    def _spawn(
+        self, index: int, panic: bool, request: InferRequest, call: Call, tally: _Tally
+    ) -> asyncio.Task[Tensors]:
+        """Run an attempt as a task; a task cancelled before it ran gives back its slot."""
+        began = False
+
+        async def attempt() -> Tensors:
+            nonlocal began
+            began = True
+            return await self._attempt(index, request, call, tally, panic)
+
+        def never_began(_: asyncio.Task[Tensors]) -> None:
+            if not began and not panic:
+                self.breakers[index].release()
+
+        task = asyncio.ensure_future(attempt())
+        task.add_done_callback(never_began)
+        return task
+
+    async def _attempt(
+        self, index: int, request: InferRequest, call: Call, tally: _Tally, panic: bool
+    ) -> Tensors:
         replica = self.replicas[index]
         remote = self._remote
-        if remote and not self.throttle.allow():
+        # In panic mode the throttle remembers only the outage: let the call through.
+        if remote and not panic and not self.throttle.allow():
             self.breakers[index].release()
             self._bus.emit(
                 ThrottledLocally(self.model, self.version, self.throttle.rejection_probability())
@@ -172,57 +309,136 @@ class VersionPipeline:
             raise Overloaded(
                 f"{self.model}/{self.version}: replicas are refusing calls; throttled locally"
             )
+        attempt_call = call
         per_try = self.options.per_try_timeout_s
-        if per_try is not None:
-            call = dataclasses.replace(
-                call, deadline=min(call.deadline, self._clock.now() + per_try)
-            )
+        if per_try is not None and self._clock.now() + per_try < call.deadline:
+            attempt_call = dataclasses.replace(call, deadline=self._clock.now() + per_try)
         self.balancer.started(index)
         started = self._clock.now()
         try:
             outputs = self._contract.check_outputs(
-                await replica.infer(request, call), self._contract.batch_rows(request)
+                await replica.infer(request, attempt_call), self._contract.batch_rows(request)
             )
         except FailsoftError as error:
-            seconds = self._clock.now() - started
-            if remote and error.failure_class is not FailureClass.INFRA:
-                self.throttle.accepted()
-            if error.failure_class is FailureClass.DATA:  # the client's fault, not the replica's
-                self._record(index, True, seconds)
-            else:
-                self._record(index, False, seconds)
-                self._bus.emit(
-                    AttemptFailed(
-                        self.model,
-                        self.version,
-                        replica.name,
-                        error.failure_class,
-                        error.message,
-                        seconds,
-                    )
-                )
-            raise
-        except Exception:  # a backend breaking the Replica protocol: still release its slot
-            self._record(index, False, self._clock.now() - started)
+            cut_by_client = attempt_call is call and call.client_limited
+            self._judge_failure(
+                index, error, self._clock.now() - started, tally, panic, cut_by_client
+            )
             raise
         except asyncio.CancelledError:
             # A cancelled hedge loser: what it took so far is a lower bound on its
             # latency, which keeps a hung replica from looking idle and attractive.
             self.balancer.cancelled(index, self._clock.now() - started)
-            self.breakers[index].release()
+            if not panic:
+                self.breakers[index].release()
+            raise
+        except Exception as error:  # a backend breaking the Replica protocol: its fault
+            self._recent[index].add(False)
+            self._charge(index, self._clock.now() - started, str(error), panic)
             raise
         seconds = self._clock.now() - started
         if remote:
             self.throttle.accepted()
-        self._record(index, True, seconds)
+        self.balancer.finished(index, seconds, True)
+        if panic:
+            self.breakers[index].readmit("answered a call in panic mode")
+            self.outliers.reinstate(index)
+        else:
+            self.breakers[index].record(True, seconds)
+        self.outliers.record(index, True)
+        self._recent[index].add(True)
+        self._last_success[index] = started
         if self._hedging:  # the tracker only feeds the hedge delay
             self.latency.observe(seconds)
         return outputs
 
-    def _record(self, index: int, ok: bool, seconds: float) -> None:
-        self.balancer.finished(index, seconds, ok)
-        self.breakers[index].record(ok, seconds)
-        self.outliers.record(index, ok)
+    def _judge_failure(
+        self,
+        index: int,
+        error: FailsoftError,
+        seconds: float,
+        tally: _Tally,
+        panic: bool,
+        cut_by_client: bool,
+    ) -> None:
+        if isinstance(error, DeadlineExceeded) and cut_by_client:
+            error.failure_class = FailureClass.CLIENT
+        remote = self._remote
+        if error.failure_class is not _REPLICA:  # the client's doing: the replica did its job
+            if remote:
+                self.throttle.accepted()
+            self.balancer.cancelled(index, seconds)
+            if not panic:
+                self.breakers[index].release()
+            return
+        if remote and not _refused(error):
+            self.throttle.accepted()
+        recent = self._recent[index]
+        if (
+            isinstance(error, ModelError)
+            and self._attributing
+            and not panic
+            and recent.healthy(self._attribution)
+        ):
+            recent.add(False)
+            tally.suspects.append((index, seconds))
+            if tally.suspect_error is None:
+                tally.suspect_error = error
+            self.balancer.finished(index, seconds, True)  # it answered; the charge awaits a verdict
+            return
+        recent.add(False)
+        if isinstance(error, ModelError) and len(self.poison):
+            # The version fails broadly: the poison verdicts in memory may have
+            # been the first failures of a bad deploy, not bad inputs.
+            self.poison.clear()
+        self._charge(index, seconds, error.message, panic)
+
+    def _charge(self, index: int, seconds: float, message: str, panic: bool) -> None:
+        self.balancer.finished(index, seconds, False)
+        self._charge_state(index, seconds, message, panic)
+
+    def _charge_state(self, index: int, seconds: float, message: str, panic: bool) -> None:
+        if not panic:
+            self.breakers[index].record(False, seconds)
+        self.outliers.record(index, False)
+        self._bus.emit(
+            AttemptFailed(
+                self.model, self.version, self.replicas[index].name, _REPLICA, message, seconds
+            )
+        )
+
+    def _settle(self, tally: _Tally, request: InferRequest, answered: bool) -> PoisonRequest | None:
+        """The verdict on this request's suspects: charged, or a poison request."""
+        error = tally.suspect_error
+        if error is None:
+            return None
+        if answered:  # the input was fine somewhere: the suspects lied
+            for index, seconds in tally.suspects:
+                self._charge_state(index, seconds, error.message, False)
+            return None
+        for index, _ in tally.suspects:
+            self.breakers[index].release()
+        self.poison.add(request_digest(request))
+        names = ",".join(sorted({self.replicas[i].name for i, _ in tally.suspects}))
+        self._bus.emit(PoisonDetected(self.model, self.version, names, error.message))
+        return self._poison_error(error)
+
+    def _poison_error(self, cause: ModelError | None) -> PoisonRequest:
+        where = f"{self.model}/{self.version}"
+        if isinstance(cause, ContractViolation):
+            return PoisonRequest(
+                f"this input makes {where} break its output contract ({cause.message}), "
+                "while it answers other inputs well"
+            )
+        return PoisonRequest(f"{where} fails on this input, while it answers other inputs well")
+
+    def _verdict_reached(self, tally: _Tally) -> bool:
+        """No point in another attempt: the suspects confirmed each other, or none can."""
+        if not tally.suspects:
+            return False
+        if len({index for index, _ in tally.suspects}) >= 2:
+            return True
+        return not any(self.usable(i) for i in range(len(self.replicas)) if i not in tally.tried)
 
     def _retryable(self, error: FailsoftError) -> bool:
         return error.failure_class in self.options.retry.retry_on
@@ -250,37 +466,64 @@ class VersionPipeline:
     # -- the request -------------------------------------------------------
 
     async def infer(self, request: InferRequest, call: Call) -> tuple[Tensors, Replica]:
+        call.sample = None
+        if call.remaining() <= 0:  # spent waiting, or cut by the client: not worth a call
+            spent = DeadlineExceeded(f"{self.model}/{self.version}: the deadline was spent")
+            spent.failure_class = FailureClass.CLIENT
+            raise spent
+        if len(self.poison) and request_digest(request) in self.poison:
+            self._bus.emit(PoisonDetected(self.model, self.version, "", "remembered"))
+            raise self._poison_error(None)
         if self.in_flight >= self.options.bulkhead.max_in_flight:
             raise Overloaded(
                 f"{self.model}/{self.version} has {self.in_flight} calls in flight (its bulkhead)",
                 retry_after_s=1.0,
             )
         self.in_flight += 1
+        tally = _Tally()
         try:
             self.retry_budget.deposit()
             if self._hedging:
                 self.hedge_budget.deposit()
-                return await self._infer_hedged(request, call)
-            return await self._infer_sequential(request, call)
+                result = await self._infer_hedged(request, call, tally)
+            else:
+                result = await self._infer_sequential(request, call, tally)
+        except FailsoftError as error:
+            poison = self._settle(tally, request, answered=False)
+            if poison is not None:
+                raise poison from None
+            call.sample = False if error.failure_class is _REPLICA else None
+            raise
+        except BaseException:  # cancelled: no verdict on anyone
+            for index, _ in tally.suspects:
+                self.breakers[index].release()
+            raise
         finally:
             self.in_flight -= 1
+        self._settle(tally, request, answered=True)
+        call.sample = True
+        return result
 
-    async def _infer_sequential(self, request: InferRequest, call: Call) -> tuple[Tensors, Replica]:
-        tried: set[int] = set()
+    async def _infer_sequential(
+        self, request: InferRequest, call: Call, tally: _Tally
+    ) -> tuple[Tensors, Replica]:
         error: FailsoftError | None = None
         for attempt in range(self._max_attempts):
             if error is not None:
+                if self._verdict_reached(tally):
+                    raise error
                 delay = self._retry_delay(attempt, call)
                 if delay is None:
                     raise error
                 await self._clock.sleep(delay)
-            index = self._choose(tried)
-            if index is None:
+            choice = self._choose(tally, call, "retry" if attempt else "first")
+            if choice is None:
                 raise error or self._no_replica()
-            tried.add(index)
-            self._started(index, "retry" if attempt else "first")
+            index, panic = choice
+            tally.tried.add(index)
+            self._started(index, "panic" if panic else ("retry" if attempt else "first"))
             try:
-                return await self._attempt(index, request, call), self.replicas[index]
+                return await self._attempt(index, request, call, tally, panic), self.replicas[index]
             except FailsoftError as failure:
                 if not self._retryable(failure):
                     raise
@@ -288,9 +531,10 @@ class VersionPipeline:
         assert error is not None
         raise error
 
-    async def _infer_hedged(self, request: InferRequest, call: Call) -> tuple[Tensors, Replica]:
+    async def _infer_hedged(
+        self, request: InferRequest, call: Call, tally: _Tally
+    ) -> tuple[Tensors, Replica]:
         clock = self._clock
-        tried: set[int] = set()
         in_flight: dict[asyncio.Task[Tensors], int] = {}
         error: FailsoftError | None = None
         retries = hedges = 0
@@ -298,15 +542,16 @@ class VersionPipeline:
         retry_at: float | None = None
 
         def launch(kind: str) -> bool:
-            index = self._choose(tried, repeat=kind != "hedge")
-            if index is None:
+            choice = self._choose(tally, call, kind)
+            if choice is None:
                 return False
+            index, panic = choice
             if kind == "hedge" and not self.hedge_budget.try_withdraw():
                 self.breakers[index].release()  # allow() reserved a probe slot
                 return False
-            tried.add(index)
-            self._started(index, kind)
-            in_flight[asyncio.ensure_future(self._attempt(index, request, call))] = index
+            tally.tried.add(index)
+            self._started(index, "panic" if panic else kind)
+            in_flight[self._spawn(index, panic, request, call, tally)] = index
             return True
 
         if not launch("first"):
@@ -316,8 +561,8 @@ class VersionPipeline:
             while True:
                 now = clock.now()
                 if now >= call.deadline:
-                    raise DeadlineExceeded(
-                        f"{self.model}/{self.version}: no answer within the deadline"
+                    raise _deadline_error(
+                        call, f"{self.model}/{self.version}: no answer within the deadline"
                     )
                 wake = call.deadline
                 if hedges < max_hedges and in_flight:
@@ -333,7 +578,11 @@ class VersionPipeline:
                     if not isinstance(failure, FailsoftError) or not self._retryable(failure):
                         raise failure
                     error = failure
-                    if retry_at is None and retries + 1 < self._max_attempts:
+                    if (
+                        retry_at is None
+                        and retries + 1 < self._max_attempts
+                        and not self._verdict_reached(tally)
+                    ):
                         delay = self._retry_delay(retries + 1, call)
                         if delay is not None:
                             retries += 1
@@ -385,12 +634,27 @@ class VersionPipeline:
                 "name": replica.name,
                 "available": replica.available,
                 "healthy": self.probe_healthy[i],
+                "success_rate": self._recent[i].success_rate,
                 "breaker": self.breakers[i].snapshot(),
                 "ejection": self.outliers.snapshot(i),
                 "balancer": self.balancer.snapshot(i),
             }
             for i, replica in enumerate(self.replicas)
         ]
+
+
+def _refused(error: FailsoftError) -> bool:
+    """The replica said no to the work (overloaded, or too slow): what throttling counts."""
+    if isinstance(error, UpstreamError):
+        return error.refused
+    return isinstance(error, DeadlineExceeded)
+
+
+def _deadline_error(call: Call, message: str) -> DeadlineExceeded:
+    error = DeadlineExceeded(message)
+    if call.client_limited:
+        error.failure_class = FailureClass.CLIENT
+    return error
 
 
 async def _first_done(

@@ -41,6 +41,8 @@ class InferRequest:
     # instead of encoding the same tensors again.
     raw: bytes | None = None
     raw_header_length: int | None = None
+    # The inputs' digest, computed once when a stage needs it (cache, poison memory).
+    digest: bytes | None = None
 
 
 @dataclass(slots=True)

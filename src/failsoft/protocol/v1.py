@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-from failsoft.config import TensorSpec
 from failsoft.errors import BadRequest, ModelError
 from failsoft.protocol._arrays import (
     build_array,
@@ -24,6 +23,7 @@ from failsoft.protocol._arrays import (
     to_json,
     utf8_strings,
 )
+from failsoft.protocol.spec import TensorSpec
 from failsoft.protocol.types import InferRequest, InferResponse
 
 __all__ = ["decode_predict_request", "encode_predict_response"]

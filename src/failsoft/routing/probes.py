@@ -7,6 +7,8 @@ with the expected outputs (exact for integers and strings, within
 its probe. Without one, the probe asks the replica's own readiness. After
 ``fall`` failures in a row the replica leaves rotation (and readiness);
 after ``rise`` successes in a row it comes back, ramped in by slow start.
+Readiness comes from these verdicts only: client requests cannot poison a
+golden input. While a whole version is out, probes run every 100 ms.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import numpy as np
 from pydantic import Field
@@ -30,10 +34,12 @@ from failsoft.protocol.datatypes import DATATYPE_TO_DTYPE
 from failsoft.protocol.types import InferRequest, Tensors
 
 if TYPE_CHECKING:
-    from failsoft.config import TensorSpec
+    from failsoft.backends.base import Replica
+    from failsoft.protocol.spec import TensorSpec
 
 log = logging.getLogger("failsoft.probes")
 PROBE_REQUEST_ID = "health-probe"
+FAST_INTERVAL_S = 0.1  # between probes while a whole version is out of rotation
 
 
 class HealthCheckOptions(StrictModel):
@@ -97,25 +103,49 @@ def _plain(value: Any) -> Any:
     return value.encode() if isinstance(value, str) else value
 
 
+class ProbeTarget(Protocol):
+    """What a prober needs from the version it probes (``VersionPipeline``)."""
+
+    model: str
+    version: str
+
+    @property
+    def replicas(self) -> Sequence[Replica]: ...
+
+    @property
+    def all_out(self) -> bool: ...
+
+    def set_probe_health(self, index: int, healthy: bool) -> None: ...
+
+
 class Prober:
-    """Probes the replicas of one version pipeline and flips their health."""
+    """Probes the replicas of one version and reports each verdict to it.
+
+    While no replica of the version is in rotation, probes run every
+    ``FAST_INTERVAL_S`` (jittered) instead of ``interval_ms``: every request
+    fails or falls back until one is, so a healed replica should be found in
+    a fraction of a second.
+    """
 
     def __init__(
         self,
-        pipeline: Any,  # VersionPipeline; Any avoids an import cycle
+        target: ProbeTarget,
         options: HealthCheckOptions,
         contract: ModelContract,
         golden: InferRequest | None,
         bus: EventBus,
         clock: Clock,
+        rng: random.Random,
     ) -> None:
-        self._pipeline = pipeline
+        self._target = target
         self._options = options
         self._contract = contract
         self._golden = golden
         self._bus = bus
         self._clock = clock
-        size = len(pipeline.replicas)
+        self._rng = rng
+        size = len(target.replicas)
+        self._healthy = [True] * size
         self._failures = [0] * size
         self._successes = [0] * size
         self._task: asyncio.Task[None] | None = None
@@ -131,18 +161,25 @@ class Prober:
                 await self._task
             self._task = None
 
+    def interval_s(self) -> float:
+        """Seconds until the next round of probes."""
+        normal = self._options.interval_ms / 1000
+        if not self._target.all_out:
+            return normal
+        return min(normal, FAST_INTERVAL_S * self._rng.uniform(0.5, 1.5))
+
     async def _run(self) -> None:
         while True:
-            await self._clock.sleep(self._options.interval_ms / 1000)
+            await self._clock.sleep(self.interval_s())
             await self.probe_all()
 
     async def probe_all(self) -> None:
-        replicas = self._pipeline.replicas
+        replicas = self._target.replicas
         results = await asyncio.gather(*(self._probe(r) for r in replicas))
         for index, problem in enumerate(results):
             self._judge(index, problem)
 
-    async def _probe(self, replica: Any) -> str | None:
+    async def _probe(self, replica: Replica) -> str | None:
         if not replica.available:
             return None  # restarting: the supervisor owns that state, not the probe
         timeout = self._options.timeout_ms / 1000
@@ -152,10 +189,11 @@ class Prober:
                 return None if ok else "not ready"
             call = Call(
                 PROBE_REQUEST_ID,
-                self._pipeline.model,
-                self._pipeline.version,
+                self._target.model,
+                self._target.version,
                 self._clock.now() + timeout,
                 self._bus,
+                self._clock,
             )
             outputs = await asyncio.wait_for(replica.infer(self._golden, call), timeout)
             self._contract.check_outputs(outputs, self._contract.batch_rows(self._golden))
@@ -166,34 +204,31 @@ class Prober:
         return answer_problem(outputs, self._options.expect, self._options.tolerance)
 
     def _judge(self, index: int, problem: str | None) -> None:
-        pipeline = self._pipeline
-        healthy = pipeline.probe_healthy[index]
-        name = pipeline.replicas[index].name
+        healthy = self._healthy[index]
         if problem is None:
             self._failures[index] = 0
             self._successes[index] += 1
             if not healthy and self._successes[index] >= self._options.rise:
-                pipeline.probe_healthy[index] = True
-                pipeline.outliers.reinstate(index)
-                pipeline.balancer.begin_slow_start(index)
-                self._emit(name, True, f"{self._options.rise} probes passed")
+                self._report(index, True, f"{self._options.rise} probes passed")
             return
         self._successes[index] = 0
         self._failures[index] += 1
         if healthy and self._failures[index] >= self._options.fall:
-            pipeline.probe_healthy[index] = False
-            self._emit(name, False, problem)
+            self._report(index, False, problem)
 
-    def _emit(self, replica: str, healthy: bool, reason: str) -> None:
-        pipeline = self._pipeline
+    def _report(self, index: int, healthy: bool, reason: str) -> None:
+        self._healthy[index] = healthy
+        target = self._target
+        replica = target.replicas[index].name
+        target.set_probe_health(index, healthy)
         log.warning(
             "replica health changed",
             extra={
-                "model": pipeline.model,
-                "version": pipeline.version,
+                "model": target.model,
+                "version": target.version,
                 "replica": replica,
                 "healthy": healthy,
                 "reason": reason,
             },
         )
-        self._bus.emit(HealthChanged(pipeline.model, pipeline.version, replica, healthy, reason))
+        self._bus.emit(HealthChanged(target.model, target.version, replica, healthy, reason))

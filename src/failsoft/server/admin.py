@@ -37,7 +37,7 @@ class AdminRoutes:
     async def handle(
         self, method: str, parts: list[str], authorization: str | None, read_body: ReadBody
     ) -> tuple[int, bytes]:
-        self._authorize(authorization)
+        self.authorize(authorization)
         if parts == ["status"]:
             _allow(method, "GET")
             return 200, json_body(self.status())
@@ -70,7 +70,8 @@ class AdminRoutes:
         _allow(method, "GET, POST, DELETE")
         return 200, json_body({"enabled": faults.options.enabled, "faults": faults.snapshot()})
 
-    def _authorize(self, authorization: str | None) -> None:
+    def authorize(self, authorization: str | None) -> None:
+        """Raise unless ``authorization`` carries the admin token."""
         if self._token is None:
             raise Forbidden(
                 "the admin API is disabled: set server.admin_token or FAILSOFT_ADMIN_TOKEN"

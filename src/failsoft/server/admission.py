@@ -1,21 +1,30 @@
 """Admission: who is asking, how urgent it is, and whether there is room.
 
-    tenant key (401) → priority → tenant quota (429) → model's adaptive
+    tenant key (401) → priority, capped by the tenant → request quota (429)
+    → [body read and decoded] → row quota (429) → model's adaptive
     concurrency limit, priority aware (503 + Retry-After)
 
-A request that passes holds a permit of its model's limiter until it is
-answered; the time it took feeds the limit. The limiter learns the tenant's
-name too, so that waiters are served fairly between tenants.
+The request quota is charged before the body is read, so a tenant over its
+quota costs no decoding; the rows once the batch is known. A request that
+passes holds a permit of its model's limiter for as long as ``permit`` is
+entered; on the way out the permit feeds the limiter only what the model's
+replicas did (``Call.sample``): a cache hit, a poison input or a client's
+own deadline says nothing about the model's capacity.
 """
 
 from __future__ import annotations
 
-from failsoft.control.tenants import PRIORITIES, Tenant, Tenants
-from failsoft.errors import BadRequest
-from failsoft.pipeline.limiter import AdaptiveLimiter, Permit, Priority
-from failsoft.protocol.types import InferRequest
+import contextlib
+from collections.abc import AsyncIterator
 
-_PRIORITY_BY_NAME: dict[str, Priority] = {name: Priority(name) for name in PRIORITIES}
+from failsoft.call import Call
+from failsoft.control.tenants import Tenant, Tenants
+from failsoft.errors import BadRequest
+from failsoft.pipeline.limiter import AdaptiveLimiter
+from failsoft.priority import ORDER, Priority, capped
+
+_PRIORITY_BY_NAME: dict[str, Priority] = {p.value: p for p in ORDER}
+_NAMES = ", ".join(p.value for p in ORDER)
 
 
 class Admission:
@@ -25,32 +34,37 @@ class Admission:
     def identify(
         self, authorization: str | None, priority: str | None
     ) -> tuple[Tenant | None, Priority]:
-        """The tenant (401 for an unknown key) and the request's priority (400 if unknown)."""
+        """The tenant (401 for an unknown key) and the request's priority (400 if unknown).
+
+        A tenant's configured priority is the most it may ask for; anonymous
+        requests get ``default`` at most.
+        """
         tenant = self.tenants.authenticate(authorization)
+        ceiling = tenant.priority if tenant is not None else Priority.DEFAULT
         if priority is None:
-            name = tenant.priority if tenant is not None else "default"
-            return tenant, _PRIORITY_BY_NAME[name]
+            return tenant, ceiling
         found = _PRIORITY_BY_NAME.get(priority.strip().lower())
         if found is None:
-            raise BadRequest(
-                f"header Failsoft-Priority must be one of {', '.join(PRIORITIES)}, got {priority!r}"
-            )
-        return tenant, found
+            raise BadRequest(f"header Failsoft-Priority must be one of {_NAMES}, got {priority!r}")
+        return tenant, capped(found, ceiling)
 
-    async def admit(
-        self,
-        tenant: Tenant | None,
-        priority: Priority,
-        request: InferRequest,
-        limiter: AdaptiveLimiter,
-    ) -> Permit:
-        """Charge the tenant's quota, then wait for a slot under the model's limit."""
-        self.tenants.admit(tenant, _rows(request))
-        return await limiter.acquire(priority, tenant.name if tenant is not None else None)
+    def admit_request(self, tenant: Tenant | None) -> None:
+        self.tenants.admit_request(tenant)
 
+    def admit_rows(self, tenant: Tenant | None, rows: int) -> None:
+        self.tenants.admit_rows(tenant, rows)
 
-def _rows(request: InferRequest) -> int:
-    """The batch size: the first dimension of the first input (1 for a scalar)."""
-    for array in request.inputs.values():
-        return int(array.shape[0]) if array.ndim else 1
-    return 0
+    @contextlib.asynccontextmanager
+    async def permit(
+        self, tenant: Tenant | None, priority: Priority, limiter: AdaptiveLimiter, call: Call
+    ) -> AsyncIterator[None]:
+        """Hold a slot under the model's limit (raises ``Shed`` when there is none)."""
+        permit = await limiter.acquire(priority, tenant.name if tenant is not None else None)
+        admitted = call.clock.now()
+        try:
+            yield
+        finally:
+            if call.sample is None:
+                permit.cancel()
+            else:
+                permit.release(call.sample, call.clock.now() - admitted)

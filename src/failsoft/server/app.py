@@ -2,8 +2,19 @@
 
 No web framework: routing is a split of the path, which keeps the hot path
 short (see benchmarks/serve.py). Every error leaves as JSON ``{"error": ...}``
-with the status its exception carries; anything unexpected becomes a 500
-that names the request id and never shows a traceback.
+with the status its exception carries. A 500 or 502 names only what failed
+and the request id: its own message may hold a model's exception text or a
+path, which stays in the log. Anything unexpected becomes such a 500 too.
+
+An inference request goes: tenant and priority → request quota → body read
+(bounded) and decoded (large JSON off the event loop) → input contract →
+row quota → the model's limiter → the model. Each check is as early as it can
+be, so a request that will be refused costs as little as possible.
+
+With ``server.require_keys``, every route that names a model (inference,
+metadata, model readiness, the index) needs a tenant key, and ``/metrics``
+needs the admin token; health checks and server metadata stay open, and
+errors never list the models a caller has not named.
 """
 
 from __future__ import annotations
@@ -23,15 +34,16 @@ from failsoft.control.tenants import Tenants
 from failsoft.errors import (
     BadRequest,
     FailsoftError,
-    FailureClass,
     MethodNotAllowed,
     NotFound,
     NotReady,
     Overloaded,
     QuotaExceeded,
+    Shed,
 )
 from failsoft.observe.eventlog import log_event
 from failsoft.observe.events import RequestFinished
+from failsoft.observe.folded import FoldedLog
 from failsoft.observe.logging import request_id_var
 from failsoft.observe.metrics import CONTENT_TYPE, Metrics
 from failsoft.observe.recent import RecentEvents
@@ -40,6 +52,7 @@ from failsoft.protocol.types import InferRequest, InferResponse
 from failsoft.runtime import ModelRuntime, Runtime
 from failsoft.server.admin import AdminRoutes
 from failsoft.server.admission import Admission
+from failsoft.server.decoding import Decoder
 from failsoft.server.http import (
     Headers,
     Receive,
@@ -122,6 +135,8 @@ class FailsoftApp:
             Tenants(runtime.config.tenants, server.require_keys, runtime.clock)
         )
         self.recent = RecentEvents()
+        self.decoder = Decoder()
+        self._failures = FoldedLog(log, "inference failed")
         self.admin = AdminRoutes(
             runtime, server.resolved_admin_token(), self.admission.tenants.snapshot, self.recent
         )
@@ -150,6 +165,7 @@ class FailsoftApp:
                 if self._on_ready is not None:
                     self._on_ready()
             elif message["type"] == "lifespan.shutdown":
+                self.decoder.close()
                 await self.runtime.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -193,7 +209,7 @@ class FailsoftApp:
         try:
             answer = await self._route(incoming)
         except FailsoftError as error:
-            answer = self._error_answer(error)
+            answer = self._error_answer(error, request_id)
         except Exception:
             log.exception("unexpected error")
             answer = Answer(
@@ -215,7 +231,7 @@ class FailsoftApp:
                 },
             )
 
-    def _error_answer(self, error: FailsoftError) -> Answer:
+    def _error_answer(self, error: FailsoftError, request_id: str) -> Answer:
         headers: Headers = []
         if isinstance(error, MethodNotAllowed):
             headers.append((b"allow", error.allow.encode()))
@@ -224,10 +240,15 @@ class FailsoftApp:
             headers.append((b"retry-after", str(seconds).encode()))
         elif error.status == 503:
             headers.append((b"retry-after", b"1"))
-        return Answer(error.status, json_body({"error": error.message}), headers)
+        message = error.message
+        if error.status == 500:
+            message = f"the model failed on this request (request id {request_id})"
+        elif error.status == 502:
+            message = f"a replica failed on this request (request id {request_id})"
+        return Answer(error.status, json_body({"error": message}), headers)
 
     async def _send_error(self, send: Send, error: FailsoftError, request_id: str) -> None:
-        answer = self._error_answer(error)
+        answer = self._error_answer(error, request_id)
         answer.headers.append((b"x-request-id", request_id.encode("latin-1")))
         await send_response(send, answer.status, answer.body, answer.headers)
 
@@ -244,10 +265,13 @@ class FailsoftApp:
             if verb:
                 raise NotFound(f"unknown V1 verb {verb!r} (use :predict)")
             _expect(req, "GET")
+            self._guard(req)
             model = self.runtime.model(name)
             return Answer(200, json_body({"name": name, "ready": model.ready}), [])
         if head == "metrics" and len(parts) == 1:
             _expect(req, "GET")
+            if self.admission.tenants.require_keys:
+                self.admin.authorize(req.authorization)
             return Answer(200, self.metrics.render(), [], CONTENT_TYPE.encode())
         if head == "admin":
             status, body = await self.admin.handle(
@@ -259,6 +283,7 @@ class FailsoftApp:
             return Answer(status, body, [])
         if head == "" and len(parts) == 1:
             _expect(req, "GET")
+            self._guard(req)
             return Answer(200, json_body(self._index()), [])
         raise NotFound(f"no route for /{'/'.join(parts)}")
 
@@ -288,17 +313,24 @@ class FailsoftApp:
             rest = rest[2:]
         if not rest:
             _expect(req, "GET")
+            self._guard(req)
             return Answer(200, json_body(self._metadata(model_name, version_name)), [])
         if rest == ["infer"]:
             _expect(req, "POST")
             return await self._infer(req, model_name, version_name, v1_codec=False)
         if rest == ["ready"]:
             _expect(req, "GET")
+            self._guard(req)
             model = self.runtime.model(model_name)
             if not model.version(version_name).ready:
                 raise NotReady(f"model {model_name!r} is not ready")
             return Answer(200, json_body({"name": model_name, "ready": True}), [])
         raise NotFound(f"no route for /{'/'.join(parts)}")
+
+    def _guard(self, req: Incoming) -> None:
+        """With require_keys, a route that names models needs a tenant key (401)."""
+        if self.admission.tenants.require_keys:
+            self.admission.tenants.authenticate(req.authorization)
 
     def _metadata(self, model_name: str, version_name: str | None) -> dict[str, object]:
         model = self.runtime.model(model_name)
@@ -325,59 +357,50 @@ class FailsoftApp:
         self, req: Incoming, model_name: str, version_name: str | None, *, v1_codec: bool
     ) -> Answer:
         started = time.perf_counter()
+        tenant, priority = self.admission.identify(req.authorization, req.priority)
         model = self.runtime.model(model_name)
         version = model.version(version_name).version
+        clock = self.runtime.clock
         # The deadline counts from arrival: time spent waiting for admission is spent.
-        deadline = time.monotonic() + self._timeout_s(model, req.timeout_ms)
-        call = Call(req.request_id, model_name, version, deadline, self.runtime.bus)
+        timeout_s, client_limited = self._timeout(model, req.timeout_ms)
+        call = Call(
+            req.request_id,
+            model_name,
+            version,
+            clock.now() + timeout_s,
+            self.runtime.bus,
+            clock,
+            client_limited,
+        )
         status = 500
         failure = None
         served_by = ""
         try:
             if self.draining:
                 raise Overloaded("shutting down: send this request to another instance")
-            tenant, priority = self.admission.identify(req.authorization, req.priority)
+            self.admission.admit_request(tenant)
             body = await read_body(req.receive, self.server.max_body_bytes, req.content_length)
-            request = self._decode(model, body, req.header_length, v1_codec)
+            request = await self._decode(model, body, req.header_length, v1_codec)
+            self.admission.admit_rows(tenant, model.contract.check_request(request))
             try:
-                permit = await self.admission.admit(tenant, priority, request, model.limiter)
-            except Overloaded as shed:
-                if not model.config.fallback:
+                async with self.admission.permit(tenant, priority, model.limiter, call):
+                    answer, served_by = await self._serve(
+                        model, version_name, request, v1_codec, call
+                    )
+            except Shed as shed:
+                if not model.fallback:
                     raise
-                model.contract.check_request(request)
                 answer, served_by = await self._serve(
                     model, version_name, request, v1_codec, call, shed=shed
                 )
-                status = 200
-                return answer
-            admitted = time.perf_counter()
-            try:
-                model.contract.check_request(request)
-                answer, served_by = await self._serve(model, version_name, request, v1_codec, call)
-            except FailsoftError as error:
-                # Only answers that say something about the model's speed move the limit.
-                healthy = error.failure_class in (FailureClass.DATA, FailureClass.LOGIC)
-                permit.release(healthy, time.perf_counter() - admitted)
-                raise
-            except BaseException:
-                permit.cancel()
-                raise
-            permit.release(True, time.perf_counter() - admitted)
             status = 200
             return answer
         except FailsoftError as error:
             status = error.status
             failure = error.failure_class
-            if status >= 500:
-                log.warning(
-                    "inference failed",
-                    extra={
-                        "model": model_name,
-                        "version": version,
-                        "status": status,
-                        "class": failure.value,
-                        "error": error.message,
-                    },
+            if status >= 500 or status == 422:
+                self._failures.note(
+                    model_name, f"{status} {failure.value}", error.message, req.request_id
                 )
             raise
         finally:
@@ -413,20 +436,25 @@ class FailsoftApp:
         return answer, served.served_by
 
     @staticmethod
-    def _timeout_s(model: ModelRuntime, requested_ms: int | None) -> float:
+    def _timeout(model: ModelRuntime, requested_ms: int | None) -> tuple[float, bool]:
+        """The request's deadline in seconds, and whether the client made it shorter."""
+        own_ms = model.config.timeout_ms
         if requested_ms is None or requested_ms <= 0:
-            return model.config.timeout_ms / 1000.0
-        return min(requested_ms, model.config.timeout_cap_ms) / 1000.0
+            return own_ms / 1000.0, False
+        chosen_ms = min(requested_ms, model.config.timeout_cap_ms)
+        return chosen_ms / 1000.0, chosen_ms < own_ms
 
-    @staticmethod
-    def _decode(
-        model: ModelRuntime, body: bytes, header_length: int | None, v1_codec: bool
+    async def _decode(
+        self, model: ModelRuntime, body: bytes, header_length: int | None, v1_codec: bool
     ) -> InferRequest:
         if v1_codec:
-            return v1.decode_predict_request(body, model.config.inputs)
-        request = v2.decode_infer_request(body, header_length)
-        request.raw = body
-        request.raw_header_length = header_length
+            return await self.decoder.decode(body, None, model.config.inputs)
+        request = await self.decoder.decode(body, header_length, None)
+        if request.outputs is None:
+            # Forwarded unchanged to remote replicas. With an output subset it is not:
+            # a replica is always asked for every output, which the contract checks.
+            request.raw = body
+            request.raw_header_length = header_length
         return request
 
     @staticmethod

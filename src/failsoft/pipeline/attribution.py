@@ -1,0 +1,120 @@
+"""Whose fault is a model error: the replica's, or the input's?
+
+A replica that raises, or answers outside the output contract, may be broken
+(a lying replica, a bad deploy) or may have met an input that breaks any copy
+of the model (a *poison request*: features that drive it to NaN, say). Only
+the first may move breakers, ejection and readiness; otherwise 30 requests
+from one client could take a healthy fleet out of service.
+
+The verdict, per request:
+
+- Every replica keeps its last ``WINDOW`` raw outcomes (every call, whatever
+  the verdict). It is *healthy* when it has at least ``min_calls`` of them
+  and at least ``healthy_success_rate`` succeeded: it answers other inputs
+  well.
+- A model error on a healthy replica is a *suspect*: nobody is charged yet,
+  and the request is tried on another replica, the confirmation.
+- If any attempt of the request then succeeds, the input was fine: every
+  suspect is charged to its replica (it lied). If none succeeds, the request
+  is poison: nobody is charged, the client gets the fallback chain or a 422,
+  and its input digest is remembered (``PoisonMemory``) so a repeat is
+  answered without calling a replica at all.
+- A model error on a replica that is not healthy is charged at once: a model
+  that fails for most inputs is a bad deploy, not a bad client. When that
+  happens the memory is cleared, since the verdicts that filled it may have
+  been the first failures of that deploy.
+
+What this costs an attacker: inputs it repeats are answered from memory, and
+to make the gateway blame the replicas it must send a share of distinct
+poison inputs large enough to push the replicas under the healthy rate (20%
+of their calls by default), which is also how a bad deploy looks. Tenant
+quotas bound that share for keyed clients.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Annotated
+
+from pydantic import Field
+
+from failsoft._options import StrictModel
+from failsoft.clock import Clock
+
+WINDOW = 32  # raw outcomes kept per replica
+
+
+class AttributionOptions(StrictModel):
+    enabled: bool = Field(
+        default=True,
+        description="tell poison requests from broken replicas; off charges every model "
+        "error to the replica that raised it",
+    )
+    healthy_success_rate: Annotated[float, Field(gt=0, le=1)] = 0.8
+    min_calls: Annotated[int, Field(ge=1, le=WINDOW)] = 10
+    poison_ttl_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 300.0
+    poison_max_entries: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+
+
+class RecentOutcomes:
+    """The last ``WINDOW`` outcomes of one replica, as bits of an int (1 = failed)."""
+
+    __slots__ = ("_bits", "_calls")
+    _MASK = (1 << WINDOW) - 1
+
+    def __init__(self) -> None:
+        self._bits = 0
+        self._calls = 0
+
+    def add(self, ok: bool) -> None:
+        self._bits = ((self._bits << 1) | (not ok)) & self._MASK
+        if self._calls < WINDOW:
+            self._calls += 1
+
+    @property
+    def calls(self) -> int:
+        return self._calls
+
+    @property
+    def success_rate(self) -> float:
+        if not self._calls:
+            return 1.0
+        return 1.0 - self._bits.bit_count() / self._calls
+
+    def healthy(self, options: AttributionOptions) -> bool:
+        return self._calls >= options.min_calls and (
+            self.success_rate >= options.healthy_success_rate
+        )
+
+
+class PoisonMemory:
+    """Input digests recently judged poison, each kept ``ttl_s``; a bounded LRU."""
+
+    __slots__ = ("_clock", "_entries", "_max", "_ttl_s")
+
+    def __init__(self, ttl_s: float, max_entries: int, clock: Clock) -> None:
+        self._ttl_s = ttl_s
+        self._max = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, digest: bytes) -> bool:
+        expires = self._entries.get(digest)
+        if expires is None:
+            return False
+        if self._clock.now() >= expires:
+            del self._entries[digest]
+            return False
+        return True
+
+    def add(self, digest: bytes) -> None:
+        self._entries[digest] = self._clock.now() + self._ttl_s
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
