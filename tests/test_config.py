@@ -11,6 +11,7 @@ from failsoft.config import (
     HttpBackend,
     OnnxBackend,
     ProcessBackend,
+    ServerConfig,
     load_config,
     parse_config,
 )
@@ -88,6 +89,25 @@ def test_wrong_values_name_the_path_and_what_was_expected() -> None:
     assert "models.m.inputs[0].datatype:" in joined
     assert "'FP33'" in joined
     assert "models.m.versions.v1.replicas: Input should be greater than or equal to 1" in joined
+
+
+def test_server_transport_limits_have_defaults_and_bounds() -> None:
+    server = ServerConfig()
+    assert (server.header_timeout_s, server.keep_alive_s, server.max_header_bytes) == (
+        10.0,
+        5.0,
+        65536,
+    )
+    problems = problems_of(
+        {
+            "server": {"header_timeout_s": 0, "keep_alive_s": -1, "max_header_bytes": 100},
+            **with_versions({"v1": {"backend": "onnx", "path": "a"}}),
+        }
+    )
+    joined = "\n".join(problems)
+    assert "server.header_timeout_s: Input should be greater than 0" in joined
+    assert "server.keep_alive_s: Input should be greater than 0" in joined
+    assert "server.max_header_bytes: Input should be greater than or equal to 1024" in joined
 
 
 def test_unknown_backend_lists_the_choices() -> None:

@@ -120,6 +120,9 @@ class ServerConfig(_Strict):
     access_log: bool = False
     drain_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     max_connections: Annotated[int, Field(ge=16, le=1_000_000)] = 8192
+    header_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    keep_alive_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1 << 24)] = 64 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def resolved_admin_token(self) -> str | None:
