@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from failsoft.drills.server import ServerProcess
 from tests._raw_http import Address, connect, get, is_closed, read_response, seconds_until_closed
-from tests.integration.conftest import launch
+from tests.integration.conftest import REPO, launch
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +119,25 @@ def test_sixteen_slowloris_sockets_do_not_block_real_requests(patient: Address) 
     finally:
         for sock in slowloris:
             sock.close()
+
+
+def test_a_short_admin_token_in_the_environment_stops_startup_clearly(tmp_path: Path) -> None:
+    config = tmp_path / "failsoft.yaml"
+    config.write_text(MODELS)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "FAILSOFT_ADMIN_TOKEN": "too-short",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "failsoft", "serve", "--config", str(config), "--port", "0"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    stderr = done.stderr.decode()
+    assert done.returncode == 1
+    assert "FAILSOFT_ADMIN_TOKEN: must be at least 16 characters" in stderr
+    assert "Traceback" not in stderr
+    assert "too-short" not in stderr

@@ -15,7 +15,7 @@ from types import FrameType
 
 import uvicorn
 
-from failsoft.config import Config
+from failsoft.config import Config, ConfigError
 from failsoft.observe.events import EventBus
 from failsoft.observe.logging import setup_logging
 from failsoft.observe.metrics import Metrics
@@ -69,6 +69,10 @@ def serve_on_socket(
 ) -> None:
     """Serve until SIGINT/SIGTERM; exits with status 1 if the models fail to load."""
     setup_logging(config.server.log_level)
+    try:
+        config.server.resolved_admin_token()
+    except ConfigError as error:
+        raise SystemExit(f"failsoft: {error}") from None
     if sock is None:
         if fd is None:
             raise ValueError("serve_on_socket needs a socket or a file descriptor")
