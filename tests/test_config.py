@@ -11,6 +11,7 @@ from failsoft.config import (
     HttpBackend,
     OnnxBackend,
     ProcessBackend,
+    ServerConfig,
     load_config,
     parse_config,
 )
@@ -88,6 +89,53 @@ def test_wrong_values_name_the_path_and_what_was_expected() -> None:
     assert "models.m.inputs[0].datatype:" in joined
     assert "'FP33'" in joined
     assert "models.m.versions.v1.replicas: Input should be greater than or equal to 1" in joined
+
+
+def test_server_transport_limits_have_defaults_and_bounds() -> None:
+    server = ServerConfig()
+    assert (server.header_timeout_s, server.keep_alive_s, server.max_header_bytes) == (
+        10.0,
+        5.0,
+        65536,
+    )
+    problems = problems_of(
+        {
+            "server": {"header_timeout_s": 0, "keep_alive_s": -1, "max_header_bytes": 100},
+            **with_versions({"v1": {"backend": "onnx", "path": "a"}}),
+        }
+    )
+    joined = "\n".join(problems)
+    assert "server.header_timeout_s: Input should be greater than 0" in joined
+    assert "server.keep_alive_s: Input should be greater than 0" in joined
+    assert "server.max_header_bytes: Input should be greater than or equal to 1024" in joined
+
+
+def test_a_short_admin_token_is_refused_without_echoing_it() -> None:
+    (problem,) = problems_of(
+        {
+            "server": {"admin_token": "fifteen-chars!!"},
+            **with_versions({"v1": {"backend": "onnx", "path": "a"}}),
+        }
+    )
+    assert problem.startswith("server: admin_token must be at least 16 characters")
+    assert "fifteen" not in problem
+    assert ServerConfig(admin_token="sixteen-chars!!!").resolved_admin_token() == "sixteen-chars!!!"
+
+
+def test_a_short_admin_token_in_the_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAILSOFT_ADMIN_TOKEN", "tiny-secret")
+    with pytest.raises(ConfigError) as caught:
+        ServerConfig().resolved_admin_token()
+    assert str(caught.value).startswith("FAILSOFT_ADMIN_TOKEN: must be at least 16 characters")
+    assert "tiny-secret" not in str(caught.value)
+    # A configured token wins over the variable, which is then never used.
+    assert ServerConfig(admin_token="x" * 16).resolved_admin_token() == "x" * 16
+    monkeypatch.setenv("FAILSOFT_ADMIN_TOKEN", "y" * 16)
+    assert ServerConfig().resolved_admin_token() == "y" * 16
+    monkeypatch.delenv("FAILSOFT_ADMIN_TOKEN")
+    assert ServerConfig().resolved_admin_token() is None
 
 
 def test_unknown_backend_lists_the_choices() -> None:

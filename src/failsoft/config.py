@@ -59,6 +59,13 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 _Strict = StrictModel
 
 
+MIN_ADMIN_TOKEN_CHARS = 16
+_SHORT_TOKEN = (
+    f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters; make one with "
+    "`python3 -c 'import secrets; print(secrets.token_urlsafe(24))'`"
+)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
@@ -72,10 +79,26 @@ class ServerConfig(_Strict):
     access_log: bool = False
     drain_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     max_connections: Annotated[int, Field(ge=16, le=1_000_000)] = 8192
+    header_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    keep_alive_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1 << 24)] = 64 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @model_validator(mode="after")
+    def _long_admin_token(self) -> ServerConfig:
+        # Checked here rather than with min_length so the error never echoes the token.
+        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"admin_token {_SHORT_TOKEN}")
+        return self
+
     def resolved_admin_token(self) -> str | None:
-        return self.admin_token or os.environ.get("FAILSOFT_ADMIN_TOKEN") or None
+        """The admin token; raises ConfigError when $FAILSOFT_ADMIN_TOKEN is too short."""
+        if self.admin_token:
+            return self.admin_token
+        token = os.environ.get("FAILSOFT_ADMIN_TOKEN") or None
+        if token is not None and len(token) < MIN_ADMIN_TOKEN_CHARS:
+            raise ConfigError("FAILSOFT_ADMIN_TOKEN", [_SHORT_TOKEN])
+        return token
 
 
 Execution = Literal["auto", "thread", "inline"]

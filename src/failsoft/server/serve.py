@@ -15,12 +15,13 @@ from types import FrameType
 
 import uvicorn
 
-from failsoft.config import Config
+from failsoft.config import Config, ConfigError
 from failsoft.observe.events import EventBus
 from failsoft.observe.logging import setup_logging
 from failsoft.observe.metrics import Metrics
 from failsoft.runtime import Runtime
 from failsoft.server.app import FailsoftApp
+from failsoft.server.h1 import H1Limits, protocol_class
 
 log = logging.getLogger("failsoft.server")
 
@@ -68,6 +69,10 @@ def serve_on_socket(
 ) -> None:
     """Serve until SIGINT/SIGTERM; exits with status 1 if the models fail to load."""
     setup_logging(config.server.log_level)
+    try:
+        config.server.resolved_admin_token()
+    except ConfigError as error:
+        raise SystemExit(f"failsoft: {error}") from None
     if sock is None:
         if fd is None:
             raise ValueError("serve_on_socket needs a socket or a file descriptor")
@@ -86,10 +91,20 @@ def serve_on_socket(
             on_ready(url)
 
     app = build_app(config, ready)
+    server_config = config.server
+    limits = H1Limits(
+        max_connections=server_config.max_connections,
+        header_timeout_s=server_config.header_timeout_s,
+        keep_alive_s=server_config.keep_alive_s,
+        max_header_bytes=server_config.max_header_bytes,
+    )
     uvicorn_config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        # The connection cap, header and keep-alive deadlines live in the
+        # protocol; uvicorn's limit_concurrency would count idle connections.
+        http=protocol_class(limits),
+        ws="none",
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -97,9 +112,6 @@ def serve_on_socket(
         proxy_headers=False,
         timeout_graceful_shutdown=max(1, round(config.server.drain_s)),
         backlog=2048,
-        # A last-resort bound on connections and requests together; the
-        # adaptive limit sheds long before this is reached.
-        limit_concurrency=config.server.max_connections,
     )
     server = _DrainingServer(uvicorn_config, app)
     # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler
