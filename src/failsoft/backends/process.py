@@ -3,7 +3,8 @@
 Each worker is a small failsoft serving one model version over V2 on a
 loopback port, so the gateway reaches it through the same ``HttpReplica``
 code path as any remote server: one path for balancing, breakers and
-ejection, and crash isolation for free.
+ejection, and crash isolation for free. A worker takes the gateway's server limits
+(body size, connections) and log level.
 
 The supervisor restarts a worker that exits, with exponential backoff and
 full jitter (reset once a worker has stayed up for a while), and kills and
@@ -27,7 +28,7 @@ import orjson
 
 from failsoft.backends.http import HttpReplica
 from failsoft.call import Call
-from failsoft.config import ModelConfig, ProcessBackend
+from failsoft.config import ModelConfig, ProcessBackend, ServerConfig
 from failsoft.errors import BackendLoadError, NotReady
 from failsoft.observe.events import EventBus, ReplicaStateChanged, WorkerRestarted
 from failsoft.protocol.types import InferRequest, Tensors
@@ -36,12 +37,28 @@ log = logging.getLogger("failsoft.backends.process")
 
 STABLE_AFTER_S = 30.0  # a worker up this long resets its restart backoff
 WORKER_POOL_SIZE = 128  # connections from the gateway to one worker
+MAX_BODY_BYTES = 1 << 30  # ServerConfig's own bound on max_body_bytes
+
+
+def worker_server(server: ServerConfig) -> dict[str, object]:
+    """The server settings a worker takes from the gateway's (no keys, no admin token)."""
+    return {
+        # Twice the gateway's limit: a body the gateway re-encodes (a V1 request sent
+        # on as V2 JSON, "1" written as "1.0") may grow, up to about double.
+        "max_body_bytes": min(2 * server.max_body_bytes, MAX_BODY_BYTES),
+        "max_connections": server.max_connections,
+        "log_level": server.log_level,
+    }
 
 
 def worker_spec(
-    model: str, version: str, model_config: ModelConfig, backend: ProcessBackend
+    model: str,
+    version: str,
+    model_config: ModelConfig,
+    backend: ProcessBackend,
+    server: ServerConfig | None = None,
 ) -> bytes:
-    """The configuration a worker serves: this model with one in-process version."""
+    """What a worker serves: this model with one in-process version, and its server settings."""
     spec = model_config.model_dump(mode="json")
     spec["versions"] = {version: backend.worker.model_dump(mode="json")}
     spec["default_version"] = version
@@ -49,7 +66,9 @@ def worker_spec(
     off = {"enabled": False}
     spec.update(retry=off, hedge=off, breaker=off, ejection=off, health_check=off, fallback=[])
     spec["cache"] = off
-    return orjson.dumps({"model": model, "config": spec})
+    return orjson.dumps(
+        {"model": model, "config": spec, "server": worker_server(server or ServerConfig())}
+    )
 
 
 class WorkerReplica:
