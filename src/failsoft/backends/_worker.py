@@ -1,7 +1,7 @@
 """Entry point of a worker process started by the process backend.
 
 Reads its model and server configuration (JSON) from stdin, serves it over
-V2 on the listening socket inherited as ``--fd``, and dies with its
+V2 on the listening (unix) socket inherited as ``--fd``, and dies with its
 parent.
 """
 
