@@ -197,7 +197,7 @@ def test_a_request_within_the_gateways_body_limit_reaches_the_worker(
         assert all(w["restarts"] == 0 and w["available"] for w in workers(http))
 
 
-def test_workers_listen_privately(
+def test_workers_listen_privately_and_get_no_secrets(
     start_server: Callable[[str], ServerProcess], demo_dir: Path
 ) -> None:
     server = start_server(process_config(demo_dir))
@@ -212,6 +212,14 @@ def test_workers_listen_privately(
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
         # Spawned together, yet neither inherited the other's listener (nor the gateway's).
         assert listeners_held(worker["pid"]) == {str(path)}
+        environ = Path(f"/proc/{worker['pid']}/environ").read_bytes().split(b"\0")
+        names = {entry.partition(b"=")[0] for entry in environ}
+        assert b"FAILSOFT_ADMIN_TOKEN" not in names
+        assert {b"PATH", b"PYTHONPATH", b"FAILSOFT_REPLICA"} <= names
+    gateway = server.process
+    assert gateway is not None
+    gateway_env = Path(f"/proc/{gateway.pid}/environ").read_bytes()
+    assert b"FAILSOFT_ADMIN_TOKEN=" in gateway_env  # so the worker's lack of it is a choice
 
 
 def test_a_killed_workers_address_refuses_at_once(

@@ -1,4 +1,4 @@
-"""Starting one worker process: on a private socket, one at a time.
+"""Starting one worker process: a private socket, a scrubbed environment, one at a time.
 
 A worker serves on a unix socket (mode 0600, in a directory of mode 0700 that
 the gateway owns), so no other local user can reach it around the gateway's
@@ -21,12 +21,46 @@ import os
 import socket
 import sys
 import weakref
+from collections.abc import Mapping
 
-__all__ = ["spawn_worker"]
+__all__ = ["spawn_worker", "worker_env"]
+
+# What a worker needs from the environment: finding Python and its packages,
+# the locale, temporary and cache directories, and thread and GPU settings of
+# the numeric libraries. Nothing else, so no secret (FAILSOFT_ADMIN_TOKEN,
+# cloud credentials...) reaches model code.
+_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "XDG_CACHE_HOME",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "LD_LIBRARY_PATH",
+    }
+)
+_ENV_PREFIXES = ("LC_", "PYTHON", "OMP_", "MKL_", "OPENBLAS_", "CUDA_")
 
 _spawn_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def worker_env(environ: Mapping[str, str], replica: str) -> dict[str, str]:
+    """The environment of a worker: the allowed variables of ``environ``, and its name."""
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name in _ENV_NAMES or name.startswith(_ENV_PREFIXES)
+    }
+    env["FAILSOFT_REPLICA"] = replica
+    return env
 
 
 def _listen_unix(path: str) -> socket.socket:
@@ -63,7 +97,7 @@ async def spawn_worker(path: str, replica: str) -> asyncio.subprocess.Process:
                 str(os.getpid()),
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=(listener.fileno(),),
-                env={**os.environ, "FAILSOFT_REPLICA": replica},
+                env=worker_env(os.environ, replica),
             )
         finally:
             # The worker owns the socket now: when it dies, connects are refused at once.
