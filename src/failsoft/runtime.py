@@ -76,7 +76,7 @@ class ModelRuntime:
         options = resilience_options(config)
         golden = golden_request(config.health_check, config.inputs)
         for version in config.versions:
-            built = build_replicas(name, version, config, runtime.bus)
+            built = build_replicas(name, version, config, runtime.bus, runtime.config.server)
             replicas: list[Replica] = built.replicas
             if runtime.config.chaos.enabled:
                 replicas = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -332,6 +333,38 @@ async def test_idle_timeout_closes_idle_connections() -> None:
         await until(closed)  # the pool closed it: no request was pending
         await post(pool)
     assert upstream.connections == 2
+
+
+async def test_a_unix_socket_origin() -> None:
+    upstream = Upstream(answer_all)
+    with tempfile.TemporaryDirectory() as directory:
+        path = f"{directory}/upstream.sock"
+        server = await asyncio.start_unix_server(upstream.on_connection, path)
+        pool = H1Pool("localhost", 80, unix_path=path)
+        try:
+            assert (await post(pool)).body == BODY
+            assert (await post(pool)).body == BODY
+        finally:
+            await pool.close()
+            server.close()
+            await server.wait_closed()
+    assert pool.origin == f"unix:{path}"
+    assert upstream.connections == 1  # kept alive and reused, as over TCP
+    head = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: localhost:80\r\n"
+    assert upstream.requests[0].startswith(head)
+
+
+async def test_a_unix_socket_nobody_listens_on_is_refused_at_once() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = f"{directory}/gone.sock"
+        with socket.socket(socket.AF_UNIX) as dead:
+            dead.bind(path)  # the file stays, but nothing listens: as after a crash
+        for missing_or_dead in (path, f"{directory}/missing.sock"):
+            pool = H1Pool("localhost", 80, unix_path=missing_or_dead)
+            with pytest.raises(PoolError, match="cannot connect") as failure:
+                await post(pool)
+            assert not isinstance(failure.value, PoolTimeout)
+            await pool.close()
 
 
 # --- failures -----------------------------------------------------------------------------
@@ -698,6 +731,8 @@ UVLOOP_SCENARIOS = [
     test_server_closing_an_idle_connection_then_the_next_request_succeeds,
     test_reused_connection_closed_as_we_send_is_retried_once_on_a_new_one,
     test_connection_refused_is_a_pool_error,
+    test_a_unix_socket_origin,
+    test_a_unix_socket_nobody_listens_on_is_refused_at_once,
     test_timeout_raises_pool_timeout_and_the_connection_is_not_reused,
     test_malformed_response_is_a_pool_error_and_the_connection_is_dropped,
     test_max_connections_is_respected,

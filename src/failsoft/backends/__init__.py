@@ -18,6 +18,7 @@ from failsoft.config import (
     OnnxBackend,
     ProcessBackend,
     PythonBackend,
+    ServerConfig,
     SklearnBackend,
 )
 from failsoft.observe.events import EventBus
@@ -42,8 +43,13 @@ def _local_loader(
 
 
 def build_replicas(
-    model_name: str, version_name: str, model: ModelConfig, bus: EventBus
+    model_name: str,
+    version_name: str,
+    model: ModelConfig,
+    bus: EventBus,
+    server: ServerConfig | None = None,
 ) -> BuiltReplicas:
+    """The replicas of one version; ``server`` (the gateway's settings) shapes workers'."""
     config = model.versions[version_name]
     if isinstance(config, HttpBackend):
         replicas: list[Replica] = [
@@ -58,7 +64,7 @@ def build_replicas(
         ]
         return BuiltReplicas(replicas)
     if isinstance(config, ProcessBackend):
-        spec = worker_spec(model_name, version_name, model, config)
+        spec = worker_spec(model_name, version_name, model, config, server)
         workers: list[Replica] = [
             WorkerReplica(f"w{i}", model_name, version_name, spec, config, bus)
             for i in range(config.replicas)

@@ -1,7 +1,8 @@
 """Entry point of a worker process started by the process backend.
 
-Reads its model configuration (JSON) from stdin, serves it over V2 on the
-listening socket inherited as ``--fd``, and dies with its parent.
+Reads its model and server configuration (JSON) from stdin, serves it over
+V2 on the listening (unix) socket inherited as ``--fd``, and dies with its
+parent.
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ def main() -> None:
     args = parser.parse_args()
     _die_with_parent(args.parent)
 
-    from failsoft.config import Config, ServerConfig
+    from failsoft.config import Config
     from failsoft.server.serve import serve_on_socket
 
     spec = orjson.loads(sys.stdin.buffer.read())
     config = Config.model_validate(
-        {"server": ServerConfig().model_dump(), "models": {spec["model"]: spec["config"]}}
+        {"server": spec["server"], "models": {spec["model"]: spec["config"]}}
     )
     serve_on_socket(config, fd=args.fd, role="worker")
 

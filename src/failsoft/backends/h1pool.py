@@ -3,8 +3,9 @@
 The http backend sends small V2 requests to upstreams on loopback, where the
 general-purpose client (aiohttp) costs more CPU than the request itself. This
 pool does only what that path needs: keep-alive connections to one ``http``
-origin, one request at a time per connection (no pipelining), responses
-framed by Content-Length, chunked encoding or end-of-stream.
+origin (over TCP, or over a unix socket for the process backend's workers),
+one request at a time per connection (no pipelining), responses framed by
+Content-Length, chunked encoding or end-of-stream.
 
 Design
 ------
@@ -108,6 +109,8 @@ class H1Pool:
     Bound to the event loop of its first request. ``idle_timeout_s`` closes
     connections idle for longer; keep it below the upstream's own keep-alive
     timeout (uvicorn's default is 5 s) so the server rarely closes first.
+    With ``unix_path`` the pool connects to that unix socket instead of
+    ``host``:``port``, which then only name the origin in the Host header.
     """
 
     def __init__(
@@ -116,6 +119,8 @@ class H1Pool:
         port: int,
         max_connections: int = 128,
         idle_timeout_s: float = 30.0,
+        *,
+        unix_path: str | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -123,8 +128,10 @@ class H1Pool:
             raise ValueError("idle_timeout_s must be positive")
         self.host = host
         self.port = port
-        self.origin = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self._host_line = f"Host: {self.origin}\r\n"
+        self.unix_path = unix_path
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.origin = f"unix:{unix_path}" if unix_path is not None else authority
+        self._host_line = f"Host: {authority}\r\n"
         self._max = max_connections
         self._idle_timeout = idle_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -262,7 +269,10 @@ class H1Pool:
 
         try:
             async with asyncio.timeout_at(deadline):
-                _, conn = await loop.create_connection(new_connection, self.host, self.port)
+                if self.unix_path is not None:
+                    _, conn = await loop.create_unix_connection(new_connection, self.unix_path)
+                else:
+                    _, conn = await loop.create_connection(new_connection, self.host, self.port)
         except BaseException as error:
             for orphan in made:  # connected just as the deadline or a cancellation hit
                 self._retire(orphan)
@@ -443,7 +453,7 @@ class _Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:

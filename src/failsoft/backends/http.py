@@ -9,7 +9,10 @@ caller already has. Failures are classified here, at the source: connect
 errors, timeouts, 5xx and answers that cannot be decoded are the replica's
 (``UpstreamError``); a remote 500 is a ``ModelError``, which attribution may
 find to be the input's fault (the same input fails elsewhere too); a remote
-400 is the client's ``data`` problem.
+400, 404 or 413 is the request's fault, not the replica's.
+
+A replica's ``base_url`` is ``http://host:port[/prefix]`` or, for the
+process backend's workers, ``unix:/path/to/socket``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from failsoft.errors import (
     DeadlineExceeded,
     FailsoftError,
     ModelError,
+    NotFound,
+    PayloadTooLarge,
     UpstreamError,
 )
 from failsoft.protocol.types import InferRequest, Tensors
@@ -73,16 +78,27 @@ class HttpReplica:
     def base_url(self, url: str) -> None:
         if url == self._base_url:
             return
-        parts = urlsplit(url)
-        if parts.scheme != "http" or parts.hostname is None:
-            raise ValueError(f"replica {self.name}: only http:// URLs are supported, got {url!r}")
+        pool, prefix = self._pool_for(url)
         if self._pool is not None:  # the old peer is gone (a restarted worker): let go of it
             task = asyncio.get_running_loop().create_task(self._pool.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
-        self._pool = H1Pool(parts.hostname, parts.port or 80, self._pool_size, IDLE_TIMEOUT_S)
+        self._pool = pool
         self._base_url = url
-        self._prefix = parts.path.rstrip("/")
+        self._prefix = prefix
+
+    def _pool_for(self, url: str) -> tuple[H1Pool, str]:
+        """A pool for ``url`` and the path prefix of every request."""
+        if url.startswith("unix:/"):
+            path = url.removeprefix("unix:")
+            return H1Pool("localhost", 80, self._pool_size, IDLE_TIMEOUT_S, unix_path=path), ""
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(
+                f"replica {self.name}: only http:// and unix:/ URLs are supported, got {url!r}"
+            )
+        pool = H1Pool(parts.hostname, parts.port or 80, self._pool_size, IDLE_TIMEOUT_S)
+        return pool, parts.path.rstrip("/")
 
     @property
     def available(self) -> bool:
@@ -154,8 +170,13 @@ def _status_error(replica: str, status: int, payload: bytes) -> FailsoftError:
         message = str(orjson.loads(payload).get("error", ""))
     except (orjson.JSONDecodeError, AttributeError):
         message = payload[:200].decode("utf-8", "replace")
+    # Caused by the request, so not charged to the replica (nor retried elsewhere).
     if status == 400:
         return BadRequest(message or "the replica rejected the input")
+    if status == 404:
+        return NotFound(message or f"replica {replica} does not know the model or version")
+    if status == 413:
+        return PayloadTooLarge(message or f"replica {replica} refused the body as too large")
     if status == 500:
         return ModelError(f"replica {replica} answered 500: {message}")
     return UpstreamError(f"replica {replica} answered {status}: {message}", status)

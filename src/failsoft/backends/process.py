@@ -1,9 +1,10 @@
 """The process backend: supervised worker processes, each a replica.
 
 Each worker is a small failsoft serving one model version over V2 on a
-loopback port, so the gateway reaches it through the same ``HttpReplica``
-code path as any remote server: one path for balancing, breakers and
-ejection, and crash isolation for free.
+private unix socket (see ``_spawn``), so the gateway reaches it through the
+same ``HttpReplica`` code path as any remote server: one path for balancing,
+breakers and ejection, and crash isolation for free. A worker takes the
+gateway's server limits (body size, connections) and log level.
 
 The supervisor restarts a worker that exits, with exponential backoff and
 full jitter (reset once a worker has stayed up for a while), and kills and
@@ -18,16 +19,17 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import signal
-import socket
-import sys
+import tempfile
 import time
 
 import orjson
 
+from failsoft.backends._spawn import spawn_worker
 from failsoft.backends.http import HttpReplica
 from failsoft.call import Call
-from failsoft.config import ModelConfig, ProcessBackend
+from failsoft.config import ModelConfig, ProcessBackend, ServerConfig
 from failsoft.errors import BackendLoadError, NotReady
 from failsoft.observe.events import EventBus, ReplicaStateChanged, WorkerRestarted
 from failsoft.protocol.types import InferRequest, Tensors
@@ -36,12 +38,28 @@ log = logging.getLogger("failsoft.backends.process")
 
 STABLE_AFTER_S = 30.0  # a worker up this long resets its restart backoff
 WORKER_POOL_SIZE = 128  # connections from the gateway to one worker
+MAX_BODY_BYTES = 1 << 30  # ServerConfig's own bound on max_body_bytes
+
+
+def worker_server(server: ServerConfig) -> dict[str, object]:
+    """The server settings a worker takes from the gateway's (no keys, no admin token)."""
+    return {
+        # Twice the gateway's limit: a body the gateway re-encodes (a V1 request sent
+        # on as V2 JSON, "1" written as "1.0") may grow, up to about double.
+        "max_body_bytes": min(2 * server.max_body_bytes, MAX_BODY_BYTES),
+        "max_connections": server.max_connections,
+        "log_level": server.log_level,
+    }
 
 
 def worker_spec(
-    model: str, version: str, model_config: ModelConfig, backend: ProcessBackend
+    model: str,
+    version: str,
+    model_config: ModelConfig,
+    backend: ProcessBackend,
+    server: ServerConfig | None = None,
 ) -> bytes:
-    """The configuration a worker serves: this model with one in-process version."""
+    """What a worker serves: this model with one in-process version, and its server settings."""
     spec = model_config.model_dump(mode="json")
     spec["versions"] = {version: backend.worker.model_dump(mode="json")}
     spec["default_version"] = version
@@ -50,7 +68,9 @@ def worker_spec(
     spec.update(retry=off, hedge=off, breaker=off, ejection=off, health_check=off, fallback=[])
     spec["attribution"] = off  # the gateway judges whose fault a model error is
     spec["cache"] = off
-    return orjson.dumps({"model": model, "config": spec})
+    return orjson.dumps(
+        {"model": model, "config": spec, "server": worker_server(server or ServerConfig())}
+    )
 
 
 class WorkerReplica:
@@ -73,6 +93,9 @@ class WorkerReplica:
         self._rng = rng or random.Random()
         self._http = HttpReplica(name, "http://127.0.0.1:0", WORKER_POOL_SIZE, model, version)
         self._process: asyncio.subprocess.Process | None = None
+        self._directory: str | None = None  # private (0700), holds the worker's socket
+        self._socket_path: str | None = None
+        self._spawns = 0
         self._ready = False
         self._closing = False
         self._restarts = 0
@@ -127,34 +150,27 @@ class WorkerReplica:
                 await task
         await self._stop_process(self._config.drain_timeout_s)
         await self._http.close()
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
 
     async def _spawn(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1024)
-        port = listener.getsockname()[1]
-        listener.set_inheritable(True)
+        if self._directory is None:
+            self._directory = tempfile.mkdtemp(prefix="failsoft-")  # mode 0700
+        # A new path per process: base_url changes, so the pool to the dead one is dropped.
+        self._spawns += 1
+        path = os.path.join(self._directory, f"{self._spawns}.sock")
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "failsoft.backends._worker",
-                "--fd",
-                str(listener.fileno()),
-                "--parent",
-                str(os.getpid()),
-                stdin=asyncio.subprocess.PIPE,
-                pass_fds=(listener.fileno(),),
-                env={**os.environ, "FAILSOFT_REPLICA": self.name},
-            )
-        finally:
-            # The worker owns the socket now: when it dies, connects are refused at once.
-            listener.close()
+            self._process = await spawn_worker(path, self.name)
+        except OSError as error:
+            raise BackendLoadError(f"worker {self.name} could not be started: {error}") from None
+        if self._socket_path is not None:  # its process has exited
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._socket_path)
+        self._socket_path = path
         assert self._process.stdin is not None
         self._process.stdin.write(self._spec)
         self._process.stdin.write_eof()
-        self._http.base_url = f"http://127.0.0.1:{port}"
+        self._http.base_url = f"unix:{path}"
         await self._wait_ready()
 
     async def _wait_ready(self) -> None:

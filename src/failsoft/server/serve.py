@@ -77,8 +77,11 @@ def serve_on_socket(
         if fd is None:
             raise ValueError("serve_on_socket needs a socket or a file descriptor")
         sock = socket.socket(fileno=fd)
-    host, port = sock.getsockname()[:2]
-    url = f"http://{host}:{port}"
+    if sock.family == socket.AF_UNIX:  # a worker's private socket
+        url = f"unix:{sock.getsockname()}"
+    else:
+        host, port = sock.getsockname()[:2]
+        url = f"http://{host}:{port}"
 
     def ready() -> None:
         if config.chaos.enabled and role == "gateway":
