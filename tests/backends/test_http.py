@@ -14,10 +14,12 @@ import pytest
 
 from failsoft.backends.http import HttpReplica, _status_error
 from failsoft.call import Call
+from failsoft.clock import SystemClock
 from failsoft.errors import (
     BadRequest,
     FailsoftError,
     FailureClass,
+    ModelError,
     NotFound,
     PayloadTooLarge,
     UpstreamError,
@@ -34,10 +36,11 @@ ANSWER = orjson.dumps(
     ("status", "kind", "failure_class"),
     [
         (400, BadRequest, FailureClass.DATA),
-        (404, NotFound, FailureClass.DATA),
-        (413, PayloadTooLarge, FailureClass.DATA),
-        (500, UpstreamError, FailureClass.INFRA),
-        (503, UpstreamError, FailureClass.INFRA),
+        (404, NotFound, FailureClass.CLIENT),
+        (413, PayloadTooLarge, FailureClass.CLIENT),
+        # A 500 may be the input's fault: attribution decides (a ModelError is a suspect).
+        (500, ModelError, FailureClass.REPLICA),
+        (503, UpstreamError, FailureClass.REPLICA),
     ],
 )
 def test_an_upstream_status_is_charged_to_who_caused_it(
@@ -46,8 +49,16 @@ def test_an_upstream_status_is_charged_to_who_caused_it(
     error = _status_error("r0", status, b'{"error": "said the upstream"}')
     assert type(error) is kind
     assert error.failure_class is failure_class
-    assert error.status == (status if failure_class is FailureClass.DATA else 502)
+    assert error.status == (status if status < 500 else kind.status)
     assert "said the upstream" in error.message
+
+
+def test_only_an_upstream_429_or_503_is_a_refusal() -> None:
+    refusals = {status: _status_error("r0", status, b"{}") for status in (429, 502, 503, 504)}
+    assert [s for s, e in refusals.items() if isinstance(e, UpstreamError) and e.refused] == [
+        429,
+        503,
+    ]
 
 
 def test_only_http_and_unix_urls_are_accepted() -> None:
@@ -91,7 +102,7 @@ async def upstream(status: bytes, body: bytes) -> AsyncIterator[str]:
 
 
 def call() -> Call:
-    return Call("req-1", "m", "v1", time.monotonic() + 5.0, EventBus())
+    return Call("req-1", "m", "v1", time.monotonic() + 5.0, EventBus(), SystemClock())
 
 
 async def test_a_replica_on_a_unix_socket() -> None:

@@ -33,7 +33,7 @@ def test_a_worker_takes_the_gateways_limits_with_room_for_re_encoding() -> None:
         max_body_bytes=16 << 20,
         max_connections=100,
         log_level="warning",
-        admin_token="secret",
+        admin_token="secret-admin-token-0123",
         require_keys=True,
     )
     spec = spec_for(gateway)
