@@ -14,9 +14,13 @@ this process.
    servers; the best rate of 200 answers within the deadline is the capacity.
 2. 3x capacity, open loop (latency from each request's scheduled send time,
    so a stalled server shows as latency, not as fewer samples), to failsoft
-   WITH admission control (the default adaptive limiter) and WITHOUT it
-   (`limiter: {enabled: false}`, bulkhead 100000): goodput (200 within the
-   deadline) as % of capacity, p99 of the 200s, 503/429/504, client timeouts.
+   WITH admission control (the default adaptive limiter, default options
+   otherwise) and to a plain server: failsoft WITHOUT admission control or
+   any other protection (`limiter: {enabled: false}`, bulkhead 100000,
+   breaker, ejection, retries, hedging and throttling off; the last two do
+   not apply to in-process replicas anyway): goodput (200 within the
+   deadline) per second, as % of the measured capacity and of the nominal
+   one (SLOTS / SERVICE_MS), p99 of the 200s, 503/429/504, client timeouts.
 3. priorities at 3x: 20% critical, 50% default, 30% sheddable
    (`Failsoft-Priority`): success (200 within the deadline) per priority.
 4. tenants (a fresh server): two keyed tenants with `requests_per_s` quotas
@@ -38,8 +42,9 @@ failure. The last line states the goodput.
     python benchmarks/overload.py --quick    # 10 s overload runs (about 1.5 minutes)
     python benchmarks/overload.py --quick --limiter '{queue_timeout_ms: 20}'   # try options
 
-The servers log at `error` (--log-level): at failsoft's default `info` it
-writes a warning line for every shed request.
+The servers log at failsoft's default level (`info`, which writes a warning
+line for every shed request; to a file in the temporary directory), as a
+deployment would; --log-level sets another for experiments.
 """
 
 from __future__ import annotations
@@ -410,7 +415,7 @@ class Settings:
     slots: int
     service_ms: float
     admin_token: str
-    log_level: str
+    log_level: str | None  # None: failsoft's default
     tmp: Path
     servers: list[ServerProcess]
     startup_timeout_s: float
@@ -435,17 +440,22 @@ def model_config(
     }
     if limiter and admission:
         model["limiter"] = limiter
-    if not admission:
+    if not admission:  # a plain server: nothing between the request and the model
         model["limiter"] = {"enabled": False}
         model["bulkhead"] = {"max_in_flight": 100_000}
+        for strategy in ("breaker", "ejection", "retry", "hedge", "throttle"):
+            model[strategy] = {"enabled": False}
     return model
 
 
 def start_target(
     settings: Settings, name: str, admission: bool, tenants: dict[str, Any] | None = None
 ) -> Target:
+    server: dict[str, Any] = {"admin_token": settings.admin_token}
+    if settings.log_level is not None:
+        server["log_level"] = settings.log_level
     config: dict[str, Any] = {
-        "server": {"admin_token": settings.admin_token, "log_level": settings.log_level},
+        "server": server,
         "models": {MODEL: model_config(settings.slots, admission, settings.limiter)},
     }
     if tenants:
@@ -563,13 +573,14 @@ def step_capacity(targets: list[Target], slots: int, seconds: float) -> float:
     return best
 
 
-def describe(name: str, run: Run, capacity: float) -> dict[str, Any]:
+def describe(name: str, run: Run, capacity: float, nominal: float) -> dict[str, Any]:
     goodput = int(run.good().sum()) / run.duration_s
     row: dict[str, Any] = {
         "name": name,
         "offered": run.status.size / run.duration_s,
         "goodput": goodput,
         "pct": 100.0 * goodput / capacity,
+        "pct_nominal": 100.0 * goodput / nominal,
         "ok": run.count(200),
         "late": int(((run.status == 200) & (run.latency > DEADLINE_S)).sum()),
         "p50": run.p_ok(50),
@@ -584,7 +595,8 @@ def describe(name: str, run: Run, capacity: float) -> dict[str, Any]:
     }
     print(
         f"  {name:<24} offered {row['offered']:6.1f}/s  goodput {goodput:6.1f}/s "
-        f"({row['pct']:5.1f}% of capacity)  200: {row['ok']} (late {row['late']})  "
+        f"({row['pct']:5.1f}% of capacity, {row['pct_nominal']:5.1f}% of nominal)  "
+        f"200: {row['ok']} (late {row['late']})  "
         f"p50 {_fmt(row['p50'])} ms  p99 {_fmt(row['p99'])} ms  503: {row['503']}  "
         f"429: {row['429']}  504: {row['504']}  other: {row['other']}  "
         f"client-side: {row['client']} ({row['timeouts']} timeouts)  {_lag_note(run)}",
@@ -701,7 +713,10 @@ def step_sigterm(
 def step_unloaded(targets: list[Target], rate: float, seconds: float) -> float:
     """Open loop at low load on each target; the first one's p99 (ms) is the baseline."""
     print(f"\n== unloaded: open loop at {rate:.0f}/s (20% of nominal capacity), {seconds:g} s")
-    rows = [describe(t.name, open_loop(t.url, plain(rate), seconds), rate / 0.2) for t in targets]
+    nominal = rate / 0.2
+    rows = [
+        describe(t.name, open_loop(t.url, plain(rate), seconds), nominal, nominal) for t in targets
+    ]
     return float(rows[0]["p99"])
 
 
@@ -717,7 +732,7 @@ def step_overload(
         time.sleep(args.settle)
         before = scrape(target.base)
         run = open_loop(target.url, plain(rate), args.duration, admin=target.admin)
-        rows[target.name] = describe(target.name, run, capacity)
+        rows[target.name] = describe(target.name, run, capacity, nominal_capacity(args))
         print_metrics(before, scrape(target.base))
         if target.admin is not None:
             print(limiter_summary(run))
@@ -765,8 +780,11 @@ def step_priorities(
             f"503: {run.count(503, mask):>6}  504: {run.count(504, mask):>4}  "
             f"p99 of 200s {_fmt(run.p_ok(99, mask))} ms"
         )
-    goodput_pct = 100.0 * int(run.good().sum()) / run.duration_s / capacity
-    print(f"  goodput {goodput_pct:.1f}% of capacity  {_lag_note(run)}")
+    goodput = int(run.good().sum()) / run.duration_s
+    print(
+        f"  goodput {goodput:.1f}/s: {100.0 * goodput / capacity:.1f}% of capacity, "
+        f"{100.0 * goodput / nominal_capacity(args):.1f}% of nominal  {_lag_note(run)}"
+    )
     print(limiter_summary(run))
     lowest = min(success, key=lambda k: success[k])
     checks = [
@@ -839,21 +857,26 @@ def step_tenants(
     return rows, [check]
 
 
+def nominal_capacity(args: argparse.Namespace) -> float:
+    """The model's capacity on paper: SLOTS calls of SERVICE_MS each, back to back."""
+    return float(args.slots * 1000.0 / args.service_ms)
+
+
 def measure(args: argparse.Namespace, settings: Settings) -> tuple[list[Check], dict[str, Any]]:
     slots, service_ms = settings.slots, settings.service_ms
-    nominal = slots * 1000.0 / service_ms
+    nominal = nominal_capacity(args)
     print(
         f"model: {slots} slots x {service_ms:g} ms (about {nominal:.0f} req/s), deadline "
         f"{DEADLINE_MS} ms, overload runs {args.duration:g} s",
         flush=True,
     )
     with_ac = start_target(settings, "with-admission", admission=True)
-    without = start_target(settings, "no-admission", admission=False)
+    without = start_target(settings, "plain-no-admission", admission=False)
     print(f"servers: {with_ac.name} at {with_ac.base}, {without.name} at {without.base}")
     for target in (with_ac, without):  # warm up code paths and connections, at low load
         open_loop(target.url, plain(0.2 * nominal), 1.0)
 
-    facts: dict[str, Any] = {}
+    facts: dict[str, Any] = {"nominal": nominal}
     checks: list[Check] = []
     facts["unloaded_p99"] = step_unloaded([with_ac, without], 0.2 * nominal, args.unloaded_seconds)
     capacity = facts["capacity"] = step_capacity([with_ac, without], slots, args.capacity_seconds)
@@ -874,15 +897,19 @@ def measure(args: argparse.Namespace, settings: Settings) -> tuple[list[Check], 
 
 def report(checks: list[Check], facts: dict[str, Any], load_before: float) -> int:
     print("\n== summary")
-    capacity = facts["capacity"]
-    print(f"capacity {capacity:.1f} good/s; unloaded p99 {_fmt(facts['unloaded_p99'])} ms\n")
+    capacity, nominal = facts["capacity"], facts["nominal"]
     print(
-        f"{'at 3x capacity':<24} {'goodput':>8} {'% cap':>6} {'p99 ms':>8} {'503':>6} "
-        f"{'429':>5} {'504':>6} {'timeouts':>8}"
+        f"capacity {capacity:.1f} good/s measured, {nominal:.0f}/s nominal; "
+        f"unloaded p99 {_fmt(facts['unloaded_p99'])} ms\n"
+    )
+    print(
+        f"{'at 3x capacity':<24} {'goodput/s':>9} {'% cap':>6} {'% nom':>6} {'p99 ms':>8} "
+        f"{'503':>6} {'429':>5} {'504':>6} {'timeouts':>8}"
     )
     for row in facts["overload"].values():
         print(
-            f"{row['name']:<24} {row['goodput']:>8.1f} {row['pct']:>5.1f}% {_fmt(row['p99']):>8} "
+            f"{row['name']:<24} {row['goodput']:>9.1f} {row['pct']:>5.1f}% "
+            f"{row['pct_nominal']:>5.1f}% {_fmt(row['p99']):>8} "
             f"{row['503']:>6} {row['429']:>5} {row['504']:>6} {row['timeouts']:>8}"
         )
     print(f"\n{'check':<38} {'measured':<40} {'target':<16} result")
@@ -909,7 +936,8 @@ def report(checks: list[Check], facts: dict[str, Any], load_before: float) -> in
     ac, no_ac = list(facts["overload"].values())
     print(
         f"goodput with admission control: {ac['pct']:.0f}% of capacity "
-        f"(target >= {TARGET_GOODPUT:.0%}), without: {no_ac['pct']:.0f}%"
+        f"(target >= {TARGET_GOODPUT:.0%}), {ac['pct_nominal']:.0f}% of nominal; "
+        f"plain server: {no_ac['pct']:.0f}% of capacity, {no_ac['pct_nominal']:.0f}% of nominal"
     )
     return 0 if all(c.passed for c in checks) else 1
 
@@ -922,9 +950,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service-ms", type=float, default=20.0, help="model time per call")
     parser.add_argument(
         "--log-level",
-        default="error",
+        default=None,
         choices=["debug", "info", "warning", "error"],
-        help="the servers' log level (at warning, every shed request writes a line)",
+        help="the servers' log level (default: failsoft's, info; at info and warning "
+        "every shed request writes a line)",
     )
     parser.add_argument(
         "--limiter",
