@@ -825,23 +825,53 @@ async def test_an_input_that_breaks_healthy_replicas_is_poison_and_charges_nobod
     assert poison.replicas == "r0,r1"
 
 
-@both_paths
-async def test_a_remembered_poison_input_calls_no_replica(hedgeable: bool) -> None:
-    fleet = Fleet(hedgeable=hedgeable, retry=NO_BACKOFF)
-    await warm_up(fleet)
+OTHER = InferRequest({"x": np.ones((2, 2), dtype=np.float32)})
+
+
+async def judged_poison(fleet: Fleet) -> None:
     fleet.plan = [nan_score(), nan_score()]
     task = await fleet.start()
     await fleet.clock.advance(0.0)
     assert isinstance(failed_with(task), PoisonRequest)
     fleet.calls.clear()
 
+
+@both_paths
+async def test_a_poison_input_is_refused_from_memory_once_others_are_answered(
+    hedgeable: bool,
+) -> None:
+    fleet = Fleet(hedgeable=hedgeable, retry=NO_BACKOFF)
+    await warm_up(fleet)
+    await judged_poison(fleet)
+    for _ in range(AttributionOptions().min_calls):  # the replicas answer other inputs well
+        await fleet.pipeline.infer(OTHER, fleet.call())
+    fleet.calls.clear()
+
     with pytest.raises(PoisonRequest):
         await fleet.infer()
     assert fleet.calls == []
+    assert [e.replicas for e in fleet.events if isinstance(e, PoisonDetected)][-1] == ""
 
     await fleet.clock.advance(AttributionOptions().poison_ttl_s)  # forgotten after its TTL
     outputs, _ = await fleet.infer()
     assert outputs["label"].shape == (2,)
+
+
+@both_paths
+async def test_an_input_judged_poison_as_an_outage_began_is_answered_after_it(
+    hedgeable: bool,
+) -> None:
+    # The first failures of an outage look like poison. Nothing else is answered
+    # since, so memory does not refuse the input: it is tried, and answered once healed.
+    fleet = Fleet(hedgeable=hedgeable, retry=NO_BACKOFF)
+    await warm_up(fleet)
+    await judged_poison(fleet)
+
+    outputs, _ = await fleet.infer()
+
+    assert fleet.calls != []
+    assert outputs["label"].shape == (2,)
+    assert len(fleet.pipeline.poison) == 0  # answered well: forgotten
 
 
 @both_paths

@@ -17,8 +17,14 @@ The verdict, per request:
 - If any attempt of the request then succeeds, the input was fine: every
   suspect is charged to its replica (it lied). If none succeeds, the request
   is poison: nobody is charged, the client gets the fallback chain or a 422,
-  and its input digest is remembered (``PoisonMemory``) so a repeat is
-  answered without calling a replica at all.
+  and its input digest is remembered (``PoisonMemory``).
+- A remembered input is answered without calling a replica once the version
+  has answered ``min_calls`` other requests well since the verdict: proof
+  that the replicas still work and only this input breaks them. Until then a
+  repeat is tried again. At the start of an outage the first failures look
+  exactly like poison; without this rule a client sending one input over and
+  over would be refused from memory long after the replicas healed.
+- An input in memory that is answered well is forgotten at once.
 - A model error on a replica that is not healthy is charged at once: a model
   that fails for most inputs is a bad deploy, not a bad client. When that
   happens the memory is cleared, since the verdicts that filled it may have
@@ -88,33 +94,43 @@ class RecentOutcomes:
 
 
 class PoisonMemory:
-    """Input digests recently judged poison, each kept ``ttl_s``; a bounded LRU."""
+    """Input digests recently judged poison, each kept ``ttl_s``; a bounded LRU.
 
-    __slots__ = ("_clock", "_entries", "_max", "_ttl_s")
+    Each entry notes the version's count of good answers at its verdict; it is
+    *active* (answered from memory) once ``confirm_after`` more have come.
+    """
 
-    def __init__(self, ttl_s: float, max_entries: int, clock: Clock) -> None:
+    __slots__ = ("_clock", "_confirm_after", "_entries", "_max", "_ttl_s")
+
+    def __init__(self, ttl_s: float, max_entries: int, confirm_after: int, clock: Clock) -> None:
         self._ttl_s = ttl_s
         self._max = max_entries
+        self._confirm_after = confirm_after
         self._clock = clock
-        self._entries: OrderedDict[bytes, float] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, digest: bytes) -> bool:
-        expires = self._entries.get(digest)
-        if expires is None:
+    def active(self, digest: bytes, answered: int) -> bool:
+        """Whether to refuse this input without a call, given the good answers so far."""
+        entry = self._entries.get(digest)
+        if entry is None:
             return False
+        expires, answered_then = entry
         if self._clock.now() >= expires:
             del self._entries[digest]
             return False
-        return True
+        return answered - answered_then >= self._confirm_after
 
-    def add(self, digest: bytes) -> None:
-        self._entries[digest] = self._clock.now() + self._ttl_s
+    def add(self, digest: bytes, answered: int) -> None:
+        self._entries[digest] = (self._clock.now() + self._ttl_s, answered)
         self._entries.move_to_end(digest)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+    def discard(self, digest: bytes) -> None:
+        self._entries.pop(digest, None)
 
     def clear(self) -> None:
         self._entries.clear()

@@ -181,7 +181,10 @@ class VersionPipeline:
         self._attribution = attribution
         self._attributing = attribution.enabled
         self._recent = [RecentOutcomes() for _ in range(size)]
-        self.poison = PoisonMemory(attribution.poison_ttl_s, attribution.poison_max_entries, clock)
+        self.poison = PoisonMemory(
+            attribution.poison_ttl_s, attribution.poison_max_entries, attribution.min_calls, clock
+        )
+        self._answered = 0  # good answers from any replica: what confirms a poison verdict
         self._last_success = [-math.inf] * size
         self._was_available = [True] * size
         self._panic = False
@@ -348,6 +351,7 @@ class VersionPipeline:
         self.outliers.record(index, True)
         self._recent[index].add(True)
         self._last_success[index] = started
+        self._answered += 1
         if self._hedging:  # the tracker only feeds the hedge delay
             self.latency.observe(seconds)
         return outputs
@@ -418,7 +422,7 @@ class VersionPipeline:
             return None
         for index, _ in tally.suspects:
             self.breakers[index].release()
-        self.poison.add(request_digest(request))
+        self.poison.add(request_digest(request), self._answered)
         names = ",".join(sorted({self.replicas[i].name for i, _ in tally.suspects}))
         self._bus.emit(PoisonDetected(self.model, self.version, names, error.message))
         return self._poison_error(error)
@@ -471,7 +475,7 @@ class VersionPipeline:
             spent = DeadlineExceeded(f"{self.model}/{self.version}: the deadline was spent")
             spent.failure_class = FailureClass.CLIENT
             raise spent
-        if len(self.poison) and request_digest(request) in self.poison:
+        if len(self.poison) and self.poison.active(request_digest(request), self._answered):
             self._bus.emit(PoisonDetected(self.model, self.version, "", "remembered"))
             raise self._poison_error(None)
         if self.in_flight >= self.options.bulkhead.max_in_flight:
@@ -501,6 +505,8 @@ class VersionPipeline:
         finally:
             self.in_flight -= 1
         self._settle(tally, request, answered=True)
+        if len(self.poison):  # answered well: whatever memory says about it is wrong
+            self.poison.discard(request_digest(request))
         call.sample = True
         return result
 
