@@ -31,6 +31,9 @@ _LEVELS: dict[type[Event], int] = {
 }
 
 
+LOGGED = tuple(_LEVELS)  # the event types worth subscribing log_event to
+
+
 def log_event(event: Event) -> None:
     level = _LEVELS.get(type(event))  # one dict lookup: this sees every event
     if level is None or not log.isEnabledFor(level):

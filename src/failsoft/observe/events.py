@@ -9,7 +9,7 @@ broken observer can never fail a request.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from failsoft.errors import FailureClass
@@ -59,15 +59,29 @@ Observer = Callable[[Event], None]
 
 
 class EventBus:
-    def __init__(self) -> None:
-        self._observers: list[Observer] = []
+    """Synchronous fan-out. An observer may name the event types it wants, so the
+    events of every request (attempts, answers) reach only those that count them."""
 
-    def subscribe(self, observer: Observer) -> None:
-        self._observers.append(observer)
+    def __init__(self) -> None:
+        self._everything: list[Observer] = []
+        self._by_type: dict[type[Event], list[Observer]] = {}
+        self._routes: dict[type[Event], list[Observer]] = {}  # observers per type, built lazily
+
+    def subscribe(self, observer: Observer, kinds: Iterable[type[Event]] | None = None) -> None:
+        if kinds is None:
+            self._everything.append(observer)
+        else:
+            for kind in kinds:
+                self._by_type.setdefault(kind, []).append(observer)
+        self._routes.clear()
 
     def emit(self, event: Event) -> None:
-        for observer in self._observers:
+        kind = type(event)
+        observers = self._routes.get(kind)
+        if observers is None:
+            observers = self._routes[kind] = [*self._everything, *self._by_type.get(kind, ())]
+        for observer in observers:
             try:
                 observer(event)
             except Exception:
-                log.exception("event observer failed", extra={"event_type": type(event).__name__})
+                log.exception("event observer failed", extra={"event_type": kind.__name__})

@@ -100,37 +100,38 @@ class PoisonMemory:
     *active* (answered from memory) once ``confirm_after`` more have come.
     """
 
-    __slots__ = ("_clock", "_confirm_after", "_entries", "_max", "_ttl_s")
+    __slots__ = ("_clock", "_confirm_after", "_max", "_ttl_s", "entries")
 
     def __init__(self, ttl_s: float, max_entries: int, confirm_after: int, clock: Clock) -> None:
         self._ttl_s = ttl_s
         self._max = max_entries
         self._confirm_after = confirm_after
         self._clock = clock
-        self._entries: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
+        # Public so the hot path can test it for emptiness without a method call.
+        self.entries: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
     def active(self, digest: bytes, answered: int) -> bool:
         """Whether to refuse this input without a call, given the good answers so far."""
-        entry = self._entries.get(digest)
+        entry = self.entries.get(digest)
         if entry is None:
             return False
         expires, answered_then = entry
         if self._clock.now() >= expires:
-            del self._entries[digest]
+            del self.entries[digest]
             return False
         return answered - answered_then >= self._confirm_after
 
     def add(self, digest: bytes, answered: int) -> None:
-        self._entries[digest] = (self._clock.now() + self._ttl_s, answered)
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        self.entries[digest] = (self._clock.now() + self._ttl_s, answered)
+        self.entries.move_to_end(digest)
+        while len(self.entries) > self._max:
+            self.entries.popitem(last=False)
 
     def discard(self, digest: bytes) -> None:
-        self._entries.pop(digest, None)
+        self.entries.pop(digest, None)
 
     def clear(self) -> None:
-        self._entries.clear()
+        self.entries.clear()

@@ -282,7 +282,9 @@ class CircuitBreaker:
         slow = seconds * 1000.0 >= self._slow_ms
         if self._state is _CLOSED:
             self._window.add(not ok, slow)
-            self._judge_window()
+            # Past minimum_calls, a fast success can only lower both rates.
+            if not ok or slow or self._window.calls <= self._minimum_calls:
+                self._judge_window()
         elif self._state is _HALF_OPEN and self._probes_taken > self._probes_ok:
             self._judge_probe(ok, slow)
 

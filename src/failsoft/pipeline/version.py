@@ -224,26 +224,31 @@ class VersionPipeline:
             self.outliers.reinstate(index)
             self.balancer.begin_slow_start(index)
 
-    def _sync_availability(self) -> None:
+    def _in_rotation(self) -> list[int]:
+        """The usable replicas; a replica whose worker came back is reinstated and ramped in."""
+        usable = []
+        was_available = self._was_available
         for index, replica in enumerate(self.replicas):
             available = replica.available
-            if available != self._was_available[index]:
-                self._was_available[index] = available
+            if available != was_available[index]:
+                was_available[index] = available
                 if available:  # a restarted worker is back: in rotation, ramped in, not flooded
                     self.outliers.reinstate(index)
                     self.balancer.begin_slow_start(index)
+            if available and self.probe_healthy[index] and not self.outliers.is_ejected(index):
+                usable.append(index)
+        return usable
 
     # -- choosing a replica ------------------------------------------------
 
     def _choose(self, tally: _Tally, call: Call, kind: str) -> tuple[int, bool] | None:
         """A replica index, and whether it was chosen in panic mode; None when none can go."""
-        self._sync_availability()
         if not self.outliers.quiet:
             for index in self.outliers.returned():
                 self.balancer.begin_slow_start(index)
-        size = len(self.replicas)
-        usable = [i for i in range(size) if self.usable(i)]
-        candidates = [i for i in usable if i not in tally.tried]
+        usable = self._in_rotation()
+        tried = tally.tried
+        candidates = [i for i in usable if i not in tried] if tried else usable
         if not candidates and kind != "hedge":  # all usable ones were tried: a second go
             candidates = usable
         trial_ok = not call.client_limited
@@ -391,7 +396,7 @@ class VersionPipeline:
             self.balancer.finished(index, seconds, True)  # it answered; the charge awaits a verdict
             return
         recent.add(False)
-        if isinstance(error, ModelError) and len(self.poison):
+        if isinstance(error, ModelError) and self.poison.entries:
             # The version fails broadly: the poison verdicts in memory may have
             # been the first failures of a bad deploy, not bad inputs.
             self.poison.clear()
@@ -475,7 +480,7 @@ class VersionPipeline:
             spent = DeadlineExceeded(f"{self.model}/{self.version}: the deadline was spent")
             spent.failure_class = FailureClass.CLIENT
             raise spent
-        if len(self.poison) and self.poison.active(request_digest(request), self._answered):
+        if self.poison.entries and self.poison.active(request_digest(request), self._answered):
             self._bus.emit(PoisonDetected(self.model, self.version, "", "remembered"))
             raise self._poison_error(None)
         if self.in_flight >= self.options.bulkhead.max_in_flight:
@@ -505,7 +510,7 @@ class VersionPipeline:
         finally:
             self.in_flight -= 1
         self._settle(tally, request, answered=True)
-        if len(self.poison):  # answered well: whatever memory says about it is wrong
+        if self.poison.entries:  # answered well: whatever memory says about it is wrong
             self.poison.discard(request_digest(request))
         call.sample = True
         return result

@@ -14,13 +14,10 @@ own deadline says nothing about the model's capacity.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 from failsoft.call import Call
 from failsoft.control.tenants import Tenant, Tenants
 from failsoft.errors import BadRequest
-from failsoft.pipeline.limiter import AdaptiveLimiter
+from failsoft.pipeline.limiter import AdaptiveLimiter, Permit
 from failsoft.priority import ORDER, Priority, capped
 
 _PRIORITY_BY_NAME: dict[str, Priority] = {p.value: p for p in ORDER}
@@ -54,17 +51,36 @@ class Admission:
     def admit_rows(self, tenant: Tenant | None, rows: int) -> None:
         self.tenants.admit_rows(tenant, rows)
 
-    @contextlib.asynccontextmanager
-    async def permit(
+    def permit(
         self, tenant: Tenant | None, priority: Priority, limiter: AdaptiveLimiter, call: Call
-    ) -> AsyncIterator[None]:
-        """Hold a slot under the model's limit (raises ``Shed`` when there is none)."""
-        permit = await limiter.acquire(priority, tenant.name if tenant is not None else None)
-        admitted = call.clock.now()
-        try:
-            yield
-        finally:
-            if call.sample is None:
-                permit.cancel()
-            else:
-                permit.release(call.sample, call.clock.now() - admitted)
+    ) -> Held:
+        """``async with`` it to hold a slot under the model's limit (raises ``Shed`` if none)."""
+        return Held(limiter, priority, tenant.name if tenant is not None else None, call)
+
+
+class Held:
+    """A slot under a model's limit for one request; on exit it feeds ``Call.sample``."""
+
+    __slots__ = ("_admitted", "_call", "_limiter", "_permit", "_priority", "_tenant")
+
+    def __init__(
+        self, limiter: AdaptiveLimiter, priority: Priority, tenant: str | None, call: Call
+    ) -> None:
+        self._limiter = limiter
+        self._priority = priority
+        self._tenant = tenant
+        self._call = call
+        self._permit: Permit | None = None
+        self._admitted = 0.0
+
+    async def __aenter__(self) -> None:
+        self._permit = await self._limiter.acquire(self._priority, self._tenant)
+        self._admitted = self._call.clock.now()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        permit, call = self._permit, self._call
+        assert permit is not None
+        if call.sample is None:
+            permit.cancel()
+        else:
+            permit.release(call.sample, call.clock.now() - self._admitted)

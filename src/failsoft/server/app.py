@@ -41,18 +41,18 @@ from failsoft.errors import (
     QuotaExceeded,
     Shed,
 )
-from failsoft.observe.eventlog import log_event
+from failsoft.observe.eventlog import LOGGED, log_event
 from failsoft.observe.events import RequestFinished
 from failsoft.observe.folded import FoldedLog
 from failsoft.observe.logging import request_id_var
 from failsoft.observe.metrics import CONTENT_TYPE, Metrics
-from failsoft.observe.recent import RecentEvents
+from failsoft.observe.recent import FOLDED, KEPT, RecentEvents
 from failsoft.protocol import v1, v2
 from failsoft.protocol.types import InferRequest, InferResponse
 from failsoft.runtime import ModelRuntime, Runtime
 from failsoft.server.admin import AdminRoutes
 from failsoft.server.admission import Admission
-from failsoft.server.decoding import Decoder
+from failsoft.server.decoding import Decoder, decode
 from failsoft.server.http import (
     Headers,
     Receive,
@@ -142,8 +142,8 @@ class FailsoftApp:
         )
         self.draining = False  # set on SIGTERM: not ready, no new work
         runtime.bus.subscribe(metrics.observe)
-        runtime.bus.subscribe(log_event)
-        runtime.bus.subscribe(self.recent.observe)
+        runtime.bus.subscribe(log_event, LOGGED)
+        runtime.bus.subscribe(self.recent.observe, (*KEPT, *FOLDED))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -380,7 +380,17 @@ class FailsoftApp:
                 raise Overloaded("shutting down: send this request to another instance")
             self.admission.admit_request(tenant)
             body = await read_body(req.receive, self.server.max_body_bytes, req.content_length)
-            request = await self._decode(model, body, req.header_length, v1_codec)
+            header_length = req.header_length
+            inputs = model.config.inputs if v1_codec else None
+            if self.decoder.inline(body, header_length):
+                request = decode(body, header_length, inputs)
+            else:
+                request = await self.decoder.decode_elsewhere(body, header_length, inputs)
+            if request.outputs is None and not v1_codec:
+                # Forwarded unchanged to remote replicas. With an output subset it is not:
+                # a replica is always asked for every output, which the contract checks.
+                request.raw = body
+                request.raw_header_length = header_length
             self.admission.admit_rows(tenant, model.contract.check_request(request))
             try:
                 async with self.admission.permit(tenant, priority, model.limiter, call):
@@ -443,19 +453,6 @@ class FailsoftApp:
             return own_ms / 1000.0, False
         chosen_ms = min(requested_ms, model.config.timeout_cap_ms)
         return chosen_ms / 1000.0, chosen_ms < own_ms
-
-    async def _decode(
-        self, model: ModelRuntime, body: bytes, header_length: int | None, v1_codec: bool
-    ) -> InferRequest:
-        if v1_codec:
-            return await self.decoder.decode(body, None, model.config.inputs)
-        request = await self.decoder.decode(body, header_length, None)
-        if request.outputs is None:
-            # Forwarded unchanged to remote replicas. With an output subset it is not:
-            # a replica is always asked for every output, which the contract checks.
-            request.raw = body
-            request.raw_header_length = header_length
-        return request
 
     @staticmethod
     def _encode(response: InferResponse, request: InferRequest, v1_codec: bool) -> Answer:

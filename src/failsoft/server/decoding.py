@@ -50,12 +50,14 @@ class Decoder:
         self._pending = 0
         self._pool: ProcessPoolExecutor | None = None
 
-    async def decode(
+    def inline(self, body: bytes, header_length: int | None) -> bool:
+        """Whether a body is small enough to decode on the event loop (the usual case)."""
+        return (header_length if header_length is not None else len(body)) <= self._inline_max
+
+    async def decode_elsewhere(
         self, body: bytes, header_length: int | None, v1_inputs: list[TensorSpec] | None
     ) -> InferRequest:
-        json_size = header_length if header_length is not None else len(body)
-        if json_size <= self._inline_max:
-            return decode(body, header_length, v1_inputs)
+        """Decode a large body in the helper process."""
         if self._pending >= self._max_pending:
             raise Overloaded(
                 f"{self._pending} large request bodies are being decoded; send it again later"
