@@ -20,6 +20,7 @@ from failsoft.drills.scorecard import (
     Scorecard,
     detection,
     is_reaction,
+    onset,
     recovery,
     score,
     timeline,
@@ -27,7 +28,7 @@ from failsoft.drills.scorecard import (
 
 RATE = 10
 DURATION_S = 10.0
-FAULT = FaultWindow("kill iris/v1/w0", "iris", 3.0, 6.0)
+FAULT = FaultWindow("error iris/v1/w0", "iris", 3.0, 6.0, "error", "v1", "w0", "f1")
 FAST_S = 0.010
 
 
@@ -296,6 +297,8 @@ def test_without_correctness_any_200_counts_as_available() -> None:
         ({"type": "ReplicaStateChanged", "available": True}, False),
         ({"type": "ReplicaEjected"}, True),
         ({"type": "WorkerRestarted"}, True),
+        ({"type": "AttemptFailed"}, True),
+        ({"type": "ReplicaKilled"}, False),
         ({"type": "FallbackUsed"}, True),
         ({"type": "RequestShed"}, True),
         ({"type": "FaultAdded"}, False),
@@ -415,6 +418,146 @@ def test_time_to_detect_is_the_worst_fault_and_never_if_any_went_unseen() -> Non
     assert missed_second.detect_s[1] is None
     assert _check(missed_second, "time to detect").measured == "never"
     assert not _check(missed_second, "time to detect").ok
+
+
+# --- time to detect a kill: from the kill to what the gateway observed ---------------
+
+KILL = FaultWindow("kill iris/v1/w0", "iris", 3.0, 6.0, "kill", "v1", "w0", "f1")
+
+
+def _killed(at_s: float, fault: str = "f1", replica: str = "w0") -> dict[str, Any]:
+    return {
+        "type": "ReplicaKilled",
+        "model": "iris",
+        "version": "v1",
+        "replica": replica,
+        "fault": fault,
+        "at_s": at_s,
+    }
+
+
+def _down(at_s: float, replica: str = "w0", version: str = "v1") -> dict[str, Any]:
+    return {
+        "type": "ReplicaStateChanged",
+        "model": "iris",
+        "version": version,
+        "replica": replica,
+        "available": False,
+        "at_s": at_s,
+    }
+
+
+def test_a_kill_fault_starts_at_its_first_kill() -> None:
+    events = [_killed(3.45), _killed(4.5)]
+
+    assert onset(KILL, events) == 3.45
+    assert onset(FAULT, events) == 3.0  # other kinds start when they are added
+
+
+def test_kill_detection_runs_from_the_kill_to_the_supervisor_noticing_the_exit() -> None:
+    events = [_killed(3.45), _down(3.47)]
+
+    assert detection(KILL, events, _clean_run()) == pytest.approx(0.02)
+
+
+def test_the_kill_itself_is_never_the_detection() -> None:
+    assert detection(KILL, [_killed(3.45)], _clean_run()) is None
+
+
+@pytest.mark.parametrize(
+    "observed",
+    [
+        {"type": "AttemptFailed", "failure_class": "infra"},
+        {"type": "WorkerRestarted", "exit_code": -9},
+        {"type": "HealthChanged", "healthy": False},
+        {"type": "BreakerTransition", "new": "open"},
+        {"type": "ReplicaEjected"},
+    ],
+    ids=lambda event: event["type"],
+)
+def test_kill_detection_counts_each_kind_of_observation(observed: dict[str, Any]) -> None:
+    event = {**observed, "model": "iris", "version": "v1", "replica": "w0", "at_s": 3.6}
+
+    assert detection(KILL, [_killed(3.45), event], _clean_run()) == pytest.approx(0.15)
+
+
+def test_kill_detection_ignores_what_came_before_the_kill() -> None:
+    events = [_down(3.2), _killed(3.45), _down(3.9)]  # 3.2: the fault was added, no kill yet
+
+    assert detection(KILL, events, _clean_run()) == pytest.approx(0.45)
+
+
+def test_kill_detection_ignores_other_replicas_and_versions() -> None:
+    events = [_killed(3.45), _down(3.5, replica="w1"), _down(3.55, version="v2"), _down(3.7)]
+
+    assert detection(KILL, events, _clean_run()) == pytest.approx(0.25)
+
+
+def test_kill_detection_follows_this_faults_kills_only() -> None:
+    events = [_killed(3.2, fault="f2"), _down(3.25), _killed(3.45), _down(3.5)]
+
+    assert detection(KILL, events, _clean_run()) == pytest.approx(0.05)
+
+
+def test_a_kill_of_every_replica_is_observed_on_any_of_them() -> None:
+    window = FaultWindow("kill iris/v1", "iris", 3.0, 6.0, "kill", "v1", None, "f1")
+    events = [_killed(3.1, replica="w1"), _killed(3.12), _down(3.15, replica="w1")]
+
+    assert detection(window, events, _clean_run()) == pytest.approx(0.05)
+
+
+def test_a_kill_without_a_fault_id_matches_kills_by_target() -> None:
+    window = FaultWindow("kill iris/v1/w0", "iris", 3.0, 6.0, "kill", "v1", "w0")
+    events = [_killed(3.2, replica="w1"), _killed(3.4, fault="f9"), _down(3.5)]
+
+    assert onset(window, events) == 3.4
+    assert detection(window, events, _clean_run()) == pytest.approx(0.1)
+
+
+def test_a_kill_that_never_happened_is_never_detected() -> None:
+    card = _score(_clean_run(), windows=[KILL], events=[_down(3.5)], expect={"max_detect_s": 1})
+
+    assert card.detect_s == [None]
+    assert card.detected_at_s is None
+    assert _check(card, "time to detect").measured == "never"
+
+
+def test_a_kills_detection_time_is_marked_where_it_was_observed() -> None:
+    card = _score(
+        _clean_run(),
+        windows=[KILL],
+        events=[_killed(3.45), _down(3.47)],
+        expect={"max_detect_s": 0.1},
+    )
+
+    assert card.detect_s == [pytest.approx(0.02)]
+    assert card.detected_at_s == pytest.approx(3.47)
+    assert _check(card, "time to detect").ok
+
+
+def test_a_degraded_answer_after_the_kill_is_a_detection() -> None:
+    outcomes = _clean_run()
+    outcomes.degraded[outcomes.offsets == 3.2] = True  # before the kill: not caused by it
+    outcomes.degraded[outcomes.offsets == 3.6] = True
+
+    assert detection(KILL, [_killed(3.45)], outcomes) == pytest.approx(0.15)
+
+
+def test_detection_of_a_replica_fault_ignores_other_replicas() -> None:
+    window = FaultWindow("error iris/v1/w0", "iris", 3.0, 6.0, "error", "v1", "w0", "f1")
+    events = [
+        {
+            "type": "BreakerTransition",
+            "model": "iris",
+            "version": "v1",
+            "replica": "w1",
+            "new": "open",
+            "at_s": 3.1,
+        },
+        {"type": "RequestShed", "model": "iris", "at_s": 3.4},  # names no replica: counts
+    ]
+
+    assert detection(window, events, _clean_run()) == pytest.approx(0.4)
 
 
 # --- time to recover ----------------------------------------------------------------
@@ -743,7 +886,16 @@ def test_scorecard_to_json_is_serialisable_and_says_whether_it_passed() -> None:
     assert data["phases"]["during"]["requests"] == 30
     assert {check["name"]: check["ok"] for check in data["checks"]}["requests lost"] is False
     assert data["faults"] == [
-        {"label": "kill iris/v1/w0", "model": "iris", "start_s": 3.0, "end_s": 6.0}
+        {
+            "label": "error iris/v1/w0",
+            "model": "iris",
+            "start_s": 3.0,
+            "end_s": 6.0,
+            "kind": "error",
+            "version": "v1",
+            "replica": "w0",
+            "fault_id": "f1",
+        }
     ]
     assert len(data["timeline"]["seconds"]) == 10
 

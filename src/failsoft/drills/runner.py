@@ -10,6 +10,7 @@ about the gateway's reaction times and stay as written.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -84,7 +85,9 @@ async def _drive(
     finally:
         await admin.close()
     shift = outcomes.started_at - started  # the load's time 0 is a few ms after ours
-    windows = [FaultWindow(w.label, w.model, w.start_s - shift, w.end_s - shift) for w in windows]
+    windows = [
+        dataclasses.replace(w, start_s=w.start_s - shift, end_s=w.end_s - shift) for w in windows
+    ]
     return score(
         experiment,
         outcomes,
@@ -108,7 +111,16 @@ async def _inject(
     await admin.end_fault(added["id"])
     end = time.time() - started
     progress(f"  +{end:5.1f}s fault {added['id']} ended")
-    return FaultWindow(_describe(fault), fault.model, start, end)
+    return FaultWindow(
+        _describe(fault),
+        fault.model,
+        start,
+        end,
+        kind=fault.kind,
+        version=fault.version,
+        replica=fault.replica,
+        fault_id=str(added["id"]),
+    )
 
 
 def _tenant_keys(experiment: Experiment) -> dict[str, str]:

@@ -7,8 +7,12 @@ gateway's notable events, all in seconds since the load started:
 - availability, p50 and p99 per phase: before the first fault, during the
   faults, after the last one ends;
 - time to detect: from a fault's start to the gateway's first reaction to
-  it (an ejection, a breaker opening, a failed probe, a replica marked down,
-  a fallback answer, a shed request);
+  it (a failed call, an ejection, a breaker opening, a failed probe, a
+  replica marked down or restarted, a fallback answer, a shed request) that
+  concerns the fault's target. A kill fault starts when the gateway's chaos
+  code really kills (its ReplicaKilled event, which may come up to half a
+  second after the fault is added); that event is the injection, never the
+  detection, which is what the gateway then observed;
 - time to recover: from the last fault's end to the start of the first
   second from which every second meets the hypothesis with full service
   (no degraded answers);
@@ -34,7 +38,11 @@ from failsoft.drills.load import Outcomes
 
 
 def is_reaction(event: dict[str, Any]) -> bool:
-    """Did the gateway react to trouble with this event?"""
+    """Did the gateway react to trouble with this event?
+
+    Only what the gateway observed counts: a chaos fault's own events
+    (FaultAdded, ReplicaKilled) say what was done to it, not what it noticed.
+    """
     kind = event["type"]
     if kind == "BreakerTransition":
         return bool(event.get("new") == "open")
@@ -42,7 +50,13 @@ def is_reaction(event: dict[str, Any]) -> bool:
         return not event.get("healthy", True)
     if kind == "ReplicaStateChanged":
         return not event.get("available", True)
-    return kind in ("ReplicaEjected", "WorkerRestarted", "FallbackUsed", "RequestShed")
+    return kind in (
+        "AttemptFailed",
+        "ReplicaEjected",
+        "WorkerRestarted",
+        "FallbackUsed",
+        "RequestShed",
+    )
 
 
 PHASES = ("before", "during", "after")
@@ -54,6 +68,20 @@ class FaultWindow:
     model: str
     start_s: float
     end_s: float
+    kind: str = ""
+    version: str | None = None  # every version when None
+    replica: str | None = None  # every replica when None
+    fault_id: str = ""  # the gateway's id for the fault, which its events carry
+
+    def concerns(self, event: dict[str, Any]) -> bool:
+        """Is ``event`` about this fault's target (its model, version and replica)?"""
+        if event.get("model") != self.model:
+            return False
+        for key, wanted in (("version", self.version), ("replica", self.replica)):
+            named = event.get(key)
+            if wanted is not None and named and named != "*" and named != wanted:
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -145,21 +173,41 @@ def timeline(outcomes: Outcomes, duration_s: float) -> Timeline:
     return line
 
 
+def onset(window: FaultWindow, events: Sequence[dict[str, Any]]) -> float | None:
+    """When the fault began to bite: its start, or for a kill the first kill it made.
+
+    A kill fault waits for a call to reach its replica (half a second at
+    most), so its start is the gateway's ReplicaKilled event for it; None
+    when nothing was killed, as then there was nothing to detect.
+    """
+    if window.kind != "kill":
+        return window.start_s
+    kills = [
+        event["at_s"]
+        for event in events
+        if event["type"] == "ReplicaKilled"
+        and event["at_s"] >= window.start_s
+        and (event.get("fault") == window.fault_id if window.fault_id else window.concerns(event))
+    ]
+    return min(kills, default=None)
+
+
 def detection(
     window: FaultWindow, events: Sequence[dict[str, Any]], outcomes: Outcomes
 ) -> float | None:
-    """Seconds from the fault's start to the gateway's first reaction, or None."""
+    """Seconds from the fault's onset to the gateway's first reaction to it, or None."""
+    start = onset(window, events)
+    if start is None:
+        return None
     times = [
         event["at_s"]
         for event in events
-        if event["at_s"] >= window.start_s
-        and event.get("model") == window.model
-        and is_reaction(event)
+        if event["at_s"] >= start and is_reaction(event) and window.concerns(event)
     ]
-    degraded = outcomes.offsets[outcomes.degraded & (outcomes.offsets >= window.start_s)]
+    degraded = outcomes.offsets[outcomes.degraded & (outcomes.offsets >= start)]
     if degraded.size:
         times.append(float(degraded.min()))
-    return min(times) - window.start_s if times else None
+    return min(times) - start if times else None
 
 
 def recovery(
@@ -223,6 +271,7 @@ def score(
     }
     phases = {name: phase_stats(outcomes, mask & judged) for name, mask in masks.items()}
     line = timeline(outcomes, duration_s)
+    onsets = [onset(window, events) for window in windows]
     detect = [detection(window, events, outcomes) for window in windows]
     recovered_at = (
         recovery(line, last, hypothesis.availability_pct, hypothesis.p99_ms) if windows else None
@@ -316,7 +365,9 @@ def score(
         list(windows),
         line,
         detected_at_s=(
-            windows[0].start_s + detect[0] if windows and detect[0] is not None else None
+            onsets[0] + detect[0]
+            if windows and onsets[0] is not None and detect[0] is not None
+            else None
         ),
         recovered_at_s=recovered_at,
     )
