@@ -234,3 +234,18 @@ def test_scheduled_fault_spec_lasts_for_s_unscaled_by_default() -> None:
     fault = ScheduledFault(at_s=0, for_s=8, kind="kill", model="iris", replica="w0")
 
     assert fault.spec()["duration_s"] == 8.0
+
+
+def test_max_failed_after_heal_needs_a_fault(tmp_path: Path) -> None:
+    (problem,) = _problems(_write(tmp_path, _drill(expect={"max_failed_after_heal": 5})))
+
+    assert problem == "(top level): expect.max_failed_after_heal needs a fault to heal from"
+
+
+def test_max_failed_after_heal_with_a_fault_loads(tmp_path: Path) -> None:
+    data = _drill(
+        faults=[{"at_s": 2, "for_s": 2, "kind": "error", "model": "iris"}],
+        expect={"max_failed_after_heal": 5},
+    )
+
+    assert load_experiment(_write(tmp_path, data)).expect.max_failed_after_heal == 5

@@ -19,6 +19,7 @@ from failsoft.drills.scorecard import (
     FaultWindow,
     Scorecard,
     detection,
+    healed,
     is_reaction,
     onset,
     recovery,
@@ -73,6 +74,17 @@ def _experiment(
                 "requests": [{"inputs": [{"name": "features"}], "expect": {"label": [0]}}],
             },
             "hypothesis": hypothesis or {"availability_pct": 99, "p99_ms": 100},
+            # As scheduled; score() judges the windows it is given, as they really ran.
+            "faults": [
+                {
+                    "at_s": 3,
+                    "for_s": 3,
+                    "kind": "error",
+                    "model": "iris",
+                    "version": "v1",
+                    "replica": "w0",
+                }
+            ],
             "expect": expect or {},
         }
     )
@@ -646,6 +658,102 @@ def test_recovery_skips_seconds_without_requests() -> None:
 
     assert line.success_pct[7] is None
     assert recovery(line, 6.0, 99.0, None) == 8.0
+
+
+# --- failed or degraded after heal -------------------------------------------------
+
+
+def test_after_heal_counts_failed_and_degraded_requests_after_the_last_fault() -> None:
+    outcomes = _clean_run()
+    _fail(outcomes, _between(outcomes, 3.0, 6.2))  # 2 after the end at 6.0
+    outcomes.degraded[_between(outcomes, 6.2, 6.5)] = True  # 3 more, answered by a fallback
+    outcomes.degraded[_between(outcomes, 4.0, 5.0)] = True  # during: not counted
+
+    card = _score(outcomes, hypothesis={"availability_pct": 0}, expect={"max_failed_after_heal": 5})
+
+    assert card.failed_after_heal == 5
+    check = _check(card, "failed or degraded after heal")
+    assert check.measured == "5"
+    assert check.expected == "<= 5"
+    assert check.ok
+
+
+def test_after_heal_above_the_bound_fails() -> None:
+    outcomes = _clean_run()
+    _fail(outcomes, _between(outcomes, 6.0, 6.6), status=NO_ANSWER)
+
+    card = _score(outcomes, hypothesis={"availability_pct": 0}, expect={"max_failed_after_heal": 5})
+
+    assert card.failed_after_heal == 6
+    assert _failed(card) == ["failed or degraded after heal"]
+
+
+def test_after_heal_counts_from_the_end_of_the_last_fault() -> None:
+    windows = [FaultWindow("a", "iris", 2.0, 3.0), FaultWindow("b", "iris", 4.0, 7.0)]
+    outcomes = _clean_run()
+    _fail(outcomes, _between(outcomes, 3.0, 4.0))  # between the faults: not after the heal
+    _fail(outcomes, _between(outcomes, 7.0, 7.1))
+
+    card = _score(outcomes, hypothesis={"availability_pct": 0}, windows=windows)
+
+    assert card.failed_after_heal == 1
+
+
+def test_after_heal_of_a_clean_run_is_zero_and_without_faults_unknown() -> None:
+    assert _score(_clean_run()).failed_after_heal == 0
+    assert _score(_clean_run()).healed_at_s == 6.0
+    assert _score(_clean_run(), windows=[]).failed_after_heal is None
+    assert _score(_clean_run(), windows=[]).healed_at_s is None
+
+
+def _back(at_s: float, replica: str = "w0") -> dict[str, Any]:
+    return {**_down(at_s, replica), "available": True}
+
+
+ALL_KILLED = FaultWindow("kill iris/v1", "iris", 3.0, 6.0, "kill", "v1", None, "f1")
+
+
+def test_a_fault_heals_at_its_end() -> None:
+    assert healed(FAULT, [_back(4.0)]) == 6.0
+
+
+def test_a_kill_heals_when_the_first_killed_replica_is_back() -> None:
+    events = [
+        _killed(3.1, replica="w1"),
+        _killed(3.12),
+        _down(3.13),
+        _back(3.6, replica="w1"),
+        _back(3.8),
+    ]
+
+    assert healed(ALL_KILLED, events) == 3.6
+
+
+def test_a_kill_repeated_heals_after_its_last_kill() -> None:
+    events = [_killed(3.1), _back(3.5), _killed(4.1), _back(4.4), _killed(5.1), _back(5.7)]
+
+    assert healed(KILL, events) == 5.7
+
+
+def test_a_kill_whose_replica_never_came_back_heals_at_the_faults_end() -> None:
+    assert healed(KILL, [_killed(3.1), _back(3.6, replica="w1")]) == 6.0
+    assert healed(KILL, []) == 6.0
+
+
+def test_after_heal_of_a_kill_counts_from_the_first_replica_back() -> None:
+    outcomes = _clean_run()
+    outcomes.degraded[_between(outcomes, 3.1, 3.9)] = True  # the fallback, until 3.9
+
+    card = _score(
+        outcomes,
+        windows=[ALL_KILLED],
+        events=[_killed(3.1, replica="w1"), _killed(3.12), _back(3.6, replica="w1")],
+        expect={"max_failed_after_heal": 2},
+    )
+
+    assert card.healed_at_s == 3.6
+    assert card.failed_after_heal == 3  # 3.6, 3.7 and 3.8: the healed worker left unused
+    assert _failed(card) == ["failed or degraded after heal"]
 
 
 # --- the timeline -------------------------------------------------------------------

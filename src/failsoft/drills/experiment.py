@@ -111,6 +111,10 @@ class Expectations(StrictModel):
     max_lost: Annotated[int, Field(ge=0)] | None = None
     max_degraded_pct: Annotated[float, Field(ge=0, le=100)] | None = None
     max_retry_amplification: Annotated[float, Field(ge=1)] | None = None
+    max_failed_after_heal: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="requests scheduled after the last fault ended that failed or were degraded",
+    )
     sheddable_first: bool = Field(
         default=False, description="sheddable requests succeed least, critical ones most"
     )
@@ -133,6 +137,8 @@ class Experiment(StrictModel):
                     f"faults[{index}] ends at {fault.at_s + fault.for_s:g} s, after the load "
                     f"({self.load.duration_s:g} s): leave time to see the recovery"
                 )
+        if self.expect.max_failed_after_heal is not None and not self.faults:
+            raise ValueError("expect.max_failed_after_heal needs a fault to heal from")
         return self
 
 

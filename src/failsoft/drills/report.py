@@ -31,15 +31,16 @@ def render(card: Scorecard, color: bool = True) -> str:
     recover = "-" if card.recover_s is None else f"{card.recover_s:.2f} s"
     budget = "-" if card.error_budget_used_pct is None else f"{card.error_budget_used_pct:.1f}%"
     amplification = "-" if card.retry_amplification is None else f"{card.retry_amplification:.2f}x"
+    after_heal = "" if card.failed_after_heal is None else f" · after heal {card.failed_after_heal}"
     lines += [
-        f"  time to detect {detect} · time to recover {recover} · lost {card.lost}",
+        f"  time to detect {detect} · time to recover {recover} · lost {card.lost}{after_heal}",
         f"  degraded {card.degraded_pct:.2f}% · attempts per request {amplification} · "
         f"error budget used {budget} (objective {card.objective_pct:g}%)",
         "  checks:",
     ]
     for check in card.checks:
         mark = "ok  " if check.ok else "FAIL"
-        text = f"  {mark} {check.name:<24} {check.measured:>14}  (expected {check.expected})"
+        text = f"  {mark} {check.name:<30} {check.measured:>14}  (expected {check.expected})"
         if color:
             text = click.style(text, fg="green" if check.ok else "red", bold=not check.ok)
         lines.append(text)

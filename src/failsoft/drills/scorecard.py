@@ -16,6 +16,11 @@ gateway's notable events, all in seconds since the load started:
 - time to recover: from the last fault's end to the start of the first
   second from which every second meets the hypothesis with full service
   (no degraded answers);
+- failed or degraded after heal: requests scheduled after the last fault
+  healed that were not answered correctly, or were answered by a fallback
+  (how fast the healed replicas are found again). A fault heals when it
+  ends; a kill heals when the first replica it killed is back (the
+  supervisor restarted it), which is usually well before the fault's end;
 - requests lost, degraded share, retry amplification (attempts per request)
   and the error budget the drill consumed against the objective.
 
@@ -126,6 +131,8 @@ class Scorecard:
     timeline: Timeline
     detected_at_s: float | None = None
     recovered_at_s: float | None = None
+    failed_after_heal: int | None = None  # None without faults
+    healed_at_s: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -182,14 +189,40 @@ def onset(window: FaultWindow, events: Sequence[dict[str, Any]]) -> float | None
     """
     if window.kind != "kill":
         return window.start_s
-    kills = [
+    return min(_kills(window, events), default=None)
+
+
+def _kills(window: FaultWindow, events: Sequence[dict[str, Any]]) -> list[float]:
+    """When this kill fault killed (its ReplicaKilled events; by target without an id)."""
+    return [
         event["at_s"]
         for event in events
         if event["type"] == "ReplicaKilled"
         and event["at_s"] >= window.start_s
         and (event.get("fault") == window.fault_id if window.fault_id else window.concerns(event))
     ]
-    return min(kills, default=None)
+
+
+def healed(window: FaultWindow, events: Sequence[dict[str, Any]]) -> float:
+    """When the fault stopped hurting: its end, or for a kill the first replica back.
+
+    A kill is over once a killed replica is available again after the fault's
+    last kill (its worker restarted); without such an event, the fault's end.
+    """
+    if window.kind != "kill":
+        return window.end_s
+    last_kill = max(_kills(window, events), default=None)
+    if last_kill is None:
+        return window.end_s
+    back = [
+        event["at_s"]
+        for event in events
+        if event["type"] == "ReplicaStateChanged"
+        and event.get("available")
+        and event["at_s"] >= last_kill
+        and window.concerns(event)
+    ]
+    return min(back, default=window.end_s)
 
 
 def detection(
@@ -277,6 +310,12 @@ def score(
         recovery(line, last, hypothesis.availability_pct, hypothesis.p99_ms) if windows else None
     )
     recover_s = None if recovered_at is None else recovered_at - last
+    healed_at = max((healed(window, events) for window in windows), default=None)
+    after_heal = (
+        None
+        if healed_at is None
+        else int(((~outcomes.correct | outcomes.degraded) & (offsets >= healed_at)).sum())
+    )
     total = len(offsets)
     lost = int(total - outcomes.correct.sum())
     degraded_pct = _pct(int(outcomes.degraded.sum()), total) or 0.0
@@ -326,6 +365,15 @@ def score(
                 recover_s is not None and recover_s <= expect.max_recover_s,
             )
         )
+    if expect.max_failed_after_heal is not None and after_heal is not None:
+        checks.append(
+            Check(
+                "failed or degraded after heal",
+                str(after_heal),
+                f"<= {expect.max_failed_after_heal}",
+                after_heal <= expect.max_failed_after_heal,
+            )
+        )
     if expect.max_lost is not None:
         checks.append(
             Check("requests lost", str(lost), f"<= {expect.max_lost}", lost <= expect.max_lost)
@@ -370,6 +418,8 @@ def score(
             else None
         ),
         recovered_at_s=recovered_at,
+        failed_after_heal=after_heal,
+        healed_at_s=healed_at,
     )
 
 
