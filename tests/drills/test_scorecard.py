@@ -13,16 +13,18 @@ import numpy as np
 import pytest
 
 from failsoft.drills.experiment import Experiment
-from failsoft.drills.load import NO_ANSWER, NOT_SENT, Outcomes
+from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
 from failsoft.drills.scorecard import (
     Check,
     FaultWindow,
     Scorecard,
+    answer_label,
     detection,
     healed,
     is_reaction,
     onset,
     recovery,
+    replica_penalties,
     score,
     timeline,
 )
@@ -85,6 +87,8 @@ def _experiment(
                     "replica": "w0",
                 }
             ],
+            # Scored from the AttackOutcomes given; here so poison bounds validate.
+            "attack": {"rate": 10, "requests": [{"kind": "poison", "inputs": [{"name": "x"}]}]},
             "expect": expect or {},
         }
     )
@@ -972,6 +976,200 @@ def test_sheddable_first_needs_two_priorities_to_compare() -> None:
     assert not check.ok
 
 
+# --- a hostile client's attack -------------------------------------------------------
+
+
+def _attack(statuses: list[int], degraded: list[bool] | None = None) -> AttackOutcomes:
+    """Attack requests cycling poison, deadline, oversize from 3 s at 10/s, answered so."""
+    size = len(statuses)
+    kinds = ["poison", "deadline", "oversize"] * (size // 3) + ["poison", "deadline"][: size % 3]
+    return AttackOutcomes(
+        offsets=3.0 + np.arange(size) / 10,
+        kinds=kinds,
+        status=np.asarray(statuses, dtype=np.int32),
+        degraded=np.asarray(degraded or [False] * size),
+        start_s=3.0,
+        end_s=3.0 + size / 10,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "degraded", "label"),
+    [
+        (422, False, "422"),
+        (200, True, "200 degraded"),
+        (200, False, "200"),
+        (413, False, "413"),
+        (NO_ANSWER, False, "no answer"),
+        (NOT_SENT, False, "not sent"),
+    ],
+)
+def test_answer_label(status: int, degraded: bool, label: str) -> None:
+    assert answer_label(status, degraded) == label
+
+
+def test_poison_answered_422_or_by_a_fallback_is_contained() -> None:
+    attack = _attack(
+        [422, 504, 413, 200, 504, 413, 200, 200, 413, 503, 504, 413, NO_ANSWER],
+        [False, False, False, True, False, False, False, True, False, False, False, False, False],
+    )
+
+    card = _score(_clean_run(), windows=[], attack=attack, expect={"max_poison_uncontained": 0})
+
+    # poison: 422, 200 degraded (contained); 200 undegraded, 503, no answer (not)
+    assert card.poison_uncontained == 3
+    assert card.attack == {
+        "poison": {"422": 1, "200 degraded": 1, "200": 1, "503": 1, "no answer": 1},
+        "deadline": {"504": 3, "200 degraded": 1},
+        "oversize": {"413": 4},
+    }
+    check = _check(card, "poison uncontained")
+    assert check.measured == "3 of 5"
+    assert check.expected == "<= 0"
+    assert _failed(card) == ["poison uncontained"]
+
+
+def test_poison_all_contained_holds() -> None:
+    card = _score(
+        _clean_run(),
+        windows=[],
+        attack=_attack([422, 504, 413, 422, 504, 413]),
+        expect={"max_poison_uncontained": 0},
+    )
+
+    assert _check(card, "poison uncontained").measured == "0 of 2"
+    assert card.passed
+
+
+def test_the_attack_is_a_window_for_the_phases_and_the_recovery() -> None:
+    outcomes = _clean_run()
+    outcomes.degraded[_between(outcomes, 4.0, 5.5)] = True  # good answers from a fallback
+
+    card = _score(
+        outcomes,
+        windows=[],
+        attack=_attack([422, 504, 413] * 10),  # 3.0 s to 6.0 s
+        expect={"max_recover_s": 0, "max_degraded_pct": 1},
+    )
+
+    assert [card.phases[name].requests for name in ("before", "during", "after")] == [30, 30, 40]
+    assert card.attack_window == FaultWindow(
+        "attack: poison, deadline, oversize", "iris", 3.0, 6.0, kind="attack"
+    )
+    assert card.faults == []
+    assert card.detect_s == []
+    assert card.recovered_at_s == 6.0
+    assert card.failed_after_heal is None  # no fault to heal from
+    assert _failed(card) == ["degraded answers"]
+
+
+def test_a_fault_and_an_attack_span_the_phases_together() -> None:
+    card = _score(_clean_run(), attack=_attack([422, 504, 413] * 20))  # 3.0 s to 9.0 s
+
+    assert card.phases["during"].requests == 60  # from the fault's 3.0 s to the attack's 9.0 s
+    assert card.healed_at_s == 6.0  # the fault's end: the attack is no fault
+
+
+def test_a_run_without_an_attack_has_no_attack_figures() -> None:
+    card = _score(_clean_run())
+
+    assert card.attack is None
+    assert card.attack_window is None
+    assert card.poison_uncontained is None
+
+
+# --- readiness and replica penalties --------------------------------------------------
+
+
+def _polls(statuses: list[int]) -> ReadinessPolls:
+    return ReadinessPolls(np.arange(len(statuses)) * 0.1, np.asarray(statuses, dtype=np.int32))
+
+
+def test_readiness_counts_every_poll_not_answered_200() -> None:
+    polls = _polls([200] * 95 + [503, 503, NO_ANSWER, 500, 200])
+
+    card = _score(_clean_run(), readiness=polls, expect={"max_not_ready": 0})
+
+    assert (card.readiness_polls, card.not_ready) == (100, 4)
+    check = _check(card, "readiness not ready")
+    assert check.measured == "4 of 100"
+    assert check.expected == "<= 0"
+    assert _failed(card) == ["readiness not ready"]
+
+
+def test_readiness_always_200_holds() -> None:
+    card = _score(_clean_run(), readiness=_polls([200] * 100), expect={"max_not_ready": 0})
+
+    assert _check(card, "readiness not ready").ok
+
+
+def test_readiness_bound_without_polls_fails() -> None:
+    card = _score(_clean_run(), expect={"max_not_ready": 0})
+
+    assert card.readiness_polls is None
+    assert _check(card, "readiness not ready").measured == "-"
+    assert not _check(card, "readiness not ready").ok
+
+
+def _event(kind: str, at_s: float, model: str = "iris", **fields: Any) -> dict[str, Any]:
+    return {"type": kind, "model": model, "at_s": at_s, **fields}
+
+
+def test_replica_penalties_count_breaker_openings_ejections_and_failed_probes() -> None:
+    events = [
+        _event("BreakerTransition", -0.5, new="open"),  # before the load: not this run
+        _event("BreakerTransition", 1.0, new="open"),
+        _event("BreakerTransition", 2.0, new="half_open"),
+        _event("BreakerTransition", 2.1, new="open"),
+        _event("BreakerTransition", 3.0, new="closed"),
+        _event("ReplicaEjected", 4.0),
+        _event("HealthChanged", 5.0, healthy=False),
+        _event("HealthChanged", 6.0, healthy=True),
+        _event("ReplicaEjected", 4.0, model="wine"),
+        _event("FallbackUsed", 4.5),
+    ]
+
+    assert replica_penalties("iris", events) == {
+        "breaker opened": 2,
+        "ejected": 1,
+        "probe failed": 1,
+    }
+
+
+def test_replicas_penalised_check() -> None:
+    events = [_event("BreakerTransition", 4.0, new="open")]
+
+    card = _score(_clean_run(), events=events, expect={"max_replicas_penalised": 0})
+    unbounded = _score(_clean_run(), events=events)
+
+    assert card.replica_penalties == {"breaker opened": 1, "ejected": 0, "probe failed": 0}
+    assert _check(card, "replicas penalised").measured == "1"
+    assert _failed(card) == ["replicas penalised"]
+    assert unbounded.replica_penalties is None
+
+
+def test_the_new_checks_come_after_the_others_in_a_fixed_order() -> None:
+    card = _score(
+        _clean_run(),
+        windows=[],
+        attack=_attack([422, 504, 413]),
+        readiness=_polls([200]),
+        expect={
+            "max_degraded_pct": 1,
+            "max_poison_uncontained": 0,
+            "max_replicas_penalised": 0,
+            "max_not_ready": 0,
+        },
+    )
+
+    assert [check.name for check in card.checks][-4:] == [
+        "degraded answers",
+        "poison uncontained",
+        "replicas penalised",
+        "readiness not ready",
+    ]
+
+
 # --- the scorecard as JSON ----------------------------------------------------------
 
 
@@ -988,6 +1186,8 @@ def test_scorecard_to_json_is_serialisable_and_says_whether_it_passed() -> None:
 
     data = json.loads(json.dumps(card.to_json()))
 
+    assert data["failed_after_heal"] == 0  # the losses and degraded answers came before
+    assert data["attack"] is None
     assert data["passed"] is False
     assert data["passed"] == card.passed
     assert data["name"] == "synthetic"

@@ -22,7 +22,14 @@ gateway's notable events, all in seconds since the load started:
   ends; a kill heals when the first replica it killed is back (the
   supervisor restarted it), which is usually well before the fault's end;
 - requests lost, degraded share, retry amplification (attempts per request)
-  and the error budget the drill consumed against the objective.
+  and the error budget the drill consumed against the objective;
+- with a hostile client's attack: how each kind of attack request was
+  answered, and how many poison requests were not contained (answered with
+  anything but a 422 or a degraded 200); the attack counts as a fault window
+  for the phases and the recovery, and its requests count nowhere else;
+- readiness: how many polls of /v2/health/ready were answered other than 200;
+- replicas penalised: breaker openings, ejections and failed health probes
+  of the model during the run, which a hostile client must never cause.
 
 Each check says what was measured, what was expected, and whether it held.
 """
@@ -39,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from failsoft.drills.experiment import Experiment
-from failsoft.drills.load import Outcomes
+from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
 
 
 def is_reaction(event: dict[str, Any]) -> bool:
@@ -133,6 +140,12 @@ class Scorecard:
     recovered_at_s: float | None = None
     failed_after_heal: int | None = None  # None without faults
     healed_at_s: float | None = None
+    attack_window: FaultWindow | None = None
+    attack: dict[str, dict[str, int]] | None = None  # kind -> answer ("422", ...) -> count
+    poison_uncontained: int | None = None
+    readiness_polls: int | None = None
+    not_ready: int | None = None
+    replica_penalties: dict[str, int] | None = None  # kind of penalty -> count
 
     @property
     def passed(self) -> bool:
@@ -225,6 +238,54 @@ def healed(window: FaultWindow, events: Sequence[dict[str, Any]]) -> float:
     return min(back, default=window.end_s)
 
 
+def answer_label(status: int, degraded: bool) -> str:
+    """How an attack request was answered: its status, "200 degraded", "no answer"..."""
+    if status == NOT_SENT:
+        return "not sent"
+    if status == NO_ANSWER:
+        return "no answer"
+    return "200 degraded" if status == 200 and degraded else str(status)
+
+
+def attack_answers(attack: AttackOutcomes) -> dict[str, dict[str, int]]:
+    """For each kind of attack request, in order of first use, how often each answer came."""
+    answers: dict[str, dict[str, int]] = {}
+    for kind, status, degraded in zip(
+        attack.kinds, attack.status.tolist(), attack.degraded.tolist(), strict=True
+    ):
+        counts = answers.setdefault(kind, {})
+        label = answer_label(status, degraded)
+        counts[label] = counts.get(label, 0) + 1
+    return answers
+
+
+# What a replica is charged with, by the event that says so (when it is a reaction).
+PENALTIES = {
+    "breaker opened": "BreakerTransition",
+    "ejected": "ReplicaEjected",
+    "probe failed": "HealthChanged",
+}
+
+
+def replica_penalties(model: str, events: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The model's replicas' breaker openings, ejections and failed probes during the run."""
+    counts = dict.fromkeys(PENALTIES, 0)
+    for event in events:
+        if event["at_s"] < 0 or event.get("model") != model:
+            continue
+        for name, kind in PENALTIES.items():
+            if event["type"] == kind and is_reaction(event):
+                counts[name] += 1
+    return counts
+
+
+def poison_uncontained(attack: AttackOutcomes) -> int:
+    """Poison requests answered neither 422 nor 200 from a fallback (marked degraded)."""
+    poison = np.asarray(attack.kinds) == "poison"
+    contained = (attack.status == 422) | ((attack.status == 200) & attack.degraded)
+    return int((poison & ~contained).sum())
+
+
 def detection(
     window: FaultWindow, events: Sequence[dict[str, Any]], outcomes: Outcomes
 ) -> float | None:
@@ -287,6 +348,8 @@ def score(
     attempts: float | None = None,
     requests_served: float | None = None,
     objective_pct: float | None = None,
+    attack: AttackOutcomes | None = None,
+    readiness: ReadinessPolls | None = None,
 ) -> Scorecard:
     hypothesis, expect = experiment.hypothesis, experiment.expect
     offsets = outcomes.offsets
@@ -295,8 +358,20 @@ def score(
         judged = np.isin(np.asarray(outcomes.priority), hypothesis.priorities)
     if not hypothesis.correctness:  # any 200 counts as available
         outcomes = dataclasses.replace(outcomes, correct=outcomes.status == 200)
-    first = min((w.start_s for w in windows), default=duration_s)
-    last = max((w.end_s for w in windows), default=duration_s)
+    attack_window = (
+        None
+        if attack is None
+        else FaultWindow(
+            "attack: " + ", ".join(dict.fromkeys(attack.kinds)),
+            experiment.load.model,
+            attack.start_s,
+            attack.end_s,
+            kind="attack",
+        )
+    )
+    spans = [*windows, *([attack_window] if attack_window is not None else [])]
+    first = min((w.start_s for w in spans), default=duration_s)
+    last = max((w.end_s for w in spans), default=duration_s)
     masks = {
         "before": offsets < first,
         "during": (offsets >= first) & (offsets < last),
@@ -307,7 +382,7 @@ def score(
     onsets = [onset(window, events) for window in windows]
     detect = [detection(window, events, outcomes) for window in windows]
     recovered_at = (
-        recovery(line, last, hypothesis.availability_pct, hypothesis.p99_ms) if windows else None
+        recovery(line, last, hypothesis.availability_pct, hypothesis.p99_ms) if spans else None
     )
     recover_s = None if recovered_at is None else recovered_at - last
     healed_at = max((healed(window, events) for window in windows), default=None)
@@ -356,7 +431,7 @@ def score(
                 worst is not None and worst <= expect.max_detect_s,
             )
         )
-    if expect.max_recover_s is not None and windows:
+    if expect.max_recover_s is not None and spans:
         checks.append(
             Check(
                 "time to recover",
@@ -398,6 +473,45 @@ def score(
         )
     if expect.sheddable_first:
         checks.append(_sheddable_first(outcomes, masks["during"]))
+    uncontained = None if attack is None else poison_uncontained(attack)
+    if expect.max_poison_uncontained is not None:
+        poison = 0 if attack is None else attack.kinds.count("poison")
+        checks.append(
+            Check(
+                "poison uncontained",
+                "-" if uncontained is None else f"{uncontained} of {poison}",
+                f"<= {expect.max_poison_uncontained}",
+                uncontained is not None
+                and poison > 0
+                and uncontained <= expect.max_poison_uncontained,
+            )
+        )
+    penalties = (
+        None
+        if expect.max_replicas_penalised is None
+        else replica_penalties(experiment.load.model, events)
+    )
+    if penalties is not None and expect.max_replicas_penalised is not None:
+        total = sum(penalties.values())
+        checks.append(
+            Check(
+                "replicas penalised",
+                str(total),
+                f"<= {expect.max_replicas_penalised}",
+                total <= expect.max_replicas_penalised,
+            )
+        )
+    polls = None if readiness is None else len(readiness.status)
+    not_ready = None if readiness is None else int((readiness.status != 200).sum())
+    if expect.max_not_ready is not None:
+        checks.append(
+            Check(
+                "readiness not ready",
+                "-" if not_ready is None else f"{not_ready} of {polls}",
+                f"<= {expect.max_not_ready}",
+                not_ready is not None and not_ready <= expect.max_not_ready,
+            )
+        )
     return Scorecard(
         experiment.name,
         total,
@@ -420,6 +534,12 @@ def score(
         recovered_at_s=recovered_at,
         failed_after_heal=after_heal,
         healed_at_s=healed_at,
+        attack_window=attack_window,
+        attack=None if attack is None else attack_answers(attack),
+        poison_uncontained=uncontained,
+        readiness_polls=polls,
+        not_ready=not_ready,
+        replica_penalties=penalties,
     )
 
 
