@@ -64,7 +64,7 @@ def test_bundled_drill_loads(path: Path) -> None:
     experiment = load_experiment(path)
 
     assert isinstance(experiment, Experiment)
-    assert experiment.faults
+    assert experiment.faults or experiment.attack  # something to get through
     for fault in experiment.faults:
         assert fault.at_s + fault.for_s <= experiment.load.duration_s
 
@@ -234,3 +234,224 @@ def test_scheduled_fault_spec_lasts_for_s_unscaled_by_default() -> None:
     fault = ScheduledFault(at_s=0, for_s=8, kind="kill", model="iris", replica="w0")
 
     assert fault.spec()["duration_s"] == 8.0
+
+
+def test_max_failed_after_heal_needs_a_fault(tmp_path: Path) -> None:
+    (problem,) = _problems(_write(tmp_path, _drill(expect={"max_failed_after_heal": 5})))
+
+    assert problem == "(top level): expect.max_failed_after_heal needs a fault to heal from"
+
+
+def test_max_failed_after_heal_with_a_fault_loads(tmp_path: Path) -> None:
+    data = _drill(
+        faults=[{"at_s": 2, "for_s": 2, "kind": "error", "model": "iris"}],
+        expect={"max_failed_after_heal": 5},
+    )
+
+    assert load_experiment(_write(tmp_path, data)).expect.max_failed_after_heal == 5
+
+
+# --- a hostile client's attack ------------------------------------------------------
+
+FEATURES = [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
+POISON = [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [3.0e38] * 4}]
+
+
+def _attack(*requests: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return {"rate": 30, "requests": list(requests), **changes}
+
+
+def test_bundled_hostile_client_drill_has_every_kind_of_attack() -> None:
+    experiment = load_experiment(DRILLS / "hostile-client.yaml")
+
+    assert experiment.attack is not None
+    assert [request.kind for request in experiment.attack.requests] == [
+        "poison",
+        "deadline",
+        "outputs",
+        "oversize",
+    ]
+    assert experiment.attack.requests[0].inputs == [
+        {"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [3.0e38] * 4}
+    ]
+    assert experiment.attack.requests[3].body_bytes == 9 * 1024 * 1024
+    assert experiment.attack_window_s() == (4.5, 19.5)
+
+
+def test_attack_of_every_kind_loads(tmp_path: Path) -> None:
+    data = _drill(
+        attack=_attack(
+            {"kind": "poison", "inputs": POISON},
+            {"kind": "deadline", "timeout_ms": 1, "inputs": FEATURES},
+            {"kind": "outputs", "outputs": ["label"], "inputs": FEATURES},
+            {"kind": "oversize", "body_bytes": 9437184},
+            {"kind": "poison", "inputs": POISON, "headers": {"Authorization": "Bearer x"}},
+            at_s=2,
+            for_s=6,
+        ),
+        expect={"max_poison_uncontained": 0, "max_not_ready": 0, "max_replicas_penalised": 0},
+    )
+
+    experiment = load_experiment(_write(tmp_path, data))
+
+    assert experiment.attack is not None
+    assert experiment.attack.rate == 30
+    assert experiment.attack_window_s() == (2.0, 8.0)
+    assert experiment.attack_window_s(0.5) == (1.0, 4.0)
+    assert experiment.expect.max_poison_uncontained == 0
+    assert experiment.expect.max_not_ready == 0
+
+
+def test_attack_without_for_s_lasts_to_the_end_of_the_load(tmp_path: Path) -> None:
+    data = _drill(attack=_attack({"kind": "poison", "inputs": POISON}, at_s=4))
+
+    assert load_experiment(_write(tmp_path, data)).attack_window_s() == (4.0, 10.0)
+
+
+def test_no_attack_is_the_default(tmp_path: Path) -> None:
+    experiment = load_experiment(_write(tmp_path, MINIMAL))
+
+    assert experiment.attack is None
+    with pytest.raises(ValueError, match="no attack"):
+        experiment.attack_window_s()
+
+
+@pytest.mark.parametrize(
+    ("request_", "problem"),
+    [
+        ({"kind": "poison"}, "a poison request needs inputs"),
+        (
+            {"kind": "deadline", "inputs": FEATURES},
+            "a deadline request needs timeout_ms (sent as Failsoft-Timeout-Ms)",
+        ),
+        (
+            {"kind": "outputs", "inputs": FEATURES},
+            "an outputs request needs outputs (the names asked for)",
+        ),
+        (
+            {"kind": "oversize"},
+            "an oversize request needs body_bytes (its body is generated)",
+        ),
+        (
+            {"kind": "oversize", "body_bytes": 4096, "inputs": FEATURES},
+            "an oversize request has no inputs: its body is generated",
+        ),
+        (
+            {"kind": "poison", "inputs": POISON, "body_bytes": 4096},
+            "body_bytes applies to oversize requests only",
+        ),
+        (
+            {"kind": "poison", "inputs": POISON, "timeout_ms": 1},
+            "timeout_ms applies to deadline requests only",
+        ),
+        (
+            {"kind": "poison", "inputs": POISON, "outputs": ["label"]},
+            "outputs applies to outputs requests only",
+        ),
+        (
+            {"kind": "poison", "inputs": POISON, "headers": {"Failsoft-Timeout-Ms": "1"}},
+            "header 'Failsoft-Timeout-Ms' is set by the drill (use kind: deadline)",
+        ),
+        (
+            {"kind": "poison", "inputs": POISON, "headers": {"Content-Length": "1"}},
+            "header 'Content-Length' is set by the drill (use kind: deadline)",
+        ),
+        (
+            {"kind": "poison", "inputs": POISON, "headers": {"X-Evil": "a\r\nb"}},
+            "header 'X-Evil': not a valid header",
+        ),
+    ],
+    ids=[
+        "poison-without-inputs",
+        "deadline-without-timeout",
+        "outputs-without-names",
+        "oversize-without-size",
+        "oversize-with-inputs",
+        "body-bytes-not-oversize",
+        "timeout-not-deadline",
+        "outputs-not-outputs",
+        "timeout-header",
+        "framing-header",
+        "header-injection",
+    ],
+)
+def test_attack_request_that_does_not_fit_its_kind_is_named(
+    tmp_path: Path, request_: dict[str, Any], problem: str
+) -> None:
+    problems = _problems(_write(tmp_path, _drill(attack=_attack(request_))))
+
+    assert problems == [f"attack.requests[0]: {problem}"]
+
+
+def test_attack_kind_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    (problem,) = _problems(_write(tmp_path, _drill(attack=_attack({"kind": "ddos"}))))
+
+    assert problem.startswith("attack.requests[0].kind: ")
+    assert "'ddos'" in problem
+
+
+def test_oversize_body_is_bounded(tmp_path: Path) -> None:
+    data = _drill(attack=_attack({"kind": "oversize", "body_bytes": 64 * 1024 * 1024}))
+
+    (problem,) = _problems(_write(tmp_path, data))
+
+    assert problem.startswith("attack.requests[0].body_bytes: ")
+
+
+def test_attack_ending_after_the_load_is_named(tmp_path: Path) -> None:
+    data = _drill(attack=_attack({"kind": "poison", "inputs": POISON}, at_s=6, for_s=5))
+
+    assert _problems(_write(tmp_path, data)) == [
+        "(top level): attack ends at 11 s, after the load (10 s)"
+    ]
+
+
+def test_attack_starting_after_the_load_is_named(tmp_path: Path) -> None:
+    data = _drill(attack=_attack({"kind": "poison", "inputs": POISON}, at_s=10))
+
+    assert _problems(_write(tmp_path, data)) == [
+        "(top level): attack starts at 10 s, when the load (10 s) is over"
+    ]
+
+
+def test_attack_without_requests_is_named(tmp_path: Path) -> None:
+    (problem,) = _problems(_write(tmp_path, _drill(attack={"rate": 30, "requests": []})))
+
+    assert problem.startswith("attack.requests: ")
+
+
+def test_poison_bound_needs_an_attack_with_poison(tmp_path: Path) -> None:
+    without = _drill(expect={"max_poison_uncontained": 0})
+    no_poison = _drill(
+        attack=_attack({"kind": "oversize", "body_bytes": 4096}),
+        expect={"max_poison_uncontained": 0},
+    )
+
+    assert _problems(_write(tmp_path, without, "a.yaml")) == [
+        "(top level): expect.max_poison_uncontained needs an attack with poison"
+    ]
+    assert _problems(_write(tmp_path, no_poison, "b.yaml")) == [
+        "(top level): expect.max_poison_uncontained needs a poison request in the attack"
+    ]
+
+
+def test_a_number_yaml_reads_as_text_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "drill.yaml"
+    text = yaml.safe_dump(_drill(attack=_attack({"kind": "poison", "inputs": POISON})))
+    path.write_text(text.replace("3.0e+38", "3e38"), encoding="utf-8")
+
+    (problem,) = _problems(path)
+
+    assert problem == (
+        "attack.requests[0]: inputs[0].data: '3e38' is text (YAML reads 3e38 as a string); "
+        "write it as 3.0e+38"
+    )
+
+
+def test_text_in_a_bytes_input_is_kept(tmp_path: Path) -> None:
+    data = _drill()
+    data["load"]["requests"][0]["inputs"] = [
+        {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["3e38"]}
+    ]
+
+    assert load_experiment(_write(tmp_path, data)).load.requests[0].inputs[0]["data"] == ["3e38"]

@@ -13,21 +13,25 @@ import numpy as np
 import pytest
 
 from failsoft.drills.experiment import Experiment
-from failsoft.drills.load import NO_ANSWER, NOT_SENT, Outcomes
+from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
 from failsoft.drills.scorecard import (
     Check,
     FaultWindow,
     Scorecard,
+    answer_label,
     detection,
+    healed,
     is_reaction,
+    onset,
     recovery,
+    replica_penalties,
     score,
     timeline,
 )
 
 RATE = 10
 DURATION_S = 10.0
-FAULT = FaultWindow("kill iris/v1/w0", "iris", 3.0, 6.0)
+FAULT = FaultWindow("error iris/v1/w0", "iris", 3.0, 6.0, "error", "v1", "w0", "f1")
 FAST_S = 0.010
 
 
@@ -72,6 +76,19 @@ def _experiment(
                 "requests": [{"inputs": [{"name": "features"}], "expect": {"label": [0]}}],
             },
             "hypothesis": hypothesis or {"availability_pct": 99, "p99_ms": 100},
+            # As scheduled; score() judges the windows it is given, as they really ran.
+            "faults": [
+                {
+                    "at_s": 3,
+                    "for_s": 3,
+                    "kind": "error",
+                    "model": "iris",
+                    "version": "v1",
+                    "replica": "w0",
+                }
+            ],
+            # Scored from the AttackOutcomes given; here so poison bounds validate.
+            "attack": {"rate": 10, "requests": [{"kind": "poison", "inputs": [{"name": "x"}]}]},
             "expect": expect or {},
         }
     )
@@ -296,6 +313,8 @@ def test_without_correctness_any_200_counts_as_available() -> None:
         ({"type": "ReplicaStateChanged", "available": True}, False),
         ({"type": "ReplicaEjected"}, True),
         ({"type": "WorkerRestarted"}, True),
+        ({"type": "AttemptFailed"}, True),
+        ({"type": "ReplicaKilled"}, False),
         ({"type": "FallbackUsed"}, True),
         ({"type": "RequestShed"}, True),
         ({"type": "FaultAdded"}, False),
@@ -417,6 +436,146 @@ def test_time_to_detect_is_the_worst_fault_and_never_if_any_went_unseen() -> Non
     assert not _check(missed_second, "time to detect").ok
 
 
+# --- time to detect a kill: from the kill to what the gateway observed ---------------
+
+KILL = FaultWindow("kill iris/v1/w0", "iris", 3.0, 6.0, "kill", "v1", "w0", "f1")
+
+
+def _killed(at_s: float, fault: str = "f1", replica: str = "w0") -> dict[str, Any]:
+    return {
+        "type": "ReplicaKilled",
+        "model": "iris",
+        "version": "v1",
+        "replica": replica,
+        "fault": fault,
+        "at_s": at_s,
+    }
+
+
+def _down(at_s: float, replica: str = "w0", version: str = "v1") -> dict[str, Any]:
+    return {
+        "type": "ReplicaStateChanged",
+        "model": "iris",
+        "version": version,
+        "replica": replica,
+        "available": False,
+        "at_s": at_s,
+    }
+
+
+def test_a_kill_fault_starts_at_its_first_kill() -> None:
+    events = [_killed(3.45), _killed(4.5)]
+
+    assert onset(KILL, events) == 3.45
+    assert onset(FAULT, events) == 3.0  # other kinds start when they are added
+
+
+def test_kill_detection_runs_from_the_kill_to_the_supervisor_noticing_the_exit() -> None:
+    events = [_killed(3.45), _down(3.47)]
+
+    assert detection(KILL, events, _clean_run()) == pytest.approx(0.02)
+
+
+def test_the_kill_itself_is_never_the_detection() -> None:
+    assert detection(KILL, [_killed(3.45)], _clean_run()) is None
+
+
+@pytest.mark.parametrize(
+    "observed",
+    [
+        {"type": "AttemptFailed", "failure_class": "infra"},
+        {"type": "WorkerRestarted", "exit_code": -9},
+        {"type": "HealthChanged", "healthy": False},
+        {"type": "BreakerTransition", "new": "open"},
+        {"type": "ReplicaEjected"},
+    ],
+    ids=lambda event: event["type"],
+)
+def test_kill_detection_counts_each_kind_of_observation(observed: dict[str, Any]) -> None:
+    event = {**observed, "model": "iris", "version": "v1", "replica": "w0", "at_s": 3.6}
+
+    assert detection(KILL, [_killed(3.45), event], _clean_run()) == pytest.approx(0.15)
+
+
+def test_kill_detection_ignores_what_came_before_the_kill() -> None:
+    events = [_down(3.2), _killed(3.45), _down(3.9)]  # 3.2: the fault was added, no kill yet
+
+    assert detection(KILL, events, _clean_run()) == pytest.approx(0.45)
+
+
+def test_kill_detection_ignores_other_replicas_and_versions() -> None:
+    events = [_killed(3.45), _down(3.5, replica="w1"), _down(3.55, version="v2"), _down(3.7)]
+
+    assert detection(KILL, events, _clean_run()) == pytest.approx(0.25)
+
+
+def test_kill_detection_follows_this_faults_kills_only() -> None:
+    events = [_killed(3.2, fault="f2"), _down(3.25), _killed(3.45), _down(3.5)]
+
+    assert detection(KILL, events, _clean_run()) == pytest.approx(0.05)
+
+
+def test_a_kill_of_every_replica_is_observed_on_any_of_them() -> None:
+    window = FaultWindow("kill iris/v1", "iris", 3.0, 6.0, "kill", "v1", None, "f1")
+    events = [_killed(3.1, replica="w1"), _killed(3.12), _down(3.15, replica="w1")]
+
+    assert detection(window, events, _clean_run()) == pytest.approx(0.05)
+
+
+def test_a_kill_without_a_fault_id_matches_kills_by_target() -> None:
+    window = FaultWindow("kill iris/v1/w0", "iris", 3.0, 6.0, "kill", "v1", "w0")
+    events = [_killed(3.2, replica="w1"), _killed(3.4, fault="f9"), _down(3.5)]
+
+    assert onset(window, events) == 3.4
+    assert detection(window, events, _clean_run()) == pytest.approx(0.1)
+
+
+def test_a_kill_that_never_happened_is_never_detected() -> None:
+    card = _score(_clean_run(), windows=[KILL], events=[_down(3.5)], expect={"max_detect_s": 1})
+
+    assert card.detect_s == [None]
+    assert card.detected_at_s is None
+    assert _check(card, "time to detect").measured == "never"
+
+
+def test_a_kills_detection_time_is_marked_where_it_was_observed() -> None:
+    card = _score(
+        _clean_run(),
+        windows=[KILL],
+        events=[_killed(3.45), _down(3.47)],
+        expect={"max_detect_s": 0.1},
+    )
+
+    assert card.detect_s == [pytest.approx(0.02)]
+    assert card.detected_at_s == pytest.approx(3.47)
+    assert _check(card, "time to detect").ok
+
+
+def test_a_degraded_answer_after_the_kill_is_a_detection() -> None:
+    outcomes = _clean_run()
+    outcomes.degraded[outcomes.offsets == 3.2] = True  # before the kill: not caused by it
+    outcomes.degraded[outcomes.offsets == 3.6] = True
+
+    assert detection(KILL, [_killed(3.45)], outcomes) == pytest.approx(0.15)
+
+
+def test_detection_of_a_replica_fault_ignores_other_replicas() -> None:
+    window = FaultWindow("error iris/v1/w0", "iris", 3.0, 6.0, "error", "v1", "w0", "f1")
+    events = [
+        {
+            "type": "BreakerTransition",
+            "model": "iris",
+            "version": "v1",
+            "replica": "w1",
+            "new": "open",
+            "at_s": 3.1,
+        },
+        {"type": "RequestShed", "model": "iris", "at_s": 3.4},  # names no replica: counts
+    ]
+
+    assert detection(window, events, _clean_run()) == pytest.approx(0.4)
+
+
 # --- time to recover ----------------------------------------------------------------
 
 
@@ -503,6 +662,102 @@ def test_recovery_skips_seconds_without_requests() -> None:
 
     assert line.success_pct[7] is None
     assert recovery(line, 6.0, 99.0, None) == 8.0
+
+
+# --- failed or degraded after heal -------------------------------------------------
+
+
+def test_after_heal_counts_failed_and_degraded_requests_after_the_last_fault() -> None:
+    outcomes = _clean_run()
+    _fail(outcomes, _between(outcomes, 3.0, 6.2))  # 2 after the end at 6.0
+    outcomes.degraded[_between(outcomes, 6.2, 6.5)] = True  # 3 more, answered by a fallback
+    outcomes.degraded[_between(outcomes, 4.0, 5.0)] = True  # during: not counted
+
+    card = _score(outcomes, hypothesis={"availability_pct": 0}, expect={"max_failed_after_heal": 5})
+
+    assert card.failed_after_heal == 5
+    check = _check(card, "failed or degraded after heal")
+    assert check.measured == "5"
+    assert check.expected == "<= 5"
+    assert check.ok
+
+
+def test_after_heal_above_the_bound_fails() -> None:
+    outcomes = _clean_run()
+    _fail(outcomes, _between(outcomes, 6.0, 6.6), status=NO_ANSWER)
+
+    card = _score(outcomes, hypothesis={"availability_pct": 0}, expect={"max_failed_after_heal": 5})
+
+    assert card.failed_after_heal == 6
+    assert _failed(card) == ["failed or degraded after heal"]
+
+
+def test_after_heal_counts_from_the_end_of_the_last_fault() -> None:
+    windows = [FaultWindow("a", "iris", 2.0, 3.0), FaultWindow("b", "iris", 4.0, 7.0)]
+    outcomes = _clean_run()
+    _fail(outcomes, _between(outcomes, 3.0, 4.0))  # between the faults: not after the heal
+    _fail(outcomes, _between(outcomes, 7.0, 7.1))
+
+    card = _score(outcomes, hypothesis={"availability_pct": 0}, windows=windows)
+
+    assert card.failed_after_heal == 1
+
+
+def test_after_heal_of_a_clean_run_is_zero_and_without_faults_unknown() -> None:
+    assert _score(_clean_run()).failed_after_heal == 0
+    assert _score(_clean_run()).healed_at_s == 6.0
+    assert _score(_clean_run(), windows=[]).failed_after_heal is None
+    assert _score(_clean_run(), windows=[]).healed_at_s is None
+
+
+def _back(at_s: float, replica: str = "w0") -> dict[str, Any]:
+    return {**_down(at_s, replica), "available": True}
+
+
+ALL_KILLED = FaultWindow("kill iris/v1", "iris", 3.0, 6.0, "kill", "v1", None, "f1")
+
+
+def test_a_fault_heals_at_its_end() -> None:
+    assert healed(FAULT, [_back(4.0)]) == 6.0
+
+
+def test_a_kill_heals_when_the_first_killed_replica_is_back() -> None:
+    events = [
+        _killed(3.1, replica="w1"),
+        _killed(3.12),
+        _down(3.13),
+        _back(3.6, replica="w1"),
+        _back(3.8),
+    ]
+
+    assert healed(ALL_KILLED, events) == 3.6
+
+
+def test_a_kill_repeated_heals_after_its_last_kill() -> None:
+    events = [_killed(3.1), _back(3.5), _killed(4.1), _back(4.4), _killed(5.1), _back(5.7)]
+
+    assert healed(KILL, events) == 5.7
+
+
+def test_a_kill_whose_replica_never_came_back_heals_at_the_faults_end() -> None:
+    assert healed(KILL, [_killed(3.1), _back(3.6, replica="w1")]) == 6.0
+    assert healed(KILL, []) == 6.0
+
+
+def test_after_heal_of_a_kill_counts_from_the_first_replica_back() -> None:
+    outcomes = _clean_run()
+    outcomes.degraded[_between(outcomes, 3.1, 3.9)] = True  # the fallback, until 3.9
+
+    card = _score(
+        outcomes,
+        windows=[ALL_KILLED],
+        events=[_killed(3.1, replica="w1"), _killed(3.12), _back(3.6, replica="w1")],
+        expect={"max_failed_after_heal": 2},
+    )
+
+    assert card.healed_at_s == 3.6
+    assert card.failed_after_heal == 3  # 3.6, 3.7 and 3.8: the healed worker left unused
+    assert _failed(card) == ["failed or degraded after heal"]
 
 
 # --- the timeline -------------------------------------------------------------------
@@ -721,6 +976,200 @@ def test_sheddable_first_needs_two_priorities_to_compare() -> None:
     assert not check.ok
 
 
+# --- a hostile client's attack -------------------------------------------------------
+
+
+def _attack(statuses: list[int], degraded: list[bool] | None = None) -> AttackOutcomes:
+    """Attack requests cycling poison, deadline, oversize from 3 s at 10/s, answered so."""
+    size = len(statuses)
+    kinds = ["poison", "deadline", "oversize"] * (size // 3) + ["poison", "deadline"][: size % 3]
+    return AttackOutcomes(
+        offsets=3.0 + np.arange(size) / 10,
+        kinds=kinds,
+        status=np.asarray(statuses, dtype=np.int32),
+        degraded=np.asarray(degraded or [False] * size),
+        start_s=3.0,
+        end_s=3.0 + size / 10,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "degraded", "label"),
+    [
+        (422, False, "422"),
+        (200, True, "200 degraded"),
+        (200, False, "200"),
+        (413, False, "413"),
+        (NO_ANSWER, False, "no answer"),
+        (NOT_SENT, False, "not sent"),
+    ],
+)
+def test_answer_label(status: int, degraded: bool, label: str) -> None:
+    assert answer_label(status, degraded) == label
+
+
+def test_poison_answered_422_or_by_a_fallback_is_contained() -> None:
+    attack = _attack(
+        [422, 504, 413, 200, 504, 413, 200, 200, 413, 503, 504, 413, NO_ANSWER],
+        [False, False, False, True, False, False, False, True, False, False, False, False, False],
+    )
+
+    card = _score(_clean_run(), windows=[], attack=attack, expect={"max_poison_uncontained": 0})
+
+    # poison: 422, 200 degraded (contained); 200 undegraded, 503, no answer (not)
+    assert card.poison_uncontained == 3
+    assert card.attack == {
+        "poison": {"422": 1, "200 degraded": 1, "200": 1, "503": 1, "no answer": 1},
+        "deadline": {"504": 3, "200 degraded": 1},
+        "oversize": {"413": 4},
+    }
+    check = _check(card, "poison uncontained")
+    assert check.measured == "3 of 5"
+    assert check.expected == "<= 0"
+    assert _failed(card) == ["poison uncontained"]
+
+
+def test_poison_all_contained_holds() -> None:
+    card = _score(
+        _clean_run(),
+        windows=[],
+        attack=_attack([422, 504, 413, 422, 504, 413]),
+        expect={"max_poison_uncontained": 0},
+    )
+
+    assert _check(card, "poison uncontained").measured == "0 of 2"
+    assert card.passed
+
+
+def test_the_attack_is_a_window_for_the_phases_and_the_recovery() -> None:
+    outcomes = _clean_run()
+    outcomes.degraded[_between(outcomes, 4.0, 5.5)] = True  # good answers from a fallback
+
+    card = _score(
+        outcomes,
+        windows=[],
+        attack=_attack([422, 504, 413] * 10),  # 3.0 s to 6.0 s
+        expect={"max_recover_s": 0, "max_degraded_pct": 1},
+    )
+
+    assert [card.phases[name].requests for name in ("before", "during", "after")] == [30, 30, 40]
+    assert card.attack_window == FaultWindow(
+        "attack: poison, deadline, oversize", "iris", 3.0, 6.0, kind="attack"
+    )
+    assert card.faults == []
+    assert card.detect_s == []
+    assert card.recovered_at_s == 6.0
+    assert card.failed_after_heal is None  # no fault to heal from
+    assert _failed(card) == ["degraded answers"]
+
+
+def test_a_fault_and_an_attack_span_the_phases_together() -> None:
+    card = _score(_clean_run(), attack=_attack([422, 504, 413] * 20))  # 3.0 s to 9.0 s
+
+    assert card.phases["during"].requests == 60  # from the fault's 3.0 s to the attack's 9.0 s
+    assert card.healed_at_s == 6.0  # the fault's end: the attack is no fault
+
+
+def test_a_run_without_an_attack_has_no_attack_figures() -> None:
+    card = _score(_clean_run())
+
+    assert card.attack is None
+    assert card.attack_window is None
+    assert card.poison_uncontained is None
+
+
+# --- readiness and replica penalties --------------------------------------------------
+
+
+def _polls(statuses: list[int]) -> ReadinessPolls:
+    return ReadinessPolls(np.arange(len(statuses)) * 0.1, np.asarray(statuses, dtype=np.int32))
+
+
+def test_readiness_counts_every_poll_not_answered_200() -> None:
+    polls = _polls([200] * 95 + [503, 503, NO_ANSWER, 500, 200])
+
+    card = _score(_clean_run(), readiness=polls, expect={"max_not_ready": 0})
+
+    assert (card.readiness_polls, card.not_ready) == (100, 4)
+    check = _check(card, "readiness not ready")
+    assert check.measured == "4 of 100"
+    assert check.expected == "<= 0"
+    assert _failed(card) == ["readiness not ready"]
+
+
+def test_readiness_always_200_holds() -> None:
+    card = _score(_clean_run(), readiness=_polls([200] * 100), expect={"max_not_ready": 0})
+
+    assert _check(card, "readiness not ready").ok
+
+
+def test_readiness_bound_without_polls_fails() -> None:
+    card = _score(_clean_run(), expect={"max_not_ready": 0})
+
+    assert card.readiness_polls is None
+    assert _check(card, "readiness not ready").measured == "-"
+    assert not _check(card, "readiness not ready").ok
+
+
+def _event(kind: str, at_s: float, model: str = "iris", **fields: Any) -> dict[str, Any]:
+    return {"type": kind, "model": model, "at_s": at_s, **fields}
+
+
+def test_replica_penalties_count_breaker_openings_ejections_and_failed_probes() -> None:
+    events = [
+        _event("BreakerTransition", -0.5, new="open"),  # before the load: not this run
+        _event("BreakerTransition", 1.0, new="open"),
+        _event("BreakerTransition", 2.0, new="half_open"),
+        _event("BreakerTransition", 2.1, new="open"),
+        _event("BreakerTransition", 3.0, new="closed"),
+        _event("ReplicaEjected", 4.0),
+        _event("HealthChanged", 5.0, healthy=False),
+        _event("HealthChanged", 6.0, healthy=True),
+        _event("ReplicaEjected", 4.0, model="wine"),
+        _event("FallbackUsed", 4.5),
+    ]
+
+    assert replica_penalties("iris", events) == {
+        "breaker opened": 2,
+        "ejected": 1,
+        "probe failed": 1,
+    }
+
+
+def test_replicas_penalised_check() -> None:
+    events = [_event("BreakerTransition", 4.0, new="open")]
+
+    card = _score(_clean_run(), events=events, expect={"max_replicas_penalised": 0})
+    unbounded = _score(_clean_run(), events=events)
+
+    assert card.replica_penalties == {"breaker opened": 1, "ejected": 0, "probe failed": 0}
+    assert _check(card, "replicas penalised").measured == "1"
+    assert _failed(card) == ["replicas penalised"]
+    assert unbounded.replica_penalties is None
+
+
+def test_the_new_checks_come_after_the_others_in_a_fixed_order() -> None:
+    card = _score(
+        _clean_run(),
+        windows=[],
+        attack=_attack([422, 504, 413]),
+        readiness=_polls([200]),
+        expect={
+            "max_degraded_pct": 1,
+            "max_poison_uncontained": 0,
+            "max_replicas_penalised": 0,
+            "max_not_ready": 0,
+        },
+    )
+
+    assert [check.name for check in card.checks][-4:] == [
+        "degraded answers",
+        "poison uncontained",
+        "replicas penalised",
+        "readiness not ready",
+    ]
+
+
 # --- the scorecard as JSON ----------------------------------------------------------
 
 
@@ -737,13 +1186,24 @@ def test_scorecard_to_json_is_serialisable_and_says_whether_it_passed() -> None:
 
     data = json.loads(json.dumps(card.to_json()))
 
+    assert data["failed_after_heal"] == 0  # the losses and degraded answers came before
+    assert data["attack"] is None
     assert data["passed"] is False
     assert data["passed"] == card.passed
     assert data["name"] == "synthetic"
     assert data["phases"]["during"]["requests"] == 30
     assert {check["name"]: check["ok"] for check in data["checks"]}["requests lost"] is False
     assert data["faults"] == [
-        {"label": "kill iris/v1/w0", "model": "iris", "start_s": 3.0, "end_s": 6.0}
+        {
+            "label": "error iris/v1/w0",
+            "model": "iris",
+            "start_s": 3.0,
+            "end_s": 6.0,
+            "kind": "error",
+            "version": "v1",
+            "replica": "w0",
+            "fault_id": "f1",
+        }
     ]
     assert len(data["timeline"]["seconds"]) == 10
 

@@ -9,9 +9,12 @@ import pytest
 from pydantic import ValidationError
 
 from failsoft.clock import ManualClock
+from failsoft.routing import balancer as balancer_module
 from failsoft.routing.balancer import (
     FULL_SCAN_MAX,
     INITIAL_EWMA_MS,
+    TIE_MARGIN_MS,
+    TIE_TOLERANCE,
     BalancerOptions,
     PeakEwmaBalancer,
 )
@@ -65,7 +68,7 @@ async def test_the_faster_replica_gets_most_of_the_traffic() -> None:
 async def test_traffic_follows_latency_across_several_replicas() -> None:
     balancer, clock = make(3)
     picks = await simulate(balancer, clock, [0.005, 0.020, 0.050], calls=2000, concurrency=16)
-    assert picks == Counter({0: 1848, 1: 123, 2: 29})
+    assert picks == Counter({0: 1847, 1: 124, 2: 29})
     # Comparing all three, the fastest takes most calls until its queue makes it
     # dearer than a slower idle one; the slowest is left with little.
     assert picks[0] / 2000 > 0.8
@@ -92,6 +95,16 @@ def test_outstanding_calls_outweigh_lower_latency() -> None:
     assert {balancer.pick([0, 1]) for _ in range(50)} == {0, 1}
     balancer.cancelled(0)
     assert balancer.pick([0, 1]) == 0
+
+
+@pytest.mark.parametrize("size", [2, 3])  # the pair, and the full scan
+def test_an_idle_replica_beats_a_busy_one_that_looks_alike(size: int) -> None:
+    balancer, _ = make(size)
+    balancer.started(0)  # 1 ms x 2 is within the tie of 1 ms, but a call is in flight
+    if size == 3:
+        balancer.started(2)
+        balancer.started(2)
+    assert {balancer.pick(range(size)) for _ in range(100)} == {1}
 
 
 async def test_a_hung_replica_is_avoided_after_its_first_stuck_call() -> None:
@@ -245,11 +258,80 @@ def test_ties_are_split_by_the_rng() -> None:
     assert all(900 < count < 1100 for count in picks.values())
 
 
+def test_costs_within_the_tolerance_are_a_tie_split_at_random() -> None:
+    balancer, _ = make(2, seed=6)
+    sample(balancer, 0, 0.0050)
+    sample(balancer, 1, 0.0080)  # 8 ms <= 5 ms x 1.5 + 1 ms
+    picks = Counter(balancer.pick([0, 1]) for _ in range(2000))
+    assert picks == Counter({0: 996, 1: 1004})
+    assert 900 < picks[0] < 1100
+
+
+def test_a_cost_beyond_the_tolerance_is_not_a_tie() -> None:
+    balancer, _ = make(2)
+    sample(balancer, 0, 0.0050)
+    sample(balancer, 1, 0.0090)  # 9 ms > 5 ms x 1.5 + 1 ms
+    assert 5.0 * (1 + TIE_TOLERANCE) + TIE_MARGIN_MS < 9.0
+    assert {balancer.pick([0, 1]) for _ in range(200)} == {0}
+    assert {balancer.pick([1, 0]) for _ in range(200)} == {0}
+
+
+def test_sub_millisecond_costs_within_the_margin_are_a_tie() -> None:
+    balancer, _ = make(2)
+    sample(balancer, 0, 0.0002)
+    sample(balancer, 1, 0.0012)  # 1.2 ms <= 0.2 ms x 1.5 + 1 ms
+    assert {balancer.pick([0, 1]) for _ in range(100)} == {0, 1}
+
+
+def test_the_full_scan_splits_ties_and_passes_over_a_busy_replica() -> None:
+    balancer, _ = make(3, seed=2)
+    sample(balancer, 0, 0.0050)
+    sample(balancer, 1, 0.0055)
+    sample(balancer, 2, 0.0050)
+    balancer.started(2)  # one call in flight: the full scan; replica 2 costs 10 ms
+    picks = Counter(balancer.pick([0, 1, 2]) for _ in range(3000))
+    assert picks == Counter({0: 1481, 1: 1519})
+    assert 1350 < picks[0] < 1650
+
+
+async def _one_call_at_a_time(balancer: PeakEwmaBalancer, clock: ManualClock) -> list[Counter[int]]:
+    """100 calls/s for 30 s, one at a time: every replica answers in 1 ms, and every
+    61st call in 1 to 5 ms, as real workers do now and then. Picks per second."""
+    picks = []
+    for call in range(3000):
+        index = balancer.pick([0, 1])
+        picks.append(index)
+        balancer.started(index)
+        seconds = 0.001 + 0.001 * (call * 7 % 5) if call % 61 == 0 else 0.001
+        await clock.advance(seconds)
+        balancer.finished(index, seconds, True)
+        await clock.advance(0.010 - seconds)
+    return [Counter(picks[start : start + 100]) for start in range(0, 3000, 100)]
+
+
+async def test_at_low_concurrency_alike_replicas_both_get_calls_every_second() -> None:
+    balancer, clock = make(2, seed=9)
+    seconds = await _one_call_at_a_time(balancer, clock)
+    assert min(min(second[0], second[1]) for second in seconds) > 0
+    assert sum(seconds, Counter()) == Counter({0: 1521, 1: 1479})
+
+
+async def test_without_the_tie_one_replica_takes_every_call_for_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Why the tie exists: the lower of two peak estimates wins every idle pick."""
+    monkeypatch.setattr(balancer_module, "_TIE_FACTOR", 1.0)
+    monkeypatch.setattr(balancer_module, "TIE_MARGIN_MS", 0.0)
+    balancer, clock = make(2, seed=9)
+    seconds = await _one_call_at_a_time(balancer, clock)
+    assert sum(1 for second in seconds if min(second[0], second[1]) == 0) == 19
+
+
 def test_more_replicas_than_the_full_scan_are_drawn_in_pairs() -> None:
     size = FULL_SCAN_MAX + 2
     balancer, _ = make(size, seed=3)
     for index in range(size):
-        sample(balancer, index, 0.001 * (index + 1))
+        sample(balancer, index, 0.001 * 3**index)  # each 3 times the last: no ties
     picks = Counter(balancer.pick(list(range(size))) for _ in range(2000))
     # Two choices: the slowest replica loses every pair it is drawn into, and the
     # fastest wins every pair it is drawn into (2 in every n draws).
@@ -260,7 +342,7 @@ def test_more_replicas_than_the_full_scan_are_drawn_in_pairs() -> None:
 def test_pick_draws_a_distinct_pair() -> None:
     balancer, _ = make(2)
     sample(balancer, 0, 0.001)
-    sample(balancer, 1, 0.002)
+    sample(balancer, 1, 0.005)
     # Were the same replica drawn twice, replica 1 would sometimes be picked.
     assert {balancer.pick([0, 1]) for _ in range(200)} == {0}
 

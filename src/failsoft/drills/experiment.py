@@ -14,8 +14,22 @@
       - {at_s: 3, for_s: 4, kind: kill, model: iris, version: v1, replica: w0}
     expect: {max_detect_s: 2, max_recover_s: 3, max_lost: 0}
 
-The steady-state hypothesis must hold before, during and after the faults;
-the expectations bound how the gateway got through them.
+A hostile client is an ``attack``: a second open-loop load on the same model,
+alongside the good one, of requests that must be contained without hurting
+the good traffic:
+
+    attack:
+      rate: 30
+      at_s: 2
+      for_s: 6
+      requests:                              # cycled
+        - {kind: poison, inputs: [...]}      # drives the model to NaN: 422 or a fallback
+        - {kind: deadline, timeout_ms: 1, inputs: [...]}   # Failsoft-Timeout-Ms: 1
+        - {kind: outputs, outputs: [label], inputs: [...]} # asks for one output only
+        - {kind: oversize, body_bytes: 9437184}            # a body over the server's limit
+
+The steady-state hypothesis must hold before, during and after the faults
+(and the attack); the expectations bound how the gateway got through them.
 """
 
 from __future__ import annotations
@@ -47,11 +61,37 @@ class Target(StrictModel):
         return self
 
 
+def _check_numbers(inputs: list[dict[str, Any]] | None) -> None:
+    """Refuse a number YAML read as text: ``3e38`` (no dot, no sign) is a string to it."""
+    for index, tensor in enumerate(inputs or []):
+        if str(tensor.get("datatype", "")).upper() == "BYTES":
+            continue
+        pending = [tensor.get("data")]
+        while pending:
+            value = pending.pop()
+            if isinstance(value, list):
+                pending += value
+            elif isinstance(value, str):
+                try:
+                    float(value)
+                except ValueError:
+                    continue
+                raise ValueError(
+                    f"inputs[{index}].data: {value!r} is text (YAML reads 3e38 as a string); "
+                    "write it as 3.0e+38"
+                )
+
+
 class RequestSpec(StrictModel):
     inputs: Annotated[list[dict[str, Any]], Field(min_length=1)]
     expect: dict[str, list[Any]] | None = Field(
         default=None, description="outputs a correct answer has (floats within 1e-4)"
     )
+
+    @model_validator(mode="after")
+    def _numbers(self) -> RequestSpec:
+        _check_numbers(self.inputs)
+        return self
 
 
 class TenantLoad(StrictModel):
@@ -84,6 +124,73 @@ class Load(StrictModel):
         return self
 
 
+AttackKind = Literal["poison", "deadline", "outputs", "oversize"]
+MAX_ATTACK_BODY_BYTES = 32 * 1024 * 1024
+# Set by the load driver itself, or by a kind of attack request.
+_RESERVED_HEADERS = ("host", "content-length", "transfer-encoding", "failsoft-timeout-ms")
+
+
+class AttackRequest(StrictModel):
+    """One hostile request, of a kind that says what it tries and how it is judged."""
+
+    kind: AttackKind = Field(
+        description="poison: inputs that drive the model to NaN (judged: 422 or a degraded "
+        "200); deadline: a client deadline of timeout_ms; outputs: asks for some outputs only; "
+        "oversize: a generated body of body_bytes"
+    )
+    inputs: Annotated[list[dict[str, Any]], Field(min_length=1)] | None = None
+    outputs: Annotated[list[str], Field(min_length=1)] | None = Field(
+        default=None, description="outputs: the output names asked for"
+    )
+    timeout_ms: Annotated[int, Field(ge=1, le=600_000)] | None = Field(
+        default=None, description="deadline: sent as Failsoft-Timeout-Ms"
+    )
+    body_bytes: Annotated[int, Field(ge=1024, le=MAX_ATTACK_BODY_BYTES)] | None = Field(
+        default=None, description="oversize: the size of the body sent"
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers")
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> AttackRequest:
+        _check_numbers(self.inputs)
+        kind = self.kind
+        if kind == "oversize":
+            if self.body_bytes is None:
+                raise ValueError("an oversize request needs body_bytes (its body is generated)")
+            if self.inputs is not None:
+                raise ValueError("an oversize request has no inputs: its body is generated")
+        else:
+            if self.inputs is None:
+                raise ValueError(f"a {kind} request needs inputs")
+            if self.body_bytes is not None:
+                raise ValueError("body_bytes applies to oversize requests only")
+        if kind == "deadline" and self.timeout_ms is None:
+            raise ValueError("a deadline request needs timeout_ms (sent as Failsoft-Timeout-Ms)")
+        if kind != "deadline" and self.timeout_ms is not None:
+            raise ValueError("timeout_ms applies to deadline requests only")
+        if kind == "outputs" and self.outputs is None:
+            raise ValueError("an outputs request needs outputs (the names asked for)")
+        if kind != "outputs" and self.outputs is not None:
+            raise ValueError("outputs applies to outputs requests only")
+        for name, value in self.headers.items():
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by the drill (use kind: deadline)")
+            if not name or any(char in name + value for char in "\r\n") or ":" in name:
+                raise ValueError(f"header {name!r}: not a valid header")
+        return self
+
+
+class Attack(StrictModel):
+    """A hostile client: a second open-loop load, alongside the good one."""
+
+    rate: Annotated[float, Field(gt=0, le=5000)]
+    at_s: Annotated[float, Field(ge=0)] = 0.0
+    for_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="how long it lasts (to the end of the load when unset)"
+    )
+    requests: Annotated[list[AttackRequest], Field(min_length=1, max_length=100)]
+
+
 class Hypothesis(StrictModel):
     availability_pct: Annotated[float, Field(ge=0, le=100)] = 99.0
     p99_ms: Annotated[float, Field(gt=0)] | None = None
@@ -111,8 +218,25 @@ class Expectations(StrictModel):
     max_lost: Annotated[int, Field(ge=0)] | None = None
     max_degraded_pct: Annotated[float, Field(ge=0, le=100)] | None = None
     max_retry_amplification: Annotated[float, Field(ge=1)] | None = None
+    max_failed_after_heal: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="requests scheduled after the last fault ended that failed or were degraded",
+    )
     sheddable_first: bool = Field(
         default=False, description="sheddable requests succeed least, critical ones most"
+    )
+    max_not_ready: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="readiness answers other than 200 (polled every 100 ms through the run)",
+    )
+    max_poison_uncontained: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="poison attack requests answered other than 422 or a degraded 200",
+    )
+    max_replicas_penalised: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="breaker openings, ejections and failed health probes of the load's "
+        "model during the run (what a hostile client must never cause)",
     )
 
 
@@ -123,6 +247,7 @@ class Experiment(StrictModel):
     load: Load
     hypothesis: Hypothesis = Field(default_factory=Hypothesis)
     faults: list[ScheduledFault] = Field(default_factory=list, max_length=64)
+    attack: Attack | None = None
     expect: Expectations = Field(default_factory=Expectations)
 
     @model_validator(mode="after")
@@ -133,7 +258,45 @@ class Experiment(StrictModel):
                     f"faults[{index}] ends at {fault.at_s + fault.for_s:g} s, after the load "
                     f"({self.load.duration_s:g} s): leave time to see the recovery"
                 )
+        if self.expect.max_failed_after_heal is not None and not self.faults:
+            raise ValueError("expect.max_failed_after_heal needs a fault to heal from")
         return self
+
+    @model_validator(mode="after")
+    def _attack_fits_the_run(self) -> Experiment:
+        attack = self.attack
+        if attack is None:
+            if self.expect.max_poison_uncontained is not None:
+                raise ValueError("expect.max_poison_uncontained needs an attack with poison")
+            return self
+        start, end = self.attack_window_s()
+        if start >= self.load.duration_s:
+            raise ValueError(
+                f"attack starts at {start:g} s, when the load ({self.load.duration_s:g} s) is over"
+            )
+        if end > self.load.duration_s:
+            raise ValueError(
+                f"attack ends at {end:g} s, after the load ({self.load.duration_s:g} s)"
+            )
+        if attack.rate * (end - start) > MAX_REQUESTS:
+            raise ValueError(
+                f"attack: {attack.rate:g} req/s for {end - start:g} s is over "
+                f"{MAX_REQUESTS} requests"
+            )
+        poison = any(request.kind == "poison" for request in attack.requests)
+        if self.expect.max_poison_uncontained is not None and not poison:
+            raise ValueError("expect.max_poison_uncontained needs a poison request in the attack")
+        return self
+
+    def attack_window_s(self, scale: float = 1.0) -> tuple[float, float]:
+        """When the attack starts and ends (scaled), in seconds since the load started."""
+        if self.attack is None:
+            raise ValueError("this experiment has no attack")
+        start = self.attack.at_s
+        length = (
+            self.attack.for_s if self.attack.for_s is not None else self.load.duration_s - start
+        )
+        return start * scale, (start + length) * scale
 
 
 class ExperimentError(Exception):

@@ -5,6 +5,9 @@ gateway shows up as latency instead of as fewer samples (no coordinated
 omission). Requests are bounded in number, in flight and in time; one that
 cannot be sent because too many are outstanding is counted as lost, not
 queued. Answers are checked against the expected outputs of their request.
+
+A hostile client's attack and a readiness poll run the same way, on the same
+time 0 (a ``Schedule``), each on its own connections.
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ import numpy as np
 import orjson
 
 from failsoft.backends.h1pool import H1Pool, PoolError
-from failsoft.drills.experiment import Load, RequestSpec
+from failsoft.drills.experiment import Attack, AttackRequest, Load, RequestSpec
 
 MAX_IN_FLIGHT = 4096
+# An attack's own bound: its bodies may be large, and it is not judged on its latency.
+MAX_ATTACK_IN_FLIGHT = 32
+READINESS_INTERVAL_S = 0.1
+READINESS_TIMEOUT_S = 1.0
 _EARLY_S = 0.0005  # event-loop timers tick in ms: send up to this much before schedule
 NOT_SENT = -1  # status of a request the driver could not send (too many in flight)
 NO_ANSWER = 0  # status of a request that got no HTTP answer (reset, timeout)
@@ -69,6 +76,63 @@ async def send_on_schedule(
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     return len(pending)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Time 0 of a drill's loads, on the monotonic clock and on the wall clock."""
+
+    clock: float  # time.perf_counter()
+    wall: float  # time.time()
+
+    @classmethod
+    def soon(cls, delay_s: float = 0.01) -> Schedule:
+        return cls(time.perf_counter() + delay_s, time.time() + delay_s)
+
+
+Send = Callable[[H1Pool, int, float], Coroutine[Any, Any, None]]
+
+
+async def _drive(
+    base_url: str,
+    offsets: np.ndarray,
+    schedule: Schedule,
+    send: Send,
+    *,
+    max_in_flight: int,
+    timeout_s: float,
+) -> None:
+    """``send(pool, index, origin)`` for every offset, open loop, on a pool of its own.
+
+    A request that would exceed ``max_in_flight`` is not sent (its outcome stays
+    as it was made: not sent).
+    """
+    parts = urlsplit(base_url)
+    assert parts.hostname is not None
+    pool = H1Pool(parts.hostname, parts.port or 80, max_in_flight, idle_timeout_s=4.0)
+    in_flight = 0
+
+    async def one(index: int, origin: float) -> None:
+        nonlocal in_flight
+        try:
+            await send(pool, index, origin)
+        finally:
+            in_flight -= 1
+
+    def launch(index: int, origin: float) -> Coroutine[Any, Any, None] | None:
+        nonlocal in_flight
+        if in_flight >= max_in_flight:
+            return None  # the gateway is this far behind
+        in_flight += 1
+        return one(index, origin)
+
+    lags = np.zeros(len(offsets))
+    try:
+        await send_on_schedule(
+            offsets.tolist(), schedule.clock, time.perf_counter, lags, launch, timeout_s
+        )
+    finally:
+        await pool.close()
 
 
 @dataclass(frozen=True)
@@ -143,6 +207,7 @@ async def run_load(
     duration_s: float | None = None,
     tenant_keys: dict[str, str] | None = None,
     seed: int = 0,
+    schedule: Schedule | None = None,
 ) -> Outcomes:
     """Drive ``load`` against a failsoft at ``base_url``; every request is awaited."""
     duration = duration_s if duration_s is not None else load.duration_s
@@ -154,25 +219,17 @@ async def run_load(
         _mix({n: t.weight for n, t in load.tenants.items()}, count, rng) if tenant_keys else []
     )
     requests = [prepare(spec) for spec in load.requests]
-    path = (
-        f"/v2/models/{load.model}"
-        + (f"/versions/{load.version}" if load.version else "")
-        + "/infer"
-    )
-    parts = urlsplit(base_url)
-    assert parts.hostname is not None
-    pool = H1Pool(parts.hostname, parts.port or 80, MAX_IN_FLIGHT, idle_timeout_s=4.0)
+    path = infer_path(load.model, load.version)
     timeout_s = load.timeout_ms / 1000
     base_headers = [
         ("Content-Type", "application/json"),
         ("Failsoft-Timeout-Ms", str(load.timeout_ms)),
     ]
     clock = time.perf_counter
-    outcomes = Outcomes.empty(offsets, priorities, time.time())
-    in_flight = 0
+    schedule = schedule or Schedule.soon()
+    outcomes = Outcomes.empty(offsets, priorities, schedule.wall)
 
-    async def one(index: int, origin: float) -> None:
-        nonlocal in_flight
+    async def send(pool: H1Pool, index: int, origin: float) -> None:
         request = requests[index % len(requests)]
         headers = [*base_headers, ("Failsoft-Priority", priorities[index])]
         if tenants and tenant_keys:
@@ -183,8 +240,6 @@ async def run_load(
         except PoolError:
             outcomes.status[index] = NO_ANSWER
             return
-        finally:
-            in_flight -= 1
         outcomes.latency_s[index] = clock() - origin
         outcomes.status[index] = response.status
         outcomes.served_by[index] = response.headers.get("failsoft-served-by", "")
@@ -192,18 +247,151 @@ async def run_load(
             outcomes.correct[index] = is_correct(response.body, request.expect)
             outcomes.degraded[index] = response.headers.get("failsoft-degraded") == "true"
 
-    def launch(index: int, origin: float) -> Coroutine[Any, Any, None] | None:
-        nonlocal in_flight
-        if in_flight >= MAX_IN_FLIGHT:
-            return None  # stays NOT_SENT: the gateway is this far behind
-        in_flight += 1
-        return one(index, origin)
-
-    lags = np.zeros(count)
-    start = clock() + 0.01
-    outcomes.started_at = time.time() + 0.01
-    try:
-        await send_on_schedule(offsets.tolist(), start, clock, lags, launch, timeout_s + 2.0)
-    finally:
-        await pool.close()
+    await _drive(
+        base_url,
+        offsets,
+        schedule,
+        send,
+        max_in_flight=MAX_IN_FLIGHT,
+        timeout_s=timeout_s + 2.0,
+    )
     return outcomes
+
+
+def infer_path(model: str, version: str | None) -> str:
+    return f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+
+
+# --- a hostile client -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedAttack:
+    kind: str
+    body: bytes
+    headers: list[tuple[str, str]]
+
+
+def oversize_body(size: int) -> bytes:
+    """A V2-looking JSON body of exactly ``size`` bytes (a valid request, padded)."""
+    head = (
+        b'{"inputs":[{"name":"features","datatype":"FP32","shape":[1,4],'
+        b'"data":[5.1,3.5,1.4,0.2]}],"parameters":{"padding":"'
+    )
+    tail = b'"}}'
+    return head + b"x" * max(0, size - len(head) - len(tail)) + tail
+
+
+def prepare_attack(spec: AttackRequest) -> PreparedAttack:
+    headers = [("Content-Type", "application/json")]
+    if spec.kind == "oversize":
+        assert spec.body_bytes is not None
+        body = oversize_body(spec.body_bytes)
+    else:
+        payload: dict[str, Any] = {"inputs": spec.inputs}
+        if spec.outputs is not None:
+            payload["outputs"] = [{"name": name} for name in spec.outputs]
+        body = orjson.dumps(payload)
+    if spec.timeout_ms is not None:
+        headers.append(("Failsoft-Timeout-Ms", str(spec.timeout_ms)))
+    headers += list(spec.headers.items())
+    return PreparedAttack(spec.kind, body, headers)
+
+
+@dataclass
+class AttackOutcomes:
+    """One entry per attack request, in schedule order; times as the good load's."""
+
+    offsets: np.ndarray
+    kinds: list[str]
+    status: np.ndarray  # HTTP status, NO_ANSWER or NOT_SENT
+    degraded: np.ndarray  # answered 200 by a fallback tier
+    start_s: float  # the attack's window, as scheduled
+    end_s: float
+
+    @classmethod
+    def empty(
+        cls, offsets: np.ndarray, kinds: list[str], start_s: float, end_s: float
+    ) -> AttackOutcomes:
+        size = len(offsets)
+        return cls(
+            offsets,
+            kinds,
+            np.full(size, NOT_SENT, dtype=np.int32),
+            np.zeros(size, dtype=bool),
+            start_s,
+            end_s,
+        )
+
+
+async def run_attack(
+    base_url: str,
+    attack: Attack,
+    path: str,
+    window_s: tuple[float, float],
+    *,
+    schedule: Schedule,
+    timeout_s: float = 2.0,
+) -> AttackOutcomes:
+    """Send ``attack``'s requests, cycled, at its rate through ``window_s`` (load time)."""
+    start, end = window_s
+    count = max(1, round(attack.rate * (end - start)))
+    offsets = start + np.arange(count) / attack.rate
+    requests = [prepare_attack(spec) for spec in attack.requests]
+    outcomes = AttackOutcomes.empty(
+        offsets, [requests[i % len(requests)].kind for i in range(count)], start, end
+    )
+
+    async def send(pool: H1Pool, index: int, origin: float) -> None:
+        request = requests[index % len(requests)]
+        try:
+            response = await pool.request("POST", path, request.headers, request.body, timeout_s)
+        except PoolError:
+            outcomes.status[index] = NO_ANSWER
+            return
+        outcomes.status[index] = response.status
+        if response.status == 200:
+            outcomes.degraded[index] = response.headers.get("failsoft-degraded") == "true"
+
+    await _drive(
+        base_url,
+        offsets,
+        schedule,
+        send,
+        max_in_flight=MAX_ATTACK_IN_FLIGHT,
+        timeout_s=timeout_s + 1.0,
+    )
+    return outcomes
+
+
+# --- readiness ----------------------------------------------------------------------------
+
+
+@dataclass
+class ReadinessPolls:
+    offsets: np.ndarray  # scheduled, seconds since the load started
+    status: np.ndarray  # HTTP status, NO_ANSWER or NOT_SENT
+
+
+async def poll_readiness(
+    base_url: str,
+    duration_s: float,
+    *,
+    schedule: Schedule,
+    interval_s: float = READINESS_INTERVAL_S,
+    timeout_s: float = READINESS_TIMEOUT_S,
+) -> ReadinessPolls:
+    """GET /v2/health/ready every ``interval_s`` through the run, open loop."""
+    offsets = np.arange(max(1, math.ceil(duration_s / interval_s))) * interval_s
+    polls = ReadinessPolls(offsets, np.full(len(offsets), NOT_SENT, dtype=np.int32))
+
+    async def send(pool: H1Pool, index: int, origin: float) -> None:
+        try:
+            response = await pool.request("GET", "/v2/health/ready", [], b"", timeout_s)
+        except PoolError:
+            polls.status[index] = NO_ANSWER
+            return
+        polls.status[index] = response.status
+
+    await _drive(base_url, offsets, schedule, send, max_in_flight=16, timeout_s=timeout_s + 1.0)
+    return polls

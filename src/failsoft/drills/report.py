@@ -18,6 +18,12 @@ def _cell(value: float | None, unit: str) -> str:
     return f"{value:.2f}{unit}" if unit == "%" else f"{value:.1f} {unit}"
 
 
+def _answers(kind: str, answers: dict[str, int]) -> str:
+    """``poison 40 (422 x38, 200 degraded x2)``: how often each answer came, most first."""
+    ranked = sorted(answers.items(), key=lambda item: -item[1])
+    return f"{kind} {sum(answers.values())} (" + ", ".join(f"{a} x{n}" for a, n in ranked) + ")"
+
+
 def render(card: Scorecard, color: bool = True) -> str:
     """The scorecard as a plain-text table; failing checks are marked FAIL (red on a tty)."""
     lines = [f"drill {card.name}: {card.requests} requests"]
@@ -31,15 +37,27 @@ def render(card: Scorecard, color: bool = True) -> str:
     recover = "-" if card.recover_s is None else f"{card.recover_s:.2f} s"
     budget = "-" if card.error_budget_used_pct is None else f"{card.error_budget_used_pct:.1f}%"
     amplification = "-" if card.retry_amplification is None else f"{card.retry_amplification:.2f}x"
+    after_heal = "" if card.failed_after_heal is None else f" · after heal {card.failed_after_heal}"
     lines += [
-        f"  time to detect {detect} · time to recover {recover} · lost {card.lost}",
+        f"  time to detect {detect} · time to recover {recover} · lost {card.lost}{after_heal}",
         f"  degraded {card.degraded_pct:.2f}% · attempts per request {amplification} · "
         f"error budget used {budget} (objective {card.objective_pct:g}%)",
-        "  checks:",
     ]
+    if card.attack is not None:
+        lines.append(
+            "  attack: " + " · ".join(_answers(kind, got) for kind, got in card.attack.items())
+        )
+    if card.readiness_polls is not None:
+        lines.append(f"  readiness: {card.not_ready} of {card.readiness_polls} polls not ready")
+    if card.replica_penalties is not None:
+        lines.append(
+            "  replicas penalised: "
+            + ", ".join(f"{name} x{count}" for name, count in card.replica_penalties.items())
+        )
+    lines.append("  checks:")
     for check in card.checks:
         mark = "ok  " if check.ok else "FAIL"
-        text = f"  {mark} {check.name:<24} {check.measured:>14}  (expected {check.expected})"
+        text = f"  {mark} {check.name:<30} {check.measured:>14}  (expected {check.expected})"
         if color:
             text = click.style(text, fg="green" if check.ok else "red", bold=not check.ok)
         lines.append(text)
@@ -67,7 +85,10 @@ def write_outputs(card: Scorecard, experiment: Experiment, out_dir: Path) -> tup
         line.success_pct,
         line.degraded_pct,
         line.p99_ms,
-        [(window.label, window.start_s, window.end_s) for window in card.faults],
+        [
+            (window.label, window.start_s, window.end_s)
+            for window in [*card.faults, *([card.attack_window] if card.attack_window else [])]
+        ],
         availability_target_pct=experiment.hypothesis.availability_pct,
         p99_target_ms=experiment.hypothesis.p99_ms,
         detected_at_s=card.detected_at_s,

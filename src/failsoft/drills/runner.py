@@ -2,7 +2,9 @@
 
 Faults are added through the admin API at their start and removed at their
 end; each is also created with its own duration, so it expires by itself if
-the drill dies half-way. ``scale`` shortens every time in the experiment
+the drill dies half-way. A hostile client's attack runs alongside the load
+on the same time 0, and readiness is polled through the run when the
+experiment bounds it. ``scale`` shortens every time in the experiment
 (load and fault schedule) for the short form CI runs; the expectations are
 about the gateway's reaction times and stay as written.
 """
@@ -18,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from failsoft.drills.experiment import Experiment, ScheduledFault
-from failsoft.drills.load import Outcomes, run_load
+from failsoft.drills.load import (
+    AttackOutcomes,
+    Outcomes,
+    Schedule,
+    infer_path,
+    poll_readiness,
+    run_attack,
+    run_load,
+)
 from failsoft.drills.scorecard import FaultWindow, Scorecard, score
 from failsoft.drills.target import AdminClient, TargetError, open_target
 
@@ -68,23 +78,34 @@ async def _drive(
         progress(
             f"{experiment.name}: {experiment.load.rate:g} req/s for {duration:.1f} s, "
             f"{len(experiment.faults)} fault(s)"
+            + (f", an attack at {experiment.attack.rate:g} req/s" if experiment.attack else "")
         )
+        schedule = Schedule.soon(0.05)  # time to build the attack's bodies first
         load = asyncio.create_task(
             run_load(
-                url, experiment.load, duration_s=duration, tenant_keys=_tenant_keys(experiment)
+                url,
+                experiment.load,
+                duration_s=duration,
+                tenant_keys=_tenant_keys(experiment),
+                schedule=schedule,
             )
         )
-        started = time.time()
-        windows = await asyncio.gather(
-            *(_inject(admin, fault, scale, started, progress) for fault in experiment.faults)
+        attack = _attack(experiment, url, scale, schedule)
+        readiness = (
+            asyncio.create_task(poll_readiness(url, duration, schedule=schedule))
+            if experiment.expect.max_not_ready is not None
+            else None
+        )
+        windows = await asyncio.gather(  # their times are the load's (same time 0)
+            *(_inject(admin, fault, scale, schedule.wall, progress) for fault in experiment.faults)
         )
         outcomes = await load
+        attacked = await attack if attack is not None else None
+        polls = await readiness if readiness is not None else None
         after = await admin.model_counts(model)
         events = _localise(await admin.events(), outcomes)
     finally:
         await admin.close()
-    shift = outcomes.started_at - started  # the load's time 0 is a few ms after ours
-    windows = [FaultWindow(w.label, w.model, w.start_s - shift, w.end_s - shift) for w in windows]
     return score(
         experiment,
         outcomes,
@@ -94,7 +115,19 @@ async def _drive(
         attempts=after[0] - before[0],
         requests_served=after[1] - before[1],
         objective_pct=objective,
+        attack=attacked,
+        readiness=polls,
     )
+
+
+def _attack(
+    experiment: Experiment, url: str, scale: float, schedule: Schedule
+) -> asyncio.Task[AttackOutcomes] | None:
+    if experiment.attack is None:
+        return None
+    path = infer_path(experiment.load.model, experiment.load.version)
+    window = experiment.attack_window_s(scale)
+    return asyncio.create_task(run_attack(url, experiment.attack, path, window, schedule=schedule))
 
 
 async def _inject(
@@ -108,7 +141,16 @@ async def _inject(
     await admin.end_fault(added["id"])
     end = time.time() - started
     progress(f"  +{end:5.1f}s fault {added['id']} ended")
-    return FaultWindow(_describe(fault), fault.model, start, end)
+    return FaultWindow(
+        _describe(fault),
+        fault.model,
+        start,
+        end,
+        kind=fault.kind,
+        version=fault.version,
+        replica=fault.replica,
+        fault_id=str(added["id"]),
+    )
 
 
 def _tenant_keys(experiment: Experiment) -> dict[str, str]:

@@ -7,13 +7,29 @@ gateway's notable events, all in seconds since the load started:
 - availability, p50 and p99 per phase: before the first fault, during the
   faults, after the last one ends;
 - time to detect: from a fault's start to the gateway's first reaction to
-  it (an ejection, a breaker opening, a failed probe, a replica marked down,
-  a fallback answer, a shed request);
+  it (a failed call, an ejection, a breaker opening, a failed probe, a
+  replica marked down or restarted, a fallback answer, a shed request) that
+  concerns the fault's target. A kill fault starts when the gateway's chaos
+  code really kills (its ReplicaKilled event, which may come up to half a
+  second after the fault is added); that event is the injection, never the
+  detection, which is what the gateway then observed;
 - time to recover: from the last fault's end to the start of the first
   second from which every second meets the hypothesis with full service
   (no degraded answers);
+- failed or degraded after heal: requests scheduled after the last fault
+  healed that were not answered correctly, or were answered by a fallback
+  (how fast the healed replicas are found again). A fault heals when it
+  ends; a kill heals when the first replica it killed is back (the
+  supervisor restarted it), which is usually well before the fault's end;
 - requests lost, degraded share, retry amplification (attempts per request)
-  and the error budget the drill consumed against the objective.
+  and the error budget the drill consumed against the objective;
+- with a hostile client's attack: how each kind of attack request was
+  answered, and how many poison requests were not contained (answered with
+  anything but a 422 or a degraded 200); the attack counts as a fault window
+  for the phases and the recovery, and its requests count nowhere else;
+- readiness: how many polls of /v2/health/ready were answered other than 200;
+- replicas penalised: breaker openings, ejections and failed health probes
+  of the model during the run, which a hostile client must never cause.
 
 Each check says what was measured, what was expected, and whether it held.
 """
@@ -30,11 +46,15 @@ from typing import Any
 import numpy as np
 
 from failsoft.drills.experiment import Experiment
-from failsoft.drills.load import Outcomes
+from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
 
 
 def is_reaction(event: dict[str, Any]) -> bool:
-    """Did the gateway react to trouble with this event?"""
+    """Did the gateway react to trouble with this event?
+
+    Only what the gateway observed counts: a chaos fault's own events
+    (FaultAdded, ReplicaKilled) say what was done to it, not what it noticed.
+    """
     kind = event["type"]
     if kind == "BreakerTransition":
         return bool(event.get("new") == "open")
@@ -42,7 +62,13 @@ def is_reaction(event: dict[str, Any]) -> bool:
         return not event.get("healthy", True)
     if kind == "ReplicaStateChanged":
         return not event.get("available", True)
-    return kind in ("ReplicaEjected", "WorkerRestarted", "FallbackUsed", "RequestShed")
+    return kind in (
+        "AttemptFailed",
+        "ReplicaEjected",
+        "WorkerRestarted",
+        "FallbackUsed",
+        "RequestShed",
+    )
 
 
 PHASES = ("before", "during", "after")
@@ -54,6 +80,20 @@ class FaultWindow:
     model: str
     start_s: float
     end_s: float
+    kind: str = ""
+    version: str | None = None  # every version when None
+    replica: str | None = None  # every replica when None
+    fault_id: str = ""  # the gateway's id for the fault, which its events carry
+
+    def concerns(self, event: dict[str, Any]) -> bool:
+        """Is ``event`` about this fault's target (its model, version and replica)?"""
+        if event.get("model") != self.model:
+            return False
+        for key, wanted in (("version", self.version), ("replica", self.replica)):
+            named = event.get(key)
+            if wanted is not None and named and named != "*" and named != wanted:
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -98,6 +138,14 @@ class Scorecard:
     timeline: Timeline
     detected_at_s: float | None = None
     recovered_at_s: float | None = None
+    failed_after_heal: int | None = None  # None without faults
+    healed_at_s: float | None = None
+    attack_window: FaultWindow | None = None
+    attack: dict[str, dict[str, int]] | None = None  # kind -> answer ("422", ...) -> count
+    poison_uncontained: int | None = None
+    readiness_polls: int | None = None
+    not_ready: int | None = None
+    replica_penalties: dict[str, int] | None = None  # kind of penalty -> count
 
     @property
     def passed(self) -> bool:
@@ -145,21 +193,115 @@ def timeline(outcomes: Outcomes, duration_s: float) -> Timeline:
     return line
 
 
+def onset(window: FaultWindow, events: Sequence[dict[str, Any]]) -> float | None:
+    """When the fault began to bite: its start, or for a kill the first kill it made.
+
+    A kill fault waits for a call to reach its replica (half a second at
+    most), so its start is the gateway's ReplicaKilled event for it; None
+    when nothing was killed, as then there was nothing to detect.
+    """
+    if window.kind != "kill":
+        return window.start_s
+    return min(_kills(window, events), default=None)
+
+
+def _kills(window: FaultWindow, events: Sequence[dict[str, Any]]) -> list[float]:
+    """When this kill fault killed (its ReplicaKilled events; by target without an id)."""
+    return [
+        event["at_s"]
+        for event in events
+        if event["type"] == "ReplicaKilled"
+        and event["at_s"] >= window.start_s
+        and (event.get("fault") == window.fault_id if window.fault_id else window.concerns(event))
+    ]
+
+
+def healed(window: FaultWindow, events: Sequence[dict[str, Any]]) -> float:
+    """When the fault stopped hurting: its end, or for a kill the first replica back.
+
+    A kill is over once a killed replica is available again after the fault's
+    last kill (its worker restarted); without such an event, the fault's end.
+    """
+    if window.kind != "kill":
+        return window.end_s
+    last_kill = max(_kills(window, events), default=None)
+    if last_kill is None:
+        return window.end_s
+    back = [
+        event["at_s"]
+        for event in events
+        if event["type"] == "ReplicaStateChanged"
+        and event.get("available")
+        and event["at_s"] >= last_kill
+        and window.concerns(event)
+    ]
+    return min(back, default=window.end_s)
+
+
+def answer_label(status: int, degraded: bool) -> str:
+    """How an attack request was answered: its status, "200 degraded", "no answer"..."""
+    if status == NOT_SENT:
+        return "not sent"
+    if status == NO_ANSWER:
+        return "no answer"
+    return "200 degraded" if status == 200 and degraded else str(status)
+
+
+def attack_answers(attack: AttackOutcomes) -> dict[str, dict[str, int]]:
+    """For each kind of attack request, in order of first use, how often each answer came."""
+    answers: dict[str, dict[str, int]] = {}
+    for kind, status, degraded in zip(
+        attack.kinds, attack.status.tolist(), attack.degraded.tolist(), strict=True
+    ):
+        counts = answers.setdefault(kind, {})
+        label = answer_label(status, degraded)
+        counts[label] = counts.get(label, 0) + 1
+    return answers
+
+
+# What a replica is charged with, by the event that says so (when it is a reaction).
+PENALTIES = {
+    "breaker opened": "BreakerTransition",
+    "ejected": "ReplicaEjected",
+    "probe failed": "HealthChanged",
+}
+
+
+def replica_penalties(model: str, events: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The model's replicas' breaker openings, ejections and failed probes during the run."""
+    counts = dict.fromkeys(PENALTIES, 0)
+    for event in events:
+        if event["at_s"] < 0 or event.get("model") != model:
+            continue
+        for name, kind in PENALTIES.items():
+            if event["type"] == kind and is_reaction(event):
+                counts[name] += 1
+    return counts
+
+
+def poison_uncontained(attack: AttackOutcomes) -> int:
+    """Poison requests answered neither 422 nor 200 from a fallback (marked degraded)."""
+    poison = np.asarray(attack.kinds) == "poison"
+    contained = (attack.status == 422) | ((attack.status == 200) & attack.degraded)
+    return int((poison & ~contained).sum())
+
+
 def detection(
     window: FaultWindow, events: Sequence[dict[str, Any]], outcomes: Outcomes
 ) -> float | None:
-    """Seconds from the fault's start to the gateway's first reaction, or None."""
+    """Seconds from the fault's onset to the gateway's first reaction to it, or None."""
+    start = onset(window, events)
+    if start is None:
+        return None
     times = [
         event["at_s"]
         for event in events
-        if event["at_s"] >= window.start_s
-        and event.get("model") == window.model
-        and is_reaction(event)
+        if event["at_s"] >= start and is_reaction(event) and window.concerns(event)
     ]
-    degraded = outcomes.offsets[outcomes.degraded & (outcomes.offsets >= window.start_s)]
+    degraded = outcomes.offsets[outcomes.degraded & (outcomes.offsets >= start)]
     if degraded.size:
         times.append(float(degraded.min()))
-    return min(times) - window.start_s if times else None
+    return min(times) - start if times else None
 
 
 def recovery(
@@ -206,6 +348,8 @@ def score(
     attempts: float | None = None,
     requests_served: float | None = None,
     objective_pct: float | None = None,
+    attack: AttackOutcomes | None = None,
+    readiness: ReadinessPolls | None = None,
 ) -> Scorecard:
     hypothesis, expect = experiment.hypothesis, experiment.expect
     offsets = outcomes.offsets
@@ -214,8 +358,20 @@ def score(
         judged = np.isin(np.asarray(outcomes.priority), hypothesis.priorities)
     if not hypothesis.correctness:  # any 200 counts as available
         outcomes = dataclasses.replace(outcomes, correct=outcomes.status == 200)
-    first = min((w.start_s for w in windows), default=duration_s)
-    last = max((w.end_s for w in windows), default=duration_s)
+    attack_window = (
+        None
+        if attack is None
+        else FaultWindow(
+            "attack: " + ", ".join(dict.fromkeys(attack.kinds)),
+            experiment.load.model,
+            attack.start_s,
+            attack.end_s,
+            kind="attack",
+        )
+    )
+    spans = [*windows, *([attack_window] if attack_window is not None else [])]
+    first = min((w.start_s for w in spans), default=duration_s)
+    last = max((w.end_s for w in spans), default=duration_s)
     masks = {
         "before": offsets < first,
         "during": (offsets >= first) & (offsets < last),
@@ -223,11 +379,18 @@ def score(
     }
     phases = {name: phase_stats(outcomes, mask & judged) for name, mask in masks.items()}
     line = timeline(outcomes, duration_s)
+    onsets = [onset(window, events) for window in windows]
     detect = [detection(window, events, outcomes) for window in windows]
     recovered_at = (
-        recovery(line, last, hypothesis.availability_pct, hypothesis.p99_ms) if windows else None
+        recovery(line, last, hypothesis.availability_pct, hypothesis.p99_ms) if spans else None
     )
     recover_s = None if recovered_at is None else recovered_at - last
+    healed_at = max((healed(window, events) for window in windows), default=None)
+    after_heal = (
+        None
+        if healed_at is None
+        else int(((~outcomes.correct | outcomes.degraded) & (offsets >= healed_at)).sum())
+    )
     total = len(offsets)
     lost = int(total - outcomes.correct.sum())
     degraded_pct = _pct(int(outcomes.degraded.sum()), total) or 0.0
@@ -268,13 +431,22 @@ def score(
                 worst is not None and worst <= expect.max_detect_s,
             )
         )
-    if expect.max_recover_s is not None and windows:
+    if expect.max_recover_s is not None and spans:
         checks.append(
             Check(
                 "time to recover",
                 _seconds(recover_s),
                 f"<= {expect.max_recover_s:g} s",
                 recover_s is not None and recover_s <= expect.max_recover_s,
+            )
+        )
+    if expect.max_failed_after_heal is not None and after_heal is not None:
+        checks.append(
+            Check(
+                "failed or degraded after heal",
+                str(after_heal),
+                f"<= {expect.max_failed_after_heal}",
+                after_heal <= expect.max_failed_after_heal,
             )
         )
     if expect.max_lost is not None:
@@ -301,6 +473,45 @@ def score(
         )
     if expect.sheddable_first:
         checks.append(_sheddable_first(outcomes, masks["during"]))
+    uncontained = None if attack is None else poison_uncontained(attack)
+    if expect.max_poison_uncontained is not None:
+        poison = 0 if attack is None else attack.kinds.count("poison")
+        checks.append(
+            Check(
+                "poison uncontained",
+                "-" if uncontained is None else f"{uncontained} of {poison}",
+                f"<= {expect.max_poison_uncontained}",
+                uncontained is not None
+                and poison > 0
+                and uncontained <= expect.max_poison_uncontained,
+            )
+        )
+    penalties = (
+        None
+        if expect.max_replicas_penalised is None
+        else replica_penalties(experiment.load.model, events)
+    )
+    if penalties is not None and expect.max_replicas_penalised is not None:
+        total = sum(penalties.values())
+        checks.append(
+            Check(
+                "replicas penalised",
+                str(total),
+                f"<= {expect.max_replicas_penalised}",
+                total <= expect.max_replicas_penalised,
+            )
+        )
+    polls = None if readiness is None else len(readiness.status)
+    not_ready = None if readiness is None else int((readiness.status != 200).sum())
+    if expect.max_not_ready is not None:
+        checks.append(
+            Check(
+                "readiness not ready",
+                "-" if not_ready is None else f"{not_ready} of {polls}",
+                f"<= {expect.max_not_ready}",
+                not_ready is not None and not_ready <= expect.max_not_ready,
+            )
+        )
     return Scorecard(
         experiment.name,
         total,
@@ -316,9 +527,19 @@ def score(
         list(windows),
         line,
         detected_at_s=(
-            windows[0].start_s + detect[0] if windows and detect[0] is not None else None
+            onsets[0] + detect[0]
+            if windows and onsets[0] is not None and detect[0] is not None
+            else None
         ),
         recovered_at_s=recovered_at,
+        failed_after_heal=after_heal,
+        healed_at_s=healed_at,
+        attack_window=attack_window,
+        attack=None if attack is None else attack_answers(attack),
+        poison_uncontained=uncontained,
+        readiness_polls=polls,
+        not_ready=not_ready,
+        replica_penalties=penalties,
     )
 
 
