@@ -1091,3 +1091,20 @@ async def test_readiness_follows_probes_not_breakers_or_ejections(hedgeable: boo
     assert not pipeline.ready
     pipeline.set_probe_health(1, True)
     assert pipeline.ready
+
+
+@both_paths
+async def test_a_poison_input_repeated_before_it_is_confirmed_still_gets_confirmed(
+    hedgeable: bool,
+) -> None:
+    fleet = Fleet(hedgeable=hedgeable, retry=NO_BACKOFF)
+    await warm_up(fleet)
+    for _ in range(3):  # repeats, each between a few good answers
+        await judged_poison(fleet)
+        for _ in range(4):
+            await fleet.pipeline.infer(OTHER, fleet.call())
+    fleet.calls.clear()
+
+    with pytest.raises(PoisonRequest):
+        await fleet.infer()
+    assert fleet.calls == []  # 12 good answers since the first verdict: refused from memory

@@ -95,7 +95,19 @@ class RequestSpec(StrictModel):
 
 
 class TenantLoad(StrictModel):
-    key_env: str = Field(description="the variable holding the tenant's API key")
+    """A tenant sending part of the load.
+
+    When the drill starts its own target, it adds the tenant to the target's
+    configuration with a fresh key and ``priority`` (the most its requests may
+    ask for). Against a running gateway the key comes from ``key_env``.
+    """
+
+    key_env: str | None = Field(
+        default=None, description="the variable holding the tenant's API key (running targets)"
+    )
+    priority: Priority = Field(
+        default="default", description="the tenant's priority ceiling, when the drill adds it"
+    )
     weight: Annotated[float, Field(gt=0)] = 1.0
 
 

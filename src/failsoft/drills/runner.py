@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from failsoft.control.tenants import new_key
 from failsoft.drills.experiment import Experiment, ScheduledFault
 from failsoft.drills.load import (
     AttackOutcomes,
@@ -30,7 +31,7 @@ from failsoft.drills.load import (
     run_load,
 )
 from failsoft.drills.scorecard import FaultWindow, Scorecard, score
-from failsoft.drills.target import AdminClient, TargetError, open_target
+from failsoft.drills.target import AdminClient, TargetError, TenantEntry, open_target
 
 Progress = Callable[[str], None]
 
@@ -60,12 +61,25 @@ def run_drill(
         config, url = experiment.target.config, experiment.target.url
         token_env = experiment.target.admin_token_env
     progress(f"{experiment.name}: starting the target" if url is None else experiment.name)
-    with open_target(config, url, token_env) as target:
-        return asyncio.run(_drive(experiment, target.url, target.admin_token, scale, progress))
+    tenants = experiment.load.tenants
+    if url is None:  # our own target: its tenants get fresh keys
+        keys = {name: new_key() for name in tenants}
+        added = {name: TenantEntry(keys[name], tenant.priority) for name, tenant in tenants.items()}
+    else:
+        keys, added = _tenant_keys(experiment), {}
+    with open_target(config, url, token_env, added) as target:
+        return asyncio.run(
+            _drive(experiment, target.url, target.admin_token, scale, progress, keys)
+        )
 
 
 async def _drive(
-    experiment: Experiment, url: str, token: str | None, scale: float, progress: Progress
+    experiment: Experiment,
+    url: str,
+    token: str | None,
+    scale: float,
+    progress: Progress,
+    tenant_keys: dict[str, str],
 ) -> Scorecard:
     admin = AdminClient(url, token)
     model = experiment.load.model
@@ -86,7 +100,7 @@ async def _drive(
                 url,
                 experiment.load,
                 duration_s=duration,
-                tenant_keys=_tenant_keys(experiment),
+                tenant_keys=tenant_keys,
                 schedule=schedule,
             )
         )
@@ -156,9 +170,12 @@ async def _inject(
 def _tenant_keys(experiment: Experiment) -> dict[str, str]:
     keys = {}
     for name, tenant in experiment.load.tenants.items():
-        key = os.environ.get(tenant.key_env)
+        key = os.environ.get(tenant.key_env) if tenant.key_env else None
         if not key:
-            raise TargetError(f"load.tenants.{name}: set ${tenant.key_env} to the tenant's API key")
+            where = f"set ${tenant.key_env}" if tenant.key_env else "give key_env, and set it,"
+            raise TargetError(
+                f"load.tenants.{name}: {where} to the tenant's API key (a running target)"
+            )
         keys[name] = key
     return keys
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from failsoft.backends.h1pool import H1Pool, PoolError
+from failsoft.config import ConfigError, load_config
+from failsoft.control.tenants import key_digest
 from failsoft.drills.server import ServerFailed, ServerProcess
 
 ADMIN_TIMEOUT_S = 10.0
@@ -37,11 +40,22 @@ class Running:
     server: ServerProcess | None = None
 
 
+@dataclass(frozen=True)
+class TenantEntry:
+    """A tenant the drill adds to the target it starts: its key and priority ceiling."""
+
+    key: str
+    priority: str
+
+
 @contextlib.contextmanager
 def open_target(
-    config: Path | None, url: str | None, token_env: str = "FAILSOFT_ADMIN_TOKEN"
+    config: Path | None,
+    url: str | None,
+    token_env: str = "FAILSOFT_ADMIN_TOKEN",
+    tenants: Mapping[str, TenantEntry] | None = None,
 ) -> Iterator[Running]:
-    """Start ``config`` with chaos enabled, or use the gateway at ``url``."""
+    """Start ``config`` with chaos enabled (``tenants`` added), or use the gateway at ``url``."""
     if url is not None:
         yield Running(url.rstrip("/"), os.environ.get(token_env))
         return
@@ -50,16 +64,39 @@ def open_target(
     if not config.is_file():
         raise TargetError(f"target configuration not found: {config}")
     token = secrets.token_urlsafe(24)
-    server = ServerProcess(config, "--chaos", env={"FAILSOFT_ADMIN_TOKEN": token})
+    with tempfile.TemporaryDirectory(prefix="failsoft-drill-") as scratch:
+        if tenants:
+            config = _with_tenants(config, tenants, Path(scratch))
+        server = ServerProcess(config, "--chaos", env={"FAILSOFT_ADMIN_TOKEN": token})
+        try:
+            server.start(timeout=120.0)
+        except ServerFailed as error:
+            server.stop()
+            raise TargetError(f"the target did not start: {error}") from None
+        try:
+            yield Running(server.url, token, server)
+        finally:
+            server.stop()
+
+
+def _with_tenants(config: Path, tenants: Mapping[str, TenantEntry], scratch: Path) -> Path:
+    """A copy of ``config`` (paths made absolute) with ``tenants`` added; written to scratch."""
     try:
-        server.start(timeout=120.0)
-    except ServerFailed as error:
-        server.stop()
-        raise TargetError(f"the target did not start: {error}") from None
-    try:
-        yield Running(server.url, token, server)
-    finally:
-        server.stop()
+        loaded = load_config(config)
+    except ConfigError as error:
+        raise TargetError(f"the target configuration is invalid: {error}") from None
+    data = loaded.model_dump(mode="json", exclude_unset=True)
+    existing = data.setdefault("tenants", {})
+    for name, entry in tenants.items():
+        if name in existing:
+            raise TargetError(
+                f"load.tenants.{name}: the target configuration already has tenant {name!r}; "
+                "give its key with key_env"
+            )
+        existing[name] = {"key_sha256": key_digest(entry.key), "priority": entry.priority}
+    path = scratch / "failsoft-drill.yaml"
+    path.write_bytes(orjson.dumps(data))  # JSON is YAML
+    return path
 
 
 class AdminClient:

@@ -23,7 +23,7 @@ from failsoft.observe.events import Event, ReplicaStateChanged, WorkerRestarted
 from failsoft.pipeline.breaker import BreakerTransition
 from failsoft.pipeline.fallback import FallbackUsed
 from failsoft.pipeline.limiter import RequestShed
-from failsoft.pipeline.version import PanicChanged, PoisonDetected
+from failsoft.pipeline.version import AttemptFailed, PanicChanged, PoisonDetected
 from failsoft.routing.ejection import ReplicaEjected, ReplicaReturned
 from failsoft.routing.probes import HealthChanged
 
@@ -39,7 +39,7 @@ KEPT: tuple[type[Event], ...] = (
     ReplicaKilled,
     PanicChanged,
 )
-FOLDED: tuple[type[Event], ...] = (FallbackUsed, RequestShed, PoisonDetected)
+FOLDED: tuple[type[Event], ...] = (FallbackUsed, RequestShed, PoisonDetected, AttemptFailed)
 FOLD_WINDOW_S = 1.0
 
 

@@ -125,7 +125,10 @@ class PoisonMemory:
         return answered - answered_then >= self._confirm_after
 
     def add(self, digest: bytes, answered: int) -> None:
-        self.entries[digest] = (self._clock.now() + self._ttl_s, answered)
+        """Remember a verdict; a repeat keeps the count of the first, or it would never confirm."""
+        known = self.entries.get(digest)
+        since = answered if known is None else known[1]
+        self.entries[digest] = (self._clock.now() + self._ttl_s, since)
         self.entries.move_to_end(digest)
         while len(self.entries) > self._max:
             self.entries.popitem(last=False)
