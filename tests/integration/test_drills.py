@@ -75,6 +75,7 @@ def fragile_config(demo_dir: Path, directory: Path) -> Path:
         model["limiter"] = {"enabled": False}
         model["balancer"] = {"failure_penalty_ms": 0}
         model["fallback"] = []
+        model["attribution"] = {"enabled": False}
     path = demo_dir / "fragile.yaml"  # next to the model files its paths name
     path.write_text(yaml.safe_dump(config))
     return path
