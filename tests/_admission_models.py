@@ -23,3 +23,10 @@ def gated(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def heuristic(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"label": np.ones(len(inputs["x"]), dtype=np.int64)}
+
+
+def nan_on_huge(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A model that answers NaN for inputs over 1e30: a poison input breaks it."""
+    x = inputs["x"]
+    score = np.where(np.abs(x).max(axis=1) > 1e30, np.nan, 0.5).astype(np.float32)
+    return {"label": np.zeros(len(x), dtype=np.int64), "score": score}

@@ -65,8 +65,9 @@ def summary(stdout: str) -> dict[str, str]:
 
 
 def fragile_config(demo_dir: Path, directory: Path) -> Path:
-    """The demo without retries, hedging, ejection, fallback, admission control, or the
-    balancer's failure penalty (which alone steers calls away from a failing replica)."""
+    """The demo without retries, hedging, ejection, fallback, admission control, failure
+    attribution, or the balancer's failure penalty (which alone steers calls away from a
+    failing replica)."""
     config: dict[str, Any] = yaml.safe_load((demo_dir / CONFIG_NAME).read_text())
     for model in config["models"].values():
         model["retry"] = {"enabled": False}

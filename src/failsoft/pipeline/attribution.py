@@ -9,7 +9,8 @@ from one client could take a healthy fleet out of service.
 The verdict, per request:
 
 - Every replica keeps its last ``WINDOW`` raw outcomes (every call, whatever
-  the verdict). It is *healthy* when it has at least ``min_calls`` of them
+  the verdict, except a second replica's failure that confirms a suspect: a
+  poison input counts once). It is *healthy* when it has at least ``min_calls`` of them
   and at least ``healthy_success_rate`` succeeded: it answers other inputs
   well.
 - A model error on a healthy replica is a *suspect*: nobody is charged yet,
@@ -108,27 +109,28 @@ class PoisonMemory:
         self._confirm_after = confirm_after
         self._clock = clock
         # Public so the hot path can test it for emptiness without a method call.
-        self.entries: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
+        # digest -> (expires, good answers at the verdict, the verdict's message)
+        self.entries: OrderedDict[bytes, tuple[float, int, str]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def active(self, digest: bytes, answered: int) -> bool:
-        """Whether to refuse this input without a call, given the good answers so far."""
+    def refused(self, digest: bytes, answered: int) -> str | None:
+        """The verdict to answer this input with, without a call; None to try the replicas."""
         entry = self.entries.get(digest)
         if entry is None:
-            return False
-        expires, answered_then = entry
+            return None
+        expires, answered_then, verdict = entry
         if self._clock.now() >= expires:
             del self.entries[digest]
-            return False
-        return answered - answered_then >= self._confirm_after
+            return None
+        return verdict if answered - answered_then >= self._confirm_after else None
 
-    def add(self, digest: bytes, answered: int) -> None:
+    def add(self, digest: bytes, answered: int, verdict: str) -> None:
         """Remember a verdict; a repeat keeps the count of the first, or it would never confirm."""
         known = self.entries.get(digest)
         since = answered if known is None else known[1]
-        self.entries[digest] = (self._clock.now() + self._ttl_s, since)
+        self.entries[digest] = (self._clock.now() + self._ttl_s, since, verdict)
         self.entries.move_to_end(digest)
         while len(self.entries) > self._max:
             self.entries.popitem(last=False)

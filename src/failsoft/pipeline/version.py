@@ -389,7 +389,10 @@ class VersionPipeline:
             and not panic
             and recent.healthy(self._attribution)
         ):
-            recent.add(False)
+            # One raw failure per request: a confirming replica's failure would let
+            # each poison input count twice against the replicas' healthy rate.
+            if not tally.suspects:
+                recent.add(False)
             tally.suspects.append((index, seconds))
             if tally.suspect_error is None:
                 tally.suspect_error = error
@@ -427,19 +430,20 @@ class VersionPipeline:
             return None
         for index, _ in tally.suspects:
             self.breakers[index].release()
-        self.poison.add(request_digest(request), self._answered)
+        verdict = self._poison_message(error)
+        self.poison.add(request_digest(request), self._answered, verdict)
         names = ",".join(sorted({self.replicas[i].name for i, _ in tally.suspects}))
         self._bus.emit(PoisonDetected(self.model, self.version, names, error.message))
-        return self._poison_error(error)
+        return PoisonRequest(verdict)
 
-    def _poison_error(self, cause: ModelError | None) -> PoisonRequest:
+    def _poison_message(self, cause: ModelError) -> str:
         where = f"{self.model}/{self.version}"
-        if isinstance(cause, ContractViolation):
-            return PoisonRequest(
+        if isinstance(cause, ContractViolation):  # its message names the check, nothing internal
+            return (
                 f"this input makes {where} break its output contract ({cause.message}), "
                 "while it answers other inputs well"
             )
-        return PoisonRequest(f"{where} fails on this input, while it answers other inputs well")
+        return f"{where} fails on this input, while it answers other inputs well"
 
     def _verdict_reached(self, tally: _Tally) -> bool:
         """No point in another attempt: the suspects confirmed each other, or none can."""
@@ -480,9 +484,11 @@ class VersionPipeline:
             spent = DeadlineExceeded(f"{self.model}/{self.version}: the deadline was spent")
             spent.failure_class = FailureClass.CLIENT
             raise spent
-        if self.poison.entries and self.poison.active(request_digest(request), self._answered):
-            self._bus.emit(PoisonDetected(self.model, self.version, "", "remembered"))
-            raise self._poison_error(None)
+        if self.poison.entries:
+            verdict = self.poison.refused(request_digest(request), self._answered)
+            if verdict is not None:
+                self._bus.emit(PoisonDetected(self.model, self.version, "", "remembered"))
+                raise PoisonRequest(verdict)
         if self.in_flight >= self.options.bulkhead.max_in_flight:
             raise Overloaded(
                 f"{self.model}/{self.version} has {self.in_flight} calls in flight (its bulkhead)",
