@@ -247,3 +247,28 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "models.iris.versions.v1.replicas" in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("expect", "problem"),
+    [
+        ({"nope": [1]}, "health_check.expect names 'nope', not one of the outputs"),
+        ({"label": ["high"]}, "health_check.expect.label is not INT64 data like the output"),
+    ],
+)
+def test_a_golden_answer_must_name_outputs_and_fit_their_datatype(
+    expect: dict[str, list[object]], problem: str
+) -> None:
+    data = {
+        "models": {
+            "m": {
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+                "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
+                "versions": {"v1": {"backend": "python", "function": "mod:fn"}},
+                "health_check": {"inputs": {"x": [[1, 2]]}, "expect": expect},
+            }
+        }
+    }
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data)
+    assert any(problem in line for line in raised.value.problems), raised.value.problems

@@ -13,8 +13,10 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -92,6 +94,34 @@ class ManualClock:
             await settle()
         self._now = target
         await settle()
+
+
+async def within(clock: Clock, seconds: float, awaitable: Awaitable[T]) -> T:
+    """``awaitable``'s result, or TimeoutError once ``seconds`` pass on ``clock``.
+
+    asyncio.wait_for on the injected clock: a test's ManualClock decides when
+    the time is up.
+    """
+    task = asyncio.ensure_future(awaitable)
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        if not task.done():
+            expired = True
+            task.cancel()
+
+    cancel_timer = clock.call_later(max(seconds, 0.0), expire)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if expired:
+            raise TimeoutError from None
+        raise
+    finally:
+        cancel_timer()
+        if not task.done():
+            task.cancel()
 
 
 async def settle(rounds: int = 20) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import (
     AfterValidator,
@@ -34,6 +35,7 @@ from failsoft.pipeline.hedge import HedgeOptions
 from failsoft.pipeline.limiter import LimiterOptions
 from failsoft.pipeline.retry import RetryOptions
 from failsoft.pipeline.throttle import ThrottleOptions
+from failsoft.protocol.datatypes import DATATYPE_TO_DTYPE
 from failsoft.protocol.spec import Datatype, TensorSpec
 from failsoft.routing.balancer import BalancerOptions
 from failsoft.routing.ejection import EjectionOptions
@@ -268,8 +270,22 @@ class ModelConfig(_Strict):
                 "health_check.inputs must give every declared input "
                 f"{sorted(spec.name for spec in self.inputs)}"
             )
-        if self.health_check.expect is not None and golden is None:
+        expect = self.health_check.expect
+        if expect is not None and golden is None:
             raise ValueError("health_check.expect needs health_check.inputs")
+        outputs = {spec.name: spec for spec in self.outputs}
+        for name, value in (expect or {}).items():
+            spec = outputs.get(name)
+            if spec is None:
+                raise ValueError(
+                    f"health_check.expect names {name!r}, not one of the outputs {sorted(outputs)}"
+                )
+            try:
+                np.asarray(value, dtype=DATATYPE_TO_DTYPE[spec.datatype])
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"health_check.expect.{name} is not {spec.datatype} data like the output"
+                ) from None
 
     @property
     def default(self) -> str:

@@ -22,7 +22,7 @@ from failsoft.call import Call
 from failsoft.clock import ManualClock, settle
 from failsoft.config import TensorSpec
 from failsoft.data.contracts import ModelContract
-from failsoft.errors import FailsoftError, UpstreamError
+from failsoft.errors import UpstreamError
 from failsoft.observe.events import Event, EventBus
 from failsoft.pipeline.breaker import BreakerOptions
 from failsoft.pipeline.hedge import HedgeOptions
@@ -66,7 +66,7 @@ class ScriptedReplica:
         self.available = True
         self.ready = True  # what health() says
         self.outputs = right_answer()
-        self.error: FailsoftError | None = None
+        self.error: Exception | None = None
         self.hangs = False
         self.calls: list[tuple[InferRequest, Call]] = []
         self.health_checks = 0
@@ -249,11 +249,13 @@ async def test_a_broken_answer_fails_the_probe(breakage: Breakage, reason: str) 
 
 
 async def test_no_answer_within_the_timeout_fails_the_probe() -> None:
-    # The probe's timeout is asyncio.wait_for on the loop's own clock, not the
-    # injected one: a replica that never answers fails after a real 1 ms.
     probes = probed(fall=1, timeout_ms=1)
     probes.replica.hangs = True
-    await probes.prober.probe_all()
+    round_ = asyncio.ensure_future(probes.prober.probe_all())
+    await settle()
+    assert not round_.done()  # the timeout runs on the injected clock
+    await probes.clock.advance(0.001)
+    await round_
     assert probes.target.verdicts == [(0, False)]
     assert probes.events[0].reason == "no answer within 1 ms"
 
@@ -309,6 +311,27 @@ async def test_a_restarting_replica_is_not_probed_nor_judged_failing() -> None:
     await rounds(probes, 3)
     assert probes.replica.calls == []
     assert probes.target.verdicts == []
+
+
+async def test_a_restart_is_no_passed_probe_either() -> None:
+    probes = probed(fall=1, rise=2)
+    upstream_error(probes.replica)
+    await rounds(probes, 1)
+    assert probes.target.verdicts == [(0, False)]
+    probes.replica.available = False  # restarting for longer than `rise` rounds
+    await rounds(probes, 3)
+    assert probes.target.verdicts == [(0, False)]  # still out: nobody looked at it
+
+
+async def test_a_replica_raising_anything_fails_its_probe_and_probing_goes_on() -> None:
+    probes = probed(fall=1, rise=1)
+    probes.replica.error = ConnectionResetError("reset by peer at /secret/path")
+    await rounds(probes, 1)
+    assert probes.target.verdicts == [(0, False)]
+    assert probes.events[0].reason == "the probe raised ConnectionResetError"
+    probes.replica.error = None
+    await rounds(probes, 1)
+    assert probes.target.verdicts == [(0, False), (0, True)]
 
 
 # --- readiness-only probes ----------------------------------------------------------

@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from failsoft._options import StrictModel, validation_problems
 from failsoft.clock import Cancel, Clock
-from failsoft.errors import BadRequest, FailsoftError
+from failsoft.errors import BadRequest, FailsoftError, FailureClass
 from failsoft.observe.events import Event
 
 log = logging.getLogger("failsoft.chaos")
@@ -159,6 +159,7 @@ class ReplicaKilled(Event):
 
 class ChaosDisabled(FailsoftError):
     status = 409
+    failure_class = FailureClass.CLIENT
 
 
 @runtime_checkable
@@ -297,6 +298,7 @@ class FaultRegistry:
 
 class FaultNotFound(FailsoftError):
     status = 404
+    failure_class = FailureClass.CLIENT
 
 
 def parse_fault(data: dict[str, Any]) -> FaultSpec:

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from failsoft._options import StrictModel
 from failsoft.call import Call
-from failsoft.clock import Clock
+from failsoft.clock import Clock, within
 from failsoft.data.contracts import ModelContract
 from failsoft.errors import FailsoftError
 from failsoft.observe.events import Event, EventBus
@@ -40,6 +40,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("failsoft.probes")
 PROBE_REQUEST_ID = "health-probe"
 FAST_INTERVAL_S = 0.1  # between probes while a whole version is out of rotation
+
+
+class _NoVerdict:
+    """A probe of a restarting replica: neither a pass nor a failure."""
+
+
+_RESTARTING = _NoVerdict()
 
 
 class HealthCheckOptions(StrictModel):
@@ -177,15 +184,17 @@ class Prober:
         replicas = self._target.replicas
         results = await asyncio.gather(*(self._probe(r) for r in replicas))
         for index, problem in enumerate(results):
-            self._judge(index, problem)
+            if not isinstance(problem, _NoVerdict):
+                self._judge(index, problem)
 
-    async def _probe(self, replica: Replica) -> str | None:
+    async def _probe(self, replica: Replica) -> str | _NoVerdict | None:
+        """What is wrong with the replica (None: nothing); _RESTARTING to skip its verdict."""
         if not replica.available:
-            return None  # restarting: the supervisor owns that state, not the probe
+            return _RESTARTING  # the supervisor owns that state, not the probe
         timeout = self._options.timeout_ms / 1000
         try:
             if self._golden is None:
-                ok = await asyncio.wait_for(replica.health(), timeout)
+                ok = await within(self._clock, timeout, replica.health())
                 return None if ok else "not ready"
             call = Call(
                 PROBE_REQUEST_ID,
@@ -195,13 +204,15 @@ class Prober:
                 self._bus,
                 self._clock,
             )
-            outputs = await asyncio.wait_for(replica.infer(self._golden, call), timeout)
+            outputs = await within(self._clock, timeout, replica.infer(self._golden, call))
             self._contract.check_outputs(outputs, self._contract.batch_rows(self._golden))
+            return answer_problem(outputs, self._options.expect, self._options.tolerance)
         except TimeoutError:
             return f"no answer within {self._options.timeout_ms:g} ms"
         except FailsoftError as error:
             return error.message
-        return answer_problem(outputs, self._options.expect, self._options.tolerance)
+        except Exception as error:  # a replica breaking its protocol fails its probe, no more
+            return f"the probe raised {type(error).__name__}"
 
     def _judge(self, index: int, problem: str | None) -> None:
         healthy = self._healthy[index]

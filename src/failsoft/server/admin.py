@@ -8,7 +8,14 @@ from typing import Any
 
 import orjson
 
-from failsoft.errors import BadRequest, FailsoftError, MethodNotAllowed, NotFound, Unauthorized
+from failsoft.errors import (
+    BadRequest,
+    FailsoftError,
+    FailureClass,
+    MethodNotAllowed,
+    NotFound,
+    Unauthorized,
+)
 from failsoft.observe.recent import RecentEvents
 from failsoft.runtime import Runtime
 from failsoft.server.http import json_body
@@ -19,6 +26,7 @@ ReadBody = Callable[[int], Awaitable[bytes]]
 
 class Forbidden(FailsoftError):
     status = 403
+    failure_class = FailureClass.CLIENT
 
 
 class AdminRoutes:
