@@ -76,7 +76,7 @@ class Gateway:
         served_model = self.runtime.model(name)
         version = at or served_model.config.default
         call = Call("req", name, version, time.monotonic() + 30.0, self.runtime.bus, SystemClock())
-        return await served_model.serve(InferRequest({"x": x}), call, at)
+        return await served_model.serve(InferRequest({"x": x}), call, served_model.version(at))
 
     def of(self, kind: type[Event]) -> list[Any]:
         return [event for event in self.events if isinstance(event, kind)]

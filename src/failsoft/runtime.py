@@ -109,10 +109,11 @@ class ModelRuntime:
         )
         self._caching = config.cache.enabled or stale
         self.limiter = AdaptiveLimiter(config.limiter, clock, runtime.bus.emit, name, rng)
+        self.default = self.versions[config.default]
 
     def version(self, name: str | None) -> VersionPipeline:
         if name is None:
-            return self.versions[self.config.default]
+            return self.default
         found = self.versions.get(name)
         if found is None:
             raise NotFound(
@@ -122,10 +123,10 @@ class ModelRuntime:
 
     @property
     def ready(self) -> bool:
-        return self.versions[self.config.default].ready
+        return self.default.ready
 
-    async def serve(self, request: InferRequest, call: Call, version_name: str | None) -> Served:
-        pipeline = self.version(version_name)
+    async def serve(self, request: InferRequest, call: Call, pipeline: VersionPipeline) -> Served:
+        """Answer from ``pipeline`` (one of this model's versions), or its fallback chain."""
         version = pipeline.version
         key = (self.name, version, request_digest(request)) if self._caching else None
         if key is not None and self.config.cache.enabled:

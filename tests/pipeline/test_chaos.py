@@ -73,7 +73,7 @@ class Gateway:
         """Start a request and let it run until it waits (for the clock) or ends."""
         call = Call("req", "m", "v1", self.clock.now() + timeout_s, self.runtime.bus, self.clock)
         model = self.runtime.model("m")
-        task = asyncio.ensure_future(model.serve(InferRequest({"x": X}), call, None))
+        task = asyncio.ensure_future(model.serve(InferRequest({"x": X}), call, model.default))
         await yield_to(task)
         return task
 

@@ -47,6 +47,7 @@ from failsoft.observe.folded import FoldedLog
 from failsoft.observe.logging import request_id_var
 from failsoft.observe.metrics import CONTENT_TYPE, Metrics
 from failsoft.observe.recent import FOLDED, KEPT, RecentEvents
+from failsoft.pipeline.version import VersionPipeline
 from failsoft.protocol import v1, v2
 from failsoft.protocol.types import InferRequest, InferResponse
 from failsoft.runtime import ModelRuntime, Runtime
@@ -359,7 +360,8 @@ class FailsoftApp:
         started = time.perf_counter()
         tenant, priority = self.admission.identify(req.authorization, req.priority)
         model = self.runtime.model(model_name)
-        version = model.version(version_name).version
+        pipeline = model.version(version_name)
+        version = pipeline.version
         clock = self.runtime.clock
         # The deadline counts from arrival: time spent waiting for admission is spent.
         timeout_s, client_limited = self._timeout(model, req.timeout_ms)
@@ -394,14 +396,12 @@ class FailsoftApp:
             self.admission.admit_rows(tenant, model.contract.check_request(request))
             try:
                 async with self.admission.permit(tenant, priority, model.limiter, call):
-                    answer, served_by = await self._serve(
-                        model, version_name, request, v1_codec, call
-                    )
+                    answer, served_by = await self._serve(model, pipeline, request, v1_codec, call)
             except Shed as shed:
                 if not model.fallback:
                     raise
                 answer, served_by = await self._serve(
-                    model, version_name, request, v1_codec, call, shed=shed
+                    model, pipeline, request, v1_codec, call, shed=shed
                 )
             status = 200
             return answer
@@ -423,7 +423,7 @@ class FailsoftApp:
     async def _serve(
         self,
         model: ModelRuntime,
-        version_name: str | None,
+        pipeline: VersionPipeline,
         request: InferRequest,
         v1_codec: bool,
         call: Call,
@@ -432,7 +432,7 @@ class FailsoftApp:
         if shed is not None:
             served = await model.shed(request, call, shed)
         else:
-            served = await model.serve(request, call, version_name)
+            served = await model.serve(request, call, pipeline)
         response = InferResponse(
             model.name,
             served.version,

@@ -18,6 +18,9 @@ One timer per connection serves both deadlines. It is re-armed lazily: state
 changes only move the deadline later, so a request costs a clock read and a
 few attribute writes, not a timer of its own (uvicorn armed and cancelled one
 per request for its keep-alive timeout).
+
+Each response's head leaves together with its first body chunk, in one write
+(uvicorn writes them apart: two system calls for every small answer).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any, ClassVar
 import httptools
 import orjson
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 __all__ = ["H1Limits", "HardenedH1", "protocol_class"]
@@ -83,6 +86,71 @@ def protocol_class(limits: H1Limits) -> type[HardenedH1]:
         431, f"request headers are over the {limits.max_header_bytes}-byte limit"
     )
     return Bound
+
+
+class _HeldWrites:
+    """Stands in for the transport while uvicorn writes a response head: keeps the bytes."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class _PrefixedWrites:
+    """Stands in for the transport for a response's first body message: the held head
+    goes out with the first write, or on its own before a close or when nothing is written."""
+
+    __slots__ = ("_head", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, head: bytes) -> None:
+        self._transport = transport
+        self._head = head
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(self.flush() + data)
+
+    def close(self) -> None:
+        self._transport.write(self.flush())
+        self._transport.close()
+
+    def flush(self) -> bytes:
+        head, self._head = self._head, b""
+        return head
+
+
+class _OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle, sending a response's head with its body."""
+
+    held: bytes | None = None
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            transport, holder = self.transport, _HeldWrites()
+            self.transport = holder  # type: ignore[assignment]
+            try:
+                await RequestResponseCycle.send(self, message)
+            finally:
+                self.transport = transport
+            self.held = holder.data
+            return
+        head = self.held
+        if head is None:
+            await RequestResponseCycle.send(self, message)
+            return
+        self.held = None
+        transport, prefixed = self.transport, _PrefixedWrites(self.transport, head)
+        self.transport = prefixed  # type: ignore[assignment]
+        try:
+            await RequestResponseCycle.send(self, message)
+        finally:
+            self.transport = transport
+        rest = prefixed.flush()  # nothing was written (a HEAD answer): the head alone
+        if rest and not transport.is_closing():
+            transport.write(rest)
 
 
 class HardenedH1(HttpToolsProtocol):
@@ -228,6 +296,10 @@ class HardenedH1(HttpToolsProtocol):
             self._refuse(self.unavailable)
             raise _Refused
         HttpToolsProtocol.on_headers_complete(self)
+        cycle = self.cycle
+        if cycle is not None and type(cycle) is RequestResponseCycle:
+            # Its task has not run yet: it looks up send() on the new class.
+            cycle.__class__ = _OneWriteCycle
 
     def on_response_complete(self) -> None:
         # Replaces uvicorn's, which armed a keep-alive timer for every response.
