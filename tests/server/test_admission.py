@@ -226,10 +226,15 @@ async def test_the_tenant_reaches_the_limiter_so_a_quiet_tenant_is_served_first(
     async def hold(key: str, name: str, done: asyncio.Event) -> None:
         tenant, priority = admission.identify(f"Bearer {key}", "critical")
         call = Call("req", "m", "v1", clock.now() + 10.0, EventBus(), clock)
-        async with admission.permit(tenant, priority, limiter, call):
+        held = admission.hold(tenant, priority, limiter, call) or await admission.wait(
+            tenant, priority, limiter, call
+        )
+        try:
             entered.append(name)
             call.sample = True
             await done.wait()
+        finally:
+            held.release()
 
     first, second, later = asyncio.Event(), asyncio.Event(), asyncio.Event()
     held = [
@@ -268,7 +273,7 @@ class RecordingLimiter:
     def __init__(self) -> None:
         self.outcomes: list[object] = []
 
-    async def acquire(self, priority: Priority, tenant: str | None) -> RecordingPermit:
+    def try_acquire(self, priority: Priority, tenant: str | None) -> RecordingPermit:
         return RecordingPermit(self.outcomes)
 
 
@@ -279,9 +284,13 @@ async def test_a_permit_feeds_the_limiter_only_what_the_model_did() -> None:
 
     for sample in (None, True, False):
         call = Call("req", "m", "v1", clock.now() + 10.0, EventBus(), clock)
-        async with admission.permit(None, Priority.DEFAULT, limiter, call):  # type: ignore[arg-type]
+        held = admission.hold(None, Priority.DEFAULT, limiter, call)  # type: ignore[arg-type]
+        assert held is not None
+        try:
             await clock.advance(0.25)
             call.sample = sample
+        finally:
+            held.release()
 
     # A cache hit, a poison input or a client's own deadline (None) is no sample.
     assert limiter.outcomes == ["cancelled", (True, 0.25), (False, 0.25)]

@@ -525,6 +525,12 @@ class AdaptiveLimiter:
             return self._admit(tenant)
         return await self._wait(priority, tenant)
 
+    def try_acquire(self, priority: Priority, tenant: TenantKey = None) -> Permit | None:
+        """A slot at once, or None when ``acquire`` would have to wait (or shed)."""
+        if self._in_flight < self._allowance[priority]:
+            return self._admit(tenant)
+        return None
+
     def snapshot(self) -> dict[str, object]:
         gradient = self._gradient
         return {

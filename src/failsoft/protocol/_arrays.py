@@ -196,7 +196,7 @@ def _floats(
     limit = _FLOAT_LIMITS.get(datatype)
     # 1e39 would silently become inf as FP32 (orjson itself only yields finite
     # numbers). Checking the magnitude first is cheaper than np.errstate.
-    if limit is not None and flat and _largest(flat) > limit:
+    if limit is not None and flat and _largest(flat, null_as_nan) > limit:
         index = int(np.nanargmax(np.abs(np.array(flat, dtype=np.float64))))
         raise BadRequest(
             f"{where}: value {flat[index]} at index {index} is out of range for {datatype}"
@@ -207,8 +207,10 @@ def _floats(
 _FLOAT_LIMITS = {"FP16": float(np.finfo(np.float16).max), "FP32": float(np.finfo(np.float32).max)}
 
 
-def _largest(flat: list[Any]) -> float:
+def _largest(flat: list[Any], may_hold_nan: bool) -> float:
     if len(flat) <= 64:
+        if not may_hold_nan:  # JSON has no NaN: two C calls instead of a generator
+            return float(max(max(flat), -min(flat)))
         return max((abs(v) for v in flat if v == v), default=0.0)  # NaN != NaN: skipped
     magnitudes = np.abs(np.array(flat, dtype=np.float64))
     return float(magnitudes[~np.isnan(magnitudes)].max(initial=0.0))

@@ -6,10 +6,10 @@
 
 The request quota is charged before the body is read, so a tenant over its
 quota costs no decoding; the rows once the batch is known. A request that
-passes holds a permit of its model's limiter for as long as ``permit`` is
-entered; on the way out the permit feeds the limiter only what the model's
-replicas did (``Call.sample``): a cache hit, a poison input or a client's
-own deadline says nothing about the model's capacity.
+passes holds a slot of its model's limiter (``Held``) until it is answered;
+its release feeds the limiter only what the model's replicas did
+(``Call.sample``): a cache hit, a poison input or a client's own deadline
+says nothing about the model's capacity.
 """
 
 from __future__ import annotations
@@ -51,36 +51,35 @@ class Admission:
     def admit_rows(self, tenant: Tenant | None, rows: int) -> None:
         self.tenants.admit_rows(tenant, rows)
 
-    def permit(
+    def hold(
+        self, tenant: Tenant | None, priority: Priority, limiter: AdaptiveLimiter, call: Call
+    ) -> Held | None:
+        """A slot under the model's limit at once, or None: then ``wait`` for one."""
+        permit = limiter.try_acquire(priority, tenant.name if tenant is not None else None)
+        return None if permit is None else Held(permit, call)
+
+    async def wait(
         self, tenant: Tenant | None, priority: Priority, limiter: AdaptiveLimiter, call: Call
     ) -> Held:
-        """``async with`` it to hold a slot under the model's limit (raises ``Shed`` if none)."""
-        return Held(limiter, priority, tenant.name if tenant is not None else None, call)
+        """A slot after queueing for it; raises ``Shed`` when none comes in time."""
+        permit = await limiter.acquire(priority, tenant.name if tenant is not None else None)
+        return Held(permit, call)
 
 
 class Held:
-    """A slot under a model's limit for one request; on exit it feeds ``Call.sample``."""
+    """One request's slot under its model's limit. ``release`` it exactly once, in a
+    ``finally``: it feeds the limiter what the replicas did (``Call.sample``), if anything."""
 
-    __slots__ = ("_admitted", "_call", "_limiter", "_permit", "_priority", "_tenant")
+    __slots__ = ("_admitted", "_call", "_permit")
 
-    def __init__(
-        self, limiter: AdaptiveLimiter, priority: Priority, tenant: str | None, call: Call
-    ) -> None:
-        self._limiter = limiter
-        self._priority = priority
-        self._tenant = tenant
+    def __init__(self, permit: Permit, call: Call) -> None:
+        self._permit = permit
         self._call = call
-        self._permit: Permit | None = None
-        self._admitted = 0.0
+        self._admitted = call.clock.now()
 
-    async def __aenter__(self) -> None:
-        self._permit = await self._limiter.acquire(self._priority, self._tenant)
-        self._admitted = self._call.clock.now()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        permit, call = self._permit, self._call
-        assert permit is not None
+    def release(self) -> None:
+        call = self._call
         if call.sample is None:
-            permit.cancel()
+            self._permit.cancel()
         else:
-            permit.release(call.sample, call.clock.now() - self._admitted)
+            self._permit.release(call.sample, call.clock.now() - self._admitted)

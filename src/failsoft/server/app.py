@@ -24,8 +24,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from failsoft import __version__
 from failsoft.call import Call
@@ -92,6 +93,9 @@ class Answer:
     body: bytes
     headers: Headers
     content_type: bytes = b"application/json"
+
+
+Routed = Answer | Coroutine[Any, Any, Answer]
 
 
 class RequestIds:
@@ -208,7 +212,8 @@ class FailsoftApp:
             receive,
         )
         try:
-            answer = await self._route(incoming)
+            routed = self._route(incoming)
+            answer = routed if type(routed) is Answer else await routed  # type: ignore[misc]
         except FailsoftError as error:
             answer = self._error_answer(error, request_id)
         except Exception:
@@ -253,16 +258,17 @@ class FailsoftApp:
         answer.headers.append((b"x-request-id", request_id.encode("latin-1")))
         await send_response(send, answer.status, answer.body, answer.headers)
 
-    async def _route(self, req: Incoming) -> Answer:
+    def _route(self, req: Incoming) -> Routed:
+        """The answer, or the coroutine that will give it (no coroutine for a plain route)."""
         parts = req.parts
         head = parts[0]
         if head == "v2":
-            return await self._route_v2(req, parts)
+            return self._route_v2(req, parts)
         if head == "v1" and len(parts) == 3 and parts[1] == "models":
             name, _, verb = parts[2].partition(":")
             if verb == "predict":
                 _expect(req, "POST")
-                return await self._infer(req, name, None, v1_codec=True)
+                return self._infer(req, name, None, v1_codec=True)
             if verb:
                 raise NotFound(f"unknown V1 verb {verb!r} (use :predict)")
             _expect(req, "GET")
@@ -275,20 +281,23 @@ class FailsoftApp:
                 self.admin.authorize(req.authorization)
             return Answer(200, self.metrics.render(), [], CONTENT_TYPE.encode())
         if head == "admin":
-            status, body = await self.admin.handle(
-                req.method,
-                parts[1:],
-                req.authorization,
-                lambda limit: read_body(req.receive, limit, req.content_length),
-            )
-            return Answer(status, body, [])
+            return self._admin(req, parts[1:])
         if head == "" and len(parts) == 1:
             _expect(req, "GET")
             self._guard(req)
             return Answer(200, json_body(self._index()), [])
         raise NotFound(f"no route for /{'/'.join(parts)}")
 
-    async def _route_v2(self, req: Incoming, parts: list[str]) -> Answer:
+    async def _admin(self, req: Incoming, parts: list[str]) -> Answer:
+        status, body = await self.admin.handle(
+            req.method,
+            parts,
+            req.authorization,
+            lambda limit: read_body(req.receive, limit, req.content_length),
+        )
+        return Answer(status, body, [])
+
+    def _route_v2(self, req: Incoming, parts: list[str]) -> Routed:
         n = len(parts)
         if n == 1:
             _expect(req, "GET")
@@ -318,7 +327,7 @@ class FailsoftApp:
             return Answer(200, json_body(self._metadata(model_name, version_name)), [])
         if rest == ["infer"]:
             _expect(req, "POST")
-            return await self._infer(req, model_name, version_name, v1_codec=False)
+            return self._infer(req, model_name, version_name, v1_codec=False)
         if rest == ["ready"]:
             _expect(req, "GET")
             self._guard(req)
@@ -394,15 +403,22 @@ class FailsoftApp:
                 request.raw = body
                 request.raw_header_length = header_length
             self.admission.admit_rows(tenant, model.contract.check_request(request))
+            admission, limiter = self.admission, model.limiter
+            held = admission.hold(tenant, priority, limiter, call)
             try:
-                async with self.admission.permit(tenant, priority, model.limiter, call):
-                    answer, served_by = await self._serve(model, pipeline, request, v1_codec, call)
+                if held is None:
+                    held = await admission.wait(tenant, priority, limiter, call)
             except Shed as shed:
                 if not model.fallback:
                     raise
                 answer, served_by = await self._serve(
                     model, pipeline, request, v1_codec, call, shed=shed
                 )
+            else:
+                try:
+                    answer, served_by = await self._serve(model, pipeline, request, v1_codec, call)
+                finally:
+                    held.release()
             status = 200
             return answer
         except FailsoftError as error:
