@@ -22,7 +22,8 @@ this process.
    deadline) per second, as % of the measured capacity and of the nominal
    one (SLOTS / SERVICE_MS), p99 of the 200s, 503/429/504, client timeouts.
 3. priorities at 3x: 20% critical, 50% default, 30% sheddable
-   (`Failsoft-Priority`): success (200 within the deadline) per priority.
+   (`Failsoft-Priority`, sent by a tenant whose ceiling is critical):
+   success (200 within the deadline) per priority.
 4. tenants (a fresh server): two keyed tenants with `requests_per_s` quotas
    of 60% of capacity each; one floods at 3x capacity, the other sends 30%.
 5. SIGTERM under load: 70% of capacity to the server of step 2 with
@@ -758,15 +759,16 @@ def step_overload(
 
 
 def step_priorities(
-    target: Target, capacity: float, args: argparse.Namespace
+    target: Target, capacity: float, args: argparse.Namespace, key: str
 ) -> tuple[dict[str, float], list[Check]]:
+    """The priority mix, all sent by one tenant whose configured ceiling is critical."""
     rate = OVERLOAD * capacity
     print(
         f"\n== 3. priorities: {rate:.0f}/s, 20% critical, 50% default, 30% sheddable, "
         f"{args.duration:g} s"
     )
     mix = tuple(
-        Traffic(name, weight, (("Failsoft-Priority", name),))
+        Traffic(name, weight, (("Failsoft-Priority", name), ("Authorization", f"Bearer {key}")))
         for name, weight in (("critical", 0.2), ("default", 0.5), ("sheddable", 0.3))
     )
     time.sleep(args.settle)
@@ -870,7 +872,10 @@ def measure(args: argparse.Namespace, settings: Settings) -> tuple[list[Check], 
         f"{DEADLINE_MS} ms, overload runs {args.duration:g} s",
         flush=True,
     )
-    with_ac = start_target(settings, "with-admission", admission=True)
+    # Only a tenant allowed critical work may send it (anonymous requests get default at most).
+    ops_key = new_key()
+    ops = {"ops": {"key_sha256": key_digest(ops_key), "priority": "critical"}}
+    with_ac = start_target(settings, "with-admission", admission=True, tenants=ops)
     without = start_target(settings, "plain-no-admission", admission=False)
     print(f"servers: {with_ac.name} at {with_ac.base}, {without.name} at {without.base}")
     for target in (with_ac, without):  # warm up code paths and connections, at low load
@@ -884,7 +889,7 @@ def measure(args: argparse.Namespace, settings: Settings) -> tuple[list[Check], 
         with_ac, without, capacity, facts["unloaded_p99"], args
     )
     checks += found
-    facts["priorities"], found = step_priorities(with_ac, capacity, args)
+    facts["priorities"], found = step_priorities(with_ac, capacity, args, ops_key)
     checks += found
     without.server.stop()
     facts["tenants"], found = step_tenants(settings, capacity, args)
