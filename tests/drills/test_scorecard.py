@@ -1146,6 +1146,7 @@ def test_replicas_penalised_check() -> None:
     assert _check(card, "replicas penalised").measured == "1"
     assert _failed(card) == ["replicas penalised"]
     assert unbounded.replica_penalties is None
+    assert card.requests == unbounded.requests  # the count of requests, not of penalties
 
 
 def test_the_new_checks_come_after_the_others_in_a_fixed_order() -> None:

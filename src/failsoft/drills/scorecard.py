@@ -492,13 +492,13 @@ def score(
         else replica_penalties(experiment.load.model, events)
     )
     if penalties is not None and expect.max_replicas_penalised is not None:
-        total = sum(penalties.values())
+        penalised = sum(penalties.values())
         checks.append(
             Check(
                 "replicas penalised",
-                str(total),
+                str(penalised),
                 f"<= {expect.max_replicas_penalised}",
-                total <= expect.max_replicas_penalised,
+                penalised <= expect.max_replicas_penalised,
             )
         )
     polls = None if readiness is None else len(readiness.status)
