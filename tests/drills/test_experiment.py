@@ -265,12 +265,8 @@ def test_bundled_hostile_client_drill_has_every_kind_of_attack() -> None:
     experiment = load_experiment(DRILLS / "hostile-client.yaml")
 
     assert experiment.attack is not None
-    assert [request.kind for request in experiment.attack.requests] == [
-        "poison",
-        "deadline",
-        "outputs",
-        "oversize",
-    ]
+    kinds = [request.kind for request in experiment.attack.requests]
+    assert kinds == ["poison", "poison", "poison", "deadline", "outputs", "oversize"]
     assert experiment.attack.requests[0].inputs == [
         {"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [3.0e38] * 4}
     ]
