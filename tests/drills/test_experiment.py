@@ -270,7 +270,7 @@ def test_bundled_hostile_client_drill_has_every_kind_of_attack() -> None:
     assert experiment.attack.requests[0].inputs == [
         {"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [3.0e38] * 4}
     ]
-    assert experiment.attack.requests[3].body_bytes == 9 * 1024 * 1024
+    assert experiment.attack.requests[-1].body_bytes == 9 * 1024 * 1024
     assert experiment.attack_window_s() == (4.5, 19.5)
 
 
