@@ -97,3 +97,11 @@ def nan_heuristic(inputs: Tensors) -> Tensors:
 def raising_heuristic(inputs: Tensors) -> Tensors:
     STATE.calls["raising_heuristic"] += 1
     raise ZeroDivisionError("heuristic divided by zero")
+
+
+def slow(inputs: Tensors) -> Tensors:
+    """``healthy``, after 0.2 s: a call that is still in flight when a test acts."""
+    import time
+
+    time.sleep(0.2)
+    return answer(inputs["x"])

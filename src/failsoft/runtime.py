@@ -2,9 +2,17 @@
 
 ``Runtime`` turns a validated ``Config`` into runtime objects: per model a
 compiled contract, a cache and a fallback chain; per version a
-``VersionPipeline`` over its replicas, probed by a ``Prober``. ``start``
-loads every replica (failing loudly if one cannot load); ``close`` drains
-and releases them.
+``VersionUnit``: its replicas, the ``VersionPipeline`` over them and the
+``Prober`` that watches them. ``start`` loads every replica (failing loudly
+if one cannot load); ``close`` drains and releases them.
+
+``apply`` moves a running gateway to a new configuration without a restart
+(a reconciler): what did not change is kept as it is, state and all; a
+version whose backend changed gets new replicas, which must load and pass a
+probe before the swap; the swap itself is one assignment on the event loop,
+so a request sees either the old models or the new ones; versions that left
+drain (their calls in flight finish) and close. If a new replica cannot come
+up within the timeout, nothing is swapped and the error says why.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import random
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 
+import orjson
+
 from failsoft.backends import BuiltReplicas, Replica, build_replicas
 from failsoft.call import Call
 from failsoft.clock import Clock, SystemClock
@@ -23,7 +33,7 @@ from failsoft.control.faults import FaultRegistry, Killable, Target
 from failsoft.data.contracts import ModelContract
 from failsoft.errors import FailsoftError, FailureClass, NotFound
 from failsoft.observe.events import EventBus
-from failsoft.pipeline.cache import CacheKey, ResponseCache, request_digest
+from failsoft.pipeline.cache import CacheKey, CacheOptions, ResponseCache, request_digest
 from failsoft.pipeline.chaos import ChaosReplica
 from failsoft.pipeline.fallback import FallbackChain, Infer, StaleCacheTier
 from failsoft.pipeline.limiter import AdaptiveLimiter
@@ -63,20 +73,100 @@ def resilience_options(config: ModelConfig) -> ResilienceOptions:
     )
 
 
+class ApplyFailed(FailsoftError):
+    """A configuration that cannot come up: the gateway stays on the one it serves."""
+
+    status = 409
+    failure_class = FailureClass.CLIENT
+
+
+@dataclass(eq=False)
+class VersionUnit:
+    """One version: its replicas, the pipeline over them, and their prober.
+
+    ``replica_key`` and ``pipeline_key`` say what each was built from, so a
+    new configuration can keep them when they would come out the same.
+    """
+
+    replica_key: str
+    pipeline_key: str
+    built: BuiltReplicas
+    pipeline: VersionPipeline
+    prober: Prober
+    replicas_started: bool = False
+
+
+# The model settings a version's pipeline and prober are built from; the others
+# (timeouts, limiter, cache, fallback) apply without touching the pipeline.
+_PIPELINE_SETTINGS = {
+    "inputs",
+    "outputs",
+    "max_batch_size",
+    "per_try_timeout_ms",
+    "retry",
+    "hedge",
+    "breaker",
+    "ejection",
+    "balancer",
+    "bulkhead",
+    "throttle",
+    "attribution",
+    "health_check",
+}
+
+
+def _canonical(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _keys(name: str, version: str, config: ModelConfig, runtime: Runtime) -> tuple[str, str]:
+    # What a version's replicas are built from: its backend, the declared tensors
+    # (loaders check them), the server limits workers take, and whether chaos wraps them.
+    replicas = _canonical(
+        {
+            "backend": config.versions[version].model_dump(mode="json"),
+            "inputs": [spec.model_dump(mode="json") for spec in config.inputs],
+            "outputs": [spec.model_dump(mode="json") for spec in config.outputs],
+            "server": runtime.config.server.model_dump(mode="json", exclude={"host", "port"}),
+            "chaos": runtime.config.chaos.enabled,
+        }
+    )
+    pipeline = _canonical(
+        {
+            "replicas": replicas,
+            "model": config.model_dump(mode="json", include=_PIPELINE_SETTINGS),
+        }
+    )
+    return replicas, pipeline
+
+
 class ModelRuntime:
     def __init__(
-        self, name: str, config: ModelConfig, runtime: Runtime, clock: Clock, rng: random.Random
+        self,
+        name: str,
+        config: ModelConfig,
+        runtime: Runtime,
+        clock: Clock,
+        rng: random.Random,
+        previous: ModelRuntime | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self.contract = ModelContract(config.inputs, config.outputs, config.max_batch_size)
-        self.built: dict[str, BuiltReplicas] = {}
-        self.versions: dict[str, VersionPipeline] = {}
-        self.probers: list[Prober] = []
+        self.units: dict[str, VersionUnit] = {}
         options = resilience_options(config)
         golden = golden_request(config.health_check, config.inputs)
         for version in config.versions:
-            built = build_replicas(name, version, config, runtime.bus, runtime.config.server)
+            replica_key, pipeline_key = _keys(name, version, config, runtime)
+            old = previous.units.get(version) if previous is not None else None
+            if old is not None and old.pipeline_key == pipeline_key:
+                self.units[version] = old  # nothing about it changed: state and all
+                continue
+            if old is not None and old.replica_key == replica_key:
+                built, started = old.built, old.replicas_started  # new settings, same replicas
+            else:
+                built = build_replicas(name, version, config, runtime.bus, runtime.config.server)
+                started = False
             replicas: list[Replica] = built.replicas
             if runtime.config.chaos.enabled:
                 replicas = [
@@ -86,18 +176,23 @@ class ModelRuntime:
             pipeline = VersionPipeline(
                 name, version, replicas, options, self.contract, runtime.bus, clock, rng
             )
-            self.built[version] = built
-            self.versions[version] = pipeline
-            self.probers.append(
-                Prober(
-                    pipeline, config.health_check, self.contract, golden, runtime.bus, clock, rng
-                )
+            prober = Prober(
+                pipeline, config.health_check, self.contract, golden, runtime.bus, clock, rng
             )
+            self.units[version] = VersionUnit(
+                replica_key, pipeline_key, built, pipeline, prober, started
+            )
+        self.versions = {version: unit.pipeline for version, unit in self.units.items()}
         output_types = {spec.name: spec.datatype for spec in config.outputs}
         # Stale-if-error needs answers stored even when fresh hits are not served.
         stale = any(isinstance(tier, StaleCacheTier) for tier in config.fallback)
         store = config.cache.model_copy(update={"enabled": True}) if stale else config.cache
-        self.cache = ResponseCache(store, clock)
+        self.cache_options: CacheOptions = store
+        self.cache: ResponseCache = (
+            previous.cache
+            if previous is not None and previous.cache_options == store
+            else ResponseCache(store, clock)
+        )
         self.fallback = FallbackChain(
             name,
             config.fallback,
@@ -108,7 +203,11 @@ class ModelRuntime:
             runtime.bus,
         )
         self._caching = config.cache.enabled or stale
-        self.limiter = AdaptiveLimiter(config.limiter, clock, runtime.bus.emit, name, rng)
+        self.limiter: AdaptiveLimiter = (
+            previous.limiter
+            if previous is not None and previous.config.limiter == config.limiter
+            else AdaptiveLimiter(config.limiter, clock, runtime.bus.emit, name, rng)
+        )
         self.default = self.versions[config.default]
 
     def version(self, name: str | None) -> VersionPipeline:
@@ -177,17 +276,30 @@ class ModelRuntime:
         )
 
     async def start(self) -> None:
-        await _all(pipeline.start() for pipeline in self.versions.values())
-        for prober in self.probers:
-            prober.start()
+        """Load the replicas not loaded yet (every one, on a fresh gateway)."""
+        await _all(_load(unit) for unit in self.units.values())
+
+    def start_probes(self) -> None:
+        for unit in self.units.values():
+            unit.prober.start()
 
     async def close(self) -> None:
-        for prober in self.probers:
-            await prober.close()
-        for version, pipeline in self.versions.items():
-            await pipeline.close()
-            for close in self.built[version].closers:
-                await close()
+        for unit in self.units.values():
+            await _close(unit, close_replicas=True)
+
+
+async def _load(unit: VersionUnit) -> None:
+    if not unit.replicas_started:
+        await unit.pipeline.start()
+        unit.replicas_started = True
+
+
+async def _close(unit: VersionUnit, *, close_replicas: bool) -> None:
+    await unit.prober.close()
+    if close_replicas:
+        await unit.pipeline.close()
+        for close in unit.built.closers:
+            await close()
 
 
 class Runtime:
@@ -203,12 +315,14 @@ class Runtime:
         clock = clock or SystemClock()
         rng = rng or random.Random()
         self.clock = clock
+        self._rng = rng
         self.faults = FaultRegistry(config.chaos, clock, bus.emit, self._fault_targets)
         self.models: dict[str, ModelRuntime] = {
             name: ModelRuntime(name, model, self, clock, rng)
             for name, model in config.models.items()
         }
         self.started = False
+        self._applying = asyncio.Lock()
 
     def _fault_targets(self) -> list[Target]:
         return [
@@ -240,8 +354,73 @@ class Runtime:
         except BaseException:
             await self.close()
             raise
+        for model in self.models.values():
+            model.start_probes()
         self.started = True
         log.info("models loaded", extra={"models": sorted(self.models)})
+
+    async def apply(
+        self, config: Config, *, timeout_s: float = 120.0, drain_s: float = 10.0
+    ) -> None:
+        """Move to ``config``: load and probe what is new, swap, then retire what left.
+
+        Raises ``ApplyFailed`` (and changes nothing) when a new replica does not
+        load or pass a probe within ``timeout_s``.
+        """
+        async with self._applying:  # one change at a time
+            old_config, old_models = self.config, self.models
+            self.config = config  # the keys of new versions depend on the server settings
+            try:
+                models = {
+                    name: ModelRuntime(
+                        name, model, self, self.clock, self._rng, old_models.get(name)
+                    )
+                    for name, model in config.models.items()
+                }
+            except FailsoftError as error:  # a model that cannot be built (a bad file)
+                self.config = old_config
+                raise ApplyFailed(f"the configuration cannot be built: {error.message}") from None
+            except BaseException:
+                self.config = old_config
+                raise
+            kept = {id(unit) for model in old_models.values() for unit in model.units.values()}
+            fresh = [
+                unit
+                for model in models.values()
+                for unit in model.units.values()
+                if id(unit) not in kept
+            ]
+            try:
+                await asyncio.wait_for(_all(_bring_up(unit) for unit in fresh), timeout_s)
+            except BaseException as error:
+                self.config = old_config
+                await self._discard(fresh, old_models)
+                if isinstance(error, TimeoutError):
+                    raise ApplyFailed(
+                        f"the new replicas did not come up within {timeout_s:g} s"
+                    ) from None
+                if isinstance(error, FailsoftError):
+                    raise ApplyFailed(error.message) from None
+                raise
+            self.faults.options = config.chaos
+            self.models = models  # the swap: from the next request on, the new models serve
+            for unit in fresh:
+                unit.prober.start()
+        live = {id(unit) for model in models.values() for unit in model.units.values()}
+        reused = {id(unit.built) for model in models.values() for unit in model.units.values()}
+        retired = [
+            unit
+            for model in old_models.values()
+            for unit in model.units.values()
+            if id(unit) not in live
+        ]
+        await _retire(retired, reused, drain_s, self.clock)
+
+    async def _discard(self, fresh: list[VersionUnit], old_models: dict[str, ModelRuntime]) -> None:
+        """Close what an apply built before it failed, but no replica the old models use."""
+        serving = {id(unit.built) for model in old_models.values() for unit in model.units.values()}
+        for unit in fresh:
+            await _close(unit, close_replicas=id(unit.built) not in serving)
 
     async def close(self) -> None:
         self.started = False
@@ -252,6 +431,29 @@ class Runtime:
     @property
     def ready(self) -> bool:
         return self.started and all(model.ready for model in self.models.values())
+
+
+async def _bring_up(unit: VersionUnit) -> None:
+    """Load a unit's new replicas and require each to pass one probe."""
+    await _load(unit)
+    problems = await unit.prober.probe_now()
+    bad = {name: problem for name, problem in problems.items() if problem is not None}
+    if bad:
+        detail = "; ".join(f"{name}: {problem}" for name, problem in bad.items())
+        where = f"{unit.pipeline.model}/{unit.pipeline.version}"
+        raise ApplyFailed(f"{where} failed its probe ({detail})")
+
+
+async def _retire(units: list[VersionUnit], reused: set[int], drain_s: float, clock: Clock) -> None:
+    """Stop probing units that left, let their calls in flight finish, then close them."""
+    for unit in units:
+        await unit.prober.close()
+    deadline = clock.now() + drain_s
+    while any(unit.pipeline.in_flight for unit in units) and clock.now() < deadline:
+        await clock.sleep(0.05)
+    for unit in units:
+        if id(unit.built) not in reused:
+            await _close(unit, close_replicas=True)
 
 
 async def _all(starts: Iterable[Awaitable[None]]) -> None:

@@ -180,6 +180,18 @@ class Prober:
             await self._clock.sleep(self.interval_s())
             await self.probe_all()
 
+    async def probe_now(self) -> dict[str, str | None]:
+        """One probe of every replica, judged on its own: replica name -> problem (None: ok).
+
+        What a new version must pass before it takes traffic; it moves no counter.
+        """
+        replicas = self._target.replicas
+        results = await asyncio.gather(*(self._probe(r) for r in replicas))
+        return {
+            replica.name: "not available" if isinstance(problem, _NoVerdict) else problem
+            for replica, problem in zip(replicas, results, strict=True)
+        }
+
     async def probe_all(self) -> None:
         replicas = self._target.replicas
         results = await asyncio.gather(*(self._probe(r) for r in replicas))
