@@ -24,8 +24,10 @@ from pydantic import (
 )
 
 from failsoft._options import StrictModel, validation_problems
+from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.faults import ChaosOptions
 from failsoft.control.tenants import TenantConfig
+from failsoft.errors import BackendLoadError
 from failsoft.pipeline.attribution import AttributionOptions
 from failsoft.pipeline.breaker import BreakerOptions
 from failsoft.pipeline.bulkhead import BulkheadOptions
@@ -106,19 +108,51 @@ class ServerConfig(_Strict):
 Execution = Literal["auto", "thread", "inline"]
 
 
-class OnnxBackend(_Strict):
-    backend: Literal["onnx"]
-    path: ConfigPath
+def _artifact(value: str | None) -> str | None:
+    if value is not None:
+        ArtifactRef.parse(value)  # ArtifactRefError is a ValueError: reported at the key
+    return value
+
+
+ArtifactName = Annotated[str | None, AfterValidator(_artifact)]
+
+
+class _FileBackend(_Strict):
+    """A model file: a ``path``, or an ``artifact`` from the registry (``iris@v3`` or a sha256).
+
+    An artifact is resolved to a verified local copy, with ``path`` and ``sha256``
+    filled in, before the configuration is applied.
+    """
+
+    path: ConfigPath | None = None
+    artifact: ArtifactName = None
     sha256: Sha256 | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _FileBackend:
+        if self.artifact is None and self.path is None:
+            raise ValueError("give the model file: path (a file) or artifact (iris@v3 or a sha256)")
+        return self
+
+    @property
+    def file(self) -> Path:
+        """The file to load: a resolved artifact must have been given its path."""
+        if self.path is None:
+            raise BackendLoadError(
+                f"artifact {self.artifact} was not resolved to a file (is the store reachable?)"
+            )
+        return self.path
+
+
+class OnnxBackend(_FileBackend):
+    backend: Literal["onnx"]
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
     threads: Annotated[int, Field(ge=1, le=64)] = 1
     execution: Execution = "auto"
 
 
-class SklearnBackend(_Strict):
+class SklearnBackend(_FileBackend):
     backend: Literal["sklearn"]
-    path: ConfigPath
-    sha256: Sha256 | None = None
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
     methods: dict[str, Literal["predict", "predict_proba", "decision_function", "transform"]] = (
         Field(default_factory=dict)
@@ -127,10 +161,11 @@ class SklearnBackend(_Strict):
 
     @model_validator(mode="after")
     def _pinned(self) -> SklearnBackend:
-        if self.sha256 is None:
+        if self.sha256 is None and self.artifact is None:
             raise ValueError(
                 "sha256 is required: an sklearn model is a pickle, and loading a pickle runs "
-                f"code; pin the file with `sha256: <hex>` (sha256sum {self.path})"
+                f"code; pin the file with `sha256: <hex>` (sha256sum {self.path}), or load it "
+                "from the registry (artifact: name@version), whose copies are pinned"
             )
         return self
 

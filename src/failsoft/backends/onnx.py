@@ -14,7 +14,7 @@ from failsoft.protocol.types import Tensors
 def load_onnx(config: OnnxBackend, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> Predict:
     import onnxruntime as ort
 
-    data = read_pinned(config.path, config.sha256)
+    data = read_pinned(config.file, config.sha256)
     options = ort.SessionOptions()
     options.intra_op_num_threads = config.threads
     options.inter_op_num_threads = 1
@@ -22,7 +22,7 @@ def load_onnx(config: OnnxBackend, inputs: list[TensorSpec], outputs: list[Tenso
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as error:
-        raise BackendLoadError(f"{config.path}: not a loadable ONNX model: {error}") from None
+        raise BackendLoadError(f"{config.file}: not a loadable ONNX model: {error}") from None
     model_inputs = {i.name for i in session.get_inputs()}
     model_outputs = {o.name for o in session.get_outputs()}
     for kind, declared, actual in (
@@ -32,7 +32,7 @@ def load_onnx(config: OnnxBackend, inputs: list[TensorSpec], outputs: list[Tenso
         unknown = [spec.name for spec in declared if spec.name not in actual]
         if unknown:
             raise BackendLoadError(
-                f"{config.path}: declared {kind}s {unknown} are not in the model, "
+                f"{config.file}: declared {kind}s {unknown} are not in the model, "
                 f"which has {sorted(actual)}"
             )
     output_names = [spec.name for spec in outputs]

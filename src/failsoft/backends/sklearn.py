@@ -26,12 +26,12 @@ def load_sklearn(
     import joblib
 
     if config.sha256 is None:  # config validation already refuses this; never unpickle unpinned
-        raise BackendLoadError(f"{config.path}: refusing to unpickle a file without a sha256 pin")
-    data = read_pinned(config.path, config.sha256)
+        raise BackendLoadError(f"{config.file}: refusing to unpickle a file without a sha256 pin")
+    data = read_pinned(config.file, config.sha256)
     try:
         estimator: Any = joblib.load(io.BytesIO(data))
     except Exception as error:
-        raise BackendLoadError(f"{config.path}: not a loadable joblib file: {error}") from None
+        raise BackendLoadError(f"{config.file}: not a loadable joblib file: {error}") from None
     if len(inputs) != 1:
         raise BackendLoadError("the sklearn backend takes exactly one declared input")
     methods = dict(config.methods) or {outputs[0].name: "predict"}
@@ -42,7 +42,7 @@ def load_sklearn(
                 f"methods names output {output!r}, which the model does not declare"
             )
         if not callable(getattr(estimator, method, None)):
-            raise BackendLoadError(f"{config.path}: the estimator has no method {method!r}")
+            raise BackendLoadError(f"{config.file}: the estimator has no method {method!r}")
     missing = [name for name in declared if name not in methods]
     if missing:
         raise BackendLoadError(f"declared outputs {missing} have no method in `methods`")
