@@ -1,0 +1,324 @@
+"""Desired state: configuration revisions in the control store, reconciled into this gateway.
+
+The store is the truth. A change is proposed (``propose``): validated,
+planned against what serves, stored as revision N+1, its artifacts resolved
+to verified local files, and applied to the running gateway; the revision is
+then marked ``applied``, or ``failed`` with the reason, and the gateway stays
+on N. ``rollback`` proposes an earlier revision's configuration again.
+``watch`` follows revisions that other gateways sharing the store applied.
+
+Static stability: nothing here runs on the request path. Every store call
+runs on a thread; when the store is unreachable a change fails with a clear
+error and serving goes on from the compiled state. The configuration in
+force is also kept in the data directory (``current-revision.json``), so a
+gateway that starts while the store is down serves what it served before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from failsoft.config import Config, ConfigError, ProcessBackend, parse_config
+from failsoft.control.artifact_ref import ArtifactRef
+from failsoft.control.plan import Plan, plan
+from failsoft.control.registry import ArtifactLocations
+from failsoft.errors import BadRequest, FailsoftError, FailureClass, NotFound
+from failsoft.store import RevisionStatus, Store, StoreError
+
+log = logging.getLogger("failsoft.control")
+
+SNAPSHOT = "current-revision.json"
+ARTIFACT_CACHE = "artifact-cache"
+Apply = Callable[[Config, int], Awaitable[None]]
+
+
+class StoreUnavailable(FailsoftError):
+    """The control store cannot be reached: changes wait, serving goes on (503)."""
+
+    status = 503
+    failure_class = FailureClass.OVERLOAD
+
+
+class ChangeRefused(FailsoftError):
+    """A revision that could not come up; the gateway stays on the one it serves (409)."""
+
+    status = 409
+    failure_class = FailureClass.CLIENT
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a proposal did: the plan, the revision it became, and its status."""
+
+    plan: Plan
+    revision: int | None
+    status: str  # "planned", "applied", "unchanged"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "status": self.status,
+            "plan": self.plan.as_json(),
+            "plan_text": self.plan.render(),
+        }
+
+
+def config_json(config: Config) -> dict[str, Any]:
+    """How a configuration is stored: JSON with the keys that were set, paths absolute."""
+    data: dict[str, Any] = config.model_dump(mode="json", exclude_unset=True)
+    return data
+
+
+class Revisions:
+    def __init__(
+        self,
+        store: Store,
+        registry: ArtifactLocations,
+        data_dir: Path,
+        apply: Apply,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._data_dir = Path(data_dir)
+        self._apply = apply
+        self._lock = asyncio.Lock()
+        self.revision = 0  # the revision this gateway serves (0: not from the store)
+        self.config: Config | None = None  # the configuration it serves, as stored
+
+    # -- at start-up -----------------------------------------------------------
+
+    def boot(self, file_config: Config | None, *, apply_file: bool, actor: str) -> BootReport:
+        """The configuration to start on, and what the caller should be told.
+
+        Synchronous: it runs before the server starts. An empty store makes the
+        file revision 1. A store with revisions wins over the file, which is only
+        applied with ``apply_file``; a store that cannot be reached leaves the
+        last configuration this gateway served (or the file).
+        """
+        try:
+            current = self._store.current_revision()
+            if current is None or (apply_file and file_config is not None):
+                if file_config is None:
+                    raise ConfigError("store", ["the store holds no revision: give --config FILE"])
+                stored = self._store.add_revision(config_json(file_config), actor=actor)
+                return BootReport(file_config, stored.id, pending=True, note=None)
+            served = parse_config(current.config, f"revision {current.id}")
+        except StoreError as error:
+            fallback = self._snapshot() or file_config
+            if fallback is None:
+                raise
+            note = f"the control store is unreachable ({error.message}): serving the last known configuration"
+            return BootReport(fallback[0] if isinstance(fallback, tuple) else fallback,
+                              fallback[1] if isinstance(fallback, tuple) else 0,
+                              pending=False, note=note)
+        note = None
+        if file_config is not None:
+            difference = plan(served, file_config)
+            if not difference.empty:
+                note = (
+                    f"the store's revision {current.id} differs from the file:\n"
+                    f"{_indent(difference.render())}\n"
+                    "serving the store's revision; apply the file with `failsoft apply FILE` "
+                    "(or start with --apply)"
+                )
+        return BootReport(served, current.id, pending=False, note=note)
+
+    async def started(self, report: BootReport, config: Config, *, actor: str) -> None:
+        """The gateway serves ``report``'s revision: record it."""
+        self.revision, self.config = report.revision, config
+        if report.pending:
+            await self._call(
+                self._store.mark_revision, report.revision, RevisionStatus.APPLIED.value, actor=actor
+            )
+        self._save_snapshot(config, report.revision)
+
+    # -- changes ---------------------------------------------------------------
+
+    async def propose(self, data: Any, *, actor: str, dry_run: bool = False, reason: str | None = None) -> Outcome:
+        """Validate, plan, store, resolve, apply; ``dry_run`` stops after the plan."""
+        if not isinstance(data, dict):
+            raise BadRequest("a configuration is a JSON object with a 'models' key")
+        try:
+            config = parse_config(data, "the proposed configuration")
+        except ConfigError as error:
+            raise BadRequest("; ".join(error.problems)) from None
+        async with self._lock:
+            served = self.config
+            changes = plan(served, config) if served is not None else Plan()
+            if dry_run:
+                return Outcome(changes, None, "planned")
+            if served is not None and changes.empty:
+                return Outcome(changes, self.revision, "unchanged")
+            stored = await self._call(
+                self._store.add_revision, config_json(config), actor=actor, reason=reason
+            )
+            try:
+                runnable = await asyncio.to_thread(self.resolve, config)
+                await self._apply(runnable, stored.id)
+            except FailsoftError as error:
+                await self._call(
+                    self._store.mark_revision,
+                    stored.id,
+                    RevisionStatus.FAILED.value,
+                    actor=actor,
+                    reason=error.message,
+                )
+                raise ChangeRefused(f"revision {stored.id} was not applied: {error.message}") from None
+            self.revision, self.config = stored.id, config
+            self._save_snapshot(config, stored.id)
+            try:
+                await self._call(
+                    self._store.mark_revision, stored.id, RevisionStatus.APPLIED.value, actor=actor
+                )
+            except StoreUnavailable:
+                log.warning("revision applied but not marked so", extra={"revision": stored.id})
+            return Outcome(changes, stored.id, "applied")
+
+    async def rollback(self, target: int | None, *, actor: str) -> Outcome:
+        """Apply an earlier revision's configuration again (default: the one before)."""
+        if target is None:
+            history = await self._call(self._store.revisions, status=RevisionStatus.SUPERSEDED.value, limit=1)
+            if not history:
+                raise NotFound("there is no earlier applied revision to roll back to")
+            target = history[0].id
+        old = await self._call(self._store.revision, target)
+        if old is None:
+            raise NotFound(f"there is no revision {target}")
+        left = self.revision
+        outcome = await self.propose(old.config, actor=actor, reason=f"rollback to revision {target}")
+        if outcome.status == "applied" and left:
+            await self._call(
+                self._store.mark_revision,
+                left,
+                RevisionStatus.ROLLED_BACK.value,
+                actor=actor,
+                reason=f"rolled back to revision {target}",
+            )
+        return outcome
+
+    async def history(self, limit: int) -> list[dict[str, Any]]:
+        rows = await self._call(self._store.revisions, limit=limit)
+        return [
+            {
+                "revision": row.id,
+                "status": row.status,
+                "actor": row.actor,
+                "created_at": row.created_at,
+                "applied_at": row.applied_at,
+                "reason": row.reason,
+                "serving": row.id == self.revision,
+            }
+            for row in rows
+        ]
+
+    async def diff(self, a: int, b: int) -> Plan:
+        first, second = await self._call(self._store.revision, a), await self._call(self._store.revision, b)
+        for number, found in ((a, first), (b, second)):
+            if found is None:
+                raise NotFound(f"there is no revision {number}")
+        assert first is not None and second is not None
+        return plan(parse_config(first.config), parse_config(second.config))
+
+    async def watch(self, every_s: float, *, actor: str) -> None:
+        """Apply revisions other gateways applied to the shared store (runs until cancelled)."""
+        warned = False
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                current = await asyncio.to_thread(self._store.current_revision)
+            except StoreError as error:
+                if not warned:
+                    log.warning("control store unreachable; serving on", extra={"error": error.message})
+                    warned = True
+                continue
+            warned = False
+            if current is None or current.id == self.revision:
+                continue
+            async with self._lock:
+                try:
+                    config = parse_config(current.config, f"revision {current.id}")
+                    runnable = await asyncio.to_thread(self.resolve, config)
+                    await self._apply(runnable, current.id)
+                except FailsoftError as error:
+                    log.error("cannot apply the store's revision", extra={"revision": current.id, "error": error.message})
+                    continue
+                self.revision, self.config = current.id, config
+                self._save_snapshot(config, current.id)
+
+    # -- artifacts -------------------------------------------------------------
+
+    def resolve(self, config: Config) -> Config:
+        """``config`` with every ``artifact`` fetched to a verified local file (blocking)."""
+        models = {}
+        for name, model in config.models.items():
+            versions = {}
+            for version_name, version in model.versions.items():
+                local = version.worker if isinstance(version, ProcessBackend) else version
+                artifact = getattr(local, "artifact", None)
+                if artifact is None:
+                    versions[version_name] = version
+                    continue
+                path, digest = self._fetch(artifact, f"models.{name}.versions.{version_name}")
+                resolved = local.model_copy(update={"path": path, "sha256": digest})
+                if isinstance(version, ProcessBackend):
+                    resolved = version.model_copy(update={"worker": resolved})
+                versions[version_name] = resolved
+            models[name] = model.model_copy(update={"versions": versions})
+        return config.model_copy(update={"models": models})
+
+    def _fetch(self, text: str, where: str) -> tuple[Path, str]:
+        ref = ArtifactRef.parse(text)
+        digest = ref.sha256
+        if digest is None:
+            assert ref.name is not None and ref.version is not None
+            try:
+                found = self._store.artifact(ref.name, ref.version)
+            except StoreError as error:
+                raise StoreUnavailable(f"{where}: cannot look up artifact {text}: {error.message}") from None
+            if found is None:
+                raise NotFound(f"{where}: no artifact {text} in the registry (push it with `failsoft model push`)")
+            digest = found.sha256
+        destination = self._data_dir / ARTIFACT_CACHE / digest
+        if not destination.is_file():
+            self._registry.fetch(digest, destination)
+        return destination, digest
+
+    # -- helpers ---------------------------------------------------------------
+
+    async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        except StoreError as error:
+            raise StoreUnavailable(f"the control store: {error.message}") from None
+
+    def _save_snapshot(self, config: Config, revision: int) -> None:
+        path = self._data_dir / SNAPSHOT
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"revision": revision, "config": config_json(config)}))
+        tmp.replace(path)
+
+    def _snapshot(self) -> tuple[Config, int] | None:
+        try:
+            saved = orjson.loads((self._data_dir / SNAPSHOT).read_bytes())
+            return parse_config(saved["config"], "the last served revision"), int(saved["revision"])
+        except (OSError, ValueError, KeyError, TypeError, ConfigError):
+            return None
+
+
+@dataclass(frozen=True)
+class BootReport:
+    config: Config
+    revision: int
+    pending: bool  # stored now: mark it applied once the gateway serves it
+    note: str | None  # what to tell the person who started the gateway
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines())
