@@ -7,15 +7,13 @@ see ``store.py`` for the API, ``audit.py`` and ``verify.py`` for the log,
 
 from failsoft.store.audit import AuditEntry, Checkpoint, InclusionProof, check_inclusion
 from failsoft.store.engine import StoreError, default_url, redact
-from failsoft.store.references import ArtifactRef, artifact_references, parse_artifact_ref
+from failsoft.store.references import artifact_references
 from failsoft.store.signing import load_public_key
-from failsoft.store.store import ARTIFACT_KINDS, Artifact, Revision, RevisionStatus, Store, Token
+from failsoft.store.store import Artifact, Revision, RevisionStatus, Store, Token
 from failsoft.store.verify import Problem, VerifyResult
 
 __all__ = [
-    "ARTIFACT_KINDS",
     "Artifact",
-    "ArtifactRef",
     "AuditEntry",
     "Checkpoint",
     "InclusionProof",
@@ -30,6 +28,5 @@ __all__ = [
     "check_inclusion",
     "default_url",
     "load_public_key",
-    "parse_artifact_ref",
     "redact",
 ]

@@ -35,22 +35,23 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Row, func, insert, select, update
 
+from failsoft.control.artifact_ref import ARTIFACT_KINDS, ArtifactRef, ArtifactRefError
 from failsoft.store.audit import AuditEntry, AuditLog, Checkpoint, InclusionProof
 from failsoft.store.encoding import canonical_json, sha256_hex, utc_text
 from failsoft.store.engine import StoreEngine, StoreError, default_url
 from failsoft.store.migrate import upgrade
-from failsoft.store.references import NAME, ArtifactRef, artifact_references, parse_artifact_ref
+from failsoft.store.references import artifact_references
 from failsoft.store.signing import SigningKey, load_or_create_key
 from failsoft.store.tables import artifacts, revisions, tokens
 from failsoft.store.verify import VerifyResult, verify_log
 
-__all__ = ["ARTIFACT_KINDS", "Artifact", "Revision", "RevisionStatus", "Store", "Token"]
+__all__ = ["Artifact", "Revision", "RevisionStatus", "Store", "Token"]
 
 log = logging.getLogger("failsoft.store")
 
-ARTIFACT_KINDS = ("onnx", "sklearn", "python")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SCOPE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 class RevisionStatus(StrEnum):
@@ -129,7 +130,7 @@ class Token:
 
 
 def _name(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not NAME.match(value):
+    if not isinstance(value, str) or not _NAME.match(value):
         raise StoreError(
             f"{kind} {value!r} must be letters, digits, '_', '.' or '-' "
             "(at most 128, starting with a letter or digit)"
@@ -389,8 +390,10 @@ class Store:
         self, name: str, version: str, *, sha256: str, kind: str, size: int, actor: str
     ) -> Artifact:
         """Register ``name@version``; registering it again with the same bytes is a no-op."""
-        _name("artifact name", name)
-        _name("artifact version", version)
+        try:
+            ArtifactRef(name=name, version=version)
+        except ArtifactRefError as error:
+            raise StoreError(f"artifact {error}") from None
         digest = _sha256("an artifact's digest", sha256)
         if kind not in ARTIFACT_KINDS:
             raise StoreError(f"artifact kind {kind!r} is not one of {list(ARTIFACT_KINDS)}")
@@ -443,8 +446,8 @@ class Store:
         """By ``name@version`` or by sha256 (the first registered with those bytes)."""
         if isinstance(ref, str):
             try:
-                ref = parse_artifact_ref(ref)
-            except ValueError as error:
+                ref = ArtifactRef.parse(ref)
+            except ArtifactRefError as error:
                 raise StoreError(str(error)) from None
         if ref.name is not None and ref.version is not None:
             return self.artifact(ref.name, ref.version)
