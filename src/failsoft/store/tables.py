@@ -1,0 +1,100 @@
+"""The store's tables (SQLAlchemy Core): what the code queries.
+
+The migrations in ``migrations/versions`` create them; a test checks that
+the migrated database and these definitions agree. Times are UTC text
+(``encoding.utc_text``), digests lower-case hex, JSON canonical text, and
+ids are assigned by the store under its write lock (no sequences): revision
+ids and audit sequence numbers are gapless, and a restore inserts them as
+they were.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+
+__all__ = [
+    "ALL_TABLES",
+    "artifacts",
+    "audit_entries",
+    "checkpoints",
+    "metadata",
+    "revisions",
+    "tokens",
+]
+
+NAMING = {
+    "pk": "pk_%(table_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+_TIME = String(32)
+_DIGEST = String(64)
+_NAME = String(128)
+
+revisions = Table(
+    "revisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("created_at", _TIME, nullable=False),
+    Column("actor", _NAME, nullable=False),
+    Column("config", Text, nullable=False),
+    Column("config_sha256", _DIGEST, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("applied_at", _TIME, nullable=True),
+)
+Index("ix_revisions_status", revisions.c.status)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("name", _NAME, primary_key=True),
+    Column("version", _NAME, primary_key=True),
+    Column("sha256", _DIGEST, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", _TIME, nullable=False),
+    Column("actor", _NAME, nullable=False),
+)
+Index("ix_artifacts_sha256", artifacts.c.sha256)
+
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("time", _TIME, nullable=False),
+    Column("actor", _NAME, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256), nullable=False),
+    Column("before_digest", _DIGEST, nullable=True),
+    Column("after_digest", _DIGEST, nullable=True),
+    Column("detail", Text, nullable=False),
+    Column("leaf_hash", _DIGEST, nullable=False),
+)
+Index("ix_audit_entries_time", audit_entries.c.time)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("tree_size", Integer, nullable=False),
+    Column("root_hash", _DIGEST, nullable=False),
+    Column("time", _TIME, nullable=False),
+    Column("signature", String(128), nullable=False),
+    Column("key_id", _DIGEST, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("name", _NAME, primary_key=True),
+    Column("token_sha256", _DIGEST, nullable=False, unique=True),
+    Column("scopes", String(256), nullable=False),
+    Column("created_at", _TIME, nullable=False),
+    Column("revoked_at", _TIME, nullable=True),
+)
+
+# Backups dump and restore these, in this order.
+ALL_TABLES = (revisions, artifacts, tokens, audit_entries, checkpoints)
