@@ -111,13 +111,18 @@ class Revisions:
                 return BootReport(file_config, stored.id, pending=True, note=None)
             served = parse_config(current.config, f"revision {current.id}")
         except StoreError as error:
-            fallback = self._snapshot() or file_config
-            if fallback is None:
+            saved = self._snapshot()
+            if saved is not None:
+                config, revision = saved
+            elif file_config is not None:
+                config, revision = file_config, 0
+            else:
                 raise
-            note = f"the control store is unreachable ({error.message}): serving the last known configuration"
-            return BootReport(fallback[0] if isinstance(fallback, tuple) else fallback,
-                              fallback[1] if isinstance(fallback, tuple) else 0,
-                              pending=False, note=note)
+            unreachable = (
+                f"the control store is unreachable ({error.message}): serving the "
+                "last configuration this gateway served"
+            )
+            return BootReport(config, revision, pending=False, note=unreachable)
         note = None
         if file_config is not None:
             difference = plan(served, file_config)
@@ -134,14 +139,14 @@ class Revisions:
         """The gateway serves ``report``'s revision: record it."""
         self.revision, self.config = report.revision, config
         if report.pending:
-            await self._call(
-                self._store.mark_revision, report.revision, RevisionStatus.APPLIED.value, actor=actor
-            )
+            await self._mark(report.revision, RevisionStatus.APPLIED, actor=actor)
         self._save_snapshot(config, report.revision)
 
     # -- changes ---------------------------------------------------------------
 
-    async def propose(self, data: Any, *, actor: str, dry_run: bool = False, reason: str | None = None) -> Outcome:
+    async def propose(
+        self, data: Any, *, actor: str, dry_run: bool = False, reason: str | None = None
+    ) -> Outcome:
         """Validate, plan, store, resolve, apply; ``dry_run`` stops after the plan."""
         if not isinstance(data, dict):
             raise BadRequest("a configuration is a JSON object with a 'models' key")
@@ -163,20 +168,16 @@ class Revisions:
                 runnable = await asyncio.to_thread(self.resolve, config)
                 await self._apply(runnable, stored.id)
             except FailsoftError as error:
-                await self._call(
-                    self._store.mark_revision,
-                    stored.id,
-                    RevisionStatus.FAILED.value,
-                    actor=actor,
-                    reason=error.message,
+                await self._mark(
+                    stored.id, RevisionStatus.FAILED, actor=actor, reason=error.message
                 )
-                raise ChangeRefused(f"revision {stored.id} was not applied: {error.message}") from None
+                raise ChangeRefused(
+                    f"revision {stored.id} was not applied: {error.message}"
+                ) from None
             self.revision, self.config = stored.id, config
             self._save_snapshot(config, stored.id)
             try:
-                await self._call(
-                    self._store.mark_revision, stored.id, RevisionStatus.APPLIED.value, actor=actor
-                )
+                await self._mark(stored.id, RevisionStatus.APPLIED, actor=actor)
             except StoreUnavailable:
                 log.warning("revision applied but not marked so", extra={"revision": stored.id})
             return Outcome(changes, stored.id, "applied")
@@ -184,7 +185,9 @@ class Revisions:
     async def rollback(self, target: int | None, *, actor: str) -> Outcome:
         """Apply an earlier revision's configuration again (default: the one before)."""
         if target is None:
-            history = await self._call(self._store.revisions, status=RevisionStatus.SUPERSEDED.value, limit=1)
+            history = await self._call(
+                self._store.revisions, status=RevisionStatus.SUPERSEDED.value, limit=1
+            )
             if not history:
                 raise NotFound("there is no earlier applied revision to roll back to")
             target = history[0].id
@@ -192,15 +195,12 @@ class Revisions:
         if old is None:
             raise NotFound(f"there is no revision {target}")
         left = self.revision
-        outcome = await self.propose(old.config, actor=actor, reason=f"rollback to revision {target}")
+        outcome = await self.propose(
+            old.config, actor=actor, reason=f"rollback to revision {target}"
+        )
         if outcome.status == "applied" and left:
-            await self._call(
-                self._store.mark_revision,
-                left,
-                RevisionStatus.ROLLED_BACK.value,
-                actor=actor,
-                reason=f"rolled back to revision {target}",
-            )
+            reason = f"rolled back to revision {target}"
+            await self._mark(left, RevisionStatus.ROLLED_BACK, actor=actor, reason=reason)
         return outcome
 
     async def history(self, limit: int) -> list[dict[str, Any]]:
@@ -219,12 +219,13 @@ class Revisions:
         ]
 
     async def diff(self, a: int, b: int) -> Plan:
-        first, second = await self._call(self._store.revision, a), await self._call(self._store.revision, b)
-        for number, found in ((a, first), (b, second)):
+        configs = []
+        for number in (a, b):
+            found = await self._call(self._store.revision, number)
             if found is None:
                 raise NotFound(f"there is no revision {number}")
-        assert first is not None and second is not None
-        return plan(parse_config(first.config), parse_config(second.config))
+            configs.append(parse_config(found.config, f"revision {number}"))
+        return plan(configs[0], configs[1])
 
     async def watch(self, every_s: float, *, actor: str) -> None:
         """Apply revisions other gateways applied to the shared store (runs until cancelled)."""
@@ -235,7 +236,9 @@ class Revisions:
                 current = await asyncio.to_thread(self._store.current_revision)
             except StoreError as error:
                 if not warned:
-                    log.warning("control store unreachable; serving on", extra={"error": error.message})
+                    log.warning(
+                        "control store unreachable; serving on", extra={"error": error.message}
+                    )
                     warned = True
                 continue
             warned = False
@@ -247,7 +250,10 @@ class Revisions:
                     runnable = await asyncio.to_thread(self.resolve, config)
                     await self._apply(runnable, current.id)
                 except FailsoftError as error:
-                    log.error("cannot apply the store's revision", extra={"revision": current.id, "error": error.message})
+                    log.error(
+                        "cannot apply the store's revision",
+                        extra={"revision": current.id, "error": error.message},
+                    )
                     continue
                 self.revision, self.config = current.id, config
                 self._save_snapshot(config, current.id)
@@ -258,7 +264,7 @@ class Revisions:
         """``config`` with every ``artifact`` fetched to a verified local file (blocking)."""
         models = {}
         for name, model in config.models.items():
-            versions = {}
+            versions: dict[str, Any] = {}
             for version_name, version in model.versions.items():
                 local = version.worker if isinstance(version, ProcessBackend) else version
                 artifact = getattr(local, "artifact", None)
@@ -266,10 +272,12 @@ class Revisions:
                     versions[version_name] = version
                     continue
                 path, digest = self._fetch(artifact, f"models.{name}.versions.{version_name}")
-                resolved = local.model_copy(update={"path": path, "sha256": digest})
-                if isinstance(version, ProcessBackend):
-                    resolved = version.model_copy(update={"worker": resolved})
-                versions[version_name] = resolved
+                file = local.model_copy(update={"path": path, "sha256": digest})
+                versions[version_name] = (
+                    version.model_copy(update={"worker": file})
+                    if isinstance(version, ProcessBackend)
+                    else file
+                )
             models[name] = model.model_copy(update={"versions": versions})
         return config.model_copy(update={"models": models})
 
@@ -277,13 +285,17 @@ class Revisions:
         ref = ArtifactRef.parse(text)
         digest = ref.sha256
         if digest is None:
-            assert ref.name is not None and ref.version is not None
             try:
-                found = self._store.artifact(ref.name, ref.version)
+                found = self._store.find_artifact(ref)
             except StoreError as error:
-                raise StoreUnavailable(f"{where}: cannot look up artifact {text}: {error.message}") from None
+                raise StoreUnavailable(
+                    f"{where}: cannot look up artifact {text}: {error.message}"
+                ) from None
             if found is None:
-                raise NotFound(f"{where}: no artifact {text} in the registry (push it with `failsoft model push`)")
+                raise NotFound(
+                    f"{where}: no artifact {text} in the registry "
+                    "(push it with `failsoft model push`)"
+                )
             digest = found.sha256
         destination = self._data_dir / ARTIFACT_CACHE / digest
         if not destination.is_file():
@@ -291,6 +303,13 @@ class Revisions:
         return destination, digest
 
     # -- helpers ---------------------------------------------------------------
+
+    async def _mark(
+        self, revision: int, status: RevisionStatus, *, actor: str, reason: str | None = None
+    ) -> None:
+        await self._call(
+            self._store.mark_revision, revision, status.value, actor=actor, reason=reason
+        )
 
     async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
