@@ -94,8 +94,39 @@ def _progress(message: str) -> None:
     is_flag=True,
     help="Allow fault injection (chaos.enabled) for this run: for drills, never production.",
 )
-def serve_command(config_path: Path, host: str | None, port: int | None, chaos: bool) -> None:
-    """Serve the models of a configuration file.
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The control store's folder [default: store.data_dir, else <file name>-data "
+    "next to the file].",
+)
+@click.option(
+    "--apply",
+    "apply_file",
+    is_flag=True,
+    help="Store the file as a new revision and serve it, even when the store holds one.",
+)
+@click.option(
+    "--no-store",
+    is_flag=True,
+    help="Serve the file as it is: no control store, no revisions, no live changes.",
+)
+def serve_command(
+    config_path: Path,
+    host: str | None,
+    port: int | None,
+    chaos: bool,
+    data_dir: Path | None,
+    apply_file: bool,
+    no_store: bool,
+) -> None:
+    """Serve the models of a configuration file, through the control store.
+
+    The store is the truth. With an empty store the file becomes revision 1;
+    with revisions stored, the gateway serves the newest applied one, and
+    says how it differs from the file (`--apply` stores the file as a new
+    revision). Change it live with `failsoft apply`.
 
     \b
     Example:
@@ -103,13 +134,26 @@ def serve_command(config_path: Path, host: str | None, port: int | None, chaos: 
     Logs are JSON lines on stderr; the first says where it listens.
     Stop with Ctrl-C or SIGTERM: in-flight requests finish, workers drain.
     """
-    from failsoft.server.serve import serve
+    from failsoft.server.serve import StoreChoice, serve
 
     config = _load_or_exit(config_path)
-    if chaos:
-        enabled = config.chaos.model_copy(update={"enabled": True})
-        config = config.model_copy(update={"chaos": enabled})
-    serve(config, host=host, port=port)
+
+    def overrides(served: Config) -> Config:
+        if not chaos:
+            return served
+        enabled = served.chaos.model_copy(update={"enabled": True})
+        return served.model_copy(update={"chaos": enabled})
+
+    store = None
+    if not no_store:
+        folder = data_dir or config.store.data_dir or default_data_dir(config_path)
+        store = StoreChoice(folder, apply_file=apply_file, overrides=overrides)
+    serve(overrides(config), host=host, port=port, store=store)
+
+
+def default_data_dir(config_path: Path) -> Path:
+    """``<file name>-data`` next to the configuration file."""
+    return config_path.resolve().parent / f"{config_path.stem}-data"
 
 
 @main.group()

@@ -327,8 +327,41 @@ class ModelConfig(_Strict):
         return self.default_version or next(iter(self.versions))
 
 
+class StoreOptions(_Strict):
+    """Where the control store lives; read at start-up only (a change needs a restart)."""
+
+    url: str | None = Field(
+        default=None,
+        description="sqlite:///… or postgresql+psycopg://…; default: SQLite in data_dir",
+    )
+    data_dir: ConfigPath | None = Field(
+        default=None,
+        description="the store's SQLite file, audit key and checkpoints, artifact cache, "
+        "backups; relative to the configuration file. Default: <file name>-data next to it",
+    )
+    poll_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=2.0, description="how often to look for revisions other gateways applied"
+    )
+    backup_every_s: Annotated[float, Field(ge=0, le=30 * 86_400)] = Field(
+        default=0.0, description="a backup into data_dir/backups this often (0: off)"
+    )
+    backup_keep: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=7, description="scheduled backups kept; older ones are removed"
+    )
+
+
+class ArtifactOptions(_Strict):
+    locations: list[str] = Field(
+        default_factory=list,
+        description="directories or fsspec URLs holding a copy of every artifact; "
+        "default: data_dir/artifacts",
+    )
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreOptions = Field(default_factory=StoreOptions)
+    artifacts: ArtifactOptions = Field(default_factory=ArtifactOptions)
     models: Annotated[dict[Name, ModelConfig], Field(min_length=1)]
     tenants: Annotated[dict[Name, TenantConfig], Field(max_length=100_000)] = Field(
         default_factory=dict

@@ -74,6 +74,10 @@ def plan(old: Config, new: Config) -> Plan:
                 restart.append(path)
             else:
                 changes.append(Change("~", path, _shown(key, old_server, new_server)))
+    if old.store != new.store:
+        restart.append("store")
+    if old.artifacts != new.artifacts:
+        restart.append("artifacts")
     changes += _section_changes("tenants", old.tenants, new.tenants)
     if old.chaos != new.chaos:
         changes.append(Change("~", "chaos", "fault injection settings"))

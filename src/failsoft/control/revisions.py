@@ -30,7 +30,7 @@ from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.plan import Plan, plan
 from failsoft.control.registry import ArtifactLocations
 from failsoft.errors import BadRequest, FailsoftError, FailureClass, NotFound
-from failsoft.store import RevisionStatus, Store, StoreError
+from failsoft.store import RevisionStatus, Store, StoreError, StoreUnreachable
 
 log = logging.getLogger("failsoft.control")
 
@@ -314,8 +314,10 @@ class Revisions:
     async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return await asyncio.to_thread(function, *args, **kwargs)
+        except StoreUnreachable as error:
+            raise StoreUnavailable(error.message) from None
         except StoreError as error:
-            raise StoreUnavailable(f"the control store: {error.message}") from None
+            raise BadRequest(error.message) from None
 
     def _save_snapshot(self, config: Config, revision: int) -> None:
         path = self._data_dir / SNAPSHOT

@@ -190,9 +190,10 @@ def _bucket(rate: float | None, burst_s: float, clock: Clock) -> TokenBucket | N
 
 
 class _TenantState:
-    __slots__ = ("admitted", "digest", "rejected", "requests", "rows", "tenant")
+    __slots__ = ("admitted", "config", "digest", "rejected", "requests", "rows", "tenant")
 
     def __init__(self, name: str, config: TenantConfig, clock: Clock) -> None:
+        self.config = config
         self.tenant = Tenant(name, config.priority)
         self.digest = config.key_sha256
         self.requests = _bucket(config.requests_per_s, config.burst_s, clock)
@@ -207,13 +208,24 @@ class Tenants:
     __slots__ = ("_by_digest", "_by_name", "_require_keys")
 
     def __init__(
-        self, tenants: Mapping[str, TenantConfig], require_keys: bool, clock: Clock
+        self,
+        tenants: Mapping[str, TenantConfig],
+        require_keys: bool,
+        clock: Clock,
+        previous: Tenants | None = None,
     ) -> None:
+        """``previous``: tenants served before a reconfiguration; an unchanged tenant keeps
+        its buckets and counts (a change of configuration is no reset of a quota)."""
         self._require_keys = require_keys
         self._by_name: dict[str, _TenantState] = {}
         self._by_digest: dict[str, _TenantState] = {}
         for name, config in tenants.items():
-            state = _TenantState(name, config, clock)
+            kept = previous._by_name.get(name) if previous is not None else None
+            state = (
+                kept
+                if kept is not None and kept.config == config
+                else _TenantState(name, config, clock)
+            )
             twin = self._by_digest.get(state.digest)
             if twin is not None:
                 raise ValueError(

@@ -1,13 +1,24 @@
-"""The admin API under /admin: bearer token required, JSON in and out."""
+"""The admin API under /admin: a bearer token with the right scope, JSON in and out.
+
+Who may do what: the configured ``admin_token`` (or ``$FAILSOFT_ADMIN_TOKEN``)
+is the token named ``admin`` with every scope; tokens made through
+``/admin/tokens`` are stored as their sha256 and carry their own scopes
+(``read``, ``write``, ``chaos``). The name of the token is the actor of every
+change it makes, in the audit log.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from failsoft.control.plane import ControlPlane
 from failsoft.errors import (
     BadRequest,
     FailsoftError,
@@ -18,15 +29,30 @@ from failsoft.errors import (
 )
 from failsoft.observe.recent import RecentEvents
 from failsoft.runtime import Runtime
+from failsoft.server.control_routes import SCOPES, Answer, ControlRoutes
 from failsoft.server.http import json_body
+from failsoft.store import StoreError
 
 ADMIN_BODY_LIMIT = 64 * 1024
 ReadBody = Callable[[int], Awaitable[bytes]]
+_CONTROL_ROUTES = ("config", "artifacts", "registry", "audit", "tokens", "backup")
 
 
 class Forbidden(FailsoftError):
     status = 403
     failure_class = FailureClass.CLIENT
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a token's name and scopes."""
+
+    name: str
+    scopes: frozenset[str]
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise Forbidden(f"token {self.name!r} lacks the {scope!r} scope for this")
 
 
 class AdminRoutes:
@@ -36,36 +62,58 @@ class AdminRoutes:
         token: str | None,
         tenant_snapshot: Callable[[], dict[str, Any]] | None = None,
         recent: RecentEvents | None = None,
+        control: ControlPlane | None = None,
     ) -> None:
         self._runtime = runtime
-        self._token = token
+        self.token = token
         self._tenant_snapshot = tenant_snapshot
         self._recent = recent
+        self._control = control
+        self._control_routes = ControlRoutes(control) if control is not None else None
 
     async def handle(
-        self, method: str, parts: list[str], authorization: str | None, read_body: ReadBody
-    ) -> tuple[int, bytes]:
-        self.authorize(authorization)
+        self,
+        method: str,
+        parts: list[str],
+        authorization: str | None,
+        read_body: ReadBody,
+        query: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes] | Answer:
+        principal = await self.authenticate(authorization)
         if parts == ["status"]:
             _allow(method, "GET")
+            principal.require("read")
             return 200, json_body(self.status())
         if parts == ["events"]:
             _allow(method, "GET")
+            principal.require("read")
             recent = self._recent.snapshot() if self._recent else {"events": []}
             return 200, json_body(recent)
         if parts[:1] == ["faults"] and len(parts) <= 2:
-            return await self._faults(method, parts[1] if len(parts) == 2 else None, read_body)
+            principal.require("read" if method in ("GET", "HEAD") else "chaos")
+            fault_id = parts[1] if len(parts) == 2 else None
+            return await self._faults(method, fault_id, read_body, principal)
+        if parts[:1] and parts[0] in _CONTROL_ROUTES:
+            if self._control_routes is None:
+                raise NotFound("the control store is off for this gateway (no --data-dir)")
+            return await self._control_routes.handle(
+                method, parts, query or {}, principal.name, principal.require, read_body
+            )
         raise NotFound(f"no admin route /admin/{'/'.join(parts)}")
 
     async def _faults(
-        self, method: str, fault_id: str | None, read_body: ReadBody
+        self, method: str, fault_id: str | None, read_body: ReadBody, principal: Principal
     ) -> tuple[int, bytes]:
         faults = self._runtime.faults
         if fault_id is not None:
             _allow(method, "DELETE")
-            return 200, json_body({"cleared": faults.clear(fault_id)})
+            cleared = faults.clear(fault_id)
+            await self._audit("fault.cleared", f"fault:{fault_id}", principal, {})
+            return 200, json_body({"cleared": cleared})
         if method == "DELETE":
-            return 200, json_body({"cleared": faults.clear()})
+            cleared = faults.clear()
+            await self._audit("fault.cleared", "faults", principal, {"count": cleared})
+            return 200, json_body({"cleared": cleared})
         if method == "POST":
             try:
                 spec = orjson.loads(await read_body(ADMIN_BODY_LIMIT))
@@ -74,21 +122,51 @@ class AdminRoutes:
             if not isinstance(spec, dict):
                 raise BadRequest("the body must be a JSON object describing one fault")
             fault = faults.add(spec)
-            return 201, json_body(fault.describe(self._runtime.clock.now()))
+            described = fault.describe(self._runtime.clock.now())
+            await self._audit("fault.added", f"fault:{fault.id}", principal, spec)
+            return 201, json_body(described)
         _allow(method, "GET, POST, DELETE")
         return 200, json_body({"enabled": faults.options.enabled, "faults": faults.snapshot()})
 
-    def authorize(self, authorization: str | None) -> None:
-        """Raise unless ``authorization`` carries the admin token."""
-        if self._token is None:
+    async def _audit(
+        self, action: str, target: str, principal: Principal, detail: Mapping[str, Any]
+    ) -> None:
+        """An audit entry for a change made here; a store that is down does not stop it."""
+        if self._control is None:
+            return
+        store = self._control.store
+        try:
+            await asyncio.to_thread(
+                store.record, action, target, actor=principal.name, detail=dict(detail)
+            )
+        except StoreError as error:
+            log_store_down(action, error)
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The caller's token: the configured admin token, or a named one from the store."""
+        scheme, _, presented = (authorization or "").partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not presented:
+            self._check_enabled()
+            raise Unauthorized("admin API: send Authorization: Bearer <admin token>")
+        if self.token is not None and hmac.compare_digest(presented.encode(), self.token.encode()):
+            return Principal("admin", frozenset(SCOPES))
+        if self._control is not None:
+            digest = hashlib.sha256(presented.encode()).hexdigest()
+            try:
+                found = await asyncio.to_thread(self._control.store.token_by_sha256, digest)
+            except StoreError:
+                found = None  # named tokens wait for the store; the admin token still works
+            if found is not None:
+                return Principal(found.name, frozenset(found.scopes))
+        self._check_enabled()
+        raise Unauthorized("admin API: send Authorization: Bearer <admin token>")
+
+    def _check_enabled(self) -> None:
+        if self.token is None and self._control is None:
             raise Forbidden(
                 "the admin API is disabled: set server.admin_token or FAILSOFT_ADMIN_TOKEN"
             )
-        scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), self._token.encode()
-        ):
-            raise Unauthorized("admin API: send Authorization: Bearer <admin token>")
 
     def status(self) -> dict[str, Any]:
         models: dict[str, Any] = {}
@@ -118,6 +196,15 @@ class AdminRoutes:
 
     def _tenants(self) -> dict[str, Any]:
         return self._tenant_snapshot() if self._tenant_snapshot is not None else {}
+
+
+def log_store_down(action: str, error: StoreError) -> None:
+    import logging
+
+    logging.getLogger("failsoft.audit").warning(
+        "audit entry not written: the control store is down",
+        extra={"action": action, "error": error.message},
+    )
 
 
 def _allow(method: str, allowed: str) -> None:

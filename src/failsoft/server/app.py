@@ -27,10 +27,13 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from failsoft import __version__
 from failsoft.call import Call
-from failsoft.config import ServerConfig
+from failsoft.config import Config, ServerConfig
+from failsoft.control.plane import ControlPlane
+from failsoft.control.revisions import BootReport
 from failsoft.control.tenants import Tenants
 from failsoft.errors import (
     BadRequest,
@@ -85,6 +88,7 @@ class Incoming:
     authorization: str | None
     priority: str | None
     receive: Receive
+    query: bytes = b""
 
 
 @dataclass(slots=True)
@@ -130,8 +134,14 @@ class FailsoftApp:
         server: ServerConfig,
         metrics: Metrics,
         on_ready: Callable[[], None] | None = None,
+        *,
+        control: ControlPlane | None = None,
+        boot: BootReport | None = None,
     ) -> None:
         self.runtime = runtime
+        self.control = control
+        self._boot = boot
+        self.revision = boot.revision if boot is not None else 0
         self._on_ready = on_ready
         self.server = server
         self.metrics = metrics
@@ -143,7 +153,11 @@ class FailsoftApp:
         self.decoder = Decoder()
         self._failures = FoldedLog(log, "inference failed")
         self.admin = AdminRoutes(
-            runtime, server.resolved_admin_token(), self.admission.tenants.snapshot, self.recent
+            runtime,
+            server.resolved_admin_token(),
+            self.admission.tenants.snapshot,
+            self.recent,
+            control,
         )
         self.draining = False  # set on SIGTERM: not ready, no new work
         runtime.bus.subscribe(metrics.observe)
@@ -166,14 +180,33 @@ class FailsoftApp:
                     log.error("start-up failed", extra={"error": str(error)})
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
                     return
+                if self.control is not None and self._boot is not None:
+                    await self.control.revisions.started(
+                        self._boot, self._boot.config, actor="config-file"
+                    )
+                    self.control.start()
                 await send({"type": "lifespan.startup.complete"})
                 if self._on_ready is not None:
                     self._on_ready()
             elif message["type"] == "lifespan.shutdown":
                 self.decoder.close()
+                if self.control is not None:
+                    await self.control.close()
                 await self.runtime.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def apply_config(self, config: Config, revision: int) -> None:
+        """Serve ``config`` from now on (the reconciler's last step); ApplyFailed if it cannot."""
+        await self.runtime.apply(config, drain_s=config.server.drain_s)
+        self.server = config.server
+        tenants = self.admission.tenants
+        self.admission.tenants = Tenants(
+            config.tenants, config.server.require_keys, self.runtime.clock, previous=tenants
+        )
+        self.admin.token = config.server.resolved_admin_token()
+        self.revision = revision
+        log.info("revision applied", extra={"revision": revision})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -210,6 +243,7 @@ class FailsoftApp:
             authorization,
             priority,
             receive,
+            scope.get("query_string", b""),
         )
         try:
             routed = self._route(incoming)
@@ -278,7 +312,7 @@ class FailsoftApp:
         if head == "metrics" and len(parts) == 1:
             _expect(req, "GET")
             if self.admission.tenants.require_keys:
-                self.admin.authorize(req.authorization)
+                return self._guarded_metrics(req)
             return Answer(200, self.metrics.render(), [], CONTENT_TYPE.encode())
         if head == "admin":
             return self._admin(req, parts[1:])
@@ -288,14 +322,22 @@ class FailsoftApp:
             return Answer(200, json_body(self._index()), [])
         raise NotFound(f"no route for /{'/'.join(parts)}")
 
+    async def _guarded_metrics(self, req: Incoming) -> Answer:
+        (await self.admin.authenticate(req.authorization)).require("read")
+        return Answer(200, self.metrics.render(), [], CONTENT_TYPE.encode())
+
     async def _admin(self, req: Incoming, parts: list[str]) -> Answer:
-        status, body = await self.admin.handle(
+        query = {key: values[-1] for key, values in parse_qs(req.query.decode("latin-1")).items()}
+        answered = await self.admin.handle(
             req.method,
             parts,
             req.authorization,
             lambda limit: read_body(req.receive, limit, req.content_length),
+            query,
         )
-        return Answer(status, body, [])
+        if isinstance(answered, tuple):
+            return Answer(answered[0], answered[1], [])
+        return Answer(answered.status, answered.body, [], answered.content_type)
 
     def _route_v2(self, req: Incoming, parts: list[str]) -> Routed:
         n = len(parts)
@@ -449,16 +491,20 @@ class FailsoftApp:
             served = await model.shed(request, call, shed)
         else:
             served = await model.serve(request, call, pipeline)
-        response = InferResponse(
-            model.name,
-            served.version,
-            served.outputs,
-            request.id,
-            {"failsoft_served_by": served.served_by, "failsoft_degraded": served.degraded},
-        )
+        parameters: dict[str, object] = {
+            "failsoft_served_by": served.served_by,
+            "failsoft_degraded": served.degraded,
+        }
+        revision = self.revision
+        if revision:
+            parameters["failsoft_revision"] = revision
+        response = InferResponse(model.name, served.version, served.outputs, request.id, parameters)
         answer = self._encode(response, request, v1_codec)
-        answer.headers.append((b"failsoft-served-by", served.served_by.encode()))
-        answer.headers.append((b"failsoft-degraded", b"true" if served.degraded else b"false"))
+        headers = answer.headers
+        headers.append((b"failsoft-served-by", served.served_by.encode()))
+        headers.append((b"failsoft-degraded", b"true" if served.degraded else b"false"))
+        if revision:
+            headers.append((b"failsoft-revision", str(revision).encode()))
         return answer, served.served_by
 
     @staticmethod

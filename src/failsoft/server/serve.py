@@ -11,17 +11,23 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
 from failsoft.config import Config, ConfigError
+from failsoft.control.plane import ControlPlane, open_plane
+from failsoft.control.revisions import BootReport
+from failsoft.errors import FailsoftError
 from failsoft.observe.events import EventBus
 from failsoft.observe.logging import setup_logging
 from failsoft.observe.metrics import Metrics
 from failsoft.runtime import Runtime
 from failsoft.server.app import FailsoftApp
 from failsoft.server.h1 import H1Limits, protocol_class
+from failsoft.store import StoreError
 
 log = logging.getLogger("failsoft.server")
 
@@ -42,8 +48,59 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def build_app(config: Config, on_ready: Callable[[], None] | None = None) -> FailsoftApp:
-    return FailsoftApp(Runtime(config, EventBus()), config.server, Metrics(), on_ready)
+def build_app(
+    config: Config,
+    on_ready: Callable[[], None] | None = None,
+    *,
+    bus: EventBus | None = None,
+    control: ControlPlane | None = None,
+    boot: BootReport | None = None,
+) -> FailsoftApp:
+    runtime = Runtime(config, bus or EventBus())
+    return FailsoftApp(runtime, config.server, Metrics(), on_ready, control=control, boot=boot)
+
+
+@dataclass(frozen=True)
+class StoreChoice:
+    """Serve through the control store in ``data_dir``."""
+
+    data_dir: Path
+    apply_file: bool = False  # the file becomes a new revision even when the store has one
+    # What this run changes in whatever configuration it serves (serve --chaos), unstored.
+    overrides: Callable[[Config], Config] | None = None
+
+
+def open_control(
+    config: Config, choice: StoreChoice, bus: EventBus
+) -> tuple[ControlPlane, BootReport, Config, list[FailsoftApp]]:
+    """The control plane, what it says to serve, that configuration ready to run, and a
+    holder for the app (the plane applies later revisions through it)."""
+    holder: list[FailsoftApp] = []
+
+    override = choice.overrides or (lambda served: served)
+
+    async def apply(new: Config, revision: int) -> None:
+        await holder[0].apply_config(override(new), revision)
+
+    try:
+        plane, boot = open_plane(
+            config, choice.data_dir, apply_file=choice.apply_file, apply=apply, bus=bus
+        )
+    except StoreError as error:
+        raise SystemExit(f"failsoft: {error.message}") from None
+    except ConfigError as error:
+        raise SystemExit(f"failsoft: {error}") from None
+    if boot.note:
+        log.warning("configuration", extra={"note": boot.note})
+        print(f"failsoft: {boot.note}", file=sys.stderr)
+    try:
+        runnable = override(plane.revisions.resolve(boot.config))
+    except FailsoftError as error:
+        plane.store.close()
+        raise SystemExit(
+            f"failsoft: revision {boot.revision} cannot start: {error.message}"
+        ) from None
+    return plane, boot, runnable, holder
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -66,6 +123,7 @@ def serve_on_socket(
     sock: socket.socket | None = None,
     role: str = "gateway",
     on_ready: Callable[[str], None] | None = None,
+    store: StoreChoice | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; exits with status 1 if the models fail to load."""
     setup_logging(config.server.log_level)
@@ -93,7 +151,13 @@ def serve_on_socket(
         if on_ready is not None:
             on_ready(url)
 
-    app = build_app(config, ready)
+    bus = EventBus()
+    if store is not None and role == "gateway":
+        plane, boot, config, holder = open_control(config, store, bus)
+        app = build_app(config, ready, bus=bus, control=plane, boot=boot)
+        holder.append(app)
+    else:
+        app = build_app(config, ready, bus=bus)
     server_config = config.server
     limits = H1Limits(
         max_connections=server_config.max_connections,
@@ -132,6 +196,7 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     on_ready: Callable[[str], None] | None = None,
+    store: StoreChoice | None = None,
 ) -> None:
     sock = bind(host or config.server.host, config.server.port if port is None else port)
-    serve_on_socket(config, sock=sock, on_ready=on_ready)
+    serve_on_socket(config, sock=sock, on_ready=on_ready, store=store)

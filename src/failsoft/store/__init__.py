@@ -6,7 +6,7 @@ see ``store.py`` for the API, ``audit.py`` and ``verify.py`` for the log,
 """
 
 from failsoft.store.audit import AuditEntry, Checkpoint, InclusionProof, check_inclusion
-from failsoft.store.engine import StoreError, default_url, redact
+from failsoft.store.engine import StoreError, StoreUnreachable, default_url, redact
 from failsoft.store.references import artifact_references
 from failsoft.store.signing import load_public_key
 from failsoft.store.store import Artifact, Revision, RevisionStatus, Store, Token
@@ -22,6 +22,7 @@ __all__ = [
     "RevisionStatus",
     "Store",
     "StoreError",
+    "StoreUnreachable",
     "Token",
     "VerifyResult",
     "artifact_references",

@@ -46,6 +46,10 @@ class StoreError(Exception):
         self.message = message
 
 
+class StoreUnreachable(StoreError):
+    """The store did not answer (connection refused, reset, timed out): try again later."""
+
+
 def default_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / DEFAULT_DB_FILE}"
 
@@ -146,7 +150,7 @@ class StoreEngine:
         try:
             yield
         except (exc.OperationalError, exc.InterfaceError) as error:
-            raise StoreError(
+            raise StoreUnreachable(
                 f"control store {self.url} unreachable or failing ({doing}): {_reason(error)}"
             ) from None
         except exc.SQLAlchemyError as error:

@@ -1,0 +1,131 @@
+"""The control plane of one gateway: its store, artifact registry and revisions.
+
+``open_plane`` runs before the server starts: it opens (and migrates) the
+store, and decides which configuration to serve (``Revisions.boot``). The
+background work it owns runs on the gateway's event loop, always off the
+request path: audit checkpoints (about once a second), following revisions
+other gateways applied, and scheduled backups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from failsoft.config import Config
+from failsoft.control.registry import ArtifactLocations
+from failsoft.control.revisions import Apply, BootReport, Revisions
+from failsoft.observe.events import Event, EventBus
+from failsoft.store import Store, StoreError
+from failsoft.store.backup import backup
+
+log = logging.getLogger("failsoft.control")
+
+ACTOR = "failsoft"  # the actor of what the gateway does by itself
+CHECKPOINT_EVERY_S = 1.0
+
+
+@dataclass
+class ControlPlane:
+    store: Store
+    registry: ArtifactLocations
+    revisions: Revisions
+    data_dir: Path
+    options: Config
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Begin the background work (call on the running event loop)."""
+        _LOOP[:] = [asyncio.get_running_loop()]
+        self.tasks = [
+            asyncio.ensure_future(self._checkpoints()),
+            asyncio.ensure_future(self.revisions.watch(self.options.store.poll_s, actor=ACTOR)),
+        ]
+        if self.options.store.backup_every_s > 0:
+            self.tasks.append(asyncio.ensure_future(self._backups()))
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(self.store.close)
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
+            with contextlib.suppress(StoreError):  # down: the next round signs what is new
+                await asyncio.to_thread(self.store.checkpoint)
+
+    async def _backups(self) -> None:
+        options = self.options.store
+        folder = self.data_dir / "backups"
+        while True:
+            await asyncio.sleep(options.backup_every_s)
+            name = time.strftime("failsoft-%Y%m%dT%H%M%SZ.tar", time.gmtime())
+            try:
+                await asyncio.to_thread(self.backup, folder / name)
+            except (StoreError, OSError) as error:
+                log.error("scheduled backup failed", extra={"error": str(error)})
+                continue
+            kept = sorted(folder.glob("failsoft-*.tar"))
+            for old in kept[: -options.backup_keep]:
+                old.unlink(missing_ok=True)
+            log.info("backup written", extra={"path": str(folder / name)})
+
+    def backup(self, out: Path) -> None:
+        """A consistent snapshot of the store and every registered artifact (blocking)."""
+        digests = sorted({row.sha256 for row in self.store.artifacts()})
+        staging = out.parent / f".{out.name}.artifacts"
+        staging.mkdir(parents=True, exist_ok=True)
+        try:
+            files = [self.registry.fetch(digest, staging / digest) for digest in digests]
+            backup(self.store, self.data_dir, out, extra_files=files)
+        finally:
+            for leftover in staging.iterdir():
+                leftover.unlink()
+            staging.rmdir()
+
+
+def _from_threads(bus: EventBus) -> Callable[[Event], None]:
+    """Registry calls run on threads; their events go to the bus on the event loop."""
+
+    def emit(event: Event) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not the loop's thread
+            loop = None
+        if loop is not None:
+            bus.emit(event)
+        elif _LOOP:
+            _LOOP[0].call_soon_threadsafe(bus.emit, event)
+
+    return emit
+
+
+_LOOP: list[asyncio.AbstractEventLoop] = []  # the gateway's loop, once it runs
+
+
+def open_plane(
+    config: Config,
+    data_dir: Path,
+    *,
+    apply_file: bool,
+    apply: Apply,
+    bus: EventBus,
+) -> tuple[ControlPlane, BootReport]:
+    """Open the store in ``data_dir`` and choose what to serve."""
+    folder = Path(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    store = Store.open(folder, config.store.url)
+    locations = config.artifacts.locations or [str(folder / "artifacts")]
+    registry = ArtifactLocations(locations, emit=_from_threads(bus))
+    revisions = Revisions(store, registry, folder, apply)
+    report = revisions.boot(config, apply_file=apply_file, actor="config-file")
+    return ControlPlane(store, registry, revisions, folder, config), report
