@@ -67,7 +67,15 @@ def open_target(
     with tempfile.TemporaryDirectory(prefix="failsoft-drill-") as scratch:
         if tenants:
             config = _with_tenants(config, tenants, Path(scratch))
-        server = ServerProcess(config, "--chaos", env={"FAILSOFT_ADMIN_TOKEN": token})
+        # A fresh control store for every drill: no revision of an earlier run leaks in.
+        data_dir = Path(scratch) / "data"
+        server = ServerProcess(
+            config,
+            "--chaos",
+            "--data-dir",
+            str(data_dir),
+            env={"FAILSOFT_ADMIN_TOKEN": token},
+        )
         try:
             server.start(timeout=120.0)
         except ServerFailed as error:
