@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from failsoft.call import Call
+from failsoft.clock import ManualClock
 from failsoft.config import Config, parse_config
 from failsoft.control.plan import plan
 from failsoft.observe.events import EventBus
@@ -144,3 +145,32 @@ def test_the_plan_says_what_changes() -> None:
     assert "~ models.m.timeout_ms: 5000 -> 800" in shown
     assert shown[-1] == "1 to add, 2 to change, 0 to remove"
     assert plan(old, old).render() == "no changes"
+
+
+async def test_a_rollback_finds_the_versions_it_left_warm(runtime: Runtime) -> None:
+    first = runtime.model("m").units["v1"]
+    await runtime.apply(config({"v2": python("backup")}, default="v2"), keep_warm_s=60.0)
+    assert (await serve(runtime)).served_by == "m/v2/r0"
+
+    await runtime.apply(config({"v1": python("healthy")}), keep_warm_s=60.0)
+
+    assert runtime.model("m").units["v1"] is first  # not loaded again: state and all
+    assert (await serve(runtime)).served_by == "m/v1/r0"
+
+
+async def test_warm_versions_are_closed_when_their_time_is_up() -> None:
+    clock = ManualClock()
+    runtime = Runtime(config({"v1": python("healthy")}), EventBus(), clock)
+    await runtime.start()
+    try:
+        first = runtime.model("m").units["v1"]
+        await runtime.apply(config({"v2": python("backup")}, default="v2"), keep_warm_s=60.0)
+        assert first.pipeline.replicas[0].available  # warm
+
+        await clock.advance(60.0)
+
+        assert not first.pipeline.replicas[0].available  # closed
+        await runtime.apply(config({"v1": python("healthy")}), keep_warm_s=60.0)
+        assert runtime.model("m").units["v1"] is not first
+    finally:
+        await runtime.close()

@@ -63,8 +63,10 @@ class ManualClock:
         await future
 
     def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancel:
+        due = self._now + seconds  # from now, not from when the task first runs
+
         async def later() -> None:
-            await self.sleep(seconds)
+            await self.sleep(due - self._now)
             callback()
 
         task = asyncio.ensure_future(later())

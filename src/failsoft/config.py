@@ -342,6 +342,11 @@ class StoreOptions(_Strict):
     poll_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=2.0, description="how often to look for revisions other gateways applied"
     )
+    keep_warm_s: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        default=120.0,
+        description="a version a change removed keeps its replicas loaded this long, so a "
+        "rollback to the revision before is instant (0: close them at once)",
+    )
     backup_every_s: Annotated[float, Field(ge=0, le=30 * 86_400)] = Field(
         default=0.0, description="a backup into data_dir/backups this often (0: off)"
     )

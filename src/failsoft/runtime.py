@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -149,7 +149,11 @@ class ModelRuntime:
         clock: Clock,
         rng: random.Random,
         previous: ModelRuntime | None = None,
+        warm: Mapping[str, list[VersionUnit]] | None = None,
     ) -> None:
+        """``previous``: this model as it serves now; ``warm``: versions retired lately whose
+        replicas are still loaded, by version name. Whatever would come out the same is
+        reused from them rather than built again."""
         self.name = name
         self.config = config
         self.contract = ModelContract(config.inputs, config.outputs, config.max_batch_size)
@@ -158,12 +162,15 @@ class ModelRuntime:
         golden = golden_request(config.health_check, config.inputs)
         for version in config.versions:
             replica_key, pipeline_key = _keys(name, version, config, runtime)
-            old = previous.units.get(version) if previous is not None else None
-            if old is not None and old.pipeline_key == pipeline_key:
-                self.units[version] = old  # nothing about it changed: state and all
+            current = previous.units.get(version) if previous is not None else None
+            candidates = [unit for unit in (current, *(warm or {}).get(version, ())) if unit]
+            same = next((u for u in candidates if u.pipeline_key == pipeline_key), None)
+            if same is not None:
+                self.units[version] = same  # nothing about it changed: state and all
                 continue
-            if old is not None and old.replica_key == replica_key:
-                built, started = old.built, old.replicas_started  # new settings, same replicas
+            loaded = next((u for u in candidates if u.replica_key == replica_key), None)
+            if loaded is not None:
+                built, started = loaded.built, loaded.replicas_started  # same replicas
             else:
                 built = build_replicas(name, version, config, runtime.bus, runtime.config.server)
                 started = False
@@ -323,6 +330,10 @@ class Runtime:
         }
         self.started = False
         self._applying = asyncio.Lock()
+        # Versions an apply retired, replicas still loaded, until a deadline: a rollback
+        # to the revision before finds them ready (replica keys tell them apart).
+        self._warm: list[tuple[float, str, str, VersionUnit]] = []  # (until, model, version, unit)
+        self._sweeps: set[asyncio.Task[None]] = set()
 
     def _fault_targets(self) -> list[Target]:
         return [
@@ -360,7 +371,12 @@ class Runtime:
         log.info("models loaded", extra={"models": sorted(self.models)})
 
     async def apply(
-        self, config: Config, *, timeout_s: float = 120.0, drain_s: float = 10.0
+        self,
+        config: Config,
+        *,
+        timeout_s: float = 120.0,
+        drain_s: float = 10.0,
+        keep_warm_s: float = 0.0,
     ) -> None:
         """Move to ``config``: load and probe what is new, swap, then retire what left.
 
@@ -370,10 +386,18 @@ class Runtime:
         async with self._applying:  # one change at a time
             old_config, old_models = self.config, self.models
             self.config = config  # the keys of new versions depend on the server settings
+            await self._close_cold()
+            warm = self._warm_by_model()
             try:
                 models = {
                     name: ModelRuntime(
-                        name, model, self, self.clock, self._rng, old_models.get(name)
+                        name,
+                        model,
+                        self,
+                        self.clock,
+                        self._rng,
+                        old_models.get(name),
+                        warm.get(name),
                     )
                     for name, model in config.models.items()
                 }
@@ -384,11 +408,12 @@ class Runtime:
                 self.config = old_config
                 raise
             kept = {id(unit) for model in old_models.values() for unit in model.units.values()}
+            rewarmed = {id(unit) for _, _, _, unit in self._warm}
             fresh = [
                 unit
                 for model in models.values()
                 for unit in model.units.values()
-                if id(unit) not in kept
+                if id(unit) not in kept and id(unit) not in rewarmed
             ]
             try:
                 await asyncio.wait_for(_all(_bring_up(unit) for unit in fresh), timeout_s)
@@ -404,17 +429,51 @@ class Runtime:
                 raise
             self.faults.options = config.chaos
             self.models = models  # the swap: from the next request on, the new models serve
+            live = {id(unit) for model in models.values() for unit in model.units.values()}
             for unit in fresh:
                 unit.prober.start()
-        live = {id(unit) for model in models.values() for unit in model.units.values()}
-        reused = {id(unit.built) for model in models.values() for unit in model.units.values()}
-        retired = [
-            unit
-            for model in old_models.values()
-            for unit in model.units.values()
-            if id(unit) not in live
-        ]
-        await _retire(retired, reused, drain_s, self.clock)
+            for _, _, _, unit in self._warm:
+                if id(unit) in live:  # back from the warm pool
+                    unit.prober.start()
+            self._warm = [entry for entry in self._warm if id(entry[3]) not in live]
+            in_use = {id(u.built) for model in models.values() for u in model.units.values()}
+            retired = [
+                (name, version, unit)
+                for name, model in old_models.items()
+                for version, unit in model.units.items()
+                if id(unit) not in live
+            ]
+            for _, _, unit in retired:
+                await unit.prober.close()
+            until = self.clock.now() + keep_warm_s
+            for name, version, unit in retired:
+                if keep_warm_s > 0 and id(unit.built) not in in_use:
+                    self._warm.append((until, name, version, unit))
+            if keep_warm_s > 0 and retired:
+                self.clock.call_later(keep_warm_s, self._sweep_later)
+        closing = [unit for _, _, unit in retired if keep_warm_s <= 0]
+        await _retire(closing, in_use, drain_s, self.clock)
+
+    def _sweep_later(self) -> None:
+        task = asyncio.ensure_future(self._close_cold())
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
+
+    def _warm_by_model(self) -> dict[str, dict[str, list[VersionUnit]]]:
+        found: dict[str, dict[str, list[VersionUnit]]] = {}
+        for _, name, version, unit in self._warm:
+            found.setdefault(name, {}).setdefault(version, []).append(unit)
+        return found
+
+    async def _close_cold(self, *, everything: bool = False) -> None:
+        """Close the warm versions whose time is up (all of them on ``everything``)."""
+        now = self.clock.now()
+        cold = [entry for entry in self._warm if everything or entry[0] <= now]
+        self._warm = [entry for entry in self._warm if entry not in cold]
+        in_use = {id(u.built) for model in self.models.values() for u in model.units.values()}
+        for _, _, _, unit in cold:
+            if id(unit.built) not in in_use:
+                await _close(unit, close_replicas=True)
 
     async def _discard(self, fresh: list[VersionUnit], old_models: dict[str, ModelRuntime]) -> None:
         """Close what an apply built before it failed, but no replica the old models use."""
@@ -425,6 +484,7 @@ class Runtime:
     async def close(self) -> None:
         self.started = False
         self.faults.clear()
+        await self._close_cold(everything=True)
         for model in self.models.values():
             await model.close()
 

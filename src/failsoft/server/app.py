@@ -198,7 +198,9 @@ class FailsoftApp:
 
     async def apply_config(self, config: Config, revision: int) -> None:
         """Serve ``config`` from now on (the reconciler's last step); ApplyFailed if it cannot."""
-        await self.runtime.apply(config, drain_s=config.server.drain_s)
+        await self.runtime.apply(
+            config, drain_s=config.server.drain_s, keep_warm_s=config.store.keep_warm_s
+        )
         self.server = config.server
         tenants = self.admission.tenants
         self.admission.tenants = Tenants(
