@@ -1216,3 +1216,11 @@ def test_scorecard_to_json_of_a_passing_run() -> None:
 
     assert data["passed"] is True
     json.dumps(data)
+
+
+def test_a_kill_seen_before_the_drill_saw_its_fault_added_still_counts() -> None:
+    # The first call to reach the replica can be killed before the admin answer arrives.
+    events = [_killed(2.98), _down(3.01)]
+
+    assert onset(KILL, events) == 2.98
+    assert detection(KILL, events, _clean_run()) == pytest.approx(0.03)

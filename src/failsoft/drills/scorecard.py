@@ -207,12 +207,18 @@ def onset(window: FaultWindow, events: Sequence[dict[str, Any]]) -> float | None
 
 def _kills(window: FaultWindow, events: Sequence[dict[str, Any]]) -> list[float]:
     """When this kill fault killed (its ReplicaKilled events; by target without an id)."""
+    # With the fault's id, the id says which kills are its own; their times can even
+    # come a little before the drill saw the fault added (the kill strikes the first call
+    # that reaches the replica, which may be served before the admin answer arrives).
     return [
         event["at_s"]
         for event in events
         if event["type"] == "ReplicaKilled"
-        and event["at_s"] >= window.start_s
-        and (event.get("fault") == window.fault_id if window.fault_id else window.concerns(event))
+        and (
+            event.get("fault") == window.fault_id
+            if window.fault_id
+            else event["at_s"] >= window.start_s and window.concerns(event)
+        )
     ]
 
 
