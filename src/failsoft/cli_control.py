@@ -45,6 +45,7 @@ DEFAULT_TIMEOUT_S = 60.0
 MAX_BACKUP_BYTES = 1 << 32  # the gateway builds the archive in memory too
 SCOPES = ("read", "write", "chaos")  # as server/control_routes.py (not imported: it is heavy)
 KINDS = ("onnx", "sklearn", "python")
+SHOWN_PROBLEMS = 5  # audit verify: the first problem, and a few after it
 _KIND_BY_SUFFIX = {".onnx": "onnx", ".joblib": "sklearn", ".pkl": "sklearn", ".pickle": "sklearn"}
 
 
@@ -237,7 +238,8 @@ def when(text: str | None) -> str:
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    # Non-str keys: SQLAlchemy's table names are a str subclass, which orjson refuses otherwise.
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
 
 
 def _confirm(question: str, what: str) -> None:
@@ -769,8 +771,10 @@ def audit_verify(as_json: bool, gateway: Gateway) -> None:
     if not answer["ok"]:
         problems = [describe_problem(problem) for problem in answer["problems"]]
         click.echo(f"audit log FAILED verification: {problems[0]}")
-        for problem in problems[1:]:
+        for problem in problems[1:SHOWN_PROBLEMS]:
             click.echo(f"  also: {problem}")
+        if len(problems) > SHOWN_PROBLEMS:
+            click.echo(f"  and {len(problems) - SHOWN_PROBLEMS} more (--json lists them all)")
         sys.exit(1)
     entries, covered = answer["entries"], answer["covered"]
     click.echo(
