@@ -138,6 +138,13 @@ def test_an_unreachable_gateway_is_one_clear_line_and_exit_1() -> None:
     assert result.stdout == ""
 
 
+def test_a_token_with_a_line_break_is_refused_here() -> None:
+    result = run("token", "list", "--url", f"http://127.0.0.1:{closed_port()}", token="ab\ncd")
+    assert result.exit_code == 2
+    assert "cannot send the request" in result.stderr
+    assert "$FAILSOFT_ADMIN_TOKEN" in result.stderr
+
+
 def test_a_url_that_is_not_http_is_a_usage_error() -> None:
     result = run("token", "list", "--url", "https://gateway.example")
     assert result.exit_code == 2

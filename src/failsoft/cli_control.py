@@ -73,7 +73,8 @@ class Gateway:
 
     @property
     def token(self) -> str | None:
-        return os.environ.get(self.token_env) or None
+        """The token, without the line break a file or a heredoc leaves after it."""
+        return (os.environ.get(self.token_env) or "").strip() or None
 
     def call(
         self,
@@ -109,6 +110,10 @@ class Gateway:
 
         try:
             response = asyncio.run(exchange())
+        except ValueError as error:  # the pool refuses a header with a line break in it
+            raise Failed(
+                f"cannot send the request: {error} (look at ${self.token_env})", 2
+            ) from None
         except TargetUnreachable as error:
             message = f"cannot reach the gateway at {self.url}: {error.reason}"
             if error.timed_out and method != "GET":
