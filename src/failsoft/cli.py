@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from failsoft import __version__
+from failsoft import __version__, cli_control
 from failsoft.config import Config, ConfigError, load_config, missing_files
 
 
@@ -513,3 +513,6 @@ def drill_suite(
         f"scorecards in {out_dir}"
     )
     sys.exit(0 if result.passed == total else 1)
+
+
+cli_control.register(main)  # apply, config, model, registry, audit, token, backup, restore

@@ -444,6 +444,27 @@ async def test_chunked_oversize_body_is_refused() -> None:
             await post(pool)
 
 
+async def test_the_body_limit_is_the_pools_own() -> None:
+    body = b"y" * 3000
+
+    async def handler(peer: Peer) -> None:
+        while True:
+            await peer.read_request()
+            await peer.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n" + body)
+
+    async with running(handler) as (_, pool):
+        port = pool.port
+        small = H1Pool(HOST, port, max_response_bytes=2048)
+        large = H1Pool(HOST, port, max_response_bytes=MAX_RESPONSE_BYTES * 4)
+        try:
+            with pytest.raises(PoolError, match="over 2048 bytes"):
+                await post(small)
+            assert (await post(large)).body == body
+        finally:
+            await small.close()
+            await large.close()
+
+
 async def test_endless_response_head_is_refused() -> None:
     async def handler(peer: Peer) -> None:
         await peer.read_request()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -201,3 +202,58 @@ def test_extra_files_must_be_in_the_data_directory(
     with pytest.raises(StoreError, match="not inside the data directory"):
         backup(store, data_dir, tmp_path / "b.tar", extra_files=[outside])
     assert not (tmp_path / "b.tar").exists()
+
+
+def test_artifacts_travel_by_digest_and_come_back_through_put_artifact(
+    store: Store, target: Target, wall: Wall, data_dir: Path, tmp_path: Path
+) -> None:
+    populate(store, wall)
+    digest = hashlib.sha256(b"model bytes").hexdigest()
+    elsewhere = tmp_path / "cache" / "copy"  # anywhere: not in the data directory
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"model bytes")
+    archive = backup(store, data_dir, tmp_path / "b.tar", artifacts={digest: elsewhere}).path
+    with tarfile.open(archive) as tar:
+        assert f"artifacts/{digest}" in tar.getnames()
+    wipe(target, store, data_dir)
+    received: dict[str, bytes] = {}
+    result = restore(
+        archive,
+        data_dir,
+        url=target.url,
+        schema=target.schema,
+        wall=wall,
+        put_artifact=lambda name, path: received.setdefault(name, path.read_bytes()),
+    )
+    assert result.verify.ok
+    assert result.artifacts == (digest,)
+    assert received == {digest: b"model bytes"}
+    assert not (data_dir / "artifacts").exists()  # where they go is the caller's choice
+
+
+def test_an_artifact_whose_bytes_do_not_match_its_digest_is_refused(
+    store: Store, data_dir: Path, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(b"other bytes")
+    with pytest.raises(StoreError, match="should hold artifact artifacts/"):
+        backup(store, data_dir, tmp_path / "b.tar", artifacts={"ab" * 32: wrong})
+    good = tmp_path / "good"
+    good.write_bytes(b"good")
+    digest = hashlib.sha256(b"good").hexdigest()
+    archive = backup(store, data_dir, tmp_path / "c.tar", artifacts={digest: good}).path
+    # An archive rebuilt with other bytes under the name (and a manifest to match).
+    with tarfile.open(archive) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    for member in manifest["members"]:
+        if member["name"] == f"artifacts/{digest}":
+            member.update(sha256=hashlib.sha256(b"evil").hexdigest(), size=4)
+    forged = tmp_path / "forged.tar"
+    _rewrite(
+        archive,
+        forged,
+        {"manifest.json": json.dumps(manifest).encode(), f"artifacts/{digest}": b"evil"},
+    )
+    with pytest.raises(StoreError, match=f"member artifacts/{digest} hashes to"):
+        restore(forged, tmp_path / "restored")
+    assert not (tmp_path / "restored").exists()

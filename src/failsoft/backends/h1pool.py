@@ -24,7 +24,8 @@ Design
   closes, for whatever reason (server close, error, timeout, cancellation,
   idle expiry), and the freed slot goes to a waiter, which then connects.
 - Bounds: ``max_connections`` connections; waiters by their deadlines; a
-  response head of at most 64 KiB and a body of at most 64 MiB.
+  response head of at most 64 KiB and a body of at most ``max_response_bytes``
+  (64 MiB unless the pool is made with another limit).
 - A connection is reused only after a complete response that allows it
   (HTTP/1.1, no ``Connection: close``, nothing unsolicited after it). A
   connection that saw a timeout, an error, a malformed response or a
@@ -75,7 +76,7 @@ __all__ = [
 ]
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-"""The largest response body accepted; a larger one is refused with PoolError."""
+"""The largest response body accepted by default; a larger one is refused with PoolError."""
 MAX_HEAD_BYTES = 64 * 1024
 """A response whose head (status line, headers) has not ended after this many bytes is refused."""
 
@@ -111,6 +112,8 @@ class H1Pool:
     timeout (uvicorn's default is 5 s) so the server rarely closes first.
     With ``unix_path`` the pool connects to that unix socket instead of
     ``host``:``port``, which then only name the origin in the Host header.
+    ``max_response_bytes`` bounds a response body (a larger one fails with
+    PoolError); the admin client raises it to download backups.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class H1Pool:
         idle_timeout_s: float = 30.0,
         *,
         unix_path: str | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -129,6 +133,7 @@ class H1Pool:
         self.host = host
         self.port = port
         self.unix_path = unix_path
+        self.max_response_bytes = max_response_bytes
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.origin = f"unix:{unix_path}" if unix_path is not None else authority
         self._host_line = f"Host: {authority}\r\n"
@@ -509,12 +514,12 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
         self._keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
         length = self._headers.get("content-length")
-        if length is not None and int(length) > MAX_RESPONSE_BYTES:
+        if length is not None and int(length) > self._pool.max_response_bytes:
             raise self._too_large()
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        if self._body_size > MAX_RESPONSE_BYTES:
+        if self._body_size > self._pool.max_response_bytes:
             raise self._too_large()
         self._chunks.append(body)
 
@@ -579,4 +584,7 @@ class _Connection(asyncio.Protocol):
         return PoolError(f"malformed response from {self._pool.origin}: {error!r}")
 
     def _too_large(self) -> PoolError:
-        return PoolError(f"{self._pool.origin} sent a response body over 64 MiB")
+        limit = self._pool.max_response_bytes
+        whole_mib = limit >= 1 << 20 and not limit % (1 << 20)
+        shown = f"{limit >> 20} MiB" if whole_mib else f"{limit} bytes"
+        return PoolError(f"{self._pool.origin} sent a response body over {shown}")

@@ -85,8 +85,8 @@ class ControlPlane:
         staging = out.parent / f".{out.name}.artifacts"
         staging.mkdir(parents=True, exist_ok=True)
         try:
-            files = [self.registry.fetch(digest, staging / digest) for digest in digests]
-            backup(self.store, self.data_dir, out, extra_files=files)
+            files = {digest: self.registry.fetch(digest, staging / digest) for digest in digests}
+            backup(self.store, self.data_dir, out, artifacts=files)
         finally:
             for leftover in staging.iterdir():
                 leftover.unlink()

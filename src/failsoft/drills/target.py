@@ -4,13 +4,19 @@ A target is either a configuration the drill starts itself (`failsoft serve
 --chaos`, an ephemeral port and a fresh admin token, stopped afterwards) or
 the URL of a failsoft already running, with its admin token taken from an
 environment variable. Either way the drill talks to it over HTTP only.
+
+``AdminClient`` is also how the control-plane commands (``cli_control.py``)
+reach a gateway: ``request`` sends one request and returns the whole answer,
+and ``TargetUnreachable`` says why none came (connection refused, timed out).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -21,7 +27,7 @@ from urllib.parse import urlsplit
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from failsoft.backends.h1pool import H1Pool, PoolError
+from failsoft.backends.h1pool import MAX_RESPONSE_BYTES, H1Pool, H1Response, PoolError, PoolTimeout
 from failsoft.config import ConfigError, load_config
 from failsoft.control.tenants import key_digest
 from failsoft.drills.server import ServerFailed, ServerProcess
@@ -31,6 +37,15 @@ ADMIN_TIMEOUT_S = 10.0
 
 class TargetError(Exception):
     """The target cannot be reached, started or steered; the message says why."""
+
+
+class TargetUnreachable(TargetError):
+    """No answer came: ``reason`` says why in a few words ("connection refused")."""
+
+    def __init__(self, message: str, reason: str, *, timed_out: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.timed_out = timed_out  # the request may have been carried out all the same
 
 
 @dataclass(frozen=True)
@@ -108,28 +123,69 @@ def _with_tenants(config: Path, tenants: Mapping[str, TenantEntry], scratch: Pat
 
 
 class AdminClient:
-    """The gateway's admin API and metrics, over one small keep-alive pool."""
+    """The gateway's admin API and metrics, over one small pool.
 
-    def __init__(self, url: str, token: str | None) -> None:
+    ``keep_alive=False`` sends every request on a new connection (``Connection:
+    close``): the pool then never retries a request on a stale connection, so a
+    change is sent exactly once. ``max_response_bytes`` bounds an answer (a
+    backup can be large).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        timeout_s: float = ADMIN_TIMEOUT_S,
+        keep_alive: bool = True,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         parts = urlsplit(url)
-        if parts.hostname is None:
-            raise TargetError(f"not a URL: {url!r}")
-        self._pool = H1Pool(parts.hostname, parts.port or 80, 4, idle_timeout_s=4.0)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise TargetError(f"not an http:// URL: {url!r}")
+        try:
+            port = parts.port or 80
+        except ValueError:
+            raise TargetError(f"not a valid port in {url!r}") from None
+        self._pool = H1Pool(
+            parts.hostname, port, 4, idle_timeout_s=4.0, max_response_bytes=max_response_bytes
+        )
         self._token = token
-        self._url = url
+        self._url = url.rstrip("/")
+        self._timeout_s = timeout_s
+        self._keep_alive = keep_alive
 
     async def close(self) -> None:
         await self._pool.close()
 
-    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
-        headers = [("Content-Type", "application/json")]
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        *,
+        content_type: str = "application/json",
+        timeout_s: float | None = None,
+    ) -> H1Response:
+        """One request, with the token; the whole answer, whatever its status."""
+        headers = [("Content-Type", content_type)]
         if self._token:
             headers.append(("Authorization", f"Bearer {self._token}"))
-        payload = orjson.dumps(body) if body is not None else b""
+        if not self._keep_alive:
+            headers.append(("Connection", "close"))
+        timeout = self._timeout_s if timeout_s is None else timeout_s
         try:
-            response = await self._pool.request(method, path, headers, payload, ADMIN_TIMEOUT_S)
+            return await self._pool.request(method, path, headers, body, timeout)
         except PoolError as error:
-            raise TargetError(f"{method} {self._url}{path}: {error}") from None
+            raise TargetUnreachable(
+                f"{method} {self._url}{path}: {error}",
+                _unreachable_reason(error, timeout),
+                timed_out=isinstance(error, PoolTimeout),
+            ) from None
+
+    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        payload = orjson.dumps(body) if body is not None else b""
+        response = await self.request(method, path, payload)
         return response.status, response.body
 
     async def _json(self, method: str, path: str, body: Any = None) -> Any:
@@ -182,3 +238,21 @@ class AdminClient:
                 elif family.name == "failsoft_requests":
                     requests += sample.value
         return attempts, requests
+
+
+def _unreachable_reason(error: PoolError, timeout_s: float) -> str:
+    """Why no answer came, in a few words: the pool's message, or the socket error under it."""
+    if isinstance(error, PoolTimeout):
+        return f"no answer within {timeout_s:g} s"
+    cause = error.__context__  # the OSError the pool turned into its own error
+    if isinstance(cause, socket.gaierror):
+        return f"unknown host ({cause.strerror or cause})"
+    if isinstance(cause, ConnectionRefusedError) or (
+        isinstance(cause, OSError)
+        and (cause.errno == errno.ECONNREFUSED or "Connect call failed" in str(cause))
+    ):
+        # Several addresses (IPv6 and IPv4) that all refused come as one OSError.
+        return "connection refused"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return str(error)

@@ -3,6 +3,7 @@
     GET  /admin/config                      the revision this gateway serves, and its config
     POST /admin/config                      {"config": {...}, "dry_run": false} -> plan, revision
     GET  /admin/config/history?limit=20     the revisions, newest first
+    GET  /admin/config/N                    revision N: its status and config
     GET  /admin/config/diff?a=1&b=2         what changes from revision a to b
     POST /admin/config/rollback             {"revision": N} (default: the one before)
     GET  /admin/artifacts                   the registered artifacts
@@ -121,6 +122,19 @@ class ControlRoutes:
             _allow(method, "GET")
             changes = await revisions.diff(_number(query, "a"), _number(query, "b"))
             return _ok({**changes.as_json(), "plan_text": changes.render()})
+        if len(rest) == 1 and rest[0].isdigit():
+            _allow(method, "GET")
+            found = await _store(self._control.store.revision, int(rest[0]))
+            if found is None:
+                raise NotFound(f"there is no revision {rest[0]}")
+            return _ok(
+                {
+                    "revision": found.id,
+                    "status": found.status,
+                    "reason": found.reason,
+                    "config": found.config,
+                }
+            )
         if rest == ["rollback"]:
             _allow(method, "POST")
             body = await _json(read_body, CONFIG_BODY_LIMIT)

@@ -7,7 +7,9 @@ A backup is one tar archive (gzip when its name ends in .gz or .tgz):
 ``store/TABLE.jsonl``    every row of every table, one JSON object per line
 ``data/…``               the data directory's audit files (the signing key,
                          its public half, the outside checkpoint copy) and any
-                         ``extra_files`` (artifacts), by their path in it
+                         ``extra_files``, by their path in it
+``artifacts/SHA256``     each of ``artifacts`` (the registry's bytes), named by
+                         its sha256, which must be the hash of its content
 
 The rows are read in one snapshot transaction (PostgreSQL: REPEATABLE READ,
 read only; SQLite: one WAL read transaction), so a backup taken while
@@ -24,7 +26,9 @@ data directory (the archive is written mode 0600).
 anything where it matters: a truncated archive, a missing, extra or edited
 member is a StoreError naming it. It restores into an empty data directory
 (a non-empty one only with ``force``) and an empty store, then verifies the
-audit log and returns the verdict.
+audit log and returns the verdict. The store knows nothing of where artifacts
+live: each one in the archive is handed, verified, to the caller's
+``put_artifact`` (the control plane puts it into its artifact locations).
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -60,6 +65,8 @@ __all__ = ["FORMAT", "BackupResult", "RestoreResult", "backup", "restore"]
 FORMAT = "failsoft-backup/1"
 MANIFEST = "manifest.json"
 AUDIT_FILES = (PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, CHECKPOINT_FILE)
+ARTIFACTS = "artifacts"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 _BATCH = 1000
 
@@ -79,6 +86,7 @@ class RestoreResult:
     rows: dict[str, int]
     files: tuple[str, ...]
     verify: VerifyResult
+    artifacts: tuple[str, ...] = ()  # the digests in the archive (given to put_artifact)
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:
@@ -133,9 +141,15 @@ def backup(
     out_path: Path,
     *,
     extra_files: Sequence[Path] = (),
+    artifacts: Mapping[str, Path] | None = None,
     wall: Callable[[], float] = time.time,
 ) -> BackupResult:
-    """Write a consistent snapshot of ``store`` and ``data_dir``'s audit files to ``out_path``."""
+    """Write a consistent snapshot of ``store`` and ``data_dir``'s audit files to ``out_path``.
+
+    ``artifacts`` maps sha256 digests to files holding those bytes (anywhere);
+    each is stored as ``artifacts/<digest>``, and a file whose bytes hash to
+    something else stops the backup.
+    """
     data_dir, out_path = Path(data_dir), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     members: list[tuple[str, Path]] = []
@@ -159,6 +173,12 @@ def backup(
             if not Path(extra).is_file():
                 raise StoreError(f"backup: {extra} is not a file")
             members.append((name, Path(extra)))
+        for digest, path in sorted((artifacts or {}).items()):
+            if not _SHA256.fullmatch(digest):
+                raise StoreError(f"backup: artifact name {digest!r} is not a sha256 digest")
+            if not Path(path).is_file():
+                raise StoreError(f"backup: artifact {digest}: {path} is not a file")
+            members.append((f"{ARTIFACTS}/{digest}", Path(path)))
         with store.engine.snapshot() as conn:
             schema_revision = current_revision(conn)
             rows = _dump_tables(conn, staging / "store")
@@ -170,6 +190,10 @@ def backup(
         listed: list[dict[str, Any]] = []
         for name, path in members:
             digest, size = _sha256_file(path)
+            if name.startswith(f"{ARTIFACTS}/") and digest != name.partition("/")[2]:
+                raise StoreError(
+                    f"backup: {path} should hold artifact {name} but hashes to {digest}"
+                )
             sized.append((name, path, size))
             listed.append({"name": name, "sha256": digest, "size": size})
         now = wall()
@@ -233,6 +257,8 @@ class _BytesReader:
 
 def _safe_name(name: str) -> bool:
     path = PurePosixPath(name)
+    if path.parts[:1] == (ARTIFACTS,):
+        return len(path.parts) == 2 and _SHA256.fullmatch(path.parts[1]) is not None
     return (
         not path.is_absolute()
         and ".." not in path.parts
@@ -292,6 +318,8 @@ def _extract_verified(archive: Path, staging: Path) -> dict[str, Any]:
     for name in seen:
         if name != MANIFEST and name not in listed:
             raise StoreError(f"{where}: member {name} is not in the manifest")
+        if name.startswith(f"{ARTIFACTS}/") and seen[name][0] != name.partition("/")[2]:
+            raise StoreError(f"{where}: member {name} hashes to {seen[name][0]}, not its name")
     return dict(manifest)
 
 
@@ -377,6 +405,7 @@ def restore(
     url: str | None = None,
     schema: str | None = None,
     force: bool = False,
+    put_artifact: Callable[[str, Path], object] | None = None,
     wall: Callable[[], float] = time.time,
 ) -> RestoreResult:
     """Restore ``archive`` into ``data_dir`` and the store at ``url`` (default: SQLite in it).
@@ -384,6 +413,8 @@ def restore(
     Nothing is written to ``data_dir`` or the store unless the whole archive
     matches its manifest. ``force`` restores into a non-empty data directory
     (replacing its default SQLite store); the store itself must be empty.
+    Once the rows are in, ``put_artifact(digest, path)`` is called for every
+    artifact in the archive (its bytes verified); without it they are left out.
     """
     archive, data_dir = Path(archive), Path(data_dir)
     _check_target(data_dir, force)
@@ -407,8 +438,18 @@ def restore(
             result = store.verify()
         finally:
             store.close()
+        folder = staging / ARTIFACTS
+        digests = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+        if put_artifact is not None:
+            for digest in digests:
+                put_artifact(digest, folder / digest)
         return RestoreResult(
-            data_dir=data_dir, url=store.url, rows=rows, files=tuple(files), verify=result
+            data_dir=data_dir,
+            url=store.url,
+            rows=rows,
+            files=tuple(files),
+            verify=result,
+            artifacts=tuple(digests),
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
