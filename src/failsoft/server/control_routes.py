@@ -132,7 +132,7 @@ class ControlRoutes:
                     "revision": found.id,
                     "status": found.status,
                     "reason": found.reason,
-                    "config": found.config,
+                    "config": _redacted(found.config),
                 }
             )
         if rest == ["rollback"]:
@@ -314,7 +314,15 @@ def _plain(report: Any) -> dict[str, Any]:
 def _dump(config: Any) -> Any:
     from failsoft.control.revisions import config_json
 
-    return config_json(config)
+    return _redacted(config_json(config))
+
+
+def _redacted(config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration to show: the admin token is a secret, even to a reader."""
+    server = config.get("server")
+    if isinstance(server, dict) and server.get("admin_token"):
+        return {**config, "server": {**server, "admin_token": "<redacted>"}}
+    return config
 
 
 def _ok(data: Any) -> Answer:
