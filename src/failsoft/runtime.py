@@ -30,6 +30,7 @@ from failsoft.call import Call
 from failsoft.clock import Clock, SystemClock
 from failsoft.config import Config, ModelConfig
 from failsoft.control.faults import FaultRegistry, Killable, Target
+from failsoft.control.flags import NO_SWITCHES, FlagSpec, Switches, switches_for
 from failsoft.data.contracts import ModelContract
 from failsoft.errors import FailsoftError, FailureClass, NotFound
 from failsoft.observe.events import EventBus
@@ -37,9 +38,11 @@ from failsoft.pipeline.cache import CacheKey, CacheOptions, ResponseCache, reque
 from failsoft.pipeline.chaos import ChaosReplica
 from failsoft.pipeline.fallback import FallbackChain, Infer, StaleCacheTier
 from failsoft.pipeline.limiter import AdaptiveLimiter
+from failsoft.pipeline.shadow import Mirror
 from failsoft.pipeline.version import ResilienceOptions, VersionPipeline
 from failsoft.protocol.types import InferRequest, Tensors
 from failsoft.routing.probes import Prober, golden_request
+from failsoft.routing.split import Split
 
 log = logging.getLogger("failsoft.runtime")
 
@@ -71,6 +74,13 @@ def resilience_options(config: ModelConfig) -> ResilienceOptions:
         throttle=config.throttle,
         attribution=config.attribution,
     )
+
+
+class Halted(FailsoftError):
+    """A model or version an operator halted (safe halt): no call reaches it (503)."""
+
+    status = 503
+    failure_class = FailureClass.OVERLOAD
 
 
 class ApplyFailed(FailsoftError):
@@ -231,27 +241,57 @@ class ModelRuntime:
     def ready(self) -> bool:
         return self.default.ready
 
-    async def serve(self, request: InferRequest, call: Call, pipeline: VersionPipeline) -> Served:
-        """Answer from ``pipeline`` (one of this model's versions), or its fallback chain."""
+    async def serve(
+        self,
+        request: InferRequest,
+        call: Call,
+        pipeline: VersionPipeline,
+        switches: Switches = NO_SWITCHES,
+    ) -> Served:
+        """Answer from ``pipeline`` (one of this model's versions), or its fallback chain.
+
+        ``switches``: what an operator switched for this model. A halted or
+        disabled version is not called: the fallback chain answers (marked
+        degraded, and never from a halted version), else a clean 503.
+        """
         version = pipeline.version
-        key = (self.name, version, request_digest(request)) if self._caching else None
+        caching = self._caching
+        without: frozenset[str] = frozenset()
+        if not switches.quiet:
+            blocked = self._blocked(switches)
+            if version in blocked:
+                halted = switches.halted or version in switches.halted_versions
+                what = "halted" if halted else "switched off"
+                stop = Halted(f"{self.name}/{version} is {what} by an operator; retry later")
+                key = (self.name, version, request_digest(request)) if caching else None
+                return await self._fall_back(request, call, version, stop, key, blocked=blocked)
+            without = switches.features_off
+            caching = caching and "caching" not in without
+        key = (self.name, version, request_digest(request)) if caching else None
         if key is not None and self.config.cache.enabled:
             cached = self.cache.get_fresh(key)
             if cached is not None:
                 return Served(cached, version, f"{self.name}/{version}/cache", False)
         try:
-            outputs, replica = await pipeline.infer(request, call)
+            outputs, replica = await pipeline.infer(request, call, without)
         except FailsoftError as error:
             if error.failure_class not in _FALLBACK_CLASSES or not self.fallback:
                 raise
             sample = call.sample  # the limiter judges the model's own call, not the fallback's
             try:
-                return await self._fall_back(request, call, version, error, key)
+                blocked = self._blocked(switches) if not switches.quiet else frozenset()
+                return await self._fall_back(request, call, version, error, key, blocked=blocked)
             finally:
                 call.sample = sample
         if key is not None:
             self.cache.put(key, outputs)
         return Served(outputs, version, f"{self.name}/{version}/{replica.name}", False)
+
+    def _blocked(self, switches: Switches) -> frozenset[str]:
+        """The versions no call may reach."""
+        if switches.halted:
+            return frozenset(self.versions)
+        return switches.halted_versions | switches.disabled_versions
 
     async def shed(self, request: InferRequest, call: Call, error: FailsoftError) -> Served:
         """A request the limiter refused: answered by the local fallback tiers if any can.
@@ -274,9 +314,12 @@ class ModelRuntime:
         key: CacheKey | None,
         *,
         local_only: bool = False,
+        blocked: frozenset[str] = frozenset(),
     ) -> Served:
+        if not self.fallback:
+            raise error
         found = await self.fallback.answer(
-            request, call, version, error, key, local_only=local_only
+            request, call, version, error, key, local_only=local_only, blocked=blocked
         )
         return Served(
             found.outputs, found.version, f"{self.name}/{version}/fallback:{found.tier}", True
@@ -332,6 +375,11 @@ class Runtime:
         self._applying = asyncio.Lock()
         # Versions an apply retired, replicas still loaded, until a deadline: a rollback
         # to the revision before finds them ready (replica keys tell them apart).
+        # What operators and rollouts set, read by every request of a model: its
+        # switches (compiled flags) and its traffic split. Swapped, never mutated.
+        self.switches: dict[str, Switches] = {}
+        self.splits: dict[str, Split] = {}
+        self.mirrors: dict[str, Mirror] = {}
         self._warm: list[tuple[float, str, str, VersionUnit]] = []  # (until, model, version, unit)
         self._sweeps: set[asyncio.Task[None]] = set()
 
@@ -347,10 +395,35 @@ class Runtime:
         """A fallback tier's way into another version or model (looked up at call time)."""
 
         async def infer(request: InferRequest, call: Call) -> Tensors:
-            outputs, _ = await self.model(model).version(version).infer(request, call)
+            target = self.model(model)
+            pipeline = target.version(version)
+            switches = self.switches.get(model, NO_SWITCHES)
+            if not switches.quiet and pipeline.version in target._blocked(switches):
+                raise Halted(f"{model}/{pipeline.version} is halted or switched off")
+            outputs, _ = await pipeline.infer(request, call, switches.features_off)
             return outputs
 
         return infer
+
+    def set_flags(self, flags: Mapping[str, FlagSpec], now: float) -> None:
+        """Compile the switches of every model from the flags in force at ``now`` (epoch s)."""
+        compiled = {name: switches_for(name, flags, now) for name in self.models}
+        self.switches = {name: found for name, found in compiled.items() if not found.quiet}
+
+    def set_split(self, model: str, split: Split | None) -> None:
+        """Divide ``model``'s default traffic (a rollout), or stop dividing it."""
+        splits = dict(self.splits)
+        if split is None:
+            splits.pop(model, None)
+        else:
+            splits[model] = split
+        self.splits = splits
+
+    def mirror(self, model: str) -> Mirror:
+        found = self.mirrors.get(model)
+        if found is None:
+            found = self.mirrors[model] = Mirror(self.bus, self.clock)
+        return found
 
     def model(self, name: str) -> ModelRuntime:
         found = self.models.get(name)
@@ -484,6 +557,8 @@ class Runtime:
     async def close(self) -> None:
         self.started = False
         self.faults.clear()
+        for mirror in self.mirrors.values():
+            await mirror.close()
         await self._close_cold(everything=True)
         for model in self.models.values():
             await model.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from failsoft.errors import FailureClass
 
@@ -34,6 +35,15 @@ class RequestFinished(Event):
     failure_class: FailureClass | None
     seconds: float
     replica: str = ""
+
+
+@dataclass(slots=True)
+class VersionAnswered(Event):
+    """An answer a version gave, while its model is in a rollout (for the analysis)."""
+
+    model: str
+    version: str
+    outputs: dict[str, Any]  # output name -> numpy array
 
 
 @dataclass(slots=True)

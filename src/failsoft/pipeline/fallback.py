@@ -201,10 +201,16 @@ class FallbackChain:
         key: CacheKey | None,
         *,
         local_only: bool = False,
+        blocked: frozenset[str] = frozenset(),
     ) -> FallbackAnswer:
-        """The first tier's answer; ``error`` again when none can give one."""
+        """The first tier's answer; ``error`` again when none can give one.
+
+        ``blocked``: versions of this model no tier may call (halted or switched off).
+        """
         for index, tier in enumerate(self._tiers):
             if local_only and isinstance(tier, VersionTier | ModelTier):
+                continue
+            if isinstance(tier, VersionTier) and tier.version in blocked:
                 continue
             name = tier_name(tier)
             try:

@@ -478,7 +478,11 @@ class VersionPipeline:
 
     # -- the request -------------------------------------------------------
 
-    async def infer(self, request: InferRequest, call: Call) -> tuple[Tensors, Replica]:
+    async def infer(
+        self, request: InferRequest, call: Call, without: frozenset[str] = frozenset()
+    ) -> tuple[Tensors, Replica]:
+        """The answer and the replica that gave it. ``without``: features an operator
+        switched off for this model ("hedging", "retries")."""
         call.sample = None
         if call.remaining() <= 0:  # spent waiting, or cut by the client: not worth a call
             spent = DeadlineExceeded(f"{self.model}/{self.version}: the deadline was spent")
@@ -498,11 +502,12 @@ class VersionPipeline:
         tally = _Tally()
         try:
             self.retry_budget.deposit()
-            if self._hedging:
+            attempts = 1 if "retries" in without else self._max_attempts
+            if self._hedging and "hedging" not in without:
                 self.hedge_budget.deposit()
-                result = await self._infer_hedged(request, call, tally)
+                result = await self._infer_hedged(request, call, tally, attempts)
             else:
-                result = await self._infer_sequential(request, call, tally)
+                result = await self._infer_sequential(request, call, tally, attempts)
         except FailsoftError as error:
             poison = self._settle(tally, request, answered=False)
             if poison is not None:
@@ -522,10 +527,10 @@ class VersionPipeline:
         return result
 
     async def _infer_sequential(
-        self, request: InferRequest, call: Call, tally: _Tally
+        self, request: InferRequest, call: Call, tally: _Tally, attempts: int
     ) -> tuple[Tensors, Replica]:
         error: FailsoftError | None = None
-        for attempt in range(self._max_attempts):
+        for attempt in range(attempts):
             if error is not None:
                 if self._verdict_reached(tally):
                     raise error
@@ -549,7 +554,7 @@ class VersionPipeline:
         raise error
 
     async def _infer_hedged(
-        self, request: InferRequest, call: Call, tally: _Tally
+        self, request: InferRequest, call: Call, tally: _Tally, attempts: int
     ) -> tuple[Tensors, Replica]:
         clock = self._clock
         in_flight: dict[asyncio.Task[Tensors], int] = {}
@@ -597,7 +602,7 @@ class VersionPipeline:
                     error = failure
                     if (
                         retry_at is None
-                        and retries + 1 < self._max_attempts
+                        and retries + 1 < attempts
                         and not self._verdict_reached(tally)
                     ):
                         delay = self._retry_delay(retries + 1, call)

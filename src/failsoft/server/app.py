@@ -32,6 +32,7 @@ from urllib.parse import parse_qs
 from failsoft import __version__
 from failsoft.call import Call
 from failsoft.config import Config, ServerConfig
+from failsoft.control.flags import NO_SWITCHES, Context, Switches
 from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import BootReport
 from failsoft.control.tenants import Tenants
@@ -46,7 +47,7 @@ from failsoft.errors import (
     Shed,
 )
 from failsoft.observe.eventlog import LOGGED, log_event
-from failsoft.observe.events import RequestFinished
+from failsoft.observe.events import RequestFinished, VersionAnswered
 from failsoft.observe.folded import FoldedLog
 from failsoft.observe.logging import request_id_var
 from failsoft.observe.metrics import CONTENT_TYPE, Metrics
@@ -54,7 +55,8 @@ from failsoft.observe.recent import FOLDED, KEPT, RecentEvents
 from failsoft.pipeline.version import VersionPipeline
 from failsoft.protocol import v1, v2
 from failsoft.protocol.types import InferRequest, InferResponse
-from failsoft.runtime import ModelRuntime, Runtime
+from failsoft.routing.split import Split
+from failsoft.runtime import ModelRuntime, Runtime, Served
 from failsoft.server.admin import AdminRoutes
 from failsoft.server.admission import Admission
 from failsoft.server.decoding import Decoder, decode
@@ -89,6 +91,8 @@ class Incoming:
     priority: str | None
     receive: Receive
     query: bytes = b""
+    key: str | None = None  # Failsoft-Key: what keeps a user on one side of a rollout
+    headers: list[tuple[bytes, bytes]] | None = None  # all of them, for targeted switches
 
 
 @dataclass(slots=True)
@@ -100,6 +104,17 @@ class Answer:
 
 
 Routed = Answer | Coroutine[Any, Any, Answer]
+
+
+@dataclass(slots=True)
+class Route:
+    """Where one inference request goes, and what switches apply to it."""
+
+    pipeline: VersionPipeline
+    switches: Switches
+    split: Split | None
+    key: str  # the stickiness key: Failsoft-Key, else the request id
+    tenant: str | None
 
 
 class RequestIds:
@@ -214,7 +229,7 @@ class FailsoftApp:
         started = time.perf_counter()
         request_id = None
         content_length = header_length = timeout_ms = None
-        authorization = priority = None
+        authorization = priority = sticky = None
         try:
             for key, value in scope["headers"]:
                 if key == b"x-request-id":
@@ -229,6 +244,8 @@ class FailsoftApp:
                     authorization = value.decode("latin-1")
                 elif key == b"failsoft-priority":
                     priority = value[:32].decode("latin-1")
+                elif key == b"failsoft-key":
+                    sticky = value[:256].decode("latin-1")
         except BadRequest as error:
             request_id = request_id or self._new_request_id()
             await self._send_error(send, error, request_id)
@@ -246,6 +263,8 @@ class FailsoftApp:
             priority,
             receive,
             scope.get("query_string", b""),
+            sticky,
+            scope["headers"],
         )
         try:
             routed = self._route(incoming)
@@ -412,8 +431,10 @@ class FailsoftApp:
     ) -> Answer:
         started = time.perf_counter()
         tenant, priority = self.admission.identify(req.authorization, req.priority)
-        model = self.runtime.model(model_name)
-        pipeline = model.version(version_name)
+        runtime = self.runtime
+        model = runtime.model(model_name)
+        route = self._route_to(req, model, version_name, tenant.name if tenant else None)
+        pipeline = route.pipeline
         version = pipeline.version
         clock = self.runtime.clock
         # The deadline counts from arrival: time spent waiting for admission is spent.
@@ -456,11 +477,11 @@ class FailsoftApp:
                 if not model.fallback:
                     raise
                 answer, served_by = await self._serve(
-                    model, pipeline, request, v1_codec, call, shed=shed
+                    model, route, request, v1_codec, call, shed=shed
                 )
             else:
                 try:
-                    answer, served_by = await self._serve(model, pipeline, request, v1_codec, call)
+                    answer, served_by = await self._serve(model, route, request, v1_codec, call)
                 finally:
                     held.release()
             status = 200
@@ -483,7 +504,7 @@ class FailsoftApp:
     async def _serve(
         self,
         model: ModelRuntime,
-        pipeline: VersionPipeline,
+        route: Route,
         request: InferRequest,
         v1_codec: bool,
         call: Call,
@@ -492,7 +513,9 @@ class FailsoftApp:
         if shed is not None:
             served = await model.shed(request, call, shed)
         else:
-            served = await model.serve(request, call, pipeline)
+            served = await model.serve(request, call, route.pipeline, route.switches)
+            if route.split is not None and not served.degraded:
+                self._rollout_observes(model, route, request, served)
         parameters: dict[str, object] = {
             "failsoft_served_by": served.served_by,
             "failsoft_degraded": served.degraded,
@@ -508,6 +531,47 @@ class FailsoftApp:
         if revision:
             headers.append((b"failsoft-revision", str(revision).encode()))
         return answer, served.served_by
+
+    def _route_to(
+        self, req: Incoming, model: ModelRuntime, version_name: str | None, tenant: str | None
+    ) -> Route:
+        """The version that answers (a rollout's split decides for the default one), and
+        the switches an operator set for the model, evaluated for this request."""
+        runtime = self.runtime
+        sticky = req.key or req.request_id
+        split = runtime.splits.get(model.name) if version_name is None else None
+        if split is not None:
+            pipeline = model.version(split.choose(sticky, tenant))
+        else:
+            pipeline = model.version(version_name)
+        switches = runtime.switches.get(model.name, NO_SWITCHES)
+        if switches.targeted:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in req.headers or ()}
+            context = Context(sticky, tenant, headers)
+            switches = switches.for_request(context, time.time(), model.name)
+        return Route(pipeline, switches, split, sticky, tenant)
+
+    def _rollout_observes(
+        self, model: ModelRuntime, route: Route, request: InferRequest, served: Served
+    ) -> None:
+        """What a rollout's analysis needs of an answer: its outputs, and a shadow copy."""
+        split = route.split
+        assert split is not None
+        self.runtime.bus.emit(VersionAnswered(model.name, served.version, served.outputs))
+        if (
+            served.version == split.stable
+            and "shadowing" not in route.switches.features_off
+            and split.mirror(route.key, route.tenant)
+        ):
+            limiter = model.limiter
+            self.runtime.mirror(model.name).send(
+                request,
+                served.outputs,
+                split.stable,
+                model.version(split.candidate),
+                model.config.timeout_ms / 1000.0,
+                lambda: limiter.in_flight >= limiter.limit,
+            )
 
     @staticmethod
     def _timeout(model: ModelRuntime, requested_ms: int | None) -> tuple[float, bool]:
