@@ -64,6 +64,8 @@ def archive(store: Store, wall: Wall, data_dir: Path, tmp_path: Path) -> Path:
         "revisions": 2,
         "artifacts": 1,
         "tokens": 1,
+        "flags": 0,
+        "rollouts": 0,
         "audit_entries": 7,
         "checkpoints": 3,
     }
@@ -190,7 +192,7 @@ def test_the_manifest_lists_every_member_with_its_hash(archive: Path) -> None:
     assert names[0] == "manifest.json"
     assert sorted(m["name"] for m in manifest["members"]) == sorted(names[1:])
     assert manifest["format"] == "failsoft-backup/1"
-    assert manifest["schema_revision"] == "0001"
+    assert manifest["schema_revision"] == "0002"
     assert all(len(m["sha256"]) == 64 for m in manifest["members"])
 
 

@@ -39,6 +39,7 @@ from failsoft.control.artifact_ref import ARTIFACT_KINDS, ArtifactRef, ArtifactR
 from failsoft.store.audit import AuditEntry, AuditLog, Checkpoint, InclusionProof
 from failsoft.store.encoding import canonical_json, sha256_hex, utc_text
 from failsoft.store.engine import StoreEngine, StoreError, default_url
+from failsoft.store.live import LiveRows
 from failsoft.store.migrate import upgrade
 from failsoft.store.references import artifact_references
 from failsoft.store.signing import SigningKey, load_or_create_key
@@ -154,7 +155,7 @@ def _status(status: str) -> RevisionStatus:
         ) from None
 
 
-class Store:
+class Store(LiveRows):
     """Open with ``Store.open(data_dir, url)``; see the module docstring for the rules."""
 
     def __init__(

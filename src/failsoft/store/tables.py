@@ -96,5 +96,28 @@ tokens = Table(
     Column("revoked_at", _TIME, nullable=True),
 )
 
+flags = Table(
+    "flags",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("updated_at", _TIME, nullable=False),
+    Column("actor", _NAME, nullable=False),
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model", _NAME, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("created_at", _TIME, nullable=False),
+    Column("updated_at", _TIME, nullable=False),
+    Column("actor", _NAME, nullable=False),
+)
+Index("ix_rollouts_model", rollouts.c.model)
+
 # Backups dump and restore these, in this order.
-ALL_TABLES = (revisions, artifacts, tokens, audit_entries, checkpoints)
+ALL_TABLES = (revisions, artifacts, tokens, flags, rollouts, audit_entries, checkpoints)
