@@ -425,6 +425,9 @@ class OutputSketches:
     def __getitem__(self, name: str) -> Sketch:
         return self._sketches[name]
 
+    def get(self, name: str) -> Sketch | None:
+        return self._sketches.get(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._sketches
 
