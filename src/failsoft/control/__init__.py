@@ -1,3 +1,4 @@
-"""The control plane: tenants and their quotas, chaos faults, and the artifact
+"""The control plane: tenants and their quotas, chaos faults, the artifact
 registry's bytes (content-addressed copies in several locations; references
-such as ``iris@v3``)."""
+such as ``iris@v3``), and the rollout analysis that judges a candidate
+version against the stable one."""
