@@ -27,6 +27,8 @@ from failsoft.control.tenants import key_digest
 from failsoft.drills.server import ServerFailed, ServerProcess
 
 ADMIN_TIMEOUT_S = 10.0
+# A proposed configuration loads and probes its new replicas before the gateway answers.
+APPLY_TIMEOUT_S = 180.0
 
 
 class TargetError(Exception):
@@ -121,13 +123,15 @@ class AdminClient:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    async def _call(
+        self, method: str, path: str, body: Any = None, timeout_s: float = ADMIN_TIMEOUT_S
+    ) -> tuple[int, bytes]:
         headers = [("Content-Type", "application/json")]
         if self._token:
             headers.append(("Authorization", f"Bearer {self._token}"))
         payload = orjson.dumps(body) if body is not None else b""
         try:
-            response = await self._pool.request(method, path, headers, payload, ADMIN_TIMEOUT_S)
+            response = await self._pool.request(method, path, headers, payload, timeout_s)
         except PoolError as error:
             raise TargetError(f"{method} {self._url}{path}: {error}") from None
         return response.status, response.body
@@ -158,6 +162,27 @@ class AdminClient:
 
     async def clear_faults(self) -> None:
         await self._json("DELETE", "/admin/faults")
+
+    async def served_config(self) -> tuple[int, dict[str, Any]]:
+        """The revision the gateway serves and its configuration (as stored)."""
+        result: dict[str, Any] = await self._json("GET", "/admin/config")
+        config = result.get("config")
+        if not isinstance(config, dict):
+            raise TargetError(
+                "the target serves no stored configuration (is it running without a "
+                "control store, --no-store?): a deploy step needs one"
+            )
+        return int(result.get("revision") or 0), config
+
+    async def propose(self, config: dict[str, Any], reason: str) -> tuple[int, Any]:
+        """POST /admin/config; the status and the JSON answer (a refusal is not an error)."""
+        status, payload = await self._call(
+            "POST", "/admin/config", {"config": config, "reason": reason}, APPLY_TIMEOUT_S
+        )
+        try:
+            return status, orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return status, {"error": payload[:200].decode("utf-8", "replace")}
 
     async def status(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", "/admin/status")
