@@ -176,9 +176,15 @@ class AdminClient:
 
     async def propose(self, config: dict[str, Any], reason: str) -> tuple[int, Any]:
         """POST /admin/config; the status and the JSON answer (a refusal is not an error)."""
-        status, payload = await self._call(
-            "POST", "/admin/config", {"config": config, "reason": reason}, APPLY_TIMEOUT_S
-        )
+        return await self._change("/admin/config", {"config": config, "reason": reason})
+
+    async def rollback(self, revision: int | None = None) -> tuple[int, Any]:
+        """POST /admin/config/rollback (to ``revision``, else the one before); status, answer."""
+        body = {} if revision is None else {"revision": revision}
+        return await self._change("/admin/config/rollback", body)
+
+    async def _change(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        status, payload = await self._call("POST", path, body, APPLY_TIMEOUT_S)
         try:
             return status, orjson.loads(payload)
         except orjson.JSONDecodeError:
