@@ -7,8 +7,14 @@ import copy
 import time
 from typing import Any
 
+import numpy as np
 import pytest
+import yaml
 
+from failsoft.config import parse_config
+from failsoft.data.contracts import ModelContract
+from failsoft.demo import demo_config_text
+from failsoft.drills.broken import iris_always_virginica
 from failsoft.drills.deploy import DeployOutcome, classify, merge_patch
 from failsoft.drills.experiment import Deploy
 from failsoft.drills.runner import _deploy
@@ -230,3 +236,14 @@ def test_a_step_that_was_applied_names_its_revision() -> None:
 
     assert (outcome.result, outcome.revision, outcome.revision_after) == ("applied", 2, 2)
     assert outcome.as_expected
+
+
+def test_the_broken_iris_model_keeps_the_demo_contract_and_gets_every_flower_wrong() -> None:
+    iris = parse_config(yaml.safe_load(demo_config_text()), "demo").models["iris"]
+    contract = ModelContract(iris.inputs, iris.outputs, iris.max_batch_size)
+    features = np.asarray([[5.1, 3.5, 1.4, 0.2], [5.7, 2.8, 4.1, 1.3]], dtype=np.float32)
+
+    outputs = contract.check_outputs(iris_always_virginica({"features": features}), rows=2)
+
+    assert outputs["label"].tolist() == [2, 2]
+    assert outputs["probabilities"].tolist() == [[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
