@@ -45,8 +45,9 @@ served unchanged, 0 failed. Exit 0 when all are met, 1 when one is missed,
 2 on a setup failure. On a small shared machine the p99 figures are noisy:
 a p99 over a window of a few hundred requests is its third-worst latency.
 
-    python benchmarks/live_config.py                    # about 2.5 minutes
+    python benchmarks/live_config.py                    # about 2 minutes (+20 s the first time)
     python benchmarks/live_config.py --quick            # about 1.5 minutes
+    python benchmarks/live_config.py --rounds 3         # three fresh sets of gateways
     python benchmarks/live_config.py --quick --scenario bad --json out.json
 """
 
