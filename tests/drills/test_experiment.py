@@ -64,7 +64,7 @@ def test_bundled_drill_loads(path: Path) -> None:
     experiment = load_experiment(path)
 
     assert isinstance(experiment, Experiment)
-    assert experiment.faults or experiment.attack  # something to get through
+    assert experiment.faults or experiment.attack or experiment.deploys  # something to get through
     for fault in experiment.faults:
         assert fault.at_s + fault.for_s <= experiment.load.duration_s
 
@@ -451,3 +451,82 @@ def test_text_in_a_bytes_input_is_kept(tmp_path: Path) -> None:
     ]
 
     assert load_experiment(_write(tmp_path, data)).load.requests[0].inputs[0]["data"] == ["3e38"]
+
+
+# --- deploy steps -----------------------------------------------------------------------
+
+WRONG_HASH = {"models": {"iris": {"versions": {"v2": {"sha256": "0" * 64}}}}}
+
+
+def test_a_deploy_step_loads(tmp_path: Path) -> None:
+    data = _drill(deploys=[{"at_s": 4, "change": WRONG_HASH, "expect": "refused", "reason": "sha"}])
+
+    (deploy,) = load_experiment(_write(tmp_path, data)).deploys
+
+    assert deploy.at_s == 4
+    assert deploy.change == WRONG_HASH
+    assert deploy.expect == "refused"
+    assert deploy.reason == "sha"
+
+
+def test_a_deploy_needs_its_expectation(tmp_path: Path) -> None:
+    data = _drill(deploys=[{"at_s": 4, "change": WRONG_HASH}])
+
+    assert _problems(_write(tmp_path, data)) == ["deploys[0].expect: Field required"]
+
+
+def test_a_deploy_expectation_is_refused_or_applied(tmp_path: Path) -> None:
+    data = _drill(deploys=[{"at_s": 4, "change": WRONG_HASH, "expect": "rejected"}])
+
+    (problem,) = _problems(_write(tmp_path, data))
+
+    assert problem.startswith("deploys[0].expect: Input should be 'refused' or 'applied'")
+
+
+def test_an_empty_change_is_named(tmp_path: Path) -> None:
+    data = _drill(deploys=[{"at_s": 4, "change": {}, "expect": "refused"}])
+
+    assert _problems(_write(tmp_path, data)) == [
+        "deploys[0]: change is empty: give the configuration keys to change"
+    ]
+
+
+def test_a_change_to_a_key_no_configuration_has_is_named(tmp_path: Path) -> None:
+    data = _drill(deploys=[{"at_s": 4, "change": {"modles": {}}, "expect": "refused"}])
+
+    (problem,) = _problems(_write(tmp_path, data))
+
+    assert problem.startswith("deploys[0]: change: 'modles' not a configuration key (one of ")
+    assert "models" in problem
+
+
+def test_a_change_that_is_not_a_mapping_is_named(tmp_path: Path) -> None:
+    data = _drill(deploys=[{"at_s": 4, "change": ["models"], "expect": "refused"}])
+
+    (problem,) = _problems(_write(tmp_path, data))
+
+    assert problem.startswith("deploys[0].change: Input should be a valid dictionary")
+
+
+def test_a_reason_for_a_change_expected_applied_is_named(tmp_path: Path) -> None:
+    data = _drill(deploys=[{"at_s": 4, "change": WRONG_HASH, "expect": "applied", "reason": "x"}])
+
+    assert _problems(_write(tmp_path, data)) == [
+        "deploys[0]: reason applies to a deploy expected to be refused"
+    ]
+
+
+def test_a_deploy_after_the_load_is_named(tmp_path: Path) -> None:
+    data = _drill(deploys=[{"at_s": 10, "change": WRONG_HASH, "expect": "refused"}])
+
+    (problem,) = _problems(_write(tmp_path, data))
+
+    assert "deploys[0] is at 10 s, when the load (10 s) is over" in problem
+
+
+def test_the_bad_deploy_drill_expects_two_refusals() -> None:
+    experiment = load_experiment(DRILLS / "bad-deploy.yaml")
+
+    assert [deploy.expect for deploy in experiment.deploys] == ["refused", "refused"]
+    assert experiment.expect.max_lost == 0
+    assert experiment.expect.max_degraded_pct == 0

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from failsoft.drills.deploy import DeployOutcome
 from failsoft.drills.experiment import Experiment
 from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
 from failsoft.drills.scorecard import (
@@ -1224,3 +1225,102 @@ def test_a_kill_seen_before_the_drill_saw_its_fault_added_still_counts() -> None
 
     assert onset(KILL, events) == 2.98
     assert detection(KILL, events, _clean_run()) == pytest.approx(0.03)
+
+
+# --- deploys ----------------------------------------------------------------------------
+
+
+def _deploy(**changes: Any) -> DeployOutcome:
+    fields: dict[str, Any] = {
+        "number": 1,
+        "expect": "refused",
+        "start_s": 4.0,
+        "end_s": 4.05,
+        "status": 409,
+        "result": "refused",
+        "reason": "revision 2 was not applied: iris/v3 failed its probe",
+        "revision_before": 1,
+        "revision_after": 1,
+        "revision": 2,
+        "wanted_reason": "failed its probe",
+    }
+    fields.update(changes)
+    return DeployOutcome(**fields)
+
+
+def test_a_refused_deploy_passes_its_check() -> None:
+    card = _score(_clean_run(), windows=[], deploys=[_deploy()], expect={"max_lost": 0})
+
+    check = _check(card, "deploy 1 refused")
+    assert check.ok
+    assert check.measured == "refused (409), revision kept"
+    assert check.expected == "refused, revision kept, reason has 'failed its probe'"
+    assert card.passed
+    assert card.deploys == [_deploy()]
+
+
+def test_a_deploy_applied_when_it_should_be_refused_fails_its_check() -> None:
+    applied = _deploy(status=200, result="applied", reason="", revision_after=2)
+
+    card = _score(_clean_run(), windows=[], deploys=[applied])
+
+    assert _failed(card) == ["deploy 1 refused"]
+    assert _check(card, "deploy 1 refused").measured == "applied as revision 2 (200)"
+
+
+def test_each_deploy_gets_its_own_check() -> None:
+    applied = _deploy(
+        number=2,
+        expect="applied",
+        start_s=7.0,
+        end_s=7.5,
+        status=200,
+        result="applied",
+        reason="",
+        revision_after=3,
+        revision=3,
+        wanted_reason=None,
+    )
+    deploys = [_deploy(), applied]
+
+    card = _score(_clean_run(), windows=[], deploys=deploys)
+
+    assert [check.name for check in card.checks if check.name.startswith("deploy")] == [
+        "deploy 1 refused",
+        "deploy 2 applied",
+    ]
+    assert card.passed
+
+
+def test_deploys_are_windows_for_the_phases_and_the_recovery() -> None:
+    outcomes = _clean_run()
+    _fail(outcomes, _between(outcomes, 4.0, 4.2))  # two requests lost while it applied
+
+    card = _score(
+        outcomes,
+        windows=[],
+        deploys=[_deploy(), _deploy(number=2, start_s=6.0, end_s=6.05)],
+        expect={"max_lost": 0, "max_recover_s": 1},
+    )
+
+    assert [card.phases[name].requests for name in ("before", "during", "after")] == [40, 21, 39]
+    assert card.recovered_at_s == 6.05
+    assert card.detect_s == []
+    assert _failed(card) == ["availability during", "requests lost"]
+    assert card.lost == 2
+
+
+def test_a_scorecard_with_deploys_is_json() -> None:
+    card = _score(_clean_run(), windows=[], deploys=[_deploy()])
+
+    data = json.loads(json.dumps(card.to_json()))
+
+    assert data["deploys"][0]["result"] == "refused"
+    assert data["deploys"][0]["reason"].endswith("failed its probe")
+
+
+def test_a_run_without_deploys_has_no_deploy_checks() -> None:
+    card = _score(_clean_run())
+
+    assert card.deploys == []
+    assert not [check for check in card.checks if check.name.startswith("deploy")]

@@ -88,7 +88,7 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
     verdicts = summary(result.stdout)
     assert set(verdicts) == {path.stem for path in DRILLS.glob("*.yaml")}
     assert all(verdict == "passed" for verdict in verdicts.values()), verdicts
-    assert DRILL_COUNT == 10
+    assert DRILL_COUNT == 11
     assert f"resilience score: 100% ({DRILL_COUNT} of {DRILL_COUNT} drills passed)" in result.stdout
     card = json.loads((tmp_path / "replica-crash.json").read_text())
     assert card["passed"] is True
@@ -102,6 +102,12 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
     for name in ("all-replicas-down", "all-workers-killed"):
         healed = json.loads((tmp_path / f"{name}.json").read_text())
         assert healed["failed_after_heal"] <= 5, (name, healed["failed_after_heal"])
+    deployed = json.loads((tmp_path / "bad-deploy.json").read_text())
+    assert [deploy["result"] for deploy in deployed["deploys"]] == ["refused", "refused"]
+    assert "sha256" in deployed["deploys"][0]["reason"]
+    assert "failed its probe" in deployed["deploys"][1]["reason"]
+    assert deployed["lost"] == 0
+    assert deployed["degraded_pct"] == 0
 
 
 def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
@@ -132,6 +138,9 @@ def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
         assert "requests lost" in verdicts[name], (name, verdicts[name])
     for name in ("replica-errors", "replica-garbage"):
         assert "availability during" in verdicts[name], (name, verdicts[name])
+    # A broken revision is refused by the reconciler (it loads and probes the new replicas
+    # before the swap), which none of the switches above touch: this drill still passes.
+    assert verdicts["bad-deploy"] == "passed"
     assert re.search(r"FAIL availability during\s+0\.00%", result.stdout)
     assert re.search(
         rf"resilience score: \d+% \(\d+ of {DRILL_COUNT} drills passed\)", result.stdout

@@ -28,8 +28,21 @@ the good traffic:
         - {kind: outputs, outputs: [label], inputs: [...]} # asks for one output only
         - {kind: oversize, body_bytes: 9437184}            # a body over the server's limit
 
+A bad deploy is a ``deploys`` step: at ``at_s`` the drill reads the target's
+configuration (GET /admin/config), applies ``change`` to it as a JSON merge
+patch (RFC 7386: mappings merge, null removes a key, anything else replaces)
+and proposes the result (POST /admin/config); ``expect`` says whether the
+gateway must refuse it (and keep serving the revision it served) or apply it:
+
+    deploys:
+      - at_s: 6
+        change: {models: {iris: {versions: {v2: {sha256: "0000...0000"}}}}}
+        expect: refused
+        reason: sha256                       # text the refusal must contain
+
 The steady-state hypothesis must hold before, during and after the faults
-(and the attack); the expectations bound how the gateway got through them.
+(the attack, the deploys); the expectations bound how the gateway got through
+them.
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from failsoft._options import StrictModel, validation_problems
+from failsoft.config import Config
 from failsoft.control.faults import FaultSpec
 
 Priority = Literal["critical", "default", "sheddable"]
@@ -224,6 +238,41 @@ class ScheduledFault(FaultSpec):
         return data
 
 
+# What a deploy's change may patch: the keys of a configuration.
+CONFIG_KEYS = tuple(Config.model_fields)
+
+
+class Deploy(StrictModel):
+    """A change to the target's configuration, proposed mid-load through its admin API."""
+
+    at_s: Annotated[float, Field(ge=0)]
+    change: dict[str, Any] = Field(
+        description="a JSON merge patch (RFC 7386) of the target's current configuration: "
+        "mappings merge, null removes a key, anything else replaces"
+    )
+    expect: Literal["refused", "applied"] = Field(
+        description="refused: the gateway must refuse it and keep serving its revision; "
+        "applied: it must become the revision served"
+    )
+    reason: Annotated[str, Field(min_length=1)] | None = Field(
+        default=None, description="refused: text the refusal's reason must contain"
+    )
+
+    @model_validator(mode="after")
+    def _a_real_change(self) -> Deploy:
+        if not self.change:
+            raise ValueError("change is empty: give the configuration keys to change")
+        unknown = sorted(key for key in self.change if key not in CONFIG_KEYS)
+        if unknown:
+            raise ValueError(
+                f"change: {', '.join(map(repr, unknown))} not a configuration key "
+                f"(one of {', '.join(CONFIG_KEYS)})"
+            )
+        if self.reason is not None and self.expect != "refused":
+            raise ValueError("reason applies to a deploy expected to be refused")
+        return self
+
+
 class Expectations(StrictModel):
     max_detect_s: Annotated[float, Field(gt=0)] | None = None
     max_recover_s: Annotated[float, Field(ge=0)] | None = None
@@ -260,6 +309,7 @@ class Experiment(StrictModel):
     hypothesis: Hypothesis = Field(default_factory=Hypothesis)
     faults: list[ScheduledFault] = Field(default_factory=list, max_length=64)
     attack: Attack | None = None
+    deploys: list[Deploy] = Field(default_factory=list, max_length=16)
     expect: Expectations = Field(default_factory=Expectations)
 
     @model_validator(mode="after")
@@ -272,6 +322,12 @@ class Experiment(StrictModel):
                 )
         if self.expect.max_failed_after_heal is not None and not self.faults:
             raise ValueError("expect.max_failed_after_heal needs a fault to heal from")
+        for index, deploy in enumerate(self.deploys):
+            if deploy.at_s >= self.load.duration_s:
+                raise ValueError(
+                    f"deploys[{index}] is at {deploy.at_s:g} s, when the load "
+                    f"({self.load.duration_s:g} s) is over"
+                )
         return self
 
     @model_validator(mode="after")

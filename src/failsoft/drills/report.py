@@ -47,6 +47,12 @@ def render(card: Scorecard, color: bool = True) -> str:
         lines.append(
             "  attack: " + " · ".join(_answers(kind, got) for kind, got in card.attack.items())
         )
+    for deploy in card.deploys:
+        lines.append(
+            f"  deploy {deploy.number} at {deploy.start_s:.1f} s: {deploy.result}"
+            f" ({deploy.status or 'no answer'}) in {1000 * (deploy.end_s - deploy.start_s):.0f} ms"
+            + (f": {deploy.reason}" if deploy.reason else "")
+        )
     if card.readiness_polls is not None:
         lines.append(f"  readiness: {card.not_ready} of {card.readiness_polls} polls not ready")
     if card.replica_penalties is not None:
@@ -86,8 +92,11 @@ def write_outputs(card: Scorecard, experiment: Experiment, out_dir: Path) -> tup
         line.degraded_pct,
         line.p99_ms,
         [
-            (window.label, window.start_s, window.end_s)
-            for window in [*card.faults, *([card.attack_window] if card.attack_window else [])]
+            *(
+                (window.label, window.start_s, window.end_s)
+                for window in [*card.faults, *([card.attack_window] if card.attack_window else [])]
+            ),
+            *((deploy.label, deploy.start_s, deploy.end_s) for deploy in card.deploys),
         ],
         availability_target_pct=experiment.hypothesis.availability_pct,
         p99_target_ms=experiment.hypothesis.p99_ms,

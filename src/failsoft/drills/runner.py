@@ -2,7 +2,9 @@
 
 Faults are added through the admin API at their start and removed at their
 end; each is also created with its own duration, so it expires by itself if
-the drill dies half-way. A hostile client's attack runs alongside the load
+the drill dies half-way. A deploy step patches the configuration the target
+serves and proposes it (/admin/config) at its time; an applied change stays
+applied after the drill. A hostile client's attack runs alongside the load
 on the same time 0, and readiness is polled through the run when the
 experiment bounds it. ``scale`` shortens every time in the experiment
 (load and fault schedule) for the short form CI runs; the expectations are
@@ -20,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from failsoft.control.tenants import new_key
-from failsoft.drills.experiment import Experiment, ScheduledFault
+from failsoft.drills.deploy import DeployOutcome, classify, merge_patch
+from failsoft.drills.experiment import Deploy, Experiment, ScheduledFault
 from failsoft.drills.load import (
     AttackOutcomes,
     Outcomes,
@@ -93,6 +96,7 @@ async def _drive(
             f"{experiment.name}: {experiment.load.rate:g} req/s for {duration:.1f} s, "
             f"{len(experiment.faults)} fault(s)"
             + (f", an attack at {experiment.attack.rate:g} req/s" if experiment.attack else "")
+            + (f", {len(experiment.deploys)} deploy(s)" if experiment.deploys else "")
         )
         schedule = Schedule.soon(0.05)  # time to build the attack's bodies first
         load = asyncio.create_task(
@@ -110,9 +114,16 @@ async def _drive(
             if experiment.expect.max_not_ready is not None
             else None
         )
+        deploys = asyncio.gather(
+            *(
+                _deploy(admin, deploy, number, scale, schedule.wall, progress)
+                for number, deploy in enumerate(experiment.deploys, 1)
+            )
+        )
         windows = await asyncio.gather(  # their times are the load's (same time 0)
             *(_inject(admin, fault, scale, schedule.wall, progress) for fault in experiment.faults)
         )
+        deployed = await deploys
         outcomes = await load
         attacked = await attack if attack is not None else None
         polls = await readiness if readiness is not None else None
@@ -131,6 +142,7 @@ async def _drive(
         objective_pct=objective,
         attack=attacked,
         readiness=polls,
+        deploys=deployed,
     )
 
 
@@ -164,6 +176,45 @@ async def _inject(
         version=fault.version,
         replica=fault.replica,
         fault_id=str(added["id"]),
+    )
+
+
+async def _deploy(
+    admin: AdminClient,
+    deploy: Deploy,
+    number: int,
+    scale: float,
+    started: float,
+    progress: Progress,
+) -> DeployOutcome:
+    """At its time: patch the served configuration, propose it, and see what is served after."""
+    await asyncio.sleep(max(0.0, started + deploy.at_s * scale - time.time()))
+    before, config = await admin.served_config()
+    proposed = merge_patch(config, deploy.change)
+    start = time.time() - started
+    try:
+        status, answer = await admin.propose(proposed, f"drill deploy {number}")
+    except TargetError as error:
+        status, answer = 0, {"error": str(error)}
+    end = time.time() - started
+    result, reason, revision = classify(status, answer)
+    after, _ = await admin.served_config()
+    progress(
+        f"  +{start:5.1f}s deploy {number}: {result} in {1000 * (end - start):.0f} ms"
+        + (f": {reason}" if reason else "")
+    )
+    return DeployOutcome(
+        number,
+        deploy.expect,
+        start,
+        end,
+        status,
+        result,
+        reason,
+        before,
+        after,
+        revision,
+        deploy.reason,
     )
 
 

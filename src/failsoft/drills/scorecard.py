@@ -29,7 +29,11 @@ gateway's notable events, all in seconds since the load started:
   for the phases and the recovery, and its requests count nowhere else;
 - readiness: how many polls of /v2/health/ready were answered other than 200;
 - replicas penalised: breaker openings, ejections and failed health probes
-  of the model during the run, which a hostile client must never cause.
+  of the model during the run, which a hostile client must never cause;
+- deploys: whether each proposed change was refused (the served revision
+  kept, the reason containing what the drill expects) or applied, as the
+  drill expects; each deploy, from its proposal to the gateway's answer,
+  counts as a window for the phases and the recovery, as an attack does.
 
 Each check says what was measured, what was expected, and whether it held.
 """
@@ -45,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from failsoft.drills.deploy import DeployOutcome
 from failsoft.drills.experiment import Experiment
 from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
 
@@ -146,6 +151,7 @@ class Scorecard:
     readiness_polls: int | None = None
     not_ready: int | None = None
     replica_penalties: dict[str, int] | None = None  # kind of penalty -> count
+    deploys: list[DeployOutcome] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -285,6 +291,20 @@ def replica_penalties(model: str, events: Sequence[dict[str, Any]]) -> dict[str,
     return counts
 
 
+def deploy_window(deploy: DeployOutcome, model: str) -> FaultWindow:
+    """A deploy step as a window: from its proposal to the gateway's answer."""
+    return FaultWindow(deploy.label, model, deploy.start_s, deploy.end_s, kind="deploy")
+
+
+def deploy_check(deploy: DeployOutcome) -> Check:
+    return Check(
+        f"deploy {deploy.number} {deploy.expect}",
+        deploy.measured(),
+        deploy.expected(),
+        deploy.as_expected,
+    )
+
+
 def poison_uncontained(attack: AttackOutcomes) -> int:
     """Poison requests answered neither 422 nor 200 from a fallback (marked degraded)."""
     poison = np.asarray(attack.kinds) == "poison"
@@ -356,6 +376,7 @@ def score(
     objective_pct: float | None = None,
     attack: AttackOutcomes | None = None,
     readiness: ReadinessPolls | None = None,
+    deploys: Sequence[DeployOutcome] = (),
 ) -> Scorecard:
     hypothesis, expect = experiment.hypothesis, experiment.expect
     offsets = outcomes.offsets
@@ -375,7 +396,11 @@ def score(
             kind="attack",
         )
     )
-    spans = [*windows, *([attack_window] if attack_window is not None else [])]
+    spans = [
+        *windows,
+        *([attack_window] if attack_window is not None else []),
+        *(deploy_window(deploy, experiment.load.model) for deploy in deploys),
+    ]
     first = min((w.start_s for w in spans), default=duration_s)
     last = max((w.end_s for w in spans), default=duration_s)
     masks = {
@@ -507,6 +532,7 @@ def score(
                 penalised <= expect.max_replicas_penalised,
             )
         )
+    checks += [deploy_check(deploy) for deploy in deploys]
     polls = None if readiness is None else len(readiness.status)
     not_ready = None if readiness is None else int((readiness.status != 200).sum())
     if expect.max_not_ready is not None:
@@ -546,6 +572,7 @@ def score(
         readiness_polls=polls,
         not_ready=not_ready,
         replica_penalties=penalties,
+        deploys=list(deploys),
     )
 
 

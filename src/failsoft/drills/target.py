@@ -33,6 +33,8 @@ from failsoft.control.tenants import key_digest
 from failsoft.drills.server import ServerFailed, ServerProcess
 
 ADMIN_TIMEOUT_S = 10.0
+# A proposed configuration loads and probes its new replicas before the gateway answers.
+APPLY_TIMEOUT_S = 180.0
 
 
 class TargetError(Exception):
@@ -183,9 +185,11 @@ class AdminClient:
                 timed_out=isinstance(error, PoolTimeout),
             ) from None
 
-    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    async def _call(
+        self, method: str, path: str, body: Any = None, timeout_s: float | None = None
+    ) -> tuple[int, bytes]:
         payload = orjson.dumps(body) if body is not None else b""
-        response = await self.request(method, path, payload)
+        response = await self.request(method, path, payload, timeout_s=timeout_s)
         return response.status, response.body
 
     async def _json(self, method: str, path: str, body: Any = None) -> Any:
@@ -214,6 +218,33 @@ class AdminClient:
 
     async def clear_faults(self) -> None:
         await self._json("DELETE", "/admin/faults")
+
+    async def served_config(self) -> tuple[int, dict[str, Any]]:
+        """The revision the gateway serves and its configuration (as stored)."""
+        result: dict[str, Any] = await self._json("GET", "/admin/config")
+        config = result.get("config")
+        if not isinstance(config, dict):
+            raise TargetError(
+                "the target serves no stored configuration (is it running without a "
+                "control store, --no-store?): a deploy step needs one"
+            )
+        return int(result.get("revision") or 0), config
+
+    async def propose(self, config: dict[str, Any], reason: str) -> tuple[int, Any]:
+        """POST /admin/config; the status and the JSON answer (a refusal is not an error)."""
+        return await self._change("/admin/config", {"config": config, "reason": reason})
+
+    async def rollback(self, revision: int | None = None) -> tuple[int, Any]:
+        """POST /admin/config/rollback (to ``revision``, else the one before); status, answer."""
+        body = {} if revision is None else {"revision": revision}
+        return await self._change("/admin/config/rollback", body)
+
+    async def _change(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        status, payload = await self._call("POST", path, body, APPLY_TIMEOUT_S)
+        try:
+            return status, orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return status, {"error": payload[:200].decode("utf-8", "replace")}
 
     async def status(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", "/admin/status")
