@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ log = logging.getLogger("failsoft.control")
 
 ACTOR = "failsoft"  # the actor of what the gateway does by itself
 CHECKPOINT_EVERY_S = 1.0
+EARLY_EVENTS_KEPT = 1000  # events from start-up, before the loop runs
 
 
 @dataclass
@@ -38,10 +39,12 @@ class ControlPlane:
     data_dir: Path
     options: Config
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    emitter: ThreadEmitter | None = None
 
     def start(self) -> None:
         """Begin the background work (call on the running event loop)."""
-        _LOOP[:] = [asyncio.get_running_loop()]
+        if self.emitter is not None:
+            self.emitter.attach(asyncio.get_running_loop())
         self.tasks = [
             asyncio.ensure_future(self._checkpoints()),
             asyncio.ensure_future(self.revisions.watch(self.options.store.poll_s, actor=ACTOR)),
@@ -93,23 +96,41 @@ class ControlPlane:
             staging.rmdir()
 
 
-def _from_threads(bus: EventBus) -> Callable[[Event], None]:
-    """Registry calls run on threads; their events go to the bus on the event loop."""
+class ThreadEmitter:
+    """Registry calls run on threads; their events go to the bus on the event loop.
 
-    def emit(event: Event) -> None:
+    Events from before the loop runs (an artifact fetched, or repaired, while
+    the gateway starts) are kept and emitted once it does (``attach``): the
+    observers that report them are subscribed by then."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._early: list[Event] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            loop = self._loop
+            if loop is None:
+                if len(self._early) < EARLY_EVENTS_KEPT:
+                    self._early.append(event)
+                return
         try:
-            loop = asyncio.get_running_loop()
+            running = asyncio.get_running_loop()
         except RuntimeError:  # not the loop's thread
-            loop = None
-        if loop is not None:
-            bus.emit(event)
-        elif _LOOP:
-            _LOOP[0].call_soon_threadsafe(bus.emit, event)
+            running = None
+        if running is loop:
+            self._bus.emit(event)
+        else:
+            loop.call_soon_threadsafe(self._bus.emit, event)
 
-    return emit
-
-
-_LOOP: list[asyncio.AbstractEventLoop] = []  # the gateway's loop, once it runs
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            self._loop = loop
+            early, self._early = self._early, []
+        for event in early:
+            self._bus.emit(event)
 
 
 def open_plane(
@@ -125,7 +146,8 @@ def open_plane(
     folder.mkdir(parents=True, exist_ok=True)
     store = Store.open(folder, config.store.url)
     locations = config.artifacts.locations or [str(folder / "artifacts")]
-    registry = ArtifactLocations(locations, emit=_from_threads(bus))
+    emitter = ThreadEmitter(bus)
+    registry = ArtifactLocations(locations, emit=emitter)
     revisions = Revisions(store, registry, folder, apply)
     report = revisions.boot(config, apply_file=apply_file, actor="config-file")
-    return ControlPlane(store, registry, revisions, folder, config), report
+    return ControlPlane(store, registry, revisions, folder, config, emitter=emitter), report
