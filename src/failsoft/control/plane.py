@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ log = logging.getLogger("failsoft.control")
 
 ACTOR = "failsoft"  # the actor of what the gateway does by itself
 CHECKPOINT_EVERY_S = 1.0
+ARTIFACTS = "artifacts"  # the default artifact location, in the data directory
 EARLY_EVENTS_KEPT = 1000  # events from start-up, before the loop runs
 
 
@@ -83,17 +86,25 @@ class ControlPlane:
             log.info("backup written", extra={"path": str(folder / name)})
 
     def backup(self, out: Path) -> None:
-        """A consistent snapshot of the store and every registered artifact (blocking)."""
+        """A consistent snapshot of the store and every registered artifact (blocking).
+
+        Each artifact is read from the locations (a good copy: a bad one is
+        skipped and repaired) and archived where the default location keeps
+        it, ``data_dir/artifacts/sha256/<2 hex>/<digest>``: a restored data
+        directory serves without the locations that held the artifacts."""
         digests = sorted({row.sha256 for row in self.store.artifacts()})
-        staging = out.parent / f".{out.name}.artifacts"
-        staging.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.artifacts-"))
         try:
-            files = [self.registry.fetch(digest, staging / digest) for digest in digests]
-            backup(self.store, self.data_dir, out, extra_files=files)
+            files = {
+                f"{ARTIFACTS}/sha256/{digest[:2]}/{digest}": self.registry.fetch(
+                    digest, staging / digest
+                )
+                for digest in digests
+            }
+            backup(self.store, self.data_dir, out, named_files=files)
         finally:
-            for leftover in staging.iterdir():
-                leftover.unlink()
-            staging.rmdir()
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 class ThreadEmitter:
@@ -145,7 +156,7 @@ def open_plane(
     folder = Path(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     store = Store.open(folder, config.store.url)
-    locations = config.artifacts.locations or [str(folder / "artifacts")]
+    locations = config.artifacts.locations or [str(folder / ARTIFACTS)]
     emitter = ThreadEmitter(bus)
     registry = ArtifactLocations(locations, emit=emitter)
     revisions = Revisions(store, registry, folder, apply)

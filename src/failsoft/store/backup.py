@@ -6,8 +6,10 @@ A backup is one tar archive (gzip when its name ends in .gz or .tgz):
                          counts, and the sha256 and size of every other member
 ``store/TABLE.jsonl``    every row of every table, one JSON object per line
 ``data/…``               the data directory's audit files (the signing key,
-                         its public half, the outside checkpoint copy) and any
-                         ``extra_files`` (artifacts), by their path in it
+                         its public half, the outside checkpoint copy), any
+                         ``extra_files`` by their path in it, and any
+                         ``named_files`` by the name given (the artifacts,
+                         wherever they were read from)
 
 The rows are read in one snapshot transaction (PostgreSQL: REPEATABLE READ,
 read only; SQLite: one WAL read transaction), so a backup taken while
@@ -39,7 +41,7 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -133,6 +135,7 @@ def backup(
     out_path: Path,
     *,
     extra_files: Sequence[Path] = (),
+    named_files: Mapping[str, Path] | None = None,
     wall: Callable[[], float] = time.time,
 ) -> BackupResult:
     """Write a consistent snapshot of ``store`` and ``data_dir``'s audit files to ``out_path``."""
@@ -159,6 +162,15 @@ def backup(
             if not Path(extra).is_file():
                 raise StoreError(f"backup: {extra} is not a file")
             members.append((name, Path(extra)))
+        for relative, source in (named_files or {}).items():
+            name = f"data/{relative}"
+            if not _safe_name(name):
+                raise StoreError(f"backup: {relative!r} is not a path inside the data directory")
+            if name in {member for member, _ in members}:
+                continue
+            if not Path(source).is_file():
+                raise StoreError(f"backup: {source} is not a file")
+            members.append((name, Path(source)))
         with store.engine.snapshot() as conn:
             schema_revision = current_revision(conn)
             rows = _dump_tables(conn, staging / "store")
