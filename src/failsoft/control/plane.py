@@ -21,7 +21,7 @@ from pathlib import Path
 
 from failsoft.config import Config
 from failsoft.control.registry import ArtifactLocations
-from failsoft.control.revisions import Apply, BootReport, Revisions
+from failsoft.control.revisions import SNAPSHOT, Apply, BootReport, Revisions
 from failsoft.observe.events import Event, EventBus
 from failsoft.store import Store, StoreError
 from failsoft.store.backup import backup
@@ -155,7 +155,9 @@ def open_plane(
     """Open the store in ``data_dir`` and choose what to serve."""
     folder = Path(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    store = Store.open(folder, config.store.url)
+    # A gateway that served before starts while the store is down, on what it served.
+    served_before = (folder / SNAPSHOT).is_file()
+    store = Store.open(folder, config.store.url, unreachable_ok=served_before)
     locations = config.artifacts.locations or [str(folder / ARTIFACTS)]
     emitter = ThreadEmitter(bus)
     registry = ArtifactLocations(locations, emit=emitter)
