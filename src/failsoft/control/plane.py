@@ -22,6 +22,7 @@ from pathlib import Path
 from failsoft.config import Config
 from failsoft.control.registry import ArtifactLocations
 from failsoft.control.revisions import SNAPSHOT, Apply, BootReport, Revisions
+from failsoft.control.storecall import store_call
 from failsoft.observe.events import Event, EventBus
 from failsoft.store import Store, StoreError
 from failsoft.store.backup import backup
@@ -31,6 +32,7 @@ log = logging.getLogger("failsoft.control")
 ACTOR = "failsoft"  # the actor of what the gateway does by itself
 CHECKPOINT_EVERY_S = 1.0
 ARTIFACTS = "artifacts"  # the default artifact location, in the data directory
+CLOSE_WITHIN_S = 5.0  # the last checkpoint on shutdown waits no longer for the store
 EARLY_EVENTS_KEPT = 1000  # events from start-up, before the loop runs
 
 
@@ -61,13 +63,17 @@ class ControlPlane:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.to_thread(self.store.close)
+        try:  # a last checkpoint, unless the store hangs
+            await store_call(self.store, self.store.close, timeout=CLOSE_WITHIN_S)
+        except StoreError as error:
+            log.warning("control store not closed", extra={"error": error.message})
 
     async def _checkpoints(self) -> None:
         while True:
             await asyncio.sleep(CHECKPOINT_EVERY_S)
             with contextlib.suppress(StoreError):  # down: the next round signs what is new
-                await asyncio.to_thread(self.store.checkpoint)
+                # No deadline: one call at a time, however long the store takes.
+                await store_call(self.store, self.store.checkpoint, timeout=None)
 
     async def _backups(self) -> None:
         options = self.options.store
@@ -76,7 +82,7 @@ class ControlPlane:
             await asyncio.sleep(options.backup_every_s)
             name = time.strftime("failsoft-%Y%m%dT%H%M%SZ.tar", time.gmtime())
             try:
-                await asyncio.to_thread(self.backup, folder / name)
+                await store_call(self.store, self.backup, folder / name, timeout=None)
             except (StoreError, OSError) as error:
                 log.error("scheduled backup failed", extra={"error": str(error)})
                 continue

@@ -30,6 +30,7 @@ from failsoft.config import Config, ConfigError, ProcessBackend, parse_config
 from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.plan import Plan, plan
 from failsoft.control.registry import ArtifactLocations
+from failsoft.control.storecall import store_call
 from failsoft.errors import BadRequest, FailsoftError, FailureClass, NotFound
 from failsoft.store import RevisionStatus, Store, StoreError, StoreUnreachable
 
@@ -237,7 +238,7 @@ class Revisions:
         while True:
             await asyncio.sleep(every_s)
             try:
-                current = await asyncio.to_thread(self._store.current_revision)
+                current = await store_call(self._store, self._store.current_revision, timeout=None)
             except StoreError as error:
                 if not warned:
                     log.warning(
@@ -320,7 +321,7 @@ class Revisions:
 
     async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            return await asyncio.to_thread(function, *args, **kwargs)
+            return await store_call(self._store, function, *args, **kwargs)
         except StoreUnreachable as error:
             raise StoreUnavailable(error.message) from None
         except StoreError as error:

@@ -13,7 +13,9 @@ PostgreSQL, the write lock on SQLite): control-plane writes are rare, and
 one writer at a time keeps revision ids and audit sequence numbers gapless.
 
 A store that cannot be reached when it is opened can be opened anyway: its
-migration waits for the first transaction that reaches it (``defer``).
+migration waits for the first transaction that reaches it (``defer``). A
+caller that stops waiting for the store sets a ``deadline`` on its thread: a
+write transaction that gets through after it is rolled back, not committed.
 
 Errors leave this module as ``StoreError``, whose message names the store by
 its URL without the password: never a driver traceback.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +40,7 @@ __all__ = [
     "StoreEngine",
     "StoreError",
     "StoreUnreachable",
+    "deadline",
     "default_url",
     "redact",
 ]
@@ -222,10 +226,35 @@ class StoreEngine:
                     conn.execute(
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._lock_key}
                     )
+                self._check_deadline(doing)
                 yield conn
+                self._check_deadline(doing)  # the caller gave up: roll back, do not commit
+
+    def _check_deadline(self, doing: str) -> None:
+        at = getattr(_caller, "deadline", None)
+        if at is not None and time.monotonic() > at:
+            raise StoreUnreachable(
+                f"control store {self.url} unreachable or failing ({doing}): no answer "
+                "within the caller's deadline; nothing was written"
+            )
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_caller = threading.local()
+
+
+@contextmanager
+def deadline(at: float | None) -> Iterator[None]:
+    """Writes on this thread commit only before ``at`` (``time.monotonic()``): a caller that
+    stopped waiting for the store (it hung) must not see its change land later."""
+    before = getattr(_caller, "deadline", None)
+    _caller.deadline = at
+    try:
+        yield
+    finally:
+        _caller.deadline = before
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
