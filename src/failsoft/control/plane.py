@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import tempfile
+import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from failsoft.config import Config
 from failsoft.control.registry import ArtifactLocations
-from failsoft.control.revisions import Apply, BootReport, Revisions
+from failsoft.control.revisions import SNAPSHOT, Apply, BootReport, Revisions
+from failsoft.control.storecall import store_call
 from failsoft.observe.events import Event, EventBus
 from failsoft.store import Store, StoreError
 from failsoft.store.backup import backup
@@ -28,6 +31,9 @@ log = logging.getLogger("failsoft.control")
 
 ACTOR = "failsoft"  # the actor of what the gateway does by itself
 CHECKPOINT_EVERY_S = 1.0
+ARTIFACTS = "artifacts"  # the default artifact location, in the data directory
+CLOSE_WITHIN_S = 5.0  # the last checkpoint on shutdown waits no longer for the store
+EARLY_EVENTS_KEPT = 1000  # events from start-up, before the loop runs
 
 
 @dataclass
@@ -38,10 +44,12 @@ class ControlPlane:
     data_dir: Path
     options: Config
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    emitter: ThreadEmitter | None = None
 
     def start(self) -> None:
         """Begin the background work (call on the running event loop)."""
-        _LOOP[:] = [asyncio.get_running_loop()]
+        if self.emitter is not None:
+            self.emitter.attach(asyncio.get_running_loop())
         self.tasks = [
             asyncio.ensure_future(self._checkpoints()),
             asyncio.ensure_future(self.revisions.watch(self.options.store.poll_s, actor=ACTOR)),
@@ -55,13 +63,17 @@ class ControlPlane:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.to_thread(self.store.close)
+        try:  # a last checkpoint, unless the store hangs
+            await store_call(self.store, self.store.close, timeout=CLOSE_WITHIN_S)
+        except StoreError as error:
+            log.warning("control store not closed", extra={"error": error.message})
 
     async def _checkpoints(self) -> None:
         while True:
             await asyncio.sleep(CHECKPOINT_EVERY_S)
             with contextlib.suppress(StoreError):  # down: the next round signs what is new
-                await asyncio.to_thread(self.store.checkpoint)
+                # No deadline: one call at a time, however long the store takes.
+                await store_call(self.store, self.store.checkpoint, timeout=None)
 
     async def _backups(self) -> None:
         options = self.options.store
@@ -70,7 +82,7 @@ class ControlPlane:
             await asyncio.sleep(options.backup_every_s)
             name = time.strftime("failsoft-%Y%m%dT%H%M%SZ.tar", time.gmtime())
             try:
-                await asyncio.to_thread(self.backup, folder / name)
+                await store_call(self.store, self.backup, folder / name, timeout=None)
             except (StoreError, OSError) as error:
                 log.error("scheduled backup failed", extra={"error": str(error)})
                 continue
@@ -80,36 +92,56 @@ class ControlPlane:
             log.info("backup written", extra={"path": str(folder / name)})
 
     def backup(self, out: Path) -> None:
-        """A consistent snapshot of the store and every registered artifact (blocking)."""
+        """A consistent snapshot of the store and every registered artifact (blocking).
+
+        Each artifact is read from the locations (a good copy: a bad one is
+        skipped and repaired) and archived by its digest; ``failsoft restore``
+        puts them back into the locations it is given."""
         digests = sorted({row.sha256 for row in self.store.artifacts()})
-        staging = out.parent / f".{out.name}.artifacts"
-        staging.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.artifacts-"))
         try:
             files = {digest: self.registry.fetch(digest, staging / digest) for digest in digests}
             backup(self.store, self.data_dir, out, artifacts=files)
         finally:
-            for leftover in staging.iterdir():
-                leftover.unlink()
-            staging.rmdir()
+            shutil.rmtree(staging, ignore_errors=True)
 
 
-def _from_threads(bus: EventBus) -> Callable[[Event], None]:
-    """Registry calls run on threads; their events go to the bus on the event loop."""
+class ThreadEmitter:
+    """Registry calls run on threads; their events go to the bus on the event loop.
 
-    def emit(event: Event) -> None:
+    Events from before the loop runs (an artifact fetched, or repaired, while
+    the gateway starts) are kept and emitted once it does (``attach``): the
+    observers that report them are subscribed by then."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._early: list[Event] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            loop = self._loop
+            if loop is None:
+                if len(self._early) < EARLY_EVENTS_KEPT:
+                    self._early.append(event)
+                return
         try:
-            loop = asyncio.get_running_loop()
+            running = asyncio.get_running_loop()
         except RuntimeError:  # not the loop's thread
-            loop = None
-        if loop is not None:
-            bus.emit(event)
-        elif _LOOP:
-            _LOOP[0].call_soon_threadsafe(bus.emit, event)
+            running = None
+        if running is loop:
+            self._bus.emit(event)
+        else:
+            loop.call_soon_threadsafe(self._bus.emit, event)
 
-    return emit
-
-
-_LOOP: list[asyncio.AbstractEventLoop] = []  # the gateway's loop, once it runs
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            self._loop = loop
+            early, self._early = self._early, []
+        for event in early:
+            self._bus.emit(event)
 
 
 def open_plane(
@@ -123,9 +155,12 @@ def open_plane(
     """Open the store in ``data_dir`` and choose what to serve."""
     folder = Path(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    store = Store.open(folder, config.store.url)
-    locations = config.artifacts.locations or [str(folder / "artifacts")]
-    registry = ArtifactLocations(locations, emit=_from_threads(bus))
+    # A gateway that served before starts while the store is down, on what it served.
+    served_before = (folder / SNAPSHOT).is_file()
+    store = Store.open(folder, config.store.url, unreachable_ok=served_before)
+    locations = config.artifacts.locations or [str(folder / ARTIFACTS)]
+    emitter = ThreadEmitter(bus)
+    registry = ArtifactLocations(locations, emit=emitter)
     revisions = Revisions(store, registry, folder, apply)
     report = revisions.boot(config, apply_file=apply_file, actor="config-file")
-    return ControlPlane(store, registry, revisions, folder, config), report
+    return ControlPlane(store, registry, revisions, folder, config, emitter=emitter), report

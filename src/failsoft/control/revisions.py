@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from failsoft.config import Config, ConfigError, ProcessBackend, parse_config
 from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.plan import Plan, plan
 from failsoft.control.registry import ArtifactLocations
+from failsoft.control.storecall import store_call
 from failsoft.errors import BadRequest, FailsoftError, FailureClass, NotFound
 from failsoft.store import RevisionStatus, Store, StoreError, StoreUnreachable
 
@@ -91,6 +93,9 @@ class Revisions:
         self._lock = asyncio.Lock()
         self.revision = 0  # the revision this gateway serves (0: not from the store)
         self.config: Config | None = None  # the configuration it serves, as stored
+        # name@version -> sha256 as resolved (immutable in the store), kept in the
+        # snapshot so a gateway started while the store is down finds its artifacts.
+        self._digests: dict[str, str] = {}
 
     # -- at start-up -----------------------------------------------------------
 
@@ -233,7 +238,7 @@ class Revisions:
         while True:
             await asyncio.sleep(every_s)
             try:
-                current = await asyncio.to_thread(self._store.current_revision)
+                current = await store_call(self._store, self._store.current_revision, timeout=None)
             except StoreError as error:
                 if not warned:
                     log.warning(
@@ -288,15 +293,18 @@ class Revisions:
             try:
                 found = self._store.find_artifact(ref)
             except StoreError as error:
-                raise StoreUnavailable(
-                    f"{where}: cannot look up artifact {text}: {error.message}"
-                ) from None
-            if found is None:
-                raise NotFound(
-                    f"{where}: no artifact {text} in the registry "
-                    "(push it with `failsoft model push`)"
-                )
-            digest = found.sha256
+                digest = self._digests.get(text)
+                if digest is None:
+                    raise StoreUnavailable(
+                        f"{where}: cannot look up artifact {text}: {error.message}"
+                    ) from None
+            else:
+                if found is None:
+                    raise NotFound(
+                        f"{where}: no artifact {text} in the registry "
+                        "(push it with `failsoft model push`)"
+                    )
+                digest = self._digests[text] = found.sha256
         destination = self._data_dir / ARTIFACT_CACHE / digest
         if not destination.is_file():
             self._registry.fetch(digest, destination)
@@ -313,7 +321,7 @@ class Revisions:
 
     async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            return await asyncio.to_thread(function, *args, **kwargs)
+            return await store_call(self._store, function, *args, **kwargs)
         except StoreUnreachable as error:
             raise StoreUnavailable(error.message) from None
         except StoreError as error:
@@ -322,14 +330,21 @@ class Revisions:
     def _save_snapshot(self, config: Config, revision: int) -> None:
         path = self._data_dir / SNAPSHOT
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"revision": revision, "config": config_json(config)}))
+        saved = {"revision": revision, "config": config_json(config), "artifacts": self._digests}
+        tmp.write_bytes(orjson.dumps(saved))
         tmp.replace(path)
 
     def _snapshot(self) -> tuple[Config, int] | None:
         try:
             saved = orjson.loads((self._data_dir / SNAPSHOT).read_bytes())
-            return parse_config(saved["config"], "the last served revision"), int(saved["revision"])
-        except (OSError, ValueError, KeyError, TypeError, ConfigError):
+            config = parse_config(saved["config"], "the last served revision")
+            revision = int(saved["revision"])
+            digests = saved.get("artifacts") or {}
+            self._digests.update(
+                {str(ref): digest for ref, digest in digests.items() if _is_sha256(digest)}
+            )
+            return config, revision
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError):
             return None
 
 
@@ -339,6 +354,10 @@ class BootReport:
     revision: int
     pending: bool  # stored now: mark it applied once the gateway serves it
     note: str | None  # what to tell the person who started the gateway
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
 def _indent(text: str) -> str:

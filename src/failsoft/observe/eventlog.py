@@ -6,6 +6,12 @@ import dataclasses
 import logging
 
 from failsoft.control.faults import FaultAdded, FaultEnded, ReplicaKilled
+from failsoft.control.registry import (
+    ArtifactCopyBad,
+    ArtifactRepaired,
+    ArtifactUnrecoverable,
+    ArtifactWriteFailed,
+)
 from failsoft.observe.events import Event
 from failsoft.pipeline.breaker import BreakerTransition
 from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
@@ -23,7 +29,11 @@ _LEVELS: dict[type[Event], int] = {
     ReplicaEjected: logging.WARNING,
     FallbackTierFailed: logging.WARNING,
     PanicChanged: logging.WARNING,
+    ArtifactCopyBad: logging.WARNING,
+    ArtifactWriteFailed: logging.WARNING,
+    ArtifactUnrecoverable: logging.ERROR,
     ReplicaReturned: logging.INFO,
+    ArtifactRepaired: logging.INFO,
     PoisonDetected: logging.DEBUG,
     AttemptFailed: logging.DEBUG,
     RetryDenied: logging.DEBUG,

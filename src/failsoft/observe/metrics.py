@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from failsoft.control.registry import ArtifactCopyBad, ArtifactRepaired
 from failsoft.observe.events import (
     Event,
     ReplicaStateChanged,
@@ -202,6 +203,16 @@ class Metrics:
             "Worker processes restarted by the supervisor.",
             ["model", "version", "replica", "reason"],
         )
+        self.artifact_copies_bad = _Family(
+            "failsoft_artifact_copies_bad",
+            "Artifact copies skipped on read or scrub: missing, corrupt or unreadable.",
+            ["location", "problem"],
+        )
+        self.artifact_repairs = _Family(
+            "failsoft_artifact_repairs",
+            "Artifact copies rewritten from a good copy.",
+            ["location"],
+        )
         self._families = [
             self.requests,
             self.failures,
@@ -221,6 +232,8 @@ class Metrics:
             self.poison,
             self.panic,
             self.worker_restarts,
+            self.artifact_copies_bad,
+            self.artifact_repairs,
         ]
         self._latency: dict[tuple[str, str], _VersionStats] = {}
         self.registry = CollectorRegistry()
@@ -285,6 +298,10 @@ class Metrics:
             self.poison.inc(event.model, event.version, remembered)
         elif isinstance(event, PanicChanged):
             self.panic.set(1 if event.active else 0, event.model, event.version)
+        elif isinstance(event, ArtifactCopyBad):
+            self.artifact_copies_bad.inc(event.location, event.problem)
+        elif isinstance(event, ArtifactRepaired):
+            self.artifact_repairs.inc(event.location)
 
     def collect(self) -> Iterator[Metric]:
         for family in self._families:

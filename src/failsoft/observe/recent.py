@@ -1,11 +1,11 @@
 """The recent notable events, kept for /admin/events: what a drill or a person polls.
 
 A bounded ring of state changes (ejections, breaker transitions, probe
-verdicts, worker restarts, faults) with wall-clock times, so a drill runner
-in another process can tell when the gateway noticed a fault. Per-request
-events that can come by the thousand (fallbacks, sheds) are folded: a repeat
-of the same kind for the same model within a second only raises the count
-of the entry already kept.
+verdicts, worker restarts, faults, artifact copies found bad or repaired)
+with wall-clock times, so a drill runner in another process can tell when
+the gateway noticed a fault. Per-request events that can come by the
+thousand (fallbacks, sheds) are folded: a repeat of the same kind for the
+same model within a second only raises the count of the entry already kept.
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ from enum import Enum
 from typing import Any
 
 from failsoft.control.faults import FaultAdded, FaultEnded, ReplicaKilled
+from failsoft.control.registry import (
+    ArtifactCopyBad,
+    ArtifactRepaired,
+    ArtifactUnrecoverable,
+    ArtifactWriteFailed,
+)
 from failsoft.observe.events import Event, ReplicaStateChanged, WorkerRestarted
 from failsoft.pipeline.breaker import BreakerTransition
 from failsoft.pipeline.fallback import FallbackUsed
@@ -38,6 +44,10 @@ KEPT: tuple[type[Event], ...] = (
     FaultEnded,
     ReplicaKilled,
     PanicChanged,
+    ArtifactCopyBad,
+    ArtifactRepaired,
+    ArtifactWriteFailed,
+    ArtifactUnrecoverable,
 )
 FOLDED: tuple[type[Event], ...] = (FallbackUsed, RequestShed, PoisonDetected, AttemptFailed)
 FOLD_WINDOW_S = 1.0

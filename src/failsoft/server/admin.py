@@ -9,7 +9,6 @@ change it makes, in the audit log.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,6 +18,7 @@ from typing import Any
 import orjson
 
 from failsoft.control.plane import ControlPlane
+from failsoft.control.storecall import store_call
 from failsoft.errors import (
     BadRequest,
     FailsoftError,
@@ -136,8 +136,8 @@ class AdminRoutes:
             return
         store = self._control.store
         try:
-            await asyncio.to_thread(
-                store.record, action, target, actor=principal.name, detail=dict(detail)
+            await store_call(
+                store, store.record, action, target, actor=principal.name, detail=dict(detail)
             )
         except StoreError as error:
             log_store_down(action, error)
@@ -154,7 +154,8 @@ class AdminRoutes:
         if self._control is not None:
             digest = hashlib.sha256(presented.encode()).hexdigest()
             try:
-                found = await asyncio.to_thread(self._control.store.token_by_sha256, digest)
+                store = self._control.store
+                found = await store_call(store, store.token_by_sha256, digest)
             except StoreError:
                 found = None  # named tokens wait for the store; the admin token still works
             if found is not None:

@@ -38,6 +38,7 @@ import orjson
 from failsoft.control.artifact_ref import ARTIFACT_KINDS
 from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import StoreUnavailable
+from failsoft.control.storecall import store_call
 from failsoft.errors import BadRequest, MethodNotAllowed, NotFound
 from failsoft.store import StoreError, StoreUnreachable
 from failsoft.store.encoding import utc_text
@@ -124,7 +125,7 @@ class ControlRoutes:
             return _ok({**changes.as_json(), "plan_text": changes.render()})
         if len(rest) == 1 and rest[0].isdigit():
             _allow(method, "GET")
-            found = await _store(self._control.store.revision, int(rest[0]))
+            found = await self._call(self._control.store.revision, int(rest[0]))
             if found is None:
                 raise NotFound(f"there is no revision {rest[0]}")
             return _ok(
@@ -150,7 +151,7 @@ class ControlRoutes:
         store = self._control.store
         if method != "POST":
             _allow(method, "GET, POST")
-            rows = await _store(store.artifacts)
+            rows = await self._call(store.artifacts)
             return _ok({"artifacts": [asdict(row) for row in rows]})
         name, version, kind = (query.get(key, "") for key in ("name", "version", "kind"))
         if kind not in ARTIFACT_KINDS:
@@ -162,7 +163,7 @@ class ControlRoutes:
             raise BadRequest("the body holds no bytes: send the model file")
         digest = hashlib.sha256(data).hexdigest()
         # The row first: gc keeps what is registered, so a push racing it loses nothing.
-        row = await _store(
+        row = await self._call(
             store.register_artifact,
             name,
             version,
@@ -177,15 +178,17 @@ class ControlRoutes:
     async def _registry(self, action: str, read_body: ReadBody) -> Answer:
         store, registry = self._control.store, self._control.registry
         if action == "verify":
-            expected = {row.sha256 for row in await _store(store.artifacts)}
+            expected = {row.sha256 for row in await self._call(store.artifacts)}
             verified = await asyncio.to_thread(registry.verify, expected)
             return _ok({"ok": verified.ok, "summary": verified.summary(), **_plain(verified)})
         body = await _json(read_body, CONFIG_BODY_LIMIT)
         # What a stored revision uses stays, and so does what was pushed within the
         # grace period: it is likely about to be applied.
-        keep = await _store(store.referenced_sha256)
+        keep = await self._call(store.referenced_sha256)
         recent = utc_text(time.time() - GC_GRACE_S)
-        keep |= {row.sha256 for row in await _store(store.artifacts) if row.created_at >= recent}
+        keep |= {
+            row.sha256 for row in await self._call(store.artifacts) if row.created_at >= recent
+        }
         dry_run = bool(body.get("dry_run", True))
         collected = await asyncio.to_thread(registry.gc, keep, dry_run=dry_run)
         return _ok(
@@ -201,17 +204,17 @@ class ControlRoutes:
     async def _audit(self, rest: list[str], query: Query) -> Answer:
         store = self._control.store
         if not rest:
-            entries = await _store(
+            entries = await self._call(
                 store.audit_entries,
                 after_seq=_number(query, "after", 0),
                 limit=_number(query, "limit", 100),
             )
             return _ok({"entries": [entry.to_dict() for entry in entries]})
         if rest == ["verify"]:
-            return _ok((await _store(store.verify)).to_dict())
+            return _ok((await self._call(store.verify)).to_dict())
         if len(rest) == 2 and rest[0] == "proof":
             seq = _number({"seq": rest[1]}, "seq")
-            proof = await _store(store.prove, seq)
+            proof = await self._call(store.prove, seq)
             public = store.public_key.public_bytes_raw().hex()
             return _ok({"proof": proof.to_dict(), "public_key": public})
         raise NotFound(f"no admin route /admin/audit/{'/'.join(rest)}")
@@ -222,7 +225,7 @@ class ControlRoutes:
         store = self._control.store
         if rest:
             _allow(method, "DELETE")
-            token = await _store(store.revoke_token, rest[0], actor=actor)
+            token = await self._call(store.revoke_token, rest[0], actor=actor)
             return _ok({"revoked": token.name})
         if method == "POST":
             body = await _json(read_body, CONFIG_BODY_LIMIT)
@@ -234,12 +237,12 @@ class ControlRoutes:
                 raise BadRequest(f"scopes must be a list of {', '.join(SCOPES)}")
             secret = "fsa_" + secrets.token_urlsafe(32)
             digest = hashlib.sha256(secret.encode()).hexdigest()
-            await _store(store.add_token, name, digest, sorted(scopes), actor=actor)
+            await self._call(store.add_token, name, digest, sorted(scopes), actor=actor)
             return Answer(
                 201, orjson.dumps({"name": name, "scopes": sorted(scopes), "token": secret})
             )
         _allow(method, "GET, POST")
-        rows = await _store(store.tokens)
+        rows = await self._call(store.tokens)
         return _ok(
             {
                 "tokens": [
@@ -257,18 +260,18 @@ class ControlRoutes:
     async def _backup(self) -> Answer:
         with tempfile.TemporaryDirectory(prefix="failsoft-backup-") as scratch:
             archive = Path(scratch) / "backup.tar"
-            await _store(self._control.backup, archive)
+            await self._call(self._control.backup, archive, timeout=None)
             data = await asyncio.to_thread(archive.read_bytes)
         return Answer(200, data, b"application/x-tar")
 
-
-async def _store(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    try:
-        return await asyncio.to_thread(function, *args, **kwargs)
-    except StoreUnreachable as error:
-        raise StoreUnavailable(error.message) from None
-    except StoreError as error:  # a refusal: the message says what is wrong with the request
-        raise BadRequest(error.message) from None
+    async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A store call off the event loop, with a deadline (``timeout=None``: none)."""
+        try:
+            return await store_call(self._control.store, function, *args, **kwargs)
+        except StoreUnreachable as error:
+            raise StoreUnavailable(error.message) from None
+        except StoreError as error:  # a refusal: the message says what is wrong with the request
+            raise BadRequest(error.message) from None
 
 
 async def _json(read_body: ReadBody, limit: int) -> dict[str, Any]:

@@ -12,6 +12,11 @@ Every write transaction holds one store-wide lock (an advisory lock on
 PostgreSQL, the write lock on SQLite): control-plane writes are rare, and
 one writer at a time keeps revision ids and audit sequence numbers gapless.
 
+A store that cannot be reached when it is opened can be opened anyway: its
+migration waits for the first transaction that reaches it (``defer``). A
+caller that stops waiting for the store sets a ``deadline`` on its thread: a
+write transaction that gets through after it is rolled back, not committed.
+
 Errors leave this module as ``StoreError``, whose message names the store by
 its URL without the password: never a driver traceback.
 """
@@ -21,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["DEFAULT_DB_FILE", "StoreEngine", "StoreError", "default_url", "redact"]
+__all__ = [
+    "DEFAULT_DB_FILE",
+    "StoreEngine",
+    "StoreError",
+    "StoreUnreachable",
+    "deadline",
+    "default_url",
+    "redact",
+]
 
 DEFAULT_DB_FILE = "failsoft.db"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -118,6 +132,10 @@ class StoreEngine:
         self.schema = schema
         self._lock_key = _lock_key(schema)
         self._thread_lock = threading.Lock()
+        # Work the open could not do (the store was down): done before the next use.
+        self._pending: Callable[[], None] | None = None
+        self._pending_lock = threading.Lock()
+        self._local = threading.local()
         self.engine = self._create(parsed)
         with self.translate("open"):
             if schema is not None:
@@ -158,15 +176,37 @@ class StoreEngine:
                 f"control store {self.url}: {doing} failed: {_reason(error)}"
             ) from None
 
+    def defer(self, prepare: Callable[[], None]) -> None:
+        """Run ``prepare`` (which may use this engine) before the next transaction, and
+        before every one after it until it succeeds: a migration that the open could
+        not do because the store was unreachable."""
+        self._pending = prepare
+
+    def _ready(self) -> None:
+        if self._pending is None or getattr(self._local, "preparing", False):
+            return
+        with self._pending_lock:
+            prepare = self._pending
+            if prepare is None:
+                return
+            self._local.preparing = True
+            try:
+                prepare()
+            finally:
+                self._local.preparing = False
+            self._pending = None
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction (SQLite: a WAL snapshot from the first read on)."""
+        self._ready()
         with self.translate("read"), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
         """A read-only transaction in which every statement sees the same snapshot."""
+        self._ready()
         with self.translate("read"), self.engine.connect() as conn:
             if self.dialect == "postgresql":
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
@@ -178,6 +218,7 @@ class StoreEngine:
     @contextmanager
     def write(self, doing: str = "write") -> Iterator[Connection]:
         """A write transaction holding the store-wide write lock until it ends."""
+        self._ready()
         with self._thread_lock, self.translate(doing), self.engine.connect() as conn:
             conn.execution_options(**{_WRITE: True})
             with conn.begin():
@@ -185,10 +226,35 @@ class StoreEngine:
                     conn.execute(
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": self._lock_key}
                     )
+                self._check_deadline(doing)
                 yield conn
+                self._check_deadline(doing)  # the caller gave up: roll back, do not commit
+
+    def _check_deadline(self, doing: str) -> None:
+        at = getattr(_caller, "deadline", None)
+        if at is not None and time.monotonic() > at:
+            raise StoreUnreachable(
+                f"control store {self.url} unreachable or failing ({doing}): no answer "
+                "within the caller's deadline; nothing was written"
+            )
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_caller = threading.local()
+
+
+@contextmanager
+def deadline(at: float | None) -> Iterator[None]:
+    """Writes on this thread commit only before ``at`` (``time.monotonic()``): a caller that
+    stopped waiting for the store (it hung) must not see its change land later."""
+    before = getattr(_caller, "deadline", None)
+    _caller.deadline = at
+    try:
+        yield
+    finally:
+        _caller.deadline = before
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -38,7 +38,7 @@ from sqlalchemy import Connection, Row, func, insert, select, update
 from failsoft.control.artifact_ref import ARTIFACT_KINDS, ArtifactRef, ArtifactRefError
 from failsoft.store.audit import AuditEntry, AuditLog, Checkpoint, InclusionProof
 from failsoft.store.encoding import canonical_json, sha256_hex, utc_text
-from failsoft.store.engine import StoreEngine, StoreError, default_url
+from failsoft.store.engine import StoreEngine, StoreError, StoreUnreachable, default_url
 from failsoft.store.live import LiveRows
 from failsoft.store.migrate import upgrade
 from failsoft.store.references import artifact_references
@@ -184,6 +184,7 @@ class Store(LiveRows):
         schema: str | None = None,
         wall: Callable[[], float] = time.time,
         checkpoint_interval_s: float = 1.0,
+        unreachable_ok: bool = False,
     ) -> Store:
         """Open (and migrate to the newest schema) the store at ``url``.
 
@@ -191,12 +192,20 @@ class Store(LiveRows):
         audit signing key and the outside copy of checkpoints live in
         ``data_dir`` whatever the URL. Raises StoreError when the store is
         unreachable, its URL is wrong, or its schema is newer than this code.
+        With ``unreachable_ok``, a store that does not answer is opened
+        anyway: every call raises StoreUnreachable until it answers, and the
+        first call that reaches it migrates it first.
         """
         data_dir = Path(data_dir)
         key = load_or_create_key(data_dir)
         engine = StoreEngine(url or default_url(data_dir), schema)
         try:
             migrate(engine)
+        except StoreUnreachable:
+            if not unreachable_ok:
+                engine.dispose()
+                raise
+            engine.defer(lambda: migrate(engine))
         except BaseException:
             engine.dispose()
             raise
