@@ -64,7 +64,8 @@ def test_bundled_drill_loads(path: Path) -> None:
     experiment = load_experiment(path)
 
     assert isinstance(experiment, Experiment)
-    assert experiment.faults or experiment.attack or experiment.deploys  # something to get through
+    # something to get through
+    assert experiment.faults or experiment.attack or experiment.deploys or experiment.flags
     for fault in experiment.faults:
         assert fault.at_s + fault.for_s <= experiment.load.duration_s
 

@@ -88,7 +88,7 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
     verdicts = summary(result.stdout)
     assert set(verdicts) == {path.stem for path in DRILLS.glob("*.yaml")}
     assert all(verdict == "passed" for verdict in verdicts.values()), verdicts
-    assert DRILL_COUNT == 11
+    assert DRILL_COUNT == 13
     assert f"resilience score: 100% ({DRILL_COUNT} of {DRILL_COUNT} drills passed)" in result.stdout
     card = json.loads((tmp_path / "replica-crash.json").read_text())
     assert card["passed"] is True
@@ -108,6 +108,16 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
     assert "failed its probe" in deployed["deploys"][1]["reason"]
     assert deployed["lost"] == 0
     assert deployed["degraded_pct"] == 0
+    for name, steps in (("kill-switch", 1), ("safe-halt", 2)):
+        switched = json.loads((tmp_path / f"{name}.json").read_text())
+        assert switched["lost"] == 0, name
+        assert len(switched["flags"]) == steps, name
+        for flag in switched["flags"]:
+            assert flag["status"] == 200, (name, flag)
+            assert flag["effective_s"] < 1.0, (name, flag)
+            assert flag["calls"] == 0, (name, flag)
+            assert flag["answers"]["other"] == 0, (name, flag)
+            assert flag["answers"]["fallback"] > 0, (name, flag)
 
 
 def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
@@ -116,8 +126,10 @@ def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
     result = run_suite(fragile_config(demo_dir, tmp_path), tmp_path / "out")
     assert result.returncode == 1, result.stdout[-6000:]
     verdicts = summary(result.stdout)
-    # Without fallback, every v1 answer is lost while v1 is down.
-    assert verdicts["all-replicas-down"].startswith("FAILED availability during")
+    # Without fallback, every v1 answer is lost while v1 is down. (A request sent just
+    # before the fault and answered once it bit may fail "availability before" too.)
+    assert verdicts["all-replicas-down"].startswith("FAILED"), verdicts["all-replicas-down"]
+    assert "availability during" in verdicts["all-replicas-down"]
     # Without admission control the saturated model times out, critical requests too.
     assert "availability during" in verdicts["overload"]
     # Without retries, a killed worker's calls fail; without fallback, so do the rest.
@@ -141,6 +153,14 @@ def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
     # A broken revision is refused by the reconciler (it loads and probes the new replicas
     # before the swap), which none of the switches above touch: this drill still passes.
     assert verdicts["bad-deploy"] == "passed"
+    # Without fallback a switched-off or halted version's requests get a clean 503: the
+    # switches still hold (in force at once, no call to the version, no silent answer),
+    # only the availability the fallback chain gave is gone.
+    for name in ("kill-switch", "safe-halt"):
+        assert verdicts[name].startswith("FAILED"), (name, verdicts[name])
+        assert "availability during" in verdicts[name], (name, verdicts[name])
+        assert "requests lost" in verdicts[name], (name, verdicts[name])
+        assert "flag" not in verdicts[name], (name, verdicts[name])
     assert re.search(r"FAIL availability during\s+0\.00%", result.stdout)
     assert re.search(
         rf"resilience score: \d+% \(\d+ of {DRILL_COUNT} drills passed\)", result.stdout

@@ -4,7 +4,8 @@
 store, and decides which configuration to serve (``Revisions.boot``). The
 background work it owns runs on the gateway's event loop, always off the
 request path: audit checkpoints (about once a second), following revisions
-other gateways applied, and scheduled backups.
+other gateways applied, following the flags they set, expiring flags, and
+scheduled backups.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from failsoft.config import Config
 from failsoft.control.registry import ArtifactLocations
@@ -26,6 +28,9 @@ from failsoft.control.storecall import store_call
 from failsoft.observe.events import Event, EventBus
 from failsoft.store import Store, StoreError
 from failsoft.store.backup import backup
+
+if TYPE_CHECKING:
+    from failsoft.control.flag_service import FlagService
 
 log = logging.getLogger("failsoft.control")
 
@@ -45,6 +50,7 @@ class ControlPlane:
     options: Config
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     emitter: ThreadEmitter | None = None
+    flags: FlagService | None = None  # set by the app, which has the runtime
 
     def start(self) -> None:
         """Begin the background work (call on the running event loop)."""
@@ -54,6 +60,9 @@ class ControlPlane:
             asyncio.ensure_future(self._checkpoints()),
             asyncio.ensure_future(self.revisions.watch(self.options.store.poll_s, actor=ACTOR)),
         ]
+        if self.flags is not None:
+            self.flags.start()
+            self.tasks.append(asyncio.ensure_future(self.flags.watch(self.options.store.poll_s)))
         if self.options.store.backup_every_s > 0:
             self.tasks.append(asyncio.ensure_future(self._backups()))
 
@@ -63,6 +72,8 @@ class ControlPlane:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.flags is not None:
+            await self.flags.close()
         try:  # a last checkpoint, unless the store hangs
             await store_call(self.store, self.store.close, timeout=CLOSE_WITHIN_S)
         except StoreError as error:

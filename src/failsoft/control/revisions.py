@@ -170,7 +170,7 @@ class Revisions:
                 self._store.add_revision, config_json(config), actor=actor, reason=reason
             )
             try:
-                runnable = await asyncio.to_thread(self.resolve, config)
+                runnable = await store_call(self._store, self.resolve, config, timeout=None)
                 await self._apply(runnable, stored.id)
             except FailsoftError as error:
                 await self._mark(
@@ -252,7 +252,7 @@ class Revisions:
             async with self._lock:
                 try:
                     config = parse_config(current.config, f"revision {current.id}")
-                    runnable = await asyncio.to_thread(self.resolve, config)
+                    runnable = await store_call(self._store, self.resolve, config, timeout=None)
                     await self._apply(runnable, current.id)
                 except FailsoftError as error:
                     log.error(

@@ -40,9 +40,15 @@ gateway must refuse it (and keep serving the revision it served) or apply it:
         expect: refused
         reason: sha256                       # text the refusal must contain
 
+An operator's switch is a ``flags`` step (drills/flagstep.py): a flag set
+through the admin API at ``at_s`` and cleared ``for_s`` later:
+
+    flags:
+      - {at_s: 8, for_s: 8, key: failsoft.halt.iris.v1, spec: {kind: boolean, value: true}}
+
 The steady-state hypothesis must hold before, during and after the faults
-(the attack, the deploys); the expectations bound how the gateway got through
-them.
+(and the attack, the deploys and the flags); the expectations bound how the
+gateway got through them.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from pydantic import Field, ValidationError, model_validator
 from failsoft._options import StrictModel, validation_problems
 from failsoft.config import Config
 from failsoft.control.faults import FaultSpec
+from failsoft.drills.flagstep import FlagStep
 
 Priority = Literal["critical", "default", "sheddable"]
 MAX_REQUESTS = 200_000
@@ -299,6 +306,15 @@ class Expectations(StrictModel):
         description="breaker openings, ejections and failed health probes of the load's "
         "model during the run (what a hostile client must never cause)",
     )
+    max_switch_effective_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=None,
+        description="a flag step that switches versions off: from sending it to the last "
+        "answer a switched version gave (at least the admin call's round trip)",
+    )
+    max_calls_to_switched: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="inference calls (failsoft_attempts) on switched versions while switched",
+    )
 
 
 class Experiment(StrictModel):
@@ -310,6 +326,7 @@ class Experiment(StrictModel):
     faults: list[ScheduledFault] = Field(default_factory=list, max_length=64)
     attack: Attack | None = None
     deploys: list[Deploy] = Field(default_factory=list, max_length=16)
+    flags: list[FlagStep] = Field(default_factory=list, max_length=16)
     expect: Expectations = Field(default_factory=Expectations)
 
     @model_validator(mode="after")
@@ -328,6 +345,15 @@ class Experiment(StrictModel):
                     f"deploys[{index}] is at {deploy.at_s:g} s, when the load "
                     f"({self.load.duration_s:g} s) is over"
                 )
+        for index, step in enumerate(self.flags):
+            end = step.at_s + (step.for_s or 0.0)
+            if step.at_s >= self.load.duration_s or end > self.load.duration_s:
+                raise ValueError(
+                    f"flags[{index}] runs to {end:g} s, after the load ({self.load.duration_s:g} s)"
+                )
+        switches = self.expect.max_switch_effective_s, self.expect.max_calls_to_switched
+        if any(bound is not None for bound in switches) and not self.flags:
+            raise ValueError("expect.max_switch_effective_s and max_calls_to_switched need flags")
         return self
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ import click
 
 from failsoft.drills.chart import draw_timeline
 from failsoft.drills.experiment import Experiment
+from failsoft.drills.flagstep import FlagScore
 from failsoft.drills.scorecard import Scorecard
 
 
@@ -22,6 +23,25 @@ def _answers(kind: str, answers: dict[str, int]) -> str:
     """``poison 40 (422 x38, 200 degraded x2)``: how often each answer came, most first."""
     ranked = sorted(answers.items(), key=lambda item: -item[1])
     return f"{kind} {sum(answers.values())} (" + ", ".join(f"{a} x{n}" for a, n in ranked) + ")"
+
+
+def _flag_line(flag: FlagScore) -> str:
+    """``flag 1 failsoft.halt.iris.v1 at 3.3 s: set in 4 ms, effective 0.00 s, ...``."""
+    head = f"  flag {flag.number} {flag.key} at {flag.start_s:.1f} s: "
+    if flag.status != 200:
+        return head + f"refused ({flag.status or 'no answer'}): {flag.error}"
+    text = head + f"set in {flag.set_ms:.0f} ms, cleared at {flag.cleared_s:.1f} s"
+    if not flag.is_switch:
+        return text
+    effective = "-" if flag.effective_s is None else f"{flag.effective_s:.3f} s"
+    calls = "-" if flag.calls is None else str(flag.calls)
+    answers = ", ".join(f"{label} {count}" for label, count in flag.answers.items())
+    return (
+        text
+        + f"; effective in {effective}; {calls} calls to {flag.model}/"
+        + ",".join(flag.switched)
+        + f"; answers meanwhile: {answers}"
+    )
 
 
 def render(card: Scorecard, color: bool = True) -> str:
@@ -53,6 +73,8 @@ def render(card: Scorecard, color: bool = True) -> str:
             f" ({deploy.status or 'no answer'}) in {1000 * (deploy.end_s - deploy.start_s):.0f} ms"
             + (f": {deploy.reason}" if deploy.reason else "")
         )
+    for flag in card.flags:
+        lines.append(_flag_line(flag))
     if card.readiness_polls is not None:
         lines.append(f"  readiness: {card.not_ready} of {card.readiness_polls} polls not ready")
     if card.replica_penalties is not None:
@@ -97,6 +119,7 @@ def write_outputs(card: Scorecard, experiment: Experiment, out_dir: Path) -> tup
                 for window in [*card.faults, *([card.attack_window] if card.attack_window else [])]
             ),
             *((deploy.label, deploy.start_s, deploy.end_s) for deploy in card.deploys),
+            *((f"flag {f.number}", f.start_s, f.cleared_s) for f in card.flags),
         ],
         availability_target_pct=experiment.hypothesis.availability_pct,
         p99_target_ms=experiment.hypothesis.p99_ms,

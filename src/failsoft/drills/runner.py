@@ -5,6 +5,9 @@ end; each is also created with its own duration, so it expires by itself if
 the drill dies half-way. A deploy step patches the configuration the target
 serves and proposes it (/admin/config) at its time; an applied change stays
 applied after the drill. A hostile client's attack runs alongside the load
+the drill dies half-way. A flag step sets a flag through the admin API at
+its time and clears it ``for_s`` later (or at the load's end), reading the
+switched versions' calls in /metrics meanwhile. A hostile client's attack runs alongside the load
 on the same time 0, and readiness is polled through the run when the
 experiment bounds it. ``scale`` shortens every time in the experiment
 (load and fault schedule) for the short form CI runs; the expectations are
@@ -24,6 +27,7 @@ from typing import Any
 from failsoft.control.tenants import new_key
 from failsoft.drills.deploy import DeployOutcome, classify, merge_patch
 from failsoft.drills.experiment import Deploy, Experiment, ScheduledFault
+from failsoft.drills.flagstep import FlagOutcome, FlagStep, switched_versions
 from failsoft.drills.load import (
     AttackOutcomes,
     Outcomes,
@@ -91,12 +95,14 @@ async def _drive(
         await admin.clear_faults()
         status = await admin.status()
         objective = status.get("models", {}).get(model, {}).get("objective_pct")
+        versions = list(status.get("models", {}).get(model, {}).get("versions", {}))
         before = await admin.model_counts(model)
         progress(
             f"{experiment.name}: {experiment.load.rate:g} req/s for {duration:.1f} s, "
             f"{len(experiment.faults)} fault(s)"
             + (f", an attack at {experiment.attack.rate:g} req/s" if experiment.attack else "")
             + (f", {len(experiment.deploys)} deploy(s)" if experiment.deploys else "")
+            + (f", {len(experiment.flags)} flag step(s)" if experiment.flags else "")
         )
         schedule = Schedule.soon(0.05)  # time to build the attack's bodies first
         load = asyncio.create_task(
@@ -120,10 +126,19 @@ async def _drive(
                 for number, deploy in enumerate(experiment.deploys, 1)
             )
         )
+        flag_steps = asyncio.gather(
+            *(
+                _flag(
+                    admin, step, number, model, versions, scale, duration, schedule.wall, progress
+                )
+                for number, step in enumerate(experiment.flags, 1)
+            )
+        )
         windows = await asyncio.gather(  # their times are the load's (same time 0)
             *(_inject(admin, fault, scale, schedule.wall, progress) for fault in experiment.faults)
         )
         deployed = await deploys
+        flagged = await flag_steps
         outcomes = await load
         attacked = await attack if attack is not None else None
         polls = await readiness if readiness is not None else None
@@ -143,6 +158,7 @@ async def _drive(
         attack=attacked,
         readiness=polls,
         deploys=deployed,
+        flags=flagged,
     )
 
 
@@ -215,6 +231,59 @@ async def _deploy(
         after,
         revision,
         deploy.reason,
+    )
+
+
+async def _flag(
+    admin: AdminClient,
+    step: FlagStep,
+    number: int,
+    model: str,
+    versions: list[str],
+    scale: float,
+    duration: float,
+    started: float,
+    progress: Progress,
+) -> FlagOutcome:
+    """At its time: set the flag; at its end, clear it; the switched versions' calls between."""
+    switched = switched_versions(step.key, step.spec, model, versions)
+    await asyncio.sleep(max(0.0, started + step.at_s * scale - time.time()))
+    start = time.time() - started
+    try:
+        status, answer = await admin.set_flag(step.key, step.spec)
+    except TargetError as unreachable:
+        status, answer = 0, {"error": str(unreachable)}
+    end = time.time() - started
+    refusal = "" if status == 200 else str(answer.get("error", "") or f"HTTP {status}")
+    calls_at = await admin.attempts(model, switched) if switched and status == 200 else None
+    progress(
+        f"  +{start:5.1f}s flag {number} {step.key}: "
+        + (f"set in {1000 * (end - start):.0f} ms" if status == 200 else f"refused: {refusal}")
+    )
+    until = (step.at_s + step.for_s) * scale if step.for_s is not None else duration
+    await asyncio.sleep(max(0.0, started + until - time.time()))
+    calls = None
+    if calls_at is not None:
+        calls = await admin.attempts(model, switched) - calls_at
+    cleared_start = time.time() - started
+    if status == 200:
+        await admin.clear_flag(step.key)
+    cleared_end = time.time() - started
+    progress(
+        f"  +{cleared_start:5.1f}s flag {number} cleared"
+        + (f"; {calls} call(s) to {', '.join(switched)} meanwhile" if calls is not None else "")
+    )
+    return FlagOutcome(
+        number,
+        step.key,
+        start,
+        end,
+        status,
+        refusal,
+        cleared_start,
+        cleared_end,
+        switched,
+        calls,
     )
 
 

@@ -34,6 +34,11 @@ gateway's notable events, all in seconds since the load started:
   kept, the reason containing what the drill expects) or applied, as the
   drill expects; each deploy, from its proposal to the gateway's answer,
   counts as a window for the phases and the recovery, as an attack does.
+- flag steps (drills/flagstep.py): whether each flag was set; for a switch,
+  the time until it was effective, the calls its versions still got, and
+  how the requests sent while it held were answered (a fallback or a clean
+  503 only). Each step, from setting to clearing, counts as a window for
+  the phases and the recovery, as an attack does.
 
 Each check says what was measured, what was expected, and whether it held.
 """
@@ -51,6 +56,7 @@ import numpy as np
 
 from failsoft.drills.deploy import DeployOutcome
 from failsoft.drills.experiment import Experiment
+from failsoft.drills.flagstep import FlagOutcome, FlagScore, score_flag
 from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
 
 
@@ -152,6 +158,7 @@ class Scorecard:
     not_ready: int | None = None
     replica_penalties: dict[str, int] | None = None  # kind of penalty -> count
     deploys: list[DeployOutcome] = field(default_factory=list)
+    flags: list[FlagScore] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -377,6 +384,7 @@ def score(
     attack: AttackOutcomes | None = None,
     readiness: ReadinessPolls | None = None,
     deploys: Sequence[DeployOutcome] = (),
+    flags: Sequence[FlagOutcome] = (),
 ) -> Scorecard:
     hypothesis, expect = experiment.hypothesis, experiment.expect
     offsets = outcomes.offsets
@@ -396,10 +404,19 @@ def score(
             kind="attack",
         )
     )
+    model = experiment.load.model
+    scored = [
+        score_flag(step, model, offsets, outcomes.status, outcomes.degraded, outcomes.served_by)
+        for step in flags
+    ]
     spans = [
         *windows,
         *([attack_window] if attack_window is not None else []),
-        *(deploy_window(deploy, experiment.load.model) for deploy in deploys),
+        *(
+            FaultWindow(f"flag {f.number}", model, f.start_s, f.cleared_s, kind="flag")
+            for f in scored
+        ),
+        *(deploy_window(deploy, model) for deploy in deploys),
     ]
     first = min((w.start_s for w in spans), default=duration_s)
     last = max((w.end_s for w in spans), default=duration_s)
@@ -533,6 +550,8 @@ def score(
             )
         )
     checks += [deploy_check(deploy) for deploy in deploys]
+    for flag in scored:
+        checks += flag_checks(flag, expect)
     polls = None if readiness is None else len(readiness.status)
     not_ready = None if readiness is None else int((readiness.status != 200).sum())
     if expect.max_not_ready is not None:
@@ -573,7 +592,51 @@ def score(
         not_ready=not_ready,
         replica_penalties=penalties,
         deploys=list(deploys),
+        flags=scored,
     )
+
+
+def flag_checks(flag: FlagScore, expect: Any) -> list[Check]:
+    """A flag step's checks: it was set; for a switch, how soon and how well it held."""
+    name = f"flag {flag.number}"
+    checks = [
+        Check(
+            f"{name} set",
+            f"{flag.status or 'no answer'} in {flag.set_ms:.0f} ms",
+            "set (200)",
+            flag.status == 200,
+        )
+    ]
+    if not flag.is_switch:
+        return checks
+    if expect.max_switch_effective_s is not None:
+        checks.append(
+            Check(
+                f"{name} effective",
+                _seconds(flag.effective_s),
+                f"<= {expect.max_switch_effective_s:g} s",
+                flag.effective_s is not None and flag.effective_s <= expect.max_switch_effective_s,
+            )
+        )
+    if expect.max_calls_to_switched is not None:
+        checks.append(
+            Check(
+                f"{name} calls to {','.join(flag.switched)}",
+                "-" if flag.calls is None else str(flag.calls),
+                f"<= {expect.max_calls_to_switched}",
+                flag.calls is not None and flag.calls <= expect.max_calls_to_switched,
+            )
+        )
+    answers = flag.answers
+    checks.append(
+        Check(
+            f"{name} answers while switched",
+            f"{answers['other']} other of {sum(answers.values())}",
+            "fallback or clean 503 only",
+            flag.status == 200 and answers["other"] == 0,
+        )
+    )
+    return checks
 
 
 def _sheddable_first(outcomes: Outcomes, during: np.ndarray) -> Check:

@@ -270,6 +270,37 @@ class AdminClient:
                     requests += sample.value
         return attempts, requests
 
+    async def attempts(self, model: str, versions: list[str]) -> int:
+        """Calls on replicas (first tries, retries, hedges) of these versions so far."""
+        status, payload = await self._call("GET", "/metrics")
+        if status != 200:
+            raise TargetError(f"GET /metrics answered {status}")
+        total = 0.0
+        for family in text_string_to_metric_families(payload.decode()):
+            if family.name != "failsoft_attempts":
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                if (
+                    sample.name.endswith("_total")
+                    and labels.get("model") == model
+                    and labels.get("version") in versions
+                ):
+                    total += sample.value
+        return round(total)
+
+    async def set_flag(self, key: str, spec: dict[str, Any]) -> tuple[int, Any]:
+        """PUT /admin/flags/KEY; the status and the JSON answer (a refusal is not an error)."""
+        response = await self.request("PUT", f"/admin/flags/{key}", orjson.dumps(spec))
+        try:
+            return response.status, orjson.loads(response.body)
+        except orjson.JSONDecodeError:
+            return response.status, {"error": response.body[:200].decode("utf-8", "replace")}
+
+    async def clear_flag(self, key: str) -> int:
+        """DELETE /admin/flags/KEY; its status (404: it was not set, or expired)."""
+        return (await self.request("DELETE", f"/admin/flags/{key}")).status
+
 
 def _unreachable_reason(error: PoolError, timeout_s: float) -> str:
     """Why no answer came, in a few words: the pool's message, or the socket error under it."""

@@ -32,6 +32,7 @@ from urllib.parse import parse_qs
 from failsoft import __version__
 from failsoft.call import Call
 from failsoft.config import Config, ServerConfig
+from failsoft.control.flag_service import FlagService
 from failsoft.control.flags import NO_SWITCHES, Context, Switches
 from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import BootReport
@@ -69,6 +70,7 @@ from failsoft.server.http import (
     read_body,
     send_response,
 )
+from failsoft.server.ofrep import Ofrep
 
 log = logging.getLogger("failsoft.server")
 access_log = logging.getLogger("failsoft.access")
@@ -174,6 +176,16 @@ class FailsoftApp:
             self.recent,
             control,
         )
+        if control is not None:  # the flags in force, before the first request
+            control.flags = FlagService(control.store, runtime, control.data_dir)
+            note = control.flags.boot()
+            if note:
+                log.warning("flags", extra={"note": note})
+        self.ofrep = Ofrep(
+            lambda: control.flags if control is not None else None,
+            lambda: self.admission.tenants,
+            time.time,
+        )
         self.draining = False  # set on SIGTERM: not ready, no new work
         runtime.bus.subscribe(metrics.observe)
         runtime.bus.subscribe(log_event, LOGGED)
@@ -222,6 +234,8 @@ class FailsoftApp:
             config.tenants, config.server.require_keys, self.runtime.clock, previous=tenants
         )
         self.admin.token = config.server.resolved_admin_token()
+        if self.control is not None and self.control.flags is not None:
+            self.control.flags.reapply()  # switches of models this change added
         self.revision = revision
         log.info("revision applied", extra={"revision": revision})
 
@@ -337,6 +351,8 @@ class FailsoftApp:
             return Answer(200, self.metrics.render(), [], CONTENT_TYPE.encode())
         if head == "admin":
             return self._admin(req, parts[1:])
+        if head == "ofrep":
+            return self._ofrep(req, parts[1:])
         if head == "" and len(parts) == 1:
             _expect(req, "GET")
             self._guard(req)
@@ -359,6 +375,16 @@ class FailsoftApp:
         if isinstance(answered, tuple):
             return Answer(answered[0], answered[1], [])
         return Answer(answered.status, answered.body, [], answered.content_type)
+
+    async def _ofrep(self, req: Incoming, parts: list[str]) -> Answer:
+        reply = await self.ofrep.handle(
+            req.method,
+            parts,
+            req.authorization,
+            req.headers or (),
+            lambda limit: read_body(req.receive, limit, req.content_length),
+        )
+        return Answer(reply.status, reply.body, list(reply.headers))
 
     def _route_v2(self, req: Incoming, parts: list[str]) -> Routed:
         n = len(parts)
@@ -561,6 +587,7 @@ class FailsoftApp:
         if (
             served.version == split.stable
             and "shadowing" not in route.switches.features_off
+            and (route.switches.quiet or split.candidate not in model._blocked(route.switches))
             and split.mirror(route.key, route.tenant)
         ):
             limiter = model.limiter

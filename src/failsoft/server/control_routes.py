@@ -16,6 +16,7 @@
     GET  /admin/audit/proof/SEQ             an inclusion proof, checkable offline
     GET  /admin/tokens, POST /admin/tokens {"name", "scopes"}, DELETE /admin/tokens/NAME
     GET  /admin/backup                      a consistent snapshot (tar) of store and artifacts
+    GET  /admin/flags[/KEY], PUT|DELETE /admin/flags/KEY   runtime flags (flag_routes.py)
 
 Every store call runs on a thread; none runs on the request path. Scopes:
 reading needs ``read``, changing needs ``write``.
@@ -40,6 +41,7 @@ from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import StoreUnavailable
 from failsoft.control.storecall import store_call
 from failsoft.errors import BadRequest, MethodNotAllowed, NotFound
+from failsoft.server.flag_routes import handle_flags
 from failsoft.store import StoreError, StoreUnreachable
 from failsoft.store.encoding import utc_text
 
@@ -87,6 +89,11 @@ class ControlRoutes:
             return await self._audit(rest, query)
         if head == "tokens" and len(rest) <= 1:
             return await self._tokens(method, rest, actor, read_body)
+        if head == "flags" and len(rest) <= 1:
+            if self._control.flags is None:
+                raise NotFound("the flags of this gateway are not loaded yet")
+            status, body = await handle_flags(self._control.flags, method, rest, actor, read_body)
+            return Answer(status, body)
         if head == "backup" and not rest:
             _allow(method, "GET")
             require("write")  # the archive holds the audit signing key

@@ -89,11 +89,24 @@ class LiveRows:
             )
         self._changed()
 
-    def clear_flag(self, key: str, *, actor: str, reason: str = "cleared") -> bool:
-        """Remove a flag; False when there was none."""
+    def clear_flag(
+        self,
+        key: str,
+        *,
+        actor: str,
+        reason: str = "cleared",
+        only_if: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Remove a flag; False when there was none.
+
+        ``only_if``: remove it only while its spec is still this one (an expiry
+        must not clear a flag someone has set again since), else False.
+        """
         with self._engine.write() as conn:
             old = conn.execute(select(flags.c.spec).where(flags.c.key == key)).first()
             if old is None:
+                return False
+            if only_if is not None and json.loads(old.spec) != json.loads(_text(only_if)):
                 return False
             conn.execute(delete(flags).where(flags.c.key == key))
             self.audit.append(
