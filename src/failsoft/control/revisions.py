@@ -31,6 +31,7 @@ from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.plan import Plan, plan
 from failsoft.control.registry import ArtifactLocations
 from failsoft.control.storecall import store_call
+from failsoft.data.schema import refuse_incompatible
 from failsoft.errors import BadRequest, FailsoftError, FailureClass, NotFound
 from failsoft.store import RevisionStatus, Store, StoreError, StoreUnreachable
 
@@ -162,6 +163,8 @@ class Revisions:
         async with self._lock:
             served = self.config
             changes = plan(served, config) if served is not None else Plan()
+            if served is not None:  # before anything is stored: a refusal changes nothing
+                refuse_incompatible(served, config)
             if dry_run:
                 return Outcome(changes, None, "planned")
             if served is not None and changes.empty:

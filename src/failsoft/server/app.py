@@ -37,6 +37,9 @@ from failsoft.control.flags import NO_SWITCHES, Context, Switches
 from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import BootReport
 from failsoft.control.tenants import Tenants
+from failsoft.data.input_checks import HEADER as DATA_WARNING
+from failsoft.data.input_checks import DataVerdict, DataViolation
+from failsoft.data.schema import version_inputs
 from failsoft.errors import (
     BadRequest,
     FailsoftError,
@@ -315,6 +318,8 @@ class FailsoftApp:
             headers.append((b"retry-after", str(seconds).encode()))
         elif error.status == 503:
             headers.append((b"retry-after", b"1"))
+        if isinstance(error, DataViolation):  # names the tensor, row and column of each
+            return Answer(error.status, json_body(error.body()), headers)
         message = error.message
         if error.status == 500:
             message = f"the model failed on this request (request id {request_id})"
@@ -434,8 +439,9 @@ class FailsoftApp:
     def _metadata(self, model_name: str, version_name: str | None) -> dict[str, object]:
         model = self.runtime.model(model_name)
         versions = [model.version(version_name).version] if version_name else list(model.versions)
+        inputs = version_inputs(model.config, versions[0]) if version_name else model.config.inputs
         return v2.model_metadata(
-            model_name, versions, model.config.platform, model.config.inputs, model.config.outputs
+            model_name, versions, model.config.platform, inputs, model.config.outputs
         )
 
     def _index(self) -> dict[str, object]:
@@ -483,7 +489,7 @@ class FailsoftApp:
             self.admission.admit_request(tenant)
             body = await read_body(req.receive, self.server.max_body_bytes, req.content_length)
             header_length = req.header_length
-            inputs = model.config.inputs if v1_codec else None
+            inputs = version_inputs(model.config, version) if v1_codec else None
             if self.decoder.inline(body, header_length):
                 request = decode(body, header_length, inputs)
             else:
@@ -493,7 +499,9 @@ class FailsoftApp:
                 # a replica is always asked for every output, which the contract checks.
                 request.raw = body
                 request.raw_header_length = header_length
-            self.admission.admit_rows(tenant, model.contract.check_request(request))
+            self.admission.admit_rows(tenant, model.contracts[version].check_request(request))
+            checks = model.checks[version]
+            verdict = checks.judge(request) if checks else None  # 422 under reject
             admission, limiter = self.admission, model.limiter
             held = admission.hold(tenant, priority, limiter, call)
             try:
@@ -503,11 +511,13 @@ class FailsoftApp:
                 if not model.fallback:
                     raise
                 answer, served_by = await self._serve(
-                    model, route, request, v1_codec, call, shed=shed
+                    model, route, request, v1_codec, call, shed=shed, verdict=verdict
                 )
             else:
                 try:
-                    answer, served_by = await self._serve(model, route, request, v1_codec, call)
+                    answer, served_by = await self._serve(
+                        model, route, request, v1_codec, call, verdict=verdict
+                    )
                 finally:
                     held.release()
             status = 200
@@ -535,9 +545,13 @@ class FailsoftApp:
         v1_codec: bool,
         call: Call,
         shed: Overloaded | None = None,
+        verdict: DataVerdict | None = None,
     ) -> tuple[Answer, str]:
         if shed is not None:
             served = await model.shed(request, call, shed)
+        elif verdict is not None and verdict.policy == "degrade":
+            version = route.pipeline.version
+            served = await model.degrade(request, call, version, verdict.violation, route.switches)
         else:
             served = await model.serve(request, call, route.pipeline, route.switches)
             if route.split is not None and not served.degraded:
@@ -556,6 +570,8 @@ class FailsoftApp:
         headers.append((b"failsoft-degraded", b"true" if served.degraded else b"false"))
         if revision:
             headers.append((b"failsoft-revision", str(revision).encode()))
+        if verdict is not None:
+            headers.append((DATA_WARNING, verdict.violation.header()))
         return answer, served.served_by
 
     def _route_to(
