@@ -65,10 +65,10 @@ class Violation:
 
     def describe(self) -> str:
         where = f"input {self.tensor!r} row {self.row} column {self.column!r}"
-        value = self.value
+        value = _number(self.value)
         problem = {
-            "min": f"value {value} is below min {self.limit}",
-            "max": f"value {value} is above max {self.limit}",
+            "min": f"value {value} is below min {_number(self.limit)}",
+            "max": f"value {value} is above max {_number(self.limit)}",
             "categories": f"value {value!r} is not one of the allowed categories",
             "integer": f"value {value} is not a whole number",
             "nan": "NaN is not allowed",
@@ -136,6 +136,10 @@ class DataVerdict:
 
     policy: InputPolicy
     violation: DataViolation
+
+
+def _number(value: Any) -> Any:
+    return f"{value:g}" if isinstance(value, float) else value
 
 
 def _json_value(value: Any) -> Any:
