@@ -127,6 +127,11 @@ _PIPELINE_SETTINGS = {
 }
 
 
+# Per-feature constraints are checked before a version is called: changing them
+# rebuilds neither replicas nor pipelines (breakers and the rest keep their state).
+_FEATURES = {"columns", "features"}
+
+
 def _canonical(value: object) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
@@ -137,7 +142,7 @@ def _keys(name: str, version: str, config: ModelConfig, runtime: Runtime) -> tup
     replicas = _canonical(
         {
             "backend": config.versions[version].model_dump(mode="json"),
-            "inputs": [spec.model_dump(mode="json") for spec in config.inputs],
+            "inputs": [spec.model_dump(mode="json", exclude=_FEATURES) for spec in config.inputs],
             "outputs": [spec.model_dump(mode="json") for spec in config.outputs],
             "server": runtime.config.server.model_dump(mode="json", exclude={"host", "port"}),
             "chaos": runtime.config.chaos.enabled,
@@ -146,7 +151,9 @@ def _keys(name: str, version: str, config: ModelConfig, runtime: Runtime) -> tup
     pipeline = _canonical(
         {
             "replicas": replicas,
-            "model": config.model_dump(mode="json", include=_PIPELINE_SETTINGS),
+            "model": config.model_dump(
+                mode="json", include=_PIPELINE_SETTINGS, exclude={"inputs": {"__all__": _FEATURES}}
+            ),
         }
     )
     return replicas, pipeline
