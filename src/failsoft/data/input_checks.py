@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 MAX_REPORTED = 10  # violations described in a 422 body
+_SMALL = 64  # up to this many values a Python loop beats numpy's per-call cost
 HEADER = b"failsoft-data-warning"
 _HEADER_MAX = 300
 _FLOATS = ("FP16", "FP32", "FP64")
@@ -150,8 +151,27 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+class _Bounds:
+    """The min/max bounds in a tensor's own dtype: FP32 data is judged against FP32
+    bounds, so ``max: 0.1`` takes the 0.1 a client sends as FP32."""
+
+    __slots__ = ("high", "low", "ranges")
+
+    def __init__(self, columns: list[int], low: list[float], high: list[float], dtype: Any):
+        kind = np.dtype(dtype)
+        cast = kind if kind.kind == "f" else np.dtype(np.float64)
+        self.low = np.array(low, dtype=np.float64).astype(cast)
+        self.high = np.array(high, dtype=np.float64).astype(cast)
+        self.ranges = list(zip(columns, self.low.tolist(), self.high.tolist(), strict=True))
+
+
 class TensorChecks:
-    """The constraints of one tensor's columns, as arrays."""
+    """The constraints of one tensor's columns: Python loops for a few values (cheaper
+    than any numpy call), vectorised comparisons for batches."""
 
     def __init__(self, spec: TensorSpec) -> None:
         assert spec.features
@@ -169,23 +189,18 @@ class TensorChecks:
         ranged = sorted(i for i, c in by_index.items() if c.min is not None or c.max is not None)
         self._range_cols = np.array(ranged, dtype=np.intp)
         self._all_ranged = ranged == list(range(width))
-        self._low = np.array(
-            [by_index[i].min if by_index[i].min is not None else -np.inf for i in ranged]
-        )
-        self._high = np.array(
-            [by_index[i].max if by_index[i].max is not None else np.inf for i in ranged]
-        )
-        self._integer_cols = np.array(
-            sorted(i for i, c in by_index.items() if c.integer), dtype=np.intp
-        )
+        self._low = [_or(by_index[i].min, -math.inf) for i in ranged]
+        self._high = [_or(by_index[i].max, math.inf) for i in ranged]
+        self._bounds: dict[Any, _Bounds] = {}
+        self._integer = sorted(i for i, c in by_index.items() if c.integer)
         # NaN and infinity reach here only when the tensor allows them (else its own
         # check refused them first): then a constrained column refuses them unless it allows.
-        nan_free = inf_free = []
+        nan_free: list[int] = []
+        inf_free: list[int] = []
         if self._floats and spec.allow_nan:
             nan_free = sorted(i for i, c in by_index.items() if not c.allow_nan)
             inf_free = sorted(i for i, c in by_index.items() if not c.allow_inf)
-        self._nan_cols = np.array(nan_free, dtype=np.intp)
-        self._inf_cols = np.array(inf_free, dtype=np.intp)
+        self._nan_free, self._inf_free = nan_free, inf_free
         self._categories: list[tuple[int, frozenset[Any], np.ndarray]] = []
         for index, constraint in sorted(by_index.items()):
             if constraint.categories is None:
@@ -197,84 +212,109 @@ class TensorChecks:
             )
             array = np.array(values, dtype=object if self._bytes else None)
             self._categories.append((index, frozenset(values), array))
+        self._others = bool(self._integer or nan_free or inf_free or self._categories)
+
+    def _bounds_for(self, dtype: Any) -> _Bounds:
+        found = self._bounds.get(dtype)
+        if found is None:
+            found = self._bounds[dtype] = _Bounds(
+                self._range_cols.tolist(), self._low, self._high, dtype
+            )
+        return found
 
     def _table(self, array: np.ndarray) -> np.ndarray:
         return array.reshape(-1, self.width)
 
-    def bad_rows(self, array: np.ndarray) -> np.ndarray | None:
-        """A boolean per row (True: breaks a constraint), or None when every row is fine."""
-        if array.size == 0:
-            return None
+    def broken(self, array: np.ndarray) -> bool:
+        """Does any value break a constraint? (The hot path: no allocation when all is well.)"""
+        size = array.size
+        if size == 0:
+            return False
+        ranged = bool(self._range_cols.size)
+        if size <= _SMALL:
+            ranges = self._bounds_for(array.dtype).ranges if ranged else []
+            others = self._others
+            for row in self._table(array).tolist():
+                for index, low, high in ranges:
+                    value = row[index]
+                    if value < low or value > high:
+                        return True
+                if others and self._row_problems(row):
+                    return True
+            return False
         table = self._table(array)
-        bad: np.ndarray | None = None
-        if self._range_cols.size:
+        if ranged:
+            bounds = self._bounds_for(array.dtype)
             values = table if self._all_ranged else table[:, self._range_cols]
-            out = (values < self._low) | (values > self._high)
-            bad = np.asarray(out.any(axis=1))
+            if (values < bounds.low).any() or (values > bounds.high).any():
+                return True
+        return any(mask.any() for mask in self._other_masks(table))
+
+    def bad_rows(self, array: np.ndarray) -> np.ndarray:
+        """A boolean per row: True where a value breaks a constraint (off the hot path)."""
+        table = self._table(array)
+        bad = np.zeros(len(table), dtype=bool)
+        if self._range_cols.size:
+            bounds = self._bounds_for(array.dtype)
+            values = table if self._all_ranged else table[:, self._range_cols]
+            bad |= ((values < bounds.low) | (values > bounds.high)).any(axis=1)
         for mask in self._other_masks(table):
-            rows = np.asarray(mask.any(axis=1))
-            bad = rows if bad is None else np.asarray(bad | rows)
-        if bad is None or not bad.any():
-            return None
+            bad |= mask.any(axis=1)
         return bad
 
     def _other_masks(self, table: np.ndarray) -> Iterable[np.ndarray]:
-        if self._integer_cols.size:
-            values = table[:, self._integer_cols]
+        if self._integer:
+            values = table[:, self._integer]
             with np.errstate(invalid="ignore"):
                 yield (values != np.trunc(values)) & np.isfinite(values)
-        if self._nan_cols.size:
-            yield np.isnan(table[:, self._nan_cols])
-        if self._inf_cols.size:
-            yield np.isinf(table[:, self._inf_cols])
+        if self._nan_free:
+            yield np.isnan(table[:, self._nan_free])
+        if self._inf_free:
+            yield np.isinf(table[:, self._inf_free])
         for index, allowed, allowed_array in self._categories:
             column = table[:, index]
-            if column.size <= 64:
+            if column.size <= _SMALL:
                 yield np.array([[v not in allowed] for v in column.tolist()], dtype=bool)
             else:
                 yield ~np.isin(column, allowed_array)[:, np.newaxis]
 
     def describe(self, array: np.ndarray, bad: np.ndarray, limit: int) -> list[Violation]:
-        """The violations in the first rows ``bad`` marks (off the fast path)."""
+        """The violations in the first rows ``bad`` marks."""
         table = self._table(array)
+        bounds = self._bounds_for(array.dtype)
         found: list[Violation] = []
         for row in np.flatnonzero(bad)[:limit].tolist():
-            found += self._row_violations(array.shape, table, row)
+            values = table[row].tolist()
+            for index, kind, value in self._row_problems(values):
+                found.append(self._violation(array.shape, row, index, kind, value))
+            for (index, low, high), shown_low, shown_high in zip(
+                bounds.ranges, self._low, self._high, strict=True
+            ):
+                value = values[index]
+                if value < low:
+                    found.append(self._violation(array.shape, row, index, "min", value, shown_low))
+                elif value > high:
+                    found.append(self._violation(array.shape, row, index, "max", value, shown_high))
             if len(found) >= limit:
                 break
         return found[:limit]
 
-    def _row_violations(
-        self, shape: tuple[int, ...], table: np.ndarray, row: int
-    ) -> list[Violation]:
+    def _row_problems(self, values: list[Any]) -> list[tuple[int, str, Any]]:
+        """(column, constraint, value) for each non-range problem of one row."""
         found = []
-        values = table[row]
-        checks: list[tuple[str, list[int]]] = [
-            ("nan", self._nan_cols.tolist()),
-            ("inf", self._inf_cols.tolist()),
-            ("integer", self._integer_cols.tolist()),
-        ]
-        for kind, columns in checks:
-            for index in columns:
-                value = values[index].item()
-                if (
-                    (kind == "nan" and value != value)
-                    or (kind == "inf" and isinstance(value, float) and math.isinf(value))
-                    or (kind == "integer" and math.isfinite(value) and not value.is_integer())
-                ):
-                    found.append(self._violation(shape, row, index, kind, value))
-        for index, low, high in zip(
-            self._range_cols.tolist(), self._low.tolist(), self._high.tolist(), strict=True
-        ):
-            value = values[index].item()
-            if value < low:
-                found.append(self._violation(shape, row, index, "min", value, low))
-            elif value > high:
-                found.append(self._violation(shape, row, index, "max", value, high))
+        for index in self._nan_free:
+            if values[index] != values[index]:
+                found.append((index, "nan", values[index]))
+        for index in self._inf_free:
+            if values[index] in (math.inf, -math.inf):
+                found.append((index, "inf", values[index]))
+        for index in self._integer:
+            value = values[index]
+            if math.isfinite(value) and not float(value).is_integer():
+                found.append((index, "integer", value))
         for index, allowed, _ in self._categories:
-            value = values[index].item() if not self._bytes else values[index]
-            if value not in allowed:
-                found.append(self._violation(shape, row, index, "categories", value))
+            if values[index] not in allowed:
+                found.append((index, "categories", values[index]))
         return found
 
     def _violation(
@@ -323,11 +363,9 @@ class InputChecks:
         rows = 0
         for name, checks in self.tensors.items():
             array = request.inputs.get(name)
-            if array is None:
+            if array is None or not checks.broken(array):
                 continue
             bad = checks.bad_rows(array)
-            if bad is None:
-                continue
             rows = max(rows, int(bad.sum()))
             if len(found) < MAX_REPORTED:
                 found += checks.describe(array, bad, MAX_REPORTED - len(found))
