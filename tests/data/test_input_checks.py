@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from failsoft.data.input_checks import DataViolated, DataViolation, InputChecks
@@ -189,3 +191,37 @@ def test_constraints_that_cannot_apply_are_refused_at_load(
 ) -> None:
     with pytest.raises(ValidationError, match=problem):
         spec(**extra)
+
+
+def test_bounds_are_judged_in_the_tensors_own_precision() -> None:
+    checks = InputChecks([spec(features={"0": {"max": 0.1}, "1": {"min": 0.1}})], "reject")
+    # FP32 0.1 is 0.100000001: above 0.1 in float64, equal to the bound as FP32.
+    assert checks.find(request([[0.1, 0.1, 0, 0]])) is None
+    assert checks.find(request([[0.1, 0.1, 0, 0]] * 100)) is None  # the vectorised path too
+    assert checks.find(request([[0.1001, 0.1, 0, 0]])) is not None
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(
+    rows=st.integers(1, 40),
+    low=st.floats(-5, 5, width=32),
+    width=st.floats(0, 5, width=32),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_the_loop_and_the_vectorised_path_agree_with_a_plain_reference(
+    rows: int, low: float, width: float, seed: int
+) -> None:
+    high = low + width
+    checks = InputChecks([spec(features={"2": {"min": low, "max": high}})], "reject")
+    values = np.random.default_rng(seed).uniform(-8, 8, size=(rows, 4)).astype(np.float32)
+    column = values[:, 2]
+    expected = (column < np.float32(low)) | (column > np.float32(high))
+    found = checks.find(InferRequest({"features": values}))  # up to 16 rows: the loop
+    wide = np.repeat(values, 3, axis=0)  # > 64 values: numpy
+    found_wide = checks.find(InferRequest({"features": wide}))
+    assert (found is None) == (not expected.any())
+    assert (found_wide is None) == (not expected.any())
+    if found is not None and found_wide is not None:
+        assert found.rows == int(expected.sum())
+        assert found_wide.rows == 3 * int(expected.sum())
+        assert found.violations[0].row == int(np.flatnonzero(expected)[0])
