@@ -107,6 +107,12 @@ def test_apply_refuses_an_incompatible_input_change_and_changes_nothing(
     assert too_wide.status_code == 422
     assert too_wide.json()["violations"][0]["column"] == "petal_width"
 
+    # A rollback is never refused for it: going back to what served is the way out.
+    rolled = cli(server, "config", "rollback", "--yes")
+    assert rolled.exit_code == 0, rolled.output
+    assert history(server)[0] == (3, "applied")
+    assert infer(server, [6.7, 3.0, 5.2, 2.9]).status_code == 422  # max 2.6 again
+
     # Under `none`, set in a revision of its own, the tightening goes through.
     relaxed = tmp_path / "relaxed.yaml"
     relaxed.write_text(iris(demo_dir, 3.0, "none"))
@@ -115,4 +121,4 @@ def test_apply_refuses_an_incompatible_input_change_and_changes_nothing(
     now_tight.write_text(iris(demo_dir, 2.0, "none"))
     assert cli(server, "apply", str(now_tight), "--yes").exit_code == 0
     assert infer(server, ROW).status_code == 422
-    assert history(server)[0] == (4, "applied")
+    assert history(server)[0] == (5, "applied")

@@ -151,9 +151,20 @@ class Revisions:
     # -- changes ---------------------------------------------------------------
 
     async def propose(
-        self, data: Any, *, actor: str, dry_run: bool = False, reason: str | None = None
+        self,
+        data: Any,
+        *,
+        actor: str,
+        dry_run: bool = False,
+        reason: str | None = None,
+        rollback: bool = False,
     ) -> Outcome:
-        """Validate, plan, store, resolve, apply; ``dry_run`` stops after the plan."""
+        """Validate, plan, store, resolve, apply; ``dry_run`` stops after the plan.
+
+        A change to the inputs of a serving version must fit its model's
+        ``compatibility`` (data/schema.py), except in a ``rollback``: going back
+        to a revision that served is the way out of trouble, never refused for it.
+        """
         if not isinstance(data, dict):
             raise BadRequest("a configuration is a JSON object with a 'models' key")
         try:
@@ -163,7 +174,7 @@ class Revisions:
         async with self._lock:
             served = self.config
             changes = plan(served, config) if served is not None else Plan()
-            if served is not None:  # before anything is stored: a refusal changes nothing
+            if served is not None and not rollback:  # before anything is stored
                 refuse_incompatible(served, config)
             if dry_run:
                 return Outcome(changes, None, "planned")
@@ -204,7 +215,7 @@ class Revisions:
             raise NotFound(f"there is no revision {target}")
         left = self.revision
         outcome = await self.propose(
-            old.config, actor=actor, reason=f"rollback to revision {target}"
+            old.config, actor=actor, reason=f"rollback to revision {target}", rollback=True
         )
         if outcome.status == "applied" and left:
             reason = f"rolled back to revision {target}"
