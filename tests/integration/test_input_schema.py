@@ -122,3 +122,56 @@ def test_apply_refuses_an_incompatible_input_change_and_changes_nothing(
     assert cli(server, "apply", str(now_tight), "--yes").exit_code == 0
     assert infer(server, ROW).status_code == 422
     assert history(server)[0] == (5, "applied")
+
+
+def test_worker_processes_serve_under_degrade_and_never_see_a_violator(
+    start_server: Callable[[str], ServerProcess], tmp_path: Path
+) -> None:
+    server = start_server(
+        """
+models:
+  m:
+    inputs:
+      - name: x
+        datatype: FP32
+        shape: [-1, 3]
+        columns: [a, b, c]
+        features: {b: {min: -10, max: 10}}
+      - {name: k, datatype: INT64, shape: [-1, 2]}
+    outputs:
+      - {name: label, datatype: INT64, shape: [-1]}
+    versions:
+      v1:
+        backend: process
+        replicas: 2
+        worker: {backend: python, function: "tests.integration._models:first_label"}
+    health_check: {enabled: false}
+    input_policy: degrade
+    fallback: [{static: {label: 7}}]
+"""
+    )
+
+    def send(b: float) -> httpx.Response:
+        body = {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, b, 3]},
+                {"name": "k", "datatype": "INT64", "shape": [1, 2], "data": [4, 5]},
+            ]
+        }
+        return httpx.post(f"{server.url}/v2/models/m/infer", json=body, timeout=10)
+
+    good = send(2)
+    assert good.status_code == 200
+    assert good.headers["failsoft-served-by"] in ("m/v1/w0", "m/v1/w1")
+    assert good.json()["outputs"][0]["data"] == [1]
+    bad = send(50)
+    assert bad.status_code == 200
+    assert bad.headers["failsoft-degraded"] == "true"
+    assert bad.headers["failsoft-served-by"] == "m/v1/fallback:static"
+    assert "column 'b': value 50 is above max 10" in bad.headers["failsoft-data-warning"]
+    assert bad.json()["outputs"][0]["data"] == [7]
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    attempts = [
+        line for line in metrics.splitlines() if line.startswith("failsoft_attempts_total{")
+    ]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in attempts) == 1  # the good one only

@@ -207,3 +207,13 @@ async def test_degrade_without_a_fallback_is_refused_at_load() -> None:
     data["models"]["m"]["fallback"] = []
     with pytest.raises(Exception, match="input_policy degrade needs a fallback chain"):
         parse_config(data)
+
+
+async def test_the_v1_protocol_meets_the_same_constraints(client: Client) -> None:
+    http, _, _ = await client("reject")
+    good = await http.post("/v1/models/m:predict", json={"instances": [[1, 2]]})
+    assert good.status_code == 200
+    bad = await http.post("/v1/models/m:predict", json={"instances": [[1, 2], [1, 20]]})
+    assert bad.status_code == 422
+    assert bad.json()["violations"][0]["row"] == 1
+    assert STATE.calls["healthy"] == 1
