@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from failsoft.config import parse_config
 from failsoft.data.contracts import ModelContract
@@ -193,3 +195,59 @@ def test_a_widened_input_still_takes_the_old_datatype_exactly() -> None:
     assert request.inputs["x"].dtype == np.float64
     assert request.inputs["x"].tolist() == np.array([[0.1, 2.5]], dtype=np.float32).tolist()
     assert request.raw is None  # a proxy must send the converted tensor, not the old body
+
+
+def accepts(spec: TensorSpec, array: np.ndarray) -> bool:
+    """Does a gateway with this input take ``array`` (contract and feature constraints)?"""
+    from failsoft.data.input_checks import InputChecks
+    from failsoft.errors import BadRequest
+
+    outputs = [TensorSpec(name="y", datatype="FP32", shape=[-1])]
+    request = InferRequest({"x": array})
+    try:
+        ModelContract([spec], outputs).check_request(request)
+    except BadRequest:
+        return False
+    return InputChecks([spec], "reject").find(request) is None
+
+
+bounds = st.one_of(st.none(), st.integers(-4, 4).map(float))
+
+
+@st.composite
+def schemas(draw: st.DrawFn) -> TensorSpec:
+    low, high = draw(bounds), draw(bounds)
+    if low is not None and high is not None and low > high:
+        low, high = high, low
+    feature = {"min": low, "max": high} if low is not None or high is not None else {}
+    return TensorSpec.model_validate(
+        {
+            "name": "x",
+            "datatype": draw(st.sampled_from(["FP16", "FP32", "FP64"])),
+            "shape": [draw(st.sampled_from([-1, 2])), 2],
+            "features": {"1": feature} if feature else None,
+        }
+    )
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    old=schemas(),
+    new=schemas(),
+    rows=st.integers(1, 3),
+    dtype=st.sampled_from(["FP16", "FP32", "FP64"]),
+    values=st.lists(st.integers(-6, 6), min_size=6, max_size=6),
+)
+def test_a_change_that_breaks_no_direction_keeps_requests_accepted(
+    old: TensorSpec, new: TensorSpec, rows: int, dtype: str, values: list[int]
+) -> None:
+    """The claims, checked against the gateway's own checks: without a backward break, every
+    request the old schema takes the new one takes; without a forward break, the reverse."""
+    from failsoft.protocol.datatypes import DATATYPE_TO_DTYPE
+
+    array = np.array(values[: rows * 2], dtype=DATATYPE_TO_DTYPE[dtype]).reshape(rows, 2)
+    breaks = set().union(*(c.breaks for c in compare_inputs([old], [new])))
+    if "backward" not in breaks and accepts(old, array):
+        assert accepts(new, array.copy()), (old, new, array)
+    if "forward" not in breaks and accepts(new, array):
+        assert accepts(old, array.copy()), (old, new, array)
