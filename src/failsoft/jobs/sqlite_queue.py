@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,27 @@ _JOB_COLUMNS = (
 PURGE_BATCH = 1000
 
 
+_Pending = tuple[
+    Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop
+]
+
+
+def _queue_error(error: BaseException) -> BaseException:
+    """What a caller sees of a failure: SQLite's own errors become QueueError."""
+    if isinstance(error, sqlite3.Error):
+        return QueueError(f"the job queue failed: {type(error).__name__}")
+    return error
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
 def _job(row: tuple[Any, ...]) -> Job:
     return Job(*row)
 
@@ -93,21 +115,57 @@ class SqliteQueue:
         self._fsync = fsync
         self._wall = wall
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs-sqlite")
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._flushing = False
         self._db: sqlite3.Connection | None = None
         self._wake = asyncio.Event()  # a job was queued here: idle workers look at once
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            if self._db is None:
-                raise QueueError("the job queue is closed")
-            try:
-                return fn(self._db)
-            except sqlite3.Error as error:
-                if self._db.in_transaction:
-                    self._db.rollback()
-                raise QueueError(f"the job queue failed: {type(error).__name__}") from error
+        """Run ``fn`` in the next transaction; concurrent calls share one (one fsync)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            self._pending.append((fn, future, loop))
+            start = not self._flushing
+            self._flushing = True
+        if start:
+            self._thread.submit(self._flush)
+        return await future
 
-        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+    def _flush(self) -> None:
+        """On the queue's thread: run what is pending, a batch per transaction, until none is.
+
+        Each call runs under a savepoint, so one that raises (a reused key) undoes
+        only its own writes; a failed commit fails the whole batch.
+        """
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._flushing = False
+                    return
+            db = self._db
+            outcomes: list[tuple[Any, BaseException | None]] = []
+            try:
+                if db is None:
+                    raise QueueError("the job queue is closed")
+                db.execute("BEGIN IMMEDIATE")
+                for fn, _, _ in batch:
+                    db.execute("SAVEPOINT call")
+                    try:
+                        outcomes.append((fn(db), None))
+                    except Exception as raised:
+                        db.execute("ROLLBACK TO call")
+                        outcomes.append((None, _queue_error(raised)))
+                    db.execute("RELEASE call")
+                db.execute("COMMIT")
+            except (sqlite3.Error, QueueError) as failed:
+                if db is not None and db.in_transaction:
+                    db.rollback()
+                outcomes = [(None, _queue_error(failed))] * len(batch)
+            for (_, future, loop), (value, problem) in zip(batch, outcomes, strict=True):
+                loop.call_soon_threadsafe(_settle, future, value, problem)
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
@@ -126,60 +184,50 @@ class SqliteQueue:
             raise QueueError(f"cannot open the job queue at {self.path}: {error}") from error
 
     async def close(self) -> None:
-        def shut(db: sqlite3.Connection) -> None:
+        db, self._db = self._db, None
+        self._thread.shutdown(wait=True)  # what was pending has run (or failed: closed)
+        if db is not None:
             db.close()
-
-        if self._db is not None:
-            await self._run(shut)
-            self._db = None
-        self._thread.shutdown(wait=True)
 
     async def submit(self, job: NewJob) -> Submitted:
         def write(db: sqlite3.Connection) -> Submitted:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if job.idempotency_key is not None:
-                    found = db.execute(
-                        "SELECT job_id, fingerprint FROM job_keys WHERE tenant = ? AND key = ?",
-                        (job.tenant, job.idempotency_key),
-                    ).fetchone()
-                    if found is not None:
-                        if found[1] != job.fingerprint:
-                            raise KeyReused(job.idempotency_key)
-                        return Submitted(found[0], created=False)
-                (pending,) = db.execute(
-                    "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')"
+            if job.idempotency_key is not None:
+                found = db.execute(
+                    "SELECT job_id, fingerprint FROM job_keys WHERE tenant = ? AND key = ?",
+                    (job.tenant, job.idempotency_key),
                 ).fetchone()
-                if pending >= self._max_pending:
-                    raise QueueFull(f"{pending} jobs are waiting; try again later")
+                if found is not None:
+                    if found[1] != job.fingerprint:
+                        raise KeyReused(job.idempotency_key)
+                    return Submitted(found[0], created=False)
+            (pending,) = db.execute(
+                "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')"
+            ).fetchone()
+            if pending >= self._max_pending:
+                raise QueueFull(f"{pending} jobs are waiting; try again later")
+            db.execute(
+                "INSERT INTO jobs (id, tenant, idempotency_key, fingerprint, model, version,"
+                " body, header_length, state, run_at, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (
+                    job.id,
+                    job.tenant,
+                    job.idempotency_key,
+                    job.fingerprint,
+                    job.model,
+                    job.version,
+                    job.body,
+                    job.header_length,
+                    job.created_at,
+                    job.created_at,
+                ),
+            )
+            if job.idempotency_key is not None:
                 db.execute(
-                    "INSERT INTO jobs (id, tenant, idempotency_key, fingerprint, model, version,"
-                    " body, header_length, state, run_at, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-                    (
-                        job.id,
-                        job.tenant,
-                        job.idempotency_key,
-                        job.fingerprint,
-                        job.model,
-                        job.version,
-                        job.body,
-                        job.header_length,
-                        job.created_at,
-                        job.created_at,
-                    ),
+                    "INSERT INTO job_keys (tenant, key, job_id, fingerprint) VALUES (?, ?, ?, ?)",
+                    (job.tenant, job.idempotency_key, job.id, job.fingerprint),
                 )
-                if job.idempotency_key is not None:
-                    db.execute(
-                        "INSERT INTO job_keys (tenant, key, job_id, fingerprint)"
-                        " VALUES (?, ?, ?, ?)",
-                        (job.tenant, job.idempotency_key, job.id, job.fingerprint),
-                    )
-                db.execute("COMMIT")
-                return Submitted(job.id, created=True)
-            finally:
-                if db.in_transaction:
-                    db.rollback()
+            return Submitted(job.id, created=True)
 
         submitted = await self._run(write)
         if submitted.created:
@@ -208,39 +256,31 @@ class SqliteQueue:
 
     def _lease(self, db: sqlite3.Connection, worker: str, count: int) -> list[Lease]:
         now = self._wall()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            due = db.execute(
-                "SELECT id, attempts, state FROM jobs WHERE state IN ('queued', 'running')"
-                " AND run_at <= ? ORDER BY run_at LIMIT ?",
-                (now, count * 2),
-            ).fetchall()
-            taken: list[str] = []
-            for job_id, attempts, state in due:
-                if attempts >= self._max_attempts:  # its last lease lapsed: dead-letter it
-                    db.execute(
-                        "UPDATE jobs SET state = 'dead', run_at = NULL, worker = NULL,"
-                        " finished_at = ?, reason = ? WHERE id = ?",
-                        (now, _gave_up(attempts, state), job_id),
-                    )
-                    continue
-                if len(taken) < count:
-                    db.execute(
-                        "UPDATE jobs SET state = 'running', attempts = attempts + 1,"
-                        " token = token + 1, run_at = ?, worker = ? WHERE id = ?",
-                        (now + self._lease_s, worker, job_id),
-                    )
-                    taken.append(job_id)
-            rows = [
+        due = db.execute(
+            "SELECT id, attempts, state FROM jobs WHERE state IN ('queued', 'running')"
+            " AND run_at <= ? ORDER BY run_at LIMIT ?",
+            (now, count * 2),
+        ).fetchall()
+        taken: list[str] = []
+        for job_id, attempts, state in due:
+            if attempts >= self._max_attempts:  # its last lease lapsed: dead-letter it
                 db.execute(
-                    f"SELECT {_JOB_COLUMNS}, token FROM jobs WHERE id = ?", (job_id,)
-                ).fetchone()
-                for job_id in taken
-            ]
-            db.execute("COMMIT")
-        finally:
-            if db.in_transaction:
-                db.rollback()
+                    "UPDATE jobs SET state = 'dead', run_at = NULL, worker = NULL,"
+                    " finished_at = ?, reason = ? WHERE id = ?",
+                    (now, _gave_up(attempts, state), job_id),
+                )
+                continue
+            if len(taken) < count:
+                db.execute(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1,"
+                    " token = token + 1, run_at = ?, worker = ? WHERE id = ?",
+                    (now + self._lease_s, worker, job_id),
+                )
+                taken.append(job_id)
+        rows = [
+            db.execute(f"SELECT {_JOB_COLUMNS}, token FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            for job_id in taken
+        ]
         return [Lease(_job(row[:-1]), row[-1]) for row in rows]
 
     async def renew(self, lease: Lease) -> bool:
@@ -304,23 +344,16 @@ class SqliteQueue:
     async def purge(self) -> int:
         def forget(db: sqlite3.Connection) -> int:
             cutoff = self._wall() - self._keep_s
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                old = [
-                    row[0]
-                    for row in db.execute(
-                        "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?"
-                        " LIMIT ?",
-                        (cutoff, PURGE_BATCH),
-                    )
-                ]
-                for job_id in old:
-                    db.execute("DELETE FROM job_keys WHERE job_id = ?", (job_id,))
-                    db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-                db.execute("COMMIT")
-            finally:
-                if db.in_transaction:
-                    db.rollback()
+            old = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?",
+                    (cutoff, PURGE_BATCH),
+                )
+            ]
+            for job_id in old:
+                db.execute("DELETE FROM job_keys WHERE job_id = ?", (job_id,))
+                db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             return len(old)
 
         return await self._run(forget)
