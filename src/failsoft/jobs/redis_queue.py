@@ -311,22 +311,19 @@ class RedisQueue:
             )
             for _stream, messages in read or []:
                 entries.extend(messages)
-        leases = []
-        for entry, fields in entries:
-            job_id = _text(fields[b"id"])
-            answer = await self._call(
-                self._lease(
-                    keys=[self._job_key(job_id), self._stream, self._active],
-                    args=[
-                        entry,
-                        GROUP,
-                        self._max_attempts,
-                        repr(self._wall()),
-                        worker,
-                        self._keep_ms,
-                    ],
+        if not entries:
+            return []
+        now, leases = repr(self._wall()), []
+        async with redis.pipeline(transaction=False) as pipe:  # one round trip for all
+            for entry, fields in entries:
+                job_key = self._job_key(_text(fields[b"id"]))
+                await self._lease(
+                    keys=[job_key, self._stream, self._active],
+                    args=[entry, GROUP, self._max_attempts, now, worker, self._keep_ms],
+                    client=pipe,
                 )
-            )
+            answers = await self._call(pipe.execute())
+        for (entry, _), answer in zip(entries, answers, strict=True):
             if int(answer[0]) != 1:
                 continue
             flat = answer[2]
