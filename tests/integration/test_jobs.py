@@ -140,6 +140,9 @@ def test_a_job_for_a_removed_model_fails_and_a_dead_workers_lease_is_reclaimed(
         missing = client.get(f"/v2/jobs/{gone}/result")
         assert missing.status_code == 404
         assert missing.json() == {"error": f"job '{gone}' has no result: it is failed"}
+        metrics = client.get("/metrics").text
+        assert 'failsoft_jobs_total{outcome="failed"} 1.0' in metrics
+        assert 'failsoft_jobs_total{outcome="stored"} 1.0' in metrics
 
 
 def test_idempotency_keys_over_http(

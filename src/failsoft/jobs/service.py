@@ -27,12 +27,14 @@ from failsoft.config import ServerConfig
 from failsoft.control.tenants import Tenant
 from failsoft.errors import MethodNotAllowed, NotFound, Overloaded
 from failsoft.jobs import idempotency
+from failsoft.jobs.metrics import JobsCollector
 from failsoft.jobs.options import JobsOptions
 from failsoft.jobs.queue import FINISHED, Job, JobQueue, KeyReused, NewJob, QueueError, QueueFull
 from failsoft.jobs.redis_queue import RedisQueue
 from failsoft.jobs.runner import JobRunner
 from failsoft.jobs.sqlite_queue import SqliteQueue
 from failsoft.jobs.workers import Workers
+from failsoft.observe.metrics import Metrics
 from failsoft.protocol.types import InferRequest
 from failsoft.runtime import Runtime
 from failsoft.server.admission import Admission
@@ -78,6 +80,7 @@ class Gateway(Protocol):
     admission: Admission
     decoder: Decoder
     server: ServerConfig
+    metrics: Metrics
 
 
 def wants_async(headers: Sequence[tuple[bytes, bytes]] | None) -> bool:
@@ -127,6 +130,8 @@ class Jobs:
             Workers(self.queue, JobRunner(gateway), options) if self.queue is not None else None
         )
         self._creating = idempotency.Creating()
+        if self.workers is not None:
+            gateway.metrics.registry.register(JobsCollector(self.workers))
 
     @property
     def enabled(self) -> bool:

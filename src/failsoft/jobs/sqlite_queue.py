@@ -244,10 +244,10 @@ class SqliteQueue:
         return await self._run(read)
 
     async def lease(self, worker: str, count: int, wait_s: float) -> list[Lease]:
+        self._wake.clear()  # before looking: a job queued after the look wakes the wait
         leases = await self._run(lambda db: self._lease(db, worker, count))
         if leases or wait_s <= 0:
             return leases
-        self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), wait_s)
         except TimeoutError:

@@ -24,6 +24,7 @@ log = logging.getLogger("failsoft.jobs")
 
 QUEUE_DOWN_BACKOFF_S = 1.0
 PURGE_EVERY_S = 60.0
+SHUTDOWN_GRACE_S = 5.0
 
 
 @dataclass(slots=True)
@@ -45,14 +46,23 @@ class Workers:
         self._running: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._loop(), name="jobs-lease"),
             asyncio.create_task(self._purge(), name="jobs-purge"),
         ]
 
-    async def close(self) -> None:
-        """Stop leasing and abandon running jobs: their leases lapse and they run again."""
+    async def close(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Stop leasing, let running jobs finish for ``grace_s``, then abandon the rest:
+        their leases lapse and another worker runs them again."""
+        for task in self._tasks:
+            task.cancel()
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=grace_s)
         for task in [*self._tasks, *self._running]:
             task.cancel()
         for task in [*self._tasks, *self._running]:
