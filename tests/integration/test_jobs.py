@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from failsoft.control.tenants import key_digest
-from failsoft.drills.jobs_drill import PG_URL, body, run_drill
+from failsoft.drills.jobs_drill import PG_URL, body, redis_server, run_drill
 from failsoft.drills.server import ServerProcess
 from failsoft.jobs.queue import NewJob
 from failsoft.jobs.sqlite_queue import SqliteQueue
@@ -92,10 +92,17 @@ jobs:
 {extra}"""
 
 
-def _wait_finished(client: httpx.Client, url: str, **kwargs: Any) -> dict[str, Any]:
+def _wait_finished(
+    client: httpx.Client, url: str, *, reconnecting: bool = False, **kwargs: Any
+) -> dict[str, Any]:
+    """The job once finished; ``reconnecting``: 503s while the queue comes back are fine."""
     deadline = time.monotonic() + 30
     while True:
         found = client.get(url, **kwargs)
+        if reconnecting and found.status_code == 503:
+            assert time.monotonic() < deadline, "the queue did not come back"
+            time.sleep(0.05)
+            continue
         assert found.status_code == 200, found.text
         status: dict[str, Any] = found.json()
         if status["status"] in ("succeeded", "failed", "dead"):
@@ -216,3 +223,35 @@ server:
         after = client.post(infer, content=payload, headers=acme("slow"))
         assert after.status_code == 202
         assert after.headers["location"] == headers["location"]
+
+
+def test_redis_stopped_and_started_again(
+    tmp_path: Path, start_server: Callable[[str], ServerProcess]
+) -> None:
+    _require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    folder = tmp_path / "redis"
+    infer = "/v2/models/echo/infer"
+    with redis_server(folder) as url:
+        config = _config(tmp_path).replace(
+            f"  path: {tmp_path / 'jobs.sqlite3'}\n", f"  queue: redis\n  redis_url: {url}\n"
+        )
+        server = start_server(config)
+        client = httpx.Client(base_url=server.url, timeout=10)
+        before = client.post(infer, content=body("before"), headers=ASYNC)
+        assert before.status_code == 202
+        assert _wait_finished(client, before.headers["location"])["status"] == "succeeded"
+    # Redis is down: a job cannot be accepted durably, so it is not accepted at all.
+    down = client.post(infer, content=body("down"), headers=ASYNC)
+    assert down.status_code == 503
+    assert down.headers["retry-after"] == "2"
+    assert down.json() == {"error": "the job queue is unavailable; try again shortly"}
+    assert client.get(before.headers["location"]).status_code == 503
+    assert client.post(infer, content=body("sync"), headers={}).status_code == 200
+    with redis_server(folder):  # the same append-only file: what was accepted is still there
+        kept = _wait_finished(client, before.headers["location"], reconnecting=True)
+        assert kept["result"]["outputs"][0]["data"] == ["done:before"]
+        after = client.post(infer, content=body("after"), headers=ASYNC)
+        assert after.status_code == 202
+        done = _wait_finished(client, after.headers["location"])
+        assert done["result"]["outputs"][0]["data"] == ["done:after"]
+    client.close()
