@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -255,3 +256,48 @@ def test_redis_stopped_and_started_again(
         done = _wait_finished(client, after.headers["location"])
         assert done["result"]["outputs"][0]["data"] == ["done:after"]
     client.close()
+
+
+def test_another_gateway_takes_over_the_jobs_of_a_killed_one(tmp_path: Path) -> None:
+    _require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with redis_server(tmp_path / "redis") as url:
+        gateways = []
+        for name in ("a", "b"):
+            folder = tmp_path / name
+            folder.mkdir()
+            config = _config(folder).replace(
+                f"  path: {folder / 'jobs.sqlite3'}\n", f"  queue: redis\n  redis_url: {url}\n"
+            )
+            config = config.replace(
+                'jobs_model:echo", execution: inline', 'jobs_model:slow_echo", execution: thread'
+            )
+            (folder / "failsoft.yaml").write_text(config)
+            gateways.append(ServerProcess(folder / "failsoft.yaml", env=env).start(timeout=120))
+        doomed, survivor = gateways
+        try:
+            with httpx.Client(base_url=doomed.url, timeout=10) as client:
+                locations = []
+                for index in range(24):
+                    sent = client.post(
+                        "/v2/models/echo/infer", content=body(f"t{index}"), headers=ASYNC
+                    )
+                    assert sent.status_code == 202
+                    locations.append(sent.headers["location"])
+                deadline = time.monotonic() + 30
+                while "failsoft_jobs_running 0.0" in client.get("/metrics").text:
+                    assert time.monotonic() < deadline, "the gateway never ran a job"
+                    time.sleep(0.02)
+            assert doomed.process is not None
+            os.killpg(doomed.process.pid, signal.SIGKILL)  # mid-job
+            doomed.process.wait()
+            with httpx.Client(base_url=survivor.url, timeout=10) as client:
+                finished = [_wait_finished(client, location) for location in locations]
+        finally:
+            for gateway in gateways:
+                gateway.stop()
+    assert [job["status"] for job in finished] == ["succeeded"] * 24
+    assert [job["result"]["outputs"][0]["data"] for job in finished] == [
+        [f"done:t{index}"] for index in range(24)
+    ]
+    assert any(job["attempts"] >= 2 for job in finished)  # taken over from the dead one

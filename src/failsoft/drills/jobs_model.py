@@ -55,3 +55,11 @@ def echo(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The same answer without recording: the throughput benchmark's model."""
     tags = [t.decode() if isinstance(t, bytes) else str(t) for t in inputs["tag"].ravel()]
     return {"echo": np.array([f"done:{tag}".encode() for tag in tags], dtype=object)}
+
+
+def slow_echo(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``echo`` taking a quarter of a second: keeps jobs running when a gateway is killed."""
+    import time
+
+    time.sleep(0.25)
+    return echo(inputs)
