@@ -169,3 +169,18 @@ async def test_finished_jobs_and_their_keys_are_purged(
     assert again.job_id != submitted.job_id
     if isinstance(queue, RedisQueue):
         await queue.close()
+
+
+async def test_one_refused_call_does_not_undo_the_others_committed_with_it(queue: Queue) -> None:
+    await queue.submit(new_job(key="taken", body=b"{1}"))
+    outcomes = await asyncio.gather(
+        queue.submit(new_job(key="a")),
+        queue.submit(new_job(key="taken", body=b"{2}")),
+        queue.submit(new_job(key="b")),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], KeyReused)
+    for outcome in (outcomes[0], outcomes[2]):
+        assert not isinstance(outcome, BaseException)
+        assert outcome.created
+        assert (await job_of(queue, outcome.job_id)).state == "queued"

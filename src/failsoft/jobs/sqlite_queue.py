@@ -130,7 +130,10 @@ class SqliteQueue:
             start = not self._flushing
             self._flushing = True
         if start:
-            self._thread.submit(self._flush)
+            try:
+                self._thread.submit(self._flush)
+            except RuntimeError:  # shut down
+                raise QueueError("the job queue is closed") from None
         return await future
 
     def _flush(self) -> None:
@@ -184,8 +187,8 @@ class SqliteQueue:
             raise QueueError(f"cannot open the job queue at {self.path}: {error}") from error
 
     async def close(self) -> None:
+        self._thread.shutdown(wait=True)  # what was pending has run
         db, self._db = self._db, None
-        self._thread.shutdown(wait=True)  # what was pending has run (or failed: closed)
         if db is not None:
             db.close()
 

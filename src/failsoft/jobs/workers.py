@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from failsoft.jobs.options import JobsOptions
 from failsoft.jobs.queue import JobQueue, Lease, QueueError
-from failsoft.jobs.runner import Failed, JobRunner, Succeeded
+from failsoft.jobs.runner import Failed, JobRunner, Outcome, Succeeded, TryAgain
 
 log = logging.getLogger("failsoft.jobs")
 
@@ -90,8 +90,12 @@ class Workers:
 
     async def _work(self, lease: Lease) -> None:
         keeper = asyncio.create_task(self._keep(lease))
+        outcome: Outcome
         try:
             outcome = await self._runner.run(lease.job)
+        except Exception:  # a bug, not the model: try again later rather than lose the job
+            log.exception("job runner failed", extra={"job": lease.job.id})
+            outcome = TryAgain("internal error while running the job")
         finally:
             keeper.cancel()
         queue, job = self._queue, lease.job
