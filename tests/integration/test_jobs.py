@@ -23,7 +23,7 @@ import pytest
 
 from failsoft.control.tenants import key_digest
 from failsoft.drills.jobs_drill import PG_URL, body, redis_server, run_drill
-from failsoft.drills.server import ServerProcess
+from failsoft.drills.server import ServerFailed, ServerProcess
 from failsoft.jobs.queue import NewJob
 from failsoft.jobs.sqlite_queue import SqliteQueue
 from tests._raw_http import connect, read_response
@@ -301,3 +301,18 @@ def test_another_gateway_takes_over_the_jobs_of_a_killed_one(tmp_path: Path) -> 
         [f"done:t{index}"] for index in range(24)
     ]
     assert any(job["attempts"] >= 2 for job in finished)  # taken over from the dead one
+
+
+def test_a_redis_without_an_append_only_file_is_refused_at_start(tmp_path: Path) -> None:
+    _require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with redis_server(tmp_path / "redis", aof=False) as url:
+        config = _config(tmp_path).replace(
+            f"  path: {tmp_path / 'jobs.sqlite3'}\n", f"  queue: redis\n  redis_url: {url}\n"
+        )
+        (tmp_path / "failsoft.yaml").write_text(config)
+        server = ServerProcess(tmp_path / "failsoft.yaml", env=env)
+        with pytest.raises(ServerFailed) as failed:
+            server.start(timeout=60)
+        server.stop()
+    assert "appendonly off" in str(failed.value)

@@ -83,14 +83,15 @@ def body(tag: str) -> bytes:
 
 
 @contextlib.contextmanager
-def redis_server(folder: Path, timeout_s: float = 10.0) -> Iterator[str]:
-    """A redis-server with an append-only file, on a Unix socket; its URL."""
+def redis_server(folder: Path, timeout_s: float = 10.0, *, aof: bool = True) -> Iterator[str]:
+    """A redis-server with an append-only file (unless not ``aof``), on a Unix socket; its URL."""
     folder.mkdir(parents=True, exist_ok=True)
     sock = folder / "redis.sock"
     process = subprocess.Popen(
         [
-            "redis-server", "--port", "0", "--unixsocket", str(sock), "--appendonly", "yes",
-            "--appendfsync", "everysec", "--dir", str(folder), "--save", "",
+            "redis-server", "--port", "0", "--unixsocket", str(sock),
+            "--appendonly", "yes" if aof else "no", "--appendfsync", "everysec",
+            "--dir", str(folder), "--save", "",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

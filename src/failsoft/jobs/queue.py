@@ -28,6 +28,10 @@ class QueueFull(QueueError):
     pass
 
 
+class QueueRefused(QueueError):
+    """The queue is reachable but unfit to hold jobs (a Redis without an append-only file)."""
+
+
 class KeyReused(Exception):
     """An idempotency key already names a job made from another request (422)."""
 

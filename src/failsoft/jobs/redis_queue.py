@@ -20,7 +20,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from failsoft.jobs.queue import Job, KeyReused, Lease, NewJob, QueueError, QueueFull, Submitted
+from failsoft.jobs.queue import (
+    Job,
+    KeyReused,
+    Lease,
+    NewJob,
+    QueueError,
+    QueueFull,
+    QueueRefused,
+    Submitted,
+)
 
 GROUP = "failsoft-workers"
 MAX_BLOCK_S = 1.0
@@ -238,7 +247,7 @@ class RedisQueue:
             return
         info = await self._call(self._redis.info("persistence"))
         if self._require_aof and int(info.get("aof_enabled", 0)) != 1:
-            raise QueueError(
+            raise QueueRefused(
                 "the Redis for jobs has appendonly off: accepted jobs would be lost when it "
                 "restarts; start it with --appendonly yes, or use jobs.queue: sqlite"
             )

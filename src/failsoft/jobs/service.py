@@ -29,7 +29,16 @@ from failsoft.errors import MethodNotAllowed, NotFound, Overloaded
 from failsoft.jobs import idempotency
 from failsoft.jobs.metrics import JobsCollector
 from failsoft.jobs.options import JobsOptions
-from failsoft.jobs.queue import FINISHED, Job, JobQueue, KeyReused, NewJob, QueueError, QueueFull
+from failsoft.jobs.queue import (
+    FINISHED,
+    Job,
+    JobQueue,
+    KeyReused,
+    NewJob,
+    QueueError,
+    QueueFull,
+    QueueRefused,
+)
 from failsoft.jobs.redis_queue import RedisQueue
 from failsoft.jobs.runner import JobRunner
 from failsoft.jobs.sqlite_queue import SqliteQueue
@@ -143,7 +152,7 @@ class Jobs:
         try:
             await self.queue.open()
         except QueueError as error:  # Redis may come later; the workers keep trying
-            if self.options.queue == "sqlite":
+            if self.options.queue == "sqlite" or isinstance(error, QueueRefused):
                 raise
             log.warning("job queue unavailable at start", extra={"error": error.message})
         self.workers.start()

@@ -205,11 +205,11 @@ class FailsoftApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.runtime.start()
+                    await self.jobs.start()
                 except Exception as error:
                     log.error("start-up failed", extra={"error": str(error)})
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
                     return
-                await self.jobs.start()
                 if self.control is not None and self._boot is not None:
                     await self.control.revisions.started(
                         self._boot, self._boot.config, actor="config-file"
