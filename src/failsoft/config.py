@@ -30,6 +30,7 @@ from failsoft.control.tenants import TenantConfig
 from failsoft.data.constraints import Compatibility, InputPolicy
 from failsoft.data.schema import check_model_inputs
 from failsoft.errors import BackendLoadError
+from failsoft.jobs.options import JobsOptions
 from failsoft.pipeline.attribution import AttributionOptions
 from failsoft.pipeline.breaker import BreakerOptions
 from failsoft.pipeline.bulkhead import BulkheadOptions
@@ -393,6 +394,7 @@ class Config(_Strict):
         default_factory=dict
     )
     chaos: ChaosOptions = Field(default_factory=ChaosOptions)
+    jobs: JobsOptions = Field(default_factory=JobsOptions)
 
     @model_validator(mode="after")
     def _keys_can_be_met(self) -> Config:

@@ -50,6 +50,7 @@ from failsoft.errors import (
     QuotaExceeded,
     Shed,
 )
+from failsoft.jobs.service import Jobs, Reply
 from failsoft.observe.eventlog import LOGGED, log_event
 from failsoft.observe.events import RequestFinished, VersionAnswered
 from failsoft.observe.folded import FoldedLog
@@ -190,6 +191,7 @@ class FailsoftApp:
             time.time,
         )
         self.draining = False  # set on SIGTERM: not ready, no new work
+        self.jobs = Jobs(self, runtime.config.jobs, control.data_dir if control else None)
         runtime.bus.subscribe(metrics.observe)
         runtime.bus.subscribe(log_event, LOGGED)
         runtime.bus.subscribe(self.recent.observe, (*KEPT, *FOLDED))
@@ -206,6 +208,7 @@ class FailsoftApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.runtime.start()
+                    await self.jobs.start()
                 except Exception as error:
                     log.error("start-up failed", extra={"error": str(error)})
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
@@ -219,6 +222,7 @@ class FailsoftApp:
                 if self._on_ready is not None:
                     self._on_ready()
             elif message["type"] == "lifespan.shutdown":
+                await self.jobs.close()
                 self.decoder.close()
                 if self.control is not None:
                     await self.control.close()
@@ -405,6 +409,8 @@ class FailsoftApp:
             if not self.runtime.ready:
                 raise NotReady("not ready: a model's default version has no available replica")
             return Answer(200, json_body({"ready": True}), [])
+        if parts[1] == "jobs" and n >= 3:
+            return self._jobs_reply(self.jobs.route(req, parts[2:]))
         if parts[1] != "models" or n < 3:
             raise NotFound(f"no route for /{'/'.join(parts)}")
         model_name = parts[2]
@@ -421,6 +427,8 @@ class FailsoftApp:
             return Answer(200, json_body(self._metadata(model_name, version_name)), [])
         if rest == ["infer"]:
             _expect(req, "POST")
+            if self.jobs.wants(req.headers):  # Prefer: respond-async
+                return self._jobs_reply(self.jobs.submit(req, model_name, version_name))
             return self._infer(req, model_name, version_name, v1_codec=False)
         if rest == ["ready"]:
             _expect(req, "GET")
@@ -430,6 +438,11 @@ class FailsoftApp:
                 raise NotReady(f"model {model_name!r} is not ready")
             return Answer(200, json_body({"name": model_name, "ready": True}), [])
         raise NotFound(f"no route for /{'/'.join(parts)}")
+
+    @staticmethod
+    async def _jobs_reply(reply: Coroutine[Any, Any, Reply]) -> Answer:
+        done = await reply
+        return Answer(done.status, done.body, done.headers, done.content_type)
 
     def _guard(self, req: Incoming) -> None:
         """With require_keys, a route that names models needs a tenant key (401)."""
