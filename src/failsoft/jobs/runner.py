@@ -77,7 +77,8 @@ class JobRunner:
             return Failed(f"model {job.model!r} no longer has version {job.version!r}")
         try:
             request = decode(job.body, job.header_length, None)
-            model.contract.check_request(request)
+            model.contracts[pipeline.version].check_request(request)
+            verdict = model.checks[pipeline.version].judge(request)
         except FailsoftError as error:  # the model's inputs changed since the job came
             return Failed(f"the request no longer fits the model: {error.message}")
         call = Call(
@@ -97,7 +98,12 @@ class JobRunner:
         admitted = runtime.clock.now()
         try:
             call.deadline = admitted + model.config.timeout_ms / 1000.0
-            served = await model.serve(request, call, pipeline, switches)
+            if verdict is not None and verdict.policy == "degrade":
+                served = await model.degrade(
+                    request, call, pipeline.version, verdict.violation, switches
+                )
+            else:
+                served = await model.serve(request, call, pipeline, switches)
         except FailsoftError as error:
             if error.status < 500:
                 return Failed(f"{error.status}: {error.message}")
@@ -113,6 +119,8 @@ class JobRunner:
             "failsoft_degraded": served.degraded,
             "failsoft_job": job.id,
         }
+        if verdict is not None:  # what the Failsoft-Data-Warning header says on a plain answer
+            parameters["failsoft_data_warning"] = verdict.violation.header().decode()
         if self._gateway.revision:
             parameters["failsoft_revision"] = self._gateway.revision
         response = InferResponse(model.name, served.version, served.outputs, request.id, parameters)

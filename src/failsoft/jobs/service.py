@@ -181,7 +181,9 @@ class Jobs:
             gateway.admission.admit_request(tenant)
             body = await read_body(req.receive, gateway.server.max_body_bytes, req.content_length)
             request = await self._decode(body, req.header_length)
-            gateway.admission.admit_rows(tenant, model.contract.check_request(request))
+            version = model.version(version_name).version
+            gateway.admission.admit_rows(tenant, model.contracts[version].check_request(request))
+            model.checks[version].judge(request)  # under reject, refused now (422), not later
             job = NewJob(
                 id=os.urandom(16).hex(),
                 tenant=scope,
