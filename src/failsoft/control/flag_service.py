@@ -32,7 +32,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -283,11 +283,17 @@ class FlagService:
 
     # -- following the store ---------------------------------------------------------
 
-    async def watch(self, every_s: float) -> None:
-        """Pick up flags other gateways changed in the shared store (runs until cancelled)."""
+    async def watch(
+        self, every_s: float, wake: Callable[[float], Awaitable[bool]] | None = None
+    ) -> None:
+        """Pick up flags other gateways changed in the shared store (runs until cancelled);
+        between looks, ``every_s`` seconds or less when ``wake`` says the flags changed."""
         warned = False
         while True:
-            await asyncio.sleep(every_s)
+            if wake is None:
+                await asyncio.sleep(every_s)
+            else:
+                await wake(every_s)
             try:
                 await self.poll()
             except StoreError as error:

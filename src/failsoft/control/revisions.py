@@ -39,6 +39,7 @@ log = logging.getLogger("failsoft.control")
 SNAPSHOT = "current-revision.json"
 ARTIFACT_CACHE = "artifact-cache"
 Apply = Callable[[Config, int], Awaitable[None]]
+Wait = Callable[[float], Awaitable[bool]]  # wait at most this long for a wake-up
 
 
 class StoreUnavailable(FailsoftError):
@@ -232,13 +233,19 @@ class Revisions:
             configs.append(parse_config(found.config, f"revision {number}"))
         return plan(configs[0], configs[1])
 
-    async def watch(self, every_s: float, *, actor: str) -> None:
-        """Apply revisions other gateways applied to the shared store (runs until cancelled)."""
+    async def watch(self, every_s: float, *, actor: str, wake: Wait | None = None) -> None:
+        """Apply revisions other gateways applied to the shared store (runs until cancelled).
+
+        Between looks it waits ``every_s`` seconds, or less when ``wake`` (a
+        ``Wakeups.wait`` for revisions) says the store changed."""
         warned = False
         while True:
-            await asyncio.sleep(every_s)
+            if wake is None:
+                await asyncio.sleep(every_s)
+            else:
+                await wake(every_s)
             try:
-                current = await store_call(self._store, self._store.current_revision, timeout=None)
+                await self.follow()
             except StoreError as error:
                 if not warned:
                     log.warning(
@@ -247,21 +254,31 @@ class Revisions:
                     warned = True
                 continue
             warned = False
+
+    async def follow(self) -> bool:
+        """Serve the store's applied revision if it is not the one served; True if applied.
+
+        The store is read under the lock: a revision this gateway is applying
+        (``propose``) is marked applied before the lock is released, so what is
+        read here is never older than what this gateway serves."""
+        async with self._lock:
+            current = await store_call(self._store, self._store.current_revision)
             if current is None or current.id == self.revision:
-                continue
-            async with self._lock:
-                try:
-                    config = parse_config(current.config, f"revision {current.id}")
-                    runnable = await store_call(self._store, self.resolve, config, timeout=None)
-                    await self._apply(runnable, current.id)
-                except FailsoftError as error:
-                    log.error(
-                        "cannot apply the store's revision",
-                        extra={"revision": current.id, "error": error.message},
-                    )
-                    continue
-                self.revision, self.config = current.id, config
-                self._save_snapshot(config, current.id)
+                return False
+            try:
+                config = parse_config(current.config, f"revision {current.id}")
+                runnable = await store_call(self._store, self.resolve, config, timeout=None)
+                await self._apply(runnable, current.id)
+            except FailsoftError as error:
+                log.error(
+                    "cannot apply the store's revision",
+                    extra={"revision": current.id, "error": error.message},
+                )
+                return False
+            self.revision, self.config = current.id, config
+            self._save_snapshot(config, current.id)
+        log.info("following the store's revision", extra={"revision": current.id})
+        return True
 
     # -- artifacts -------------------------------------------------------------
 
