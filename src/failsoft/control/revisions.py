@@ -92,6 +92,7 @@ class Revisions:
         self._data_dir = Path(data_dir)
         self._apply = apply
         self._lock = asyncio.Lock()
+        self._changes = 0  # changes this gateway made (``propose``): ``follow`` reads again
         self.revision = 0  # the revision this gateway serves (0: not from the store)
         self.config: Config | None = None  # the configuration it serves, as stored
         # name@version -> sha256 as resolved (immutable in the store), kept in the
@@ -181,6 +182,7 @@ class Revisions:
                     f"revision {stored.id} was not applied: {error.message}"
                 ) from None
             self.revision, self.config = stored.id, config
+            self._changes += 1
             self._save_snapshot(config, stored.id)
             try:
                 await self._mark(stored.id, RevisionStatus.APPLIED, actor=actor)
@@ -258,27 +260,33 @@ class Revisions:
     async def follow(self) -> bool:
         """Serve the store's applied revision if it is not the one served; True if applied.
 
-        The store is read under the lock: a revision this gateway is applying
-        (``propose``) is marked applied before the lock is released, so what is
-        read here is never older than what this gateway serves."""
-        async with self._lock:
+        The store is read outside the lock (a hung store must not hold up a
+        change, which has its own deadline); if this gateway changed what it
+        serves meanwhile (``propose``), what was read may be older than that,
+        and is read again."""
+        while True:
+            async with self._lock:  # a change under way finishes first
+                changes = self._changes
             current = await store_call(self._store, self._store.current_revision)
-            if current is None or current.id == self.revision:
-                return False
-            try:
-                config = parse_config(current.config, f"revision {current.id}")
-                runnable = await store_call(self._store, self.resolve, config, timeout=None)
-                await self._apply(runnable, current.id)
-            except FailsoftError as error:
-                log.error(
-                    "cannot apply the store's revision",
-                    extra={"revision": current.id, "error": error.message},
-                )
-                return False
-            self.revision, self.config = current.id, config
-            self._save_snapshot(config, current.id)
-        log.info("following the store's revision", extra={"revision": current.id})
-        return True
+            async with self._lock:
+                if self._changes != changes:
+                    continue
+                if current is None or current.id == self.revision:
+                    return False
+                try:
+                    config = parse_config(current.config, f"revision {current.id}")
+                    runnable = await store_call(self._store, self.resolve, config, timeout=None)
+                    await self._apply(runnable, current.id)
+                except FailsoftError as error:
+                    log.error(
+                        "cannot apply the store's revision",
+                        extra={"revision": current.id, "error": error.message},
+                    )
+                    return False
+                self.revision, self.config = current.id, config
+                self._save_snapshot(config, current.id)
+            log.info("following the store's revision", extra={"revision": current.id})
+            return True
 
     # -- artifacts -------------------------------------------------------------
 

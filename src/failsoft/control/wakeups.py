@@ -133,7 +133,7 @@ class Listener:
         while not self._stop.is_set():
             try:
                 self._listen()
-            except (psycopg.Error, OSError) as error:
+            except Exception as error:  # the thread must live on: it is the only listener
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 self._set(False, reason or type(error).__name__)
             if self._stop.wait(self._backoff.next_s()):
