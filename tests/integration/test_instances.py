@@ -34,7 +34,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, make_url, text
 
 from failsoft.cli import main
-from failsoft.drills.server import ServerProcess
+from failsoft.drills.server import ServerFailed, ServerProcess
 from tests._tcp_proxy import TcpProxy
 from tests.store.conftest import IN_CI, POSTGRES_URL
 
@@ -222,3 +222,35 @@ def test_the_listener_loses_postgres_polls_meanwhile_and_listens_again(
         assert after.p50_s < TARGET_S
         assert listing(b)["wakeups"]["notifications"] >= heard + 6
         assert listing(b)["wakeups"]["listen_connects"] == 2
+
+
+def test_on_sqlite_a_gateway_registers_and_follows_by_polling(
+    tmp_path: Path, demo_dir: Path
+) -> None:
+    server = start_gateway(tmp_path / "solo", gateway_yaml(demo_dir, {"heartbeat_s": 0.5}))
+    try:
+        until(lambda: len(listing(server)["instances"]) == 1, "registered")
+        answer = listing(server)
+        (row,) = answer["instances"]
+        assert (row["id"], row["address"], row["pid"]) == (
+            answer["self"],
+            server.url,
+            server.process.pid if server.process else None,
+        )
+        assert (row["wakeups"], answer["wakeups"]["mode"]) == ("poll", "poll")
+        assert row["revision"] == 1
+        shown = instances_cli(server)
+        assert shown.exit_code == 0, shown.output
+        assert "* " + row["id"] in shown.output
+    finally:
+        server.stop()
+
+
+def test_a_listen_url_on_sqlite_is_refused_naming_the_key(tmp_path: Path, demo_dir: Path) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    path = folder / "failsoft.yaml"
+    path.write_text(gateway_yaml(demo_dir, {"listen_url": "postgresql://db/failsoft"}))
+    with pytest.raises(ServerFailed) as failed:
+        ServerProcess(path, "--data-dir", str(folder / "data")).start(timeout=60)
+    assert "store.listen_url: LISTEN applies to a PostgreSQL store only" in str(failed.value)

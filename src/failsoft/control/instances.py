@@ -72,7 +72,12 @@ class InstanceRegistry:
         self._expire_s = max(expire_s, 2 * STALE_AFTER_BEATS * heartbeat_s)
         self._wall = wall
         self._started = wall()
+        self._poke = asyncio.Event()
         self.beats = 0  # beats that reached the store
+
+    def poke(self) -> None:
+        """Beat now (the revision served changed): the listing shows it at once."""
+        self._poke.set()
 
     async def run(self) -> None:
         """Beat until cancelled."""
@@ -90,7 +95,9 @@ class InstanceRegistry:
                     warned = True
             else:
                 warned = False
-            await asyncio.sleep(self.heartbeat_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self.heartbeat_s)
+            self._poke.clear()
 
     async def beat(self) -> None:
         # No deadline: one beat at a time, however long the store takes.

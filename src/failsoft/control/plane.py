@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from failsoft.config import Config
 from failsoft.control.instances import InstanceRegistry
@@ -207,17 +207,39 @@ def open_plane(
     # A gateway that served before starts while the store is down, on what it served.
     served_before = (folder / SNAPSHOT).is_file()
     store = Store.open(folder, config.store.url, unreachable_ok=served_before)
+    try:
+        listen = _listen_params(store, config)
+    except StoreError:
+        store.close()
+        raise
     locations = config.artifacts.locations or [str(folder / ARTIFACTS)]
     emitter = ThreadEmitter(bus)
     registry = ArtifactLocations(locations, emit=emitter)
-    revisions = Revisions(store, registry, folder, apply)
+    holder: list[ControlPlane] = []
+
+    async def applied(new: Config, revision: int) -> None:
+        await apply(new, revision)
+        if holder and holder[0].instances is not None:
+            holder[0].instances.poke()  # its row shows the new revision at once
+
+    revisions = Revisions(store, registry, folder, applied)
     report = revisions.boot(config, apply_file=apply_file, actor="config-file")
     plane = ControlPlane(store, registry, revisions, folder, config, emitter=emitter)
-    if store.dialect == "postgresql" and config.store.listen:
-        try:
-            params = store.engine.listen_params(config.store.listen_url)
-        except StoreError:
-            store.close()
-            raise
-        plane.listener = Listener(params, plane.wakeups)
+    holder.append(plane)
+    if listen is not None:
+        plane.listener = Listener(listen, plane.wakeups)
     return plane, report
+
+
+def _listen_params(store: Store, config: Config) -> dict[str, Any] | None:
+    """Where this gateway LISTENs for changes (None: it polls only); checked before any use."""
+    if store.dialect != "postgresql":
+        if config.store.listen_url is not None:
+            raise StoreError("store.listen_url: LISTEN applies to a PostgreSQL store only")
+        return None
+    if not config.store.listen:
+        return None
+    try:
+        return store.engine.listen_params(config.store.listen_url)
+    except StoreError as error:
+        raise StoreError(f"store.listen_url: {error.message}") from None
