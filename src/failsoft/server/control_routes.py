@@ -275,7 +275,7 @@ class ControlRoutes:
             raise NotFound("this gateway has not registered yet")
         try:
             listing = await registry.listing()
-        except StoreUnreachable as error:
+        except StoreError as error:  # the list is the store's: without it, nothing to show
             raise StoreUnavailable(error.message) from None
         listener = self._control.listener
         listing["wakeups"] = {
