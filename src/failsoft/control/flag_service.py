@@ -16,7 +16,9 @@ down then, the flag is out of force all the same and the store is cleared
 on a later poll.
 
 Several gateways sharing a store follow each other: ``watch`` reads the
-store's flags every ``store.poll_s`` and recompiles when they changed. The
+store's flags when woken (PostgreSQL NOTIFY, ``wakeups.py``: within a
+second of the change) and every ``store.poll_s`` in any case, and
+recompiles when they changed. The
 flags in force are also kept in the data directory (``current-flags.json``,
 next to ``current-revision.json``), so a gateway that starts while the store
 is down obeys the switches it obeyed before.

@@ -5,7 +5,8 @@ planned against what serves, stored as revision N+1, its artifacts resolved
 to verified local files, and applied to the running gateway; the revision is
 then marked ``applied``, or ``failed`` with the reason, and the gateway stays
 on N. ``rollback`` proposes an earlier revision's configuration again.
-``watch`` follows revisions that other gateways sharing the store applied.
+``watch`` follows revisions that other gateways sharing the store applied
+(woken by NOTIFY on PostgreSQL, polled every ``store.poll_s`` in any case).
 
 Static stability: nothing here runs on the request path. Every store call
 runs on a thread; when the store is unreachable a change fails with a clear
