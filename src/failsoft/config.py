@@ -27,6 +27,7 @@ from failsoft._options import StrictModel, validation_problems
 from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.faults import ChaosOptions
 from failsoft.control.tenants import TenantConfig
+from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.errors import BackendLoadError
 from failsoft.pipeline.attribution import AttributionOptions
 from failsoft.pipeline.breaker import BreakerOptions
@@ -372,6 +373,7 @@ class Config(_Strict):
         default_factory=dict
     )
     chaos: ChaosOptions = Field(default_factory=ChaosOptions)
+    predictions: PredictionLogOptions = Field(default_factory=PredictionLogOptions)
 
     @model_validator(mode="after")
     def _keys_can_be_met(self) -> Config:
