@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from failsoft.data.prediction_options import PredictionLogOptions
-from failsoft.data.prediction_record import ArtifactHashes, Pending, to_record
+from failsoft.data.prediction_record import Pending, RecordMaker
 from failsoft.observe.events import Event, EventBus
 from failsoft.observe.logging import request_id_var
 from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
@@ -50,6 +50,7 @@ log = logging.getLogger("failsoft.predictions")
 SEGMENT_PREFIX = "predictions-"
 SEGMENT_SUFFIX = ".jsonl"
 STATE_FILE = "predictions.state.json"
+YIELD_EVERY = 32  # records made between two releases of the GIL
 MAX_TRAILS = 10_000  # requests with events not yet taken by ``record``
 TRAIL_EVENTS = (AttemptFailed, PoisonDetected, RetryDenied, FallbackTierFailed, FallbackUsed)
 Consumer = Callable[[list[dict[str, Any]]], None]
@@ -119,7 +120,7 @@ class PredictionLog:
         self._wake_at = options.batch_records
         self._buffer: collections.deque[Pending] = collections.deque()
         self._trails: dict[str, list[dict[str, Any]]] = {}
-        self._hashes = ArtifactHashes()
+        self._maker = RecordMaker(options)
         self._consumers: list[Consumer] = []
         self._wake = threading.Event()
         self._stopping = False
@@ -229,7 +230,7 @@ class PredictionLog:
     def pending_records(self, request_ids: set[str]) -> dict[str, dict[str, Any]]:
         """Records of ``request_ids`` still in the buffer (not yet on disk)."""
         return {
-            item.request_id: to_record(item, self.options, self._hashes)
+            item.request_id: self._maker.make(item)
             for item in list(self._buffer)
             if item.request_id in request_ids
         }
@@ -273,9 +274,13 @@ class PredictionLog:
     def _write(self, items: list[Pending]) -> bool:
         records = []
         lines = []
-        for item in items:
+        for count, item in enumerate(items, 1):
+            if count % YIELD_EVERY == 0:
+                # Let the event loop have the GIL: holding it for a whole batch would add
+                # milliseconds to requests in flight (and the limiter would read it as load).
+                time.sleep(0)
             try:
-                record = to_record(item, self.options, self._hashes)
+                record = self._maker.make(item)
                 lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
             except Exception:
                 self.bad_records += 1

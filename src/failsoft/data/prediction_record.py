@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import orjson
 
 from failsoft.data.prediction_options import PredictionLogOptions, SegmentOptions
-from failsoft.pipeline.cache import input_digest
 from failsoft.protocol.types import InferRequest, Tensors
 
-__all__ = ["MAX_ROWS", "ArtifactHashes", "Pending", "bucket_name", "to_record"]
+__all__ = ["MAX_ROWS", "ArtifactHashes", "Pending", "RecordMaker", "bucket_name", "lineage_digest"]
 
 MAX_ROWS = 64  # predicted labels and segments kept per request
 MAX_ELEMENTS = 4096  # per tensor, when inputs or outputs are recorded
@@ -106,26 +105,37 @@ def bucket_name(value: float, edges: list[float]) -> str:
 
 def _predictions(outputs: Tensors, name: str | None) -> tuple[list[Any], str] | None:
     """Per-row predicted label (class) or value (regression) from one output."""
-    if not outputs:
-        return None
-    array = outputs.get(name) if name else next(iter(outputs.values()))
+    array = outputs.get(name) if name else next(iter(outputs.values()), None)
     if array is None or array.ndim == 0:
         return None
     rows = array[:MAX_ROWS]
     kind = array.dtype.kind
+    if rows.ndim > 1 and not (kind == "f" and rows.shape[1] > 1):
+        rows = rows.reshape(len(rows), -1)[:, 0]
     if kind in "iub":
-        flat = rows.reshape(len(rows), -1)[:, 0]
-        return [int(v) for v in flat], "classification"
+        return rows.tolist(), "classification"
     if kind in "OSU":
-        flat = rows.reshape(len(rows), -1)[:, 0]
-        labels = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+        labels = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in rows]
         return labels, "classification"
     if kind == "f":
-        if rows.ndim >= 2 and rows.shape[1] > 1:  # scores per class
+        if rows.ndim > 1:  # scores per class
             scores = rows.reshape(len(rows), rows.shape[1], -1)[:, :, 0]
-            return [int(v) for v in np.argmax(scores, axis=1)], "classification"
-        return [float(v) for v in rows.reshape(len(rows), -1)[:, 0]], "regression"
+            return scores.argmax(axis=1).tolist(), "classification"
+        return rows.tolist(), "regression"
     return None
+
+
+def lineage_digest(inputs: Tensors) -> str:
+    """blake2b-128 of the inputs' names, dtypes, shapes and bytes (hex)."""
+    hasher = hashlib.blake2b(digest_size=16)
+    for name in sorted(inputs) if len(inputs) > 1 else inputs:
+        array = inputs[name]
+        hasher.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        if array.dtype.hasobject:
+            hasher.update(orjson.dumps(array.tolist(), default=repr))
+        else:
+            hasher.update(array.tobytes())
+    return hasher.hexdigest()
 
 
 def _segments(request: InferRequest, segment: SegmentOptions) -> list[str] | None:
@@ -159,83 +169,126 @@ def _tier(served_by: str) -> str | None:
     return tier if marker else None
 
 
-def to_record(
-    item: Pending, options: PredictionLogOptions, hashes: ArtifactHashes
-) -> dict[str, Any]:
-    """The stored form of one prediction (plain JSON types)."""
-    config = item.config
-    model_config = config.models.get(item.model) if config is not None else None
-    tier = _tier(item.served_by)
-    attempts = list(item.trail or ())
-    replica = None
-    if item.served_by and tier is None:
-        replica = item.served_by.rsplit("/", 1)[-1]
-        attempts.append({"replica": replica, "outcome": "answered", "failure_class": None})
-    answering_model = item.model
-    answering_version: str | None = item.served_version or item.version
-    if tier is not None and tier.startswith("model:"):
-        answering_model = tier.partition(":")[2]
-        target = config.models.get(answering_model) if config is not None else None
-        answering_version = target.default if target is not None else None
-    artifact = None
-    if tier not in ("heuristic", "static", "stale_cache"):
-        found = config.models.get(answering_model) if config is not None else None
-        if found is not None and answering_version in found.versions:
-            artifact = hashes.of(found.versions[answering_version])
-    record: dict[str, Any] = {
-        "request_id": item.request_id,
-        "time": item.time,
-        "tenant": item.tenant,
-        "model": item.model,
-        "version": item.served_version or item.version,
-        "version_requested": item.version,
-        "status": item.status,
-        "replica": replica,
-        "served_by": item.served_by or None,
-        "artifact_sha256": artifact,
-        "artifact_model": answering_model if answering_model != item.model else None,
-        "revision": item.revision or None,
-        "attempts": attempts,
-        "fallback_tier": tier,
-        "degraded": item.degraded,
-        "failure_class": item.failure,
-        "error": item.error,
-        "checks": _checks(item),
-        "input_digest": None,
-    }
-    request = item.request
-    if request is not None:
-        try:
-            digest = request.digest or input_digest(request.inputs)
-            record["input_digest"] = digest.hex()
-        except TypeError:
-            record["input_digest"] = None
-        record["rows"] = len(next(iter(request.inputs.values()))) if request.inputs else 0
-        if options.record_inputs:
-            record["inputs"] = _tensors(request.inputs)
-    segment = options.feedback.segments.get(item.model)
-    if item.outputs is not None:
-        if options.record_prediction:
-            label_output = segment.label_output if segment is not None else None
-            if label_output is None and model_config is not None:
-                label_output = model_config.outputs[0].name
-            found_predictions = _predictions(item.outputs, label_output)
-            if found_predictions is not None:
-                record["prediction"], record["kind"] = found_predictions
-        if options.record_outputs:
-            record["outputs"] = _tensors(item.outputs)
-    if segment is not None and request is not None:
-        record["segments"] = _segments(request, segment)
-    return record
+class RecordMaker:
+    """``make(item)``: the stored form of one prediction (plain JSON types).
+
+    What depends only on the configuration (the artifact's sha256, the output
+    holding the label) is looked up once per configuration, not per record.
+    """
+
+    def __init__(self, options: PredictionLogOptions) -> None:
+        self.options = options
+        self._hashes = ArtifactHashes()
+        # id(config) -> (config, {(model, version): sha256 or None}, {model: label output})
+        self._by_config: dict[int, tuple[Any, dict[tuple[str, str], str | None], dict[str, Any]]]
+        self._by_config = {}
+
+    def _of(self, config: Any) -> tuple[dict[tuple[str, str], str | None], dict[str, Any]]:
+        found = self._by_config.get(id(config))
+        if found is None or found[0] is not config:
+            if len(self._by_config) >= 16:  # configurations come and go with revisions
+                self._by_config.clear()
+            found = self._by_config[id(config)] = (config, {}, {})
+        return found[1], found[2]
+
+    def artifact(self, config: Any, model: str, version: str | None) -> str | None:
+        if config is None or version is None:
+            return None
+        artifacts, _ = self._of(config)
+        key = (model, version)
+        if key not in artifacts:
+            model_config = config.models.get(model)
+            backend = model_config.versions.get(version) if model_config is not None else None
+            artifacts[key] = self._hashes.of(backend) if backend is not None else None
+        return artifacts[key]
+
+    def label_output(self, config: Any, model: str) -> str | None:
+        segment = self.options.feedback.segments.get(model)
+        if segment is not None and segment.label_output is not None:
+            return segment.label_output
+        if config is None:
+            return None
+        _, labels = self._of(config)
+        if model not in labels:
+            model_config = config.models.get(model)
+            labels[model] = model_config.outputs[0].name if model_config is not None else None
+        name: str | None = labels[model]
+        return name
+
+    def make(self, item: Pending) -> dict[str, Any]:
+        config = item.config
+        options = self.options
+        tier = _tier(item.served_by)
+        attempts = list(item.trail) if item.trail else []
+        replica = None
+        if item.served_by and tier is None:
+            replica = item.served_by.rsplit("/", 1)[-1]
+            attempts.append({"replica": replica, "outcome": "answered"})
+        version = item.served_version or item.version
+        answering_model = item.model
+        answering_version: str | None = version
+        if tier is not None and tier.startswith("model:"):
+            answering_model = tier.partition(":")[2]
+            target = config.models.get(answering_model) if config is not None else None
+            answering_version = target.default if target is not None else None
+        artifact = None
+        if tier not in _LOCAL_TIERS:
+            artifact = self.artifact(config, answering_model, answering_version)
+        request = item.request
+        record: dict[str, Any] = {
+            "request_id": item.request_id,
+            "time": item.time,
+            "tenant": item.tenant,
+            "model": item.model,
+            "version": version,
+            "version_requested": item.version,
+            "status": item.status,
+            "replica": replica,
+            "served_by": item.served_by or None,
+            "artifact_sha256": artifact,
+            "artifact_model": answering_model if answering_model != item.model else None,
+            "revision": item.revision or None,
+            "attempts": attempts,
+            "fallback_tier": tier,
+            "degraded": item.degraded,
+            "failure_class": item.failure,
+            "error": item.error,
+            "checks": _checks(item),
+            "input_digest": None,
+        }
+        if request is not None and request.inputs:
+            record["input_digest"] = lineage_digest(request.inputs)
+            record["rows"] = len(next(iter(request.inputs.values())))
+            if options.record_inputs:
+                record["inputs"] = _tensors(request.inputs)
+        outputs = item.outputs
+        if outputs is not None:
+            if options.record_prediction:
+                found = _predictions(outputs, self.label_output(config, item.model))
+                if found is not None:
+                    record["prediction"], record["kind"] = found
+            if options.record_outputs:
+                record["outputs"] = _tensors(outputs)
+        segment = options.feedback.segments.get(item.model)
+        if segment is not None and request is not None:
+            record["segments"] = _segments(request, segment)
+        return record
+
+
+_LOCAL_TIERS = ("heuristic", "static", "stale_cache")
+_PASSED = {"input_contract": "passed", "output_contract": "passed"}
+_REFUSED = {"input_contract": "refused"}
+_NOT_REACHED = {"input_contract": "not reached"}
+_NO_ANSWER = {"input_contract": "passed", "output_contract": "no answer"}
 
 
 def _checks(item: Pending) -> dict[str, str]:
     """What the contracts said: the input contract ran before any answer; the output
     contract judged every replica's answer and every fallback answer."""
     if item.status == 200:
-        return {"input_contract": "passed", "output_contract": "passed"}
+        return _PASSED
     if item.failure == "data":
-        return {"input_contract": "refused"}
+        return _REFUSED
     if item.request is None:
-        return {"input_contract": "not reached"}
-    return {"input_contract": "passed", "output_contract": "no answer"}
+        return _NOT_REACHED
+    return _NO_ANSWER
