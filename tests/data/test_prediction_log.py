@@ -1,0 +1,208 @@
+"""The prediction log on its own: buffer, writer, segments, retention, crash accounting."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from failsoft.config import ConfigError, parse_config
+from failsoft.data.prediction_log import STATE_FILE, PredictionLog, find_records, segment_files
+from failsoft.data.prediction_options import PredictionLogOptions
+from failsoft.data.prediction_record import Pending, RecordMaker, bucket_name
+from failsoft.protocol.types import InferRequest
+
+MODEL = {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [
+        {"name": "label", "datatype": "INT64", "shape": [-1]},
+        {"name": "scores", "datatype": "FP32", "shape": [-1, 3]},
+    ],
+    "versions": {"v1": {"backend": "python", "function": "tests.integration._models:heuristic"}},
+}
+
+
+def config(**predictions: Any) -> Any:
+    return parse_config({"predictions": {"enabled": True, **predictions}, "models": {"m": MODEL}})
+
+
+def pending(config: Any, request_id: str, label: int = 1, x2: float = 3.0) -> Pending:
+    item = Pending(time.time(), request_id, "acme", "m", "v1", 200, 3, config)
+    item.served_version = "v1"
+    item.served_by = "m/v1/r0"
+    item.request = InferRequest({"x": np.array([[1.0, 2.0, x2, 4.0]], dtype=np.float32)})
+    item.outputs = {
+        "label": np.array([label], dtype=np.int64),
+        "scores": np.array([[0.1, 0.8, 0.1]], dtype=np.float32),
+    }
+    return item
+
+
+def records(directory: Path) -> list[dict[str, Any]]:
+    found = []
+    for path in segment_files(directory):
+        found.extend(orjson.loads(line) for line in path.read_bytes().splitlines() if line)
+    return found
+
+
+def test_every_accepted_record_is_on_disk_after_close(tmp_path: Path) -> None:
+    cfg = config(flush_interval_s=60)  # only close() writes
+    log = PredictionLog(cfg.predictions, tmp_path)
+    for index in range(500):
+        log.record(pending(cfg, f"r{index}"))
+    assert log.accepted == 500
+    log.close()
+    written = records(tmp_path)
+    assert [r["request_id"] for r in written] == [f"r{i}" for i in range(500)]
+    first = written[0]
+    assert first["prediction"] == [1]
+    assert first["kind"] == "classification"
+    assert first["replica"] == "r0"
+    assert first["revision"] == 3
+    assert first["tenant"] == "acme"
+    assert first["attempts"] == [{"replica": "r0", "outcome": "answered"}]
+    assert len(first["input_digest"]) == 32
+    assert "inputs" not in first
+    assert "outputs" not in first
+    assert orjson.loads((tmp_path / STATE_FILE).read_bytes())["clean"] is True
+    assert log.stats()["written"] == 500
+    assert log.stats()["dropped"] == 0
+
+
+def test_a_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    cfg = config(flush_interval_s=60, buffer_records=16, batch_records=16)
+    log = PredictionLog(cfg.predictions, tmp_path)
+    log._wake_at = -1  # keep the writer asleep: the buffer fills
+    for index in range(40):
+        log.record(pending(cfg, f"r{index}"))
+    assert log.accepted == 16
+    assert log.dropped == 24
+    log.close()
+    assert len(records(tmp_path)) == 16
+
+
+def test_sampling_keeps_the_configured_share(tmp_path: Path) -> None:
+    cfg = config(sample_rate=0.25, flush_interval_s=60)
+    log = PredictionLog(cfg.predictions, tmp_path, rng=random.Random(7))
+    for index in range(4000):
+        log.record(pending(cfg, f"r{index}"))
+    log.close()
+    assert log.accepted + log.skipped == 4000
+    assert 900 <= log.accepted <= 1100
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5, "half", True])
+def test_a_sampling_rate_out_of_range_is_a_clear_error(rate: object) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"predictions": {"sample_rate": rate}, "models": {"m": MODEL}})
+    assert "predictions.sample_rate" in str(raised.value)
+    assert "from 0 to 1" in str(raised.value)
+
+
+def test_inputs_and_outputs_only_when_configured(tmp_path: Path) -> None:
+    cfg = config(record_inputs=True, record_outputs=True, flush_interval_s=60)
+    log = PredictionLog(cfg.predictions, tmp_path)
+    log.record(pending(cfg, "r1"))
+    log.close()
+    [record] = records(tmp_path)
+    assert record["inputs"] == {"x": [[1.0, 2.0, 3.0, 4.0]]}
+    assert record["outputs"]["label"] == [1]
+
+
+def test_segments_rotate_by_size_and_retention_keeps_the_total_under_the_cap(
+    tmp_path: Path,
+) -> None:
+    cfg = config(segment_bytes=4096, max_total_bytes=3 * 4096, flush_interval_s=60)
+    log = PredictionLog(cfg.predictions, tmp_path)
+    for round_no in range(20):
+        for index in range(10):
+            log.record(pending(cfg, f"r{round_no}-{index}"))
+        log.flush()
+    log._retention()
+    log.close()
+    files = segment_files(tmp_path)
+    assert len(files) >= 2
+    assert sum(path.stat().st_size for path in files) <= 3 * 4096 + 4096
+    assert log.removed_segments > 0
+    assert records(tmp_path)[-1]["request_id"] == "r19-9"  # the newest are kept
+
+
+def test_retention_by_age(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    cfg = config(segment_s=10, max_age_s=100, flush_interval_s=60)
+    log = PredictionLog(cfg.predictions, tmp_path, wall=lambda: now[0])
+    log.record(pending(cfg, "old"))
+    log.flush()
+    old = segment_files(tmp_path)[0]
+    now[0] += 1000  # the next write rotates; the old segment is past max_age_s
+    import os
+
+    os.utime(old, (now[0] - 500, now[0] - 500))
+    log.record(pending(cfg, "new"))
+    log.flush()
+    log.close()
+    assert not old.exists()
+    assert [r["request_id"] for r in records(tmp_path)] == ["new"]
+
+
+def test_a_crash_is_reported_with_what_was_pending(tmp_path: Path) -> None:
+    cfg = config(flush_interval_s=60)
+    (tmp_path / STATE_FILE).write_bytes(
+        orjson.dumps({"accepted": 120, "written": 100, "pending": 20, "clean": False})
+    )
+    log = PredictionLog(cfg.predictions, tmp_path)
+    assert log.lost_at_crash == 20
+    log.close()
+    again = PredictionLog(cfg.predictions, tmp_path)  # that one stopped cleanly
+    assert again.lost_at_crash == 0
+    again.close()
+
+
+def test_find_records_skips_a_torn_last_line(tmp_path: Path) -> None:
+    cfg = config(flush_interval_s=60)
+    log = PredictionLog(cfg.predictions, tmp_path)
+    for index in range(5):
+        log.record(pending(cfg, f"r{index}"))
+    log.close()
+    path = segment_files(tmp_path)[0]
+    with path.open("ab") as handle:
+        handle.write(b'{"request_id":"torn","time":1')  # a crash mid-write
+    found, read = find_records(tmp_path, {"r3", "torn", "missing"}, 1 << 20)
+    assert set(found) == {"r3"}
+    assert read > 0
+
+
+def test_records_name_the_fallback_tier_and_the_failed_attempts(tmp_path: Path) -> None:
+    cfg = config()
+    item = pending(cfg, "fb")
+    item.served_by = "m/v1/fallback:heuristic"
+    item.degraded = True
+    item.trail = [{"replica": "r0", "outcome": "failed", "failure_class": "replica"}]
+    record = RecordMaker(cfg.predictions).make(item)
+    assert record["fallback_tier"] == "heuristic"
+    assert record["replica"] is None
+    assert record["attempts"] == item.trail
+    assert record["degraded"] is True
+    assert record["artifact_sha256"] is None  # a heuristic has no artifact
+
+
+def test_feature_buckets() -> None:
+    edges = [2.5, 4.9]
+    assert [bucket_name(v, edges) for v in (1.0, 2.5, 4.0, 4.9, 7.0)] == [
+        "<2.5",
+        "2.5..4.9",
+        "2.5..4.9",
+        ">=4.9",
+        ">=4.9",
+    ]
+    assert bucket_name(float("nan"), edges) == "nan"
+
+
+def test_batch_larger_than_the_buffer_is_refused() -> None:
+    with pytest.raises(ValueError, match="batch_records"):
+        PredictionLogOptions(buffer_records=100, batch_records=200)
