@@ -50,7 +50,6 @@ def test_outcomes_are_counted_never_fatal() -> None:
         "unknown": 1,
         "duplicate": 1,
         "invalid": 2,
-        "no_prediction": 0,
     }
     assert result.problems[0].startswith("feedback[3]: give label")
     assert result.problems[1].startswith("feedback[4]: expected an object")

@@ -31,7 +31,7 @@ __all__ = ["AccuracyBoard", "FeedbackItem", "FeedbackResult", "parse_feedback"]
 MAX_SERIES = 10_000
 MAX_ITEMS = 100_000  # per call
 MAX_PROBLEMS = 10
-OUTCOMES = ("joined", "unknown", "duplicate", "invalid", "no_prediction")
+OUTCOMES = ("joined", "unknown", "duplicate", "invalid")
 
 
 @dataclass(slots=True)
