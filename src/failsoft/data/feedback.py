@@ -22,7 +22,7 @@ import collections
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from failsoft.data.prediction_options import FeedbackOptions
 
@@ -98,16 +98,18 @@ def parse_feedback(body: Any, result: FeedbackResult) -> list[FeedbackItem]:
     return items
 
 
-@dataclass(slots=True)
-class _Entry:
-    model: str
-    version: str
-    tenant: str | None
-    time: float
-    predictions: list[Any]
-    segments: list[str] | None
-    kind: str
-    judged: bool = False
+# An index entry is a plain tuple of atoms — (model, version, tenant, time, predictions,
+# segments, kind, judged) — so the garbage collector stops tracking it: hundreds of
+# thousands of tracked objects would make every full collection pause serving.
+_Entry = tuple[str, str, str | None, float, tuple[Any, ...], tuple[str, ...] | None, str, bool]
+MODEL: Final = 0
+VERSION: Final = 1
+TENANT: Final = 2
+TIME: Final = 3
+PREDICTIONS: Final = 4
+SEGMENTS: Final = 5
+KIND: Final = 6
+JUDGED: Final = 7
 
 
 class _Stat:
@@ -156,7 +158,8 @@ class AccuracyBoard:
     def __init__(self, options: FeedbackOptions) -> None:
         self.options = options
         self._lock = threading.Lock()
-        self._index: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
+        self._index: dict[str, _Entry] = {}
+        self._order: collections.deque[str] = collections.deque()  # oldest first
         self._totals: dict[tuple[str, str, str], _Stat] = {}
         self._windows: dict[tuple[str, str, str, float], _Stat] = {}
         self._kinds: dict[tuple[str, str], str] = {}
@@ -169,23 +172,28 @@ class AccuracyBoard:
             for record in records:
                 self._add(record)
 
-    def _add(self, record: dict[str, Any], judged: bool = False) -> None:
+    def _add(self, record: dict[str, Any]) -> None:
         predictions = record.get("prediction")
         if not predictions or record.get("status") != 200:
             return
+        request_id = record["request_id"]
+        segments = record.get("segments")
         index = self._index
-        index[record["request_id"]] = _Entry(
+        if request_id not in index:
+            self._order.append(request_id)
+        index[request_id] = (
             record["model"],
             record["version"],
             record.get("tenant"),
             float(record["time"]),
-            predictions,
-            record.get("segments"),
+            tuple(predictions),
+            tuple(segments) if segments else None,
             record.get("kind") or "classification",
-            judged,
+            False,
         )
+        order = self._order
         while len(index) > self.options.index_records:
-            index.popitem(last=False)
+            index.pop(order.popleft(), None)
 
     # -- feedback ----------------------------------------------------------------------
 
@@ -216,16 +224,21 @@ class AccuracyBoard:
         self, model: str, tenant: str | None, item: FeedbackItem, result: FeedbackResult
     ) -> None:
         entry = self._index.get(item.request_id)
-        if entry is None or entry.model != model or (tenant is not None and entry.tenant != tenant):
+        if (
+            entry is None
+            or entry[MODEL] != model
+            or (tenant is not None and entry[TENANT] != tenant)
+        ):
             self._count(model, "unknown")
             result.note("unknown")
             return
-        if entry.judged:
+        if entry[JUDGED]:
             self._count(model, "duplicate")
             result.note("duplicate")
             return
         truth = item.truth
-        rows = len(entry.predictions)
+        predictions, kind = entry[PREDICTIONS], entry[KIND]
+        rows = len(predictions)
         if len(truth) == 1 and rows > 1:
             truth = truth * rows
         if len(truth) != rows:
@@ -235,47 +248,48 @@ class AccuracyBoard:
                 f"{item.request_id}: {len(truth)} labels for a prediction of {rows} rows",
             )
             return
-        if entry.kind == "regression" and not all(
+        if kind == "regression" and not all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in truth
         ):
             self._count(model, "invalid")
             result.note("invalid", f"{item.request_id}: a regression needs numeric values")
             return
-        entry.judged = True
-        self._kinds[(entry.model, entry.version)] = entry.kind
-        window = math.floor(entry.time / self.options.window_s) * self.options.window_s
-        for row, (predicted, actual) in enumerate(zip(entry.predictions, truth, strict=True)):
+        self._index[item.request_id] = (*entry[:JUDGED], True)
+        self._kinds[(entry[MODEL], entry[VERSION])] = kind
+        window = math.floor(entry[TIME] / self.options.window_s) * self.options.window_s
+        for row, (predicted, actual) in enumerate(zip(predictions, truth, strict=True)):
             for segment in self._segments_of(entry, row):
-                self._stat(entry, segment, None).add(entry.kind, predicted, actual)
-                self._stat(entry, segment, window).add(entry.kind, predicted, actual)
+                self._stat(entry, segment, None).add(kind, predicted, actual)
+                self._stat(entry, segment, window).add(kind, predicted, actual)
         self._count(model, "joined")
         result.note("joined")
 
     @staticmethod
     def _segments_of(entry: _Entry, row: int) -> list[str]:
         found = ["all"]
-        if entry.tenant is not None:
-            found.append(f"tenant:{entry.tenant}")
-        if entry.segments is not None and row < len(entry.segments):
-            found.append(entry.segments[row])
+        if entry[TENANT] is not None:
+            found.append(f"tenant:{entry[TENANT]}")
+        segments = entry[SEGMENTS]
+        if segments is not None and row < len(segments):
+            found.append(segments[row])
         return found
 
     def _stat(self, entry: _Entry, segment: str, window: float | None) -> _Stat:
         if window is None:
-            key3 = (entry.model, entry.version, segment)
+            key3 = (entry[MODEL], entry[VERSION], segment)
             stat = self._totals.get(key3)
             if stat is None:
                 stat = _Stat()
                 if len(self._totals) < MAX_SERIES:
                     self._totals[key3] = stat
             return stat
-        key4 = (entry.model, entry.version, segment, window)
+        key4 = (entry[MODEL], entry[VERSION], segment, window)
         stat = self._windows.get(key4)
         if stat is None:
             stat = _Stat()
             if len(self._windows) < MAX_SERIES:
                 self._windows[key4] = stat
-                self._prune_windows(entry.model, entry.version)
+                self._prune_windows(entry[MODEL], entry[VERSION])
         return stat
 
     def _prune_windows(self, model: str, version: str) -> None:
