@@ -206,3 +206,13 @@ def test_feature_buckets() -> None:
 def test_batch_larger_than_the_buffer_is_refused() -> None:
     with pytest.raises(ValueError, match="batch_records"):
         PredictionLogOptions(buffer_records=100, batch_records=200)
+
+
+def test_the_plan_applies_a_new_sampling_rate_live_and_the_rest_on_restart() -> None:
+    from failsoft.control.plan import plan
+
+    before = config(sample_rate=1.0)
+    rate = plan(before, config(sample_rate=0.1))
+    assert rate.render().splitlines()[0] == "~ predictions.sample_rate: 0.1"
+    assert rate.restart_needed == []
+    assert plan(before, config(record_inputs=True)).restart_needed == ["predictions"]

@@ -239,6 +239,8 @@ class FailsoftApp:
             config.tenants, config.server.require_keys, self.runtime.clock, previous=tenants
         )
         self.admin.token = config.server.resolved_admin_token()
+        if self.predictions is not None:  # the rest of predictions: needs a restart
+            self.predictions.log.set_sample_rate(config.predictions.sample_rate)
         if self.control is not None and self.control.flags is not None:
             self.control.flags.reapply()  # switches of models this change added
         self.revision = revision
