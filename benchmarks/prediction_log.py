@@ -8,8 +8,10 @@ on so that noise on a shared machine hits both alike; the best round of each
 counts. Then it stops the logging gateway with SIGTERM and counts the records
 in its log files: every answered request must be there, none dropped.
 
-Prints req/s of each, the on/off ratio (target >= 0.9), and the log's
-accepted / written / dropped counts.
+Prints req/s of each, the on/off ratio (target >= 0.9), the gateway's CPU
+time per request of each (read from /proc: on a shared machine the
+throughput of a closed loop swings with the neighbours, the CPU a request
+costs much less), and the log's accepted / written / dropped counts.
 
     PYTHONPATH=src python benchmarks/prediction_log.py            # 3 rounds of 8 s
     PYTHONPATH=src python benchmarks/prediction_log.py --quick    # 1 round of 3 s
@@ -18,6 +20,7 @@ accepted / written / dropped counts.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -56,6 +59,12 @@ def logging_config(model_path: Path, port: int, on: bool) -> dict[str, Any]:
     if on:
         config["predictions"] = {"enabled": True, "sample_rate": 1.0}
     return config
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric(url: str, name: str) -> float:
@@ -97,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, ServerProcess] = {}
     urls: dict[str, str] = {}
     runs: dict[str, list[LoadResult]] = {"off": [], "on": []}
+    cpu_us: dict[str, list[float]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory(prefix="failsoft-predlog-") as tmp:
         tmp_dir = Path(tmp)
         try:
@@ -126,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             for round_no in range(1, args.rounds + 1):
                 for name in ("off", "on"):
+                    cpu_before = cpu_seconds(servers[name].process.pid)
                     result = drive(
                         urls[name] + INFER_PATH,
                         body,
@@ -134,10 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                         tool=tool,
                     )
                     runs[name].append(result)
+                    cpu_us[name].append(
+                        (cpu_seconds(servers[name].process.pid) - cpu_before)
+                        / max(result.requests, 1)
+                        * 1e6
+                    )
                     print(
                         f"round {round_no} log {name:>3}: {result.rps:9.1f} req/s  "
                         f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                        f"errors {result.errors}",
+                        f"errors {result.errors}  cpu {cpu_us[name][-1]:6.1f} us/request",
                         flush=True,
                     )
             on_url = urls["on"]
@@ -156,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbest of {args.rounds} round(s), {tool}, {args.connections} connections")
     print(f"log off: {best['off'].rps:9.1f} req/s   log on: {best['on'].rps:9.1f} req/s")
     print(f"ratio on/off: {ratio:.3f} (target >= {TARGET_RATIO})")
+    cpu = {name: min(values) for name, values in cpu_us.items()}
+    print(
+        f"gateway CPU per request (least of the rounds): off {cpu['off']:.1f} us, "
+        f"on {cpu['on']:.1f} us; ratio off/on {cpu['off'] / cpu['on']:.3f} "
+        "(the throughput ratio of a CPU-bound gateway, far less noisy on a shared machine)"
+    )
     print(
         f"log: answered {answered:.0f}, accepted {accepted:.0f}, dropped {dropped:.0f}, "
         f"records on disk after SIGTERM {written}"

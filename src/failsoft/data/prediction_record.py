@@ -125,12 +125,21 @@ def _predictions(outputs: Tensors, name: str | None) -> tuple[list[Any], str] | 
     return None
 
 
+_HEADERS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+
+
 def lineage_digest(inputs: Tensors) -> str:
     """blake2b-128 of the inputs' names, dtypes, shapes and bytes (hex)."""
     hasher = hashlib.blake2b(digest_size=16)
     for name in sorted(inputs) if len(inputs) > 1 else inputs:
         array = inputs[name]
-        hasher.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        key = (name, array.dtype.str, array.shape)
+        header = _HEADERS.get(key)
+        if header is None:
+            header = f"{name}\0{key[1]}\0{key[2]}\0".encode()
+            if len(_HEADERS) < 4096:
+                _HEADERS[key] = header
+        hasher.update(header)
         if array.dtype.hasobject:
             hasher.update(orjson.dumps(array.tolist(), default=repr))
         else:
@@ -219,11 +228,17 @@ class RecordMaker:
         config = item.config
         options = self.options
         tier = _tier(item.served_by)
-        attempts = list(item.trail) if item.trail else []
+        trail = item.trail
+        attempts: list[dict[str, Any]] = list(trail) if trail else []
         replica = None
         if item.served_by and tier is None:
             replica = item.served_by.rsplit("/", 1)[-1]
-            attempts.append({"replica": replica, "outcome": "answered"})
+            answered = _ANSWERED.get(replica)
+            if answered is None:  # shared, never changed: one dict per replica name
+                answered = {"replica": replica, "outcome": "answered"}
+                if len(_ANSWERED) < 4096:
+                    _ANSWERED[replica] = answered
+            attempts.append(answered)
         version = item.served_version or item.version
         answering_model = item.model
         answering_version: str | None = version
@@ -235,27 +250,37 @@ class RecordMaker:
         if tier not in _LOCAL_TIERS:
             artifact = self.artifact(config, answering_model, answering_version)
         request = item.request
+        # Fields that would be null are left out (readers use .get): a smaller line is
+        # cheaper to encode, write and scan.
         record: dict[str, Any] = {
             "request_id": item.request_id,
             "time": item.time,
-            "tenant": item.tenant,
             "model": item.model,
             "version": version,
-            "version_requested": item.version,
             "status": item.status,
-            "replica": replica,
-            "served_by": item.served_by or None,
-            "artifact_sha256": artifact,
-            "artifact_model": answering_model if answering_model != item.model else None,
-            "revision": item.revision or None,
             "attempts": attempts,
-            "fallback_tier": tier,
             "degraded": item.degraded,
-            "failure_class": item.failure,
-            "error": item.error,
             "checks": _checks(item),
-            "input_digest": None,
         }
+        if item.tenant is not None:
+            record["tenant"] = item.tenant
+        if item.version != version:
+            record["version_requested"] = item.version
+        if replica is not None:
+            record["replica"] = replica
+        if item.served_by:
+            record["served_by"] = item.served_by
+        if artifact is not None:
+            record["artifact_sha256"] = artifact
+        if answering_model != item.model:
+            record["artifact_model"] = answering_model
+        if item.revision:
+            record["revision"] = item.revision
+        if tier is not None:
+            record["fallback_tier"] = tier
+        if item.failure is not None:
+            record["failure_class"] = item.failure
+            record["error"] = item.error
         if request is not None and request.inputs:
             record["input_digest"] = lineage_digest(request.inputs)
             record["rows"] = len(next(iter(request.inputs.values())))
@@ -276,6 +301,7 @@ class RecordMaker:
 
 
 _LOCAL_TIERS = ("heuristic", "static", "stale_cache")
+_ANSWERED: dict[str, dict[str, Any]] = {}
 _PASSED = {"input_contract": "passed", "output_contract": "passed"}
 _REFUSED = {"input_contract": "refused"}
 _NOT_REACHED = {"input_contract": "not reached"}

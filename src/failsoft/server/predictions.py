@@ -42,6 +42,27 @@ log = logging.getLogger("failsoft.predictions")
 
 FEEDBACK_BODY_LIMIT = 16 * 1024 * 1024
 TRACE_MAX_BYTES = 1 << 30  # log bytes `trace` reads looking for one request id
+RECORD_FIELDS = (
+    "request_id",
+    "time",
+    "tenant",
+    "model",
+    "version",
+    "version_requested",
+    "status",
+    "served_by",
+    "replica",
+    "attempts",
+    "fallback_tier",
+    "degraded",
+    "revision",
+    "artifact_sha256",
+    "artifact_model",
+    "input_digest",
+    "checks",
+    "failure_class",
+    "error",
+)
 
 
 def open_predictions(
@@ -177,13 +198,10 @@ class PredictionService:
                 )
             except StoreError as error:
                 audit_note = f"the control store is unreachable: {error.message}"
-        return {"prediction": record, "audit": audit, "audit_note": audit_note}
+        shown = {**dict.fromkeys(RECORD_FIELDS), **record}  # fields left out are null
+        return {"prediction": shown, "audit": audit, "audit_note": audit_note}
 
     def _find_one(self, request_id: str) -> dict[str, Any] | None:
-        found = self._look_up_trace(request_id)
-        return found
-
-    def _look_up_trace(self, request_id: str) -> dict[str, Any] | None:
         pending = self.log.pending_records({request_id})
         if pending:
             return pending[request_id]
