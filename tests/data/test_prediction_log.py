@@ -14,8 +14,7 @@ import pytest
 from failsoft.config import ConfigError, parse_config
 from failsoft.data.prediction_log import STATE_FILE, PredictionLog, find_records, segment_files
 from failsoft.data.prediction_options import PredictionLogOptions
-from failsoft.data.prediction_record import Pending, RecordMaker, bucket_name
-from failsoft.protocol.types import InferRequest
+from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker, bucket_name, pending
 
 MODEL = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
@@ -31,16 +30,31 @@ def config(**predictions: Any) -> Any:
     return parse_config({"predictions": {"enabled": True, **predictions}, "models": {"m": MODEL}})
 
 
-def pending(config: Any, request_id: str, label: int = 1, x2: float = 3.0) -> Pending:
-    item = Pending(time.time(), request_id, "acme", "m", "v1", 200, 3, config)
-    item.served_version = "v1"
-    item.served_by = "m/v1/r0"
-    item.request = InferRequest({"x": np.array([[1.0, 2.0, x2, 4.0]], dtype=np.float32)})
-    item.outputs = {
-        "label": np.array([label], dtype=np.int64),
-        "scores": np.array([[0.1, 0.8, 0.1]], dtype=np.float32),
-    }
-    return item
+def item(
+    config: Any, request_id: str, label: int = 1, x2: float = 3.0, key: int = 0, **extra: Any
+) -> Pending:
+    return pending(
+        time.time(),
+        request_id,
+        "acme",
+        "m",
+        "v1",
+        200,
+        3,
+        key,
+        served_version="v1",
+        served_by=extra.pop("served_by", "m/v1/r0"),
+        degraded=extra.pop("degraded", False),
+        inputs={"x": np.array([[1.0, 2.0, x2, 4.0]], dtype=np.float32)},
+        outputs={
+            "label": np.array([label], dtype=np.int64),
+            "scores": np.array([[0.1, 0.8, 0.1]], dtype=np.float32),
+        },
+    )
+
+
+def logged(log: PredictionLog, config: Any, request_id: str) -> None:
+    log.record(item(config, request_id, key=log.config_key(config)))
 
 
 def records(directory: Path) -> list[dict[str, Any]]:
@@ -54,7 +68,7 @@ def test_every_accepted_record_is_on_disk_after_close(tmp_path: Path) -> None:
     cfg = config(flush_interval_s=60)  # only close() writes
     log = PredictionLog(cfg.predictions, tmp_path)
     for index in range(500):
-        log.record(pending(cfg, f"r{index}"))
+        logged(log, cfg, f"r{index}")
     assert log.accepted == 500
     log.close()
     written = records(tmp_path)
@@ -79,7 +93,7 @@ def test_a_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None
     log = PredictionLog(cfg.predictions, tmp_path)
     log._wake_at = -1  # keep the writer asleep: the buffer fills
     for index in range(40):
-        log.record(pending(cfg, f"r{index}"))
+        logged(log, cfg, f"r{index}")
     assert log.accepted == 16
     assert log.dropped == 24
     log.close()
@@ -90,7 +104,7 @@ def test_sampling_keeps_the_configured_share(tmp_path: Path) -> None:
     cfg = config(sample_rate=0.25, flush_interval_s=60)
     log = PredictionLog(cfg.predictions, tmp_path, rng=random.Random(7))
     for index in range(4000):
-        log.record(pending(cfg, f"r{index}"))
+        logged(log, cfg, f"r{index}")
     log.close()
     assert log.accepted + log.skipped == 4000
     assert 900 <= log.accepted <= 1100
@@ -107,7 +121,7 @@ def test_a_sampling_rate_out_of_range_is_a_clear_error(rate: object) -> None:
 def test_inputs_and_outputs_only_when_configured(tmp_path: Path) -> None:
     cfg = config(record_inputs=True, record_outputs=True, flush_interval_s=60)
     log = PredictionLog(cfg.predictions, tmp_path)
-    log.record(pending(cfg, "r1"))
+    logged(log, cfg, "r1")
     log.close()
     [record] = records(tmp_path)
     assert record["inputs"] == {"x": [[1.0, 2.0, 3.0, 4.0]]}
@@ -121,7 +135,7 @@ def test_segments_rotate_by_size_and_retention_keeps_the_total_under_the_cap(
     log = PredictionLog(cfg.predictions, tmp_path)
     for round_no in range(20):
         for index in range(10):
-            log.record(pending(cfg, f"r{round_no}-{index}"))
+            logged(log, cfg, f"r{round_no}-{index}")
         log.flush()
     log._retention()
     log.close()
@@ -136,14 +150,14 @@ def test_retention_by_age(tmp_path: Path) -> None:
     now = [1_000_000.0]
     cfg = config(segment_s=10, max_age_s=100, flush_interval_s=60)
     log = PredictionLog(cfg.predictions, tmp_path, wall=lambda: now[0])
-    log.record(pending(cfg, "old"))
+    logged(log, cfg, "old")
     log.flush()
     old = segment_files(tmp_path)[0]
     now[0] += 1000  # the next write rotates; the old segment is past max_age_s
     import os
 
     os.utime(old, (now[0] - 500, now[0] - 500))
-    log.record(pending(cfg, "new"))
+    logged(log, cfg, "new")
     log.flush()
     log.close()
     assert not old.exists()
@@ -167,7 +181,7 @@ def test_find_records_skips_a_torn_last_line(tmp_path: Path) -> None:
     cfg = config(flush_interval_s=60)
     log = PredictionLog(cfg.predictions, tmp_path)
     for index in range(5):
-        log.record(pending(cfg, f"r{index}"))
+        logged(log, cfg, f"r{index}")
     log.close()
     path = segment_files(tmp_path)[0]
     with path.open("ab") as handle:
@@ -177,18 +191,26 @@ def test_find_records_skips_a_torn_last_line(tmp_path: Path) -> None:
     assert read > 0
 
 
-def test_records_name_the_fallback_tier_and_the_failed_attempts(tmp_path: Path) -> None:
+def test_records_name_the_fallback_tier_and_the_failed_attempts() -> None:
     cfg = config()
-    item = pending(cfg, "fb")
-    item.served_by = "m/v1/fallback:heuristic"
-    item.degraded = True
-    item.trail = [{"replica": "r0", "outcome": "failed", "failure_class": "replica"}]
-    record = RecordMaker(cfg.predictions).make(item)
+    trail = [{"replica": "r0", "outcome": "failed", "failure_class": "replica"}]
+    fell_back = item(cfg, "fb", served_by="m/v1/fallback:heuristic", degraded=True)
+    fell_back = (*fell_back[:TRAIL], trail)
+    record = RecordMaker(cfg.predictions).make(fell_back, cfg)
     assert record["fallback_tier"] == "heuristic"
     assert "replica" not in record
-    assert record["attempts"] == item.trail
+    assert record["attempts"] == trail
     assert record["degraded"] is True
     assert "artifact_sha256" not in record  # a heuristic has no artifact
+
+
+def test_the_request_path_leaves_nothing_for_the_collector_to_track() -> None:
+    import gc
+
+    kept = item(config(), "r1")
+    gc.collect()  # untracks its inner tuples; the next pass, the item itself
+    gc.collect()
+    assert not gc.is_tracked(kept)
 
 
 def test_feature_buckets() -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from failsoft.data.prediction_options import PredictionLogOptions
-from failsoft.data.prediction_record import Pending, RecordMaker
+from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker
 from failsoft.observe.events import Event, EventBus
 from failsoft.observe.logging import request_id_var
 from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
@@ -52,6 +52,7 @@ SEGMENT_SUFFIX = ".jsonl"
 STATE_FILE = "predictions.state.json"
 YIELD_EVERY = 16  # records made between two releases of the GIL (about 0.2 ms)
 YIELD_S = 0.0001
+MAX_CONFIGS = 8
 MAX_TRAILS = 10_000  # requests with events not yet taken by ``record``
 TRAIL_EVENTS = (AttemptFailed, PoisonDetected, RetryDenied, FallbackTierFailed, FallbackUsed)
 Consumer = Callable[[list[dict[str, Any]]], None]
@@ -122,6 +123,7 @@ class PredictionLog:
         self._buffer: collections.deque[Pending] = collections.deque()
         self._trails: dict[str, list[dict[str, Any]]] = {}
         self._maker = RecordMaker(options)
+        self._configs: dict[int, Any] = {}
         self._consumers: list[Consumer] = []
         self._wake = threading.Event()
         self._stopping = False
@@ -196,11 +198,23 @@ class PredictionLog:
                 }
             )
 
+    def config_key(self, config: Any) -> int:
+        """The key a ``Pending`` names its configuration by (kept here, not in the item)."""
+        key = id(config)
+        configs = self._configs
+        if configs.get(key) is not config:
+            if len(configs) >= MAX_CONFIGS:  # revisions come and go: keep the newest
+                del configs[next(iter(configs))]
+            configs[key] = config
+        return key
+
     def record(self, item: Pending) -> None:
         """Keep one prediction: never blocks; a full buffer drops it and counts it."""
         trails = self._trails
         if trails:
-            item.trail = trails.pop(item.request_id, None)
+            trail = trails.pop(item[1], None)
+            if trail is not None:
+                item = (*item[:TRAIL], trail)
         if self._rate < 1.0 and self._rng.random() >= self._rate:
             self.skipped += 1
             return
@@ -217,7 +231,8 @@ class PredictionLog:
         bus.subscribe(self.observe, TRAIL_EVENTS)
 
     def add_consumer(self, consumer: Consumer) -> None:
-        """``consumer(records)`` runs on the writer thread after each written batch."""
+        """``consumer(records)`` runs on the writer thread as records are made (a few at a
+        time, just before they are written)."""
         self._consumers.append(consumer)
 
     def set_sample_rate(self, rate: float) -> None:
@@ -230,11 +245,10 @@ class PredictionLog:
 
     def pending_records(self, request_ids: set[str]) -> dict[str, dict[str, Any]]:
         """Records of ``request_ids`` still in the buffer (not yet on disk)."""
-        return {
-            item.request_id: self._maker.make(item)
-            for item in list(self._buffer)
-            if item.request_id in request_ids
-        }
+        return {item[1]: self._make(item) for item in list(self._buffer) if item[1] in request_ids}
+
+    def _make(self, item: Pending) -> dict[str, Any]:
+        return self._maker.make(item, self._configs.get(item[7]))
 
     # -- the writer thread -----------------------------------------------------------
 
@@ -273,22 +287,33 @@ class PredictionLog:
                 self._retention()
 
     def _write(self, items: list[Pending]) -> bool:
-        records = []
-        lines = []
-        for count, item in enumerate(items, 1):
-            if count % YIELD_EVERY == 0:
-                # Let the event loop have the GIL: holding it for a whole batch would add
-                # milliseconds to requests in flight (and the limiter would read it as load).
-                # A real sleep: with sleep(0) this thread mostly takes the GIL straight back.
-                time.sleep(YIELD_S)
-            try:
-                record = self._maker.make(item)
-                lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
-            except Exception:
-                self.bad_records += 1
-                log.exception("prediction log: a record could not be made")
-                continue
-            records.append(record)
+        # Records are made, encoded and handed to the consumers a few at a time and
+        # dropped at once: a batch of live dicts would outlive the collector's youngest
+        # generation and make its passes longer for the request path too.
+        lines: list[bytes] = []
+        made = 0
+        for start in range(0, len(items), YIELD_EVERY):
+            records = []
+            for item in items[start : start + YIELD_EVERY]:
+                try:
+                    record = self._make(item)
+                    lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
+                except Exception:
+                    self.bad_records += 1
+                    log.exception("prediction log: a record could not be made")
+                    continue
+                records.append(record)
+            made += len(records)
+            for consumer in self._consumers:
+                try:
+                    consumer(records)
+                except Exception:
+                    log.exception("prediction log: a consumer failed")
+            del records
+            # Let the event loop have the GIL: holding it for a whole batch would add
+            # milliseconds to requests in flight (and the limiter would read it as load).
+            # A real sleep: with sleep(0) this thread mostly takes the GIL straight back.
+            time.sleep(YIELD_S)
         data = b"\n".join(lines) + b"\n" if lines else b""
         try:
             self._rotate_if_due(len(data))
@@ -303,12 +328,7 @@ class PredictionLog:
             self._close_segment()
             return False
         self._segment_bytes += len(data)
-        self.written += len(records)
-        for consumer in self._consumers:
-            try:
-                consumer(records)
-            except Exception:
-                log.exception("prediction log: a consumer failed")
+        self.written += made
         return True
 
     def _rotate_if_due(self, adding: int) -> None:

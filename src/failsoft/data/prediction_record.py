@@ -11,41 +11,103 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from failsoft.data.prediction_options import PredictionLogOptions, SegmentOptions
-from failsoft.protocol.types import InferRequest, Tensors
+from failsoft.protocol.types import Tensors
 
-__all__ = ["MAX_ROWS", "ArtifactHashes", "Pending", "RecordMaker", "bucket_name", "lineage_digest"]
+__all__ = [
+    "MAX_ROWS",
+    "TRAIL",
+    "ArtifactHashes",
+    "Pending",
+    "RecordMaker",
+    "bucket_name",
+    "flat",
+    "lineage_digest",
+    "pending",
+]
 
 MAX_ROWS = 64  # predicted labels and segments kept per request
 MAX_ELEMENTS = 4096  # per tensor, when inputs or outputs are recorded
 
 
-@dataclass(slots=True)
-class Pending:
-    """One prediction as the request path left it (references, nothing computed)."""
+# One prediction as the request path left it: references, nothing computed. A plain
+# tuple of atoms, arrays and tuples (no dict, no object), so the garbage collector
+# stops tracking it at its first pass: a buffer of live objects promoted from one
+# generation to the next would make the collector's passes longer for every request.
+Pending = tuple[
+    float,  # time (epoch seconds)
+    str,  # request id
+    str | None,  # tenant
+    str,  # model
+    str,  # version asked for (or the split's choice)
+    int,  # status
+    int,  # revision
+    int,  # key of the configuration it ran under (PredictionLog.config_of)
+    str | None,  # version that answered
+    str,  # served by ("" for a failure)
+    bool,  # degraded
+    tuple[Any, ...] | None,  # inputs: name, array, name, array, ... (flat: see flat())
+    tuple[Any, ...] | None,  # outputs, the same way
+    str | None,  # failure class
+    str | None,  # error message
+    list[dict[str, Any]] | None,  # failed attempts and fallback steps
+]
+TRAIL: Final = 15
 
-    time: float  # epoch seconds
-    request_id: str
-    tenant: str | None
-    model: str
-    version: str  # the version asked for (or the split's choice)
-    status: int
-    revision: int
-    config: Any  # the Config the request ran under (immutable)
-    served_version: str | None = None
-    served_by: str = ""
-    degraded: bool = False
-    request: InferRequest | None = None
-    outputs: Tensors | None = None
-    failure: str | None = None
-    error: str | None = None
-    trail: list[dict[str, Any]] | None = None
+
+def flat(tensors: Tensors) -> tuple[Any, ...]:
+    """``{a: x, b: y}`` as ``(a, x, b, y)``: one tuple of atoms and arrays, which the
+    collector untracks in one pass (nested pairs would take a pass per level)."""
+    if len(tensors) == 1:
+        return (*next(iter(tensors.items())),)
+    return tuple(part for pair in tensors.items() for part in pair)
+
+
+def unflat(parts: tuple[Any, ...]) -> Tensors:
+    return dict(zip(parts[::2], parts[1::2], strict=True))
+
+
+def pending(
+    when: float,
+    request_id: str,
+    tenant: str | None,
+    model: str,
+    version: str,
+    status: int,
+    revision: int,
+    config_key: int,
+    *,
+    served_version: str | None = None,
+    served_by: str = "",
+    degraded: bool = False,
+    inputs: Tensors | None = None,
+    outputs: Tensors | None = None,
+    failure: str | None = None,
+    error: str | None = None,
+) -> Pending:
+    return (
+        when,
+        request_id,
+        tenant,
+        model,
+        version,
+        status,
+        revision,
+        config_key,
+        served_version,
+        served_by,
+        degraded,
+        flat(inputs) if inputs is not None else None,
+        flat(outputs) if outputs is not None else None,
+        failure,
+        error,
+        None,
+    )
 
 
 class ArtifactHashes:
@@ -147,8 +209,8 @@ def lineage_digest(inputs: Tensors) -> str:
     return hasher.hexdigest()
 
 
-def _segments(request: InferRequest, segment: SegmentOptions) -> list[str] | None:
-    array = request.inputs.get(segment.input)
+def _segments(inputs: Tensors, segment: SegmentOptions) -> list[str] | None:
+    array = inputs.get(segment.input)
     if array is None or array.ndim == 0 or array.dtype.kind not in "iuf":
         return None
     rows = array[:MAX_ROWS].reshape(min(len(array), MAX_ROWS), -1)
@@ -224,23 +286,40 @@ class RecordMaker:
         name: str | None = labels[model]
         return name
 
-    def make(self, item: Pending) -> dict[str, Any]:
-        config = item.config
+    def make(self, item: Pending, config: Any) -> dict[str, Any]:
+        """The stored form of ``item``; ``config``: the Config it ran under (or None)."""
+        (
+            when,
+            request_id,
+            tenant,
+            model,
+            asked,
+            status,
+            revision,
+            _,
+            served_version,
+            served_by,
+            degraded,
+            input_items,
+            output_items,
+            failure,
+            error,
+            trail,
+        ) = item
         options = self.options
-        tier = _tier(item.served_by)
-        trail = item.trail
+        tier = _tier(served_by)
         attempts: list[dict[str, Any]] = list(trail) if trail else []
         replica = None
-        if item.served_by and tier is None:
-            replica = item.served_by.rsplit("/", 1)[-1]
+        if served_by and tier is None:
+            replica = served_by.rsplit("/", 1)[-1]
             answered = _ANSWERED.get(replica)
             if answered is None:  # shared, never changed: one dict per replica name
                 answered = {"replica": replica, "outcome": "answered"}
                 if len(_ANSWERED) < 4096:
                     _ANSWERED[replica] = answered
             attempts.append(answered)
-        version = item.served_version or item.version
-        answering_model = item.model
+        version = served_version or asked
+        answering_model = model
         answering_version: str | None = version
         if tier is not None and tier.startswith("model:"):
             answering_model = tier.partition(":")[2]
@@ -249,54 +328,54 @@ class RecordMaker:
         artifact = None
         if tier not in _LOCAL_TIERS:
             artifact = self.artifact(config, answering_model, answering_version)
-        request = item.request
         # Fields that would be null are left out (readers use .get): a smaller line is
         # cheaper to encode, write and scan.
         record: dict[str, Any] = {
-            "request_id": item.request_id,
-            "time": item.time,
-            "model": item.model,
+            "request_id": request_id,
+            "time": when,
+            "model": model,
             "version": version,
-            "status": item.status,
+            "status": status,
             "attempts": attempts,
-            "degraded": item.degraded,
-            "checks": _checks(item),
+            "degraded": degraded,
+            "checks": _checks(status, failure, input_items is not None),
         }
-        if item.tenant is not None:
-            record["tenant"] = item.tenant
-        if item.version != version:
-            record["version_requested"] = item.version
+        if tenant is not None:
+            record["tenant"] = tenant
+        if asked != version:
+            record["version_requested"] = asked
         if replica is not None:
             record["replica"] = replica
-        if item.served_by:
-            record["served_by"] = item.served_by
+        if served_by:
+            record["served_by"] = served_by
         if artifact is not None:
             record["artifact_sha256"] = artifact
-        if answering_model != item.model:
+        if answering_model != model:
             record["artifact_model"] = answering_model
-        if item.revision:
-            record["revision"] = item.revision
+        if revision:
+            record["revision"] = revision
         if tier is not None:
             record["fallback_tier"] = tier
-        if item.failure is not None:
-            record["failure_class"] = item.failure
-            record["error"] = item.error
-        if request is not None and request.inputs:
-            record["input_digest"] = lineage_digest(request.inputs)
-            record["rows"] = len(next(iter(request.inputs.values())))
+        if failure is not None:
+            record["failure_class"] = failure
+            record["error"] = error
+        inputs = unflat(input_items) if input_items else None
+        if inputs:
+            record["input_digest"] = lineage_digest(inputs)
+            record["rows"] = len(next(iter(inputs.values())))
             if options.record_inputs:
-                record["inputs"] = _tensors(request.inputs)
-        outputs = item.outputs
-        if outputs is not None:
+                record["inputs"] = _tensors(inputs)
+        if output_items is not None:
+            outputs = unflat(output_items)
             if options.record_prediction:
-                found = _predictions(outputs, self.label_output(config, item.model))
+                found = _predictions(outputs, self.label_output(config, model))
                 if found is not None:
                     record["prediction"], record["kind"] = found
             if options.record_outputs:
                 record["outputs"] = _tensors(outputs)
-        segment = options.feedback.segments.get(item.model)
-        if segment is not None and request is not None:
-            record["segments"] = _segments(request, segment)
+        segment = options.feedback.segments.get(model)
+        if segment is not None and inputs:
+            record["segments"] = _segments(inputs, segment)
         return record
 
 
@@ -308,13 +387,13 @@ _NOT_REACHED = {"input_contract": "not reached"}
 _NO_ANSWER = {"input_contract": "passed", "output_contract": "no answer"}
 
 
-def _checks(item: Pending) -> dict[str, str]:
+def _checks(status: int, failure: str | None, decoded: bool) -> dict[str, str]:
     """What the contracts said: the input contract ran before any answer; the output
     contract judged every replica's answer and every fallback answer."""
-    if item.status == 200:
+    if status == 200:
         return _PASSED
-    if item.failure == "data":
+    if failure == "data":
         return _REFUSED
-    if item.request is None:
+    if not decoded:
         return _NOT_REACHED
     return _NO_ANSWER

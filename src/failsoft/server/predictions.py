@@ -27,7 +27,7 @@ from failsoft.control.plane import ControlPlane
 from failsoft.control.storecall import store_call
 from failsoft.data.feedback import AccuracyBoard, FeedbackResult, parse_feedback
 from failsoft.data.prediction_log import PredictionLog, find_records
-from failsoft.data.prediction_record import Pending
+from failsoft.data.prediction_record import flat, pending
 from failsoft.errors import BadRequest, FailsoftError, NotFound
 from failsoft.observe.events import EventBus
 from failsoft.observe.metrics import Metrics
@@ -109,15 +109,26 @@ class PredictionService:
         config: Config,
         wall: float,
     ) -> None:
-        item = Pending(
-            wall, call.request_id, tenant, call.model, call.version, 200, revision, config
+        self.log.record(
+            (
+                wall,
+                call.request_id,
+                tenant,
+                call.model,
+                call.version,
+                200,
+                revision,
+                self.log.config_key(config),
+                served.version,
+                served.served_by,
+                served.degraded,
+                flat(request.inputs),
+                flat(served.outputs),
+                None,
+                None,
+                None,
+            )
         )
-        item.served_version = served.version
-        item.served_by = served.served_by
-        item.degraded = served.degraded
-        item.request = request
-        item.outputs = served.outputs
-        self.log.record(item)
 
     def failed(
         self,
@@ -129,13 +140,21 @@ class PredictionService:
         config: Config,
         wall: float,
     ) -> None:
-        item = Pending(
-            wall, call.request_id, tenant, call.model, call.version, error.status, revision, config
+        self.log.record(
+            pending(
+                wall,
+                call.request_id,
+                tenant,
+                call.model,
+                call.version,
+                error.status,
+                revision,
+                self.log.config_key(config),
+                inputs=request.inputs if request is not None else None,
+                failure=error.failure_class.value,
+                error=error.message[:500],
+            )
         )
-        item.failure = error.failure_class.value
-        item.error = error.message[:500]
-        item.request = request
-        self.log.record(item)
 
     def close(self) -> None:
         self.log.close()
