@@ -63,9 +63,24 @@ TRAIL: Final = 15
 def flat(tensors: Tensors) -> tuple[Any, ...]:
     """``{a: x, b: y}`` as ``(a, x, b, y)``: one tuple of atoms and arrays, which the
     collector untracks in one pass (nested pairs would take a pass per level)."""
-    if len(tensors) == 1:
-        return (*next(iter(tensors.items())),)
-    return tuple(part for pair in tensors.items() for part in pair)
+    items = list(tensors.items())
+    if len(items) == 1:
+        (a, x) = items[0]
+        return (a, x)
+    if len(items) == 2:
+        (a, x), (b, y) = items
+        return (a, x, b, y)
+    return tuple(itertools.chain.from_iterable(items))
+
+
+def _named(parts: tuple[Any, ...], name: str | None) -> Any:
+    """The array called ``name`` in a flat tuple (the first one for None)."""
+    if name is None:
+        return parts[1] if parts else None
+    for index in range(0, len(parts), 2):
+        if parts[index] == name:
+            return parts[index + 1]
+    return None
 
 
 def unflat(parts: tuple[Any, ...]) -> Tensors:
@@ -165,9 +180,9 @@ def bucket_name(value: float, edges: list[float]) -> str:
     return f">={edges[-1]:g}"
 
 
-def _predictions(outputs: Tensors, name: str | None) -> tuple[list[Any], str] | None:
+def _predictions(outputs: tuple[Any, ...], name: str | None) -> tuple[list[Any], str] | None:
     """Per-row predicted label (class) or value (regression) from one output."""
-    array = outputs.get(name) if name else next(iter(outputs.values()), None)
+    array = _named(outputs, name)
     if array is None or array.ndim == 0:
         return None
     rows = array[:MAX_ROWS]
@@ -190,11 +205,12 @@ def _predictions(outputs: Tensors, name: str | None) -> tuple[list[Any], str] | 
 _HEADERS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
 
 
-def lineage_digest(inputs: Tensors) -> str:
-    """blake2b-128 of the inputs' names, dtypes, shapes and bytes (hex)."""
+def lineage_digest(inputs: Tensors | tuple[Any, ...]) -> str:
+    """blake2b-128 of the inputs' names, dtypes, shapes and bytes (hex), in name order."""
+    parts = inputs if isinstance(inputs, tuple) else flat(inputs)
+    pairs = sorted(zip(parts[::2], parts[1::2], strict=True)) if len(parts) > 2 else [parts]
     hasher = hashlib.blake2b(digest_size=16)
-    for name in sorted(inputs) if len(inputs) > 1 else inputs:
-        array = inputs[name]
+    for name, array in pairs:
         key = (name, array.dtype.str, array.shape)
         header = _HEADERS.get(key)
         if header is None:
@@ -209,8 +225,8 @@ def lineage_digest(inputs: Tensors) -> str:
     return hasher.hexdigest()
 
 
-def _segments(inputs: Tensors, segment: SegmentOptions) -> list[str] | None:
-    array = inputs.get(segment.input)
+def _segments(inputs: tuple[Any, ...], segment: SegmentOptions) -> list[str] | None:
+    array = _named(inputs, segment.input)
     if array is None or array.ndim == 0 or array.dtype.kind not in "iuf":
         return None
     rows = array[:MAX_ROWS].reshape(min(len(array), MAX_ROWS), -1)
@@ -359,23 +375,21 @@ class RecordMaker:
         if failure is not None:
             record["failure_class"] = failure
             record["error"] = error
-        inputs = unflat(input_items) if input_items else None
-        if inputs:
-            record["input_digest"] = lineage_digest(inputs)
-            record["rows"] = len(next(iter(inputs.values())))
+        if input_items:
+            record["input_digest"] = lineage_digest(input_items)
+            record["rows"] = len(input_items[1])
             if options.record_inputs:
-                record["inputs"] = _tensors(inputs)
+                record["inputs"] = _tensors(unflat(input_items))
         if output_items is not None:
-            outputs = unflat(output_items)
             if options.record_prediction:
-                found = _predictions(outputs, self.label_output(config, model))
+                found = _predictions(output_items, self.label_output(config, model))
                 if found is not None:
                     record["prediction"], record["kind"] = found
             if options.record_outputs:
-                record["outputs"] = _tensors(outputs)
+                record["outputs"] = _tensors(unflat(output_items))
         segment = options.feedback.segments.get(model)
-        if segment is not None and inputs:
-            record["segments"] = _segments(inputs, segment)
+        if segment is not None and input_items:
+            record["segments"] = _segments(input_items, segment)
         return record
 
 
