@@ -3,9 +3,12 @@
 Starts two `failsoft serve` processes with the configuration of
 benchmarks/serve.py (iris v1, in-process onnx) — one without a prediction
 log, one with ``predictions.enabled`` at ``sample_rate: 1.0`` — warms both,
-then drives them with the same closed-loop load, alternating off, on, off,
-on so that noise on a shared machine hits both alike; the best round of each
-counts. Then it stops the logging gateway with SIGTERM and counts the records
+then drives both at once, each with the same closed-loop load from a load
+process of its own, for several rounds: on a shared machine the neighbours'
+load swings from one second to the next, and a paired round weighs on both
+alike (``--alternate`` drives them one after the other instead, as
+benchmarks/serve.py does). The figure is the median of the rounds' ratios.
+Then it stops the logging gateway with SIGTERM and counts the records
 in its log files: every answered request must be there, none dropped.
 
 Prints req/s of each, the on/off ratio (target >= 0.9), the gateway's CPU
@@ -20,8 +23,10 @@ costs much less), and the log's accepted / written / dropped counts.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import urllib.request
@@ -61,6 +66,50 @@ def logging_config(model_path: Path, port: int, on: bool) -> dict[str, Any]:
     return config
 
 
+def measure_one(
+    server: ServerProcess, url: str, body: bytes, args: argparse.Namespace, tool: str
+) -> tuple[LoadResult, float]:
+    """One closed-loop run, and the gateway's CPU microseconds per request during it."""
+    before = cpu_seconds(server.process.pid)
+    result = drive(url, body, connections=args.connections, duration_s=args.duration, tool=tool)
+    spent = cpu_seconds(server.process.pid) - before
+    return result, spent / max(result.requests, 1) * 1e6
+
+
+def measure_paired(
+    servers: dict[str, ServerProcess],
+    urls: dict[str, str],
+    body: bytes,
+    args: argparse.Namespace,
+    tool: str,
+) -> dict[str, tuple[LoadResult, float]]:
+    """Both gateways driven at once, each by a load process of its own: whatever else
+    the machine does in that window weighs on both alike."""
+    before = {name: cpu_seconds(server.process.pid) for name, server in servers.items()}
+    with concurrent.futures.ProcessPoolExecutor(2) as pool:
+        futures = {
+            name: pool.submit(
+                drive,
+                urls[name] + INFER_PATH,
+                body,
+                connections=args.connections,
+                duration_s=args.duration,
+                tool=tool,
+            )
+            for name in servers
+        }
+        results = {name: future.result() for name, future in futures.items()}
+    return {
+        name: (
+            results[name],
+            (cpu_seconds(servers[name].process.pid) - before[name])
+            / max(results[name].requests, 1)
+            * 1e6,
+        )
+        for name in servers
+    }
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -94,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--fail-below", type=float, default=None, metavar="RATIO")
+    parser.add_argument(
+        "--alternate",
+        action="store_true",
+        help="drive one gateway at a time, off then on (default: both at once, paired)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds = 3.0, 1
@@ -135,25 +189,21 @@ def main(argv: list[str] | None = None) -> int:
                     tool=tool,
                 )
             for round_no in range(1, args.rounds + 1):
+                if args.alternate:
+                    measured = {
+                        name: measure_one(servers[name], urls[name] + INFER_PATH, body, args, tool)
+                        for name in ("off", "on")
+                    }
+                else:
+                    measured = measure_paired(servers, urls, body, args, tool)
                 for name in ("off", "on"):
-                    cpu_before = cpu_seconds(servers[name].process.pid)
-                    result = drive(
-                        urls[name] + INFER_PATH,
-                        body,
-                        connections=args.connections,
-                        duration_s=args.duration,
-                        tool=tool,
-                    )
+                    result, cpu = measured[name]
                     runs[name].append(result)
-                    cpu_us[name].append(
-                        (cpu_seconds(servers[name].process.pid) - cpu_before)
-                        / max(result.requests, 1)
-                        * 1e6
-                    )
+                    cpu_us[name].append(cpu)
                     print(
                         f"round {round_no} log {name:>3}: {result.rps:9.1f} req/s  "
                         f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                        f"errors {result.errors}  cpu {cpu_us[name][-1]:6.1f} us/request",
+                        f"errors {result.errors}  cpu {cpu:6.1f} us/request",
                         flush=True,
                     )
             on_url = urls["on"]
@@ -167,16 +217,23 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for server in servers.values():
                 server.stop()
-    best = {name: max(results, key=lambda r: r.rps) for name, results in runs.items()}
-    ratio = best["on"].rps / best["off"].rps
-    print(f"\nbest of {args.rounds} round(s), {tool}, {args.connections} connections")
-    print(f"log off: {best['off'].rps:9.1f} req/s   log on: {best['on'].rps:9.1f} req/s")
+    how = "alternating" if args.alternate else "both at once (paired)"
+    print(f"\n{args.rounds} round(s), {how}, {tool}, {args.connections} connections each")
+    if args.alternate:
+        best = {name: max(results, key=lambda r: r.rps) for name, results in runs.items()}
+        ratio = best["on"].rps / best["off"].rps
+        print(f"best: log off {best['off'].rps:9.1f} req/s, log on {best['on'].rps:9.1f} req/s")
+    else:  # each round's ratio is fair: both ran through the same moment of the machine
+        ratios = [on.rps / off.rps for off, on in zip(runs["off"], runs["on"], strict=True)]
+        ratio = statistics.median(ratios)
+        print("throughput ratio on/off per round: " + ", ".join(f"{r:.3f}" for r in ratios))
     print(f"ratio on/off: {ratio:.3f} (target >= {TARGET_RATIO})")
-    cpu = {name: min(values) for name, values in cpu_us.items()}
+    cpu_ratios = [off / on for off, on in zip(cpu_us["off"], cpu_us["on"], strict=True)]
     print(
-        f"gateway CPU per request (least of the rounds): off {cpu['off']:.1f} us, "
-        f"on {cpu['on']:.1f} us; ratio off/on {cpu['off'] / cpu['on']:.3f} "
-        "(the throughput ratio of a CPU-bound gateway, far less noisy on a shared machine)"
+        f"gateway CPU per request, median: off {statistics.median(cpu_us['off']):.1f} us, "
+        f"on {statistics.median(cpu_us['on']):.1f} us; ratio off/on per round "
+        + ", ".join(f"{r:.3f}" for r in cpu_ratios)
+        + f" (median {statistics.median(cpu_ratios):.3f})"
     )
     print(
         f"log: answered {answered:.0f}, accepted {accepted:.0f}, dropped {dropped:.0f}, "

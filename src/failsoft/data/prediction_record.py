@@ -269,6 +269,7 @@ class RecordMaker:
         # id(config) -> (config, {(model, version): sha256 or None}, {model: label output})
         self._by_config: dict[int, tuple[Any, dict[tuple[str, str], str | None], dict[str, Any]]]
         self._by_config = {}
+        self._statics: dict[tuple[Any, ...], tuple[Any, dict[str, Any], str | None]] = {}
 
     def _of(self, config: Any) -> tuple[dict[tuple[str, str], str | None], dict[str, Any]]:
         found = self._by_config.get(id(config))
@@ -302,6 +303,50 @@ class RecordMaker:
         name: str | None = labels[model]
         return name
 
+    def _static(
+        self,
+        config: Any,
+        model: str,
+        asked: str,
+        served_version: str | None,
+        served_by: str,
+    ) -> tuple[dict[str, Any], str | None]:
+        """The fields a record takes from who answered (the same for every answer of one
+        replica), and the output holding the label: made once, shared after."""
+        key = (id(config), model, asked, served_version, served_by)
+        found = self._statics.get(key)
+        if found is not None and found[0] is config:
+            return found[1], found[2]
+        tier = _tier(served_by)
+        version = served_version or asked
+        static: dict[str, Any] = {"model": model, "version": version, "attempts": []}
+        if asked != version:
+            static["version_requested"] = asked
+        if served_by:
+            static["served_by"] = served_by
+        if served_by and tier is None:
+            replica = served_by.rsplit("/", 1)[-1]
+            static["replica"] = replica
+            static["attempts"] = [{"replica": replica, "outcome": "answered"}]
+        answering_model = model
+        answering_version: str | None = version
+        if tier is not None:
+            static["fallback_tier"] = tier
+            if tier.startswith("model:"):
+                answering_model = tier.partition(":")[2]
+                target = config.models.get(answering_model) if config is not None else None
+                answering_version = target.default if target is not None else None
+                static["artifact_model"] = answering_model
+        if tier not in _LOCAL_TIERS:
+            artifact = self.artifact(config, answering_model, answering_version)
+            if artifact is not None:
+                static["artifact_sha256"] = artifact
+        label = self.label_output(config, model)
+        if len(self._statics) >= 4096:
+            self._statics.clear()
+        self._statics[key] = (config, static, label)
+        return static, label
+
     def make(self, item: Pending, config: Any) -> dict[str, Any]:
         """The stored form of ``item``; ``config``: the Config it ran under (or None)."""
         (
@@ -323,55 +368,23 @@ class RecordMaker:
             trail,
         ) = item
         options = self.options
-        tier = _tier(served_by)
-        attempts: list[dict[str, Any]] = list(trail) if trail else []
-        replica = None
-        if served_by and tier is None:
-            replica = served_by.rsplit("/", 1)[-1]
-            answered = _ANSWERED.get(replica)
-            if answered is None:  # shared, never changed: one dict per replica name
-                answered = {"replica": replica, "outcome": "answered"}
-                if len(_ANSWERED) < 4096:
-                    _ANSWERED[replica] = answered
-            attempts.append(answered)
-        version = served_version or asked
-        answering_model = model
-        answering_version: str | None = version
-        if tier is not None and tier.startswith("model:"):
-            answering_model = tier.partition(":")[2]
-            target = config.models.get(answering_model) if config is not None else None
-            answering_version = target.default if target is not None else None
-        artifact = None
-        if tier not in _LOCAL_TIERS:
-            artifact = self.artifact(config, answering_model, answering_version)
+        static, label = self._static(config, model, asked, served_version, served_by)
         # Fields that would be null are left out (readers use .get): a smaller line is
         # cheaper to encode, write and scan.
         record: dict[str, Any] = {
             "request_id": request_id,
             "time": when,
-            "model": model,
-            "version": version,
+            **static,
             "status": status,
-            "attempts": attempts,
             "degraded": degraded,
             "checks": _checks(status, failure, input_items is not None),
         }
+        if trail:
+            record["attempts"] = [*trail, *static["attempts"]]
         if tenant is not None:
             record["tenant"] = tenant
-        if asked != version:
-            record["version_requested"] = asked
-        if replica is not None:
-            record["replica"] = replica
-        if served_by:
-            record["served_by"] = served_by
-        if artifact is not None:
-            record["artifact_sha256"] = artifact
-        if answering_model != model:
-            record["artifact_model"] = answering_model
         if revision:
             record["revision"] = revision
-        if tier is not None:
-            record["fallback_tier"] = tier
         if failure is not None:
             record["failure_class"] = failure
             record["error"] = error
@@ -382,7 +395,7 @@ class RecordMaker:
                 record["inputs"] = _tensors(unflat(input_items))
         if output_items is not None:
             if options.record_prediction:
-                found = _predictions(output_items, self.label_output(config, model))
+                found = _predictions(output_items, label)
                 if found is not None:
                     record["prediction"], record["kind"] = found
             if options.record_outputs:
@@ -394,7 +407,6 @@ class RecordMaker:
 
 
 _LOCAL_TIERS = ("heuristic", "static", "stale_cache")
-_ANSWERED: dict[str, dict[str, Any]] = {}
 _PASSED = {"input_contract": "passed", "output_contract": "passed"}
 _REFUSED = {"input_contract": "refused"}
 _NOT_REACHED = {"input_contract": "not reached"}
