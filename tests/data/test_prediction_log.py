@@ -238,3 +238,15 @@ def test_the_plan_applies_a_new_sampling_rate_live_and_the_rest_on_restart() -> 
     assert rate.render().splitlines()[0] == "~ predictions.sample_rate: 0.1"
     assert rate.restart_needed == []
     assert plan(before, config(record_inputs=True)).restart_needed == ["predictions"]
+
+
+def test_find_records_reads_the_newest_bytes_first(tmp_path: Path) -> None:
+    cfg = config(flush_interval_s=60)
+    log = PredictionLog(cfg.predictions, tmp_path)
+    for index in range(200):
+        logged(log, cfg, f"r{index}")
+    log.close()
+    size = segment_files(tmp_path)[0].stat().st_size
+    found, read = find_records(tmp_path, {"r0", "r199"}, size // 4)
+    assert set(found) == {"r199"}  # the oldest lie beyond the budget
+    assert read <= size // 4

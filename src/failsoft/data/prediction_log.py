@@ -84,9 +84,12 @@ def find_records(
         if budget <= 0 or len(found) == len(request_ids):
             break
         try:
-            data = path.read_bytes()[: max(budget, 0)]
+            data = path.read_bytes()
         except OSError:
             continue
+        if len(data) > budget:  # the newest part of the segment: its end
+            data = data[-budget:]
+            data = data[data.find(b"\n") + 1 :]
         budget -= len(data)
         read += len(data)
         for line in data.splitlines():
