@@ -43,6 +43,16 @@ from failsoft.drills.server import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def demo_folder() -> Path:
+    """The demo's model files; trained only when missing (the cached configuration is
+    left as it is: gateways of other checkouts may be reading it)."""
+    folder = default_data_dir()
+    if not (folder / "iris-v1.onnx").is_file():
+        prepare_demo(folder, progress=lambda message: print(message, flush=True))
+    return folder
+
+
 ADMIN_TOKEN = "feedback-benchmark-admin-token"
 KEYS = {"good": "fsk_good_tenant_key_for_the_benchmark", "bad": "fsk_bad_tenant_key_for_benchmark"}
 BAD_SHARE = 0.2
@@ -136,7 +146,7 @@ def run(predictions: int, concurrency: int, seed: int) -> dict[str, Any]:
     rows = np.asarray(data.data[picks], dtype=np.float32)
     truth = [int(data.target[i]) for i in picks]
     tenants = ["bad" if rng.random() < BAD_SHARE else "good" for _ in range(predictions)]
-    demo = prepare_demo(default_data_dir(), progress=lambda message: None)
+    demo = demo_folder() / "failsoft-demo.yaml"
     with tempfile.TemporaryDirectory(prefix="failsoft-feedback-") as tmp:
         path = Path(tmp) / "failsoft.yaml"
         path.write_text(json.dumps(gateway_config(demo.parent / "iris-v1.onnx")))

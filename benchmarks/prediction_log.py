@@ -56,6 +56,16 @@ from failsoft.config import load_config
 from failsoft.data.prediction_log import segment_files
 from failsoft.demo import default_data_dir, prepare_demo
 
+
+def demo_folder() -> Path:
+    """The demo's model files; trained only when missing (the cached configuration is
+    left as it is: gateways of other checkouts may be reading it)."""
+    folder = default_data_dir()
+    if not (folder / "iris-v1.onnx").is_file():
+        prepare_demo(folder, progress=lambda message: print(message, flush=True))
+    return folder
+
+
 TARGET_RATIO = 0.9
 
 
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     tool = ("wrk" if have_wrk() else "python") if args.load == "auto" else args.load
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    config_path = prepare_demo(default_data_dir(), progress=lambda m: print(m, flush=True))
+    config_path = demo_folder() / "failsoft-demo.yaml"
     model_path = config_path.parent / "iris-v1.onnx"
     body = iris_body()
     servers: dict[str, ServerProcess] = {}

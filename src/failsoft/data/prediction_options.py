@@ -11,11 +11,18 @@ import itertools
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from failsoft._options import StrictModel
 
 __all__ = ["FeedbackOptions", "PredictionLogOptions", "SegmentOptions"]
+
+
+def _relative_to_the_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    base = (info.context or {}).get("base_dir")
+    if value is not None and base is not None and not value.is_absolute():
+        return (Path(base) / value).resolve()
+    return value
 
 
 class SegmentOptions(StrictModel):
@@ -62,8 +69,10 @@ class FeedbackOptions(StrictModel):
 class PredictionLogOptions(StrictModel):
     enabled: bool = False
     sample_rate: float = Field(default=1.0, description="share of predictions recorded, 0..1")
-    directory: Path | None = Field(
-        default=None, description="default: <data dir>/predictions (the control store's folder)"
+    directory: Annotated[Path | None, AfterValidator(_relative_to_the_file)] = Field(
+        default=None,
+        description="relative to the configuration file; default: <data dir>/predictions "
+        "(the control store's folder)",
     )
     record_inputs: bool = False
     record_outputs: bool = False
