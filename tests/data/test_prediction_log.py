@@ -12,7 +12,14 @@ import orjson
 import pytest
 
 from failsoft.config import ConfigError, parse_config
-from failsoft.data.prediction_log import STATE_FILE, PredictionLog, find_records, segment_files
+from failsoft.data.prediction_log import (
+    STATE_FILE,
+    TALLY_FILE,
+    PredictionLog,
+    Tally,
+    find_records,
+    segment_files,
+)
 from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker, bucket_name, pending
 
@@ -164,14 +171,16 @@ def test_retention_by_age(tmp_path: Path) -> None:
     assert [r["request_id"] for r in records(tmp_path)] == ["new"]
 
 
-def test_a_crash_is_reported_with_what_was_pending(tmp_path: Path) -> None:
+def test_a_crash_is_counted_exactly_at_the_next_start(tmp_path: Path) -> None:
+    tally = Tally(tmp_path / TALLY_FILE)  # what a process killed mid-way leaves behind
+    tally.counts[0], tally.counts[1] = 120, 100
+    tally.close()
     cfg = config(flush_interval_s=60)
-    (tmp_path / STATE_FILE).write_bytes(
-        orjson.dumps({"accepted": 120, "written": 100, "pending": 20, "clean": False})
-    )
     log = PredictionLog(cfg.predictions, tmp_path)
     assert log.lost_at_crash == 20
+    logged(log, cfg, "r1")
     log.close()
+    assert log.stats()["accepted"] == 1
     again = PredictionLog(cfg.predictions, tmp_path)  # that one stopped cleanly
     assert again.lost_at_crash == 0
     again.close()

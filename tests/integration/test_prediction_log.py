@@ -106,6 +106,36 @@ models:
     assert state["dropped"] == 0
 
 
+def test_a_crash_loses_only_unwritten_records_and_the_next_start_counts_them(
+    start_server: Callable[[str], ServerProcess], tmp_path: Path
+) -> None:
+    config = """
+predictions: {enabled: true, flush_interval_s: 60, batch_records: 65536}
+models:
+  rule:
+    inputs:  [{name: x, datatype: FP32, shape: [-1, 4]}]
+    outputs: [{name: label, datatype: INT64, shape: [-1]}]
+    versions:
+      v1: {backend: python, function: "tests.integration._models:heuristic"}
+"""
+    server = start_server(config)
+    assert server.process is not None
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(40):  # accepted, never written: the writer sleeps for a minute
+            assert client.post("/v2/models/rule/infer", json=X_ROW).status_code == 200
+        pending = client.get("/metrics").text
+    assert "failsoft_prediction_log_pending 40.0" in pending
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(timeout=10)
+    assert logged(tmp_path / "failsoft-data") == {}  # lost, as promised: nothing written
+
+    again = start_server(config)
+    warnings = [line for line in again.logs if "did not stop cleanly" in str(line.get("msg"))]
+    assert [line["lost"] for line in warnings] == [40]  # logged before it was ready
+    metrics = httpx.get(again.url + "/metrics", timeout=10).text
+    assert "failsoft_prediction_log_lost_at_crash 40.0" in metrics
+
+
 def test_trace_of_a_fallback_answer_shows_attempts_tier_revision_and_artifact(
     start_server: Callable[[str], ServerProcess], demo_dir: Path, tmp_path: Path
 ) -> None:

@@ -11,9 +11,12 @@ ones are removed by age and by the total size of the folder.
 Delivery is at-least-once on a clean stop: ``close`` (SIGTERM, Ctrl-C) drains
 the buffer before the process exits. A crash loses what was not yet written
 — at most ``buffer_records``, in practice under ``flush_interval_s`` of
-traffic — and that is counted: every batch updates a small state file, and
-the next start reports an unclean stop with the number of records pending at
-the last flush (``failsoft_prediction_log_lost_at_crash``).
+traffic — and that is counted: the request path counts each accepted record,
+and the writer each written one, in a memory-mapped file (``Tally``). The
+page cache keeps those counts when the process dies (SIGKILL, the OOM
+killer, a segfault), so the next start knows exactly how many records were
+lost, logs it and reports it (``failsoft_prediction_log_lost_at_crash``).
+Only a power loss can take the last counts with it.
 
 Attempts: the pipeline emits events for failed attempts and fallback tiers;
 ``observe`` files them under the request id of the current request (a
@@ -26,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import mmap
 import os
 import random
 import threading
@@ -50,6 +54,7 @@ log = logging.getLogger("failsoft.predictions")
 SEGMENT_PREFIX = "predictions-"
 SEGMENT_SUFFIX = ".jsonl"
 STATE_FILE = "predictions.state.json"
+TALLY_FILE = "predictions.tally"
 YIELD_EVERY = 128  # records made between two releases of the GIL (about 1 ms)
 YIELD_S = 0.0001
 MAX_CONFIGS = 8
@@ -107,6 +112,33 @@ def find_records(
     return found, read
 
 
+class Tally:
+    """Two counters (accepted, written) in a memory-mapped file that outlive the process.
+
+    One gateway per folder: two processes counting in one file would mix their counts.
+    """
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 16:
+                os.ftruncate(fd, 16)
+            self._map = mmap.mmap(fd, 16)
+        finally:
+            os.close(fd)
+        self.counts = memoryview(self._map).cast("Q")
+
+    def lost(self) -> int:
+        """What the previous process accepted and never wrote; then both count from 0."""
+        lost = max(self.counts[0] - self.counts[1], 0)
+        self.counts[0] = self.counts[1] = 0
+        return lost
+
+    def close(self) -> None:
+        self.counts.release()
+        self._map.close()
+
+
 class PredictionLog:
     def __init__(
         self,
@@ -133,13 +165,13 @@ class PredictionLog:
         self._closed = False
         self._write_lock = threading.Lock()  # the writer thread and close() never write at once
         # Counters: written on one thread each, read anywhere (plain ints under the GIL).
-        self.accepted = 0
         self.skipped = 0  # not sampled
         self.dropped = 0  # buffer full
-        self.written = 0
         self.write_errors = 0
         self.bad_records = 0
         self.removed_segments = 0
+        self._tally = Tally(directory / TALLY_FILE)
+        self._counts = self._tally.counts
         self.lost_at_crash = self._previous_run()
         self._segment: Any = None
         self._segment_path: Path | None = None
@@ -226,7 +258,7 @@ class PredictionLog:
             self.dropped += 1
             return
         buffer.append(item)
-        self.accepted += 1
+        self._counts[0] += 1  # in the page cache: survives the process
         if len(buffer) == self._wake_at:
             self._wake.set()
 
@@ -240,6 +272,14 @@ class PredictionLog:
 
     def set_sample_rate(self, rate: float) -> None:
         self._rate = rate
+
+    @property
+    def accepted(self) -> int:
+        return int(self._counts[0])
+
+    @property
+    def written(self) -> int:
+        return int(self._counts[1])
 
     @property
     def pending(self) -> int:
@@ -331,7 +371,7 @@ class PredictionLog:
             self._close_segment()
             return False
         self._segment_bytes += len(data)
-        self.written += made
+        self._counts[1] += made
         return True
 
     def _rotate_if_due(self, adding: int) -> None:
@@ -405,27 +445,15 @@ class PredictionLog:
             self.write_errors += 1
 
     def _previous_run(self) -> int:
-        """Records the previous run may have lost, by its state file (0 after a clean stop)."""
-        path = self.directory / STATE_FILE
-        try:
-            state = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return 0
-        if not isinstance(state, dict) or state.get("clean", True):
-            return 0
-        accepted = int(state.get("accepted", 0))
-        written = int(state.get("written", 0))
-        bound = max(accepted - written, int(state.get("pending", 0)), 0)
-        log.warning(
-            "prediction log: the previous run did not stop cleanly; what it accepted after its "
-            "last flush is lost (at least the records pending then, at most buffer_records)",
-            extra={
-                "pending_at_last_flush": bound,
-                "last_flush": state.get("time"),
-                "buffer_records": self.options.buffer_records,
-            },
-        )
-        return bound
+        """Records the previous run accepted and never wrote (0 after a clean stop)."""
+        lost = self._tally.lost()
+        if lost:
+            log.warning(
+                "prediction log: the previous run did not stop cleanly; records it had "
+                "accepted and not yet written are lost",
+                extra={"lost": lost},
+            )
+        return lost
 
     # -- stopping ----------------------------------------------------------------------
 
@@ -441,6 +469,8 @@ class PredictionLog:
         with self._write_lock:
             self._close_segment()
             self._save_state(clean=not self._buffer)
+            self._counts = memoryview(bytearray(self._counts.tobytes())).cast("Q")
+            self._tally.close()
 
     def stats(self) -> dict[str, int]:
         return {
