@@ -208,6 +208,17 @@ def test_trace_of_a_fallback_answer_shows_attempts_tier_revision_and_artifact(
     for shown in ("version:v2", digest, "artifact.registered", f"revision:{revision}", "failed"):
         assert shown in table.stdout
 
+    not_json = httpx.post(server.url + "/v2/models/iris/feedback", content=b"label=1")
+    assert not_json.status_code == 400
+    assert "feedback body is not JSON" in not_json.json()["error"]
+    no_model = httpx.post(server.url + "/v2/models/nope/feedback", json={"request_id": "x"})
+    assert no_model.status_code == 404
+    judged = httpx.post(
+        server.url + "/v2/models/iris/feedback",
+        json={"feedback": [{"request_id": "trace-me-1", "label": 2}, {"request_id": "zz"}]},
+    ).json()
+    assert (judged["joined"], judged["invalid"]) == (1, 1)
+
     unknown = subprocess.run(
         [sys.executable, "-m", "failsoft", "trace", "no-such-id", "--url", server.url],
         env=env,
