@@ -204,7 +204,7 @@ def test_records_name_the_fallback_tier_and_the_failed_attempts() -> None:
     cfg = config()
     trail = [{"replica": "r0", "outcome": "failed", "failure_class": "replica"}]
     fell_back = item(cfg, "fb", served_by="m/v1/fallback:heuristic", degraded=True)
-    fell_back = (*fell_back[:TRAIL], trail)
+    fell_back = (*fell_back[:TRAIL], trail, None)
     record = RecordMaker(cfg.predictions).make(fell_back, cfg)
     assert record["fallback_tier"] == "heuristic"
     assert "replica" not in record

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from failsoft.config import parse_config
 from failsoft.data.prediction_log import segment_files
@@ -73,3 +74,36 @@ async def test_with_the_log_off_its_routes_say_so(tmp_path: Path) -> None:
         assert "predictions.enabled" in off.json()["error"]
         feedback = await http.post("/v2/models/m/feedback", json={"request_id": "a", "label": 1})
         assert feedback.status_code == 404
+
+
+@pytest.mark.parametrize("policy", ["flag", "degrade"])
+async def test_a_served_answer_records_the_input_constraints_verdict(
+    tmp_path: Path, policy: str
+) -> None:
+    from tests.server.test_data_policy import config as policy_config
+    from tests.server.test_data_policy import rows
+
+    data = policy_config(policy)
+    data["predictions"] = {"enabled": True, "directory": str(tmp_path)}
+    app = build_app(parse_config(data))
+    await app.runtime.start()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            bad = await http.post(
+                "/v2/models/m/infer", json=rows((1, 99)), headers={"x-request-id": "bad-1"}
+            )
+            good = await http.post(
+                "/v2/models/m/infer", json=rows((1, 2)), headers={"x-request-id": "good-1"}
+            )
+        assert (bad.status_code, good.status_code) == (200, 200)
+    finally:
+        await app.runtime.close()
+    assert app.predictions is not None
+    app.predictions.close()
+    [path] = segment_files(tmp_path)
+    found = {r["request_id"]: r for r in map(orjson.loads, path.read_bytes().splitlines())}
+    flagged = found["bad-1"]["checks"]["input_constraints"]
+    assert flagged.startswith(f"{policy}: 1 row(s) break the input constraints")
+    assert "input_constraints" not in found["good-1"]["checks"]
+    assert found["bad-1"]["degraded"] is (policy == "degrade")

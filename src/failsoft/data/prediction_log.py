@@ -249,7 +249,7 @@ class PredictionLog:
         if trails:
             trail = trails.pop(item[1], None)
             if trail is not None:
-                item = (*item[:TRAIL], trail)
+                item = (*item[:TRAIL], trail, item[TRAIL + 1])
         if self._rate < 1.0 and self._rng.random() >= self._rate:
             self.skipped += 1
             return

@@ -56,6 +56,7 @@ Pending = tuple[
     str | None,  # failure class
     str | None,  # error message
     list[dict[str, Any]] | None,  # failed attempts and fallback steps
+    Any,  # the input constraints' verdict (flag or degrade; data/input_checks.py), or None
 ]
 TRAIL: Final = 15
 
@@ -121,6 +122,7 @@ def pending(
         flat(outputs) if outputs is not None else None,
         failure,
         error,
+        None,
         None,
     )
 
@@ -366,6 +368,7 @@ class RecordMaker:
             failure,
             error,
             trail,
+            verdict,
         ) = item
         options = self.options
         static, label = self._static(config, model, asked, served_version, served_by)
@@ -379,6 +382,8 @@ class RecordMaker:
             "degraded": degraded,
             "checks": _checks(status, failure, input_items is not None),
         }
+        if verdict is not None:  # served, though the input broke a constraint
+            record["checks"] = {**record["checks"], "input_constraints": _verdict(verdict)}
         if trail:
             record["attempts"] = [*trail, *static["attempts"]]
         if tenant is not None:
@@ -411,6 +416,12 @@ _PASSED = {"input_contract": "passed", "output_contract": "passed"}
 _REFUSED = {"input_contract": "refused"}
 _NOT_REACHED = {"input_contract": "not reached"}
 _NO_ANSWER = {"input_contract": "passed", "output_contract": "no answer"}
+
+
+def _verdict(verdict: Any) -> str:
+    header = verdict.violation.header()
+    text = header.decode("ascii", "replace") if isinstance(header, bytes) else str(header)
+    return f"{verdict.policy}: {text}"
 
 
 def _checks(status: int, failure: str | None, decoded: bool) -> dict[str, str]:

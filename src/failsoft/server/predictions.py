@@ -108,6 +108,7 @@ class PredictionService:
         request: InferRequest,
         config: Config,
         wall: float,
+        verdict: object = None,
     ) -> None:
         self.log.record(
             (
@@ -127,6 +128,7 @@ class PredictionService:
                 None,
                 None,
                 None,
+                verdict,
             )
         )
 
