@@ -28,6 +28,7 @@ from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.faults import ChaosOptions
 from failsoft.control.tenants import TenantConfig
 from failsoft.data.constraints import Compatibility, InputPolicy
+from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.schema import check_model_inputs
 from failsoft.errors import BackendLoadError
 from failsoft.jobs.options import JobsOptions
@@ -413,6 +414,7 @@ class Config(_Strict):
     )
     chaos: ChaosOptions = Field(default_factory=ChaosOptions)
     jobs: JobsOptions = Field(default_factory=JobsOptions)
+    predictions: PredictionLogOptions = Field(default_factory=PredictionLogOptions)
 
     @model_validator(mode="after")
     def _keys_can_be_met(self) -> Config:
