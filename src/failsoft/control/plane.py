@@ -31,6 +31,7 @@ from failsoft.store.backup import backup
 
 if TYPE_CHECKING:
     from failsoft.control.flag_service import FlagService
+    from failsoft.control.rollout_controller import RolloutController
 
 log = logging.getLogger("failsoft.control")
 
@@ -51,6 +52,7 @@ class ControlPlane:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     emitter: ThreadEmitter | None = None
     flags: FlagService | None = None  # set by the app, which has the runtime
+    rollouts: RolloutController | None = None  # likewise
 
     def start(self) -> None:
         """Begin the background work (call on the running event loop)."""
@@ -63,6 +65,8 @@ class ControlPlane:
         if self.flags is not None:
             self.flags.start()
             self.tasks.append(asyncio.ensure_future(self.flags.watch(self.options.store.poll_s)))
+        if self.rollouts is not None:
+            self.rollouts.start()
         if self.options.store.backup_every_s > 0:
             self.tasks.append(asyncio.ensure_future(self._backups()))
 
@@ -74,6 +78,8 @@ class ControlPlane:
                 await task
         if self.flags is not None:
             await self.flags.close()
+        if self.rollouts is not None:
+            await self.rollouts.close()
         try:  # a last checkpoint, unless the store hangs
             await store_call(self.store, self.store.close, timeout=CLOSE_WITHIN_S)
         except StoreError as error:

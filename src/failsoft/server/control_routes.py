@@ -17,6 +17,7 @@
     GET  /admin/tokens, POST /admin/tokens {"name", "scopes"}, DELETE /admin/tokens/NAME
     GET  /admin/backup                      a consistent snapshot (tar) of store and artifacts
     GET  /admin/flags[/KEY], PUT|DELETE /admin/flags/KEY   runtime flags (flag_routes.py)
+    GET|POST /admin/rollouts[/KEY[/ACTION]]                 rollouts (rollout_routes.py)
 
 Every store call runs on a thread; none runs on the request path. Scopes:
 reading needs ``read``, changing needs ``write``.
@@ -42,6 +43,7 @@ from failsoft.control.revisions import StoreUnavailable
 from failsoft.control.storecall import store_call
 from failsoft.errors import BadRequest, MethodNotAllowed, NotFound
 from failsoft.server.flag_routes import handle_flags
+from failsoft.server.rollout_routes import handle_rollouts
 from failsoft.store import StoreError, StoreUnreachable
 from failsoft.store.encoding import utc_text
 
@@ -93,6 +95,12 @@ class ControlRoutes:
             if self._control.flags is None:
                 raise NotFound("the flags of this gateway are not loaded yet")
             status, body = await handle_flags(self._control.flags, method, rest, actor, read_body)
+            return Answer(status, body)
+        if head == "rollouts" and len(rest) <= 2:
+            if self._control.rollouts is None:
+                raise NotFound("the rollouts of this gateway are not loaded yet")
+            rollouts = self._control.rollouts
+            status, body = await handle_rollouts(rollouts, method, rest, actor, read_body)
             return Answer(status, body)
         if head == "backup" and not rest:
             _allow(method, "GET")

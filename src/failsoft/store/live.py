@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from failsoft.store.audit import AuditLog
     from failsoft.store.engine import StoreEngine
 
-ACTIVE = ("running", "paused")
+ACTIVE = ("pending", "progressing", "running", "paused")
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,9 @@ class LiveRows:
         state: Mapping[str, Any],
         *,
         actor: str,
+        status: str = "running",
     ) -> RolloutRow:
-        """A new running rollout; refused while the model has another one active."""
+        """A new active rollout; refused while the model has another one active."""
         with self._engine.write() as conn:
             active = conn.execute(
                 select(rollouts.c.id).where(
@@ -151,7 +152,7 @@ class LiveRows:
                 insert(rollouts).values(
                     id=rollout_id,
                     model=model,
-                    status="running",
+                    status=status,
                     spec=_text(spec),
                     state=_text(state),
                     created_at=now,
@@ -211,7 +212,7 @@ class LiveRows:
         return None if row is None else _rollout(row)
 
     def rollouts(self, *, model: str | None = None, active: bool = False) -> list[RolloutRow]:
-        """Rollouts, newest first; ``active``: running or paused only."""
+        """Rollouts, newest first; ``active``: pending, progressing (running) or paused only."""
         query = select(rollouts).order_by(rollouts.c.created_at.desc())
         if model is not None:
             query = query.where(rollouts.c.model == model)
