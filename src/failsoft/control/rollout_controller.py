@@ -499,8 +499,13 @@ class RolloutController:
             "stage": stage,
             "reason": reason,
         }
-        if run.state.analysis is not None and action not in ("paused", "resumed"):
-            entry["verdict"] = run.state.analysis.get("verdict")
+        analysis = run.state.analysis
+        if analysis is not None and action not in ("paused", "resumed"):
+            entry["verdict"] = analysis.get("verdict")
+            entry["checks"] = [
+                {key: value for key, value in check.items() if key != "detail"}
+                for check in analysis.get("checks", ())
+            ]
         if "stage" in changes:
             changes["stage_started_at"] = self._wall()
         run.state = run.state.with_decision(entry, reason=reason, **changes)

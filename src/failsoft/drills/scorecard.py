@@ -49,7 +49,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,12 @@ from failsoft.drills.deploy import DeployOutcome
 from failsoft.drills.experiment import Experiment
 from failsoft.drills.flagstep import FlagOutcome, FlagScore, score_flag
 from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
+from failsoft.drills.rolloutstep import (
+    RolloutOutcome,
+    RolloutScore,
+    rollout_checks,
+    score_rollout,
+)
 
 
 def is_reaction(event: dict[str, Any]) -> bool:
@@ -159,6 +165,7 @@ class Scorecard:
     replica_penalties: dict[str, int] | None = None  # kind of penalty -> count
     deploys: list[DeployOutcome] = field(default_factory=list)
     flags: list[FlagScore] = field(default_factory=list)
+    rollouts: list[RolloutScore] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -385,6 +392,7 @@ def score(
     readiness: ReadinessPolls | None = None,
     deploys: Sequence[DeployOutcome] = (),
     flags: Sequence[FlagOutcome] = (),
+    rollouts: Sequence[RolloutOutcome] = (),
 ) -> Scorecard:
     hypothesis, expect = experiment.hypothesis, experiment.expect
     offsets = outcomes.offsets
@@ -417,6 +425,13 @@ def score(
             for f in scored
         ),
         *(deploy_window(deploy, model) for deploy in deploys),
+        *(
+            FaultWindow(
+                f"rollout {r.number}", model, r.start_s, r.ended_s or duration_s, kind="rollout"
+            )
+            for r in rollouts
+            if r.status == 201
+        ),
     ]
     first = min((w.start_s for w in spans), default=duration_s)
     last = max((w.end_s for w in spans), default=duration_s)
@@ -552,6 +567,9 @@ def score(
     checks += [deploy_check(deploy) for deploy in deploys]
     for flag in scored:
         checks += flag_checks(flag, expect)
+    rolled = [score_rollout(r, offsets, outcomes.status, duration_s) for r in rollouts]
+    for rollout, step in zip(rolled, experiment.rollouts, strict=False):
+        checks += [Check(*astuple(c)) for c in rollout_checks(rollout, step.expect)]
     polls = None if readiness is None else len(readiness.status)
     not_ready = None if readiness is None else int((readiness.status != 200).sum())
     if expect.max_not_ready is not None:
@@ -593,6 +611,7 @@ def score(
         replica_penalties=penalties,
         deploys=list(deploys),
         flags=scored,
+        rollouts=rolled,
     )
 
 
