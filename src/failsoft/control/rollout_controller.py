@@ -32,8 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -111,6 +112,9 @@ class RolloutController:
         self._runs: dict[str, _Run] = {}  # active rollouts, by model
         self._ended: dict[str, _Run] = {}  # ended rollouts of this process, by id
         self._lock = asyncio.Lock()
+        self._busy = 0  # tasks doing something other than waiting for the clock
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self._started = False
 
     # -- start-up and shutdown -----------------------------------------------------
@@ -155,12 +159,45 @@ class RolloutController:
 
     async def close(self) -> None:
         self._started = False
-        tasks = [t for run in self._runs.values() for t in (run.task, *run.actions) if t]
+        runs = (*self._runs.values(), *self._ended.values())
+        tasks = [t for run in runs for t in (run.task, *run.actions) if t and not t.done()]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def drain(self) -> None:
+        """Wait until every task of this controller waits for the clock or is done (tests:
+        after moving a ManualClock on, the checks and verifications it woke have run)."""
+        while self._busy:
+            await self._quiet.wait()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task counted busy from now until it waits for the clock or ends."""
+        self._busy += 1
+        self._quiet.clear()
+
+        async def counted() -> None:
+            try:
+                await work
+            finally:
+                self._idle()
+
+        return asyncio.ensure_future(counted())
+
+    def _idle(self) -> None:
+        self._busy -= 1
+        if not self._busy:
+            self._quiet.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        self._idle()
+        try:
+            await self._clock.sleep(seconds)
+        finally:
+            self._busy += 1
+            self._quiet.clear()
 
     # -- reading ---------------------------------------------------------------------
 
@@ -377,11 +414,15 @@ class RolloutController:
 
     def _loop(self, run: _Run) -> None:
         if run.task is None or run.task.done():
-            run.task = asyncio.ensure_future(self._every_check(run))
+            run.task = self._spawn(self._every_check(run))
 
     async def _every_check(self, run: _Run) -> None:
         while run.state.active:
-            await self._clock.sleep(run.spec.check_s)
+            # Checks fall on a grid from the window's start, so a slow check (the store, a
+            # probe) delays the next one without shifting the ones after.
+            every = run.spec.check_s
+            elapsed = self._clock.now() - run.window_started
+            await self._sleep((math.floor(elapsed / every + 1e-9) + 1) * every - elapsed)
             try:
                 async with self._lock:
                     if self._runs.get(run.spec.model) is not run or not run.state.active:
@@ -529,13 +570,13 @@ class RolloutController:
         self._end(run)
         await self._save(run, action, actor, {**(detail or {}), "switch_ms": switch_ms})
         self.windows.watch(model, run.state.stable, run.state.candidate, None)
-        verifying = asyncio.ensure_future(self._verify(run, actor))
+        verifying = self._spawn(self._verify(run, actor))
         run.actions.append(verifying)
 
     async def _verify(self, run: _Run, actor: str) -> None:
         """After a rollback: the stable answers everything, and its probes pass."""
         model, stable = run.spec.model, run.state.stable
-        await self._clock.sleep(VERIFY_S)
+        await self._sleep(VERIFY_S)
         answered = self.windows.answered(model)
         if self._runs.get(model) is None:  # no new rollout of the model meanwhile
             self.windows.unwatch(model)
