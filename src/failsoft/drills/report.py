@@ -59,6 +59,7 @@ def _rollout_line(rollout: RolloutScore) -> str:
     return (
         head
         + f"{rollout.outcome} at {stage} {took}; failed {rollout.failed} of {rollout.requests}"
+        + ("" if rollout.back_s is None else f"; back to stable in {rollout.back_s:.3f} s")
         + f"\n    {rollout.reason}\n    evidence: {evidence(rollout.checks)}"
     )
 

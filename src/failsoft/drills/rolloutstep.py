@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 POLL_S = 0.2
+BACK_WITHIN_S = 1.0  # a rollback: no request sent this long after it reaches the candidate
 VERIFY_WAIT_S = 5.0  # after a rollback, how long to wait for its verification
 ENDED = ("promoted", "aborted", "rolled-back")
 
@@ -122,6 +123,7 @@ class RolloutScore:
     verified: dict[str, Any] | None
     history: list[dict[str, Any]]
     changes: list[tuple[float, str, int]]
+    back_s: float | None = None  # rollback: until the last request the candidate answered
 
 
 async def follow_rollout(
@@ -195,8 +197,32 @@ def _where(shown: dict[str, Any]) -> str:
     return f"{shown.get('status')} at {label}" + (f": {reason}" if reason else "")
 
 
+def _back_s(
+    final: dict[str, Any], offsets: np.ndarray, served_by: Sequence[str], started_at: float
+) -> float | None:
+    """From the rollback (its history entry, gateway time) to the send of the last request
+    the candidate answered as the primary: how long the switch took, as clients saw it."""
+    history = final.get("history") or []
+    ended = [e for e in history if e.get("action") in ("rolled-back", "aborted")]
+    if not ended:
+        return None
+    at = float(ended[-1]["at"]) - started_at
+    prefix = f"{final.get('model')}/{final.get('candidate')}/"
+    late = [
+        float(offset)
+        for offset, who in zip(offsets, served_by, strict=False)
+        if offset >= at and who.startswith(prefix) and "/fallback" not in who
+    ]
+    return max(0.0, max(late) - at) if late else 0.0
+
+
 def score_rollout(
-    outcome: RolloutOutcome, offsets: np.ndarray, status: np.ndarray, end_s: float
+    outcome: RolloutOutcome,
+    offsets: np.ndarray,
+    status: np.ndarray,
+    end_s: float,
+    served_by: Sequence[str] = (),
+    started_at: float | None = None,
 ) -> RolloutScore:
     final = outcome.final
     until = outcome.ended_s if outcome.ended_s is not None else end_s
@@ -225,6 +251,7 @@ def score_rollout(
         final.get("verified"),
         history,
         outcome.changes,
+        None if started_at is None else _back_s(final, offsets, served_by, started_at),
     )
 
 
@@ -299,6 +326,15 @@ def rollout_checks(score: RolloutScore, expect: RolloutExpect) -> list[_Check]:
                 shown,
                 "stable serves, probes pass",
                 bool(verified.get("ok")),
+            )
+        )
+        back = score.back_s
+        checks.append(
+            _Check(
+                f"{name} back to stable",
+                "-" if back is None else f"{back:.3f} s",
+                f"<= {BACK_WITHIN_S:g} s",
+                back is not None and back <= BACK_WITHIN_S,
             )
         )
     if expect.max_failed_pct is not None:

@@ -567,7 +567,12 @@ def score(
     checks += [deploy_check(deploy) for deploy in deploys]
     for flag in scored:
         checks += flag_checks(flag, expect)
-    rolled = [score_rollout(r, offsets, outcomes.status, duration_s) for r in rollouts]
+    rolled = [
+        score_rollout(
+            r, offsets, outcomes.status, duration_s, outcomes.served_by, outcomes.started_at
+        )
+        for r in rollouts
+    ]
     for rollout, step in zip(rolled, experiment.rollouts, strict=False):
         checks += [Check(*astuple(c)) for c in rollout_checks(rollout, step.expect)]
     polls = None if readiness is None else len(readiness.status)
