@@ -259,7 +259,7 @@ class RolloutController:
             "verified": state.verified,
             "spec": spec.model_dump(mode="json", exclude_defaults=True),
         }
-        if live and run is not None:
+        if live and run is not None and state.status is Status.PROGRESSING:
             shown["step_elapsed_s"] = round(self._clock.now() - run.window_started, 3)
             shown["step_due_s"] = run.due_s
             shown["events_dropped"] = self.windows.dropped
