@@ -205,3 +205,45 @@ def test_a_good_candidate_is_promoted_and_becomes_the_default_version(gateway: G
     passed = shown["history"][-1]["checks"]
     assert {check["verdict"] for check in passed} == {"pass"}
     assert all(check["samples"] >= 1 for check in passed)
+
+
+def metric(gateway: Gateway, name: str, **labels: str) -> float:
+    """The sum of a counter's samples whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{gateway.url}/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def test_a_shadow_never_changes_the_answer_and_its_failures_charge_nobody_primary(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    broken = '      v3: {backend: python, function: "tests._runtime_models:broken"}\n'
+    text = config(demo_dir).replace(
+        "    default_version: v1\n", broken + "    default_version: v1\n"
+    )
+    gateway = Gateway(tmp_path / "gw", text).start()
+    try:
+        spec = {"model": "iris", "to": "v3", "strategy": "shadow", "step_s": 600}
+        answer = httpx.post(f"{gateway.url}/admin/rollouts", json=spec, headers=AUTH)
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["stages"][0] == "shadow 100%"
+        gateway.client = httpx.Client(base_url=gateway.url)
+        sides = {gateway.served_by(f"k{n}", ROWS[n % 3]) for n in range(150)}
+        assert sides == {"v1"}  # every answer the stable's, none degraded (served_by checks 200)
+        assert metric(gateway, "failsoft_attempt_failures_total", version="v1") == 0
+        assert metric(gateway, "failsoft_attempt_failures_total", version="v3") > 0
+        deadline = time.monotonic() + DEADLINE_S
+        while gateway.rollout("iris")["status"] != "rolled-back":  # the next check sees it
+            assert time.monotonic() < deadline, gateway.rollout("iris")
+            time.sleep(0.1)
+        checks = gateway.rollout("iris")["analysis"]["checks"]
+        failed = {c["name"] for c in checks if c["verdict"] == "fail"}
+        assert {"replica error rate", "golden probes"} & failed, checks
+    finally:
+        gateway.stop()
