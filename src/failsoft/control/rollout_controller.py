@@ -66,6 +66,7 @@ log = logging.getLogger("failsoft.rollouts")
 
 ACTOR = "failsoft"  # the actor of what the analysis decides
 VERIFY_S = 1.0  # how long a rollback's verification counts answers
+FOLD_EVERY_S = 0.5  # the windows fold their queued events this often (bounds the queue)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class RolloutController:
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._started = False
+        self._folding: asyncio.Task[None] | None = None
 
     # -- start-up and shutdown -----------------------------------------------------
 
@@ -154,13 +156,23 @@ class RolloutController:
     def start(self) -> None:
         """Start the loops of the active rollouts (on the running event loop)."""
         self._started = True
+        self._folding = self._spawn(self._fold())
         for run in self._runs.values():
             self._loop(run)
+
+    async def _fold(self) -> None:
+        """Fold the windows' queued events every FOLD_EVERY_S, between the checks, so the
+        queue stays short and a check's own fold is small."""
+        while True:
+            await self._sleep(FOLD_EVERY_S)
+            self.windows.drain()
 
     async def close(self) -> None:
         self._started = False
         runs = (*self._runs.values(), *self._ended.values())
         tasks = [t for run in runs for t in (run.task, *run.actions) if t and not t.done()]
+        if self._folding is not None:
+            tasks.append(self._folding)
         for task in tasks:
             task.cancel()
         for task in tasks:
