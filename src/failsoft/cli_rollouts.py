@@ -14,9 +14,11 @@ when the gateway refused (its reason names the field) or cannot be reached,
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from failsoft.cli_control import Failed, Gateway, _echo_json, _gateway_options, _json_option, table
 
@@ -185,8 +187,16 @@ def rollout_group() -> None:
 
 
 @rollout_group.command("start")
-@click.argument("model")
-@click.option("--to", "to", required=True, metavar="VERSION", help="The candidate version.")
+@click.argument("model", required=False)
+@click.option("--to", "to", default=None, metavar="VERSION", help="The candidate version.")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The rollout declared in YAML (the admin API's spec: model, to, strategy, steps, "
+    "step_s, analysis, ...) instead of the options.",
+)
 @click.option(
     "--strategy",
     type=click.Choice(STRATEGIES),
@@ -227,8 +237,9 @@ def rollout_group() -> None:
 @_json_option
 @_gateway_options
 def rollout_start(
-    model: str,
-    to: str,
+    model: str | None,
+    to: str | None,
+    file: Path | None,
     strategy: str,
     steps: str | None,
     weights: str | None,
@@ -240,7 +251,7 @@ def rollout_start(
     as_json: bool,
     gateway: Gateway,
 ) -> None:
-    """Start rolling MODEL out to --to VERSION.
+    """Start rolling MODEL out to --to VERSION (or the rollout in --file).
 
     The gateway refuses a version that is not loaded, a second rollout of the
     same model, steps that do not end at 100 (canary, shadow) or weights that
@@ -251,7 +262,16 @@ def rollout_start(
       failsoft rollout start iris --to v2
       failsoft rollout start iris --to v2 --strategy shadow --steps 5,25,50,100 --step-s 120
       failsoft rollout start iris --to v2 --strategy ab --weights v1=50,v2=50 --step-s 600
+      failsoft rollout start --file rollout.yaml
     """
+    if file is not None:
+        if model is not None or to is not None:
+            raise Failed("--file: give the rollout in the file, or MODEL and --to, not both", 2)
+        answer = gateway.json("POST", "/admin/rollouts", _read_spec(file))
+        _show(gateway, answer, as_json, f"rollout {answer['id']} started")
+        return
+    if model is None or to is None:
+        raise Failed("MODEL and --to VERSION are required (or --file FILE)", 2)
     spec: dict[str, Any] = {"model": model, "to": to, "strategy": strategy, "step_s": step_s}
     try:
         if steps is not None:
@@ -327,6 +347,18 @@ for _verb, _done in (
     ("abort", "aborted"),
 ):
     _action(_verb, _done)
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise Failed(f"--file: cannot read {path}: {error}", 2) from None
+    except yaml.YAMLError as error:
+        raise Failed(f"--file: {path} is not valid YAML: {error}", 2) from None
+    if not isinstance(data, dict):
+        raise Failed(f"--file: {path} must hold a mapping (model, to, strategy, ...)", 2)
+    return data
 
 
 def register(group: click.Group) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 
 from failsoft.cli import main
@@ -184,8 +185,14 @@ def test_a_good_candidate_is_promoted_and_becomes_the_default_version(gateway: G
             "min_output_samples": 40,
         },
     }
-    answer = httpx.post(f"{gateway.url}/admin/rollouts", json=spec, headers=AUTH)
-    assert answer.status_code == 201, answer.text
+    declared = gateway.path.parent / "rollout.yaml"  # declared in YAML
+    declared.write_text("- not a mapping\n")
+    wrong = gateway.cli("rollout", "start", "--file", str(declared))
+    assert wrong.exit_code == 2
+    assert "must hold a mapping" in wrong.output
+    declared.write_text(yaml.safe_dump(spec))
+    started = gateway.cli("rollout", "start", "--file", str(declared))
+    assert started.exit_code == 0, started.output
     deadline = time.monotonic() + DEADLINE_S
     sent = 0
     gateway.client = httpx.Client(base_url=gateway.url)
