@@ -25,7 +25,7 @@ from failsoft.observe.events import EventBus, RequestFinished, VersionAnswered
 from failsoft.pipeline.version import AttemptFailed, AttemptStarted
 from failsoft.routing.split import BUCKETS
 from failsoft.runtime import Runtime
-from failsoft.store import Store
+from failsoft.store import Store, StoreError
 from tests.store.conftest import Target
 
 EPOCH = 1_800_000_000.0
@@ -279,3 +279,35 @@ async def test_a_new_controller_resumes_at_the_same_step(
     assert resumed is not None
     assert resumed[1].stage == 1
     assert resumed[1].status is Status.PROGRESSING
+
+
+async def test_gateways_sharing_a_store_follow_each_others_rollouts(
+    gateway: Gateway, store: Store, clock: ManualClock
+) -> None:
+    other = Gateway(store, clock)
+    await other.runtime.start()
+    try:
+        assert other.rollouts.boot() is None
+        state = await gateway.start(FAST)
+        assert await other.rollouts.poll() is True  # started elsewhere: in force here too
+        split = other.runtime.splits["m"]
+        assert (split.rollout, split.weight) == (state.id, BUCKETS // 10)
+        assert await other.rollouts.poll() is False  # nothing new
+        await other.rollouts.pause("m", actor="ana")  # an operator, on the other gateway
+        assert await gateway.rollouts.poll() is True
+        assert gateway.rollouts.find("m")[1].status is Status.PAUSED  # type: ignore[index]
+        await gateway.rollouts.resume("m", actor="ana")
+        await other.rollouts.poll()
+        gateway.traffic("v1", 600)
+        gateway.traffic("v2", 80, failing=0.25)
+        await gateway.step(5)  # this gateway's analysis fails the candidate
+        assert "m" not in gateway.runtime.splits
+        assert await other.rollouts.poll() is True
+        assert "m" not in other.runtime.splits  # rolled back there too
+        assert other.rollouts.find(state.id)[1].status is Status.ROLLED_BACK  # type: ignore[index]
+        with pytest.raises(StoreError, match="has ended \\(rolled-back\\)"):  # a late write
+            store.update_rollout(
+                state.id, status="progressing", state={}, actor="late", action="stepped"
+            )
+    finally:
+        await other.runtime.close()

@@ -67,6 +67,7 @@ class ControlPlane:
             self.tasks.append(asyncio.ensure_future(self.flags.watch(self.options.store.poll_s)))
         if self.rollouts is not None:
             self.rollouts.start()
+            self.tasks.append(asyncio.ensure_future(self.rollouts.watch(self.options.store.poll_s)))
         if self.options.store.backup_every_s > 0:
             self.tasks.append(asyncio.ensure_future(self._backups()))
 

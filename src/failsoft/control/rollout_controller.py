@@ -46,6 +46,7 @@ from failsoft.control.analysis import Analysis, analyse, disagree
 from failsoft.control.revisions import Revisions, StoreUnavailable, config_json
 from failsoft.control.rollout_window import Windows
 from failsoft.control.rollouts import (
+    ACTIVE,
     Decision,
     RolloutSpec,
     RolloutState,
@@ -78,6 +79,7 @@ class _Run:
     task: asyncio.Task[None] | None = None
     ticks: int = 0
     actions: list[asyncio.Task[None]] = field(default_factory=list)
+    seen: dict[str, Any] = field(default_factory=dict)  # the stored state, as last written/read
 
     @property
     def stages(self) -> list[Stage]:
@@ -145,6 +147,7 @@ class RolloutController:
             if state.status is Status.PENDING:
                 state = replace(state, status=Status.PROGRESSING)
             run = self._new_run(spec, state)
+            run.seen = row.state
             self._runs[spec.model] = run
             self._install(run)
             log.info(
@@ -351,7 +354,7 @@ class RolloutController:
             stored = spec.model_dump(mode="json", exclude_defaults=True)
             stored.setdefault("model", spec.model)
             stored.setdefault("to", spec.to)
-            await self._call(
+            added = await self._call(
                 self._store.add_rollout,
                 rollout_id,
                 spec.model,
@@ -361,6 +364,7 @@ class RolloutController:
                 status=Status.PENDING.value,
             )
             run = self._new_run(spec, state)
+            run.seen = added.state
             self._runs[spec.model] = run
             first = run.stage
             self._decided(
@@ -668,7 +672,7 @@ class RolloutController:
     ) -> None:
         """Store the state with its audit entry; the change is in force whatever the store."""
         try:
-            await store_call(
+            row = await store_call(
                 self._store,
                 self._store.update_rollout,
                 run.state.id,
@@ -678,11 +682,102 @@ class RolloutController:
                 action=action,
                 detail={"reason": run.state.reason, "stage": run.stage.label, **(detail or {})},
             )
+            run.seen = row.state
         except StoreError as error:
             log.warning(
                 "rollout change in force but not stored",
                 extra={"rollout": run.state.id, "action": action, "error": error.message},
             )
+
+    # -- several gateways, one store ---------------------------------------------------
+
+    async def watch(self, every_s: float) -> None:
+        """Follow what other gateways sharing the store did (runs until cancelled)."""
+        warned = False
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.poll()
+            except StoreError as error:
+                if not warned:
+                    log.warning(
+                        "control store unreachable; rollouts as they were",
+                        extra={"error": error.message},
+                    )
+                    warned = True
+                continue
+            warned = False
+
+    async def poll(self) -> bool:
+        """Read the store's rollouts once and follow changes made elsewhere: a rollout
+        started, stepped, paused, resumed, rolled back, aborted or promoted by another
+        gateway (or an operator talking to it). Each gateway analyses its own traffic; the
+        first decision stored wins and the others follow it here. True when one changed."""
+        rows = await store_call(self._store, self._store.rollouts)
+        latest: dict[str, Any] = {}
+        for row in rows:  # newest first
+            latest.setdefault(row.model, row)
+        changed = False
+        async with self._lock:
+            for model, row in latest.items():
+                run = self._runs.get(model)
+                if run is not None and run.state.id == row.id:
+                    if row.state != run.seen:
+                        self._follow(run, row)
+                        changed = True
+                elif run is None and row.status in ACTIVE and row.id not in self._ended:
+                    changed = self._adopt(row) or changed
+        return changed
+
+    def _adopt(self, row: Any) -> bool:
+        """A rollout another gateway started: its current step in force here too."""
+        try:
+            spec = RolloutSpec.model_validate(row.spec)
+            state = RolloutState.from_json(row.state)
+        except (ValidationError, KeyError, ValueError):
+            return False
+        model = self._runtime.models.get(spec.model)
+        if model is None or state.candidate not in model.versions:
+            log.warning(
+                "a rollout elsewhere names a version not served here", extra={"rollout": row.id}
+            )
+            return False
+        run = self._new_run(spec, state)
+        run.seen = row.state
+        self._runs[spec.model] = run
+        self._install(run)
+        if self._started and state.status is not Status.PAUSED:
+            self._loop(run)
+        log.info("rollout followed", extra={"rollout": row.id, "stage": run.stage.label})
+        return True
+
+    def _follow(self, run: _Run, row: Any) -> None:
+        """Take the stored state of a rollout another gateway changed."""
+        try:
+            stored = RolloutState.from_json(row.state)
+        except (KeyError, ValueError):
+            return
+        run.seen = row.state
+        before = run.state
+        run.state = stored
+        if stored.status in (Status.ROLLED_BACK, Status.ABORTED):
+            self._runtime.set_split(run.spec.model, None)
+            self.windows.unwatch(run.spec.model)
+            self._end(run)
+        elif stored.status is Status.PROMOTED:
+            self._install(run)  # the last stage: the candidate at 100% until the new default
+            self.windows.unwatch(run.spec.model)
+            self._end(run)
+        elif stored.stage != before.stage:
+            self._install(run)
+        elif stored.status is Status.PROGRESSING and before.status is Status.PAUSED:
+            self._fresh_window(run)
+        if run.state.active and self._started and stored.status is Status.PROGRESSING:
+            self._loop(run)
+        log.info(
+            "rollout changed elsewhere",
+            extra={"rollout": stored.id, "status": stored.status, "stage": run.stage.label},
+        )
 
     async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from failsoft.store.engine import StoreEngine
 
 ACTIVE = ("pending", "progressing", "running", "paused")
+ENDED = ("promoted", "aborted", "rolled-back")
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,9 @@ class LiveRows:
             old = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).first()
             if old is None:
                 raise StoreError(f"there is no rollout {rollout_id}")
+            if old.status in ENDED and status != old.status:
+                # Gateways sharing a store race: a rollout one of them ended stays ended.
+                raise StoreError(f"rollout {rollout_id} has ended ({old.status})")
             conn.execute(
                 update(rollouts)
                 .where(rollouts.c.id == rollout_id)
