@@ -21,6 +21,11 @@ the current stage's split in force before it serves: it resumes at the
 same step, with a fresh window (a step's clock restarts with its window, so
 no decision is made on the few requests seen before the restart).
 
+Gateways sharing a store follow each other (``watch``/``poll``, every
+``store.poll_s``): each analyses its own traffic, the first decision stored
+wins and the others take it at their next poll; the store refuses to
+revive a rollout once it has ended.
+
 Promotion puts the candidate at 100% at once, then proposes a revision of
 the configuration with the candidate as the model's default version; once
 that is applied the split is no longer needed. The operator's ``pause``,
