@@ -25,7 +25,7 @@ from failsoft.observe.events import EventBus, RequestFinished, VersionAnswered
 from failsoft.pipeline.version import AttemptFailed, AttemptStarted
 from failsoft.routing.split import BUCKETS
 from failsoft.runtime import Runtime
-from failsoft.store import Store, StoreError
+from failsoft.store import Store, StoreError, StoreUnreachable
 from tests.store.conftest import Target
 
 EPOCH = 1_800_000_000.0
@@ -311,3 +311,30 @@ async def test_gateways_sharing_a_store_follow_each_others_rollouts(
             )
     finally:
         await other.runtime.close()
+
+
+async def test_a_rollback_while_the_store_is_down_holds_and_is_stored_later(
+    gateway: Gateway, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = await gateway.start(FAST)
+    writes = store.update_rollout
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnreachable("the store is down (test)")
+
+    monkeypatch.setattr(store, "update_rollout", down)
+    gateway.traffic("v1", 600)
+    gateway.traffic("v2", 80, failing=0.25)
+    await gateway.step(5)
+    assert "m" not in gateway.runtime.splits  # in force, whatever the store
+    row = store.rollout(state.id)
+    assert row is not None
+    assert row.status == "progressing"  # not stored yet
+    monkeypatch.setattr(store, "update_rollout", writes)
+    await gateway.rollouts.poll()
+    row = store.rollout(state.id)
+    assert row is not None
+    assert row.status == "rolled-back"
+    restarted = Gateway(store, gateway.clock)
+    assert restarted.rollouts.boot() is None
+    assert restarted.runtime.splits == {}  # a restart does not bring the candidate back

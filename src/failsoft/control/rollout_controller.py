@@ -125,6 +125,8 @@ class RolloutController:
         self._quiet.set()
         self._started = False
         self._folding: asyncio.Task[None] | None = None
+        # Changes in force but not stored (the store was down), by rollout: retried by poll.
+        self._unsaved: dict[str, tuple[_Run, str, str, dict[str, Any] | None]] = {}
 
     # -- start-up and shutdown -----------------------------------------------------
 
@@ -688,11 +690,21 @@ class RolloutController:
                 detail={"reason": run.state.reason, "stage": run.stage.label, **(detail or {})},
             )
             run.seen = row.state
-        except StoreError as error:
+        except StoreUnreachable as error:
+            # In force here all the same; stored by a later poll, so that a restart does
+            # not bring back what the store last said (a candidate rolled back meanwhile).
+            self._unsaved[run.state.id] = (run, action, actor, detail)
             log.warning(
-                "rollout change in force but not stored",
+                "rollout change in force but not stored yet",
                 extra={"rollout": run.state.id, "action": action, "error": error.message},
             )
+        except StoreError as error:  # refused: another gateway ended it; the poll follows
+            log.warning(
+                "rollout change refused by the store",
+                extra={"rollout": run.state.id, "action": action, "error": error.message},
+            )
+        else:
+            self._unsaved.pop(run.state.id, None)
 
     # -- several gateways, one store ---------------------------------------------------
 
@@ -718,6 +730,8 @@ class RolloutController:
         started, stepped, paused, resumed, rolled back, aborted or promoted by another
         gateway (or an operator talking to it). Each gateway analyses its own traffic; the
         first decision stored wins and the others follow it here. True when one changed."""
+        for unsaved, action, actor, detail in list(self._unsaved.values()):
+            await self._save(unsaved, action, actor, detail)
         rows = await store_call(self._store, self._store.rollouts)
         latest: dict[str, Any] = {}
         for row in rows:  # newest first
@@ -725,6 +739,8 @@ class RolloutController:
         changed = False
         async with self._lock:
             for model, row in latest.items():
+                if row.id in self._unsaved:
+                    continue  # ours is newer than the store's
                 run = self._runs.get(model)
                 if run is not None and run.state.id == row.id:
                     if row.state != run.seen:
