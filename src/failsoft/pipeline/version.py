@@ -88,6 +88,15 @@ class AttemptFailed(Event):
 
 
 @dataclass(slots=True)
+class ContractBroken(Event):
+    """An answer that broke the output contract (counted by a rollout's analysis)."""
+
+    model: str
+    version: str
+    replica: str
+
+
+@dataclass(slots=True)
 class RetryDenied(Event):
     model: str
     version: str
@@ -333,6 +342,8 @@ class VersionPipeline:
                 await replica.infer(request, attempt_call), self._contract.batch_rows(request)
             )
         except FailsoftError as error:
+            if isinstance(error, ContractViolation):
+                self._bus.emit(ContractBroken(self.model, self.version, replica.name))
             cut_by_client = attempt_call is call and call.client_limited
             self._judge_failure(
                 index, error, self._clock.now() - started, tally, panic, cut_by_client

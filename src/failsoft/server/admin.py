@@ -44,6 +44,7 @@ _CONTROL_ROUTES = (
     "backup",
     "flags",
     "instances",
+    "rollouts",
 )
 
 

@@ -37,6 +37,7 @@ from failsoft.control.flag_service import FlagService
 from failsoft.control.flags import NO_SWITCHES, Context, Switches
 from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import BootReport
+from failsoft.control.rollout_controller import RolloutController
 from failsoft.control.tenants import Tenants
 from failsoft.data.input_checks import HEADER as DATA_WARNING
 from failsoft.data.input_checks import DataVerdict, DataViolation
@@ -187,6 +188,10 @@ class FailsoftApp:
             note = control.flags.boot()
             if note:
                 log.warning("flags", extra={"note": note})
+            control.rollouts = RolloutController(control.store, runtime, control.revisions)
+            note = control.rollouts.boot()  # a restart resumes each rollout at its step
+            if note:
+                log.warning("rollouts", extra={"note": note})
         self.ofrep = Ofrep(
             lambda: control.flags if control is not None else None,
             lambda: self.admission.tenants,
