@@ -1,0 +1,275 @@
+"""OpenTelemetry traces: a span per request, per attempt and per fallback tier.
+
+Tracing is optional twice over: the ``tracing:`` section is off by default,
+and the OpenTelemetry packages are an extra (``pip install 'failsoft[otel]'``).
+While it is off every hook below is one test of a module global, so the
+request path pays nothing measurable for it (benchmarks/serve.py).
+
+The spans nest through the OpenTelemetry context (a contextvar): the request
+span is current while the request runs, each attempt span while its attempt
+runs (a hedged attempt's task copies the context it was spawned in), so an
+attempt span is the request span's child and a fallback tier's nested
+attempts are the tier span's children. What a request's span says about its
+outcome (status, failure class, served by, fallback tier) comes from the
+events the pipeline already emits (``observe``), emitted synchronously in the
+request's own context; only the attempt and tier spans need a hook, because
+no event marks where an attempt or a tier begins and ends.
+
+A client's W3C ``traceparent`` is continued, and the current span's
+``traceparent`` goes to every http upstream and worker (``traceparent()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from pydantic import Field, field_validator, model_validator
+
+from failsoft._options import StrictModel
+from failsoft.errors import FailsoftError
+from failsoft.observe.events import Event, EventBus, RequestFinished
+
+try:  # the optional extra
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised where the extra is not installed
+    AVAILABLE = False
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Span, Tracer
+
+log = logging.getLogger("failsoft.tracing")
+
+T = TypeVar("T")
+Headers = Sequence[tuple[bytes, bytes]]
+
+_MISSING = "the OpenTelemetry packages are not installed: pip install 'failsoft[otel]'"
+
+
+class TracingOptions(StrictModel):
+    enabled: bool = Field(default=False, description="make spans and export them")
+    exporter: Literal["otlp", "none"] = Field(
+        default="otlp",
+        description="otlp: OTLP over HTTP to `endpoint`; none: spans are made (and traceparent "
+        "propagated) but not exported",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces; default: "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or http://localhost:4318/v1/traces",
+    )
+    sample_ratio: float = Field(
+        default=1.0,
+        description="share of new traces recorded, 0..1; a client's sampled flag is followed",
+    )
+    service_name: str = Field(default="failsoft", min_length=1, max_length=200)
+
+    @field_validator("sample_ratio")
+    @classmethod
+    def _a_share(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:  # also refuses NaN
+            raise ValueError(f"sample_ratio is a share of requests, from 0 to 1 (got {value})")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _an_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint must be an http:// or https:// URL (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _installed(self) -> TracingOptions:
+        if self.enabled and not AVAILABLE:
+            raise ValueError(f"tracing is enabled but {_MISSING}")
+        return self
+
+
+# The process's tracer while tracing is on; None while it is off (the fast test).
+_tracer: Tracer | None = None
+_provider: TracerProvider | None = None
+_options: TracingOptions | None = None
+
+
+def enabled() -> bool:
+    return _tracer is not None
+
+
+def configure(options: TracingOptions) -> None:
+    """Turn tracing on, off or to other options; the old provider is flushed and shut down."""
+    global _tracer, _provider, _options
+    if options == _options:
+        return
+    old = _provider
+    _tracer = _provider = None
+    _options = options
+    if old is not None:
+        old.shutdown()
+    if not options.enabled:
+        return
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": options.service_name}),
+        sampler=ParentBased(TraceIdRatioBased(options.sample_ratio)),
+    )
+    if options.exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        # Batched on a thread with a bounded queue: the request path never waits on export.
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=options.endpoint)))
+    _provider = provider
+    _tracer = provider.get_tracer("failsoft")
+    log.info("tracing on", extra={"exporter": options.exporter, "ratio": options.sample_ratio})
+
+
+def add_exporter(exporter: SpanExporter) -> None:
+    """Also send every finished span to ``exporter``, synchronously (tests, debugging)."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    if _provider is None:
+        raise RuntimeError("tracing is off: configure it first")
+    _provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+
+def subscribe(bus: EventBus) -> None:
+    """Let the request span take its outcome from the events of its request."""
+    from failsoft.pipeline.fallback import FallbackUsed
+
+    bus.subscribe(observe, (RequestFinished, FallbackUsed))
+
+
+def observe(event: Event) -> None:
+    """Runs in the emitting request's context, so the current span is that request's."""
+    if _tracer is None:
+        return
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    if isinstance(event, RequestFinished):
+        span.set_attribute("failsoft.version", event.version)
+        span.set_attribute("http.response.status_code", event.status)
+        if event.replica:
+            span.set_attribute("failsoft.served_by", event.replica)
+        if event.failure_class is not None:
+            span.set_attribute("failsoft.failure_class", event.failure_class.value)
+        span.set_attribute("failsoft.outcome", "ok" if event.status < 400 else "error")
+        if event.status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+    else:  # FallbackUsed: the request was answered, degraded, by a fallback tier
+        span.set_attribute("failsoft.degraded", True)
+        span.set_attribute("failsoft.fallback.tier", getattr(event, "tier", ""))
+
+
+# -- the hooks the request path calls ------------------------------------------
+
+
+def request(
+    work: Coroutine[Any, Any, T], headers: Headers | None, model: str
+) -> Coroutine[Any, Any, T]:
+    """``work`` inside a request span, continuing the client's trace; ``work`` when off."""
+    if _tracer is None:
+        return work
+    return _request(_tracer, work, headers or (), model)
+
+
+async def _request(tracer: Tracer, work: Coroutine[Any, Any, T], headers: Headers, model: str) -> T:
+    carrier = {}
+    for key, value in headers:
+        if key == b"traceparent" or key == b"tracestate":
+            carrier[key.decode()] = value[:512].decode("latin-1")
+    parent = _PROPAGATOR.extract(carrier) if carrier else None
+    with tracer.start_as_current_span(
+        f"infer {model}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"failsoft.model": model},
+        record_exception=False,
+        set_status_on_exception=False,
+    ):
+        return await work
+
+
+def attempt(
+    work: Coroutine[Any, Any, T], model: str, version: str, replica: str, kind: str
+) -> Coroutine[Any, Any, T]:
+    """One attempt on a replica (``kind``: first, retry, hedge or panic) inside its span."""
+    if _tracer is None:
+        return work
+    attributes = {
+        "failsoft.model": model,
+        "failsoft.version": version,
+        "failsoft.replica": replica,
+        "failsoft.attempt.kind": kind,
+    }
+    return _traced(_tracer, work, "attempt", SpanKind.CLIENT, attributes)
+
+
+def tier(work: Coroutine[Any, Any, T], model: str, name: str) -> Coroutine[Any, Any, T]:
+    """One fallback tier's try inside its span; an answer of None is outcome ``skipped``."""
+    if _tracer is None:
+        return work
+    attributes = {"failsoft.model": model, "failsoft.fallback.tier": name}
+    return _traced(_tracer, work, f"fallback {name}", SpanKind.INTERNAL, attributes)
+
+
+async def _traced(
+    tracer: Tracer,
+    work: Coroutine[Any, Any, T],
+    name: str,
+    kind: SpanKind,
+    attributes: dict[str, str],
+) -> T:
+    with tracer.start_as_current_span(
+        name,
+        kind=kind,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            result = await work
+        except FailsoftError as error:
+            _failed(span, error)
+            raise
+        except BaseException as error:
+            # A hedge's losing attempt is cancelled: not a failure of its replica.
+            cancelled = isinstance(error, asyncio.CancelledError)
+            span.set_attribute("failsoft.outcome", "cancelled" if cancelled else "error")
+            if not cancelled:
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            raise
+        span.set_attribute("failsoft.outcome", "ok" if result is not None else "skipped")
+        return result
+
+
+def _failed(span: Span, error: FailsoftError) -> None:
+    span.set_attribute("failsoft.outcome", "error")
+    span.set_attribute("failsoft.failure_class", error.failure_class.value)
+    span.set_attribute("failsoft.error", type(error).__name__)
+    span.set_status(Status(StatusCode.ERROR, error.message[:200]))
+
+
+def traceparent() -> str | None:
+    """The W3C traceparent of the current span, for an upstream call; None when off."""
+    if _tracer is None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+if AVAILABLE:
+    _PROPAGATOR = TraceContextTextMapPropagator()
