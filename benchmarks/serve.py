@@ -157,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         help="serve with tracing on at this sample ratio, exporting OTLP to a local sink",
     )
     parser.add_argument(
+        "--tracing-exporter",
+        choices=["otlp", "none"],
+        default="otlp",
+        help="with --tracing: none makes the spans but exports nothing (the SDK's own cost)",
+    )
+    parser.add_argument(
         "--fail-below",
         type=float,
         default=None,
@@ -196,8 +202,12 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
                 bench_config = tmp_dir / "failsoft.yaml"
                 tracing = None
                 if args.tracing is not None:
-                    sink = stack.enter_context(OtlpSink())
-                    tracing = {"enabled": True, "sample_ratio": args.tracing, "endpoint": sink.url}
+                    tracing = {"enabled": True, "sample_ratio": args.tracing}
+                    if args.tracing_exporter == "otlp":
+                        sink = stack.enter_context(OtlpSink())
+                        tracing["endpoint"] = sink.url
+                    else:
+                        tracing["exporter"] = "none"
                 config = failsoft_config(model_path, candidate_port, tracing)
                 bench_config.write_text(yaml.safe_dump(config, sort_keys=False))
                 load_config(bench_config)  # a bad config is our bug: fail before starting
