@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -95,7 +98,9 @@ async def loopback(upstream: Upstream) -> AsyncIterator[int]:
         await upstream.closed()
 
 
-def config(port: int, *, enabled: bool = True, fallback: bool = False) -> dict[str, Any]:
+def config(
+    port: int, *, enabled: bool = True, fallback: bool = False, ratio: float = 1.0
+) -> dict[str, Any]:
     model: dict[str, Any] = {
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
         "outputs": [{"name": "y", "datatype": "INT64", "shape": [-1]}],
@@ -111,7 +116,8 @@ def config(port: int, *, enabled: bool = True, fallback: bool = False) -> dict[s
     if fallback:
         model["fallback"] = [{"static": {"y": 0}}]
         model["retry"] = {"max_attempts": 2}
-    return {"models": {"m": model}, "tracing": {"enabled": enabled, "exporter": "none"}}
+    tracing = {"enabled": enabled, "exporter": "none", "sample_ratio": ratio}
+    return {"models": {"m": model}, "tracing": tracing}
 
 
 @pytest.fixture
@@ -123,11 +129,13 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    data: dict[str, Any], exporter: InMemorySpanExporter
+    data: dict[str, Any], exporter: InMemorySpanExporter, seed: int | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     parsed = parse_config(data)
     app = FailsoftApp(Runtime(parsed, EventBus()), parsed.server, Metrics())
     if parsed.tracing.enabled:
+        if seed is not None:  # which new traces are sampled, from a seeded source
+            tracing.configure(parsed.tracing, random.Random(seed))
         tracing.add_exporter(exporter)
     await app.runtime.start()
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
@@ -145,12 +153,14 @@ def by_name(exported: tuple[ReadableSpan, ...]) -> dict[str, list[ReadableSpan]]
     return named
 
 
-def ids(traceparent: str | None) -> tuple[str, str]:
+def ids(traceparent: str | None, sampled: bool = True) -> tuple[str, str]:
     """(trace id, parent span id) of a W3C traceparent."""
     assert traceparent is not None
     version, trace_id, span_id, flags = traceparent.split("-")
     assert (version, len(trace_id), len(span_id)) == ("00", 32, 16)
-    assert int(flags, 16) & 1  # sampled
+    assert bool(int(flags, 16) & 1) is sampled
+    assert int(trace_id, 16) != 0
+    assert int(span_id, 16) != 0
     return trace_id, span_id
 
 
@@ -286,6 +296,90 @@ async def test_a_worker_on_a_unix_socket_gets_the_traceparent(
         f"{attempt.context.trace_id:032x}",
         f"{attempt.context.span_id:016x}",
     )
+
+
+async def test_unsampled_requests_make_no_spans_but_pass_on_not_sampled(
+    spans: InMemorySpanExporter,
+) -> None:
+    upstream = Upstream()
+    unsampled_client = {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"}
+    async with loopback(upstream) as port, gateway(config(port, ratio=0.0), spans) as http:
+        assert (await http.post("/v2/models/m/infer", json=BODY)).status_code == 200
+        answer = await http.post("/v2/models/m/infer", json=BODY, headers=unsampled_client)
+        assert answer.status_code == 200
+    assert spans.get_finished_spans() == ()
+    (_, own), (_, continued) = upstream.seen
+    assert ids(own, sampled=False)[0] != CLIENT_TRACE
+    assert ids(continued, sampled=False)[0] == CLIENT_TRACE
+
+
+async def test_the_sample_ratio_keeps_a_share_of_new_traces(spans: InMemorySpanExporter) -> None:
+    upstream = Upstream()
+    requests = 40
+    async with loopback(upstream) as port, gateway(config(port, ratio=0.5), spans, 7) as http:
+        for _ in range(requests):
+            assert (await http.post("/v2/models/m/infer", json=BODY)).status_code == 200
+    named = by_name(spans.get_finished_spans())
+    kept = len(named["infer m"])
+    assert 5 <= kept <= 35  # Binomial(40, 0.5); the seeded source makes it one fixed count
+    assert len(named["attempt"]) == kept
+    flags = [
+        traceparent is not None and bool(int(traceparent[-2:], 16) & 1)
+        for _, traceparent in upstream.seen
+    ]
+    assert sum(flags) == kept
+    assert {f"{s.context.trace_id:032x}" for s in named["infer m"] if s.context} == {
+        ids(traceparent)[0]
+        for (_, traceparent), sampled in zip(upstream.seen, flags, strict=True)
+        if sampled
+    }
+
+
+def test_spans_are_exported_over_otlp_http() -> None:
+    """A real OTLP/HTTP receiver on loopback gets the spans, as protobuf, when tracing stops."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    received: list[bytes] = []
+    arrived = threading.Event()
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["content-length"])))
+            arrived.set()
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+        tracing.configure(
+            tracing.TracingOptions(enabled=True, endpoint=endpoint, service_name="gw")
+        )
+
+        async def answer() -> int:
+            return 7
+
+        assert asyncio.run(tracing.request(answer(), [], "m")) == 7
+        tracing.configure(tracing.TracingOptions())  # flushes the batch, on a thread
+        assert arrived.wait(10.0), "no export reached the receiver"
+    finally:
+        server.shutdown()
+        server.server_close()
+    export = ExportTraceServiceRequest()
+    export.ParseFromString(received[0])
+    [resource] = export.resource_spans
+    service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
+    assert service == "gw"
+    [span] = [s for scope in resource.scope_spans for s in scope.spans]
+    assert span.name == "infer m"
 
 
 @pytest.mark.parametrize(

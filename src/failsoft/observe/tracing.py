@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import threading
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -34,7 +36,14 @@ from failsoft.observe.events import Event, EventBus, RequestFinished
 
 try:  # the optional extra
     from opentelemetry import trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import (
+        NonRecordingSpan,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+    )
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     AVAILABLE = True
@@ -97,31 +106,41 @@ class TracingOptions(StrictModel):
 _tracer: Tracer | None = None
 _provider: TracerProvider | None = None
 _options: TracingOptions | None = None
+_ratio = 1.0
+_rng = random.Random()
 
 
 def enabled() -> bool:
     return _tracer is not None
 
 
-def configure(options: TracingOptions) -> None:
-    """Turn tracing on, off or to other options; the old provider is flushed and shut down."""
-    global _tracer, _provider, _options
-    if options == _options:
+def configure(options: TracingOptions, rng: random.Random | None = None) -> None:
+    """Turn tracing on, off or to other options; ``rng`` decides which new traces are kept.
+
+    The old provider is flushed and shut down on a thread of its own: an
+    exporter whose collector is away may take seconds to give up, and this
+    runs on the event loop when a new configuration is applied.
+    """
+    global _tracer, _provider, _options, _ratio, _rng
+    if options == _options and rng is None:
         return
     old = _provider
     _tracer = _provider = None
     _options = options
     if old is not None:
-        old.shutdown()
+        threading.Thread(target=old.shutdown, name="failsoft-tracing-shutdown", daemon=True).start()
     if not options.enabled:
         return
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
+    # New traces are sampled here (``_request``), before any span is made: the
+    # SDK's own sampler still builds a span context and runs its hooks for a
+    # span it then drops, which costs most of what a recorded span does.
     provider = TracerProvider(
         resource=Resource.create({"service.name": options.service_name}),
-        sampler=ParentBased(TraceIdRatioBased(options.sample_ratio)),
+        sampler=ParentBased(ALWAYS_ON),
     )
     if options.exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -129,6 +148,8 @@ def configure(options: TracingOptions) -> None:
 
         # Batched on a thread with a bounded queue: the request path never waits on export.
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=options.endpoint)))
+    _ratio = options.sample_ratio
+    _rng = rng or random.Random()
     _provider = provider
     _tracer = provider.get_tracer("failsoft")
     log.info("tracing on", extra={"exporter": options.exporter, "ratio": options.sample_ratio})
@@ -189,7 +210,18 @@ async def _request(tracer: Tracer, work: Coroutine[Any, Any, T], headers: Header
     for key, value in headers:
         if key == b"traceparent" or key == b"tracestate":
             carrier[key.decode()] = value[:512].decode("latin-1")
-    parent = _PROPAGATOR.extract(carrier) if carrier else None
+    if carrier:  # the client's trace: its sampled flag decides (ParentBased)
+        parent = _PROPAGATOR.extract(carrier)
+    elif _rng.random() >= _ratio:
+        # Not sampled: no span, but an unsampled trace context all the same, so
+        # the upstreams hear "not sampled" instead of starting traces of their own.
+        unsampled = SpanContext(
+            _rng.getrandbits(128) or 1, _rng.getrandbits(64) or 1, False, TraceFlags(0)
+        )
+        with trace.use_span(NonRecordingSpan(unsampled)):
+            return await work
+    else:
+        parent = None
     with tracer.start_as_current_span(
         f"infer {model}",
         context=parent,
@@ -201,11 +233,19 @@ async def _request(tracer: Tracer, work: Coroutine[Any, Any, T], headers: Header
         return await work
 
 
+def _dropped() -> bool:
+    """No span for this attempt or tier: its trace is not sampled."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        return not context.trace_flags.sampled
+    return _rng.random() >= _ratio  # outside any request (a job, a test): a trace of its own
+
+
 def attempt(
     work: Coroutine[Any, Any, T], model: str, version: str, replica: str, kind: str
 ) -> Coroutine[Any, Any, T]:
     """One attempt on a replica (``kind``: first, retry, hedge or panic) inside its span."""
-    if _tracer is None:
+    if _tracer is None or _dropped():
         return work
     attributes = {
         "failsoft.model": model,
@@ -218,7 +258,7 @@ def attempt(
 
 def tier(work: Coroutine[Any, Any, T], model: str, name: str) -> Coroutine[Any, Any, T]:
     """One fallback tier's try inside its span; an answer of None is outcome ``skipped``."""
-    if _tracer is None:
+    if _tracer is None or _dropped():
         return work
     attributes = {"failsoft.model": model, "failsoft.fallback.tier": name}
     return _traced(_tracer, work, f"fallback {name}", SpanKind.INTERNAL, attributes)
