@@ -51,6 +51,7 @@ class Upstream:
     failures: int = 0
     seen: list[tuple[str, str | None]] = field(default_factory=list)  # (path, traceparent)
     handlers: set[asyncio.Task[Any]] = field(default_factory=set)
+    hold_first: asyncio.Event | None = None  # the first call waits for it (a hung replica)
 
     async def closed(self) -> None:
         """Until every connection's handler is done (the clients closed theirs first)."""
@@ -74,6 +75,8 @@ class Upstream:
             }
             await reader.readexactly(int(headers.get("content-length", "0")))
             self.seen.append((lines[0].split(" ")[1], headers.get("traceparent")))
+            if self.hold_first is not None and len(self.seen) == 1:
+                await self.hold_first.wait()
             if self.failures > 0:
                 self.failures -= 1
                 status, body = b"503 Service Unavailable", b'{"error": "busy"}'
@@ -83,7 +86,10 @@ class Upstream:
                 b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
             )
-            await writer.drain()
+            try:
+                await writer.drain()
+            except ConnectionError:  # the caller gave up on this call (a hedge's loser)
+                break
         writer.close()
 
 
@@ -99,7 +105,12 @@ async def loopback(upstream: Upstream) -> AsyncIterator[int]:
 
 
 def config(
-    port: int, *, enabled: bool = True, fallback: bool = False, ratio: float = 1.0
+    port: int,
+    *,
+    enabled: bool = True,
+    fallback: bool = False,
+    ratio: float = 1.0,
+    hedge: bool = False,
 ) -> dict[str, Any]:
     model: dict[str, Any] = {
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
@@ -110,7 +121,8 @@ def config(
                 "urls": [f"http://127.0.0.1:{port}/a", f"http://127.0.0.1:{port}/b"],
             }
         },
-        "hedge": {"enabled": False},  # one attempt at a time: the spans are in a known order
+        # Unless hedging is the point, one attempt at a time: the spans are in a known order.
+        "hedge": {"enabled": hedge, "min_delay_ms": 2},
         "health_check": {"enabled": False},
     }
     if fallback:
@@ -201,6 +213,41 @@ async def test_a_retried_request_has_a_span_per_attempt_with_the_failure_class(
     # Each call upstream carried its own attempt's span as the parent.
     assert len(upstream.seen) == 2
     for (_, traceparent), attempt in zip(upstream.seen, (first, second), strict=True):
+        assert attempt.context is not None
+        assert ids(traceparent) == (
+            f"{attempt.context.trace_id:032x}",
+            f"{attempt.context.span_id:016x}",
+        )
+
+
+async def test_a_hedged_request_has_the_hedge_span_and_the_losers_is_cancelled(
+    spans: InMemorySpanExporter,
+) -> None:
+    release = asyncio.Event()
+    upstream = Upstream(hold_first=release)
+    async with loopback(upstream) as port:
+        try:
+            async with gateway(config(port, hedge=True), spans) as http:
+                answer = await http.post("/v2/models/m/infer", json=BODY)
+        finally:
+            release.set()
+    assert answer.status_code == 200
+
+    named = by_name(spans.get_finished_spans())
+    [request] = named["infer m"]
+    first, hedge = named["attempt"]
+    assert first.attributes is not None
+    assert hedge.attributes is not None
+    assert first.attributes["failsoft.attempt.kind"] == "first"
+    assert first.attributes["failsoft.outcome"] == "cancelled"
+    assert "failsoft.failure_class" not in first.attributes
+    assert hedge.attributes["failsoft.attempt.kind"] == "hedge"
+    assert hedge.attributes["failsoft.outcome"] == "ok"
+    assert first.attributes["failsoft.replica"] != hedge.attributes["failsoft.replica"]
+    assert request.context is not None
+    for attempt, (_, traceparent) in zip((first, hedge), upstream.seen, strict=True):
+        assert attempt.parent is not None
+        assert attempt.parent.span_id == request.context.span_id
         assert attempt.context is not None
         assert ids(traceparent) == (
             f"{attempt.context.trace_id:032x}",
