@@ -382,51 +382,100 @@ async def test_the_sample_ratio_keeps_a_share_of_new_traces(spans: InMemorySpanE
     }
 
 
+class Receiver:
+    """A real OTLP/HTTP traces endpoint on loopback, in a thread; keeps the spans it got."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, Any]] = []  # (service.name, protobuf Span)
+        self.changed = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.take(body)
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1/traces"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def take(self, body: bytes) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(body)
+        with self.changed:
+            for resource in export.resource_spans:
+                attributes = {a.key: a.value.string_value for a in resource.resource.attributes}
+                for scope in resource.scope_spans:
+                    self.spans.extend((attributes["service.name"], s) for s in scope.spans)
+            self.changed.notify_all()
+
+    def wait_for(self, service: str, timeout: float) -> list[Any]:
+        """The spans of ``service``, once there are some (bounded by ``timeout``)."""
+        with self.changed:
+            self.changed.wait_for(lambda: any(n == service for n, _ in self.spans), timeout)
+            return [span for name, span in self.spans if name == service]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 def test_spans_are_exported_over_otlp_http() -> None:
     """A real OTLP/HTTP receiver on loopback gets the spans, as protobuf, when tracing stops."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
-
-    received: list[bytes] = []
-    arrived = threading.Event()
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(self.rfile.read(int(self.headers["content-length"])))
-            arrived.set()
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    receiver = Receiver()
     try:
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
-        tracing.configure(
-            tracing.TracingOptions(enabled=True, endpoint=endpoint, service_name="gw")
-        )
+        options = tracing.TracingOptions(enabled=True, endpoint=receiver.url, service_name="gw")
+        tracing.configure(options)
 
         async def answer() -> int:
             return 7
 
         assert asyncio.run(tracing.request(answer(), [], "m")) == 7
         tracing.configure(tracing.TracingOptions())  # flushes the batch, on a thread
-        assert arrived.wait(10.0), "no export reached the receiver"
+        [span] = receiver.wait_for("gw", 10.0)
     finally:
-        server.shutdown()
-        server.server_close()
-    export = ExportTraceServiceRequest()
-    export.ParseFromString(received[0])
-    [resource] = export.resource_spans
-    service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
-    assert service == "gw"
-    [span] = [s for scope in resource.scope_spans for s in scope.spans]
+        receiver.close()
     assert span.name == "infer m"
+
+
+def worker_answer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"y": np.full(len(inputs["x"]), 7, dtype=np.int64)}
+
+
+async def test_a_process_worker_continues_the_trace(spans: InMemorySpanExporter) -> None:
+    """The worker gets the gateway's tracing and the attempt's traceparent: its request
+    span is the child of the gateway's attempt span (exported by the worker over OTLP)."""
+    receiver = Receiver()
+    data = config(1)
+    data["models"]["m"]["versions"]["v1"] = {
+        "backend": "process",
+        "replicas": 1,
+        "worker": {"backend": "python", "function": "tests.observe.test_tracing:worker_answer"},
+    }
+    data["tracing"] = {"enabled": True, "endpoint": receiver.url}
+    try:
+        async with gateway(data, spans) as http:
+            answer = await http.post("/v2/models/m/infer", json=BODY)
+        # Closing the gateway stopped its worker, which flushed its spans on the way out.
+        worker_spans = receiver.wait_for("failsoft-worker", 20.0)
+    finally:
+        receiver.close()
+    assert answer.status_code == 200
+    [attempt] = by_name(spans.get_finished_spans())["attempt"]
+    [served] = [span for span in worker_spans if span.name == "infer m"]
+    assert attempt.context is not None
+    assert served.trace_id.hex() == f"{attempt.context.trace_id:032x}"
+    assert served.parent_span_id.hex() == f"{attempt.context.span_id:016x}"
 
 
 @pytest.mark.parametrize(

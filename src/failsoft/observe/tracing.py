@@ -28,6 +28,7 @@ import threading
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import orjson
 from pydantic import Field, field_validator, model_validator
 
 from failsoft._options import StrictModel
@@ -108,6 +109,7 @@ _provider: TracerProvider | None = None
 _options: TracingOptions | None = None
 _ratio = 1.0
 _rng = random.Random()
+_closing: threading.Thread | None = None  # the last old provider's shutdown
 
 
 def enabled() -> bool:
@@ -121,14 +123,17 @@ def configure(options: TracingOptions, rng: random.Random | None = None) -> None
     exporter whose collector is away may take seconds to give up, and this
     runs on the event loop when a new configuration is applied.
     """
-    global _tracer, _provider, _options, _ratio, _rng
+    global _tracer, _provider, _options, _ratio, _rng, _closing
     if options == _options and rng is None:
         return
     old = _provider
     _tracer = _provider = None
     _options = options
     if old is not None:
-        threading.Thread(target=old.shutdown, name="failsoft-tracing-shutdown", daemon=True).start()
+        _closing = threading.Thread(
+            target=old.shutdown, name="failsoft-tracing-shutdown", daemon=True
+        )
+        _closing.start()
     if not options.enabled:
         return
     from opentelemetry.sdk.resources import Resource
@@ -153,6 +158,27 @@ def configure(options: TracingOptions, rng: random.Random | None = None) -> None
     _provider = provider
     _tracer = provider.get_tracer("failsoft")
     log.info("tracing on", extra={"exporter": options.exporter, "ratio": options.sample_ratio})
+
+
+def wait_closed(timeout: float) -> bool:
+    """Until the last replaced provider has flushed and shut down; False on timeout."""
+    closing = _closing
+    if closing is not None:
+        closing.join(timeout)
+        return not closing.is_alive()
+    return True
+
+
+def for_worker(spec: bytes) -> bytes:
+    """A worker's spec (JSON) with the tracing in force now, so the worker's spans
+    continue the gateway's traces (as ``<service_name>-worker``)."""
+    options = _options
+    if options is None or not options.enabled:
+        return spec
+    worker = options.model_copy(update={"service_name": f"{options.service_name[:193]}-worker"})
+    data = orjson.loads(spec)
+    data["tracing"] = worker.model_dump(mode="json")
+    return orjson.dumps(data)
 
 
 def add_exporter(exporter: SpanExporter) -> None:
