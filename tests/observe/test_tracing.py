@@ -499,3 +499,16 @@ def test_tracing_is_off_by_default() -> None:
     data = config(1)
     del data["tracing"]
     assert parse_config(data).tracing.enabled is False
+
+
+def test_enabled_without_the_packages_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracing, "AVAILABLE", False)  # as where the otel extra is not installed
+    data = config(1)
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data)
+    assert raised.value.problems == [
+        "tracing: tracing is enabled but the OpenTelemetry packages are not installed: "
+        "pip install 'failsoft[otel]'"
+    ]
+    data["tracing"] = {"enabled": False}
+    assert parse_config(data).tracing.enabled is False
