@@ -443,6 +443,7 @@ def test_spans_are_exported_over_otlp_http() -> None:
         assert asyncio.run(tracing.request(answer(), [], "m")) == 7
         tracing.configure(tracing.TracingOptions())  # flushes the batch, on a thread
         [span] = receiver.wait_for("gw", 10.0)
+        assert tracing.wait_closed(10.0)
     finally:
         receiver.close()
     assert span.name == "infer m"
@@ -469,6 +470,8 @@ async def test_a_process_worker_continues_the_trace(spans: InMemorySpanExporter)
         # Closing the gateway stopped its worker, which flushed its spans on the way out.
         worker_spans = receiver.wait_for("failsoft-worker", 20.0)
     finally:
+        tracing.configure(tracing.TracingOptions())  # the gateway's own batch, while it listens
+        assert tracing.wait_closed(10.0)
         receiver.close()
     assert answer.status_code == 200
     [attempt] = by_name(spans.get_finished_spans())["attempt"]
