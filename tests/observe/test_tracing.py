@@ -274,6 +274,18 @@ async def test_a_clients_traceparent_is_continued_to_the_upstream(
     assert ids(traceparent)[0] == CLIENT_TRACE
 
 
+async def test_a_malformed_traceparent_starts_a_new_trace(spans: InMemorySpanExporter) -> None:
+    upstream = Upstream()
+    async with loopback(upstream) as port, gateway(config(port), spans) as http:
+        for bad in ("garbage", f"00-{'0' * 32}-{CLIENT_SPAN}-01", "x" * 10_000):
+            answer = await http.post("/v2/models/m/infer", json=BODY, headers={"traceparent": bad})
+            assert answer.status_code == 200
+    requests = by_name(spans.get_finished_spans())["infer m"]
+    assert len(requests) == 3
+    assert all(request.parent is None for request in requests)
+    assert len({ids(traceparent)[0] for _, traceparent in upstream.seen}) == 3
+
+
 async def test_a_fallback_answer_has_the_tier_span(spans: InMemorySpanExporter) -> None:
     upstream = Upstream(failures=1_000)
     async with loopback(upstream) as port, gateway(config(port, fallback=True), spans) as http:
@@ -354,10 +366,13 @@ async def test_unsampled_requests_make_no_spans_but_pass_on_not_sampled(
         assert (await http.post("/v2/models/m/infer", json=BODY)).status_code == 200
         answer = await http.post("/v2/models/m/infer", json=BODY, headers=unsampled_client)
         assert answer.status_code == 200
+        malformed = await http.post("/v2/models/m/infer", json=BODY, headers={"traceparent": "x"})
+        assert malformed.status_code == 200
     assert spans.get_finished_spans() == ()
-    (_, own), (_, continued) = upstream.seen
+    (_, own), (_, continued), (_, other) = upstream.seen
     assert ids(own, sampled=False)[0] != CLIENT_TRACE
     assert ids(continued, sampled=False)[0] == CLIENT_TRACE
+    assert ids(other, sampled=False)[0] not in (CLIENT_TRACE, ids(own, sampled=False)[0])
 
 
 async def test_the_sample_ratio_keeps_a_share_of_new_traces(spans: InMemorySpanExporter) -> None:

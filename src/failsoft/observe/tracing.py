@@ -236,18 +236,19 @@ async def _request(tracer: Tracer, work: Coroutine[Any, Any, T], headers: Header
     for key, value in headers:
         if key == b"traceparent" or key == b"tracestate":
             carrier[key.decode()] = value[:512].decode("latin-1")
-    if carrier:  # the client's trace: its sampled flag decides (ParentBased)
-        parent = _PROPAGATOR.extract(carrier)
-    elif _rng.random() >= _ratio:
-        # Not sampled: no span, but an unsampled trace context all the same, so
-        # the upstreams hear "not sampled" instead of starting traces of their own.
-        unsampled = SpanContext(
-            _rng.getrandbits(128) or 1, _rng.getrandbits(64) or 1, False, TraceFlags(0)
-        )
-        with trace.use_span(NonRecordingSpan(unsampled)):
-            return await work
-    else:
+    # A client's trace: its sampled flag decides (ParentBased). A new trace
+    # (no header, or one that does not parse) is sampled here.
+    parent = _PROPAGATOR.extract(carrier) if carrier else None
+    if parent is None or not trace.get_current_span(parent).get_span_context().is_valid:
         parent = None
+        if _rng.random() >= _ratio:
+            # Not sampled: no span, but an unsampled trace context all the same, so
+            # the upstreams hear "not sampled" instead of starting traces of their own.
+            unsampled = SpanContext(
+                _rng.getrandbits(128) or 1, _rng.getrandbits(64) or 1, False, TraceFlags(0)
+            )
+            with trace.use_span(NonRecordingSpan(unsampled)):
+                return await work
     with tracer.start_as_current_span(
         f"infer {model}",
         context=parent,
