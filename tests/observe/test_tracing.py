@@ -313,6 +313,25 @@ async def test_a_fallback_answer_has_the_tier_span(spans: InMemorySpanExporter) 
     )
 
 
+async def test_a_denied_retry_is_an_event_of_the_request_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    upstream = Upstream(failures=1_000)
+    async with loopback(upstream) as port:
+        data = config(port, fallback=True)
+        data["models"]["m"]["retry"] = {"budget_ratio": 0, "budget_min_per_s": 0}
+        async with gateway(data, spans) as http:
+            answer = await http.post("/v2/models/m/infer", json=BODY)
+    assert answer.status_code == 200
+    named = by_name(spans.get_finished_spans())
+    [request] = named["infer m"]
+    assert len(named["attempt"]) == 1  # the budget allowed no second one
+    denied = [event for event in request.events if event.name == "RetryDenied"]
+    assert [dict(event.attributes or {}) for event in denied] == [
+        {"model": "m", "version": "v1", "reason": "budget"}
+    ]
+
+
 async def test_off_means_no_spans_and_no_traceparent(spans: InMemorySpanExporter) -> None:
     upstream = Upstream()
     incoming = {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}

@@ -22,6 +22,8 @@ A client's W3C ``traceparent`` is continued, and the current span's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import enum
 import logging
 import random
 import threading
@@ -110,6 +112,7 @@ _options: TracingOptions | None = None
 _ratio = 1.0
 _rng = random.Random()
 _closing: threading.Thread | None = None  # the last old provider's shutdown
+_FallbackUsed: type[Event] | None = None  # imported late: the pipeline imports this module
 
 
 def enabled() -> bool:
@@ -191,10 +194,28 @@ def add_exporter(exporter: SpanExporter) -> None:
 
 
 def subscribe(bus: EventBus) -> None:
-    """Let the request span take its outcome from the events of its request."""
-    from failsoft.pipeline.fallback import FallbackUsed
+    """Let the request span take its outcome from the events of its request, and
+    the decisions taken on the way become events of the span they happened in."""
+    from failsoft.pipeline.breaker import BreakerTransition
+    from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
+    from failsoft.pipeline.limiter import RequestShed
+    from failsoft.pipeline.throttle import ThrottledLocally
+    from failsoft.pipeline.version import PanicChanged, PoisonDetected, RetryDenied
+    from failsoft.routing.ejection import ReplicaEjected
 
-    bus.subscribe(observe, (RequestFinished, FallbackUsed))
+    global _FallbackUsed
+    _FallbackUsed = FallbackUsed
+    decisions = (
+        RetryDenied,
+        PoisonDetected,
+        PanicChanged,
+        BreakerTransition,
+        ReplicaEjected,
+        ThrottledLocally,
+        RequestShed,
+        FallbackTierFailed,
+    )
+    bus.subscribe(observe, (RequestFinished, FallbackUsed, *decisions))
 
 
 def observe(event: Event) -> None:
@@ -214,9 +235,20 @@ def observe(event: Event) -> None:
         span.set_attribute("failsoft.outcome", "ok" if event.status < 400 else "error")
         if event.status >= 500:
             span.set_status(Status(StatusCode.ERROR))
-    else:  # FallbackUsed: the request was answered, degraded, by a fallback tier
+    elif type(event) is _FallbackUsed:  # the request was answered, degraded, by a fallback
         span.set_attribute("failsoft.degraded", True)
         span.set_attribute("failsoft.fallback.tier", getattr(event, "tier", ""))
+    else:  # a decision taken while this span was current: retry denied, breaker opened...
+        span.add_event(type(event).__name__, _attributes(event))
+
+
+def _attributes(event: Event) -> dict[str, str | int | float | bool]:
+    values = ((f.name, getattr(event, f.name)) for f in dataclasses.fields(event))  # type: ignore[arg-type]
+    return {
+        name: value.value if isinstance(value, enum.Enum) else value
+        for name, value in values
+        if isinstance(value, str | int | float | bool | enum.Enum)
+    }
 
 
 # -- the hooks the request path calls ------------------------------------------
