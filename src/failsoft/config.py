@@ -32,6 +32,7 @@ from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.schema import check_model_inputs
 from failsoft.errors import BackendLoadError
 from failsoft.jobs.options import JobsOptions
+from failsoft.observe.tracing import TracingOptions
 from failsoft.pipeline.attribution import AttributionOptions
 from failsoft.pipeline.breaker import BreakerOptions
 from failsoft.pipeline.bulkhead import BulkheadOptions
@@ -415,6 +416,7 @@ class Config(_Strict):
     chaos: ChaosOptions = Field(default_factory=ChaosOptions)
     jobs: JobsOptions = Field(default_factory=JobsOptions)
     predictions: PredictionLogOptions = Field(default_factory=PredictionLogOptions)
+    tracing: TracingOptions = Field(default_factory=TracingOptions)
 
     @model_validator(mode="after")
     def _keys_can_be_met(self) -> Config:

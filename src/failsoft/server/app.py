@@ -53,6 +53,7 @@ from failsoft.errors import (
     Shed,
 )
 from failsoft.jobs.service import Jobs, Reply
+from failsoft.observe import tracing
 from failsoft.observe.eventlog import LOGGED, log_event
 from failsoft.observe.events import RequestFinished, VersionAnswered
 from failsoft.observe.folded import FoldedLog
@@ -203,6 +204,8 @@ class FailsoftApp:
         runtime.bus.subscribe(metrics.observe)
         runtime.bus.subscribe(log_event, LOGGED)
         runtime.bus.subscribe(self.recent.observe, (*KEPT, *FOLDED))
+        tracing.configure(runtime.config.tracing)
+        tracing.subscribe(runtime.bus)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -246,6 +249,7 @@ class FailsoftApp:
             config, drain_s=config.server.drain_s, keep_warm_s=config.store.keep_warm_s
         )
         self.server = config.server
+        tracing.configure(config.tracing)
         tenants = self.admission.tenants
         self.admission.tenants = Tenants(
             config.tenants, config.server.require_keys, self.runtime.clock, previous=tenants
@@ -358,7 +362,9 @@ class FailsoftApp:
             name, _, verb = parts[2].partition(":")
             if verb == "predict":
                 _expect(req, "POST")
-                return self._infer(req, name, None, v1_codec=True)
+                return tracing.request(
+                    self._infer(req, name, None, v1_codec=True), req.headers, name
+                )
             if verb:
                 raise NotFound(f"unknown V1 verb {verb!r} (use :predict)")
             _expect(req, "GET")
@@ -460,7 +466,8 @@ class FailsoftApp:
             _expect(req, "POST")
             if self.jobs.wants(req.headers):  # Prefer: respond-async
                 return self._jobs_reply(self.jobs.submit(req, model_name, version_name))
-            return self._infer(req, model_name, version_name, v1_codec=False)
+            infer = self._infer(req, model_name, version_name, v1_codec=False)
+            return tracing.request(infer, req.headers, model_name)
         if rest == ["feedback"] and version_name is None:
             _expect(req, "POST")
             return self._feedback(req, model_name)
