@@ -27,6 +27,7 @@ from failsoft._options import StrictModel, validation_problems
 from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.faults import ChaosOptions
 from failsoft.control.tenants import TenantConfig
+from failsoft.data.drift_options import DriftOptions
 from failsoft.errors import BackendLoadError
 from failsoft.pipeline.attribution import AttributionOptions
 from failsoft.pipeline.breaker import BreakerOptions
@@ -258,6 +259,7 @@ class ModelConfig(_Strict):
     throttle: ThrottleOptions = Field(default_factory=ThrottleOptions)
     attribution: AttributionOptions = Field(default_factory=AttributionOptions)
     fallback: Annotated[list[FallbackTier], Field(max_length=16)] = Field(default_factory=list)
+    drift: DriftOptions = Field(default_factory=DriftOptions)
 
     @property
     def timeout_cap_ms(self) -> int:

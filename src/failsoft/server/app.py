@@ -37,6 +37,7 @@ from failsoft.control.flags import NO_SWITCHES, Context, Switches
 from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import BootReport
 from failsoft.control.tenants import Tenants
+from failsoft.data.drift_service import DriftService
 from failsoft.errors import (
     BadRequest,
     FailsoftError,
@@ -167,6 +168,9 @@ class FailsoftApp:
             Tenants(runtime.config.tenants, server.require_keys, runtime.clock)
         )
         self.recent = RecentEvents()
+        self.drift = DriftService(runtime.bus, runtime.clock)
+        self.drift.configure(runtime.config.models, strict=True)
+        metrics.registry.register(self.drift)
         self.decoder = Decoder()
         self._failures = FoldedLog(log, "inference failed")
         self.admin = AdminRoutes(
@@ -175,6 +179,7 @@ class FailsoftApp:
             self.admission.tenants.snapshot,
             self.recent,
             control,
+            self.drift,
         )
         if control is not None:  # the flags in force, before the first request
             control.flags = FlagService(control.store, runtime, control.data_dir)
@@ -212,11 +217,13 @@ class FailsoftApp:
                         self._boot, self._boot.config, actor="config-file"
                     )
                     self.control.start()
+                self.drift.start()
                 await send({"type": "lifespan.startup.complete"})
                 if self._on_ready is not None:
                     self._on_ready()
             elif message["type"] == "lifespan.shutdown":
                 self.decoder.close()
+                await self.drift.close()
                 if self.control is not None:
                     await self.control.close()
                 await self.runtime.close()
@@ -229,6 +236,7 @@ class FailsoftApp:
             config, drain_s=config.server.drain_s, keep_warm_s=config.store.keep_warm_s
         )
         self.server = config.server
+        self.drift.configure(config.models, strict=False)
         tenants = self.admission.tenants
         self.admission.tenants = Tenants(
             config.tenants, config.server.require_keys, self.runtime.clock, previous=tenants
@@ -542,6 +550,8 @@ class FailsoftApp:
             served = await model.serve(request, call, route.pipeline, route.switches)
             if route.split is not None and not served.degraded:
                 self._rollout_observes(model, route, request, served)
+            if not served.degraded:
+                self.drift.offer(model.name, served.version, request.inputs, served.outputs)
         parameters: dict[str, object] = {
             "failsoft_served_by": served.served_by,
             "failsoft_degraded": served.degraded,
