@@ -441,7 +441,7 @@ def drill_run(
     assert isinstance(choice, TargetChoice)
     if choice == TargetChoice() and experiment.target is None:
         choice = TargetChoice(config=_demo_config())
-    scale = 1.0 if short_s is None else min(1.0, short_s / experiment.load.duration_s)
+    scale = experiment.scale_for(short_s)
     try:
         card = run_drill(experiment, choice, scale=scale, progress=_progress)
     except TargetError as error:
