@@ -11,6 +11,11 @@ each counts. Prints req/s, p50, p99 and the failsoft/bare throughput ratio.
     PYTHONPATH=src python benchmarks/serve.py            # 2 rounds of 10 s
     PYTHONPATH=src python benchmarks/serve.py --quick    # 1 round of 3 s
     PYTHONPATH=src python benchmarks/serve.py --candidate bare   # harness self-check
+    PYTHONPATH=src python benchmarks/serve.py --candidate drift  # drift sketches on vs off
+
+With ``--candidate drift`` the baseline is failsoft itself and the candidate is
+the same gateway with drift on (the demo's iris profile: every answer queued
+and sketched, windows judged every 5 s); the ratio is drift-on/drift-off.
 """
 
 from __future__ import annotations
@@ -48,12 +53,13 @@ from failsoft.config import load_config
 from failsoft.demo import default_data_dir, prepare_demo
 
 TARGET_RATIO = 0.5
+DRIFT_TARGET_RATIO = 0.9  # drift sketches on, against the same gateway with them off
 HOST = "127.0.0.1"
 INFER_PATH = "/v2/models/iris/infer"
 
 
-def failsoft_config(model_path: Path, port: int) -> dict[str, Any]:
-    return {
+def failsoft_config(model_path: Path, port: int, drift: bool = False) -> dict[str, Any]:
+    config: dict[str, Any] = {
         "server": {"host": HOST, "port": port},
         "models": {
             "iris": {
@@ -66,6 +72,10 @@ def failsoft_config(model_path: Path, port: int) -> dict[str, Any]:
             }
         },
     }
+    if drift:
+        profile = model_path.with_name("iris-v1.profile.json")
+        config["models"]["iris"]["drift"] = {"profile": str(profile)}
+    return config
 
 
 def failsoft_argv(config_path: Path, port: int) -> list[str]:
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
         "--candidate",
-        choices=["failsoft", "bare"],
+        choices=["failsoft", "bare", "drift"],
         default="failsoft",
         help="server compared with the bare one (bare: check the harness)",
     )
@@ -174,17 +184,15 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
         tmp_dir = Path(tmp)
         try:
             bare_port, candidate_port = free_port(), free_port()
-            servers.append(ServerProcess("bare", bare_argv(model_path, bare_port), tmp_dir))
-            if args.candidate == "failsoft":
-                bench_config = tmp_dir / "failsoft.yaml"
-                bench_config.write_text(
-                    yaml.safe_dump(failsoft_config(model_path, candidate_port), sort_keys=False)
-                )
-                load_config(bench_config)  # a bad config is our bug: fail before starting
+            if args.candidate == "drift":  # the baseline is failsoft with drift off
+                servers.append(failsoft_server("failsoft", model_path, bare_port, tmp_dir))
+            else:
+                servers.append(ServerProcess("bare", bare_argv(model_path, bare_port), tmp_dir))
+            if args.candidate in ("failsoft", "drift"):
                 servers.append(
-                    ServerProcess(
-                        "failsoft", failsoft_argv(bench_config, candidate_port), tmp_dir, src_env()
-                    )
+                    failsoft_server(args.candidate, model_path, candidate_port, tmp_dir, drift=True)
+                    if args.candidate == "drift"
+                    else failsoft_server("failsoft", model_path, candidate_port, tmp_dir)
                 )
             else:
                 servers.append(
@@ -235,6 +243,15 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
     return runs
 
 
+def failsoft_server(
+    name: str, model_path: Path, port: int, tmp_dir: Path, drift: bool = False
+) -> ServerProcess:
+    config = tmp_dir / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(failsoft_config(model_path, port, drift), sort_keys=False))
+    load_config(config)  # a bad config is our bug: fail before starting
+    return ServerProcess(name, failsoft_argv(config, port), tmp_dir, src_env())
+
+
 def report(runs: dict[str, list[LoadResult]], args: argparse.Namespace, tool: str) -> int:
     best = {name: max(results, key=lambda r: r.rps) for name, results in runs.items()}
     bare_name, candidate_name = list(best)
@@ -251,8 +268,8 @@ def report(runs: dict[str, list[LoadResult]], args: argparse.Namespace, tool: st
             f"{sum(r.errors for r in runs[name]):>7}"
         )
     ratio = best[candidate_name].rps / best[bare_name].rps
-    label = "failsoft" if candidate_name == "failsoft" else candidate_name
-    print(f"\nratio {label}/bare: {ratio:.2f} (target >= {TARGET_RATIO})")
+    target = DRIFT_TARGET_RATIO if candidate_name == "drift" else TARGET_RATIO
+    print(f"\nratio {candidate_name}/{bare_name}: {ratio:.2f} (target >= {target})")
     if tool == "python":
         print(
             "note: the Python load driver shares the CPU and may be the bottleneck; "
