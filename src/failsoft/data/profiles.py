@@ -148,7 +148,9 @@ class ColumnProfile:
         }
         if isinstance(sketch, NumericSketch):
             p01, p50, p99 = sketch.quantiles([0.01, 0.5, 0.99])
-            data.update(min=sketch.min, p01=p01, p50=p50, p99=p99, max=sketch.max)
+            data.update(
+                min=sketch.min, p01=float(p01), p50=float(p50), p99=float(p99), max=sketch.max
+            )
         else:
             data["top"] = sketch.top(5)
             data["distinct"] = sketch.distinct_retained
