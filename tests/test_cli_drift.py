@@ -91,3 +91,19 @@ def test_drift_status_says_when_the_gateway_is_down() -> None:
     result = run("drift", "status", "iris", "--url", "http://127.0.0.1:9")
     assert result.exit_code == 1
     assert "cannot reach the gateway at http://127.0.0.1:9" in result.output
+
+
+def test_check_config_refuses_a_profile_of_another_model(demo_dir: Path) -> None:
+    text = (demo_dir / CONFIG_NAME).read_text()
+    wrong = demo_dir / "check-wrong-profile.yaml"  # beside the model files
+    wrong.write_text(text.replace("breast-cancer-v1.profile.json", "iris-v1.profile.json"))
+    refused = run("check-config", str(wrong))
+    assert refused.exit_code == 2
+    assert "the profile is of model 'iris', not 'breast-cancer'" in refused.output
+    gone = demo_dir / "check-missing-profile.yaml"
+    gone.write_text(text.replace("breast-cancer-v1.profile.json", "nowhere.profile.json"))
+    warned = run("check-config", str(gone))
+    assert warned.exit_code == 0
+    assert "warning: models.breast-cancer.drift (v1): profile not found" in warned.output
+    assert run("check-config", str(gone), "--strict").exit_code == 2
+    assert run("check-config", str(demo_dir / CONFIG_NAME)).output.strip() == "ok"

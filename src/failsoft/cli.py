@@ -199,11 +199,16 @@ def check_config(config_path: Path, strict: bool) -> None:
     Example:
       failsoft check-config failsoft.yaml
     """
+    from failsoft.data.drift_service import profile_problems
+
     config = _load_or_exit(config_path)
-    missing = missing_files(config)
+    no_profile, wrong_profile = profile_problems(config.models)
+    missing = missing_files(config) + no_profile
     for line in missing:
         click.echo(f"{'error' if strict else 'warning'}: {line}", err=True)
-    if missing and strict:
+    for line in wrong_profile:
+        click.echo(f"error: {line}", err=True)
+    if (missing and strict) or wrong_profile:
         sys.exit(2)
     click.echo("ok")
 

@@ -36,7 +36,7 @@ from failsoft.data.drift_options import DriftOptions
 from failsoft.data.profiles import Profile, ProfileError, check_fits
 from failsoft.observe.events import EventBus
 
-__all__ = ["DriftService"]
+__all__ = ["DriftService", "profile_problems"]
 
 log = logging.getLogger("failsoft.drift")
 
@@ -257,6 +257,30 @@ class DriftService:
         for (model, version), count in list(self.sketched.items()):
             sketched.add_metric([model, version], count)
         yield from (distance, status, drifting, share, dropped, sketched)
+
+
+def profile_problems(models: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """For check-config: drift profiles that are missing (a warning: configurations are
+    often checked away from the machine that serves them), and those that do not fit."""
+    missing: list[str] = []
+    wrong: list[str] = []
+    for name, model in models.items():
+        options: DriftOptions = model.drift
+        if not options.enabled:
+            continue
+        for version in model.versions:
+            path = options.profile_for(version)
+            if path is None:
+                continue
+            where = f"models.{name}.drift ({version})"
+            if not Path(path).is_file():
+                missing.append(f"{where}: profile not found: {path}")
+                continue
+            try:
+                check_fits(_load(path), name, model.inputs, where)
+            except ProfileError as error:
+                wrong.append(str(error))
+    return missing, wrong
 
 
 _cache: dict[tuple[Path, int, int], Profile] = {}
