@@ -82,27 +82,27 @@ def test_a_shifted_feature_is_seen_named_and_shown(
         v1 = state["models"]["iris"]["versions"]["v1"]
         assert v1["drifting"] is False
         shifted = ROWS[rng.integers(0, len(ROWS), 9000)].copy()  # 6 of every 7 rows
-        shifted[:, 1] += ROWS[:, 1].std()
+        shifted[:, 2] += ROWS[:, 2].std()
         for chunk in np.array_split(shifted, 6):
             send(http, chunk)
         state = wait_for(http, lambda s: s["models"]["iris"]["versions"]["v1"]["drifting"])
         window = state["models"]["iris"]["versions"]["v1"]["windows"][0]
         assert window["window"] == "30s"
-        assert window["features"][0]["name"] == "features[1]"
+        assert window["features"][0]["name"] == "features[2]"
         assert window["features"][0]["status"] == "alert"
         events = http.get("/admin/events", headers=AUTH).json()["events"]
         detected = [e for e in events if e["type"] == "DriftDetected"]
-        assert detected[0]["worst"] == "features[1]"
-        assert "features[1]" in detected[0]["features"]
+        assert detected[0]["worst"] == "features[2]"
+        assert "features[2]" in detected[0]["features"]
         metrics = http.get("/metrics").text
         assert 'failsoft_drift_drifting{model="iris",version="v1",window="30s"} 1.0' in metrics
-        assert 'failsoft_drift_feature_status{feature="features[1]"' in metrics
+        assert 'failsoft_drift_feature_status{feature="features[2]"' in metrics
         assert "failsoft_drift_sketched_total" in metrics
 
     table = ok(server, "drift", "status", "iris").stdout
     assert "iris/v1: DRIFTING" in table
     assert "window 30s: DRIFTING" in table
-    line = next(row for row in table.splitlines() if "features[1]" in row)
+    line = next(row for row in table.splitlines() if "features[2]" in row)
     assert line.split()[-1] == "ALERT"
     as_data = as_json(server, "drift", "status", "iris")
     assert as_data["versions"]["v1"]["drifting"] is True
@@ -138,6 +138,26 @@ def test_model_push_attaches_a_profile_and_refuses_one_of_other_bytes(
     assert kinds == {("iris", "v7"): "onnx", ("iris", "v7.profile"): "profile"}
     profile = next(a for a in listed if a["kind"] == "profile")
     assert profile["sha256"] == pushed["profile_sha256"]
+    # A version served from the artifact is watched against the profile pushed beside it.
+    by_name = tmp_path / "v7.yaml"
+    by_name.write_text(
+        config(demo_dir)
+        .replace(
+            f"v1: {{backend: onnx, path: {demo_dir}/iris-v1.onnx}}",
+            f"v1: {{backend: onnx, path: {demo_dir}/iris-v1.onnx}}\n"
+            "      v7: {backend: onnx, artifact: iris@v7}\n"
+            "    default_version: v1",
+        )
+        .replace(  # v1's profile only: v7 has none but the one pushed beside it
+            f"profile: {demo_dir}/iris-v1.profile.json",
+            f"profiles: {{v1: {demo_dir}/iris-v1.profile.json}}",
+        )
+    )
+    assert "applied: revision 2" in ok(server, "apply", str(by_name), "--yes").stdout
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        state = http.get("/admin/drift/iris", headers=AUTH).json()
+    v7 = state["models"]["iris"]["versions"]["v7"]
+    assert v7["profile"]["sha256"] == pushed["profile_sha256"]
 
     other = tmp_path / "iris-v2.onnx"
     shutil.copyfile(demo_dir / "iris-v2.onnx", other)

@@ -205,6 +205,9 @@ class Profile:
     created_at: str = field(
         default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     )
+    # The sha256 of the bytes it was read from or saved as. Fixed then: a KLL sketch
+    # sorts itself when first queried, which changes its serialised form, not its content.
+    digest: str = ""
 
     def column(self, name: str) -> ColumnProfile | None:
         for item in (*self.inputs, *self.outputs):
@@ -230,7 +233,7 @@ class Profile:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.to_bytes()).hexdigest()
+        return self.digest or hashlib.sha256(self.to_bytes()).hexdigest()
 
     @classmethod
     def from_bytes(cls, blob: bytes, source: str = "profile") -> Profile:
@@ -265,6 +268,7 @@ class Profile:
                 int(data["rows"]),
                 str(data.get("source", "")),
                 str(data.get("created_at", "")),
+                hashlib.sha256(blob).hexdigest(),
             )
         except KeyError as missing:
             raise ProfileError(f"{source}: missing key {missing}") from None
@@ -274,9 +278,11 @@ class Profile:
             raise ProfileError(f"{source}: {str(error).splitlines()[0]}") from None
 
     def save(self, path: Path) -> None:
+        blob = self.to_bytes()
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(self.to_bytes())
+        tmp.write_bytes(blob)
         tmp.replace(path)
+        self.digest = hashlib.sha256(blob).hexdigest()
 
     @classmethod
     def load(cls, path: Path) -> Profile:
