@@ -65,7 +65,8 @@ def test_bundled_drill_loads(path: Path) -> None:
 
     assert isinstance(experiment, Experiment)
     # something to get through
-    assert experiment.faults or experiment.attack or experiment.deploys or experiment.flags
+    shift = experiment.data is not None and experiment.data.shift is not None
+    assert experiment.faults or experiment.attack or experiment.deploys or experiment.flags or shift
     for fault in experiment.faults:
         assert fault.at_s + fault.for_s <= experiment.load.duration_s
 
