@@ -250,10 +250,14 @@ def _status_text(model: str, entry: dict[str, Any], only: str | None) -> str:
         for report in state["windows"]:
             if only is not None and report["window"] != only:
                 continue
-            judged = "judged" if report["judged"] else "too few rows to judge"
             head = "DRIFTING" if report["drifting"] else "ok"
+            if not report["judged"]:
+                lines.append(
+                    f"\n  window {report['window']}: {report['rows']} rows, too few to judge"
+                )
+                continue
             lines.append(
-                f"\n  window {report['window']}: {head}, {report['rows']} rows ({judged}), "
+                f"\n  window {report['window']}: {head}, {report['rows']} rows, "
                 f"{100 * report['share']:.0f}% of features alert"
             )
             rows = [

@@ -24,18 +24,26 @@ def draw(
 
     panels: list[tuple[str, dict[str, Any]]] = []
     for version, state in entry.get("versions", {}).items():
-        reports = [r for r in state["windows"] if window is None or r["window"] == window]
+        reports = [
+            r
+            for r in state["windows"]
+            if (window is None or r["window"] == window) and r["rows"] > 0
+        ]
         if not reports:
-            continue
-        report = reports[0]
+            continue  # nothing seen yet: nothing to compare
+        report = reports[0]  # the shortest window: what the traffic looks like now
         for feature in report["features"][:features]:
             panels.append((f"{version} {report['window']}", feature))
     count = max(len(panels), 1)
-    figure, axes = plt.subplots(1, count, figsize=(4.2 * count, 3.6), squeeze=False)
+    columns = min(count, 4)
+    rows = -(-count // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False)
+    axes = [axis for row in grid for axis in row]
+    for axis in axes[len(panels) :]:
+        axis.set_axis_off()
     if not panels:
-        axes[0][0].text(0.5, 0.5, "no drift data yet", ha="center", va="center")
-        axes[0][0].set_axis_off()
-    for axis, (where, feature) in zip(axes[0], panels, strict=False):
+        axes[0].text(0.5, 0.5, "no traffic sketched yet", ha="center", va="center")
+    for axis, (where, feature) in zip(axes, panels, strict=False):
         cells = feature.get("cells") or {}
         reference, current = cells.get("reference", []), cells.get("current", [])
         if "labels" in cells:

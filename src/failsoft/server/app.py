@@ -550,8 +550,8 @@ class FailsoftApp:
             served = await model.serve(request, call, route.pipeline, route.switches)
             if route.split is not None and not served.degraded:
                 self._rollout_observes(model, route, request, served)
-            if not served.degraded:
-                self.drift.offer(model.name, served.version, request.inputs, served.outputs)
+            outputs = None if served.degraded else served.outputs  # a fallback's are not its
+            self.drift.offer(model.name, served.version, request.inputs, outputs)
         parameters: dict[str, object] = {
             "failsoft_served_by": served.served_by,
             "failsoft_degraded": served.degraded,
