@@ -140,6 +140,15 @@ def test_the_queue_is_bounded_and_drops_are_counted(demo_dir: Path) -> None:
     assert drift.monitors[("iris", "v1")].rows == capacity
     metrics = {family.name: family for family in drift.collect()}
     assert metrics["failsoft_drift_dropped"].samples[0].value == 25
+    # The rows queued are bounded too: one request of more rows than that is dropped.
+    huge = np.zeros((1_000_001, 4), dtype=np.float32)
+    drift.offer("iris", "v1", {"features": huge}, None)
+    assert drift.dropped == {"iris": 26}
+    drift.offer("iris", "v1", {"features": huge[:999_999]}, None)
+    drift.offer("iris", "v1", row, None)
+    drift.offer("iris", "v1", row, None)  # one row over
+    assert drift.dropped == {"iris": 27}
+    assert drift.flush() == 2
 
 
 async def test_the_service_sketches_and_judges_on_its_clock(demo_dir: Path) -> None:

@@ -91,6 +91,9 @@ class DriftOptions(StrictModel):
     queue: Annotated[int, Field(ge=16, le=1_000_000)] = Field(
         default=20_000, description="answers waiting to be sketched; beyond it they are dropped"
     )
+    queue_rows: Annotated[int, Field(ge=1000, le=100_000_000)] = Field(
+        default=1_000_000, description="rows waiting to be sketched (the memory bound)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DriftOptions:

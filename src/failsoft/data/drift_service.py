@@ -53,6 +53,8 @@ class DriftService:
         self._options: dict[str, DriftOptions] = {}
         self._queue: deque[_Item] = deque()
         self._capacity = 0
+        self._row_capacity = 0
+        self._rows_queued = 0
         self.dropped: dict[str, int] = {}
         self.sketched: dict[tuple[str, str], int] = {}
         self.problems: dict[str, str] = {}  # model -> why its drift is off
@@ -89,6 +91,7 @@ class DriftService:
             model: frozenset(v for m, v in monitors if m == model) for model, _ in monitors
         }
         self._capacity = max((o.queue for o in options_by_model.values()), default=0)
+        self._row_capacity = max((o.queue_rows for o in options_by_model.values()), default=0)
 
     def _monitors_for(
         self, name: str, model: Any, options: DriftOptions
@@ -117,9 +120,12 @@ class DriftService:
         if versions is None or version not in versions:
             return
         queue = self._queue
-        if len(queue) >= self._capacity:
+        first = next(iter(inputs.values()), None)
+        rows = len(first) if first is not None and first.ndim else 1
+        if len(queue) >= self._capacity or self._rows_queued + rows > self._row_capacity:
             self.dropped[model] = self.dropped.get(model, 0) + 1
             return
+        self._rows_queued += rows
         queue.append((model, version, inputs, outputs))
 
     # -- off the request path ----------------------------------------------------
@@ -159,6 +165,7 @@ class DriftService:
         for _ in range(taken):
             item = queue.popleft()
             grouped.setdefault((item[0], item[1]), []).append(item)
+        self._rows_queued = 0
         now = self._clock.now()
         for key, items in grouped.items():
             monitor = self.monitors.get(key)
