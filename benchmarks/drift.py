@@ -19,8 +19,9 @@ set (the reference distribution); the outputs are the real ONNX model's.
 Usage: python benchmarks/drift.py [--minutes 30] [--seeds 5]
 Measured here (2 shared cores): 0 alarms in 3,600 window judgements (5 seeds x
 30 simulated minutes), against 1,067 for the naive rule; detection 15-25 s
-(petal length 15 s); the queue's put 0.42 us per answer, the batched sketching
-and judging 4.0 us per answer, 0.13x of one iris model call. About 45 s.
+(petal length 15 s); the queue's put 0.4-1.2 us per answer, the batched
+sketching and judging 1.5-4.0 us per answer, 0.13-0.20x of one iris model call.
+About 45 s.
 """
 
 from __future__ import annotations
