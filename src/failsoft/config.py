@@ -27,8 +27,11 @@ from failsoft._options import StrictModel, validation_problems
 from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.faults import ChaosOptions
 from failsoft.control.tenants import TenantConfig
+from failsoft.data.constraints import Compatibility, InputPolicy
 from failsoft.data.drift_options import DriftOptions
+from failsoft.data.schema import check_model_inputs
 from failsoft.errors import BackendLoadError
+from failsoft.jobs.options import JobsOptions
 from failsoft.pipeline.attribution import AttributionOptions
 from failsoft.pipeline.breaker import BreakerOptions
 from failsoft.pipeline.bulkhead import BulkheadOptions
@@ -109,6 +112,12 @@ class ServerConfig(_Strict):
 Execution = Literal["auto", "thread", "inline"]
 
 
+class _Version(_Strict):
+    inputs: Annotated[list[TensorSpec], Field(min_length=1)] | None = Field(
+        default=None, description="this version's inputs, where they differ from the model's"
+    )
+
+
 def _artifact(value: str | None) -> str | None:
     if value is not None:
         ArtifactRef.parse(value)  # ArtifactRefError is a ValueError: reported at the key
@@ -118,7 +127,7 @@ def _artifact(value: str | None) -> str | None:
 ArtifactName = Annotated[str | None, AfterValidator(_artifact)]
 
 
-class _FileBackend(_Strict):
+class _FileBackend(_Version):
     """A model file: a ``path``, or an ``artifact`` from the registry (``iris@v3`` or a sha256).
 
     An artifact is resolved to a verified local copy, with ``path`` and ``sha256``
@@ -171,7 +180,7 @@ class SklearnBackend(_FileBackend):
         return self
 
 
-class PythonBackend(_Strict):
+class PythonBackend(_Version):
     backend: Literal["python"]
     function: Annotated[
         str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:function")
@@ -180,7 +189,7 @@ class PythonBackend(_Strict):
     execution: Execution = "auto"
 
 
-class HttpBackend(_Strict):
+class HttpBackend(_Version):
     backend: Literal["http"]
     urls: Annotated[
         list[Annotated[str, Field(pattern=r"^http://[^\s/]+(/[^\s]*)?$")]],
@@ -204,7 +213,7 @@ LocalBackend = Annotated[
 ]
 
 
-class ProcessBackend(_Strict):
+class ProcessBackend(_Version):
     """N supervised worker processes, each serving ``worker`` over V2 on loopback."""
 
     backend: Literal["process"]
@@ -223,6 +232,8 @@ class ProcessBackend(_Strict):
     def _one_replica_per_worker(cls, worker: Any) -> Any:
         if worker.replicas != 1:
             raise ValueError("set replicas on the process backend, not on its worker")
+        if worker.inputs is not None:
+            raise ValueError("set inputs on the process backend, not on its worker")
         return worker
 
 
@@ -260,6 +271,16 @@ class ModelConfig(_Strict):
     attribution: AttributionOptions = Field(default_factory=AttributionOptions)
     fallback: Annotated[list[FallbackTier], Field(max_length=16)] = Field(default_factory=list)
     drift: DriftOptions = Field(default_factory=DriftOptions)
+    input_policy: InputPolicy = Field(
+        default="reject",
+        description="a request breaking an input's features: reject (422), flag (served, "
+        "with Failsoft-Data-Warning) or degrade (answered by the fallback chain)",
+    )
+    compatibility: Compatibility = Field(
+        default="backward",
+        description="how a new revision may change the inputs of a version that serves: "
+        "backward, forward, full or none (data/schema.py)",
+    )
 
     @property
     def timeout_cap_ms(self) -> int:
@@ -285,6 +306,7 @@ class ModelConfig(_Strict):
             )
         self._check_fallback()
         self._check_health_check()
+        check_model_inputs(self)
         return self
 
     def _check_fallback(self) -> None:
@@ -374,6 +396,7 @@ class Config(_Strict):
         default_factory=dict
     )
     chaos: ChaosOptions = Field(default_factory=ChaosOptions)
+    jobs: JobsOptions = Field(default_factory=JobsOptions)
 
     @model_validator(mode="after")
     def _keys_can_be_met(self) -> Config:

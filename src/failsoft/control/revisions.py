@@ -31,6 +31,7 @@ from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.plan import Plan, plan
 from failsoft.control.registry import ArtifactLocations
 from failsoft.control.storecall import store_call
+from failsoft.data.schema import refuse_incompatible
 from failsoft.errors import BadRequest, FailsoftError, FailureClass, NotFound
 from failsoft.store import RevisionStatus, Store, StoreError, StoreUnreachable
 
@@ -150,9 +151,20 @@ class Revisions:
     # -- changes ---------------------------------------------------------------
 
     async def propose(
-        self, data: Any, *, actor: str, dry_run: bool = False, reason: str | None = None
+        self,
+        data: Any,
+        *,
+        actor: str,
+        dry_run: bool = False,
+        reason: str | None = None,
+        rollback: bool = False,
     ) -> Outcome:
-        """Validate, plan, store, resolve, apply; ``dry_run`` stops after the plan."""
+        """Validate, plan, store, resolve, apply; ``dry_run`` stops after the plan.
+
+        A change to the inputs of a serving version must fit its model's
+        ``compatibility`` (data/schema.py), except in a ``rollback``: going back
+        to a revision that served is the way out of trouble, never refused for it.
+        """
         if not isinstance(data, dict):
             raise BadRequest("a configuration is a JSON object with a 'models' key")
         try:
@@ -162,6 +174,8 @@ class Revisions:
         async with self._lock:
             served = self.config
             changes = plan(served, config) if served is not None else Plan()
+            if served is not None and not rollback:  # before anything is stored
+                refuse_incompatible(served, config)
             if dry_run:
                 return Outcome(changes, None, "planned")
             if served is not None and changes.empty:
@@ -201,7 +215,7 @@ class Revisions:
             raise NotFound(f"there is no revision {target}")
         left = self.revision
         outcome = await self.propose(
-            old.config, actor=actor, reason=f"rollback to revision {target}"
+            old.config, actor=actor, reason=f"rollback to revision {target}", rollback=True
         )
         if outcome.status == "applied" and left:
             reason = f"rolled back to revision {target}"

@@ -38,6 +38,9 @@ from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import BootReport
 from failsoft.control.tenants import Tenants
 from failsoft.data.drift_service import DriftService
+from failsoft.data.input_checks import HEADER as DATA_WARNING
+from failsoft.data.input_checks import DataVerdict, DataViolation
+from failsoft.data.schema import version_inputs
 from failsoft.errors import (
     BadRequest,
     FailsoftError,
@@ -48,6 +51,7 @@ from failsoft.errors import (
     QuotaExceeded,
     Shed,
 )
+from failsoft.jobs.service import Jobs, Reply
 from failsoft.observe.eventlog import LOGGED, log_event
 from failsoft.observe.events import RequestFinished, VersionAnswered
 from failsoft.observe.folded import FoldedLog
@@ -192,6 +196,7 @@ class FailsoftApp:
             time.time,
         )
         self.draining = False  # set on SIGTERM: not ready, no new work
+        self.jobs = Jobs(self, runtime.config.jobs, control.data_dir if control else None)
         runtime.bus.subscribe(metrics.observe)
         runtime.bus.subscribe(log_event, LOGGED)
         runtime.bus.subscribe(self.recent.observe, (*KEPT, *FOLDED))
@@ -208,6 +213,7 @@ class FailsoftApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.runtime.start()
+                    await self.jobs.start()
                 except Exception as error:
                     log.error("start-up failed", extra={"error": str(error)})
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
@@ -222,6 +228,7 @@ class FailsoftApp:
                 if self._on_ready is not None:
                     self._on_ready()
             elif message["type"] == "lifespan.shutdown":
+                await self.jobs.close()
                 self.decoder.close()
                 await self.drift.close()
                 if self.control is not None:
@@ -323,6 +330,8 @@ class FailsoftApp:
             headers.append((b"retry-after", str(seconds).encode()))
         elif error.status == 503:
             headers.append((b"retry-after", b"1"))
+        if isinstance(error, DataViolation):  # names the tensor, row and column of each
+            return Answer(error.status, json_body(error.body()), headers)
         message = error.message
         if error.status == 500:
             message = f"the model failed on this request (request id {request_id})"
@@ -408,6 +417,8 @@ class FailsoftApp:
             if not self.runtime.ready:
                 raise NotReady("not ready: a model's default version has no available replica")
             return Answer(200, json_body({"ready": True}), [])
+        if parts[1] == "jobs" and n >= 3:
+            return self._jobs_reply(self.jobs.route(req, parts[2:]))
         if parts[1] != "models" or n < 3:
             raise NotFound(f"no route for /{'/'.join(parts)}")
         model_name = parts[2]
@@ -424,6 +435,8 @@ class FailsoftApp:
             return Answer(200, json_body(self._metadata(model_name, version_name)), [])
         if rest == ["infer"]:
             _expect(req, "POST")
+            if self.jobs.wants(req.headers):  # Prefer: respond-async
+                return self._jobs_reply(self.jobs.submit(req, model_name, version_name))
             return self._infer(req, model_name, version_name, v1_codec=False)
         if rest == ["ready"]:
             _expect(req, "GET")
@@ -434,6 +447,11 @@ class FailsoftApp:
             return Answer(200, json_body({"name": model_name, "ready": True}), [])
         raise NotFound(f"no route for /{'/'.join(parts)}")
 
+    @staticmethod
+    async def _jobs_reply(reply: Coroutine[Any, Any, Reply]) -> Answer:
+        done = await reply
+        return Answer(done.status, done.body, done.headers, done.content_type)
+
     def _guard(self, req: Incoming) -> None:
         """With require_keys, a route that names models needs a tenant key (401)."""
         if self.admission.tenants.require_keys:
@@ -442,8 +460,9 @@ class FailsoftApp:
     def _metadata(self, model_name: str, version_name: str | None) -> dict[str, object]:
         model = self.runtime.model(model_name)
         versions = [model.version(version_name).version] if version_name else list(model.versions)
+        inputs = version_inputs(model.config, versions[0]) if version_name else model.config.inputs
         return v2.model_metadata(
-            model_name, versions, model.config.platform, model.config.inputs, model.config.outputs
+            model_name, versions, model.config.platform, inputs, model.config.outputs
         )
 
     def _index(self) -> dict[str, object]:
@@ -491,7 +510,7 @@ class FailsoftApp:
             self.admission.admit_request(tenant)
             body = await read_body(req.receive, self.server.max_body_bytes, req.content_length)
             header_length = req.header_length
-            inputs = model.config.inputs if v1_codec else None
+            inputs = version_inputs(model.config, version) if v1_codec else None
             if self.decoder.inline(body, header_length):
                 request = decode(body, header_length, inputs)
             else:
@@ -501,7 +520,9 @@ class FailsoftApp:
                 # a replica is always asked for every output, which the contract checks.
                 request.raw = body
                 request.raw_header_length = header_length
-            self.admission.admit_rows(tenant, model.contract.check_request(request))
+            self.admission.admit_rows(tenant, model.contracts[version].check_request(request))
+            checks = model.checks[version]
+            verdict = checks.judge(request) if checks else None  # 422 under reject
             admission, limiter = self.admission, model.limiter
             held = admission.hold(tenant, priority, limiter, call)
             try:
@@ -511,11 +532,13 @@ class FailsoftApp:
                 if not model.fallback:
                     raise
                 answer, served_by = await self._serve(
-                    model, route, request, v1_codec, call, shed=shed
+                    model, route, request, v1_codec, call, shed=shed, verdict=verdict
                 )
             else:
                 try:
-                    answer, served_by = await self._serve(model, route, request, v1_codec, call)
+                    answer, served_by = await self._serve(
+                        model, route, request, v1_codec, call, verdict=verdict
+                    )
                 finally:
                     held.release()
             status = 200
@@ -543,9 +566,13 @@ class FailsoftApp:
         v1_codec: bool,
         call: Call,
         shed: Overloaded | None = None,
+        verdict: DataVerdict | None = None,
     ) -> tuple[Answer, str]:
         if shed is not None:
             served = await model.shed(request, call, shed)
+        elif verdict is not None and verdict.policy == "degrade":
+            version = route.pipeline.version
+            served = await model.degrade(request, call, version, verdict.violation, route.switches)
         else:
             served = await model.serve(request, call, route.pipeline, route.switches)
             if route.split is not None and not served.degraded:
@@ -566,6 +593,8 @@ class FailsoftApp:
         headers.append((b"failsoft-degraded", b"true" if served.degraded else b"false"))
         if revision:
             headers.append((b"failsoft-revision", str(revision).encode()))
+        if verdict is not None:
+            headers.append((DATA_WARNING, verdict.violation.header()))
         return answer, served.served_by
 
     def _route_to(
