@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from failsoft import __version__, cli_control, cli_drift, cli_flags
+from failsoft import __version__, cli_control, cli_drift, cli_flags, cli_instances, cli_trace
 from failsoft.config import Config, ConfigError, load_config, missing_files
 
 
@@ -523,3 +523,5 @@ def drill_suite(
 cli_control.register(main)  # apply, config, model, registry, audit, token, backup, restore
 cli_flags.register(main)  # flag, halt, switch
 cli_drift.register(main)  # profile, drift
+cli_instances.register(main)  # instances
+cli_trace.register(main)  # trace, accuracy

@@ -29,6 +29,7 @@ from failsoft.control.faults import ChaosOptions
 from failsoft.control.tenants import TenantConfig
 from failsoft.data.constraints import Compatibility, InputPolicy
 from failsoft.data.drift_options import DriftOptions
+from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.schema import check_model_inputs
 from failsoft.errors import BackendLoadError
 from failsoft.jobs.options import JobsOptions
@@ -377,6 +378,24 @@ class StoreOptions(_Strict):
     backup_keep: Annotated[int, Field(ge=1, le=10_000)] = Field(
         default=7, description="scheduled backups kept; older ones are removed"
     )
+    listen: bool = Field(
+        default=True,
+        description="PostgreSQL: LISTEN for changes other gateways make, so they apply "
+        "within a second (polling every poll_s stays the backstop)",
+    )
+    listen_url: str | None = Field(
+        default=None,
+        description="PostgreSQL: where to LISTEN, if not the store URL (e.g. the server "
+        "itself when url goes through a transaction-pooling PgBouncer); same database",
+    )
+    heartbeat_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=2.0, description="how often this gateway renews its row in `failsoft instances`"
+    )
+    instance_expire_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = Field(
+        default=600.0,
+        description="the row of a gateway that stopped beating is removed after this long "
+        "(it shows as stale after 3 missed beats)",
+    )
 
 
 class ArtifactOptions(_Strict):
@@ -397,6 +416,7 @@ class Config(_Strict):
     )
     chaos: ChaosOptions = Field(default_factory=ChaosOptions)
     jobs: JobsOptions = Field(default_factory=JobsOptions)
+    predictions: PredictionLogOptions = Field(default_factory=PredictionLogOptions)
 
     @model_validator(mode="after")
     def _keys_can_be_met(self) -> Config:

@@ -452,6 +452,15 @@ class Runtime:
         """Compile the switches of every model from the flags in force at ``now`` (epoch s)."""
         compiled = {name: switches_for(name, flags, now) for name in self.models}
         self.switches = {name: found for name, found in compiled.items() if not found.quiet}
+        self._mark_switched_off()
+
+    def _mark_switched_off(self) -> None:
+        """Tell each version pipeline whether it is halted or switched off now."""
+        for name, target in self.models.items():
+            switches = self.switches.get(name, NO_SWITCHES)
+            blocked = frozenset() if switches.quiet else target._blocked(switches)
+            for version, pipeline in target.versions.items():
+                pipeline.switched_off = version in blocked
 
     def set_split(self, model: str, split: Split | None) -> None:
         """Divide ``model``'s default traffic (a rollout), or stop dividing it."""
@@ -545,6 +554,7 @@ class Runtime:
                 raise
             self.faults.options = config.chaos
             self.models = models  # the swap: from the next request on, the new models serve
+            self._mark_switched_off()
             live = {id(unit) for model in models.values() for unit in model.units.values()}
             for unit in fresh:
                 unit.prober.start()

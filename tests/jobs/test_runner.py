@@ -89,3 +89,28 @@ async def test_a_model_failure_is_tried_again_without_its_message(gateway: Gatew
     assert isinstance(outcome, TryAgain)
     assert outcome.reason.startswith("500: the model failed")
     assert "always fails" not in outcome.reason  # the model's own text stays in the log
+
+
+async def test_a_jobs_answer_is_in_the_prediction_log(gateway: Gateway, tmp_path: Any) -> None:
+    from failsoft.data.prediction_log import PredictionLog, segment_files
+    from failsoft.server.predictions import PredictionService
+
+    options = parse_config(
+        {"predictions": {"enabled": True}, "models": {"m": _model("x:y")}}
+    ).predictions
+    service = PredictionService(PredictionLog(options, tmp_path), None)
+
+    @dataclass
+    class Logging:
+        runtime: Runtime
+        revision: int = 4
+        predictions: PredictionService = service
+
+    done = job()
+    assert isinstance(await JobRunner(Logging(gateway.runtime)).run(done), Succeeded)
+    service.close()
+    [path] = segment_files(tmp_path)
+    [record] = [json.loads(line) for line in path.read_bytes().splitlines()]
+    assert record["request_id"] == done.id
+    assert (record["model"], record["status"], record["revision"]) == ("echo", 200, 4)
+    assert len(record["input_digest"]) == 32

@@ -114,6 +114,18 @@ class JobRunner:
                 permit.cancel()
             else:
                 permit.release(call.sample, runtime.clock.now() - admitted)
+        predictions = getattr(self._gateway, "predictions", None)
+        if predictions is not None:  # a job's answer is a prediction too (logged per run)
+            predictions.served(
+                call,
+                tenant,
+                served,
+                self._gateway.revision,
+                request,
+                runtime.config,
+                time.time(),
+                verdict,
+            )
         parameters: dict[str, object] = {
             "failsoft_served_by": served.served_by,
             "failsoft_degraded": served.degraded,

@@ -19,6 +19,7 @@ errors never list the models a caller has not named.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -76,6 +77,7 @@ from failsoft.server.http import (
     send_response,
 )
 from failsoft.server.ofrep import Ofrep
+from failsoft.server.predictions import FEEDBACK_BODY_LIMIT, open_predictions
 
 log = logging.getLogger("failsoft.server")
 access_log = logging.getLogger("failsoft.access")
@@ -197,6 +199,7 @@ class FailsoftApp:
         )
         self.draining = False  # set on SIGTERM: not ready, no new work
         self.jobs = Jobs(self, runtime.config.jobs, control.data_dir if control else None)
+        self.predictions = open_predictions(runtime.config, control, metrics, runtime.bus)
         runtime.bus.subscribe(metrics.observe)
         runtime.bus.subscribe(log_event, LOGGED)
         runtime.bus.subscribe(self.recent.observe, (*KEPT, *FOLDED))
@@ -234,6 +237,8 @@ class FailsoftApp:
                 if self.control is not None:
                     await self.control.close()
                 await self.runtime.close()
+                if self.predictions is not None:  # every accepted prediction, on disk
+                    await asyncio.to_thread(self.predictions.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -249,6 +254,8 @@ class FailsoftApp:
             config.tenants, config.server.require_keys, self.runtime.clock, previous=tenants
         )
         self.admin.token = config.server.resolved_admin_token()
+        if self.predictions is not None:  # the rest of predictions: needs a restart
+            self.predictions.log.set_sample_rate(config.predictions.sample_rate)
         if self.control is not None and self.control.flags is not None:
             self.control.flags.reapply()  # switches of models this change added
         self.revision = revision
@@ -367,6 +374,8 @@ class FailsoftApp:
                 return self._guarded_metrics(req)
             return Answer(200, self.metrics.render(), [], CONTENT_TYPE.encode())
         if head == "admin":
+            if parts[1:2] in (["predictions"], ["accuracy"]):
+                return self._predictions_admin(req, parts[1:])
             return self._admin(req, parts[1:])
         if head == "ofrep":
             return self._ofrep(req, parts[1:])
@@ -392,6 +401,23 @@ class FailsoftApp:
         if isinstance(answered, tuple):
             return Answer(answered[0], answered[1], [])
         return Answer(answered.status, answered.body, [], answered.content_type)
+
+    async def _predictions_admin(self, req: Incoming, parts: list[str]) -> Answer:
+        (await self.admin.authenticate(req.authorization)).require("read")
+        if self.predictions is None:
+            raise NotFound("the prediction log is off (set predictions.enabled)")
+        query = {key: values[-1] for key, values in parse_qs(req.query.decode("latin-1")).items()}
+        status, body = await self.predictions.admin(req.method, parts, query)
+        return Answer(status, body, [])
+
+    async def _feedback(self, req: Incoming, model_name: str) -> Answer:
+        tenant = self.admission.tenants.authenticate(req.authorization)
+        self.runtime.model(model_name)
+        if self.predictions is None:
+            raise NotFound("the prediction log is off (set predictions.enabled)")
+        body = await read_body(req.receive, FEEDBACK_BODY_LIMIT, req.content_length)
+        name = tenant.name if tenant is not None else None
+        return Answer(200, await self.predictions.feedback(model_name, name, body), [])
 
     async def _ofrep(self, req: Incoming, parts: list[str]) -> Answer:
         reply = await self.ofrep.handle(
@@ -438,6 +464,9 @@ class FailsoftApp:
             if self.jobs.wants(req.headers):  # Prefer: respond-async
                 return self._jobs_reply(self.jobs.submit(req, model_name, version_name))
             return self._infer(req, model_name, version_name, v1_codec=False)
+        if rest == ["feedback"] and version_name is None:
+            _expect(req, "POST")
+            return self._feedback(req, model_name)
         if rest == ["ready"]:
             _expect(req, "GET")
             self._guard(req)
@@ -504,6 +533,7 @@ class FailsoftApp:
         status = 500
         failure = None
         served_by = ""
+        request: InferRequest | None = None
         try:
             if self.draining:
                 raise Overloaded("shutting down: send this request to another instance")
@@ -550,6 +580,12 @@ class FailsoftApp:
                 self._failures.note(
                     model_name, f"{status} {failure.value}", error.message, req.request_id
                 )
+            if self.predictions is not None:
+                tenant_name = tenant.name if tenant else None
+                config = runtime.config
+                self.predictions.failed(
+                    call, tenant_name, error, self.revision, request, config, time.time()
+                )
             raise
         finally:
             self.runtime.bus.emit(
@@ -579,6 +615,11 @@ class FailsoftApp:
                 self._rollout_observes(model, route, request, served)
             outputs = None if served.degraded else served.outputs  # a fallback's are not its
             self.drift.offer(model.name, served.version, request.inputs, outputs)
+        if self.predictions is not None:
+            config = self.runtime.config
+            self.predictions.served(
+                call, route.tenant, served, self.revision, request, config, time.time(), verdict
+            )
         parameters: dict[str, object] = {
             "failsoft_served_by": served.served_by,
             "failsoft_degraded": served.degraded,
