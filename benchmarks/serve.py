@@ -12,6 +12,11 @@ each counts. Prints req/s, p50, p99 and the failsoft/bare throughput ratio.
     PYTHONPATH=src python benchmarks/serve.py --quick    # 1 round of 3 s
     PYTHONPATH=src python benchmarks/serve.py --candidate bare   # harness self-check
     PYTHONPATH=src python benchmarks/serve.py --tracing 1.0      # traced, OTLP to a sink
+    PYTHONPATH=src python benchmarks/serve.py --candidate drift  # drift sketches on vs off
+
+With ``--candidate drift`` the baseline is failsoft itself and the candidate is
+the same gateway with drift on (the demo's iris profile: every answer queued
+and sketched, windows judged every 5 s); the ratio is drift-on/drift-off.
 """
 
 from __future__ import annotations
@@ -51,14 +56,15 @@ from failsoft.config import load_config
 from failsoft.demo import default_data_dir, prepare_demo
 
 TARGET_RATIO = 0.5
+DRIFT_TARGET_RATIO = 0.9  # drift sketches on, against the same gateway with them off
 HOST = "127.0.0.1"
 INFER_PATH = "/v2/models/iris/infer"
 
 
 def failsoft_config(
-    model_path: Path, port: int, tracing: dict[str, Any] | None = None
+    model_path: Path, port: int, tracing: dict[str, Any] | None = None, drift: bool = False
 ) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         **({"tracing": tracing} if tracing else {}),
         "server": {"host": HOST, "port": port},
         "models": {
@@ -72,6 +78,10 @@ def failsoft_config(
             }
         },
     }
+    if drift:
+        profile = model_path.with_name("iris-v1.profile.json")
+        config["models"]["iris"]["drift"] = {"profile": str(profile)}
+    return config
 
 
 def failsoft_argv(config_path: Path, port: int) -> list[str]:
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
         "--candidate",
-        choices=["failsoft", "bare"],
+        choices=["failsoft", "bare", "drift"],
         default="failsoft",
         help="server compared with the bare one (bare: check the harness)",
     )
@@ -197,10 +207,12 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
         tmp_dir = Path(tmp)
         try:
             bare_port, candidate_port = free_port(), free_port()
-            servers.append(ServerProcess("bare", bare_argv(model_path, bare_port), tmp_dir))
-            if args.candidate == "failsoft":
-                bench_config = tmp_dir / "failsoft.yaml"
-                tracing = None
+            if args.candidate == "drift":  # the baseline is failsoft with drift off
+                servers.append(failsoft_server("failsoft", model_path, bare_port, tmp_dir))
+            else:
+                servers.append(ServerProcess("bare", bare_argv(model_path, bare_port), tmp_dir))
+            if args.candidate in ("failsoft", "drift"):
+                tracing: dict[str, Any] | None = None
                 if args.tracing is not None:
                     tracing = {"enabled": True, "sample_ratio": args.tracing}
                     if args.tracing_exporter == "otlp":
@@ -208,12 +220,14 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
                         tracing["endpoint"] = sink.url
                     else:
                         tracing["exporter"] = "none"
-                config = failsoft_config(model_path, candidate_port, tracing)
-                bench_config.write_text(yaml.safe_dump(config, sort_keys=False))
-                load_config(bench_config)  # a bad config is our bug: fail before starting
                 servers.append(
-                    ServerProcess(
-                        "failsoft", failsoft_argv(bench_config, candidate_port), tmp_dir, src_env()
+                    failsoft_server(
+                        args.candidate,
+                        model_path,
+                        candidate_port,
+                        tmp_dir,
+                        drift=args.candidate == "drift",
+                        tracing=tracing,
                     )
                 )
             else:
@@ -267,6 +281,21 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
     return runs
 
 
+def failsoft_server(
+    name: str,
+    model_path: Path,
+    port: int,
+    tmp_dir: Path,
+    drift: bool = False,
+    tracing: dict[str, Any] | None = None,
+) -> ServerProcess:
+    config = tmp_dir / f"{name}.yaml"
+    settings = failsoft_config(model_path, port, tracing, drift)
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    load_config(config)  # a bad config is our bug: fail before starting
+    return ServerProcess(name, failsoft_argv(config, port), tmp_dir, src_env())
+
+
 def report(runs: dict[str, list[LoadResult]], args: argparse.Namespace, tool: str) -> int:
     best = {name: max(results, key=lambda r: r.rps) for name, results in runs.items()}
     bare_name, candidate_name = list(best)
@@ -283,8 +312,8 @@ def report(runs: dict[str, list[LoadResult]], args: argparse.Namespace, tool: st
             f"{sum(r.errors for r in runs[name]):>7}"
         )
     ratio = best[candidate_name].rps / best[bare_name].rps
-    label = "failsoft" if candidate_name == "failsoft" else candidate_name
-    print(f"\nratio {label}/bare: {ratio:.2f} (target >= {TARGET_RATIO})")
+    target = DRIFT_TARGET_RATIO if candidate_name == "drift" else TARGET_RATIO
+    print(f"\nratio {candidate_name}/{bare_name}: {ratio:.2f} (target >= {target})")
     if tool == "python":
         print(
             "note: the Python load driver shares the CPU and may be the bottleneck; "

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from failsoft import __version__, cli_control, cli_flags, cli_instances, cli_rollouts, cli_trace
+from failsoft import (
+    __version__,
+    cli_control,
+    cli_drift,
+    cli_flags,
+    cli_instances,
+    cli_rollouts,
+    cli_trace,
+)
 from failsoft.config import Config, ConfigError, load_config, missing_files
 
 
@@ -199,11 +207,16 @@ def check_config(config_path: Path, strict: bool) -> None:
     Example:
       failsoft check-config failsoft.yaml
     """
+    from failsoft.data.drift_service import profile_problems
+
     config = _load_or_exit(config_path)
-    missing = missing_files(config)
+    no_profile, wrong_profile = profile_problems(config.models)
+    missing = missing_files(config) + no_profile
     for line in missing:
         click.echo(f"{'error' if strict else 'warning'}: {line}", err=True)
-    if missing and strict:
+    for line in wrong_profile:
+        click.echo(f"error: {line}", err=True)
+    if (missing and strict) or wrong_profile:
         sys.exit(2)
     click.echo("ok")
 
@@ -441,7 +454,7 @@ def drill_run(
     assert isinstance(choice, TargetChoice)
     if choice == TargetChoice() and experiment.target is None:
         choice = TargetChoice(config=_demo_config())
-    scale = 1.0 if short_s is None else min(1.0, short_s / experiment.load.duration_s)
+    scale = experiment.scale_for(short_s)
     try:
         card = run_drill(experiment, choice, scale=scale, progress=_progress)
     except TargetError as error:
@@ -517,6 +530,7 @@ def drill_suite(
 
 cli_control.register(main)  # apply, config, model, registry, audit, token, backup, restore
 cli_flags.register(main)  # flag, halt, switch
+cli_drift.register(main)  # profile, drift
 cli_instances.register(main)  # instances
 cli_trace.register(main)  # trace, accuracy
 cli_rollouts.register(main)  # rollout

@@ -526,10 +526,22 @@ def model_group() -> None:
     default=None,
     help="What the file is [default: from its extension: .onnx; .joblib, .pkl: sklearn].",
 )
+@click.option(
+    "--profile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A reference profile of this model (`failsoft profile build`), pushed beside it.",
+)
 @_json_option
 @_gateway_options
 def model_push(
-    name: str, version: str, file: Path, kind: str | None, as_json: bool, gateway: Gateway
+    name: str,
+    version: str,
+    file: Path,
+    kind: str | None,
+    profile: Path | None,
+    as_json: bool,
+    gateway: Gateway,
 ) -> None:
     """Push FILE to the registry as NAME@VERSION and print its sha256.
 
@@ -541,6 +553,7 @@ def model_push(
     Example:
       failsoft model push iris v3 iris-v3.onnx
       failsoft model push churn 2024-06 model.joblib
+      failsoft model push iris v3 iris-v3.onnx --profile iris-v3.profile.json
     """
     chosen = kind or guess_kind(file)
     if chosen is None:
@@ -552,6 +565,11 @@ def model_push(
     except OSError as error:
         raise Failed(f"cannot read {file}: {error.strerror or error}", 2) from None
     digest = hashlib.sha256(data).hexdigest()
+    profile_bytes = None
+    if profile is not None:
+        from failsoft.cli_drift import profile_for_push
+
+        profile_bytes = profile_for_push(profile, digest)
     query = urlencode({"name": name, "version": version, "kind": chosen})
     row = gateway.json(
         "POST", f"/admin/artifacts?{query}", raw=data, content_type="application/octet-stream"
@@ -560,6 +578,10 @@ def model_push(
         raise Failed(
             f"the gateway stored sha256 {row.get('sha256')}, but {file} hashes to {digest}"
         )
+    if profile_bytes is not None:
+        from failsoft.cli_drift import push_profile
+
+        row["profile_sha256"] = push_profile(gateway, name, version, profile_bytes)
     if as_json:
         _echo_json(row)
         return

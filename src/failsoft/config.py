@@ -28,6 +28,7 @@ from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.faults import ChaosOptions
 from failsoft.control.tenants import TenantConfig
 from failsoft.data.constraints import Compatibility, InputPolicy
+from failsoft.data.drift_options import DriftOptions
 from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.schema import check_model_inputs
 from failsoft.errors import BackendLoadError
@@ -271,6 +272,7 @@ class ModelConfig(_Strict):
     throttle: ThrottleOptions = Field(default_factory=ThrottleOptions)
     attribution: AttributionOptions = Field(default_factory=AttributionOptions)
     fallback: Annotated[list[FallbackTier], Field(max_length=16)] = Field(default_factory=list)
+    drift: DriftOptions = Field(default_factory=DriftOptions)
     input_policy: InputPolicy = Field(
         default="reject",
         description="a request breaking an input's features: reject (422), flag (served, "

@@ -213,6 +213,9 @@ def prepare_demo(
         unchanged = False
     if not unchanged:
         _write_atomic(config, text.encode("utf-8"))
+    from failsoft.data.demo_profiles import ensure_demo_profiles
+
+    ensure_demo_profiles(data_dir, config, _load, progress)
     return config
 
 
@@ -267,6 +270,10 @@ models:
       - {{version: v2}}
       - {{stale_cache: true}}
       - {{python: "failsoft.demo:iris_rules"}}
+    # Drift of the inputs and outputs against each version's reference profile
+    # (built from the training data): see `failsoft drift status iris`.
+    drift:
+      profiles: {{v1: iris-v1.profile.json, v2: iris-v2.profile.json}}
 
   # Breast cancer diagnosis: 30 features in, benign/malignant and probabilities out.
   breast-cancer:
@@ -278,6 +285,7 @@ models:
     versions:
       # A scaler + logistic regression pipeline, in-process.
       v1: {{backend: onnx, path: breast-cancer-v1.onnx}}
+    drift: {{profile: breast-cancer-v1.profile.json}}
 """
 
 

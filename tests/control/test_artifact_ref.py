@@ -68,4 +68,4 @@ def test_built_directly_it_is_checked_too() -> None:
 
 
 def test_kinds_are_the_backends_that_load_files() -> None:
-    assert ARTIFACT_KINDS == ("onnx", "sklearn", "python")
+    assert ARTIFACT_KINDS == ("onnx", "sklearn", "python", "profile")

@@ -66,8 +66,9 @@ def test_bundled_drill_loads(path: Path) -> None:
     assert isinstance(experiment, Experiment)
     # something to get through
     bad_data = any(request.degraded for request in experiment.load.requests)
+    shift = experiment.data is not None and experiment.data.shift is not None
     steps = (experiment.faults, experiment.attack, experiment.deploys, experiment.flags)
-    assert any(steps) or experiment.rollouts or bad_data
+    assert any(steps) or experiment.rollouts or bad_data or shift
     for fault in experiment.faults:
         assert fault.at_s + fault.for_s <= experiment.load.duration_s
 

@@ -88,7 +88,7 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
     verdicts = summary(result.stdout)
     assert set(verdicts) == {path.stem for path in DRILLS.glob("*.yaml")}
     assert all(verdict == "passed" for verdict in verdicts.values()), verdicts
-    assert DRILL_COUNT == 18
+    assert DRILL_COUNT == 19
     assert f"resilience score: 100% ({DRILL_COUNT} of {DRILL_COUNT} drills passed)" in result.stdout
     card = json.loads((tmp_path / "replica-crash.json").read_text())
     assert card["passed"] is True
@@ -108,6 +108,11 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
     assert "failed its probe" in deployed["deploys"][1]["reason"]
     assert deployed["lost"] == 0
     assert deployed["degraded_pct"] == 0
+    shifted = json.loads((tmp_path / "data-shift.json").read_text())
+    assert shifted["drift"]["false_alarms"] == 0
+    assert shifted["drift"]["detect_s"] <= 60
+    assert "features[2]" in shifted["drift"]["named"]
+    assert shifted["lost"] == 0
     bad = json.loads((tmp_path / "bad-inputs.json").read_text())
     assert bad["lost"] == 0
     marked = bad["marked"]

@@ -20,8 +20,9 @@ from typing import Literal
 
 __all__ = ["ARTIFACT_KINDS", "ArtifactKind", "ArtifactRef", "ArtifactRefError"]
 
-ArtifactKind = Literal["onnx", "sklearn", "python"]
-"""What the bytes are, so that the right backend loads them (the configuration's ``backend``)."""
+ArtifactKind = Literal["onnx", "sklearn", "python", "profile"]
+"""What the bytes are, so that the right backend loads them (the configuration's ``backend``);
+``profile``: a reference profile pushed beside a model (``model push --profile``)."""
 ARTIFACT_KINDS: tuple[str, ...] = ArtifactKind.__args__  # type: ignore[attr-defined]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")

@@ -310,12 +310,17 @@ class Revisions:
         models = {}
         for name, model in config.models.items():
             versions: dict[str, Any] = {}
+            profiles: dict[str, Path] = {}
             for version_name, version in model.versions.items():
                 local = version.worker if isinstance(version, ProcessBackend) else version
                 artifact = getattr(local, "artifact", None)
                 if artifact is None:
                     versions[version_name] = version
                     continue
+                if model.drift.enabled and model.drift.profile_for(version_name) is None:
+                    attached = self._attached_profile(artifact)
+                    if attached is not None:
+                        profiles[version_name] = attached
                 path, digest = self._fetch(artifact, f"models.{name}.versions.{version_name}")
                 file = local.model_copy(update={"path": path, "sha256": digest})
                 versions[version_name] = (
@@ -323,8 +328,34 @@ class Revisions:
                     if isinstance(version, ProcessBackend)
                     else file
                 )
-            models[name] = model.model_copy(update={"versions": versions})
+            update: dict[str, Any] = {"versions": versions}
+            if profiles:  # drift against the profiles pushed beside the artifacts
+                drift = model.drift
+                update["drift"] = drift.model_copy(
+                    update={"profiles": {**profiles, **drift.profiles}}
+                )
+            models[name] = model.model_copy(update=update)
         return config.model_copy(update={"models": models})
+
+    def _attached_profile(self, text: str) -> Path | None:
+        """The profile pushed beside an artifact (``model push --profile``), fetched; None
+        when there is none or the store cannot say (drift is then off for it)."""
+        try:
+            ref = ArtifactRef.parse(text)
+            found = self._store.find_artifact(ref) if ref.sha256 is not None else None
+            name, version = (found.name, found.version) if found else (ref.name, ref.version)
+            if name is None or version is None:
+                return None
+            profile = self._store.artifact(name, f"{version}.profile")
+            if profile is None or profile.kind != "profile":
+                return None
+            destination = self._data_dir / ARTIFACT_CACHE / profile.sha256
+            if not destination.is_file():
+                self._registry.fetch(profile.sha256, destination)
+            return destination
+        except (StoreError, FailsoftError) as error:
+            log.warning("drift profile not fetched", extra={"artifact": text, "error": str(error)})
+            return None
 
     def _fetch(self, text: str, where: str) -> tuple[Path, str]:
         ref = ArtifactRef.parse(text)

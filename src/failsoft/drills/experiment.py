@@ -68,6 +68,7 @@ from pydantic import Field, ValidationError, model_validator
 from failsoft._options import StrictModel, validation_problems
 from failsoft.config import Config
 from failsoft.control.faults import FaultSpec
+from failsoft.drills.datastep import DataStep
 from failsoft.drills.flagstep import FlagStep
 from failsoft.drills.rolloutstep import RolloutStep
 
@@ -154,7 +155,9 @@ class Load(StrictModel):
     rate: Annotated[float, Field(gt=0, le=20_000)]
     duration_s: Annotated[float, Field(gt=0, le=3600)]
     timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 1000
-    requests: Annotated[list[RequestSpec], Field(min_length=1, max_length=1000)]
+    requests: Annotated[list[RequestSpec], Field(max_length=1000)] = Field(
+        default_factory=list, description="cycled; may be left out when the drill has data"
+    )
     priorities: dict[Priority, Annotated[float, Field(gt=0)]] = Field(
         default_factory=_default_mix, description="weights of the priority mix"
     )
@@ -323,6 +326,9 @@ class Expectations(StrictModel):
         description="a flag step that switches versions off: from sending it to the last "
         "answer a switched version gave (at least the admin call's round trip)",
     )
+    max_drift_detect_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="data.shift: from the shift to DriftDetected naming its feature"
+    )
     max_calls_to_switched: Annotated[int, Field(ge=0)] | None = Field(
         default=None,
         description="inference calls (failsoft_attempts) on switched versions while switched",
@@ -343,6 +349,12 @@ class Experiment(StrictModel):
     attack: Attack | None = None
     deploys: list[Deploy] = Field(default_factory=list, max_length=16)
     flags: list[FlagStep] = Field(default_factory=list, max_length=16)
+    data: DataStep | None = Field(
+        default=None, description="requests drawn from a data set, and a shift of one feature"
+    )
+    short_min_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="the short form's load lasts at least this long"
+    )
     setup: Annotated[list[dict[str, Any]], Field(max_length=8)] = Field(
         default_factory=list,
         description="merge patches of the target's configuration applied, in order, before "
@@ -351,8 +363,21 @@ class Experiment(StrictModel):
     rollouts: list[RolloutStep] = Field(default_factory=list, max_length=4)
     expect: Expectations = Field(default_factory=Expectations)
 
+    def scale_for(self, short_s: float | None) -> float:
+        """How much the short form (a load of ``short_s``) shrinks this drill's times."""
+        if short_s is None:
+            return 1.0
+        return min(1.0, max(short_s, self.short_min_s or 0.0) / self.load.duration_s)
+
     @model_validator(mode="after")
     def _faults_fit_the_run(self) -> Experiment:
+        if not self.load.requests and self.data is None:
+            raise ValueError("load.requests: give at least one request (or data: a data set)")
+        if self.data is not None and self.data.shift is not None:
+            if self.data.shift.at_s >= self.load.duration_s:
+                raise ValueError("data.shift.at_s is after the load's end")
+        elif self.expect.max_drift_detect_s is not None:
+            raise ValueError("expect.max_drift_detect_s needs data.shift")
         for index, fault in enumerate(self.faults):
             if fault.at_s + fault.for_s > self.load.duration_s:
                 raise ValueError(

@@ -210,8 +210,11 @@ async def run_load(
     tenant_keys: dict[str, str] | None = None,
     seed: int = 0,
     schedule: Schedule | None = None,
+    bodies: Callable[[np.ndarray], list[bytes]] | None = None,
 ) -> Outcomes:
-    """Drive ``load`` against a failsoft at ``base_url``; every request is awaited."""
+    """Drive ``load`` against a failsoft at ``base_url``; every request is awaited.
+
+    ``bodies``: the request bodies for the scheduled offsets (a drill's data), unjudged."""
     duration = duration_s if duration_s is not None else load.duration_s
     count = max(1, round(load.rate * duration))
     rng = random.Random(seed)
@@ -221,6 +224,9 @@ async def run_load(
         _mix({n: t.weight for n, t in load.tenants.items()}, count, rng) if tenant_keys else []
     )
     requests = [prepare(spec) for spec in load.requests]
+    drawn = bodies(offsets) if bodies is not None else None
+    if drawn is not None:
+        requests = [PreparedRequest(body, None) for body in drawn]
     path = infer_path(load.model, load.version)
     timeout_s = load.timeout_ms / 1000
     base_headers = [
@@ -232,7 +238,7 @@ async def run_load(
     outcomes = Outcomes.empty(offsets, priorities, schedule.wall)
 
     async def send(pool: H1Pool, index: int, origin: float) -> None:
-        request = requests[index % len(requests)]
+        request = requests[index % len(requests)] if drawn is None else requests[index]
         headers = [*base_headers, ("Failsoft-Priority", priorities[index])]
         if tenants and tenant_keys:
             headers.append(("Authorization", f"Bearer {tenant_keys[tenants[index]]}"))

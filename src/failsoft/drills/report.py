@@ -120,6 +120,21 @@ def render(card: Scorecard, color: bool = True) -> str:
     return "\n".join(lines)
 
 
+def _data_shift(card: Scorecard) -> list[tuple[str, float, float]]:
+    drift = card.drift
+    if not drift or drift.get("shift_at_s") is None or not card.timeline.seconds:
+        return []
+    return [(f"data shift: {drift['feature']}", drift["shift_at_s"], card.timeline.seconds[-1])]
+
+
+def _detected_at(card: Scorecard) -> float | None:
+    """When the gateway noticed: its fault reaction, else its DriftDetected."""
+    drift = card.drift
+    if card.detected_at_s is None and drift and drift.get("detect_s") is not None:
+        return float(drift["shift_at_s"]) + float(drift["detect_s"])
+    return card.detected_at_s
+
+
 def write_outputs(card: Scorecard, experiment: Experiment, out_dir: Path) -> tuple[Path, Path]:
     """``<name>.json`` and ``<name>.png`` in ``out_dir``; their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,10 +157,11 @@ def write_outputs(card: Scorecard, experiment: Experiment, out_dir: Path) -> tup
             ),
             *((deploy.label, deploy.start_s, deploy.end_s) for deploy in card.deploys),
             *((f"flag {f.number}", f.start_s, f.cleared_s) for f in card.flags),
+            *_data_shift(card),
         ],
         availability_target_pct=experiment.hypothesis.availability_pct,
         p99_target_ms=experiment.hypothesis.p99_ms,
-        detected_at_s=card.detected_at_s,
+        detected_at_s=_detected_at(card),
         recovered_at_s=card.recovered_at_s,
     )
     return json_path, png_path

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from failsoft.control.tenants import new_key
+from failsoft.drills.datastep import data_bodies, drift_checks
 from failsoft.drills.deploy import DeployOutcome, classify, merge_patch
 from failsoft.drills.experiment import Deploy, Experiment, ScheduledFault
 from failsoft.drills.flagstep import FlagOutcome, FlagStep, switched_versions
@@ -110,6 +111,7 @@ async def _drive(
             + (f", {len(experiment.rollouts)} rollout(s)" if experiment.rollouts else "")
         )
         schedule = Schedule.soon(0.05)  # time to build the attack's bodies first
+        data = experiment.data
         load = asyncio.create_task(
             run_load(
                 url,
@@ -117,6 +119,7 @@ async def _drive(
                 duration_s=duration,
                 tenant_keys=tenant_keys,
                 schedule=schedule,
+                bodies=None if data is None else lambda offsets: data_bodies(data, offsets, scale),
             )
         )
         attack = _attack(experiment, url, scale, schedule)
@@ -169,7 +172,7 @@ async def _drive(
             await undo_setup(admin, original, progress)
         finally:
             await admin.close()
-    return score(
+    card = score(
         experiment,
         outcomes,
         windows,
@@ -184,6 +187,12 @@ async def _drive(
         flags=flagged,
         rollouts=rolled,
     )
+    if experiment.data is not None:
+        checks, card.drift = drift_checks(
+            experiment.data, model, events, scale, experiment.expect.max_drift_detect_s
+        )
+        card.checks.extend(checks)
+    return card
 
 
 def _attack(

@@ -166,6 +166,7 @@ class Scorecard:
     replica_penalties: dict[str, int] | None = None  # kind of penalty -> count
     deploys: list[DeployOutcome] = field(default_factory=list)
     flags: list[FlagScore] = field(default_factory=list)
+    drift: dict[str, Any] | None = None  # a data step's detection (drills/datastep.py)
     marked: dict[str, int] | None = None  # requests marked degraded: true/false (marked.py)
     rollouts: list[RolloutScore] = field(default_factory=list)
 

@@ -66,7 +66,7 @@ def run_suite(
     result = SuiteResult([])
     for index, experiment in enumerate(experiments, 1):
         progress(f"[{index}/{len(experiments)}] {experiment.name}")
-        scale = 1.0 if short_s is None else min(1.0, short_s / experiment.load.duration_s)
+        scale = experiment.scale_for(short_s)
         started = time.monotonic()
         try:
             card = run_drill(experiment, choice, scale=scale, progress=progress)

@@ -12,6 +12,7 @@ from failsoft.control.registry import (
     ArtifactUnrecoverable,
     ArtifactWriteFailed,
 )
+from failsoft.data.drift import DriftCleared, DriftDetected
 from failsoft.observe.events import Event
 from failsoft.pipeline.breaker import BreakerTransition
 from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
@@ -32,6 +33,8 @@ _LEVELS: dict[type[Event], int] = {
     ArtifactCopyBad: logging.WARNING,
     ArtifactWriteFailed: logging.WARNING,
     ArtifactUnrecoverable: logging.ERROR,
+    DriftDetected: logging.WARNING,
+    DriftCleared: logging.INFO,
     ReplicaReturned: logging.INFO,
     ArtifactRepaired: logging.INFO,
     PoisonDetected: logging.DEBUG,

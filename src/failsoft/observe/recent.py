@@ -25,6 +25,7 @@ from failsoft.control.registry import (
     ArtifactUnrecoverable,
     ArtifactWriteFailed,
 )
+from failsoft.data.drift import DriftCleared, DriftDetected
 from failsoft.observe.events import Event, ReplicaStateChanged, WorkerRestarted
 from failsoft.pipeline.breaker import BreakerTransition
 from failsoft.pipeline.fallback import FallbackUsed
@@ -48,6 +49,8 @@ KEPT: tuple[type[Event], ...] = (
     ArtifactRepaired,
     ArtifactWriteFailed,
     ArtifactUnrecoverable,
+    DriftDetected,
+    DriftCleared,
 )
 FOLDED: tuple[type[Event], ...] = (FallbackUsed, RequestShed, PoisonDetected, AttemptFailed)
 FOLD_WINDOW_S = 1.0

@@ -19,6 +19,7 @@ import orjson
 
 from failsoft.control.plane import ControlPlane
 from failsoft.control.storecall import store_call
+from failsoft.data.drift_service import DriftService
 from failsoft.errors import (
     BadRequest,
     FailsoftError,
@@ -73,8 +74,10 @@ class AdminRoutes:
         tenant_snapshot: Callable[[], dict[str, Any]] | None = None,
         recent: RecentEvents | None = None,
         control: ControlPlane | None = None,
+        drift: DriftService | None = None,
     ) -> None:
         self._runtime = runtime
+        self._drift = drift
         self.token = token
         self._tenant_snapshot = tenant_snapshot
         self._recent = recent
@@ -99,6 +102,10 @@ class AdminRoutes:
             principal.require("read")
             recent = self._recent.snapshot() if self._recent else {"events": []}
             return 200, json_body(recent)
+        if parts[:1] == ["drift"] and len(parts) <= 2 and self._drift is not None:
+            _allow(method, "GET")
+            principal.require("read")
+            return 200, drift_answer(self._drift, parts[1] if len(parts) == 2 else None, query)
         if parts[:1] == ["faults"] and len(parts) <= 2:
             principal.require("read" if method in ("GET", "HEAD") else "chaos")
             fault_id = parts[1] if len(parts) == 2 else None
@@ -207,6 +214,17 @@ class AdminRoutes:
 
     def _tenants(self) -> dict[str, Any]:
         return self._tenant_snapshot() if self._tenant_snapshot is not None else {}
+
+
+def drift_answer(drift: DriftService, model: str | None, query: Mapping[str, str] | None) -> bytes:
+    """GET /admin/drift[/MODEL][?cells=1]: each version's windows, verdicts and scores."""
+    cells = (query or {}).get("cells") in ("1", "true")
+    answer = drift.snapshot(model, cells=cells)
+    if model is not None and model not in answer["models"]:
+        raise NotFound(
+            f"no drift monitor for model {model!r} (give it models.{model}.drift.profile)"
+        )
+    return json_body(answer)
 
 
 def log_store_down(action: str, error: StoreError) -> None:

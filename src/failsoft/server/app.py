@@ -39,6 +39,7 @@ from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import BootReport
 from failsoft.control.rollout_controller import RolloutController
 from failsoft.control.tenants import Tenants
+from failsoft.data.drift_service import DriftService
 from failsoft.data.input_checks import HEADER as DATA_WARNING
 from failsoft.data.input_checks import DataVerdict, DataViolation
 from failsoft.data.schema import version_inputs
@@ -175,6 +176,9 @@ class FailsoftApp:
             Tenants(runtime.config.tenants, server.require_keys, runtime.clock)
         )
         self.recent = RecentEvents()
+        self.drift = DriftService(runtime.bus, runtime.clock)
+        self.drift.configure(runtime.config.models, strict=True)
+        metrics.registry.register(self.drift)
         self.decoder = Decoder()
         self._failures = FoldedLog(log, "inference failed")
         self.admin = AdminRoutes(
@@ -183,6 +187,7 @@ class FailsoftApp:
             self.admission.tenants.snapshot,
             self.recent,
             control,
+            self.drift,
         )
         if control is not None:  # the flags in force, before the first request
             control.flags = FlagService(control.store, runtime, control.data_dir)
@@ -229,12 +234,14 @@ class FailsoftApp:
                         self._boot, self._boot.config, actor="config-file"
                     )
                     self.control.start()
+                self.drift.start()
                 await send({"type": "lifespan.startup.complete"})
                 if self._on_ready is not None:
                     self._on_ready()
             elif message["type"] == "lifespan.shutdown":
                 await self.jobs.close()
                 self.decoder.close()
+                await self.drift.close()
                 if self.control is not None:
                     await self.control.close()
                 await self.runtime.close()
@@ -250,6 +257,7 @@ class FailsoftApp:
         )
         self.server = config.server
         tracing.configure(config.tracing)
+        self.drift.configure(config.models, strict=False)
         tenants = self.admission.tenants
         self.admission.tenants = Tenants(
             config.tenants, config.server.require_keys, self.runtime.clock, previous=tenants
@@ -617,6 +625,8 @@ class FailsoftApp:
             served = await model.serve(request, call, route.pipeline, route.switches)
             if route.split is not None and not served.degraded:
                 self._rollout_observes(model, route, request, served)
+            outputs = None if served.degraded else served.outputs  # a fallback's are not its
+            self.drift.offer(model.name, served.version, request.inputs, outputs)
         if self.predictions is not None:
             config = self.runtime.config
             self.predictions.served(

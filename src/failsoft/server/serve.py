@@ -21,6 +21,7 @@ from failsoft.config import Config, ConfigError
 from failsoft.control.instances import advertised
 from failsoft.control.plane import ControlPlane, open_plane
 from failsoft.control.revisions import BootReport
+from failsoft.data.profiles import ProfileError
 from failsoft.errors import FailsoftError
 from failsoft.observe.events import EventBus
 from failsoft.observe.logging import setup_logging
@@ -58,7 +59,10 @@ def build_app(
     boot: BootReport | None = None,
 ) -> FailsoftApp:
     runtime = Runtime(config, bus or EventBus())
-    return FailsoftApp(runtime, config.server, Metrics(), on_ready, control=control, boot=boot)
+    try:
+        return FailsoftApp(runtime, config.server, Metrics(), on_ready, control=control, boot=boot)
+    except ProfileError as error:  # a drift profile that does not fit its model
+        raise SystemExit(f"failsoft: {error}") from None
 
 
 @dataclass(frozen=True)
