@@ -30,7 +30,25 @@ SUITE_TIMEOUT_S = 600
 SINGLE_WORKER = ("replica-crash", "replica-errors", "replica-garbage", "replica-hang")
 
 
-def run_suite(config: Path, out: Path) -> subprocess.CompletedProcess[str]:
+# With resilience off only these drills' failing lines are asserted; the rollout and
+# data-shift drills judge the control plane and data checks, which those switches do
+# not touch, so running them again would only spend CI time.
+FRAGILE_DRILLS = (
+    "all-replicas-down",
+    "all-workers-killed",
+    "bad-deploy",
+    "bad-inputs",
+    "hostile-client",
+    "kill-switch",
+    "overload",
+    "replica-slow",
+    "safe-halt",
+    "worker-restart-storm",
+    *SINGLE_WORKER,
+)
+
+
+def run_suite(config: Path, out: Path, drills: Path = DRILLS) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -38,7 +56,7 @@ def run_suite(config: Path, out: Path) -> subprocess.CompletedProcess[str]:
             "failsoft",
             "drill",
             "suite",
-            str(DRILLS),
+            str(drills),
             "--short",
             "--config",
             str(config),
@@ -148,7 +166,11 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
 def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
     demo_dir: Path, tmp_path: Path
 ) -> None:
-    result = run_suite(fragile_config(demo_dir, tmp_path), tmp_path / "out")
+    chosen = tmp_path / "drills"
+    chosen.mkdir()
+    for name in FRAGILE_DRILLS:
+        (chosen / f"{name}.yaml").symlink_to(DRILLS / f"{name}.yaml")
+    result = run_suite(fragile_config(demo_dir, tmp_path), tmp_path / "out", chosen)
     assert result.returncode == 1, result.stdout[-6000:]
     verdicts = summary(result.stdout)
     # Without fallback, every v1 answer is lost while v1 is down. (A request sent just
@@ -160,7 +182,7 @@ def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
     # Without retries, a killed worker's calls fail; without fallback, so do the rest.
     assert "requests lost" in verdicts["worker-restart-storm"]
     # Without hedging, the 3% of calls that stall for 300 ms make the p99.
-    assert verdicts["replica-slow"] == "FAILED p99 during"
+    assert verdicts["replica-slow"].startswith("FAILED p99 during"), verdicts["replica-slow"]
     # Without fallback, a total outage of v1 loses every request while it lasts.
     assert "availability during" in verdicts["all-workers-killed"]
     # Without fallback, poison inputs that drive v1 to NaN are answered with errors.
@@ -191,5 +213,5 @@ def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
     assert "input_policy degrade needs a fallback chain" in verdicts["bad-inputs"]
     assert re.search(r"FAIL availability during\s+0\.00%", result.stdout)
     assert re.search(
-        rf"resilience score: \d+% \(\d+ of {DRILL_COUNT} drills passed\)", result.stdout
+        rf"resilience score: \d+% \(\d+ of {len(FRAGILE_DRILLS)} drills passed\)", result.stdout
     )
