@@ -1,0 +1,454 @@
+"""Two gateways on one PostgreSQL store, one SIGKILLed under load: does any client notice?
+
+Starts two real gateways (``failsoft serve`` on loopback, the demo's iris
+model, ``store.heartbeat_s`` 0.5) on one PostgreSQL store, a schema of this
+run's own dropped at the end, and drives an open-loop load of RATE (200)
+V2 infer requests/s at them. After WARM_S one gateway is SIGKILLed (its
+whole process group); the load goes on for TAIL_S. Infer is idempotent, so
+the client retries a failed request once (a refused/reset connection, a
+timeout, or 502/503/504) and no more. Two setups, one after the other in the
+same run:
+
+- ``haproxy``: HAProxy in front of both (roundrobin, health check
+  ``GET /v2/health/ready`` every 1 s, down after 2 failures, ``retry-on
+  conn-failure empty-response response-timeout``, ``option redispatch``, the
+  configuration of the README); the client sends to HAProxy and retries
+  there. HAProxy names the server that answered in a response header, and its
+  stats page is polled every 20 ms for when it marks the killed one DOWN;
+- ``direct`` (no balancer): the client knows both addresses, alternates
+  between them and retries on the *other* one (what
+  ``tests/integration/test_failover.py`` runs, short).
+
+For each it prints: requests; failed without the client's retry (the first
+attempt: what a client that does not retry would have seen, the comparison);
+failed after the one retry (target 0); the share of the answers to requests
+sent after the kill served by the survivor (target 1.000); and for HAProxy,
+how long after the kill it marked the dead one DOWN (it sends nothing new to
+it from then on) and its own retries and redispatches.
+
+Exit 0 when every target is met, 1 when one is missed, 2 on a setup failure.
+
+    PYTHONPATH=src python3 benchmarks/failover.py              # both setups, ~1.5 minutes
+    PYTHONPATH=src python3 benchmarks/failover.py --setup haproxy --tail 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+from benchmarks.multi_instance import gateway_yaml, postgres_schema, start_gateway
+
+from failsoft.drills.load import send_on_schedule
+from failsoft.drills.server import ServerProcess
+
+HOST = "127.0.0.1"
+RATE = 200.0
+WARM_S = 5.0
+TAIL_S = 10.0
+CLIENT_TIMEOUT_S = 5.0
+INFER_PATH = "/v2/models/iris/infer"
+BODY = b'{"inputs":[{"name":"features","datatype":"FP32","shape":[1,4],"data":[5.1,3.5,1.4,0.2]}]}'
+SERVED_BY = "X-Failsoft-Instance"  # set by HAProxy: the server that answered
+RETRIED = frozenset({502, 503, 504})
+DISCONNECTED, TIMED_OUT, NOT_SENT = -2, -3, -6
+HAPROXY, DIRECT = "haproxy", "direct"
+NAMES = ("gw0", "gw1")
+
+
+@dataclass
+class Records:
+    """Every scheduled request, in schedule order (perf_counter times)."""
+
+    sent: np.ndarray
+    first: np.ndarray  # status of the first attempt, or a negative outcome
+    final: np.ndarray  # status after the client's one retry (the first's when none)
+    served_by: np.ndarray  # index of the gateway that answered 200, -1 when none
+
+    @classmethod
+    def empty(cls, count: int) -> Records:
+        return cls(
+            np.full(count, np.nan),
+            np.full(count, NOT_SENT, dtype=np.int32),
+            np.full(count, NOT_SENT, dtype=np.int32),
+            np.full(count, -1, dtype=np.int32),
+        )
+
+
+def failed(status: int) -> bool:
+    return status != 200
+
+
+# route(index, attempt) -> (URL, index of the gateway it goes to, or -1 for a balancer)
+Route = Callable[[int, int], tuple[str, int]]
+
+
+async def drive(
+    route: Route,
+    rate: float,
+    duration_s: float,
+    kill_at_s: float,
+    kill: Callable[[], None],
+    watch: Callable[[], asyncio.Future[None] | None] = lambda: None,
+) -> tuple[Records, float]:
+    """``rate`` infers/s for ``duration_s``, each retried once; ``kill`` at ``kill_at_s``.
+
+    Returns the records and the perf_counter instant of the kill.
+    """
+    import aiohttp
+
+    count = round(rate * duration_s)
+    records = Records.empty(count)
+    offsets = [index / rate for index in range(count)]
+    lags = np.zeros(count)
+    clock = time.perf_counter
+    killed: list[float] = []
+    watchers: list[asyncio.Future[None]] = []
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=3.0),
+        timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S),
+        skip_auto_headers=("User-Agent",),
+    )
+    headers = {"content-type": "application/json"}
+
+    async def attempt(url: str, target: int) -> tuple[int, int]:
+        try:
+            async with session.post(url, data=BODY, headers=headers) as answer:
+                await answer.read()
+                by = target
+                if target < 0:
+                    name = answer.headers.get(SERVED_BY, "")
+                    by = NAMES.index(name) if name in NAMES else -1
+                return answer.status, by
+        except TimeoutError:
+            return TIMED_OUT, -1
+        except aiohttp.ClientError:
+            return DISCONNECTED, -1
+
+    async def one(index: int) -> None:
+        url, target = route(index, 0)
+        status, by = await attempt(url, target)
+        records.first[index] = status
+        if status < 0 or status in RETRIED:
+            url, target = route(index, 1)
+            status, by = await attempt(url, target)
+        records.final[index] = status
+        records.served_by[index] = by if status == 200 else -1
+
+    def launch(index: int, _origin: float) -> Coroutine[Any, Any, None]:
+        records.sent[index] = clock()
+        return one(index)
+
+    def do_kill() -> None:
+        killed.append(clock())
+        kill()
+        started = watch()
+        if started is not None:
+            watchers.append(started)
+
+    try:
+        loop = asyncio.get_running_loop()
+        start = clock() + 0.05
+        loop.call_at(loop.time() + (start - clock()) + kill_at_s, do_kill)
+        await send_on_schedule(offsets, start, clock, lags, launch, 2 * CLIENT_TIMEOUT_S + 1)
+        for watcher in watchers:
+            await asyncio.wait_for(watcher, timeout=CLIENT_TIMEOUT_S * 4)
+    finally:
+        await session.close()
+    if not killed:
+        raise RuntimeError("the kill did not run")
+    return records, killed[0]
+
+
+@dataclass
+class Outcome:
+    setup: str
+    requests: int
+    after_kill: int  # requests sent at or after the kill
+    failed_first: int  # failed without the client's retry
+    failed_final: int  # failed after the one retry
+    retried: int
+    survivor_share: float  # of the requests sent after the kill, answered 200 by the survivor
+    balance_before: tuple[float, float]  # share of each gateway before the kill
+    kinds: dict[str, int]  # how first attempts failed
+    marked_down_s: float = float("nan")  # HAProxy: kill -> the dead one DOWN
+    haproxy_retries: int = 0
+    haproxy_redispatches: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def outcome_of(setup: str, records: Records, killed_at: float, victim: int) -> Outcome:
+    after = records.sent >= killed_at
+    served = records.final == 200
+    answered_after = after & served
+    survivor = 1 - victim
+    before = ~after & served
+    shares = tuple(
+        float((records.served_by[before] == gw).sum() / max(1, before.sum())) for gw in (0, 1)
+    )
+    kinds: dict[str, int] = {}
+    names = {DISCONNECTED: "refused/reset", TIMED_OUT: "timeout", NOT_SENT: "unfinished"}
+    for status in records.first[records.first != 200]:
+        key = names.get(int(status), f"HTTP {int(status)}")
+        kinds[key] = kinds.get(key, 0) + 1
+    return Outcome(
+        setup=setup,
+        requests=len(records.first),
+        after_kill=int(after.sum()),
+        failed_first=int((records.first != 200).sum()),
+        failed_final=int((records.final != 200).sum()),
+        retried=int(((records.first < 0) | np.isin(records.first, list(RETRIED))).sum()),
+        survivor_share=float(
+            (records.served_by[answered_after] == survivor).sum() / max(1, after.sum())
+        ),
+        balance_before=(shares[0], shares[1]),
+        kinds=kinds,
+    )
+
+
+# --- HAProxy --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def haproxy_config(gateways: Sequence[str], port: int, stats_port: int) -> str:
+    servers = "\n".join(
+        f"    server {name} {url.removeprefix('http://')} check inter 1s fall 2 rise 1"
+        for name, url in zip(NAMES, gateways, strict=True)
+    )
+    return f"""global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 5s
+    timeout check 1s
+    option http-keep-alive
+    retries 3
+    option redispatch
+
+frontend stats
+    bind {HOST}:{stats_port}
+    stats enable
+    stats uri /stats
+
+frontend gateway
+    bind {HOST}:{port}
+    default_backend failsoft
+
+backend failsoft
+    balance roundrobin
+    option httpchk GET /v2/health/ready
+    http-check expect status 200
+    retry-on conn-failure empty-response response-timeout
+    http-response set-header {SERVED_BY} %[srv_name]
+{servers}
+"""
+
+
+class HAProxy:
+    def __init__(self, folder: Path, gateways: Sequence[str]) -> None:
+        self.port, self.stats_port = free_port(), free_port()
+        path = folder / "haproxy.cfg"
+        path.write_text(haproxy_config(gateways, self.port, self.stats_port))
+        self.log = open(folder / "haproxy.log", "wb")  # noqa: SIM115 - closed by stop()
+        self.process = subprocess.Popen(
+            ["haproxy", "-db", "-f", str(path)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.url = f"http://{HOST}:{self.port}"
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """HAProxy's CSV stats, by server name (and BACKEND)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{HOST}:{self.stats_port}/stats;csv", timeout=2) as r:
+            lines = r.read().decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+        return {row["svname"]: row for row in rows if row.get("pxname") == "failsoft"}
+
+    def wait_both_up(self, within_s: float = 30.0) -> None:
+        deadline = time.monotonic() + within_s
+        while True:
+            with contextlib.suppress(OSError, KeyError, IndexError):
+                rows = self.stats()
+                if all(rows[name]["status"] == "UP" for name in NAMES):
+                    return
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"HAProxy did not see both gateways UP within {within_s:g} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(10)
+        self.log.close()
+
+
+async def marked_down(proxy: HAProxy, name: str, since: float, seen: list[float]) -> None:
+    """Append the seconds from ``since`` until HAProxy shows ``name`` DOWN (polled, bounded)."""
+    loop = asyncio.get_running_loop()
+    while time.perf_counter() - since < 4 * CLIENT_TIMEOUT_S:
+        with contextlib.suppress(OSError, KeyError, IndexError):
+            rows = await loop.run_in_executor(None, proxy.stats)
+            if rows[name]["status"].startswith("DOWN"):
+                seen.append(time.perf_counter() - since)
+                return
+        await asyncio.sleep(0.02)
+
+
+# --- one setup ------------------------------------------------------------------------
+
+
+def kill_group(server: ServerProcess) -> None:
+    assert server.process is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGKILL)
+
+
+def direct_route(urls: Sequence[str]) -> Route:
+    """Alternate between the gateways; the retry goes to the other one."""
+
+    def route(index: int, attempt: int) -> tuple[str, int]:
+        target = (index + attempt) % len(urls)
+        return urls[target] + INFER_PATH, target
+
+    return route
+
+
+def run_setup(
+    setup: str, demo_dir: Path, root: Path, rate: float, warm_s: float, tail_s: float
+) -> Outcome:
+    with postgres_schema("failsoft_failover") as url:
+        config = gateway_yaml(demo_dir, {"url": url, "poll_s": 30.0, "heartbeat_s": 0.5})
+        gateways: list[ServerProcess] = []
+        proxy: HAProxy | None = None
+        try:
+            for name in NAMES:
+                gateways.append(start_gateway(root / setup / name, config))
+            victim = 0
+            seen: list[float] = []
+            if setup == HAPROXY:
+                proxy = HAProxy(root / setup, [g.url for g in gateways])
+                proxy.wait_both_up()
+                balancer = proxy.url + INFER_PATH
+
+                def route(index: int, attempt: int) -> tuple[str, int]:
+                    return balancer, -1
+
+                def watch() -> asyncio.Future[None] | None:
+                    assert proxy is not None
+                    since = time.perf_counter()
+                    return asyncio.ensure_future(marked_down(proxy, NAMES[victim], since, seen))
+            else:
+                route = direct_route([g.url for g in gateways])
+
+                def watch() -> asyncio.Future[None] | None:
+                    return None
+
+            records, killed_at = asyncio.run(
+                drive(
+                    route,
+                    rate,
+                    warm_s + tail_s,
+                    warm_s,
+                    lambda: kill_group(gateways[victim]),
+                    watch,
+                )
+            )
+            outcome = outcome_of(setup, records, killed_at, victim)
+            if proxy is not None:
+                outcome.marked_down_s = seen[0] if seen else float("nan")
+                row = proxy.stats()["BACKEND"]
+                outcome.haproxy_retries = int(row.get("wretr") or 0)
+                outcome.haproxy_redispatches = int(row.get("wredis") or 0)
+            return outcome
+        finally:
+            if proxy is not None:
+                proxy.stop()
+            for server in gateways:
+                server.stop()
+
+
+def print_outcome(o: Outcome, rate: float) -> None:
+    print(f"\n== {o.setup}: {rate:g} req/s open loop, gw0 SIGKILLed; client retries once")
+    print(f"  requests: {o.requests} ({o.after_kill} sent at or after the kill)")
+    print(
+        f"  failed without the client's retry (first attempt): {o.failed_first} "
+        f"= {o.failed_first / o.requests:.4f} of requests  {o.kinds or ''}"
+    )
+    print(
+        f"  failed after one client retry: {o.failed_final} "
+        f"= {o.failed_final / o.requests:.4f} (target 0; {o.retried} retried)"
+    )
+    print(
+        f"  requests sent after the kill answered by the survivor: {o.survivor_share:.3f} "
+        f"(target 1.000); before the kill gw0 {o.balance_before[0]:.2f}, "
+        f"gw1 {o.balance_before[1]:.2f}"
+    )
+    if o.setup == HAPROXY:
+        print(
+            f"  HAProxy marked gw0 DOWN {o.marked_down_s:.2f} s after the kill "
+            f"(check inter 1s fall 2); its retries {o.haproxy_retries}, "
+            f"redispatches {o.haproxy_redispatches}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setup", choices=[HAPROXY, DIRECT, "both"], default="both")
+    parser.add_argument("--rate", type=float, default=RATE)
+    parser.add_argument("--warm", type=float, default=WARM_S, help="seconds before the kill")
+    parser.add_argument("--tail", type=float, default=TAIL_S, help="seconds after the kill")
+    args = parser.parse_args(argv)
+    setups = [HAPROXY, DIRECT] if args.setup == "both" else [args.setup]
+    if HAPROXY in setups and shutil.which("haproxy") is None:
+        print("failover: haproxy is not installed (apt-get install -y haproxy)", file=sys.stderr)
+        return 2
+    from failsoft.demo import prepare_demo
+
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="failsoft-failover-") as scratch:
+        root = Path(scratch)
+        try:
+            prepare_demo(root / "demo", progress=lambda message: None)
+            for setup in setups:
+                outcome = run_setup(setup, root / "demo", root, args.rate, args.warm, args.tail)
+                print_outcome(outcome, args.rate)
+                outcomes.append(outcome)
+        except Exception as error:  # a setup failure: say what, exit 2
+            print(f"failover: setup failed: {error}", file=sys.stderr)
+            return 2
+    met = all(o.failed_final == 0 and o.survivor_share == 1.0 for o in outcomes)
+    print(f"\ntarget: 0 failed after the retry, survivor serves all: {'met' if met else 'MISSED'}")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
