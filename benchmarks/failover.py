@@ -7,7 +7,8 @@ V2 infer requests/s at them. After WARM_S one gateway is SIGKILLed (its
 whole process group); the load goes on for TAIL_S. Infer is idempotent, so
 the client retries a failed request once (a refused/reset connection, a
 timeout, or 502/503/504) and no more. Two setups, one after the other in the
-same run:
+same run (each after WARMUP_S of unmeasured load, so the adaptive limiters
+have learnt the model's latency):
 
 - ``haproxy``: HAProxy in front of both (roundrobin, health check
   ``GET /v2/health/ready`` every 1 s, down after 2 failures, ``retry-on
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -61,10 +63,51 @@ from failsoft.drills.server import ServerProcess
 HOST = "127.0.0.1"
 RATE = 200.0
 WARM_S = 5.0
+WARMUP_S = 3.0  # unmeasured load on both gateways before the run
 TAIL_S = 10.0
 CLIENT_TIMEOUT_S = 5.0
-INFER_PATH = "/v2/models/iris/infer"
-BODY = b'{"inputs":[{"name":"features","datatype":"FP32","shape":[1,4],"data":[5.1,3.5,1.4,0.2]}]}'
+SERVICE_MS = 0.0  # > 0: the `slow` model instead of iris, so requests are in flight at the kill
+SLOW_SLOTS = 32
+
+
+@dataclass(frozen=True)
+class Model:
+    path: str
+    body: bytes
+
+    @classmethod
+    def of(cls, service_ms: float) -> Model:
+        if service_ms > 0:
+            name, field = "slow", "x"
+        else:
+            name, field = "iris", "features"
+        body = f'{{"inputs":[{{"name":"{field}","datatype":"FP32","shape":[1,4],'
+        body += '"data":[5.1,3.5,1.4,0.2]}]}'
+        return cls(f"/v2/models/{name}/infer", body.encode())
+
+
+def config_yaml(demo_dir: Path, store: dict[str, object], service_ms: float) -> str:
+    """The demo's iris, and with ``service_ms`` a model that sleeps that long per call."""
+    config = json.loads(gateway_yaml(demo_dir, store))
+    if service_ms > 0:
+        # benchmarks/_slow_model.py reads these from the gateway's environment (inherited).
+        os.environ["FAILSOFT_BENCH_SLOTS"] = str(SLOW_SLOTS)
+        os.environ["FAILSOFT_BENCH_SERVICE_MS"] = f"{service_ms:g}"
+        config["models"]["slow"] = {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "y", "datatype": "INT64", "shape": [-1]}],
+            "versions": {
+                "v1": {
+                    "backend": "python",
+                    "function": "benchmarks._slow_model:predict",
+                    "replicas": SLOW_SLOTS,
+                    "execution": "thread",
+                }
+            },
+        }
+    return json.dumps(config, indent=1)
+
+
 SERVED_BY = "X-Failsoft-Instance"  # set by HAProxy: the server that answered
 RETRIED = frozenset({502, 503, 504})
 DISCONNECTED, TIMED_OUT, NOT_SENT = -2, -3, -6
@@ -77,6 +120,7 @@ class Records:
     """Every scheduled request, in schedule order (perf_counter times)."""
 
     sent: np.ndarray
+    first_done: np.ndarray  # when the first attempt's answer (or error) came
     first: np.ndarray  # status of the first attempt, or a negative outcome
     final: np.ndarray  # status after the client's one retry (the first's when none)
     served_by: np.ndarray  # index of the gateway that answered 200, -1 when none
@@ -84,6 +128,7 @@ class Records:
     @classmethod
     def empty(cls, count: int) -> Records:
         return cls(
+            np.full(count, np.nan),
             np.full(count, np.nan),
             np.full(count, NOT_SENT, dtype=np.int32),
             np.full(count, NOT_SENT, dtype=np.int32),
@@ -95,17 +140,19 @@ def failed(status: int) -> bool:
     return status != 200
 
 
-# route(index, attempt) -> (URL, index of the gateway it goes to, or -1 for a balancer)
+# route(index, attempt) -> (base URL, index of the gateway it goes to, or -1 for a balancer)
 Route = Callable[[int, int], tuple[str, int]]
 
 
 async def drive(
+    model: Model,
     route: Route,
     rate: float,
     duration_s: float,
     kill_at_s: float,
     kill: Callable[[], None],
     watch: Callable[[], asyncio.Future[None] | None] = lambda: None,
+    what: str = "failed answers",
 ) -> tuple[Records, float]:
     """``rate`` infers/s for ``duration_s``, each retried once; ``kill`` at ``kill_at_s``.
 
@@ -119,6 +166,7 @@ async def drive(
     lags = np.zeros(count)
     clock = time.perf_counter
     killed: list[float] = []
+    samples: list[str] = []
     watchers: list[asyncio.Future[None]] = []
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=3.0),
@@ -129,8 +177,10 @@ async def drive(
 
     async def attempt(url: str, target: int) -> tuple[int, int]:
         try:
-            async with session.post(url, data=BODY, headers=headers) as answer:
-                await answer.read()
+            async with session.post(url + model.path, data=model.body, headers=headers) as answer:
+                text = await answer.read()
+                if answer.status != 200 and len(samples) < 3:
+                    samples.append(f"{answer.status} {text[:160]!r}")
                 by = target
                 if target < 0:
                     name = answer.headers.get(SERVED_BY, "")
@@ -145,6 +195,7 @@ async def drive(
         url, target = route(index, 0)
         status, by = await attempt(url, target)
         records.first[index] = status
+        records.first_done[index] = time.perf_counter()
         if status < 0 or status in RETRIED:
             url, target = route(index, 1)
             status, by = await attempt(url, target)
@@ -173,6 +224,8 @@ async def drive(
         await session.close()
     if not killed:
         raise RuntimeError("the kill did not run")
+    if samples:
+        print(f"  {what}, first {len(samples)}: {'; '.join(samples)}")
     return records, killed[0]
 
 
@@ -181,8 +234,10 @@ class Outcome:
     setup: str
     requests: int
     after_kill: int  # requests sent at or after the kill
+    in_flight: int  # sent before the kill, first answer after it
     failed_first: int  # failed without the client's retry
     failed_final: int  # failed after the one retry
+    failed_final_before: int  # ... of them sent before the kill
     retried: int
     survivor_share: float  # of the requests sent after the kill, answered 200 by the survivor
     balance_before: tuple[float, float]  # share of each gateway before the kill
@@ -211,8 +266,10 @@ def outcome_of(setup: str, records: Records, killed_at: float, victim: int) -> O
         setup=setup,
         requests=len(records.first),
         after_kill=int(after.sum()),
+        in_flight=int((~after & (records.first_done >= killed_at)).sum()),
         failed_first=int((records.first != 200).sum()),
         failed_final=int((records.final != 200).sum()),
+        failed_final_before=int((~after & (records.final != 200)).sum()),
         retried=int(((records.first < 0) | np.isin(records.first, list(RETRIED))).sum()),
         survivor_share=float(
             (records.served_by[answered_after] == survivor).sum() / max(1, after.sum())
@@ -220,6 +277,13 @@ def outcome_of(setup: str, records: Records, killed_at: float, victim: int) -> O
         balance_before=(shares[0], shares[1]),
         kinds=kinds,
     )
+
+
+def warm_up(model: Model, urls: Sequence[str], rate: float, seconds: float) -> None:
+    """Unmeasured load on every gateway: the adaptive limiters learn the model's latency
+    (a cold one sheds a 50 ms model's first requests)."""
+    what = "warm-up (unmeasured) failed answers"
+    asyncio.run(drive(model, direct_route(urls), rate, seconds, 0, lambda: None, what=what))
 
 
 # --- HAProxy --------------------------------------------------------------------------
@@ -337,16 +401,23 @@ def direct_route(urls: Sequence[str]) -> Route:
 
     def route(index: int, attempt: int) -> tuple[str, int]:
         target = (index + attempt) % len(urls)
-        return urls[target] + INFER_PATH, target
+        return urls[target], target
 
     return route
 
 
 def run_setup(
-    setup: str, demo_dir: Path, root: Path, rate: float, warm_s: float, tail_s: float
+    setup: str,
+    demo_dir: Path,
+    root: Path,
+    rate: float,
+    warm_s: float,
+    tail_s: float,
+    service_ms: float = SERVICE_MS,
 ) -> Outcome:
     with postgres_schema("failsoft_failover") as url:
-        config = gateway_yaml(demo_dir, {"url": url, "poll_s": 30.0, "heartbeat_s": 0.5})
+        store = {"url": url, "poll_s": 30.0, "heartbeat_s": 0.5}
+        config = config_yaml(demo_dir, store, service_ms)
         gateways: list[ServerProcess] = []
         proxy: HAProxy | None = None
         try:
@@ -357,7 +428,7 @@ def run_setup(
             if setup == HAPROXY:
                 proxy = HAProxy(root / setup, [g.url for g in gateways])
                 proxy.wait_both_up()
-                balancer = proxy.url + INFER_PATH
+                balancer = proxy.url
 
                 def route(index: int, attempt: int) -> tuple[str, int]:
                     return balancer, -1
@@ -372,16 +443,12 @@ def run_setup(
                 def watch() -> asyncio.Future[None] | None:
                     return None
 
-            records, killed_at = asyncio.run(
-                drive(
-                    route,
-                    rate,
-                    warm_s + tail_s,
-                    warm_s,
-                    lambda: kill_group(gateways[victim]),
-                    watch,
-                )
-            )
+            dead = gateways[victim]
+            model = Model.of(service_ms)
+            warm_up(model, [g.url for g in gateways], rate, WARMUP_S)
+            duration_s = warm_s + tail_s
+            load = drive(model, route, rate, duration_s, warm_s, lambda: kill_group(dead), watch)
+            records, killed_at = asyncio.run(load)
             outcome = outcome_of(setup, records, killed_at, victim)
             if proxy is not None:
                 outcome.marked_down_s = seen[0] if seen else float("nan")
@@ -396,16 +463,23 @@ def run_setup(
                 server.stop()
 
 
-def print_outcome(o: Outcome, rate: float) -> None:
-    print(f"\n== {o.setup}: {rate:g} req/s open loop, gw0 SIGKILLed; client retries once")
-    print(f"  requests: {o.requests} ({o.after_kill} sent at or after the kill)")
+def print_outcome(o: Outcome, rate: float, service_ms: float) -> None:
+    model = f"a {service_ms:g} ms model" if service_ms > 0 else "iris (onnx)"
+    print(
+        f"\n== {o.setup}: {rate:g} req/s open loop to {model}, gw0 SIGKILLed, client retries once"
+    )
+    print(
+        f"  requests: {o.requests} ({o.after_kill} sent at or after the kill, "
+        f"{o.in_flight} in flight at it)"
+    )
     print(
         f"  failed without the client's retry (first attempt): {o.failed_first} "
         f"= {o.failed_first / o.requests:.4f} of requests  {o.kinds or ''}"
     )
     print(
         f"  failed after one client retry: {o.failed_final} "
-        f"= {o.failed_final / o.requests:.4f} (target 0; {o.retried} retried)"
+        f"= {o.failed_final / o.requests:.4f} (target 0; {o.retried} retried; "
+        f"{o.failed_final_before} sent before the kill)"
     )
     print(
         f"  requests sent after the kill answered by the survivor: {o.survivor_share:.3f} "
@@ -426,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=RATE)
     parser.add_argument("--warm", type=float, default=WARM_S, help="seconds before the kill")
     parser.add_argument("--tail", type=float, default=TAIL_S, help="seconds after the kill")
+    parser.add_argument(
+        "--service-ms",
+        type=float,
+        default=SERVICE_MS,
+        help="serve a model that takes this long per call instead of iris (requests in flight)",
+    )
     args = parser.parse_args(argv)
     setups = [HAPROXY, DIRECT] if args.setup == "both" else [args.setup]
     if HAPROXY in setups and shutil.which("haproxy") is None:
@@ -439,8 +519,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             prepare_demo(root / "demo", progress=lambda message: None)
             for setup in setups:
-                outcome = run_setup(setup, root / "demo", root, args.rate, args.warm, args.tail)
-                print_outcome(outcome, args.rate)
+                outcome = run_setup(
+                    setup, root / "demo", root, args.rate, args.warm, args.tail, args.service_ms
+                )
+                print_outcome(outcome, args.rate, args.service_ms)
                 outcomes.append(outcome)
         except Exception as error:  # a setup failure: say what, exit 2
             print(f"failover: setup failed: {error}", file=sys.stderr)
