@@ -6,7 +6,7 @@ run's own dropped at the end, and drives an open-loop load of RATE (200)
 V2 infer requests/s at them. After WARM_S one gateway is SIGKILLed (its
 whole process group); the load goes on for TAIL_S. Infer is idempotent, so
 the client retries a failed request once (a refused/reset connection, a
-timeout, or 502/503/504) and no more. Two setups, one after the other in the
+timeout, or 502/503/504) and no more. Three setups, one after the other in the
 same run (each after WARMUP_S of unmeasured load, so the adaptive limiters
 have learnt the model's latency):
 
@@ -16,20 +16,28 @@ have learnt the model's latency):
   configuration of the README); the client sends to HAProxy and retries
   there. HAProxy names the server that answered in a response header, and its
   stats page is polled every 20 ms for when it marks the killed one DOWN;
+- ``haproxy-plain`` (information): the same without HAProxy's retry of a
+  request already sent (``retry-on conn-failure`` only), so a request in
+  flight at the kill comes back as a 502 and only the client's retry saves it;
 - ``direct`` (no balancer): the client knows both addresses, alternates
   between them and retries on the *other* one (what
   ``tests/integration/test_failover.py`` runs, short).
 
 For each it prints: requests; failed without the client's retry (the first
 attempt: what a client that does not retry would have seen, the comparison);
-failed after the one retry (target 0); the share of the answers to requests
-sent after the kill served by the survivor (target 1.000); and for HAProxy,
+failed after the one retry (target 0); the share of the requests sent after
+the kill that the survivor answered (target 1.000); and for HAProxy,
 how long after the kill it marked the dead one DOWN (it sends nothing new to
 it from then on) and its own retries and redispatches.
 
+With ``--service-ms 50`` the gateways serve a model that takes 50 ms a call
+(benchmarks/_slow_model.py, admission control off) instead of iris, so about
+ten requests are in flight when the gateway dies.
+
 Exit 0 when every target is met, 1 when one is missed, 2 on a setup failure.
 
-    PYTHONPATH=src python3 benchmarks/failover.py              # both setups, ~1.5 minutes
+    PYTHONPATH=src python3 benchmarks/failover.py                  # 3 setups, ~2 minutes
+    PYTHONPATH=src python3 benchmarks/failover.py --service-ms 50  # killed mid-request
     PYTHONPATH=src python3 benchmarks/failover.py --setup haproxy --tail 20
 """
 
@@ -117,7 +125,8 @@ def config_yaml(demo_dir: Path, store: dict[str, object], service_ms: float) -> 
 SERVED_BY = "X-Failsoft-Instance"  # set by HAProxy: the server that answered
 RETRIED = frozenset({502, 503, 504})
 DISCONNECTED, TIMED_OUT, NOT_SENT = -2, -3, -6
-HAPROXY, DIRECT = "haproxy", "direct"
+HAPROXY, PLAIN, DIRECT = "haproxy", "haproxy-plain", "direct"
+SETUPS = (HAPROXY, PLAIN, DIRECT)
 NAMES = ("gw0", "gw1")
 
 
@@ -301,7 +310,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def haproxy_config(gateways: Sequence[str], port: int, stats_port: int) -> str:
+def haproxy_config(
+    gateways: Sequence[str], port: int, stats_port: int, l7_retries: bool = True
+) -> str:
+    retry_on = "conn-failure empty-response response-timeout" if l7_retries else "conn-failure"
     servers = "\n".join(
         f"    server {name} {url.removeprefix('http://')} check inter 1s fall 2 rise 1"
         for name, url in zip(NAMES, gateways, strict=True)
@@ -333,17 +345,17 @@ backend failsoft
     balance roundrobin
     option httpchk GET /v2/health/ready
     http-check expect status 200
-    retry-on conn-failure empty-response response-timeout
+    retry-on {retry_on}
     http-response set-header {SERVED_BY} %[srv_name]
 {servers}
 """
 
 
 class HAProxy:
-    def __init__(self, folder: Path, gateways: Sequence[str]) -> None:
+    def __init__(self, folder: Path, gateways: Sequence[str], l7_retries: bool = True) -> None:
         self.port, self.stats_port = free_port(), free_port()
         path = folder / "haproxy.cfg"
-        path.write_text(haproxy_config(gateways, self.port, self.stats_port))
+        path.write_text(haproxy_config(gateways, self.port, self.stats_port, l7_retries))
         self.log = open(folder / "haproxy.log", "wb")  # noqa: SIM115 - closed by stop()
         self.process = subprocess.Popen(
             ["haproxy", "-db", "-f", str(path)],
@@ -431,8 +443,8 @@ def run_setup(
                 gateways.append(start_gateway(root / setup / name, config))
             victim = 0
             seen: list[float] = []
-            if setup == HAPROXY:
-                proxy = HAProxy(root / setup, [g.url for g in gateways])
+            if setup in (HAPROXY, PLAIN):
+                proxy = HAProxy(root / setup, [g.url for g in gateways], setup == HAPROXY)
                 proxy.wait_both_up()
                 balancer = proxy.url
 
@@ -492,7 +504,7 @@ def print_outcome(o: Outcome, rate: float, service_ms: float) -> None:
         f"(target 1.000); before the kill gw0 {o.balance_before[0]:.2f}, "
         f"gw1 {o.balance_before[1]:.2f}"
     )
-    if o.setup == HAPROXY:
+    if o.setup in (HAPROXY, PLAIN):
         print(
             f"  HAProxy marked gw0 DOWN {o.marked_down_s:.2f} s after the kill "
             f"(check inter 1s fall 2); its retries {o.haproxy_retries}, "
@@ -502,7 +514,7 @@ def print_outcome(o: Outcome, rate: float, service_ms: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--setup", choices=[HAPROXY, DIRECT, "both"], default="both")
+    parser.add_argument("--setup", choices=[*SETUPS, "all"], default="all")
     parser.add_argument("--rate", type=float, default=RATE)
     parser.add_argument("--warm", type=float, default=WARM_S, help="seconds before the kill")
     parser.add_argument("--tail", type=float, default=TAIL_S, help="seconds after the kill")
@@ -513,8 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         help="serve a model that takes this long per call instead of iris (requests in flight)",
     )
     args = parser.parse_args(argv)
-    setups = [HAPROXY, DIRECT] if args.setup == "both" else [args.setup]
-    if HAPROXY in setups and shutil.which("haproxy") is None:
+    setups = list(SETUPS) if args.setup == "all" else [args.setup]
+    if {HAPROXY, PLAIN} & set(setups) and shutil.which("haproxy") is None:
         print("failover: haproxy is not installed (apt-get install -y haproxy)", file=sys.stderr)
         return 2
     from failsoft.demo import prepare_demo
