@@ -18,7 +18,7 @@ have learnt the model's latency):
   stats page is polled every 20 ms for when it marks the killed one DOWN;
 - ``haproxy-plain`` (information): the same without HAProxy's retry of a
   request already sent (``retry-on conn-failure`` only), so a request in
-  flight at the kill comes back as a 502 and only the client's retry saves it;
+  flight at the kill fails and only the client's retry saves it;
 - ``direct`` (no balancer): the client knows both addresses, alternates
   between them and retries on the *other* one (what
   ``tests/integration/test_failover.py`` runs, short).
