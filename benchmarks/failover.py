@@ -531,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from failsoft.demo import prepare_demo
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="failsoft-failover-") as scratch:
         root = Path(scratch)
