@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +149,6 @@ class Records:
             np.full(count, NOT_SENT, dtype=np.int32),
             np.full(count, -1, dtype=np.int32),
         )
-
-
-def failed(status: int) -> bool:
-    return status != 200
 
 
 # route(index, attempt) -> (base URL, index of the gateway it goes to, or -1 for a balancer)
@@ -260,7 +256,6 @@ class Outcome:
     marked_down_s: float = float("nan")  # HAProxy: kill -> the dead one DOWN
     haproxy_retries: int = 0
     haproxy_redispatches: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def outcome_of(setup: str, records: Records, killed_at: float, victim: int) -> Outcome:
