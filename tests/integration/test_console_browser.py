@@ -9,7 +9,10 @@ screenshots under the test's tmp dir (their paths are printed).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,8 +70,26 @@ models:
 """
 
 
+@pytest.fixture(scope="module")
+def scorecards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real drill's scorecard and chart: replica-errors, short (a few seconds of load)."""
+    out = tmp_path_factory.mktemp("scorecards")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    drill = [sys.executable, "-m", "failsoft", "drill", "run"]
+    ran = subprocess.run(
+        [*drill, str(REPO / "drills" / "replica-errors.yaml"), "--short", "3", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert (out / "replica-errors.json").exists(), ran.stdout + ran.stderr
+    return out
+
+
 @pytest.fixture
-def gateway(demo_dir: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+def gateway(demo_dir: Path, tmp_path: Path, scorecards: Path) -> Iterator[ServerProcess]:
     folder = tmp_path / "gw"
     folder.mkdir()
     path = folder / "failsoft.yaml"
@@ -76,6 +97,7 @@ def gateway(demo_dir: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     env = {
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "FAILSOFT_ADMIN_TOKEN": ADMIN_TOKEN,
+        "FAILSOFT_UI_SCORECARDS": str(scorecards),
     }
     server = ServerProcess(path, "--data-dir", str(folder / "data"), env=env).start()
     yield server
@@ -89,7 +111,9 @@ def _rollout(http: httpx.Client) -> dict[str, Any]:
     return data
 
 
-def test_the_console_in_a_real_browser(gateway: ServerProcess, tmp_path: Path) -> None:
+def test_the_console_in_a_real_browser(
+    gateway: ServerProcess, tmp_path: Path, scorecards: Path
+) -> None:
     sync_playwright = _browser_or_fail()
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -181,6 +205,20 @@ def test_the_console_in_a_real_browser(gateway: ServerProcess, tmp_path: Path) -
                 assert "ops-console" in paused[0]
                 assert f"rollout:{rollout_id}" in paused[0]
                 _shot(page, shots / "audit.png")
+
+                # Scorecards: the drill's verdict, its checks and its chart.
+                page.click("nav >> text=Scorecards")
+                page.wait_for_url(f"{gateway.url}/ui/scorecards")
+                card_json = json.loads((scorecards / "replica-errors.json").read_text())
+                shown = page.locator("section[data-scorecard='replica-errors']")
+                verdict = "PASS" if card_json["passed"] else "FAIL"
+                assert verdict in shown.locator("h2").inner_text()
+                for check in card_json["checks"]:
+                    assert check["name"] in shown.inner_text()
+                chart = shown.locator("img.chart")
+                chart.scroll_into_view_if_needed()
+                assert chart.evaluate("img => img.complete && img.naturalWidth") > 100
+                _shot(page, shots / "scorecards.png")
 
                 # An action without the page's CSRF token changes nothing.
                 forged = httpx.post(

@@ -7,7 +7,9 @@ import itertools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
+import orjson
 import pytest
 
 from failsoft.clock import ManualClock
@@ -16,6 +18,7 @@ from failsoft.observe.events import EventBus
 from failsoft.runtime import Runtime
 from failsoft.server.admin import AdminRoutes
 from failsoft.server.ui.console import Console, Page, UiRequest
+from failsoft.server.ui.scorecards import read_cards, read_chart
 from failsoft.server.ui.sessions import COOKIE, Sessions, cookie_of, set_cookie
 from tests.server.test_admin import TOKEN, config
 
@@ -222,3 +225,29 @@ async def test_headers_keep_the_pages_out_of_frames_and_caches(
     script = await client.request("GET", "/ui/static/console.js")
     assert script.content_type == b"text/javascript"
     assert b"setInterval(refresh, 2000)" in script.body
+
+
+# --- scorecards ------------------------------------------------------------------------
+
+
+def test_scorecards_are_listed_by_name_and_only_listed_charts_are_served(tmp_path: Path) -> None:
+    good = {"name": "good", "requests": 300, "passed": True, "checks": []}
+    good["checks"] = [
+        {"name": "availability", "measured": "99.9%", "expected": ">= 99%", "ok": True}
+    ]
+    (tmp_path / "good.json").write_bytes(orjson.dumps(good))
+    (tmp_path / "good.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "broken.json").write_bytes(b"{not json")
+    (tmp_path / "-odd name.json").write_bytes(b"{}")
+    cards = {card.name: card for card in read_cards(tmp_path)}
+    assert set(cards) == {"good", "broken"}
+    assert cards["good"].passed is True
+    assert cards["good"].requests == 300
+    assert cards["good"].checks[0]["name"] == "availability"
+    assert cards["good"].chart is True
+    assert (cards["broken"].passed, cards["broken"].chart) == (None, False)
+    assert read_chart(tmp_path, "good") == b"\x89PNG not really"
+    assert read_chart(tmp_path, "broken") is None  # no chart
+    assert read_chart(tmp_path, "../good") is None
+    assert read_chart(tmp_path / "missing", "good") is None
+    assert read_cards(tmp_path / "missing") == []

@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -191,7 +192,13 @@ class FailsoftApp:
             control,
             self.drift,
         )
-        self.console = Console(self.admin, Sessions(runtime.clock.now), control)
+        scorecards = os.environ.get("FAILSOFT_UI_SCORECARDS")
+        self.console = Console(
+            self.admin,
+            Sessions(runtime.clock.now),
+            control,
+            Path(scorecards) if scorecards else None,
+        )
         if control is not None:  # the flags in force, before the first request
             control.flags = FlagService(control.store, runtime, control.data_dir)
             note = control.flags.boot()

@@ -6,6 +6,7 @@
     GET  /ui/rollouts                   rollouts with each analysis decision; pause / resume
     GET  /ui/drift                      each model version's drift windows and features
     GET  /ui/audit?after=N              the audit log (newest page by default)
+    GET  /ui/scorecards                 drill scorecards and charts from $FAILSOFT_UI_SCORECARDS
     POST /ui/rollouts/KEY/pause|resume  an action (CSRF token checked)
     GET  /ui/static/console.js|css      the few lines of live refresh, the style
 
@@ -18,9 +19,11 @@ Errors show what to do, never a path or an exception's text.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -31,6 +34,7 @@ from failsoft.control.plane import ControlPlane
 from failsoft.control.storecall import store_call
 from failsoft.errors import FailsoftError, MethodNotAllowed, NotFound, Unauthorized
 from failsoft.server.admin import AdminRoutes
+from failsoft.server.ui.scorecards import read_cards, read_chart
 from failsoft.server.ui.sessions import COOKIE, Session, Sessions, cookie_of, set_cookie
 from failsoft.store import StoreError
 from failsoft.store.encoding import utc_text
@@ -38,7 +42,7 @@ from failsoft.store.encoding import utc_text
 FORM_LIMIT = 8 * 1024
 AUDIT_PAGE = 50
 ROLLOUT_ACTIONS = ("pause", "resume")
-PAGES = ("overview", "rollouts", "drift", "audit")
+PAGES = ("overview", "rollouts", "drift", "audit", "scorecards")
 STATIC = {"console.js": b"text/javascript", "console.css": b"text/css"}
 ReadBody = Callable[[int], Awaitable[bytes]]
 _SECURITY_HEADERS = [
@@ -70,9 +74,14 @@ class UiRequest:
 
 class Console:
     def __init__(
-        self, admin: AdminRoutes, sessions: Sessions, control: ControlPlane | None = None
+        self,
+        admin: AdminRoutes,
+        sessions: Sessions,
+        control: ControlPlane | None = None,
+        scorecards: Path | None = None,
     ) -> None:
         self._admin = admin
+        self._cards_dir = scorecards
         self._control = control
         self.sessions = sessions
         self._env = jinja2.Environment(
@@ -100,6 +109,8 @@ class Console:
         if request.method == "POST":
             return _secured(await self._act(request, parts, session))
         _allow(request.method, "GET")
+        if len(parts) == 2 and parts[0] == "scorecards" and parts[1].endswith(".png"):
+            return _secured(await self._chart(parts[1].removesuffix(".png"), session))
         page = parts[0] if parts else "overview"
         if page not in PAGES or len(parts) > 1:
             return _secured(self._render("missing.html", 404, session=session, page=""))
@@ -203,6 +214,20 @@ class Console:
             "older": max(0, start - AUDIT_PAGE) if start > 0 else None,
             "newer": start + AUDIT_PAGE if len(entries) == AUDIT_PAGE else None,
         }
+
+    async def _scorecards(self, session: Session, query: Mapping[str, str]) -> dict[str, Any]:
+        if self._cards_dir is None:
+            return {"configured": False, "cards": []}
+        cards = await asyncio.to_thread(read_cards, self._cards_dir)
+        return {"configured": True, "cards": cards}
+
+    async def _chart(self, name: str, session: Session) -> Page:
+        found = None
+        if self._cards_dir is not None:
+            found = await asyncio.to_thread(read_chart, self._cards_dir, name)
+        if found is None:
+            return self._render("missing.html", 404, session=session)
+        return Page(200, found, content_type=b"image/png")
 
     async def _audit_size(self) -> int:
         control = self._control
