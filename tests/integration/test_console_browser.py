@@ -166,7 +166,21 @@ def test_the_console_in_a_real_browser(
                 assert "v2" in overview
                 assert page.locator("tr.replica").count() == 3  # v1: 1 replica, v2: 2
                 assert overview.count("healthy") == 3
+
+                # The kill switch of v2, off then on again, through the admin API's flags.
+                page.click("form[action='/ui/switches/iris/v2/off'] button")
+                page.wait_for_url(f"{gateway.url}/ui")
+                assert "iris/v2: switched off." in page.inner_text(".flash")
+                assert "switched off" in page.locator("td.switch").nth(1).inner_text()
+                flag = http.get("/admin/flags/failsoft.disable.iris.v2", headers=AUTH)
+                assert flag.status_code == 200, flag.text
+                assert flag.json()["spec"]["value"] is True
                 _shot(page, shots / "overview.png")
+                page.click("form[action='/ui/switches/iris/v2/on'] button")
+                page.wait_for_url(f"{gateway.url}/ui")
+                assert "iris/v2: switched on again." in page.inner_text(".flash")
+                cleared = http.get("/admin/flags/failsoft.disable.iris.v2", headers=AUTH)
+                assert cleared.status_code == 404
 
                 # Rollouts: the rollout with its decisions; pause it with the button.
                 page.click("nav >> text=Rollouts")
@@ -204,6 +218,9 @@ def test_the_console_in_a_real_browser(
                 assert paused, rows
                 assert "ops-console" in paused[0]
                 assert f"rollout:{rollout_id}" in paused[0]
+                switched = [r for r in rows if "failsoft.disable.iris.v2" in r]
+                assert any("flag.set" in r and "ops-console" in r for r in switched), rows
+                assert any("flag.cleared" in r and "ops-console" in r for r in switched), rows
                 _shot(page, shots / "audit.png")
 
                 # Scorecards: the drill's verdict, its checks and its chart.

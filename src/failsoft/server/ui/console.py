@@ -8,6 +8,7 @@
     GET  /ui/audit?after=N              the audit log (newest page by default)
     GET  /ui/scorecards                 drill scorecards and charts from $FAILSOFT_UI_SCORECARDS
     POST /ui/rollouts/KEY/pause|resume  an action (CSRF token checked)
+    POST /ui/switches/MODEL/VERSION/off|on   a version's kill switch (failsoft.disable.*)
     GET  /ui/static/console.js|css      the few lines of live refresh, the style
 
 Every page is read through ``AdminRoutes.handle`` with the session's token, and
@@ -178,17 +179,45 @@ class Console:
             except FailsoftError as error:
                 session.note(f"Rollout {key}: {action} refused — {_safe(error)}")
             return _redirect("/ui/rollouts")
+        if len(parts) == 4 and parts[0] == "switches" and parts[3] in ("off", "on"):
+            return await self._switch(parts[1], parts[2], parts[3] == "off", session)
         raise NotFound("no such console action")
+
+    async def _switch(self, model: str, version: str, off: bool, session: Session) -> Page:
+        """The kill switch of one version: set (its traffic goes to the fallback chain) or
+        cleared, through the admin API's flag routes."""
+        key = f"failsoft.disable.{model}.{version}"
+        spec = {"kind": "boolean", "value": True, "description": "switched off in the console"}
+        try:
+            if off:
+                await self._call("PUT", ["flags", key], session, body=orjson.dumps(spec))
+            else:
+                await self._call("DELETE", ["flags", key], session)
+            session.note(f"{model}/{version}: switched {'off' if off else 'on again'}.")
+        except Unauthorized:
+            self.sessions.close(session.id)
+            return _redirect("/ui/login")
+        except FailsoftError as error:
+            session.note(f"{model}/{version}: the switch was refused — {_safe(error)}")
+        return _redirect("/ui")
 
     # -- pages ----------------------------------------------------------------
 
     async def _overview(self, session: Session, query: Mapping[str, str]) -> dict[str, Any]:
         status = await self._call("GET", ["status"], session)
         flags, flags_error = await self._optional(session, ["flags"])
+        listed = (flags or {}).get("flags", [])
+        switched_off = {
+            tuple(flag["key"].split(".", 3)[2:4])
+            for flag in listed
+            if flag["key"].startswith("failsoft.disable.") and flag["spec"].get("value") is True
+        }
         return {
             "status": status,
-            "flags": (flags or {}).get("flags", []),
+            "flags": listed,
             "flags_error": flags_error,
+            "switched_off": switched_off,
+            "switches": flags_error is None,
         }
 
     async def _rollouts(self, session: Session, query: Mapping[str, str]) -> dict[str, Any]:
@@ -247,12 +276,13 @@ class Console:
         parts: list[str],
         session: Session,
         query: Mapping[str, str] | None = None,
+        body: bytes = b"",
     ) -> Any:
-        async def no_body(limit: int) -> bytes:
-            return b""
+        async def read_body(limit: int) -> bytes:
+            return body
 
         answered = await self._admin.handle(
-            method, parts, f"Bearer {session.token}", no_body, query or {}
+            method, parts, f"Bearer {session.token}", read_body, query or {}
         )
         status, body = answered if isinstance(answered, tuple) else (answered.status, answered.body)
         return orjson.loads(body) if status < 300 and body else {}
