@@ -127,14 +127,24 @@ def test_the_console_in_a_real_browser(
         token = made.json()["token"]
         started = http.post(
             "/admin/rollouts",
-            json={"model": "iris", "to": "v2", "steps": [10, 50, 100], "step_s": 600},
+            json={
+                "model": "iris",
+                "to": "v2",
+                "steps": [10, 50, 100],
+                "step_s": 600,
+                "check_every_s": 0.5,
+            },
             headers=AUTH,
         )
         assert started.status_code == 201, started.text
         rollout_id = started.json()["id"]
         body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": ROW}]}
-        for _ in range(20):  # rows for the drift monitor
+        for _ in range(20):  # rows for the drift monitor and the rollout's analysis
             assert http.post("/v2/models/iris/infer", json=body).status_code == 200
+        deadline = time.monotonic() + DEADLINE_S
+        while (analysis := _rollout(http)["analysis"]) is None:
+            assert time.monotonic() < deadline, "no analysis ran"
+            time.sleep(0.1)
 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
@@ -189,6 +199,9 @@ def test_the_console_in_a_real_browser(
                 assert "progressing" in card.inner_text()
                 assert "iris: v1 → v2" in card.inner_text()
                 assert card.locator("tr.decision").count() >= 1
+                shown_analysis = card.locator("table.analysis").inner_text()
+                for check in analysis["checks"]:
+                    assert check["name"] in shown_analysis
                 card.locator("button", has_text="Pause rollout").click()
                 page.wait_for_url(f"{gateway.url}/ui/rollouts")
                 assert f"Rollout {rollout_id}: pause done." in page.inner_text(".flash")

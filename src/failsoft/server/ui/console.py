@@ -358,6 +358,8 @@ def _pct(value: Any) -> str:
 def _num(value: Any, digits: int = 3) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
     return f"{value:.{digits}g}"
 
 
