@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -292,4 +293,22 @@ def test_pages_without_a_session_redirect_and_never_show_internals(
         login = http.post("/ui/login", data={"token": "<script>alert(1)</script>"})
         assert login.status_code == 401
         assert "<script>alert" not in login.text
+
+        # A read-only token signs in and reads, but its actions are refused by the scope check.
+        made = http.post("/admin/tokens", json={"name": "viewer", "scopes": ["read"]}, headers=AUTH)
+        assert made.status_code == 201, made.text
+        started = http.post(
+            "/admin/rollouts", json={"model": "iris", "to": "v2", "step_s": 600}, headers=AUTH
+        )
+        assert started.status_code == 201, started.text
+        signed_in = http.post("/ui/login", data={"token": made.json()["token"]})
+        assert signed_in.status_code == 303
+        page = http.get("/ui/rollouts")
+        found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert found is not None, page.text
+        acted = http.post("/ui/rollouts/iris/pause", data={"csrf": found.group(1)})
+        assert acted.status_code == 303
+        shown = http.get("/ui/rollouts").text
+        assert "pause refused — Your token lacks the scope" in shown
+        assert http.get("/admin/rollouts/iris", headers=AUTH).json()["status"] == "progressing"
         assert time.monotonic() < deadline

@@ -251,3 +251,20 @@ def test_scorecards_are_listed_by_name_and_only_listed_charts_are_served(tmp_pat
     assert read_chart(tmp_path, "../good") is None
     assert read_chart(tmp_path / "missing", "good") is None
     assert read_cards(tmp_path / "missing") == []
+
+
+async def test_a_form_posted_from_another_site_is_refused_even_the_sign_in(
+    browser: Callable[[], Awaitable[Browser]],
+) -> None:
+    client = await browser()
+    evil = [(b"origin", b"https://evil.example"), (b"host", b"gateway:8000")]
+
+    async def form(limit: int) -> bytes:
+        return f"token={TOKEN}".encode()
+
+    refused = await client.console.handle(UiRequest("POST", ["login"], {}, evil, form))
+    assert refused.status == 403
+    assert not any(key == b"set-cookie" for key, _ in refused.headers)
+    same = [(b"origin", b"http://gateway:8000"), (b"host", b"gateway:8000")]
+    allowed = await client.console.handle(UiRequest("POST", ["login"], {}, same, form))
+    assert allowed.status == 303

@@ -50,7 +50,7 @@ _SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # "no-referrer" makes the Origin of a form "null"
     (b"cache-control", b"no-store"),
 ]
 HTML = b"text/html; charset=utf-8"
@@ -100,6 +100,8 @@ class Console:
         if len(parts) == 2 and parts[0] == "static" and parts[1] in STATIC:
             _allow(request.method, "GET")
             return _secured(Page(200, self._static[parts[1]], content_type=STATIC[parts[1]]))
+        if request.method == "POST" and not _same_origin(request.headers):
+            return _secured(self._render("missing.html", 403, message="Cross-site form refused."))
         if parts == ["login"]:
             return _secured(await self._login(request))
         session = self.sessions.get(cookie_of(request.headers))
@@ -322,6 +324,16 @@ def _redirect(location: str, headers: list[tuple[bytes, bytes]] | None = None) -
 def _secured(page: Page) -> Page:
     page.headers.extend(_SECURITY_HEADERS)
     return page
+
+
+def _same_origin(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A form posted from another site is refused, the sign-in form too (login CSRF);
+    a client that sends no Origin (curl, an old browser) relies on the CSRF token."""
+    found = dict(headers)
+    origin, host = found.get(b"origin"), found.get(b"host")
+    if origin is None or host is None:
+        return True
+    return origin.partition(b"://")[2] == host
 
 
 def _tls(request: UiRequest) -> bool:
