@@ -312,3 +312,15 @@ def test_pages_without_a_session_redirect_and_never_show_internals(
         assert "pause refused — Your token lacks the scope" in shown
         assert http.get("/admin/rollouts/iris", headers=AUTH).json()["status"] == "progressing"
         assert time.monotonic() < deadline
+
+
+def test_a_missing_chromium_fails_on_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no-chromium is missing"):
+        _browser_or_fail()
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="no-chromium is missing"):
+        _browser_or_fail()
