@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -80,6 +81,8 @@ from failsoft.server.http import (
 )
 from failsoft.server.ofrep import Ofrep
 from failsoft.server.predictions import FEEDBACK_BODY_LIMIT, open_predictions
+from failsoft.server.ui.console import Console, UiRequest
+from failsoft.server.ui.sessions import Sessions
 
 log = logging.getLogger("failsoft.server")
 access_log = logging.getLogger("failsoft.access")
@@ -188,6 +191,13 @@ class FailsoftApp:
             self.recent,
             control,
             self.drift,
+        )
+        scorecards = os.environ.get("FAILSOFT_UI_SCORECARDS")
+        self.console = Console(
+            self.admin,
+            Sessions(runtime.clock.now),
+            control,
+            Path(scorecards) if scorecards else None,
         )
         if control is not None:  # the flags in force, before the first request
             control.flags = FlagService(control.store, runtime, control.data_dir)
@@ -390,6 +400,8 @@ class FailsoftApp:
             return self._admin(req, parts[1:])
         if head == "ofrep":
             return self._ofrep(req, parts[1:])
+        if head == "ui":
+            return self._ui(req, parts[1:])
         if head == "" and len(parts) == 1:
             _expect(req, "GET")
             self._guard(req)
@@ -429,6 +441,19 @@ class FailsoftApp:
         body = await read_body(req.receive, FEEDBACK_BODY_LIMIT, req.content_length)
         name = tenant.name if tenant is not None else None
         return Answer(200, await self.predictions.feedback(model_name, name, body), [])
+
+    async def _ui(self, req: Incoming, parts: list[str]) -> Answer:
+        query = {key: values[-1] for key, values in parse_qs(req.query.decode("latin-1")).items()}
+        page = await self.console.handle(
+            UiRequest(
+                req.method,
+                parts,
+                query,
+                req.headers or [],
+                lambda limit: read_body(req.receive, limit, req.content_length),
+            )
+        )
+        return Answer(page.status, page.body, page.headers, page.content_type)
 
     async def _ofrep(self, req: Incoming, parts: list[str]) -> Answer:
         reply = await self.ofrep.handle(
