@@ -7,6 +7,7 @@ import math
 import os
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from failsoft.control.quota_leases import (
 from failsoft.control.tenants import TenantConfig, Tenants, key_digest
 from failsoft.drills.jobs_drill import redis_server
 from failsoft.errors import QuotaExceeded
+from tests._tcp_proxy import TcpProxy
 
 REDIS_URL = os.environ.get("FAILSOFT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
@@ -229,3 +231,31 @@ async def test_falls_back_to_a_local_share_and_returns_when_redis_is_back(
         assert bucket.mode == REDIS
         assert bucket.tokens == 1.0
         await owner.close()
+
+
+async def test_a_hanging_redis_costs_one_deadline_then_the_local_share(prefix: str) -> None:
+    clock = ManualClock()
+    with TcpProxy("127.0.0.1", 6379) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        owner = QuotaLeases(options(prefix, redis_url=url, deadline_s=0.2, instances=4), clock)
+        owner.start()
+        assert owner._task is not None
+        owner._task.cancel()  # before it runs: the test drives the rounds
+        try:
+            bucket = owner.bucket("t", "requests", 40.0, 40.0)
+            assert await owner.round()
+            assert bucket.tokens == 4.0
+            proxy.cut(hang=True)  # accepts, answers nothing
+            bucket.take(4)
+            started = time.monotonic()
+            assert not await owner.round()
+            assert time.monotonic() - started < 0.2 + 0.5  # the deadline, with a margin
+            assert owner.mode == LOCAL
+            await clock.advance(1.0)
+            assert bucket.tokens == 10.0  # 40/s shared by the 4 configured gateways
+            proxy.restore()
+            assert await owner.round()
+            assert owner.mode == REDIS
+            assert bucket.tokens == 4.0
+        finally:
+            await owner.close()
