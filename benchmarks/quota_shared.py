@@ -13,11 +13,14 @@ It reports requests that failed other than with 429, each gateway's admitted
 rate while Redis was down as a ratio to its share, and how long after Redis
 was back both gateways said ``failsoft_quota_mode{mode="redis"} 1``.
 
+Baseline, in the same run: two gateways without ``quotas:`` (each limits on
+its own, as before) under the same load admit about 2 x the quota.
+
 Target (issue 15): shared admitted rate 48-52/s (ratio 0.96-1.04); 0 failed;
 each gateway within its share while Redis is down; both back on Redis.
 
     python benchmarks/quota_shared.py                        # 60 s shared, 20 s outage
-    python benchmarks/quota_shared.py --duration 20 --outage 5
+    python benchmarks/quota_shared.py --quick                # 10 s shared, 4 s outage
 """
 
 from __future__ import annotations
@@ -85,11 +88,13 @@ def redis_on_port(folder: Path, port: int, timeout_s: float = 10.0) -> Iterator[
             process.wait()
 
 
-def gateway_yaml(demo_dir: Path, redis_url: str, prefix: str, key: str) -> str:
-    """iris v1 from the demo's files and one tenant whose quota is shared through Redis."""
+def gateway_yaml(demo_dir: Path, redis_url: str | None, prefix: str, key: str) -> str:
+    """iris v1 from the demo's files and one tenant whose quota is shared through Redis
+    (``redis_url`` None: each gateway limits on its own, as without ``quotas:``)."""
+    quotas = {"redis_url": redis_url, "key_prefix": prefix} if redis_url else {}
     return json.dumps(
         {
-            "quotas": {"redis_url": redis_url, "key_prefix": prefix},
+            "quotas": quotas,
             "tenants": {
                 "acme": {"key_sha256": key_digest(key), "requests_per_s": QUOTA, "burst_s": 1.0}
             },
@@ -299,7 +304,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of shared load")
     parser.add_argument("--outage", type=float, default=20.0, help="seconds Redis is down")
+    parser.add_argument("--quick", action="store_true", help="10 s shared, a 4 s outage")
     args = parser.parse_args()
+    if args.quick:
+        args.duration, args.outage = 10.0, 4.0
     from failsoft.demo import prepare_demo
 
     with tempfile.TemporaryDirectory(prefix="failsoft-quota-") as tmp:
@@ -325,6 +333,18 @@ def main() -> int:
                 )
                 outage = outage_run(urls, key, root / "redis", port, 3.0, args.outage)
                 stop(outage.restarted)
+            baseline_s = min(args.duration, 15.0)
+            local = [
+                start_gateway(root / f"local-{name}", gateway_yaml(root / "demo", None, "", key))
+                for name in ("a", "b")
+            ]
+            gateways += local
+            _, local_ratio = shared_run([g.url for g in local], key, baseline_s)
+            print(
+                f"baseline: the same load on two gateways limiting on their own (no quotas:) "
+                f"for {baseline_s:.0f} s: {local_ratio:.3f} x quota; shared/baseline = "
+                f"{ratio / local_ratio:.3f}"
+            )
             shares = [outage.share_ratio(g) for g in range(2)]
             outage_failed = len(outage.load.failed())
             print(
