@@ -26,7 +26,7 @@ from pydantic import (
 from failsoft._options import StrictModel, validation_problems
 from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.faults import ChaosOptions
-from failsoft.control.quota_leases import QuotaOptions
+from failsoft.control.quota_options import QuotaOptions
 from failsoft.control.tenants import TenantConfig
 from failsoft.data.constraints import Compatibility, InputPolicy
 from failsoft.data.prediction_options import PredictionLogOptions

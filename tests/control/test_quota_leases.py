@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from failsoft.clock import ManualClock
+from failsoft.config import ConfigError, parse_config
 from failsoft.control.quota_leases import (
     LEASE_SCRIPT,
     LOCAL,
@@ -259,3 +260,13 @@ async def test_a_hanging_redis_costs_one_deadline_then_the_local_share(prefix: s
             assert bucket.tokens == 4.0
         finally:
             await owner.close()
+
+
+def test_the_quotas_section_is_off_by_default_and_bad_values_name_their_key() -> None:
+    models = {"m": {"inputs": [], "outputs": [], "versions": {}}}
+    assert not QuotaOptions().enabled
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"models": models, "quotas": {"deadline_s": 0, "leases": 3}})
+    problems = "\n".join(caught.value.problems)
+    assert "quotas.deadline_s: Input should be greater than 0" in problems
+    assert "quotas.leases: unknown key" in problems

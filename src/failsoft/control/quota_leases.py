@@ -16,7 +16,7 @@ slices granted earlier and spent later, at most ``lease`` per instance.
 Every Redis call has a deadline (``deadline_s``). When a round fails, each
 bucket falls back to a local ``TokenBucket`` with this instance's share of
 the quota (rate / live instances: ``instances`` if configured, else the
-count of gateways seen in Redis before it failed), starting from what was
+count of gateways seen in Redis before it failed; 1 if it never answered), starting from what was
 left of its slice, so the fall-back is no burst. The gauge
 ``failsoft_quota_mode{mode="redis|local"}`` and a log line say so. Every
 ``probe_s`` it tries Redis again; a bucket returns to Redis with its first
@@ -32,12 +32,12 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field
+from redis.exceptions import RedisError
 
-from failsoft._options import StrictModel
 from failsoft.clock import Clock
+from failsoft.control.quota_options import QuotaOptions
 from failsoft.control.tenants import Bucket, TokenBucket
 
 __all__ = ["LEASE_SCRIPT", "LeasedBucket", "QuotaLeases", "QuotaOptions"]
@@ -83,38 +83,6 @@ redis.call('HSET', KEYS[1], 'tokens', left, 'ts', string.format('%.6f', ts))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {grant, left}
 """
-
-
-class QuotaOptions(StrictModel):
-    redis_url: str | None = Field(
-        default=None,
-        description="share tenant quotas between gateways through this Redis "
-        "(redis://host:port/db); unset: each gateway limits on its own",
-    )
-    key_prefix: str = Field(default="failsoft:quota:", min_length=1, max_length=200)
-    lease: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = Field(
-        default=None,
-        description="tokens leased at a time; default 10% of rate x burst_s (at least 1). "
-        "Bounds the excess over the quota: at most one lease per gateway",
-    )
-    refill_s: Annotated[float, Field(gt=0, le=10)] = Field(
-        default=0.02, description="at most one top-up round trip to Redis per this period"
-    )
-    deadline_s: Annotated[float, Field(gt=0, le=10)] = Field(
-        default=0.25, description="a Redis call slower than this counts as Redis being down"
-    )
-    probe_s: Annotated[float, Field(gt=0, le=300)] = Field(
-        default=1.0, description="while on local limits, try Redis again this often"
-    )
-    instances: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
-        default=None,
-        description="gateways sharing the quotas, for the local share when Redis is down; "
-        "default: the count last seen in Redis",
-    )
-
-    @property
-    def enabled(self) -> bool:
-        return self.redis_url is not None
 
 
 class LeasedBucket:
@@ -321,7 +289,7 @@ class QuotaLeases:
                         client=pipe,
                     )
                 results = await pipe.execute()
-        except Exception as error:  # any failure of Redis means: go local
+        except (RedisError, OSError, TimeoutError) as error:
             for bucket in batch:
                 self._hungry.setdefault(bucket.key, bucket)
             self.failures += 1

@@ -12,6 +12,9 @@ Every check-and-take is one synchronous call: on the single event loop no
 other request can run between the check and the take, so the quotas hold
 exactly under any concurrency without a lock. Not thread-safe.
 
+With ``quotas.redis_url`` set, the buckets are leased from Redis and shared
+by every gateway (``quota_leases.py``); the contract is the same.
+
 Per-tenant state exists only for configured tenants: an unknown key is
 refused before anything is stored for it.
 """
