@@ -270,3 +270,33 @@ def test_the_quotas_section_is_off_by_default_and_bad_values_name_their_key() ->
     problems = "\n".join(caught.value.problems)
     assert "quotas.deadline_s: Input should be greater than 0" in problems
     assert "quotas.leases: unknown key" in problems
+
+
+async def test_the_excess_over_one_bucket_is_at_most_one_lease_per_gateway(prefix: str) -> None:
+    """Slices leased, then held while the shared bucket refills: spent together with the
+    refilled bucket, they are the whole excess (on an injected Redis clock)."""
+    now = [100.0]
+    owners = [
+        QuotaLeases(
+            options(prefix, lease=5), ManualClock(), instance_id=name, redis_clock=lambda: now[0]
+        )
+        for name in ("a", "b")
+    ]
+    for owner in owners:
+        owner._client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=1.0)
+        owner._script = owner._client.register_script(LEASE_SCRIPT)
+    try:
+        buckets = [owner.bucket("t", "requests", 10.0, 10.0) for owner in owners]
+        for owner in owners:
+            await owner.round()  # 5 each: the shared bucket is empty
+        now[0] += 60.0  # idle: the shared bucket is full again, the slices still held
+        admitted = 0
+        for _ in range(5):  # a burst at one instant (the Redis clock stands still)
+            for owner, bucket in zip(owners, buckets, strict=True):
+                await owner.round()
+                while bucket.take(1) == 0.0:
+                    admitted += 1
+        assert admitted == 10 + 2 * 5  # the capacity + one lease per gateway, no more
+    finally:
+        for owner in owners:
+            await owner._client.aclose()

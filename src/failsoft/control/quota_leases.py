@@ -184,12 +184,15 @@ class QuotaLeases:
         on_mode: Callable[[str], None] | None = None,
         client: Any = None,
         instance_id: str | None = None,
+        redis_clock: Callable[[], float] | None = None,
     ) -> None:
+        """``redis_clock``: tests only, the time the lease script refills by (else Redis TIME)."""
         if options.redis_url is None and client is None:
             raise ValueError("quotas.redis_url is not set")
         self.options = options
         self.clock = clock
         self.id = instance_id or secrets.token_hex(6)
+        self._redis_clock = redis_clock
         self._client = client
         self._script: Any = None
         self._on_mode = on_mode
@@ -274,6 +277,7 @@ class QuotaLeases:
             key = next(iter(self._hungry))
             batch.append(self._hungry.pop(key))
         members = self.options.key_prefix + "instances"
+        at = self._redis_clock() if self._redis_clock is not None else None
         now = time.time()
         try:
             async with asyncio.timeout(self.options.deadline_s):
@@ -285,7 +289,7 @@ class QuotaLeases:
                 for bucket in batch:
                     await self._script(
                         keys=[bucket.key],
-                        args=_args(bucket.rate, bucket.capacity, bucket.wanted()),
+                        args=_args(bucket.rate, bucket.capacity, bucket.wanted(), now=at),
                         client=pipe,
                     )
                 results = await pipe.execute()
