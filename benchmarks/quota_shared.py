@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,6 +131,7 @@ class Sent:
     at: float  # seconds since the load began, when it was sent
     gateway: int
     status: int  # 0: no answer (connection error or timeout)
+    latency_s: float
 
 
 @dataclass
@@ -143,6 +145,10 @@ class Load:
             for s in self.sent
             if s.status == 200 and start <= s.at < end and gateway in (None, s.gateway)
         )
+
+    def p50_ms(self) -> float:
+        """Median latency of the admitted requests, in milliseconds."""
+        return 1000 * statistics.median(s.latency_s for s in self.sent if s.status == 200)
 
     def failed(self) -> list[Sent]:
         return [s for s in self.sent if s.status not in (200, 429)]
@@ -160,11 +166,12 @@ async def offer(urls: list[str], key: str, rate: float, duration_s: float, load:
         async def one(at: float, gateway: int) -> None:
             url = f"{urls[gateway]}/v2/models/iris/infer"
             status = 0
+            sent = time.monotonic()
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.post(url, data=body, headers=headers) as answer:
                     await answer.read()
                     status = answer.status
-            load.sent.append(Sent(at, gateway, status))
+            load.sent.append(Sent(at, gateway, status, time.monotonic() - sent))
 
         start = time.monotonic()
         for index in range(int(rate * duration_s)):
@@ -329,7 +336,8 @@ def main() -> int:
                     f"shared: {OFFERED:.0f} req/s offered over 2 gateways for "
                     f"{args.duration:.0f} s, quota {QUOTA:.0f}/s: admitted "
                     f"{ratio * QUOTA:.2f}/s after {WARMUP_S:.0f} s = {ratio:.3f} x quota "
-                    f"(target 0.96-1.04); failed other than 429: {failed}"
+                    f"(target 0.96-1.04); failed other than 429: {failed}; "
+                    f"p50 of admitted {load.p50_ms():.1f} ms"
                 )
                 outage = outage_run(urls, key, root / "redis", port, 3.0, args.outage)
                 stop(outage.restarted)
@@ -339,11 +347,12 @@ def main() -> int:
                 for name in ("a", "b")
             ]
             gateways += local
-            _, local_ratio = shared_run([g.url for g in local], key, baseline_s)
+            local_load, local_ratio = shared_run([g.url for g in local], key, baseline_s)
             print(
                 f"baseline: the same load on two gateways limiting on their own (no quotas:) "
                 f"for {baseline_s:.0f} s: {local_ratio:.3f} x quota; shared/baseline = "
-                f"{ratio / local_ratio:.3f}"
+                f"{ratio / local_ratio:.3f}; p50 of admitted {local_load.p50_ms():.1f} ms, "
+                f"shared/baseline = {load.p50_ms() / local_load.p50_ms():.2f}"
             )
             shares = [outage.share_ratio(g) for g in range(2)]
             outage_failed = len(outage.load.failed())
