@@ -300,3 +300,20 @@ async def test_the_excess_over_one_bucket_is_at_most_one_lease_per_gateway(prefi
     finally:
         for owner in owners:
             await owner._client.aclose()
+
+
+async def test_a_stopping_gateway_hands_its_unspent_slices_back(
+    prefix: str, sync_redis: redis.Redis
+) -> None:
+    owner = QuotaLeases(options(prefix), ManualClock(), redis_clock=lambda: 100.0)
+    owner._client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=1.0)
+    owner._script = owner._client.register_script(LEASE_SCRIPT)
+    bucket = owner.bucket("t", "requests", 50.0, 50.0)
+    assert await owner.round()
+    assert bucket.take(2) == 0.0
+    assert float(sync_redis.hget(prefix + "t:requests", "tokens")) == 45.0  # type: ignore[arg-type]
+    await owner.close()  # hands 3 back
+    assert float(sync_redis.hget(prefix + "t:requests", "tokens")) == 48.0  # type: ignore[arg-type]
+    assert bucket.tokens == 0.0
+    # Given back up to the capacity, never beyond.
+    assert lease(sync_redis, prefix + "t:requests", 50, 50, -10, now=100.0) == (-10, 50.0)

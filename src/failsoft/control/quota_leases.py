@@ -51,6 +51,7 @@ MEMBER_TTL_S = 5.0  # a gateway not seen in Redis for this long no longer counts
 _SLACK_S = 1e-9
 
 # KEYS[1] the bucket. ARGV: rate, capacity, want, ttl_ms, [now in seconds: tests only].
+# A negative want gives tokens back (a gateway stopping), up to the capacity.
 # Returns {granted (integer), tokens left (string: Lua numbers would be truncated)}.
 LEASE_SCRIPT = """
 local rate = tonumber(ARGV[1])
@@ -76,8 +77,8 @@ if now > ts then
 end
 if tokens > capacity then tokens = capacity end
 local grant = math.floor(math.min(want, tokens))
-if grant < 0 then grant = 0 end
 tokens = tokens - grant
+if tokens > capacity then tokens = capacity end
 local left = string.format('%.17g', tokens)
 redis.call('HSET', KEYS[1], 'tokens', left, 'ts', string.format('%.6f', ts))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -246,10 +247,14 @@ class QuotaLeases:
         self._task = asyncio.ensure_future(self.run())
 
     async def close(self) -> None:
+        """Stop leasing and hand the unspent slices back (within one deadline)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._client is not None and self.mode == REDIS:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await self.give_back()
         if self._client is not None:
             with contextlib.suppress(Exception):  # closing a dead connection
                 await self._client.aclose()
@@ -309,6 +314,27 @@ class QuotaLeases:
             if self._on_mode is not None:
                 self._on_mode(REDIS)
         return True
+
+    async def give_back(self) -> int:
+        """Return every slice's whole unspent tokens to Redis; how many were returned."""
+        held = [b for b in self._buckets.values() if b.mode == REDIS and b.tokens >= 1]
+        if not held:
+            return 0
+        at = self._redis_clock() if self._redis_clock is not None else None
+        async with asyncio.timeout(self.options.deadline_s):
+            pipe = self._client.pipeline(transaction=False)
+            returned = 0
+            for bucket in held:
+                tokens = math.floor(bucket.tokens)
+                returned += tokens
+                bucket.granted(-tokens)
+                await self._script(
+                    keys=[bucket.key],
+                    args=_args(bucket.rate, bucket.capacity, -tokens, now=at),
+                    client=pipe,
+                )
+            await pipe.execute()
+        return returned
 
     def _fall_back(self, error: BaseException) -> None:
         if self.mode == LOCAL:
