@@ -317,3 +317,25 @@ async def test_a_stopping_gateway_hands_its_unspent_slices_back(
     assert bucket.tokens == 0.0
     # Given back up to the capacity, never beyond.
     assert lease(sync_redis, prefix + "t:requests", 50, 50, -10, now=100.0) == (-10, 50.0)
+
+
+async def test_a_bucket_over_its_quota_asks_redis_once_per_token_of_its_share(
+    prefix: str,
+) -> None:
+    clock = ManualClock()
+    owner = QuotaLeases(options(prefix, instances=2), clock, redis_clock=lambda: 100.0)
+    owner._client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=1.0)
+    owner._script = owner._client.register_script(LEASE_SCRIPT)
+    try:
+        bucket = owner.bucket("t", "requests", 1.0, 1.0)
+        assert await owner.round()
+        assert bucket.take(1) == 0.0
+        assert await owner.round()  # the shared bucket is empty: nothing granted
+        assert bucket.take(1) > 0
+        assert owner._hungry == {}  # refused requests do not send it back to Redis
+        await clock.advance(1.9)
+        assert owner._hungry == {}
+        await clock.advance(0.1)  # 2 gateways share 1/s: one token of its share takes 2 s
+        assert list(owner._hungry) == [prefix + "t:requests"]
+    finally:
+        await owner._client.aclose()

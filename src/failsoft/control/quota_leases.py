@@ -49,6 +49,7 @@ LOCAL = "local"
 MAX_BATCH = 1000  # buckets topped up per round trip; the rest wait for the next round
 MEMBER_TTL_S = 5.0  # a gateway not seen in Redis for this long no longer counts
 _SLACK_S = 1e-9
+_TIMER_SLACK_S = 1e-3  # an event loop's timer may fire a hair before its time
 
 # KEYS[1] the bucket. ARGV: rate, capacity, want, ttl_ms, [now in seconds: tests only].
 # A negative want gives tokens back (a gateway stopping), up to the capacity.
@@ -94,7 +95,8 @@ class LeasedBucket:
     """
 
     __slots__ = (
-        "_clock", "_local", "_owner", "_slice", "_want", "capacity", "key", "lease", "rate"
+        "_clock", "_local", "_owner", "_slice", "_want", "capacity", "key", "lease",
+        "not_before", "rate",
     )  # fmt: skip
 
     def __init__(
@@ -109,6 +111,7 @@ class LeasedBucket:
         self._slice = 0.0
         self._want = 0.0  # the largest amount refused since the last lease
         self._local: TokenBucket | None = None
+        self.not_before = -math.inf  # asked in vain: no new lease before this time
 
     @property
     def mode(self) -> str:
@@ -227,6 +230,8 @@ class QuotaLeases:
     def hungry(self, bucket: LeasedBucket) -> None:
         if self._buckets.get(bucket.key) is not bucket:
             return  # replaced by a reconfiguration
+        if self.clock.now() < bucket.not_before - _TIMER_SLACK_S:
+            return  # asked in vain just now; a timer asks again
         self._hungry[bucket.key] = bucket
         if self.mode == REDIS:
             self._wake.set()
@@ -307,6 +312,8 @@ class QuotaLeases:
         self.rounds += 1
         self._seen_instances = int(results[2])
         for bucket, (grant, _left) in zip(batch, results[4:], strict=True):
+            if int(grant) == 0 and bucket.wanted() > 0:
+                self._back_off(bucket)
             bucket.granted(float(grant))
         if self.mode == LOCAL:
             self.mode = REDIS
@@ -314,6 +321,13 @@ class QuotaLeases:
             if self._on_mode is not None:
                 self._on_mode(REDIS)
         return True
+
+    def _back_off(self, bucket: LeasedBucket) -> None:
+        """The shared bucket is empty: ask again once this gateway's share of the refill
+        makes a token, not every ``refill_s`` (a tenant over its quota costs Redis little)."""
+        delay = max(self.options.refill_s, self.instances / bucket.rate)
+        bucket.not_before = self.clock.now() + delay
+        self.clock.call_later(delay, lambda: self.hungry(bucket))
 
     async def give_back(self) -> int:
         """Return every slice's whole unspent tokens to Redis; how many were returned."""
