@@ -339,3 +339,18 @@ async def test_a_bucket_over_its_quota_asks_redis_once_per_token_of_its_share(
         assert list(owner._hungry) == [prefix + "t:requests"]
     finally:
         await owner._client.aclose()
+
+
+async def test_a_share_too_small_for_a_batch_refuses_it_until_redis_is_back() -> None:
+    clock = ManualClock()
+    owner = QuotaLeases(options("p:", instances=4), clock)  # never started: no Redis call
+    rows = owner.bucket("t", "rows", 10.0, 10.0)
+    requests = owner.bucket("t", "requests", 1.0, 2.0)
+    assert isinstance(rows, LeasedBucket)
+    assert isinstance(requests, LeasedBucket)
+    owner._fall_back(ConnectionError("down"))
+    await clock.advance(4.0)  # the local shares fill: 2.5 rows, 1 request (at least one)
+    assert rows.take(8) == owner.options.probe_s  # fits the quota, not a quarter of it
+    assert rows.take(2) == 0.0
+    assert requests.take(1) == 0.0  # a share of 0.5 tokens still lets a request through
+    assert rows.take(11) == math.inf  # fits nowhere: a bad request, as without Redis

@@ -126,6 +126,9 @@ class LeasedBucket:
 
     def wait(self, amount: float) -> float:
         if self._local is not None:
+            if self.fits(amount) and not self._local.fits(amount):
+                # More than this gateway's share could ever hold: only after Redis is back.
+                return self._owner.options.probe_s
             return self._local.wait(amount)
         if not self.fits(amount):
             return math.inf
@@ -137,7 +140,8 @@ class LeasedBucket:
 
     def take(self, amount: float) -> float:
         if self._local is not None:
-            return self._local.take(amount)
+            seconds = self.wait(amount)
+            return self._local.take(amount) if seconds == 0.0 else seconds
         if self.fits(amount) and amount <= self._slice:
             self._slice -= amount
             if self._slice < self.lease / 2:
@@ -170,9 +174,9 @@ class LeasedBucket:
         """Redis is down: limit to this gateway's share, starting from what the slice held."""
         if self._local is not None:
             return
-        self._local = TokenBucket(
-            self.rate / instances, self.capacity / instances, self._clock, tokens=self._slice
-        )
+        # At least one token, so a request can pass whatever the number of gateways.
+        capacity = max(1.0, self.capacity / instances)
+        self._local = TokenBucket(self.rate / instances, capacity, self._clock, tokens=self._slice)
         self._slice = 0.0
         self._want = 0.0
 
