@@ -26,6 +26,7 @@ from pydantic import (
 from failsoft._options import StrictModel, validation_problems
 from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.faults import ChaosOptions
+from failsoft.control.quota_options import QuotaOptions
 from failsoft.control.tenants import TenantConfig
 from failsoft.data.constraints import Compatibility, InputPolicy
 from failsoft.data.drift_options import DriftOptions
@@ -415,6 +416,7 @@ class Config(_Strict):
     tenants: Annotated[dict[Name, TenantConfig], Field(max_length=100_000)] = Field(
         default_factory=dict
     )
+    quotas: QuotaOptions = Field(default_factory=QuotaOptions)
     chaos: ChaosOptions = Field(default_factory=ChaosOptions)
     jobs: JobsOptions = Field(default_factory=JobsOptions)
     predictions: PredictionLogOptions = Field(default_factory=PredictionLogOptions)

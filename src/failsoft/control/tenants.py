@@ -12,6 +12,9 @@ Every check-and-take is one synchronous call: on the single event loop no
 other request can run between the check and the take, so the quotas hold
 exactly under any concurrency without a lock. Not thread-safe.
 
+With ``quotas.redis_url`` set, the buckets are leased from Redis and shared
+by every gateway (``quota_leases.py``); the contract is the same.
+
 Per-tenant state exists only for configured tenants: an unknown key is
 refused before anything is stored for it.
 """
@@ -24,9 +27,9 @@ import hmac
 import math
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from pydantic import Field, field_validator, model_validator
 
@@ -117,8 +120,28 @@ class Tenant:
     priority: Priority
 
 
+class Bucket(Protocol):
+    """What admission needs of a quota: a ``TokenBucket``, or one leased from a shared
+    store (``quota_leases.LeasedBucket``)."""
+
+    @property
+    def rate(self) -> float: ...
+    @property
+    def capacity(self) -> float: ...
+    @property
+    def tokens(self) -> float: ...
+    def fits(self, amount: float) -> bool: ...
+    def wait(self, amount: float) -> float: ...
+    def take(self, amount: float) -> float: ...
+    def give_back(self, amount: float) -> None: ...
+
+
+# (tenant, "requests" or "rows", rate, capacity) -> the bucket to charge
+BucketFactory = Callable[[str, str, float, float], Bucket]
+
+
 class TokenBucket:
-    """``capacity`` tokens refilled at ``rate`` per second, starting full.
+    """``capacity`` tokens refilled at ``rate`` per second, starting full (or at ``tokens``).
 
     ``take`` checks and removes in one synchronous call; with a single event
     loop no other request can interleave between the two, so concurrent
@@ -127,13 +150,15 @@ class TokenBucket:
 
     __slots__ = ("_capacity", "_clock", "_rate", "_tokens", "_updated")
 
-    def __init__(self, rate: float, capacity: float, clock: Clock) -> None:
+    def __init__(
+        self, rate: float, capacity: float, clock: Clock, tokens: float | None = None
+    ) -> None:
         if not (0 < rate < math.inf and 0 < capacity < math.inf):
             raise ValueError(f"rate ({rate}) and capacity ({capacity}) must be positive and finite")
         self._rate = rate
         self._capacity = capacity
         self._clock = clock
-        self._tokens = capacity
+        self._tokens = capacity if tokens is None else min(capacity, tokens)
         self._updated = clock.now()
 
     @property
@@ -185,19 +210,18 @@ class TokenBucket:
             self._updated = now
 
 
-def _bucket(rate: float | None, burst_s: float, clock: Clock) -> TokenBucket | None:
-    return None if rate is None else TokenBucket(rate, rate * burst_s, clock)
-
-
 class _TenantState:
     __slots__ = ("admitted", "config", "digest", "rejected", "requests", "rows", "tenant")
 
-    def __init__(self, name: str, config: TenantConfig, clock: Clock) -> None:
+    def __init__(self, name: str, config: TenantConfig, buckets: BucketFactory) -> None:
         self.config = config
         self.tenant = Tenant(name, config.priority)
         self.digest = config.key_sha256
-        self.requests = _bucket(config.requests_per_s, config.burst_s, clock)
-        self.rows = _bucket(config.rows_per_s, config.burst_s, clock)
+        burst = config.burst_s
+        rate = config.requests_per_s
+        self.requests = None if rate is None else buckets(name, "requests", rate, rate * burst)
+        rate = config.rows_per_s
+        self.rows = None if rate is None else buckets(name, "rows", rate, rate * burst)
         self.admitted = 0
         self.rejected = 0
 
@@ -213,10 +237,17 @@ class Tenants:
         require_keys: bool,
         clock: Clock,
         previous: Tenants | None = None,
+        buckets: BucketFactory | None = None,
     ) -> None:
         """``previous``: tenants served before a reconfiguration; an unchanged tenant keeps
-        its buckets and counts (a change of configuration is no reset of a quota)."""
+        its buckets and counts (a change of configuration is no reset of a quota).
+        ``buckets``: makes each quota's bucket; default a local ``TokenBucket``."""
         self._require_keys = require_keys
+        if buckets is None:
+
+            def buckets(_tenant: str, _kind: str, rate: float, capacity: float) -> Bucket:
+                return TokenBucket(rate, capacity, clock)
+
         self._by_name: dict[str, _TenantState] = {}
         self._by_digest: dict[str, _TenantState] = {}
         for name, config in tenants.items():
@@ -224,7 +255,7 @@ class Tenants:
             state = (
                 kept
                 if kept is not None and kept.config == config
-                else _TenantState(name, config, clock)
+                else _TenantState(name, config, buckets)
             )
             twin = self._by_digest.get(state.digest)
             if twin is not None:
@@ -348,7 +379,7 @@ def _charge(state: _TenantState, rows: int) -> None:
             raise
 
 
-def _charge_rows(name: str, bucket: TokenBucket, rows: int) -> None:
+def _charge_rows(name: str, bucket: Bucket, rows: int) -> None:
     if not bucket.fits(rows):
         raise _too_big(name, bucket, rows)
     seconds = bucket.take(rows)
@@ -356,14 +387,14 @@ def _charge_rows(name: str, bucket: TokenBucket, rows: int) -> None:
         raise _over(name, "row", bucket, seconds)
 
 
-def _too_big(name: str, bucket: TokenBucket, rows: int) -> BadRequest:
+def _too_big(name: str, bucket: Bucket, rows: int) -> BadRequest:
     return BadRequest(
         f"a batch of {rows} rows exceeds tenant {name!r}'s burst of "
         f"{_number(bucket.capacity)} rows (rows_per_s x burst_s): split the batch"
     )
 
 
-def _over(name: str, what: str, bucket: TokenBucket, seconds: float) -> QuotaExceeded:
+def _over(name: str, what: str, bucket: Bucket, seconds: float) -> QuotaExceeded:
     return QuotaExceeded(
         f"tenant {name!r} is over its {what} quota ({_number(bucket.rate)}/s)",
         retry_after_s=seconds,

@@ -243,6 +243,13 @@ class Metrics:
             self.artifact_copies_bad,
             self.artifact_repairs,
         ]
+        self.quota_mode = _Family(
+            "failsoft_quota_mode",
+            "1 for how tenant quotas are held now: leased from Redis, or local shares",
+            ["mode"],
+            gauge=True,
+        )
+        self._families.append(self.quota_mode)
         self._latency: dict[tuple[str, str], _VersionStats] = {}
         self.registry = CollectorRegistry()
         self.registry.register(self)

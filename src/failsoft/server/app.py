@@ -37,9 +37,10 @@ from failsoft.config import Config, ServerConfig
 from failsoft.control.flag_service import FlagService
 from failsoft.control.flags import NO_SWITCHES, Context, Switches
 from failsoft.control.plane import ControlPlane
+from failsoft.control.quota_leases import open_quota_leases
 from failsoft.control.revisions import BootReport
 from failsoft.control.rollout_controller import RolloutController
-from failsoft.control.tenants import Tenants
+from failsoft.control.tenants import BucketFactory, Tenants
 from failsoft.data.drift_service import DriftService
 from failsoft.data.input_checks import HEADER as DATA_WARNING
 from failsoft.data.input_checks import DataVerdict, DataViolation
@@ -175,8 +176,13 @@ class FailsoftApp:
         self.server = server
         self.metrics = metrics
         self._new_request_id = RequestIds()
+        self.quotas = open_quota_leases(
+            runtime.config.quotas, runtime.clock, metrics.quota_mode.set
+        )  # shared through Redis, when configured
         self.admission = Admission(
-            Tenants(runtime.config.tenants, server.require_keys, runtime.clock)
+            Tenants(
+                runtime.config.tenants, server.require_keys, runtime.clock, buckets=self._buckets
+            )
         )
         self.recent = RecentEvents()
         self.drift = DriftService(runtime.bus, runtime.clock)
@@ -222,6 +228,10 @@ class FailsoftApp:
         tracing.configure(runtime.config.tracing)
         tracing.subscribe(runtime.bus)
 
+    @property
+    def _buckets(self) -> BucketFactory | None:
+        return self.quotas.bucket if self.quotas is not None else None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
@@ -239,6 +249,8 @@ class FailsoftApp:
                     log.error("start-up failed", extra={"error": str(error)})
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
                     return
+                if self.quotas is not None:
+                    self.quotas.start()
                 if self.control is not None and self._boot is not None:
                     await self.control.revisions.started(
                         self._boot, self._boot.config, actor="config-file"
@@ -250,6 +262,8 @@ class FailsoftApp:
                     self._on_ready()
             elif message["type"] == "lifespan.shutdown":
                 await self.jobs.close()
+                if self.quotas is not None:
+                    await self.quotas.close()
                 self.decoder.close()
                 await self.drift.close()
                 if self.control is not None:
@@ -270,7 +284,11 @@ class FailsoftApp:
         self.drift.configure(config.models, strict=False)
         tenants = self.admission.tenants
         self.admission.tenants = Tenants(
-            config.tenants, config.server.require_keys, self.runtime.clock, previous=tenants
+            config.tenants,
+            config.server.require_keys,
+            self.runtime.clock,
+            previous=tenants,
+            buckets=self._buckets,
         )
         self.admin.token = config.server.resolved_admin_token()
         if self.predictions is not None:  # the rest of predictions: needs a restart
