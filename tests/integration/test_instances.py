@@ -254,3 +254,40 @@ def test_a_listen_url_on_sqlite_is_refused_naming_the_key(tmp_path: Path, demo_d
     with pytest.raises(ServerFailed) as failed:
         ServerProcess(path, "--data-dir", str(folder / "data")).start(timeout=60)
     assert "store.listen_url: LISTEN applies to a PostgreSQL store only" in str(failed.value)
+
+
+def served_by_v2(server: ServerProcess, keys: range) -> int:
+    """How many of these sticky keys B's traffic split sends to v2 now."""
+    body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": ROW}]}
+    with httpx.Client(timeout=10) as client:
+        answers = [
+            client.post(
+                f"{server.url}/v2/models/iris/infer", json=body, headers={"Failsoft-Key": str(k)}
+            )
+            for k in keys
+        ]
+    assert all(answer.status_code == 200 for answer in answers)
+    return sum(a.headers["failsoft-served-by"].startswith("iris/v2/") for a in answers)
+
+
+def test_a_rollout_and_its_rollback_on_one_gateway_are_in_force_on_the_other_at_once(
+    gateways: Gateways,
+) -> None:
+    a, b = gateways.start("a"), gateways.start("b")
+    until(lambda: listing(b)["wakeups"]["mode"] == "listen", "B listening")
+    keys = range(40)
+    assert served_by_v2(b, keys) == 0
+    spec = {"model": "iris", "to": "v2", "steps": [50, 100], "step_s": 3600}
+    answer = httpx.post(f"{a.url}/admin/rollouts", json=spec, headers=AUTH, timeout=30)
+    assert answer.status_code == 201, answer.text
+    rollout = answer.json()["id"]
+    followed = until(lambda: served_by_v2(b, keys) > 0, "B following A's rollout")
+
+    sent = time.monotonic()
+    answer = httpx.post(f"{a.url}/admin/rollouts/{rollout}/abort", headers=AUTH, timeout=30)
+    assert answer.status_code == 200, answer.text
+    back = until(lambda: served_by_v2(b, keys) == 0, "B back on v1")
+    took = time.monotonic() - sent
+    print(f"\nrollout followed by B in {followed:.2f} s; abort on A in force on B {took:.2f} s")
+    assert took < max(2 * TARGET_S, MARGIN_S), took  # polls are 30 s apart: NOTIFY woke B
+    assert back <= took

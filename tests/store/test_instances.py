@@ -102,7 +102,7 @@ def heard(conn: psycopg.Connection[tuple[object, ...]], within_s: float = 2.0) -
 
 
 @pytest.mark.parametrize("target", ["postgresql"], indirect=True)
-def test_flag_changes_and_an_applied_revision_notify_at_commit(
+def test_flags_revisions_and_rollouts_notify_at_commit(
     store: Store, listening: psycopg.Connection[tuple[object, ...]]
 ) -> None:
     store.set_flag("demo.enabled", {"kind": "boolean", "value": True}, actor="alice")
@@ -112,6 +112,10 @@ def test_flag_changes_and_an_applied_revision_notify_at_commit(
     revision = store.add_revision({"models": {}}, actor="alice")
     store.mark_revision(revision.id, "applied", actor="alice")
     assert heard(listening) == ["revision"]
+    store.add_rollout("r1", "iris", {"to": "v2"}, {"stage": 0}, actor="alice")
+    assert heard(listening) == ["rollouts"]
+    store.update_rollout("r1", status="paused", state={"stage": 0}, actor="alice", action="paused")
+    assert heard(listening) == ["rollouts"]
     beat(store, "gw-a")  # heartbeats wake nobody
     assert heard(listening, within_s=0.3) == []
 

@@ -33,7 +33,7 @@ from failsoft.control.wakeups import Listener, Wakeups
 from failsoft.observe.events import Event, EventBus
 from failsoft.store import Store, StoreError
 from failsoft.store.backup import backup
-from failsoft.store.notify import FLAGS, REVISION
+from failsoft.store.notify import FLAGS, REVISION, ROLLOUTS
 
 if TYPE_CHECKING:
     from failsoft.control.flag_service import FlagService
@@ -95,7 +95,11 @@ class ControlPlane:
             )
         if self.rollouts is not None:
             self.rollouts.start()
-            self.tasks.append(asyncio.ensure_future(self.rollouts.watch(options.poll_s)))
+            self.tasks.append(
+                asyncio.ensure_future(
+                    self.rollouts.watch(options.poll_s, wake=self._wake(ROLLOUTS))
+                )
+            )
         if self.options.store.backup_every_s > 0:
             self.tasks.append(asyncio.ensure_future(self._backups()))
 

@@ -39,7 +39,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -708,11 +708,18 @@ class RolloutController:
 
     # -- several gateways, one store ---------------------------------------------------
 
-    async def watch(self, every_s: float) -> None:
-        """Follow what other gateways sharing the store did (runs until cancelled)."""
+    async def watch(
+        self, every_s: float, wake: Callable[[float], Awaitable[bool]] | None = None
+    ) -> None:
+        """Follow what other gateways sharing the store did (runs until cancelled);
+        between looks, ``every_s`` seconds or less when ``wake`` says the rollouts changed
+        (a rollback on one gateway reaches the others at once on PostgreSQL)."""
         warned = False
         while True:
-            await asyncio.sleep(every_s)
+            if wake is None:
+                await asyncio.sleep(every_s)
+            else:
+                await wake(every_s)
             try:
                 await self.poll()
             except StoreError as error:

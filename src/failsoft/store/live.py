@@ -16,7 +16,7 @@ from sqlalchemy import delete, insert, select, update
 
 from failsoft.store.encoding import canonical_json, sha256_hex
 from failsoft.store.engine import StoreError
-from failsoft.store.notify import FLAGS, notify
+from failsoft.store.notify import FLAGS, ROLLOUTS, notify
 from failsoft.store.tables import flags, rollouts
 
 if TYPE_CHECKING:
@@ -174,6 +174,7 @@ class LiveRows:
                 detail={"model": model, "spec": dict(spec)},
             )
             row = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).one()
+            notify(conn, ROLLOUTS)
         self._changed()
         return _rollout(row)
 
@@ -210,6 +211,7 @@ class LiveRows:
                 detail={"status": status, **dict(detail or {})},
             )
             row = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).one()
+            notify(conn, ROLLOUTS)
         self._changed()
         return _rollout(row)
 

@@ -1,11 +1,12 @@
 """Wake-ups for gateways sharing a PostgreSQL store: NOTIFY in the changing transaction.
 
 A change that other gateways must follow (a revision applied, a flag set or
-cleared) sends ``NOTIFY`` on the store's channel in the same transaction as
-the change: PostgreSQL delivers it when, and only if, the change commits, so
-a listener never wakes before the change is visible, nor for a change that
-was rolled back. The payload is the topic only; the listener reads the
-store itself (the store stays the truth, a lost wake-up costs one poll).
+cleared, a rollout started, stepped or ended) sends ``NOTIFY`` on the store's
+channel in the same transaction as the change: PostgreSQL delivers it when,
+and only if, the change commits, so a listener never wakes before the change
+is visible, nor for a change that was rolled back. The payload is the topic
+only; the listener reads the store itself (the store stays the truth, a lost
+wake-up costs one poll).
 
 The channel is per database and schema (several stores share one server in
 tests and deployments), and both sides compute it with the same SQL. SQLite
@@ -18,11 +19,12 @@ from typing import Final
 
 from sqlalchemy import Connection, text
 
-__all__ = ["CHANNEL_SQL", "FLAGS", "REVISION", "TOPICS", "notify"]
+__all__ = ["CHANNEL_SQL", "FLAGS", "REVISION", "ROLLOUTS", "TOPICS", "notify"]
 
 REVISION: Final = "revision"
 FLAGS: Final = "flags"
-TOPICS: Final = (REVISION, FLAGS)
+ROLLOUTS: Final = "rollouts"
+TOPICS: Final = (REVISION, FLAGS, ROLLOUTS)
 
 # At most 9 + 24 characters: well inside PostgreSQL's 63 for an identifier.
 CHANNEL_SQL: Final = (
