@@ -100,7 +100,7 @@ def _replica(data: Mapping[str, Any]) -> Node:
     parts = []
     if data.get("pid") is not None:
         parts.append(f"worker pid {data['pid']}")
-    elif data.get("inline"):
+    elif "inline" in data:  # an in-process replica (its value says where it runs now)
         parts.append("in-process")
     elif isinstance(data.get("base_url"), str) and data["base_url"].startswith("http"):
         parts.append(f"upstream {data['base_url']}")
