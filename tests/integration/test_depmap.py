@@ -82,7 +82,7 @@ def test_a_killed_worker_shows_in_the_map_until_it_is_replaced(
             now = iris(http)
             replaced = node(now, "v2")["children"][0]
             seen.append((now["state"], node(now, "v2")["state"], replaced["state"]))
-            if replaced["state"] == "up" and "1 restarts" in replaced["detail"]:
+            if replaced["state"] == "up" and replaced["detail"].endswith(", 1 restart"):
                 break
             time.sleep(0.05)
         else:

@@ -92,6 +92,8 @@ def test_each_replica_trouble_has_its_own_word_and_the_version_degrades() -> Non
         assert states(model)["iris/v1"] == "degraded"
         assert states(model)["iris/fallback/version:v1"] == "degraded"
         assert model.state == "degraded"  # a version of it is not all up
+    restarting = tree([replica("v1-0", available=False, pid=7, restarts=1)], healthy()[1])
+    assert restarting.children[0].children[0].detail == "was worker pid 7, 1 restart"
 
 
 def test_the_default_version_down_leaves_the_fallback_chain_answering_degraded() -> None:

@@ -99,13 +99,16 @@ def _replica(data: Mapping[str, Any]) -> Node:
         state = UP
     parts = []
     if data.get("pid") is not None:
-        parts.append(f"worker pid {data['pid']}")
+        # a restarting worker's pid is the one that exited, until its replacement starts
+        was = "was " if state == RESTARTING else ""
+        parts.append(f"{was}worker pid {data['pid']}")
     elif "inline" in data:  # an in-process replica (its value says where it runs now)
         parts.append("in-process")
     elif isinstance(data.get("base_url"), str) and data["base_url"].startswith("http"):
         parts.append(f"upstream {data['base_url']}")
-    if data.get("restarts"):
-        parts.append(f"{data['restarts']} restarts")
+    restarts = data.get("restarts")
+    if restarts:
+        parts.append(f"{restarts} restart{'' if restarts == 1 else 's'}")
     if breaker != "closed":
         parts.append(f"breaker {breaker}")
     return Node("replica", str(data.get("name", "?")), state, ", ".join(parts))
