@@ -122,3 +122,15 @@ async def test_the_cli_tree_reads_at_a_glance_with_colour_only_when_asked(
     ]
     assert "\x1b[" not in plain
     assert "\x1b[" in render_tree(answer["models"], colour=True)
+
+
+def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    from failsoft import cli_map
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setattr(cli_map.sys.stdout, "isatty", lambda: False)
+    assert not cli_map._want_colour()
+    monkeypatch.setattr(cli_map.sys.stdout, "isatty", lambda: True)
+    assert cli_map._want_colour()
+    monkeypatch.setenv("NO_COLOR", "")
+    assert not cli_map._want_colour()
