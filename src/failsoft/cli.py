@@ -13,6 +13,7 @@ from failsoft import (
     cli_drift,
     cli_flags,
     cli_instances,
+    cli_map,
     cli_rollouts,
     cli_trace,
 )
@@ -534,3 +535,4 @@ cli_drift.register(main)  # profile, drift
 cli_instances.register(main)  # instances
 cli_trace.register(main)  # trace, accuracy
 cli_rollouts.register(main)  # rollout
+cli_map.register(main)  # map

@@ -193,6 +193,20 @@ def test_the_console_in_a_real_browser(
                 cleared = http.get("/admin/flags/failsoft.disable.iris.v2", headers=AUTH)
                 assert cleared.status_code == 404
 
+                # Map: models → versions → replicas → fallback, a switch made elsewhere shows live.
+                page.click("nav >> text=Map")
+                page.wait_for_url(f"{gateway.url}/ui/map")
+                model = page.locator("li[data-kind='model'][data-name='iris']")
+                assert model.get_attribute("data-state") == "operational"
+                assert model.locator("li[data-kind='replica'][data-state='up']").count() == 3
+                off = {"kind": "boolean", "value": True}
+                key = "/admin/flags/failsoft.disable.iris.v2"
+                assert http.put(key, json=off, headers=AUTH).status_code in (200, 201)
+                page.locator("li[data-name='v2'][data-state='switched-off']").wait_for()
+                assert "switched-off" in page.inner_text("main")
+                _shot(page, shots / "map.png")
+                assert http.delete(key, headers=AUTH).status_code == 200
+
                 # Rollouts: the rollout with its decisions; pause it with the button.
                 page.click("nav >> text=Rollouts")
                 page.wait_for_url(f"{gateway.url}/ui/rollouts")

@@ -28,6 +28,7 @@ from failsoft.errors import (
     NotFound,
     Unauthorized,
 )
+from failsoft.observe.depmap import runtime_map
 from failsoft.observe.recent import RecentEvents
 from failsoft.runtime import Runtime
 from failsoft.server.control_routes import SCOPES, Answer, ControlRoutes
@@ -97,6 +98,10 @@ class AdminRoutes:
             _allow(method, "GET")
             principal.require("read")
             return 200, json_body(self.status())
+        if parts == ["map"]:
+            _allow(method, "GET")
+            principal.require("read")
+            return 200, json_body(runtime_map(self._runtime, self.status()))
         if parts == ["events"]:
             _allow(method, "GET")
             principal.require("read")

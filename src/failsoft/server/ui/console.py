@@ -3,6 +3,7 @@
     GET  /ui/login, POST /ui/login      sign in with an admin token (form field ``token``)
     POST /ui/logout                     sign out
     GET  /ui                            overview: models, versions, replicas, flags in force
+    GET  /ui/map                        the dependency map: models → versions → replicas → fallback
     GET  /ui/rollouts                   rollouts with each analysis decision; pause / resume
     GET  /ui/drift                      each model version's drift windows and features
     GET  /ui/audit?after=N              the audit log (newest page by default)
@@ -43,7 +44,7 @@ from failsoft.store.encoding import utc_text
 FORM_LIMIT = 8 * 1024
 AUDIT_PAGE = 50
 ROLLOUT_ACTIONS = ("pause", "resume")
-PAGES = ("overview", "rollouts", "drift", "audit", "scorecards")
+PAGES = ("overview", "map", "rollouts", "drift", "audit", "scorecards")
 STATIC = {"console.js": b"text/javascript", "console.css": b"text/css"}
 ReadBody = Callable[[int], Awaitable[bytes]]
 _SECURITY_HEADERS = [
@@ -221,6 +222,10 @@ class Console:
             "switched_off": switched_off,
             "switches": flags_error is None,
         }
+
+    async def _map(self, session: Session, query: Mapping[str, str]) -> dict[str, Any]:
+        answer = await self._call("GET", ["map"], session)
+        return {"models": answer.get("models", [])}
 
     async def _rollouts(self, session: Session, query: Mapping[str, str]) -> dict[str, Any]:
         listed, error = await self._optional(session, ["rollouts"])
