@@ -1,0 +1,167 @@
+"""The driver that scales a process backend's workers (policy in ``pipeline.autoscale``).
+
+A version with ``autoscale`` is built with ``max_replicas`` worker slots, of
+which ``min_replicas`` run and the rest are *parked* (no process, never
+available, so balancing, breakers and probes pass them by). Every
+``interval_ms`` the driver samples the model's limiter and asks the policy.
+
+Adding a worker goes the way ``Runtime.apply`` brings up a new version: the
+worker loads, then must pass one probe (the golden input when one is
+configured) before it takes traffic. The prober holds the slot out of rotation
+first, so the pipeline does not route to the worker the moment its process
+answers health checks; it enters rotation through slow start. Removing a
+worker takes it out of rotation, then stops it with SIGTERM so the calls it
+holds finish (``drain_timeout_s``), and parks the slot again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from failsoft.backends.base import Replica
+from failsoft.backends.process import WorkerReplica
+from failsoft.clock import Clock
+from failsoft.errors import FailsoftError
+from failsoft.observe.events import Event, EventBus
+from failsoft.pipeline.autoscale import AutoscaleOptions, AutoscalePolicy, Decision, Sample
+from failsoft.pipeline.limiter import AdaptiveLimiter
+from failsoft.routing.probes import Prober
+
+__all__ = ["Autoscaler", "WorkersScaled", "limiter_sample"]
+
+log = logging.getLogger("failsoft.backends.autoscale")
+
+
+@dataclass(slots=True)
+class WorkersScaled(Event):
+    """A version's running workers changed from ``old`` to ``new`` (or failed to: ok False)."""
+
+    model: str
+    version: str
+    old: int
+    new: int
+    reason: str
+    ok: bool
+
+
+def limiter_sample(limiter: AdaptiveLimiter) -> Sample:
+    return Sample(
+        limiter.in_flight, limiter.waiting, limiter.limit, limiter.shed_total, limiter.completed
+    )
+
+
+class Autoscaler:
+    """Runs ``AutoscalePolicy`` for one version's worker slots."""
+
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        workers: Sequence[Replica],
+        prober: Prober,
+        options: AutoscaleOptions,
+        sample: Callable[[], Sample | None],
+        bus: EventBus,
+        clock: Clock,
+        cores: int | None = None,
+    ) -> None:
+        self.model = model
+        self.version = version
+        self._workers = [w for w in workers if isinstance(w, WorkerReplica)]
+        if len(self._workers) != len(workers):
+            raise TypeError("autoscale needs worker replicas")
+        self._prober = prober
+        self._sample = sample
+        self._bus = bus
+        self._clock = clock
+        self.policy = AutoscalePolicy(options, cores or os.cpu_count() or 1, clock.now())
+        self.policy.replicas = max(self.running, options.min_replicas)  # slots kept by an apply
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> int:
+        return sum(not worker.parked for worker in self._workers)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        interval = self.policy.options.interval_ms / 1000
+        while True:
+            await self._clock.sleep(interval)
+            await self.step()
+
+    async def step(self) -> Decision | None:
+        """One sample, and the change it calls for carried out; the decision, if any."""
+        sample = self._sample()
+        if sample is None:
+            return None
+        decision = self.policy.observe(self._clock.now(), sample)
+        if decision is not None:
+            await self._carry_out(decision)
+        return decision
+
+    async def _carry_out(self, decision: Decision) -> None:
+        old = self.running
+        try:
+            while self.running < decision.replicas:
+                await self._add()
+            while self.running > decision.replicas:
+                await self._remove()
+        except FailsoftError as error:
+            self.policy.failed(self._clock.now())
+            self._report(old, decision, f"{decision.reason}; failed: {error.message}", ok=False)
+            return
+        self.policy.done(self._clock.now(), self.running)
+        self._report(old, decision, decision.reason, ok=True)
+
+    async def _add(self) -> None:
+        index = next(i for i, worker in enumerate(self._workers) if worker.parked)
+        self._prober.hold(index)  # no traffic until the probe below passes
+        await self._workers[index].launch()
+        problem = await self._prober.admit(index)
+        if problem is not None:
+            await self._workers[index].park()
+            raise _NotAdmitted(f"worker {self._workers[index].name} failed its probe: {problem}")
+
+    async def _remove(self) -> None:
+        index = max(i for i, worker in enumerate(self._workers) if not worker.parked)
+        self._prober.hold(index)
+        await self._workers[index].park()
+
+    def _report(self, old: int, decision: Decision, reason: str, *, ok: bool) -> None:
+        new = self.running
+        self._bus.emit(WorkersScaled(self.model, self.version, old, new, reason, ok))
+        level = logging.INFO if ok else logging.ERROR
+        log.log(
+            level,
+            "workers scaled" if ok else "scaling failed",
+            extra={
+                "model": self.model,
+                "version": self.version,
+                "old": old,
+                "new": new,
+                "reason": reason,
+            },
+        )
+
+    def snapshot(self) -> dict[str, object]:
+        policy = self.policy
+        return {"running": self.running, "target": policy.replicas, "cap": policy.cap}
+
+
+class _NotAdmitted(FailsoftError):
+    status = 503
