@@ -49,9 +49,23 @@ class WorkersScaled(Event):
     ok: bool
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a container may narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def limiter_sample(limiter: AdaptiveLimiter) -> Sample:
+    short, least = limiter.rtts
     return Sample(
-        limiter.in_flight, limiter.waiting, limiter.limit, limiter.shed_total, limiter.completed
+        limiter.in_flight,
+        limiter.waiting,
+        limiter.limit,
+        limiter.shed_total,
+        limiter.completed,
+        short / least if short and least else 1.0,
+        limiter.probing,
     )
 
 
@@ -79,7 +93,7 @@ class Autoscaler:
         self._sample = sample
         self._bus = bus
         self._clock = clock
-        self.policy = AutoscalePolicy(options, cores or os.cpu_count() or 1, clock.now())
+        self.policy = AutoscalePolicy(options, cores or usable_cores(), clock.now())
         self.policy.replicas = max(self.running, options.min_replicas)  # slots kept by an apply
         self._task: asyncio.Task[None] | None = None
 

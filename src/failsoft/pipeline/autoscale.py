@@ -7,11 +7,17 @@ The policy reads failsoft's own signals, sampled by the driver
   limiter's capacity estimate is ``limit / RTT`` and the offered rate is
   ``in flight / RTT``, so this ratio is demand over estimated capacity;
 - *queueing*: requests waiting at the limit, the step before any shed;
+- *latency inflation*: the limiter's short RTT over its probed min RTT, the
+  gradient it sets the limit by. Calls queue behind the limit inside the
+  workers too (until the limit has come down to the knee): the RTT shows it
+  before the limiter's own queue does;
 - *sheds* and *completions* (cumulative counters): throughput actually served.
 
 Scale up (one worker at a time) when, over the last ``window_s``, mean
-utilization reached ``scale_up_utilization`` or requests queued at the limit in
-``queued_share`` of the samples, or any request was shed. The queue fills
+utilization reached ``scale_up_utilization``, or the mean RTT inflation
+``scale_up_rtt_ratio``, or requests queued at the limit in ``queued_share`` of
+the samples, or any request was shed. Samples taken during a min-RTT probe
+(the limit is cut to ``min_limit`` on purpose) are left out. The queue fills
 before the limiter sheds (it sheds a waiter only after ``queue_timeout_ms``),
 so a queue building at the limit starts a worker before the first shed.
 
@@ -55,6 +61,7 @@ class AutoscaleOptions(StrictModel):
     window_s: Seconds = 1.0
     scale_up_utilization: Share = 0.9
     queued_share: Annotated[float, Field(gt=0, le=1)] = 0.3
+    scale_up_rtt_ratio: Annotated[float, Field(gt=1, le=1000, allow_inf_nan=False)] = 2.0
     scale_down_utilization: Share = 0.5
     up_cooldown_s: Seconds = 3.0
     down_cooldown_s: Seconds = 30.0
@@ -87,6 +94,8 @@ class Sample:
     limit: int
     shed: int  # cumulative
     completed: int  # cumulative
+    rtt_ratio: float = 1.0  # short RTT / min RTT (1 while unknown)
+    probing: bool = False  # a min-RTT probe holds the limit down on purpose
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +110,7 @@ class _Point:
     at: float
     utilization: float
     queued: bool
+    rtt_ratio: float
     shed: int
     completed: int
 
@@ -143,11 +153,19 @@ class AutoscalePolicy:
         previous = self._points[-1] if self._points else None
         new_sheds = sample.shed - previous.shed if previous is not None else 0
         utilization = (sample.in_flight + sample.waiting) / max(sample.limit, 1)
-        point = _Point(now, utilization, sample.waiting > 0, sample.shed, sample.completed)
+        queued = sample.waiting > 0 and not sample.probing
+        point = _Point(
+            now,
+            utilization if not sample.probing else 0.0,
+            queued,
+            sample.rtt_ratio,
+            sample.shed,
+            sample.completed,
+        )
         self._points.append(point)
         while self._points and self._points[0].at < now - self.options.window_s:
             self._points.popleft()
-        if sample.waiting > 0 or new_sheds > 0:
+        if queued or new_sheds > 0:
             self._last_pressure = now
         if now >= self._ceiling_until and self.ceiling < self.options.max_replicas:
             self.ceiling = self.options.max_replicas  # a while on: the load may differ now
@@ -201,6 +219,9 @@ class AutoscalePolicy:
         mean = sum(p.utilization for p in points) / len(points)
         if mean >= self.options.scale_up_utilization:
             return True, f"utilization {mean:.2f} of the limiter's capacity estimate"
+        inflation = sum(p.rtt_ratio for p in points) / len(points)
+        if inflation >= self.options.scale_up_rtt_ratio:
+            return True, f"RTT {inflation:.1f}x the min RTT: calls are queueing"
         queued = sum(p.queued for p in points) / len(points)
         if queued >= self.options.queued_share:
             return True, f"queueing at the limit in {queued:.0%} of samples"

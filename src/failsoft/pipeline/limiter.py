@@ -325,6 +325,15 @@ class AdaptiveLimiter:
         return self._completed
 
     @property
+    def rtts(self) -> tuple[float | None, float | None]:
+        """The short RTT and the probed min RTT in seconds (None while unknown)."""
+        return self._gradient.short_rtt or None, self._gradient.min_rtt or None
+
+    @property
+    def probing(self) -> bool:
+        return self._enabled and self._gradient.probing
+
+    @property
     def shed_total(self) -> int:
         return sum(self._shed_counts.values())
 
