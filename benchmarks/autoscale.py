@@ -67,9 +67,11 @@ models:
     inputs:  [{{name: x, datatype: FP32, shape: [-1, 4]}}]
     outputs: [{{name: label, datatype: INT64, shape: [-1]}}]
     timeout_ms: 10000
-    # The queue absorbs the step while a worker starts (about a second): a waiter is
-    # shed only after 3 s, so the scale-up (decided in ~1 s of queueing) comes first.
+    # A standby worker is admitted within ~1 s of the step; should it be missing, the
+    # queue absorbs the step while one starts (1-2 s): a waiter is shed after 3 s only.
     limiter: {{queue_timeout_ms: 3000, standing_timeout_rtts: 0, queue_size: 1024}}
+    # A worker added under load takes its share within a second, not the default 10 s.
+    balancer: {{slow_start_ms: 1000}}
     health_check:
       interval_ms: 500
       inputs: {{x: [{ROW}]}}
@@ -83,7 +85,6 @@ models:
           min_replicas: 1
           window_s: 0.5
           max_replicas: {max_replicas}
-          up_cooldown_s: 2
           down_cooldown_s: 60
           cpu_bound: {str(cpu_bound).lower()}
 """

@@ -9,9 +9,16 @@ Adding a worker goes the way ``Runtime.apply`` brings up a new version: the
 worker loads, then must pass one probe (the golden input when one is
 configured) before it takes traffic. The prober holds the slot out of rotation
 first, so the pipeline does not route to the worker the moment its process
-answers health checks; it enters rotation through slow start. Removing a
-worker takes it out of rotation, then stops it with SIGTERM so the calls it
-holds finish (``drain_timeout_s``), and parks the slot again.
+answers health checks (nor when its periodic probes pass); it enters rotation
+through slow start. Removing a worker takes it out of rotation, then stops it
+with SIGTERM so the calls it holds finish (``drain_timeout_s``), and parks the
+slot again.
+
+A worker process takes a second or more to start (Python, the model), and
+a step in load fills the limiter's queue in about that time. So ``standby``
+workers (1 by default) are kept started but held out of rotation: a scale-up
+admits one after a fresh probe, at once, and a new standby starts in the
+background. A worker scaled in becomes the standby when one is missing.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from failsoft.backends.base import Replica
 from failsoft.backends.process import WorkerReplica
@@ -94,27 +102,41 @@ class Autoscaler:
         self._bus = bus
         self._clock = clock
         self.policy = AutoscalePolicy(options, cores or usable_cores(), clock.now())
-        self.policy.replicas = max(self.running, options.min_replicas)  # slots kept by an apply
         self._task: asyncio.Task[None] | None = None
+        self._standby: set[int] = set()  # started, held out of rotation
+        self._launching: dict[int, asyncio.Task[None]] = {}  # standbys being started
+        self.policy.replicas = max(self.running, options.min_replicas)  # slots kept by an apply
 
     @property
     def running(self) -> int:
-        return sum(not worker.parked for worker in self._workers)
+        """Workers in rotation (standbys are started but not in rotation)."""
+        return sum(
+            not worker.parked and i not in self._standby and i not in self._launching
+            for i, worker in enumerate(self._workers)
+        )
+
+    @property
+    def standby(self) -> int:
+        return len(self._standby)
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        tasks = [t for t in (self._task, *self._launching.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, FailsoftError):
+                await task
+        self._task = None
+        self._launching.clear()
 
     async def _run(self) -> None:
         interval = self.policy.options.interval_ms / 1000
         while True:
+            self._refill()
             await self._clock.sleep(interval)
             await self.step()
 
@@ -143,18 +165,63 @@ class Autoscaler:
         self._report(old, decision, decision.reason, ok=True)
 
     async def _add(self) -> None:
-        index = next(i for i, worker in enumerate(self._workers) if worker.parked)
-        self._prober.hold(index)  # no traffic until the probe below passes
-        await self._workers[index].launch()
-        problem = await self._prober.admit(index)
+        if not self._standby and self._launching:  # a standby is on its way: the quickest
+            index, task = next(iter(self._launching.items()))
+            with contextlib.suppress(FailsoftError):
+                await asyncio.shield(task)
+            self._launched(index, task)
+        if self._standby:
+            index = min(self._standby)
+            self._standby.discard(index)
+        else:
+            index = next(
+                i for i, w in enumerate(self._workers) if w.parked and i not in self._launching
+            )
+            self._prober.hold(index)  # no traffic until the probe below passes
+            await self._workers[index].launch()
+        problem = await self._prober.admit(index)  # a fresh probe, even for a standby
         if problem is not None:
             await self._workers[index].park()
             raise _NotAdmitted(f"worker {self._workers[index].name} failed its probe: {problem}")
 
     async def _remove(self) -> None:
-        index = max(i for i, worker in enumerate(self._workers) if not worker.parked)
+        index = max(
+            i
+            for i, w in enumerate(self._workers)
+            if not w.parked and i not in self._standby and i not in self._launching
+        )
         self._prober.hold(index)
+        if len(self._standby) + len(self._launching) < self.policy.options.standby:
+            self._standby.add(index)  # kept started, out of rotation: the next scale-up
+            return
         await self._workers[index].park()
+
+    def _refill(self) -> None:
+        """Start standbys in the background until there are ``standby`` of them."""
+        wanted = min(self.policy.options.standby, self.policy.cap - self.policy.replicas)
+        while len(self._standby) + len(self._launching) < wanted:
+            free = [i for i, w in enumerate(self._workers) if w.parked and i not in self._launching]
+            if not free:
+                return
+            index = free[0]
+            self._prober.hold(index)
+            task = asyncio.ensure_future(self._workers[index].launch())
+            self._launching[index] = task
+            task.add_done_callback(partial(self._launched, index))
+
+    def _launched(self, index: int, task: asyncio.Task[None]) -> None:
+        if self._launching.pop(index, None) is None:  # already seen to
+            return
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self._standby.add(index)
+        else:
+            log.error(
+                "standby worker did not start",
+                extra={"model": self.model, "version": self.version, "error": str(error)},
+            )
 
     def _report(self, old: int, decision: Decision, reason: str, *, ok: bool) -> None:
         new = self.running
@@ -174,7 +241,12 @@ class Autoscaler:
 
     def snapshot(self) -> dict[str, object]:
         policy = self.policy
-        return {"running": self.running, "target": policy.replicas, "cap": policy.cap}
+        return {
+            "running": self.running,
+            "standby": self.standby,
+            "target": policy.replicas,
+            "cap": policy.cap,
+        }
 
 
 class _NotAdmitted(FailsoftError):

@@ -49,6 +49,8 @@ from failsoft._options import StrictModel
 
 __all__ = ["AutoscaleOptions", "AutoscalePolicy", "Decision", "Sample"]
 
+RATE_S = 2.0  # served throughput is measured over this long (a shorter window is noise)
+
 Replicas = Annotated[int, Field(ge=1, le=64)]
 Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 Share = Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]
@@ -57,6 +59,10 @@ Share = Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]
 class AutoscaleOptions(StrictModel):
     min_replicas: Replicas = 1
     max_replicas: Replicas = 4
+    standby: Annotated[
+        int,
+        Field(ge=0, le=8, description="workers kept started out of rotation, for fast scale-up"),
+    ] = 1
     interval_ms: Annotated[float, Field(ge=10, le=60_000, allow_inf_nan=False)] = 100.0
     window_s: Seconds = 1.0
     scale_up_utilization: Share = 0.9
@@ -163,7 +169,7 @@ class AutoscalePolicy:
             sample.completed,
         )
         self._points.append(point)
-        while self._points and self._points[0].at < now - self.options.window_s:
+        while self._points and self._points[0].at < now - max(self.options.window_s, RATE_S):
             self._points.popleft()
         if queued or new_sheds > 0:
             self._last_pressure = now
@@ -207,20 +213,31 @@ class AutoscalePolicy:
         self.busy = True
         return decision
 
-    def _saturated(self) -> tuple[bool, str]:
+    def _window(self) -> list[_Point]:
+        """The samples of the last ``window_s``; none unless they span most of it."""
         points = self._points
+        if not points:
+            return []
+        start = points[-1].at - self.options.window_s
+        recent = [p for p in points if p.at >= start - 1e-9]
+        # Decide on a whole window only: one sample is one instant of a bursty queue.
+        if recent[-1].at - recent[0].at < self.options.window_s * 0.8:
+            return []
+        return recent
+
+    def _saturated(self, *, backlog_only: bool = False) -> tuple[bool, str]:
+        """Whether demand exceeds what serves now; ``backlog_only``: judged by the queue and
+        the in-flight count alone, not by the RTT (which lags while a backlog drains)."""
+        points = self._window()
         if not points:
             return False, ""
         if points[-1].shed > points[0].shed:
             return True, "requests shed"
-        # Decide on a whole window only: one sample is one instant of a bursty queue.
-        if points[-1].at - points[0].at < self.options.window_s * 0.8:
-            return False, ""
         mean = sum(p.utilization for p in points) / len(points)
         if mean >= self.options.scale_up_utilization:
             return True, f"utilization {mean:.2f} of the limiter's capacity estimate"
         inflation = sum(p.rtt_ratio for p in points) / len(points)
-        if inflation >= self.options.scale_up_rtt_ratio:
+        if not backlog_only and inflation >= self.options.scale_up_rtt_ratio:
             return True, f"RTT {inflation:.1f}x the min RTT: calls are queueing"
         queued = sum(p.queued for p in points) / len(points)
         if queued >= self.options.queued_share:
@@ -238,7 +255,7 @@ class AutoscalePolicy:
         check = self._check
         assert check is not None
         self._check = None
-        saturated, _ = self._saturated()
+        saturated, _ = self._saturated(backlog_only=True)
         if not saturated or check.before_rate <= 0:
             return None  # demand is met (or was not measured): the worker earns its keep
         after = self._rate()
@@ -264,8 +281,8 @@ class AutoscalePolicy:
         last = max(self._last_change, self._started, self._last_pressure)
         if now - last < cooldown:
             return None
-        points = self._points
-        if not points or points[-1].at - points[0].at < options.window_s * 0.8:
+        points = self._window()
+        if not points:
             return None
         mean = sum(p.utilization for p in points) / len(points)
         after = mean * self.replicas / (self.replicas - 1)

@@ -155,6 +155,7 @@ class Prober:
         self._healthy = [True] * size
         self._failures = [0] * size
         self._successes = [0] * size
+        self._held: set[int] = set()  # out of rotation until ``admit``, whatever probes say
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -196,6 +197,7 @@ class Prober:
     def hold(self, index: int) -> None:
         """Keep a replica out of rotation until ``admit`` (a worker being added)."""
         self._failures[index] = self._successes[index] = 0
+        self._held.add(index)
         self._healthy[index] = False
         self._target.set_probe_health(index, False)
 
@@ -204,8 +206,10 @@ class Prober:
         problem = await self._probe(self._target.replicas[index])
         if isinstance(problem, _NoVerdict):
             return "not available"
-        if problem is None and not self._healthy[index]:
-            self._report(index, True, "passed its probe")
+        if problem is None:
+            self._held.discard(index)
+            if not self._healthy[index]:
+                self._report(index, True, "passed its probe")
         return problem
 
     async def probe_all(self) -> None:
@@ -243,6 +247,8 @@ class Prober:
             return f"the probe raised {type(error).__name__}"
 
     def _judge(self, index: int, problem: str | None) -> None:
+        if index in self._held:
+            return
         healthy = self._healthy[index]
         if problem is None:
             self._failures[index] = 0
