@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -144,17 +145,15 @@ async def _poll(
                 limiter = model["limiter"]
                 print(
                     f"{time.perf_counter():.2f} run={running} limit={limiter['limit']} "
-                    f"in_flight={limiter['in_flight']} waiting={sum(limiter['waiting'].values())} shed={shed} "
+                    f"in_flight={limiter['in_flight']} "
+                    f"waiting={sum(limiter['waiting'].values())} shed={shed} "
                     f"rtt={limiter['short_rtt_ms']} min={limiter['min_rtt_ms']}",
                     file=sys.stderr,
                 )
         except (httpx.HTTPError, KeyError, ValueError):
             pass
-        with_timeout = asyncio.wait_for(stop.wait(), POLL_S)
-        try:
-            await with_timeout
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), POLL_S)
 
 
 async def _drive(
@@ -262,6 +261,13 @@ def run_step(
     with ServerProcess(path, env=env) as server:
         url = server.url.rstrip("/")
         schedule, loads, seen = asyncio.run(_drive(url, rate, baseline_s, step_s))
+        if os.environ.get("AUTOSCALE_TRACE"):
+            lines = list(server.logs)
+            while not server._lines.empty():
+                lines.append(server._lines.get_nowait())
+            for line in lines:
+                if "scal" in str(line.get("msg")) or "health" in str(line.get("msg")):
+                    print(line, file=sys.stderr)
     return figures(model, rate, baseline_s, step_s, schedule, loads, seen, usable_cores())
 
 

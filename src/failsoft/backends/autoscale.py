@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -105,6 +106,7 @@ class Autoscaler:
         self._task: asyncio.Task[None] | None = None
         self._standby: set[int] = set()  # started, held out of rotation
         self._launching: dict[int, asyncio.Task[None]] = {}  # standbys being started
+        self._rejected: Counter[int] = Counter()  # failed probes per slot: tried last
         self.policy.replicas = max(self.running, options.min_replicas)  # slots kept by an apply
 
     @property
@@ -150,7 +152,19 @@ class Autoscaler:
             await self._carry_out(decision)
         return decision
 
-    async def _carry_out(self, decision: Decision) -> None:
+    async def scale_to(self, replicas: int, reason: str) -> bool:
+        """Move to ``replicas`` workers in rotation now (an operator's or a test's word),
+        within ``min_replicas`` and ``max_replicas``; False when it could not."""
+        options = self.policy.options
+        wanted = min(max(replicas, options.min_replicas), options.max_replicas)
+        if self.policy.busy:
+            return False
+        self.policy.busy = True
+        if wanted >= self.running:
+            return await self._carry_out(Decision("up", wanted, reason))
+        return await self._carry_out(Decision("down", wanted, reason))
+
+    async def _carry_out(self, decision: Decision) -> bool:
         old = self.running
         try:
             while self.running < decision.replicas:
@@ -160,9 +174,10 @@ class Autoscaler:
         except FailsoftError as error:
             self.policy.failed(self._clock.now())
             self._report(old, decision, f"{decision.reason}; failed: {error.message}", ok=False)
-            return
+            return False
         self.policy.done(self._clock.now(), self.running)
         self._report(old, decision, decision.reason, ok=True)
+        return True
 
     async def _add(self) -> None:
         if not self._standby and self._launching:  # a standby is on its way: the quickest
@@ -174,13 +189,12 @@ class Autoscaler:
             index = min(self._standby)
             self._standby.discard(index)
         else:
-            index = next(
-                i for i, w in enumerate(self._workers) if w.parked and i not in self._launching
-            )
+            index = self._free_slots()[0]
             self._prober.hold(index)  # no traffic until the probe below passes
             await self._workers[index].launch()
         problem = await self._prober.admit(index)  # a fresh probe, even for a standby
         if problem is not None:
+            self._rejected[index] += 1
             await self._workers[index].park()
             raise _NotAdmitted(f"worker {self._workers[index].name} failed its probe: {problem}")
 
@@ -200,7 +214,7 @@ class Autoscaler:
         """Start standbys in the background until there are ``standby`` of them."""
         wanted = min(self.policy.options.standby, self.policy.cap - self.policy.replicas)
         while len(self._standby) + len(self._launching) < wanted:
-            free = [i for i, w in enumerate(self._workers) if w.parked and i not in self._launching]
+            free = self._free_slots()
             if not free:
                 return
             index = free[0]
@@ -208,6 +222,11 @@ class Autoscaler:
             task = asyncio.ensure_future(self._workers[index].launch())
             self._launching[index] = task
             task.add_done_callback(partial(self._launched, index))
+
+    def _free_slots(self) -> list[int]:
+        """Parked slots, those whose worker failed its probe least often first."""
+        free = [i for i, w in enumerate(self._workers) if w.parked and i not in self._launching]
+        return sorted(free, key=lambda i: (self._rejected[i], i))
 
     def _launched(self, index: int, task: asyncio.Task[None]) -> None:
         if self._launching.pop(index, None) is None:  # already seen to
