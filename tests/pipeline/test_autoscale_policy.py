@@ -31,6 +31,8 @@ class Feed:
         limit: int = 8,
         rate: float = 0.0,
         shed_per_s: float = 0.0,
+        rtt_ratio: float = 1.0,
+        probing: bool = False,
         carry_out: bool = True,
     ) -> list[Decision]:
         """Feed ``seconds`` of samples; carry each decision out at once (``done``)."""
@@ -39,7 +41,9 @@ class Feed:
             self.now += TICK
             self.completed += round(rate * TICK)
             self.shed += round(shed_per_s * TICK)
-            sample = Sample(in_flight, waiting, limit, self.shed, self.completed)
+            sample = Sample(
+                in_flight, waiting, limit, self.shed, self.completed, rtt_ratio, probing
+            )
             decision = self.policy.observe(self.now, sample)
             if decision is not None:
                 made.append(decision)
@@ -152,7 +156,7 @@ def test_nothing_is_decided_while_a_change_is_under_way() -> None:
     feed = Feed(policy())
     made = feed.run(2, in_flight=8, waiting=6, rate=50, carry_out=False)
     assert len(made) == 1  # the one in progress blocks any other
-    feed.policy.failed(feed.now)
+    feed.policy.failed(feed.now, 1)
     assert feed.policy.replicas == 1
     assert not feed.policy.busy
 
@@ -162,3 +166,18 @@ def test_options_are_checked_with_the_field_named() -> None:
         AutoscaleOptions(min_replicas=3, max_replicas=2)
     with pytest.raises(ValidationError, match="scale_down_utilization"):
         AutoscaleOptions(scale_up_utilization=0.5, scale_down_utilization=0.6)
+
+
+def test_latency_inflation_scales_up_while_the_queue_is_inside_the_workers() -> None:
+    feed = Feed(policy())
+    feed.run(5, in_flight=2, limit=32, rate=40, rtt_ratio=1.2)
+    assert feed.decisions == []
+    made = feed.run(1, in_flight=12, limit=32, rate=50, rtt_ratio=3.0)  # no limiter queue
+    assert [d.action for d in made] == ["up"]
+    assert "RTT" in made[0].reason
+
+
+def test_a_min_rtt_probe_queueing_on_purpose_is_not_pressure() -> None:
+    feed = Feed(policy())
+    feed.run(5, in_flight=1, limit=4, rate=20)
+    assert feed.run(2, in_flight=4, waiting=3, limit=4, rate=20, probing=True) == []

@@ -172,7 +172,7 @@ class Autoscaler:
             while self.running > decision.replicas:
                 await self._remove()
         except FailsoftError as error:
-            self.policy.failed(self._clock.now())
+            self.policy.failed(self._clock.now(), self.running)
             self._report(old, decision, f"{decision.reason}; failed: {error.message}", ok=False)
             return False
         self.policy.done(self._clock.now(), self.running)

@@ -203,8 +203,10 @@ class AutoscalePolicy:
         elif not grew:
             self._check = None
 
-    def failed(self, now: float) -> None:
-        """The decision could not be carried out (a worker did not start or pass its probe)."""
+    def failed(self, now: float, replicas: int) -> None:
+        """The decision could not be carried out (a worker did not start or pass its probe);
+        ``replicas`` serve now."""
+        self.replicas = replicas
         self.busy = False
         self._last_change = now
         self._check = None
