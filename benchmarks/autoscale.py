@@ -10,8 +10,9 @@ workers and the limiter's shed count. Figures:
   its golden probe);
 - sheds before the scale-up decision and in the whole run (503s counted by
   the client, and by the limiter);
-- p99 recovery: the first second after the step from which on every 1 s
-  window's p99 stays under 2x the baseline p99 (CI: max(2x, +20 ms));
+- p99 recovery: the first second after the step from which on the p99 of
+  every 5 s window (one starting each second) stays under max(2x, +20 ms) of
+  the baseline p99 (over 1 s, 60 calls, a "p99" is the single worst call);
 - the most workers running, which for ``--model cpu`` (a CPU-bound model)
   must not exceed the cores.
 
@@ -57,6 +58,7 @@ TOKEN = "autoscale-bench-admin-token"
 MODEL = "scaled"
 ROW = [6.0, 2.7, 5.1, 1.6]  # label 1 (petal length >= 2.5)
 POLL_S = 0.05
+WINDOW_S = 5.0  # a p99 over 1 s (60 calls) is the worst call; over 5 s, the 3rd worst
 RECOVERY_TARGET_S = 30.0
 
 
@@ -104,6 +106,7 @@ class StepFigures:
     limiter_sheds: int
     p99_recovery_s: float | None  # from the step
     p99_after_ms: float  # p99 over the step's last 10 s
+    window_p99_ms: list[float]  # p99 of the WINDOW_S window starting each second of the step
     max_workers: int
     cores: int
     requests: int
@@ -204,17 +207,17 @@ def figures(
     scale_up_s = scaled_at - baseline_s if scaled_at is not None else None
     before = sent < (scaled_at if scaled_at is not None else math.inf)
     bound = max(2 * baseline_p99, baseline_p99 + 20.0)
-    recovery = None
     end = baseline_s + step_s
-    for second in range(int(step_s)):
+    # p99 of each WINDOW_S window, one starting every second of the step.
+    windows = []
+    for second in range(int(step_s - WINDOW_S) + 1):
         start = baseline_s + second
-        windows_ok = True
-        for later in np.arange(start, end - 0.999, 1.0):
-            window = ok & (sent >= later) & (sent < later + 1.0)
-            if window.sum() and _p99_ms(latency[window]) >= bound:
-                windows_ok = False
-                break
-        if windows_ok:
+        window = ok & (sent >= start) & (sent < start + WINDOW_S)
+        windows.append(_p99_ms(latency[window]) if window.sum() else math.inf)
+    # Recovered at the first window from which on every window is under the bound.
+    recovery = None
+    for second in range(len(windows)):
+        if all(p99 < bound for p99 in windows[second:]):
             recovery = float(second)
             break
     tail = ok & (sent >= end - min(10.0, step_s / 2))
@@ -230,6 +233,7 @@ def figures(
         limiter_sheds=max((s for _, _, s in seen), default=0),
         p99_recovery_s=recovery,
         p99_after_ms=round(_p99_ms(latency[tail]), 1),
+        window_p99_ms=[round(p99, 1) for p99 in windows],
         max_workers=max((r for _, r, _ in seen), default=0),
         cores=cores,
         requests=len(sent),
@@ -297,7 +301,11 @@ def _print(found: StepFigures) -> None:
             "sheds in the whole run (client / limiter)",
             f"{found.sheds_total} / {found.limiter_sheds}",
         ),
-        ("p99 back under 2x baseline after", recovery),
+        ("p99 (5 s windows) back under max(2x, +20 ms) after", recovery),
+        (
+            "p99 of the 5 s windows of the step (ms)",
+            " ".join(f"{p:.0f}" for p in found.window_p99_ms),
+        ),
         ("p99 over the last 10 s of the step", f"{found.p99_after_ms:.1f} ms"),
         (
             "ratio p99 end of step / baseline",
