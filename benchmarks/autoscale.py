@@ -25,6 +25,7 @@ out by measuring that another worker added no throughput.
     python benchmarks/autoscale.py                      # io, 20/s -> 60/s, 10 s + 40 s
     python benchmarks/autoscale.py --model cpu --rate 40 --step 30
     python benchmarks/autoscale.py --json
+    python benchmarks/autoscale.py --quick              # the CI form, 6 s + 16 s
 
 Exit 0 when the targets are met (io: scaled up before any shed, p99 back
 under 2x baseline within 30 s; cpu: never more workers than cores), 1 when
@@ -331,7 +332,10 @@ def main() -> int:
     parser.add_argument("--cpu-bound", action="store_true", help="declare the model CPU-bound")
     parser.add_argument("--max-replicas", type=int, default=4)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--quick", action="store_true", help="the CI form: 6 s + 16 s")
     args = parser.parse_args()
+    if args.quick:
+        args.baseline, args.step = 6.0, 16.0
     if args.rate <= 0 or args.baseline < 3 or args.step < 5 or not 1 <= args.max_replicas <= 64:
         parser.error("--rate must be > 0, --baseline >= 3, --step >= 5, --max-replicas 1..64")
     with tempfile.TemporaryDirectory(prefix="failsoft-autoscale-") as scratch:
