@@ -23,7 +23,7 @@ from failsoft.backends.autoscale import Autoscaler, WorkersScaled
 from failsoft.backends.process import WorkerReplica
 from failsoft.call import Call
 from failsoft.clock import SystemClock
-from failsoft.config import parse_config
+from failsoft.config import ConfigError, parse_config
 from failsoft.observe.events import Event, EventBus
 from failsoft.protocol.types import InferRequest
 from failsoft.runtime import Runtime
@@ -168,3 +168,31 @@ def test_a_cpu_bound_model_never_runs_more_workers_than_cores(tmp_path: Path) ->
     found = run_step(tmp_path, model="cpu", rate=15, baseline_s=4, step_s=10, cpu_bound=True)
     print(found)
     assert 1 <= found.max_workers <= found.cores, found
+
+
+def test_bad_autoscale_settings_are_refused_naming_the_field() -> None:
+    data = model("tests.integration._autoscale_models:wrong_on_w1", standby=0)
+    data["versions"]["v1"]["autoscale"] = {"min_replicas": 3, "max_replicas": 2}
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"models": {"m": data}})
+    assert "autoscale" in str(refused.value.problems)
+    assert "max_replicas" in str(refused.value.problems)
+    data["versions"]["v1"]["autoscale"] = {"standby": -1}
+    with pytest.raises(ConfigError, match="standby"):
+        parse_config({"models": {"m": data}})
+
+
+async def test_an_apply_with_new_autoscale_settings_brings_up_only_the_running_workers(
+    gateways: list[Gateway],
+) -> None:
+    gateway = await start("tests.integration._autoscale_models:wrong_on_w1", standby=0)
+    gateways.append(gateway)
+    data = model("tests.integration._autoscale_models:wrong_on_w1", standby=0)
+    data["versions"]["v1"]["autoscale"]["max_replicas"] = 5
+
+    # Parked slots have no process to probe: the apply must not fail on them.
+    await gateway.runtime.apply(parse_config({"models": {"m": data}}), drain_s=1.0)
+
+    assert len(gateway.workers) == 5
+    assert [w.parked for w in gateway.workers] == [False, True, True, True, True]
+    assert {await gateway.serve() for _ in range(10)} == {"m/v1/w0"}
