@@ -26,6 +26,7 @@ out by measuring that another worker added no throughput.
     python benchmarks/autoscale.py --model cpu --rate 40 --step 30
     python benchmarks/autoscale.py --json
     python benchmarks/autoscale.py --quick              # the CI form, 6 s + 16 s
+    python benchmarks/autoscale.py --drop 30 --down-cooldown 10   # then back to 20/s
 
 Exit 0 when the targets are met (io: scaled up before any shed, p99 back
 under 2x baseline within 30 s; cpu: never more workers than cores), 1 when
@@ -63,7 +64,7 @@ WINDOW_S = 5.0  # a p99 over 1 s (60 calls) is the worst call; over 5 s, the 3rd
 RECOVERY_TARGET_S = 30.0
 
 
-def config_text(model: str, cpu_bound: bool, max_replicas: int) -> str:
+def config_text(model: str, cpu_bound: bool, max_replicas: int, down_cooldown_s: float) -> str:
     function = "io_wait" if model == "io" else "cpu_spin"
     return f"""
 models:
@@ -89,7 +90,7 @@ models:
           min_replicas: 1
           window_s: 0.5
           max_replicas: {max_replicas}
-          down_cooldown_s: 60
+          down_cooldown_s: {down_cooldown_s:g}
           cpu_bound: {str(cpu_bound).lower()}
 """
 
@@ -100,6 +101,7 @@ class StepFigures:
     rate: float
     baseline_s: float
     step_s: float
+    drop_s: float  # back at the baseline rate after the step
     baseline_p99_ms: float
     scale_up_s: float | None  # from the step to the second worker in rotation
     sheds_before_scale_up: int  # 503s sent before the second worker was in rotation
@@ -109,6 +111,8 @@ class StepFigures:
     p99_after_ms: float  # p99 over the step's last 10 s
     window_p99_ms: list[float]  # p99 of the WINDOW_S window starting each second of the step
     max_workers: int
+    scale_down_s: float | None  # from the drop to the first worker taken out of rotation
+    end_workers: int
     cores: int
     requests: int
     failed: int  # neither 200 nor a shed 503
@@ -161,7 +165,7 @@ async def _poll(
 
 
 async def _drive(
-    url: str, rate: float, baseline_s: float, step_s: float
+    url: str, rate: float, baseline_s: float, step_s: float, drop_s: float
 ) -> tuple[Schedule, list[Outcomes], list[tuple[float, int, int]]]:
     schedule = Schedule.soon(0.2)
     step = Schedule(schedule.clock + baseline_s, schedule.wall + baseline_s)
@@ -170,7 +174,7 @@ async def _drive(
     async with httpx.AsyncClient(timeout=5.0) as http:
         poller = asyncio.create_task(_poll(url, stop, seen, http))
         base, extra = await asyncio.gather(
-            run_load(url, _load(rate, baseline_s + step_s), schedule=schedule),
+            run_load(url, _load(rate, baseline_s + step_s + drop_s), schedule=schedule),
             run_load(url, _load(2 * rate, step_s), schedule=step, seed=1),
         )
         stop.set()
@@ -191,6 +195,7 @@ def figures(
     loads: list[Outcomes],
     seen: list[tuple[float, int, int]],
     cores: int,
+    drop_s: float = 0.0,
 ) -> StepFigures:
     # Every request on one time line: seconds since the baseline load started.
     sent = np.concatenate([loads[0].offsets, loads[1].offsets + baseline_s])
@@ -221,12 +226,16 @@ def figures(
         if all(p99 < bound for p99 in windows[second:]):
             recovery = float(second)
             break
-    tail = ok & (sent >= end - min(10.0, step_s / 2))
+    tail = ok & (sent >= end - min(10.0, step_s / 2)) & (sent < end)
+    at_end = [(at - schedule.clock, running) for at, running, _ in seen]
+    peak = max((r for t, r in at_end if t < end), default=0)
+    scale_down_s = next((t - end for t, running in at_end if t >= end and 0 < running < peak), None)
     return StepFigures(
         model=model,
         rate=rate,
         baseline_s=baseline_s,
         step_s=step_s,
+        drop_s=drop_s,
         baseline_p99_ms=round(baseline_p99, 1),
         scale_up_s=round(scale_up_s, 2) if scale_up_s is not None else None,
         sheds_before_scale_up=int((shed & before).sum()),
@@ -236,6 +245,8 @@ def figures(
         p99_after_ms=round(_p99_ms(latency[tail]), 1),
         window_p99_ms=[round(p99, 1) for p99 in windows],
         max_workers=max((r for _, r, _ in seen), default=0),
+        scale_down_s=round(scale_down_s, 2) if scale_down_s is not None else None,
+        end_workers=at_end[-1][1] if at_end else 0,
         cores=cores,
         requests=len(sent),
         failed=int((~ok & ~shed).sum()),
@@ -251,12 +262,14 @@ def run_step(
     step_s: float = 40.0,
     cpu_bound: bool = False,
     max_replicas: int = 4,
+    drop_s: float = 0.0,
+    down_cooldown_s: float = 60.0,
 ) -> StepFigures:
     """Start a gateway in ``directory``, drive the step, stop it; the figures."""
     from failsoft.backends.autoscale import usable_cores
 
     path = directory / "failsoft.yaml"
-    path.write_text(config_text(model, cpu_bound, max_replicas))
+    path.write_text(config_text(model, cpu_bound, max_replicas, down_cooldown_s))
     env = {
         "PYTHONPATH": os.pathsep.join(
             [str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
@@ -265,7 +278,7 @@ def run_step(
     }
     with ServerProcess(path, env=env) as server:
         url = server.url.rstrip("/")
-        schedule, loads, seen = asyncio.run(_drive(url, rate, baseline_s, step_s))
+        schedule, loads, seen = asyncio.run(_drive(url, rate, baseline_s, step_s, drop_s))
         if os.environ.get("AUTOSCALE_TRACE"):
             lines = list(server.logs)
             while not server._lines.empty():
@@ -273,7 +286,7 @@ def run_step(
             for line in lines:
                 if "scal" in str(line.get("msg")) or "health" in str(line.get("msg")):
                     print(line, file=sys.stderr)
-    return figures(model, rate, baseline_s, step_s, schedule, loads, seen, usable_cores())
+    return figures(model, rate, baseline_s, step_s, schedule, loads, seen, usable_cores(), drop_s)
 
 
 def met(found: StepFigures) -> bool:
@@ -313,6 +326,11 @@ def _print(found: StepFigures) -> None:
             f"{found.p99_after_ms / found.baseline_p99_ms:.2f}",
         ),
         ("most workers running (cores)", f"{found.max_workers} ({found.cores})"),
+        (
+            f"after the drop to {found.rate:g}/s: first worker out, workers at the end",
+            f"{found.scale_down_s if found.scale_down_s is not None else '-'} s, "
+            f"{found.end_workers}",
+        ),
         ("failed (not 200, not shed)", found.failed),
     ]
     for name, value in rows:
@@ -331,6 +349,12 @@ def main() -> int:
     parser.add_argument("--step", type=float, default=40.0, help="seconds at 3x the baseline")
     parser.add_argument("--cpu-bound", action="store_true", help="declare the model CPU-bound")
     parser.add_argument("--max-replicas", type=int, default=4)
+    parser.add_argument(
+        "--drop", type=float, default=0.0, help="seconds back at the baseline after the step"
+    )
+    parser.add_argument(
+        "--down-cooldown", type=float, default=60.0, help="autoscale.down_cooldown_s"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--quick", action="store_true", help="the CI form: 6 s + 16 s")
     args = parser.parse_args()
@@ -338,6 +362,8 @@ def main() -> int:
         args.baseline, args.step = 6.0, 16.0
     if args.rate <= 0 or args.baseline < 3 or args.step < 5 or not 1 <= args.max_replicas <= 64:
         parser.error("--rate must be > 0, --baseline >= 3, --step >= 5, --max-replicas 1..64")
+    if args.drop < 0 or args.down_cooldown <= 0:
+        parser.error("--drop must be >= 0 and --down-cooldown > 0 (seconds)")
     with tempfile.TemporaryDirectory(prefix="failsoft-autoscale-") as scratch:
         try:
             found = run_step(
@@ -347,6 +373,8 @@ def main() -> int:
                 baseline_s=args.baseline,
                 step_s=args.step,
                 cpu_bound=args.cpu_bound,
+                drop_s=args.drop,
+                down_cooldown_s=args.down_cooldown,
                 max_replicas=args.max_replicas,
             )
         except Exception as error:  # a setup failure: say what, exit 2
