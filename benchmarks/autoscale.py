@@ -111,6 +111,7 @@ class StepFigures:
     p99_after_ms: float  # p99 over the step's last 10 s
     window_p99_ms: list[float]  # p99 of the WINDOW_S window starting each second of the step
     max_workers: int
+    step_end_workers: int
     scale_down_s: float | None  # from the drop to the first worker taken out of rotation
     end_workers: int
     cores: int
@@ -228,8 +229,10 @@ def figures(
             break
     tail = ok & (sent >= end - min(10.0, step_s / 2)) & (sent < end)
     at_end = [(at - schedule.clock, running) for at, running, _ in seen]
-    peak = max((r for t, r in at_end if t < end), default=0)
-    scale_down_s = next((t - end for t, running in at_end if t >= end and 0 < running < peak), None)
+    at_drop = next((r for t, r in reversed(at_end) if t < end), 0)  # workers as the step ends
+    scale_down_s = next(
+        (t - end for t, running in at_end if t >= end and 0 < running < at_drop), None
+    )
     return StepFigures(
         model=model,
         rate=rate,
@@ -245,6 +248,7 @@ def figures(
         p99_after_ms=round(_p99_ms(latency[tail]), 1),
         window_p99_ms=[round(p99, 1) for p99 in windows],
         max_workers=max((r for _, r, _ in seen), default=0),
+        step_end_workers=at_drop,
         scale_down_s=round(scale_down_s, 2) if scale_down_s is not None else None,
         end_workers=at_end[-1][1] if at_end else 0,
         cores=cores,
@@ -327,9 +331,9 @@ def _print(found: StepFigures) -> None:
         ),
         ("most workers running (cores)", f"{found.max_workers} ({found.cores})"),
         (
-            f"after the drop to {found.rate:g}/s: first worker out, workers at the end",
-            f"{found.scale_down_s if found.scale_down_s is not None else '-'} s, "
-            f"{found.end_workers}",
+            f"workers: end of step; after the drop to {found.rate:g}/s (first out after)",
+            f"{found.step_end_workers}; {found.end_workers} "
+            f"({found.scale_down_s if found.scale_down_s is not None else '-'} s)",
         ),
         ("failed (not 200, not shed)", found.failed),
     ]
