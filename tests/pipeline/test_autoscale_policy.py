@@ -181,3 +181,15 @@ def test_a_min_rtt_probe_queueing_on_purpose_is_not_pressure() -> None:
     feed = Feed(policy())
     feed.run(5, in_flight=1, limit=4, rate=20)
     assert feed.run(2, in_flight=4, waiting=3, limit=4, rate=20, probing=True) == []
+
+
+def test_scale_down_waits_until_one_worker_fewer_can_carry_the_served_rate() -> None:
+    feed = Feed(policy(max_replicas=2, down_cooldown_s=10))
+    feed.policy.replicas = 2
+    feed.run(3, in_flight=8, waiting=4, rate=100)  # backlogged: 50/s per worker
+    assert feed.policy.per_worker == pytest.approx(50, rel=0.05)
+    # The limit says "idle" (1 in flight of 12), but 60/s is more than one worker serves.
+    assert feed.run(40, in_flight=1, limit=12, rate=60) == []
+    made = feed.run(15, in_flight=1, limit=12, rate=20)
+    assert [(d.action, d.replicas) for d in made] == [("down", 1)]
+    assert "served under backlog" in made[0].reason

@@ -25,6 +25,10 @@ Scale down (one at a time) once nothing queued or was shed for
 ``down_cooldown_s``, the last change is that old too, and the load would fit
 in one worker fewer under ``scale_down_utilization``.
 
+Each time requests are backlogged, the calls served per second per worker
+are remembered (the most seen): a scale-down also needs the current rate
+within ``scale_down_utilization`` of what one worker fewer would serve.
+
 A CPU-bound model gains nothing from more workers than cores. Two guards:
 ``cpu_bound: true`` caps the workers at the core count; and every scale-up
 made under saturation is *checked*: ``up_cooldown_s`` after the new worker
@@ -145,6 +149,7 @@ class AutoscalePolicy:
         self._started = now  # ... but scales down only a cool-down after it started
         self._last_pressure = -math.inf
         self._check: _Check | None = None
+        self.per_worker = 0.0  # calls/s one worker served under backlog (0: not seen yet)
 
     @property
     def cap(self) -> int:
@@ -181,6 +186,7 @@ class AutoscalePolicy:
             decision = self._verify(now)
             if decision is not None:
                 return self._decide(now, decision)
+        self._learn_capacity()
         saturated, why = self._saturated()
         if saturated:
             if self._check is not None or now - self._last_change < self.options.up_cooldown_s:
@@ -290,7 +296,21 @@ class AutoscalePolicy:
         after = mean * self.replicas / (self.replicas - 1)
         if after > options.scale_down_utilization:
             return None
-        return self._decide(
-            now,
-            Decision("down", self.replicas - 1, f"utilization {after:.2f} with one worker fewer"),
-        )
+        why = f"utilization {after:.2f} with one worker fewer"
+        if self.per_worker > 0:
+            # The limit need not track the workers (it has a floor, and holds below a knee):
+            # what one worker served under backlog says more about what n - 1 can carry.
+            share = self._rate() / (self.per_worker * (self.replicas - 1))
+            if share > options.scale_down_utilization:
+                return None
+            why = f"{share:.2f} of what one worker fewer served under backlog"
+        return self._decide(now, Decision("down", self.replicas - 1, why))
+
+    def _learn_capacity(self) -> None:
+        """Under backlog, the calls served per second per worker are what a worker can do."""
+        points = self._points
+        if len(points) < 2 or points[-1].at - points[0].at < RATE_S * 0.8:
+            return
+        full = self.options.scale_up_utilization
+        if all(p.queued or p.utilization >= full for p in points):  # backlogged throughout
+            self.per_worker = max(self.per_worker, self._rate() / self.replicas)
