@@ -153,8 +153,12 @@ async def test_a_standby_joins_rotation_at_once_and_a_removed_worker_stops(
     assert {await gateway.serve() for _ in range(30)} == {"m/v1/w0"}
 
 
-def test_a_3x_step_on_an_io_bound_model_scales_up_before_any_shed(tmp_path: Path) -> None:
-    found = run_step(tmp_path, model="io", rate=20, baseline_s=6, step_s=16)
+def test_a_3x_step_on_an_io_bound_model_scales_up_before_any_shed_and_down_after(
+    tmp_path: Path,
+) -> None:
+    found = run_step(
+        tmp_path, model="io", rate=20, baseline_s=6, step_s=16, drop_s=14, down_cooldown_s=5
+    )
     print(found)
     assert found.scale_up_s is not None, found
     assert found.sheds_before_scale_up == 0, found
@@ -162,6 +166,9 @@ def test_a_3x_step_on_an_io_bound_model_scales_up_before_any_shed(tmp_path: Path
     # p99 back under max(2x, +20 ms) of the baseline p99 within the step (< 30 s).
     assert found.p99_recovery_s is not None, found
     assert found.p99_recovery_s < 16, found
+    # Back at the baseline rate: a worker leaves once the cool-down passed, not below 1.
+    assert found.scale_down_s is not None, found
+    assert 1 <= found.end_workers < found.step_end_workers, found
 
 
 def test_a_cpu_bound_model_never_runs_more_workers_than_cores(tmp_path: Path) -> None:

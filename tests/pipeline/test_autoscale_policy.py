@@ -192,4 +192,15 @@ def test_scale_down_waits_until_one_worker_fewer_can_carry_the_served_rate() -> 
     assert feed.run(40, in_flight=1, limit=12, rate=60) == []
     made = feed.run(15, in_flight=1, limit=12, rate=20)
     assert [(d.action, d.replicas) for d in made] == [("down", 1)]
-    assert "served under backlog" in made[0].reason
+    assert "serves saturated" in made[0].reason
+
+
+def test_no_flapping_when_the_limit_looks_idle_but_the_rate_needs_the_workers() -> None:
+    feed = Feed(policy(max_replicas=2, down_cooldown_s=5))
+    feed.run(5, in_flight=1, limit=4, rate=20)
+    made = feed.run(1.5, in_flight=4, waiting=3, limit=4, rate=50)  # 1 worker saturated
+    assert [(d.action, d.replicas) for d in made] == [("up", 2)]
+    # 60/s on 2 workers: 1.5 calls in flight under a limit of 11 looks idle; it is not.
+    assert feed.run(30, in_flight=1, limit=11, rate=60) == []
+    made = feed.run(10, in_flight=1, limit=11, rate=20)
+    assert [(d.action, d.replicas) for d in made] == [("down", 1)]

@@ -25,9 +25,11 @@ Scale down (one at a time) once nothing queued or was shed for
 ``down_cooldown_s``, the last change is that old too, and the load would fit
 in one worker fewer under ``scale_down_utilization``.
 
-Each time requests are backlogged, the calls served per second per worker
-are remembered (the most seen): a scale-down also needs the current rate
-within ``scale_down_utilization`` of what one worker fewer would serve.
+Whenever the workers are saturated (a scale-up decision, or a backlog lasting
+``RATE_S``), the calls served per second per worker are remembered (the most
+seen): a scale-down also needs the current rate within
+``scale_down_utilization`` of what one worker fewer would serve. The limit
+alone cannot say so: it has a floor, and holds below a knee.
 
 A CPU-bound model gains nothing from more workers than cores. Two guards:
 ``cpu_bound: true`` caps the workers at the core count; and every scale-up
@@ -194,6 +196,9 @@ class AutoscalePolicy:
             if self.replicas >= self.cap:
                 return None
             self._check = _Check(math.inf, self._rate(), self.replicas)
+            # Saturated: the rate served just now is about what these workers can do.
+            served = self._rate(self.options.window_s)
+            self.per_worker = max(self.per_worker, served / self.replicas)
             return self._decide(now, Decision("up", self.replicas + 1, why))
         return self._maybe_down(now)
 
@@ -252,9 +257,9 @@ class AutoscalePolicy:
             return True, f"queueing at the limit in {queued:.0%} of samples"
         return False, ""
 
-    def _rate(self) -> float:
-        """Calls served per second over the window."""
-        points = self._points
+    def _rate(self, span_s: float = RATE_S) -> float:
+        """Calls served per second over the last ``span_s`` (at most RATE_S)."""
+        points = [p for p in self._points if p.at >= self._points[-1].at - span_s - 1e-9]
         if len(points) < 2 or points[-1].at <= points[0].at:
             return 0.0
         return (points[-1].completed - points[0].completed) / (points[-1].at - points[0].at)
@@ -303,7 +308,7 @@ class AutoscalePolicy:
             share = self._rate() / (self.per_worker * (self.replicas - 1))
             if share > options.scale_down_utilization:
                 return None
-            why = f"{share:.2f} of what one worker fewer served under backlog"
+            why = f"{share:.2f} of what one worker fewer serves saturated"
         return self._decide(now, Decision("down", self.replicas - 1, why))
 
     def _learn_capacity(self) -> None:
