@@ -44,6 +44,7 @@ sleeping or processes.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -197,8 +198,7 @@ class AutoscalePolicy:
                 return None
             self._check = _Check(math.inf, self._rate(), self.replicas)
             # Saturated: the rate served just now is about what these workers can do.
-            served = self._rate(self.options.window_s)
-            self.per_worker = max(self.per_worker, served / self.replicas)
+            self.per_worker = max(self.per_worker, self._saturated_rate() / self.replicas)
             return self._decide(now, Decision("up", self.replicas + 1, why))
         return self._maybe_down(now)
 
@@ -263,6 +263,17 @@ class AutoscalePolicy:
         if len(points) < 2 or points[-1].at <= points[0].at:
             return 0.0
         return (points[-1].completed - points[0].completed) / (points[-1].at - points[0].at)
+
+    def _saturated_rate(self) -> float:
+        """Calls served per second over the sampling intervals that ended saturated."""
+        full = self.options.scale_up_utilization
+        served = seconds = 0.0
+        points = list(self._points)
+        for before, after in itertools.pairwise(points):
+            if after.queued or after.utilization >= full:
+                served += after.completed - before.completed
+                seconds += after.at - before.at
+        return served / seconds if seconds > 0 else 0.0
 
     def _verify(self, now: float) -> Decision | None:
         check = self._check
