@@ -99,6 +99,7 @@ def test_scale_ups_wait_for_the_last_one_to_show_and_stop_at_max() -> None:
 def test_scale_down_only_after_the_cooldown_one_at_a_time() -> None:
     feed = Feed(policy(max_replicas=3, down_cooldown_s=30, min_gain=0))
     feed.policy.replicas = 3
+    feed.policy.per_worker = 50.0  # measured while saturated, earlier
     feed.run(1, in_flight=8, waiting=4, rate=150)  # pressure at max: nothing changes
     assert feed.decisions == []
     assert feed.run(29, in_flight=1, limit=12, rate=20, carry_out=False) == []
@@ -116,6 +117,7 @@ def test_scale_down_only_after_the_cooldown_one_at_a_time() -> None:
 def test_no_scale_down_when_one_worker_fewer_would_be_too_busy() -> None:
     feed = Feed(policy(down_cooldown_s=5))
     feed.policy.replicas = 2
+    feed.policy.per_worker = 1000.0  # the rate alone would allow it
     # utilization 0.4 now, 0.8 with one worker fewer: above scale_down_utilization 0.5
     assert feed.run(20, in_flight=4, limit=10, rate=100) == []
 
@@ -204,3 +206,11 @@ def test_no_flapping_when_the_limit_looks_idle_but_the_rate_needs_the_workers() 
     assert feed.run(30, in_flight=1, limit=11, rate=60) == []
     made = feed.run(10, in_flight=1, limit=11, rate=20)
     assert [(d.action, d.replicas) for d in made] == [("down", 1)]
+
+
+def test_without_a_measure_of_capacity_only_an_idle_model_scales_down() -> None:
+    feed = Feed(policy(down_cooldown_s=5))
+    feed.policy.replicas = 3  # e.g. kept by an apply; never saw saturation
+    assert feed.run(20, in_flight=1, limit=12, rate=20) == []
+    made = feed.run(10, in_flight=0, limit=12, rate=0)
+    assert [(d.action, d.replicas) for d in made] == [("down", 2)]

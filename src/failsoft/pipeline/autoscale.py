@@ -264,13 +264,21 @@ class AutoscalePolicy:
             return 0.0
         return (points[-1].completed - points[0].completed) / (points[-1].at - points[0].at)
 
+    def _full(self, point: _Point) -> bool:
+        """Whether one sample shows the workers saturated."""
+        options = self.options
+        return (
+            point.queued
+            or point.utilization >= options.scale_up_utilization
+            or point.rtt_ratio >= options.scale_up_rtt_ratio
+        )
+
     def _saturated_rate(self) -> float:
         """Calls served per second over the sampling intervals that ended saturated."""
-        full = self.options.scale_up_utilization
         served = seconds = 0.0
         points = list(self._points)
         for before, after in itertools.pairwise(points):
-            if after.queued or after.utilization >= full:
+            if self._full(after):
                 served += after.completed - before.completed
                 seconds += after.at - before.at
         return served / seconds if seconds > 0 else 0.0
@@ -313,6 +321,8 @@ class AutoscalePolicy:
         if after > options.scale_down_utilization:
             return None
         why = f"utilization {after:.2f} with one worker fewer"
+        if self.per_worker <= 0 and self._rate() > 0:
+            return None  # serving, and no measure of what fewer workers could serve
         if self.per_worker > 0:
             # The limit need not track the workers (it has a floor, and holds below a knee):
             # what one worker served under backlog says more about what n - 1 can carry.
@@ -327,6 +337,5 @@ class AutoscalePolicy:
         points = self._points
         if len(points) < 2 or points[-1].at - points[0].at < RATE_S * 0.8:
             return
-        full = self.options.scale_up_utilization
-        if all(p.queued or p.utilization >= full for p in points):  # backlogged throughout
+        if all(p.queued or p.utilization >= self.options.scale_up_utilization for p in points):
             self.per_worker = max(self.per_worker, self._rate() / self.replicas)
