@@ -212,5 +212,5 @@ def test_without_a_measure_of_capacity_only_an_idle_model_scales_down() -> None:
     feed = Feed(policy(down_cooldown_s=5))
     feed.policy.replicas = 3  # e.g. kept by an apply; never saw saturation
     assert feed.run(20, in_flight=1, limit=12, rate=20) == []
-    made = feed.run(10, in_flight=0, limit=12, rate=0)
+    made = feed.run(6, in_flight=0, limit=12, rate=0)  # idle: one down per cool-down
     assert [(d.action, d.replicas) for d in made] == [("down", 2)]
