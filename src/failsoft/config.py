@@ -36,6 +36,7 @@ from failsoft.errors import BackendLoadError
 from failsoft.jobs.options import JobsOptions
 from failsoft.observe.tracing import TracingOptions
 from failsoft.pipeline.attribution import AttributionOptions
+from failsoft.pipeline.autoscale import AutoscaleOptions
 from failsoft.pipeline.breaker import BreakerOptions
 from failsoft.pipeline.bulkhead import BulkheadOptions
 from failsoft.pipeline.cache import CacheOptions
@@ -229,6 +230,8 @@ class ProcessBackend(_Version):
     restart_backoff_s: Annotated[float, Field(gt=0, le=60)] = 0.2
     restart_backoff_max_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     drain_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    # Workers between min_replicas and max_replicas (then ``replicas`` is not used).
+    autoscale: AutoscaleOptions | None = None
 
     @field_validator("worker")
     @classmethod

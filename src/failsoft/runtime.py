@@ -22,13 +22,15 @@ import logging
 import random
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import orjson
 
 from failsoft.backends import BuiltReplicas, Replica, build_replicas
+from failsoft.backends.autoscale import Autoscaler, limiter_sample
 from failsoft.call import Call
 from failsoft.clock import Clock, SystemClock
-from failsoft.config import Config, ModelConfig
+from failsoft.config import Config, ModelConfig, ProcessBackend
 from failsoft.control.faults import FaultRegistry, Killable, Target
 from failsoft.control.flags import NO_SWITCHES, FlagSpec, Switches, switches_for
 from failsoft.data.contracts import ModelContract
@@ -36,6 +38,7 @@ from failsoft.data.input_checks import InputChecks
 from failsoft.data.schema import version_inputs
 from failsoft.errors import FailsoftError, FailureClass, NotFound
 from failsoft.observe.events import EventBus
+from failsoft.pipeline.autoscale import Sample
 from failsoft.pipeline.cache import CacheKey, CacheOptions, ResponseCache, request_digest
 from failsoft.pipeline.chaos import ChaosReplica
 from failsoft.pipeline.fallback import FallbackChain, Infer, StaleCacheTier
@@ -106,6 +109,18 @@ class VersionUnit:
     pipeline: VersionPipeline
     prober: Prober
     replicas_started: bool = False
+    autoscaler: Autoscaler | None = None  # a process backend with autoscale
+
+    def watch(self) -> None:
+        """Start probing (and autoscaling) the version."""
+        self.prober.start()
+        if self.autoscaler is not None:
+            self.autoscaler.start()
+
+    async def unwatch(self) -> None:
+        await self.prober.close()
+        if self.autoscaler is not None:
+            await self.autoscaler.close()
 
 
 # The model settings a version's pipeline and prober are built from; the others
@@ -219,8 +234,21 @@ class ModelRuntime:
             prober = Prober(
                 pipeline, config.health_check, contract, golden, runtime.bus, clock, rng
             )
+            backend = config.versions[version]
+            scaler = None
+            if isinstance(backend, ProcessBackend) and backend.autoscale is not None:
+                scaler = Autoscaler(
+                    name,
+                    version,
+                    built.replicas,
+                    prober,
+                    backend.autoscale,
+                    partial(_sample, runtime, name),
+                    runtime.bus,
+                    clock,
+                )
             self.units[version] = VersionUnit(
-                replica_key, pipeline_key, built, pipeline, prober, started
+                replica_key, pipeline_key, built, pipeline, prober, started, scaler
             )
         config = model_config
         self.versions = {version: unit.pipeline for version, unit in self.units.items()}
@@ -374,7 +402,7 @@ class ModelRuntime:
 
     def start_probes(self) -> None:
         for unit in self.units.values():
-            unit.prober.start()
+            unit.watch()
 
     async def close(self) -> None:
         for unit in self.units.values():
@@ -388,7 +416,7 @@ async def _load(unit: VersionUnit) -> None:
 
 
 async def _close(unit: VersionUnit, *, close_replicas: bool) -> None:
-    await unit.prober.close()
+    await unit.unwatch()
     if close_replicas:
         await unit.pipeline.close()
         for close in unit.built.closers:
@@ -557,10 +585,10 @@ class Runtime:
             self._mark_switched_off()
             live = {id(unit) for model in models.values() for unit in model.units.values()}
             for unit in fresh:
-                unit.prober.start()
+                unit.watch()
             for _, _, _, unit in self._warm:
                 if id(unit) in live:  # back from the warm pool
-                    unit.prober.start()
+                    unit.watch()
             self._warm = [entry for entry in self._warm if id(entry[3]) not in live]
             in_use = {id(u.built) for model in models.values() for u in model.units.values()}
             retired = [
@@ -570,7 +598,7 @@ class Runtime:
                 if id(unit) not in live
             ]
             for _, _, unit in retired:
-                await unit.prober.close()
+                await unit.unwatch()
             until = self.clock.now() + keep_warm_s
             for name, version, unit in retired:
                 if keep_warm_s > 0 and id(unit.built) not in in_use:
@@ -635,13 +663,19 @@ async def _bring_up(unit: VersionUnit) -> None:
 async def _retire(units: list[VersionUnit], reused: set[int], drain_s: float, clock: Clock) -> None:
     """Stop probing units that left, let their calls in flight finish, then close them."""
     for unit in units:
-        await unit.prober.close()
+        await unit.unwatch()
     deadline = clock.now() + drain_s
     while any(unit.pipeline.in_flight for unit in units) and clock.now() < deadline:
         await clock.sleep(0.05)
     for unit in units:
         if id(unit.built) not in reused:
             await _close(unit, close_replicas=True)
+
+
+def _sample(runtime: Runtime, model: str) -> Sample | None:
+    """The limiter of ``model`` as it serves now (an apply may have replaced it)."""
+    found = runtime.models.get(model)
+    return limiter_sample(found.limiter) if found is not None else None
 
 
 async def _all(starts: Iterable[Awaitable[None]]) -> None:

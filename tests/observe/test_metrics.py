@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from failsoft.backends.autoscale import WorkersScaled
 from failsoft.errors import FailureClass
 from failsoft.observe import metrics as metrics_module
 from failsoft.observe.events import (
@@ -173,6 +174,20 @@ def test_a_restarting_worker_sets_replica_up_and_counts_the_restart() -> None:
     assert value(metrics, "failsoft_worker_restarts_total", **REPLICA, reason="crashed") == 1
     metrics.observe(ReplicaStateChanged("m", "v1", "r0", True, "started"))
     assert value(metrics, "failsoft_replica_up", **REPLICA) == 1
+
+
+def test_autoscaling_sets_the_workers_gauge_and_counts_changes() -> None:
+    metrics = fed(
+        WorkersScaled("m", "v1", 1, 2, "queueing", True),
+        WorkersScaled("m", "v1", 2, 2, "failed its probe", False),
+    )
+    version = {"model": "m", "version": "v1"}
+    assert value(metrics, "failsoft_workers", **version) == 2
+    total = "failsoft_workers_scaled_total"
+    assert value(metrics, total, **version, direction="up", ok="true") == 1
+    assert value(metrics, total, **version, direction="none", ok="false") == 1
+    metrics.observe(WorkersScaled("m", "v1", 2, 1, "cool", True))
+    assert value(metrics, "failsoft_workers", **version) == 1
 
 
 def test_panic_routing_is_a_gauge_per_version() -> None:

@@ -65,9 +65,12 @@ def build_replicas(
         return BuiltReplicas(replicas)
     if isinstance(config, ProcessBackend):
         spec = worker_spec(model_name, version_name, model, config, server)
+        scale = config.autoscale
+        count = scale.max_replicas if scale is not None else config.replicas
+        running = scale.min_replicas if scale is not None else count
         workers: list[Replica] = [
-            WorkerReplica(f"w{i}", model_name, version_name, spec, config, bus)
-            for i in range(config.replicas)
+            WorkerReplica(f"w{i}", model_name, version_name, spec, config, bus, parked=i >= running)
+            for i in range(count)
         ]
         return BuiltReplicas(workers)
     load = _local_loader(config, model)

@@ -89,6 +89,7 @@ class WorkerReplica:
         config: ProcessBackend,
         bus: EventBus,
         rng: random.Random | None = None,
+        parked: bool = False,
     ) -> None:
         self.name = name
         self._model = model
@@ -107,6 +108,9 @@ class WorkerReplica:
         self._restarts = 0
         self._consecutive_failures = 0
         self._tasks: list[asyncio.Task[None]] = []
+        # A parked worker is a slot the autoscaler may fill (``launch``): no process, never
+        # available, so the pipeline and its prober pass it by.
+        self.parked = parked
 
     @property
     def available(self) -> bool:
@@ -133,6 +137,8 @@ class WorkerReplica:
         return process.pid
 
     async def start(self) -> None:
+        if self.parked:
+            return
         await self._spawn()
         self._tasks = [
             asyncio.create_task(self._supervise(), name=f"supervise-{self.name}"),
@@ -158,6 +164,26 @@ class WorkerReplica:
         await self._http.close()
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
+
+    async def launch(self) -> None:
+        """Start this parked worker (scale-out); raises BackendLoadError if it cannot start."""
+        self.parked = False
+        self._closing = False
+        try:
+            await self.start()
+        except BaseException:
+            await self.park()
+            raise
+
+    async def park(self) -> None:
+        """Stop the worker, draining its calls, and keep the slot for a later ``launch``."""
+        self._set_ready(False, "scaled in")
+        await self.close()
+        self.parked = True
+        self._directory = None  # close removed it
+        self._socket_path = None
+        self._tasks = []
+        self._process = None
 
     async def _spawn(self) -> None:
         if self._directory is None:

@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from failsoft.backends.autoscale import WorkersScaled
 from failsoft.control.registry import ArtifactCopyBad, ArtifactRepaired
 from failsoft.data.input_checks import DataViolated
 from failsoft.observe.events import (
@@ -204,6 +205,17 @@ class Metrics:
             "Worker processes restarted by the supervisor.",
             ["model", "version", "replica", "reason"],
         )
+        self.workers = _Family(
+            "failsoft_workers",
+            "Worker processes in rotation of an autoscaled version.",
+            ["model", "version"],
+            gauge=True,
+        )
+        self.workers_scaled = _Family(
+            "failsoft_workers_scaled",
+            "Autoscaler changes of a version's worker count (ok: carried out).",
+            ["model", "version", "direction", "ok"],
+        )
         self.artifact_copies_bad = _Family(
             "failsoft_artifact_copies_bad",
             "Artifact copies skipped on read or scrub: missing, corrupt or unreadable.",
@@ -240,6 +252,8 @@ class Metrics:
             self.poison,
             self.panic,
             self.worker_restarts,
+            self.workers,
+            self.workers_scaled,
             self.artifact_copies_bad,
             self.artifact_repairs,
         ]
@@ -308,6 +322,12 @@ class Metrics:
             )
         elif isinstance(event, WorkerRestarted):
             self.worker_restarts.inc(event.model, event.version, event.replica, event.reason)
+        elif isinstance(event, WorkersScaled):
+            direction = (
+                "up" if event.new > event.old else "down" if event.new < event.old else "none"
+            )
+            self.workers.set(event.new, event.model, event.version)
+            self.workers_scaled.inc(event.model, event.version, direction, str(event.ok).lower())
         elif isinstance(event, PoisonDetected):
             remembered = "false" if event.replicas else "true"
             self.poison.inc(event.model, event.version, remembered)

@@ -271,6 +271,7 @@ class AdaptiveLimiter:
     __slots__ = (
         "_allowance",
         "_clock",
+        "_completed",
         "_emit",
         "_enabled",
         "_gradient",
@@ -302,6 +303,7 @@ class AdaptiveLimiter:
         self._queue = AdmissionQueue()
         self._shed_counts = dict.fromkeys(ORDER, 0)
         self._in_flight = 0
+        self._completed = 0  # calls finished (a sample), read by the worker autoscaler
         self._allowance: dict[Priority, int] = {}
         self._set_allowances()
 
@@ -316,6 +318,24 @@ class AdaptiveLimiter:
     @property
     def waiting(self) -> int:
         return len(self._queue)
+
+    @property
+    def completed(self) -> int:
+        """Calls finished with a sample since this limiter was made."""
+        return self._completed
+
+    @property
+    def rtts(self) -> tuple[float | None, float | None]:
+        """The short RTT and the probed min RTT in seconds (None while unknown)."""
+        return self._gradient.short_rtt or None, self._gradient.min_rtt or None
+
+    @property
+    def probing(self) -> bool:
+        return self._enabled and self._gradient.probing
+
+    @property
+    def shed_total(self) -> int:
+        return sum(self._shed_counts.values())
 
     async def acquire(self, priority: Priority, tenant: TenantKey = None) -> Permit:
         """A slot for one call, at once or after waiting; raises Overloaded when shed.
@@ -411,6 +431,7 @@ class AdaptiveLimiter:
         self._queue.remove(waiter)
 
     def _finish(self, ok: bool, rtt_s: float, tenant: TenantKey, epoch: int) -> None:
+        self._completed += ok
         if self._enabled:
             gradient = self._gradient
             old = gradient.limit

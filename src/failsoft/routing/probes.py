@@ -155,6 +155,7 @@ class Prober:
         self._healthy = [True] * size
         self._failures = [0] * size
         self._successes = [0] * size
+        self._held: set[int] = set()  # out of rotation until ``admit``, whatever probes say
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -185,12 +186,31 @@ class Prober:
 
         What a new version must pass before it takes traffic; it moves no counter.
         """
-        replicas = self._target.replicas
+        # A parked worker slot (an autoscaler's spare) has nothing to probe yet.
+        replicas = [r for r in self._target.replicas if not getattr(r, "parked", False)]
         results = await asyncio.gather(*(self._probe(r) for r in replicas))
         return {
             replica.name: "not available" if isinstance(problem, _NoVerdict) else problem
             for replica, problem in zip(replicas, results, strict=True)
         }
+
+    def hold(self, index: int) -> None:
+        """Keep a replica out of rotation until ``admit`` (a worker being added)."""
+        self._failures[index] = self._successes[index] = 0
+        self._held.add(index)
+        self._healthy[index] = False
+        self._target.set_probe_health(index, False)
+
+    async def admit(self, index: int) -> str | None:
+        """Probe one held replica once: in rotation if it passed, else what is wrong."""
+        problem = await self._probe(self._target.replicas[index])
+        if isinstance(problem, _NoVerdict):
+            return "not available"
+        if problem is None:
+            self._held.discard(index)
+            if not self._healthy[index]:
+                self._report(index, True, "passed its probe")
+        return problem
 
     async def probe_all(self) -> None:
         replicas = self._target.replicas
@@ -227,6 +247,8 @@ class Prober:
             return f"the probe raised {type(error).__name__}"
 
     def _judge(self, index: int, problem: str | None) -> None:
+        if index in self._held:
+            return
         healthy = self._healthy[index]
         if problem is None:
             self._failures[index] = 0

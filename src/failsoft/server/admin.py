@@ -197,10 +197,12 @@ class AdminRoutes:
             versions: dict[str, Any] = {}
             for version_name, version in model.versions.items():
                 config = model.config.versions[version_name]
+                scaler = model.units[version_name].autoscaler
                 versions[version_name] = {
                     "backend": config.backend,
                     "ready": version.ready,
                     "in_flight": version.in_flight,
+                    **({"autoscale": scaler.snapshot()} if scaler is not None else {}),
                     "replicas": [
                         {**_replica_status(replica), **detail}
                         for replica, detail in zip(
