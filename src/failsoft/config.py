@@ -26,6 +26,8 @@ from pydantic import (
 from failsoft._options import StrictModel, validation_problems
 from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.faults import ChaosOptions
+from failsoft.control.incident_model import IncidentOptions
+from failsoft.control.slo import SloOptions
 from failsoft.control.tenants import TenantConfig
 from failsoft.errors import BackendLoadError
 from failsoft.pipeline.attribution import AttributionOptions
@@ -258,6 +260,7 @@ class ModelConfig(_Strict):
     throttle: ThrottleOptions = Field(default_factory=ThrottleOptions)
     attribution: AttributionOptions = Field(default_factory=AttributionOptions)
     fallback: Annotated[list[FallbackTier], Field(max_length=16)] = Field(default_factory=list)
+    slo: SloOptions = Field(default_factory=SloOptions)
 
     @property
     def timeout_cap_ms(self) -> int:
@@ -372,6 +375,7 @@ class Config(_Strict):
         default_factory=dict
     )
     chaos: ChaosOptions = Field(default_factory=ChaosOptions)
+    incidents: IncidentOptions = Field(default_factory=IncidentOptions)
 
     @model_validator(mode="after")
     def _keys_can_be_met(self) -> Config:

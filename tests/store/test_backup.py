@@ -16,6 +16,7 @@ from sqlalchemy import Engine, text
 from failsoft.store import Store, StoreError
 from failsoft.store.audit import CHECKPOINT_FILE
 from failsoft.store.backup import backup, restore
+from failsoft.store.migrate import head_revision
 from failsoft.store.signing import PRIVATE_KEY_FILE
 
 from .conftest import POSTGRES_URL, RUN, Target, Wall
@@ -192,7 +193,7 @@ def test_the_manifest_lists_every_member_with_its_hash(archive: Path) -> None:
     assert names[0] == "manifest.json"
     assert sorted(m["name"] for m in manifest["members"]) == sorted(names[1:])
     assert manifest["format"] == "failsoft-backup/1"
-    assert manifest["schema_revision"] == "0002"
+    assert manifest["schema_revision"] == head_revision()
     assert all(len(m["sha256"]) == 64 for m in manifest["members"])
 
 

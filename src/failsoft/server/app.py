@@ -476,7 +476,7 @@ class FailsoftApp:
         )
         status = 500
         failure = None
-        served_by = ""
+        served: Served | None = None
         try:
             if self.draining:
                 raise Overloaded("shutting down: send this request to another instance")
@@ -502,12 +502,10 @@ class FailsoftApp:
             except Shed as shed:
                 if not model.fallback:
                     raise
-                answer, served_by = await self._serve(
-                    model, route, request, v1_codec, call, shed=shed
-                )
+                answer, served = await self._serve(model, route, request, v1_codec, call, shed=shed)
             else:
                 try:
-                    answer, served_by = await self._serve(model, route, request, v1_codec, call)
+                    answer, served = await self._serve(model, route, request, v1_codec, call)
                 finally:
                     held.release()
             status = 200
@@ -523,7 +521,14 @@ class FailsoftApp:
         finally:
             self.runtime.bus.emit(
                 RequestFinished(
-                    model_name, version, status, failure, time.perf_counter() - started, served_by
+                    model_name,
+                    version,
+                    status,
+                    failure,
+                    time.perf_counter() - started,
+                    served.served_by if served is not None else "",
+                    served is not None and served.degraded,
+                    tenant.name if tenant else None,
                 )
             )
 
@@ -535,7 +540,7 @@ class FailsoftApp:
         v1_codec: bool,
         call: Call,
         shed: Overloaded | None = None,
-    ) -> tuple[Answer, str]:
+    ) -> tuple[Answer, Served]:
         if shed is not None:
             served = await model.shed(request, call, shed)
         else:
@@ -556,7 +561,7 @@ class FailsoftApp:
         headers.append((b"failsoft-degraded", b"true" if served.degraded else b"false"))
         if revision:
             headers.append((b"failsoft-revision", str(revision).encode()))
-        return answer, served.served_by
+        return answer, served
 
     def _route_to(
         self, req: Incoming, model: ModelRuntime, version_name: str | None, tenant: str | None
