@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from failsoft import __version__, cli_control, cli_flags
+from failsoft import __version__, cli_control, cli_flags, cli_slo
 from failsoft.config import Config, ConfigError, load_config, missing_files
 
 
@@ -517,3 +517,4 @@ def drill_suite(
 
 cli_control.register(main)  # apply, config, model, registry, audit, token, backup, restore
 cli_flags.register(main)  # flag, halt, switch
+cli_slo.register(main)  # slo, incident

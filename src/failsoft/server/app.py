@@ -34,6 +34,7 @@ from failsoft.call import Call
 from failsoft.config import Config, ServerConfig
 from failsoft.control.flag_service import FlagService
 from failsoft.control.flags import NO_SWITCHES, Context, Switches
+from failsoft.control.operate import Operate
 from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import BootReport
 from failsoft.control.tenants import Tenants
@@ -48,7 +49,7 @@ from failsoft.errors import (
     Shed,
 )
 from failsoft.observe.eventlog import LOGGED, log_event
-from failsoft.observe.events import RequestFinished, VersionAnswered
+from failsoft.observe.events import ConfigApplied, RequestFinished, VersionAnswered
 from failsoft.observe.folded import FoldedLog
 from failsoft.observe.logging import request_id_var
 from failsoft.observe.metrics import CONTENT_TYPE, Metrics
@@ -186,6 +187,15 @@ class FailsoftApp:
             lambda: self.admission.tenants,
             time.time,
         )
+        # SLOs and incidents (control/operate.py): loaded before the first request.
+        self.operate = Operate(
+            runtime.config, runtime.bus, runtime.clock, control.store if control else None
+        )
+        note = self.operate.boot()
+        if note:
+            log.warning("SLOs and incidents", extra={"note": note})
+        self.admin.operate = self.operate
+        metrics.registry.register(self.operate)
         self.draining = False  # set on SIGTERM: not ready, no new work
         runtime.bus.subscribe(metrics.observe)
         runtime.bus.subscribe(log_event, LOGGED)
@@ -212,11 +222,13 @@ class FailsoftApp:
                         self._boot, self._boot.config, actor="config-file"
                     )
                     self.control.start()
+                self.operate.start()
                 await send({"type": "lifespan.startup.complete"})
                 if self._on_ready is not None:
                     self._on_ready()
             elif message["type"] == "lifespan.shutdown":
                 self.decoder.close()
+                await self.operate.close()
                 if self.control is not None:
                     await self.control.close()
                 await self.runtime.close()
@@ -237,6 +249,8 @@ class FailsoftApp:
         if self.control is not None and self.control.flags is not None:
             self.control.flags.reapply()  # switches of models this change added
         self.revision = revision
+        self.operate.reconfigure(config)
+        self.runtime.bus.emit(ConfigApplied(revision))
         log.info("revision applied", extra={"revision": revision})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
