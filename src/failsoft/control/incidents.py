@@ -85,6 +85,7 @@ class _Episode:
     degraded: int = 0
     classes: dict[str, int] = field(default_factory=dict)
     folded: set[str] = field(default_factory=set)
+    folded_at: float = 0.0
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=PRE_EVENTS_KEPT))
 
 
@@ -473,16 +474,14 @@ class Incidents:
             self.dirty.add(incident.id)
 
     def _folded(self, now: float, model: str, key: str, kind: str, text: str) -> None:
-        """The first of a kind per impact run goes on the timeline; the rest are counted."""
+        """The first of a kind goes on the timeline; more within ``quiet_s`` of the last
+        are only counted (by the impact)."""
         episode = self._episode(model)
-        if (
-            key in episode.folded
-            and episode.last_impact is not None
-            and now - episode.last_impact <= self.options.quiet_s
-        ):
-            return
-        if len(episode.folded) > 256:
+        if now - episode.folded_at > self.options.quiet_s or len(episode.folded) > 256:
             episode.folded.clear()
+        episode.folded_at = now
+        if key in episode.folded:
+            return
         episode.folded.add(key)
         self._add(now, model, kind, text)
 
