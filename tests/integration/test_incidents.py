@@ -10,6 +10,7 @@ and resolved through the CLI, and the postmortem is written.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from failsoft.cli import main
+from failsoft.demo import CONFIG_NAME
 from failsoft.drills.server import ServerProcess
 from tests.integration.conftest import ADMIN_TOKEN, REPO
 
@@ -34,6 +36,7 @@ BODY = {
     ]
 }
 MAX_MTTD_S = 5.0
+BENCH = REPO / "benchmarks" / "incident_mttd.py"
 
 
 def config(demo_dir: Path) -> str:
@@ -221,3 +224,22 @@ def test_all_replicas_down_opens_an_incident_that_survives_a_restart(
     status = cli(server, "slo", "status").output
     assert "quality" in status
     assert "failsoft_slo_budget_left" in httpx.get(f"{server.url}/metrics", timeout=10).text
+
+
+def test_the_all_replicas_down_drill_opens_an_incident_within_5_s(demo_dir: Path) -> None:
+    """The short form of benchmarks/incident_mttd.py: the bundled drill at half length."""
+    spec = importlib.util.spec_from_file_location("incident_mttd", BENCH)
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    saved = os.environ.get("FAILSOFT_ADMIN_TOKEN")
+    try:
+        result = bench.one_round(demo_dir / CONFIG_NAME, scale=0.5)
+    finally:
+        os.environ["FAILSOFT_ADMIN_TOKEN"] = saved or ""
+    assert result["incidents"] == 1, result
+    assert result["cause"] == "infra"
+    assert result["timeline_complete"], result["missing"]
+    assert result["mttd_s"] is not None
+    assert result["mttd_s"] <= MAX_MTTD_S

@@ -1,0 +1,136 @@
+"""Time to detect, measured by failsoft itself, on the all-replicas-down drill.
+
+Runs drills/all-replicas-down.yaml (every iris v1 worker fails every call for
+8 s under 50 requests/s; the fallback chain answers, degraded) against the
+demo configuration, ROUNDS times, each on a fresh gateway with its own
+control store. After each run it reads the gateway's incidents
+(/admin/incidents) and reports, per round:
+
+- whether an incident opened, its cause class (expected: infra);
+- MTTD: the first impacted (failed or degraded) request -> incident opened,
+  as failsoft measured it on its own clock;
+- the baseline measured in the same run: the drill's own time to detect (the
+  fault's start -> the gateway's first reaction, from the load driver's
+  view), and MTTD as a ratio to it;
+- the timeline's kinds, and whether it is complete: the fault, the first
+  impacted request, failed attempts, breaker opens or ejections, the
+  fallback, the panic signal, the opening, and the fault's end.
+
+Target: an incident in every round, cause infra, timeline complete, MTTD <= 5 s.
+Exit 0 when met, 1 when not, 2 on a setup failure.
+
+    python benchmarks/incident_mttd.py            # 3 rounds (about 2 minutes)
+    python benchmarks/incident_mttd.py --rounds 1 --scale 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from failsoft.demo import prepare_demo
+from failsoft.drills.experiment import load_experiment
+from failsoft.drills.runner import TargetChoice, run_drill
+from failsoft.drills.target import open_target
+
+REPO = Path(__file__).resolve().parents[1]
+DRILL = REPO / "drills" / "all-replicas-down.yaml"
+MAX_MTTD_S = 5.0
+NEEDED = ("fault", "impact", "attempt", "fallback", "signal", "state")
+
+
+def complete(incident: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Whether the timeline holds what a person needs, and what it lacks."""
+    kinds = {entry["kind"] for entry in incident["timeline"]}
+    missing = [kind for kind in NEEDED if kind not in kinds]
+    if not kinds & {"breaker", "ejection"}:
+        missing.append("breaker|ejection")
+    texts = " ".join(entry["text"] for entry in incident["timeline"])
+    if " ended (" not in texts:
+        missing.append("fault ended")
+    return not missing, missing
+
+
+def one_round(config: Path, scale: float) -> dict[str, Any]:
+    experiment = load_experiment(DRILL)
+    with open_target(config, None) as target:
+        os.environ["FAILSOFT_ADMIN_TOKEN"] = target.admin_token or ""
+        card = run_drill(experiment, TargetChoice(url=target.url), scale=scale)
+        auth = {"Authorization": f"Bearer {target.admin_token}"}
+        listed = httpx.get(f"{target.url}/admin/incidents", headers=auth, timeout=10).json()
+        incidents = [
+            httpx.get(f"{target.url}/admin/incidents/{i['id']}", headers=auth, timeout=10).json()
+            for i in listed["incidents"]
+        ]
+    found = [i for i in incidents if i["model"] == "iris"]
+    result: dict[str, Any] = {
+        "drill_passed": card.passed,
+        "drill_detect_s": card.detect_s[0] if card.detect_s else None,
+        "incidents": len(found),
+    }
+    if found:
+        first = min(found, key=lambda i: i["id"])
+        ok, missing = complete(first)
+        result.update(
+            cause=first["cause"],
+            mttd_s=first["mttd_s"],
+            timeline_complete=ok,
+            missing=missing,
+            timeline_entries=len(first["timeline"]),
+            failed=first["failed"],
+            degraded=first["degraded"],
+        )
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="shorten the drill (CI)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="failsoft-mttd-") as scratch:
+        try:
+            config = prepare_demo(Path(scratch), progress=lambda message: None)
+        except Exception as error:
+            print(f"setup failed: {error}", file=sys.stderr)
+            return 2
+        rounds = [one_round(config, args.scale) for _ in range(args.rounds)]
+    met = True
+    for number, result in enumerate(rounds, 1):
+        mttd, base = result.get("mttd_s"), result.get("drill_detect_s")
+        ratio = f"{mttd / base:.2f}x" if mttd is not None and base else "n/a"
+        print(
+            f"round {number}: incidents {result['incidents']}, cause {result.get('cause')}, "
+            f"MTTD {mttd if mttd is None else f'{mttd:.3f} s'} "
+            f"(drill's time to detect {base if base is None else f'{base:.3f} s'}; "
+            f"ratio {ratio}), timeline complete {result.get('timeline_complete')} "
+            f"{result.get('missing') or ''}({result.get('timeline_entries')} entries), "
+            f"failed {result.get('failed')}, degraded {result.get('degraded')}, "
+            f"drill passed {result['drill_passed']}"
+        )
+        met &= (
+            result["incidents"] >= 1
+            and result.get("cause") == "infra"
+            and bool(result.get("timeline_complete"))
+            and mttd is not None
+            and mttd <= MAX_MTTD_S
+        )
+    values = [r["mttd_s"] for r in rounds if r.get("mttd_s") is not None]
+    if values:
+        print(
+            f"MTTD over {len(values)} rounds: median {statistics.median(values):.3f} s, "
+            f"max {max(values):.3f} s (target <= {MAX_MTTD_S:g} s)"
+        )
+    print("target met" if met else "target NOT met")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
