@@ -129,6 +129,7 @@ class Incidents:
         self._episodes: dict[str, _Episode] = {}
         self._global: deque[dict[str, Any]] = deque(maxlen=PRE_EVENTS_KEPT)
         self.incidents: dict[int, Incident] = {}
+        self._active: dict[str, list[Incident]] = {}  # model -> its incidents not resolved
         self.next_id = 1
         self.dirty: set[int] = set()
         self.pending_audits: deque[tuple[int, str, str, dict[str, Any]]] = deque(maxlen=10_000)
@@ -381,12 +382,21 @@ class Incidents:
         self._emit(IncidentChanged(incident.id, model, cause, "open", "opened"))
         return incident
 
+    def _reindex(self) -> None:
+        """Index the incidents not resolved by model (the request path reads it)."""
+        active: dict[str, list[Incident]] = {}
+        for incident in self.incidents.values():
+            if incident.active:
+                active.setdefault(incident.model, []).append(incident)
+        self._active = active
+
     def _forget_old(self) -> None:
         resolved = [i for i in self.incidents.values() if not i.active]
         for incident in sorted(resolved, key=lambda i: i.id)[
             : max(0, len(self.incidents) - INCIDENTS_KEPT)
         ]:
             del self.incidents[incident.id]
+        self._reindex()
 
     # -- impact -----------------------------------------------------------------------
 
@@ -400,7 +410,7 @@ class Incidents:
         episode = self._episodes.get(event.model)
         if episode is None:
             episode = self._episode(event.model)
-        active = [i for i in self.incidents.values() if i.model == event.model and i.active]
+        active = self._active.get(event.model, ())
         if not (failed or degraded):
             episode.last_good = now
             for incident in active:
@@ -446,9 +456,8 @@ class Incidents:
         classes = self._episode(model).classes
         if name in classes or len(classes) < 16:
             classes[name] = classes.get(name, 0) + 1
-        for incident in self.incidents.values():
-            if incident.model == model and incident.active:
-                incident.failure_classes[name] = incident.failure_classes.get(name, 0) + 1
+        for incident in self._active.get(model, ()):
+            incident.failure_classes[name] = incident.failure_classes.get(name, 0) + 1
 
     # -- the timeline ----------------------------------------------------------------
 
@@ -465,10 +474,10 @@ class Incidents:
         limit = self.options.timeline_max
         if model is None:
             self._global.append(entry)
-            targets = [i for i in self.incidents.values() if i.active]
+            targets = [i for found in self._active.values() for i in found]
         else:
             self._episode(model).events.append(entry)
-            targets = [i for i in self.incidents.values() if i.active and i.model == model]
+            targets = list(self._active.get(model, ()))
         for incident in targets:
             incident.note(now, kind, text, limit)
             self.dirty.add(incident.id)
@@ -512,6 +521,8 @@ class Incidents:
     ) -> None:
         incident.state = state
         setattr(incident, f"{state}_at", now)
+        if state == "resolved":
+            self._reindex()
         said = {
             "acknowledged": f"acknowledged by {actor}",
             "mitigated": "impact ended: mitigated",

@@ -250,9 +250,9 @@ class Operate:
         bad = CounterMetricFamily(
             "failsoft_slo_bad_events", "Events that spent an SLO's error budget.", labels=labels
         )
-        for key, value in sorted(self.book.events_total.items()):
-            events.add_metric(list(key), value)
-            bad.add_metric(list(key), self.book.bad_total.get(key, 0))
+        for key, total, spent in self.book.counters():
+            events.add_metric(list(key), total)
+            bad.add_metric(list(key), spent)
         active = GaugeMetricFamily(
             "failsoft_incidents", "Incidents by state.", labels=["model", "state"]
         )

@@ -154,6 +154,7 @@ class _Series:
         "minutes",
         "model",
         "pending",
+        "totals",
     )
 
     def __init__(self, model: str) -> None:
@@ -165,6 +166,7 @@ class _Series:
         self.dirty_minutes: set[int] = set()
         self.dirty_hours: set[int] = set()
         self.changes = 0
+        self.totals = [0, 0, 0, 0]  # since this process started (Prometheus counters)
         self.judged: tuple[int, int] = (-1, -1)  # (minute, changes) when alerts were judged
 
     def flush(self) -> None:
@@ -175,6 +177,9 @@ class _Series:
         self.hours.add(self.minute // 60, pending)
         self.dirty_minutes.add(self.minute)
         self.dirty_hours.add(self.minute // 60)
+        totals = self.totals
+        for index in range(4):
+            totals[index] += pending[index]
         self.pending = [0, 0, 0, 0]
         self.changes += 1
 
@@ -222,9 +227,6 @@ class SloBook:
         self._series: dict[tuple[str, str], _Series] = {}
         self._firing: dict[tuple[str, str, str, str], bool] = {}
         self._dropped = False
-        # Monotonic counters since start, for Prometheus: (model, tenant, objective) -> n.
-        self.events_total: dict[tuple[str, str, str], int] = {}
-        self.bad_total: dict[tuple[str, str, str], int] = {}
         self.configure(models)
 
     def configure(self, models: Mapping[str, ModelConfig]) -> None:
@@ -234,35 +236,31 @@ class SloBook:
     # -- counting (on the event loop, per request) ----------------------------------
 
     def observe(self, event: Event) -> None:
-        if type(event) is not RequestFinished:
-            return
+        """Count one finished request (subscribed to ``RequestFinished`` only)."""
+        assert isinstance(event, RequestFinished)
+        status = event.status
+        if 400 <= status < 500:
+            return  # refused for the request's own sake
         plan = self._plans.get(event.model)
         if plan is None:
             return
-        failure = event.failure_class
-        if failure in _EXCLUDED or event.status == 429 or (400 <= event.status < 500):
-            return
-        failed = event.status >= 500
+        if status >= 500:
+            if event.failure_class in _EXCLUDED:
+                return  # a deadline the client cut short, a poison request
+            index = FAILED
+            slow = False
+        else:
+            index = DEGRADED if event.degraded else -1
+            slow = plan.latency_s is not None and event.seconds > plan.latency_s
         minute = int(self._wall() // 60)
-        slow = not failed and plan.latency_s is not None and event.seconds > plan.latency_s
-        degraded = not failed and event.degraded
-        self._count(event.model, "", minute, failed, degraded, slow, plan)
-        if plan.options.per_tenant and event.tenant:
-            self._count(event.model, event.tenant, minute, failed, degraded, slow, plan)
+        self._count((event.model, ""), minute, index, slow)
+        if event.tenant and plan.options.per_tenant:
+            self._count((event.model, event.tenant), minute, index, slow)
 
-    def _count(
-        self,
-        model: str,
-        tenant: str,
-        minute: int,
-        failed: bool,
-        degraded: bool,
-        slow: bool,
-        plan: _Plan,
-    ) -> None:
-        series = self._series.get((model, tenant))
+    def _count(self, key: tuple[str, str], minute: int, index: int, slow: bool) -> None:
+        series = self._series.get(key)
         if series is None:
-            series = self._new_series(model, tenant)
+            series = self._new_series(*key)
             if series is None:
                 return
         if series.minute != minute:
@@ -270,30 +268,10 @@ class SloBook:
             series.minute = minute
         pending = series.pending
         pending[VALID] += 1
-        if failed:
-            pending[FAILED] += 1
-        elif degraded:
-            pending[DEGRADED] += 1
+        if index >= 0:
+            pending[index] += 1
         if slow:
             pending[SLOW] += 1
-        self._count_totals(model, tenant, failed, degraded, slow, plan)
-
-    def _count_totals(
-        self, model: str, tenant: str, failed: bool, degraded: bool, slow: bool, plan: _Plan
-    ) -> None:
-        events, bad = self.events_total, self.bad_total
-        for objective in plan.objectives:
-            name = objective.name
-            if name != "availability" and failed:
-                continue  # quality and latency count answers only
-            key = (model, tenant, name)
-            events[key] = events.get(key, 0) + 1
-            if (
-                (name == "availability" and failed)
-                or (name == "quality" and degraded)
-                or (name == "latency" and slow)
-            ):
-                bad[key] = bad.get(key, 0) + 1
 
     def _new_series(self, model: str, tenant: str) -> _Series | None:
         if len(self._series) >= MAX_SERIES:
@@ -373,6 +351,20 @@ class SloBook:
             "min_events": plan.options.min_events,
             "latency_ms": plan.options.latency_ms if name == "latency" else None,
         }
+
+    def counters(self) -> list[tuple[tuple[str, str, str], int, int]]:
+        """Events and bad events of every objective since this process started:
+        ((model, tenant, objective), events, bad), for Prometheus."""
+        self.flush()
+        out = []
+        for (model, tenant), series in sorted(self._series.items()):
+            plan = self._plans.get(model)
+            if plan is None:
+                continue
+            for objective in plan.objectives:
+                bad, valid = _bad_and_valid(objective.name, series.totals)
+                out.append(((model, tenant, objective.name), valid, bad))
+        return out
 
     def allowed_bad(self, model: str) -> float | None:
         """How many failed requests the model's availability budget allows in its window."""
