@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 
 from failsoft.cli import main
@@ -243,3 +245,42 @@ def test_the_all_replicas_down_drill_opens_an_incident_within_5_s(demo_dir: Path
     assert result["timeline_complete"], result["missing"]
     assert result["mttd_s"] is not None
     assert result["mttd_s"] <= MAX_MTTD_S
+
+
+def test_the_admin_api_and_commands_refuse_clearly(gateway: Gateway) -> None:
+    server = gateway.start()
+    url = server.url
+    assert httpx.get(f"{url}/admin/incidents", timeout=10).status_code == 401
+    assert httpx.get(f"{url}/admin/slo", timeout=10).status_code == 401
+    bad = httpx.get(f"{url}/admin/incidents?state=burning", headers=AUTH, timeout=10)
+    assert bad.status_code == 400
+    assert bad.json()["error"].startswith("state: 'burning' is not one of")
+    missing = httpx.get(f"{url}/admin/incidents/99", headers=AUTH, timeout=10)
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "there is no incident 99"}
+    posted = httpx.post(f"{url}/admin/incidents/99/update", content=b"{", headers=AUTH, timeout=10)
+    assert posted.status_code == 400
+    assert "Traceback" not in posted.text
+    httpx.post(f"{url}/v2/models/iris/infer", json=BODY, timeout=10).raise_for_status()
+    rules = httpx.get(f"{url}/admin/slo/rules", headers=AUTH, timeout=10)
+    parsed = yaml.safe_load(rules.text)
+    names = [rule.get("alert") for group in parsed["groups"] for rule in group["rules"]]
+    assert "FailsoftSLOBurnQualityPage1h" in names
+    assert cli(server, "slo", "rules").output == rules.text
+    offline = cli(server, "slo", "rules", "--config", str(gateway.folder / "failsoft.yaml"))
+    assert offline.output == rules.text
+    status = orjson.loads(cli(server, "slo", "status", "--json").output)
+    assert {row["objective"] for row in status["slos"]} == {"availability", "quality"}
+    assert "no incidents" in cli(server, "incident", "list").output
+    shown = CliRunner().invoke(
+        main, ["incident", "show", "99", "--url", url], env={"FAILSOFT_ADMIN_TOKEN": ADMIN_TOKEN}
+    )
+    assert shown.exit_code == 1
+    assert "there is no incident 99" in shown.output
+    wrong = CliRunner().invoke(
+        main,
+        ["incident", "remediate", "1", "--url", url],
+        env={"FAILSOFT_ADMIN_TOKEN": ADMIN_TOKEN},
+    )
+    assert wrong.exit_code == 2
+    assert "give TEXT to add an item, or --close ITEM" in wrong.output
