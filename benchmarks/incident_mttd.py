@@ -69,11 +69,18 @@ def one_round(config: Path, scale: float) -> dict[str, Any]:
             httpx.get(f"{target.url}/admin/incidents/{i['id']}", headers=auth, timeout=10).json()
             for i in listed["incidents"]
         ]
+        postmortem = None
+        if incidents:
+            number = min(i["id"] for i in incidents)
+            postmortem = httpx.get(
+                f"{target.url}/admin/incidents/{number}/postmortem", headers=auth, timeout=10
+            ).text
     found = [i for i in incidents if i["model"] == "iris"]
     result: dict[str, Any] = {
         "drill_passed": card.passed,
         "drill_detect_s": card.detect_s[0] if card.detect_s else None,
         "incidents": len(found),
+        "postmortem": postmortem,
     }
     if found:
         first = min(found, key=lambda i: i["id"])
@@ -94,6 +101,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="shorten the drill (CI)")
+    parser.add_argument(
+        "--postmortem", type=Path, default=None, help="write round 1's postmortem here"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="failsoft-mttd-") as scratch:
         try:
@@ -102,6 +112,8 @@ def main() -> int:
             print(f"setup failed: {error}", file=sys.stderr)
             return 2
         rounds = [one_round(config, args.scale) for _ in range(args.rounds)]
+    if args.postmortem is not None and rounds and rounds[0]["postmortem"]:
+        args.postmortem.write_text(rounds[0]["postmortem"])
     met = True
     for number, result in enumerate(rounds, 1):
         mttd, base = result.get("mttd_s"), result.get("drill_detect_s")
