@@ -36,7 +36,7 @@ __all__ = ["Operate"]
 
 log = logging.getLogger("failsoft.operate")
 
-CLOSE_WITHIN_S = 5.0
+CLOSE_WITHIN_S = 1.0  # the last save on shutdown: a healthy store takes milliseconds
 
 
 class Operate:
