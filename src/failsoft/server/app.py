@@ -19,6 +19,7 @@ errors never list the models a caller has not named.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -228,9 +229,11 @@ class FailsoftApp:
                     self._on_ready()
             elif message["type"] == "lifespan.shutdown":
                 self.decoder.close()
-                await self.operate.close()
+                # Both end with a last store call under a deadline: wait for them together.
+                closing = [self.operate.close()]
                 if self.control is not None:
-                    await self.control.close()
+                    closing.append(self.control.close())
+                await asyncio.gather(*closing)
                 await self.runtime.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
