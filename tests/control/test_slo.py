@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from failsoft.clock import ManualClock
-from failsoft.config import Config, parse_config
+from failsoft.config import Config, ConfigError, parse_config
 from failsoft.control.burn import BurnAlert, prometheus_rules
 from failsoft.control.incidents import IncidentChanged
 from failsoft.control.operate import Operate
@@ -204,3 +204,35 @@ def test_prometheus_rules_name_every_window_and_objective() -> None:
     assert ">= (14.4 * 0.001)" in text
     assert ">= (1 * 0.001)" in text
     assert "severity: ticket" in text
+
+
+async def test_a_series_per_tenant_when_asked() -> None:
+    made = Rig(config(per_tenant=True))
+    for tenant, status in (("acme", 200), ("acme", 503), ("zeta", 200), (None, 200)):
+        failure = FailureClass.REPLICA if status >= 500 else None
+        made.bus.emit(RequestFinished("iris", "v1", status, failure, 0.01, "", False, tenant))
+    rows = {
+        (r["tenant"], r["objective"]): (r["events"], r["bad"])
+        for r in made.operate.slo_status()["slos"]
+    }
+    assert rows == {
+        ("", "availability"): (4, 1),
+        ("acme", "availability"): (2, 1),
+        ("zeta", "availability"): (1, 0),
+    }
+
+
+def test_bad_slo_and_incident_options_are_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError) as refused:
+        config(window_days=7, quality=99)
+    text = str(refused.value)
+    assert "models.iris.slo.window_days" in text
+    assert "models.iris.slo.quality: unknown key" in text
+    python = {"backend": "python", "function": "tests._runtime_models:healthy"}
+    model = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+        "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
+        "versions": {"v1": python},
+    }
+    with pytest.raises(ConfigError, match=r"incidents\.quiet_s"):
+        parse_config({"models": {"iris": model}, "incidents": {"quiet_s": 0}})

@@ -159,13 +159,19 @@ def test_all_replicas_down_opens_an_incident_that_survives_a_restart(
         assert opened["mttd_s"] <= MAX_MTTD_S
         cli(server, "incident", "ack", "1")
         cli(server, "incident", "update", "1", "v1 replicas failing; v2 answers meanwhile")
+        change = yaml.safe_load((gateway.folder / "failsoft.yaml").read_text())
+        change["models"]["iris"]["slo"]["quality_pct"] = 98.5
+        applied = httpx.post(
+            f"{server.url}/admin/config", json={"config": change}, headers=AUTH, timeout=60
+        )
+        assert applied.status_code == 200, applied.text
         time.sleep(1.0)  # more of the incident on the timeline
     finally:
         load.stop()
     before = gateway.get("/admin/incidents/1")
     slo_before = gateway.get("/admin/slo")["slos"]
     kinds = {entry["kind"] for entry in before["timeline"]}
-    assert {"impact", "fault", "signal", "state", "fallback", "update"} <= kinds, kinds
+    assert {"impact", "fault", "signal", "state", "fallback", "update", "config"} <= kinds, kinds
     assert kinds & {"breaker", "ejection"}, kinds
     first = next(e for e in before["timeline"] if e["kind"] == "impact")
     assert first["text"].startswith("first ")  # the first impacted request, measured
