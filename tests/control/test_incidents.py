@@ -23,6 +23,8 @@ from failsoft.observe.events import Event, EventBus, FlagChanged, RequestFinishe
 from failsoft.pipeline.breaker import BreakerState, BreakerTransition
 from failsoft.pipeline.fallback import FallbackUsed
 from failsoft.pipeline.version import AttemptFailed, PanicChanged
+from failsoft.store import Store
+from failsoft.store.engine import default_url
 from tests.store.conftest import Target
 
 EPOCH = 1_800_000_000.0
@@ -275,3 +277,35 @@ async def test_the_postmortem_says_what_happened() -> None:
     ):
         assert part in text, part
     await rig.operate.close()
+
+
+async def test_gateways_sharing_a_store_keep_their_own_rows(target: Target, tmp_path: Path) -> None:
+    clock = ManualClock(EPOCH)
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first = target.open(first_dir, clock.now)  # type: ignore[arg-type]
+    url = target.url or default_url(first_dir)
+    second = Store.open(second_dir, url, schema=target.schema, wall=clock.now)
+    try:
+        rigs = [Rig(config(), store, clock) for store in (first, second)]
+        for rig in rigs:
+            assert rig.operate.boot() is None
+        await rigs[0].seconds(30)
+        await rigs[1].seconds(10, status=503)
+        rigs[1].bus.emit(PanicChanged("iris", "v1", True))
+        rigs[0].bus.emit(PanicChanged("wine", "v1", True))
+        for rig in rigs:
+            assert await rig.operate.save()
+        again = [Rig(config(), store, clock) for store in (first, second)]
+        for rig in again:
+            assert rig.operate.boot() is None
+        counts = [
+            [(r["events"], r["bad"]) for r in rig.operate.slo_status()["slos"]] for rig in again
+        ]
+        assert counts == [[(150, 0)], [(50, 50)]]
+        assert [[(i.id, i.model) for i in rig.incidents] for rig in again] == [
+            [(1, "wine")],
+            [(1, "iris")],
+        ]
+    finally:
+        first.close()
+        second.close()

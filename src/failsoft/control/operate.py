@@ -64,6 +64,11 @@ class Operate:
         self._tasks: list[asyncio.Task[None]] = []
         self._saving = asyncio.Lock()
         self.saved_ok = store is None
+        self.gateway = ""  # this gateway's id in the store, kept in its data directory
+        if store is not None:
+            from failsoft.store.operate_rows import gateway_id
+
+            self.gateway = gateway_id(store.data_dir)
 
     def _subscribe_incidents(self) -> None:
         """Subscribe to the event types known now (rollout and drift events are matched by
@@ -93,7 +98,7 @@ class Operate:
 
         minutes, hours = self.book.oldest_kept()
         try:
-            loaded = load(self.store, (minutes, hours))
+            loaded = load(self.store, self.gateway, (minutes, hours))
         except StoreError as error:
             return (
                 f"the control store is unreachable ({error.message}): SLO budgets and "
@@ -170,6 +175,7 @@ class Operate:
                     self.store,
                     save,
                     self.store,
+                    self.gateway,
                     buckets,
                     changed,
                     items,
@@ -209,7 +215,9 @@ class Operate:
         if found is None and self.store is not None:
             from failsoft.store.operate_rows import read_incident
 
-            found = await store_call(self.store, read_incident, self.store, incident_id)
+            found = await store_call(
+                self.store, read_incident, self.store, self.gateway, incident_id
+            )
         if found is None:
             from failsoft.errors import NotFound
 

@@ -122,6 +122,7 @@ Index("ix_rollouts_model", rollouts.c.model)
 slo_buckets = Table(
     "slo_buckets",
     metadata,
+    Column("gateway", String(64), primary_key=True),
     Column("series", String(260), primary_key=True),
     Column("resolution", Integer, primary_key=True, autoincrement=False),
     Column("start", BigInteger, primary_key=True, autoincrement=False),
@@ -134,6 +135,7 @@ slo_buckets = Table(
 incidents = Table(
     "incidents",
     metadata,
+    Column("gateway", String(64), primary_key=True),
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("model", _NAME, nullable=False),
     Column("cause", String(16), nullable=False),
