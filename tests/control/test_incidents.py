@@ -24,6 +24,7 @@ from failsoft.pipeline.breaker import BreakerState, BreakerTransition
 from failsoft.pipeline.fallback import FallbackUsed
 from failsoft.pipeline.version import AttemptFailed, PanicChanged
 from failsoft.store import Store
+from failsoft.store.backup import backup, restore
 from failsoft.store.engine import default_url
 from tests.store.conftest import Target
 
@@ -309,3 +310,29 @@ async def test_gateways_sharing_a_store_keep_their_own_rows(target: Target, tmp_
     finally:
         first.close()
         second.close()
+
+
+async def test_a_restored_backup_carries_budgets_and_incidents(tmp_path: Path) -> None:
+    clock = ManualClock(EPOCH)
+    store = Store.open(tmp_path / "a", wall=clock.now)
+    try:
+        rig = Rig(config(), store, clock)
+        assert rig.operate.boot() is None
+        await rig.seconds(20, status=503)
+        rig.bus.emit(PanicChanged("iris", "v1", True))
+        assert await rig.operate.save()
+        budgets = rig.operate.slo_status()["slos"]
+        backup(store, tmp_path / "a", tmp_path / "backup.tar")
+    finally:
+        store.close()
+    restore(tmp_path / "backup.tar", tmp_path / "b", wall=clock.now)
+    restored = Store.open(tmp_path / "b", wall=clock.now)
+    try:
+        again = Rig(config(), restored, clock)
+        assert again.operate.boot() is None
+        assert [(i.id, i.model, i.cause) for i in again.incidents] == [(1, "iris", "infra")]
+        assert [(r["events"], r["bad"]) for r in again.operate.slo_status()["slos"]] == [
+            (r["events"], r["bad"]) for r in budgets
+        ]
+    finally:
+        restored.close()
