@@ -19,10 +19,17 @@ from failsoft.control.incidents import IncidentChanged
 from failsoft.control.operate import Operate
 from failsoft.control.postmortem import render
 from failsoft.errors import FailureClass, NotFound
-from failsoft.observe.events import Event, EventBus, FlagChanged, RequestFinished
+from failsoft.observe.events import (
+    Event,
+    EventBus,
+    FlagChanged,
+    ReplicaStateChanged,
+    RequestFinished,
+)
 from failsoft.pipeline.breaker import BreakerState, BreakerTransition
 from failsoft.pipeline.fallback import FallbackUsed
 from failsoft.pipeline.version import AttemptFailed, PanicChanged
+from failsoft.routing.probes import HealthChanged
 from failsoft.store import Store
 from failsoft.store.backup import backup, restore
 from failsoft.store.engine import default_url
@@ -336,3 +343,28 @@ async def test_a_restored_backup_carries_budgets_and_incidents(tmp_path: Path) -
         ]
     finally:
         restored.close()
+
+
+async def test_every_replica_unavailable_or_unhealthy_is_a_signal() -> None:
+    rig = Rig(config())
+    rig.bus.emit(HealthChanged("iris", "v1", "r0", False, "probe timed out"))
+    rig.bus.emit(ReplicaStateChanged("wine", "v2", "r0", False, "exited 137"))
+    iris, wine = rig.incidents
+    assert "every replica of iris/v1 is out (1 of 1 unhealthy)" in iris.title
+    assert "every replica of wine/v2 is out (1 of 1 unavailable)" in wine.title
+    assert (iris.cause, wine.cause) == ("infra", "infra")
+    rig.bus.emit(ReplicaStateChanged("wine", "v2", "r0", True, "started"))
+    rig.bus.emit(ReplicaStateChanged("wine", "v2", "r0", False, "exited 137"))
+    assert len(wine.signals) == 2  # out again: joins
+    rig.bus.emit(ReplicaStateChanged("wine", "v9", "r0", False, "not served"))
+    assert len(rig.incidents) == 2
+
+
+async def test_an_incident_opened_before_any_request_suffered_detected_in_zero() -> None:
+    rig = Rig(config())
+    rig.bus.emit(ReplicaStateChanged("iris", "v1", "r0", False, "exited 137"))
+    await rig.clock.advance(0.01)
+    rig.request(200, degraded=True)
+    (incident,) = rig.incidents
+    assert incident.first_impact_at == rig.clock.now()
+    assert incident.mttd_s == 0.0

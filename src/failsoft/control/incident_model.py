@@ -1,7 +1,8 @@
 """An incident as kept in memory and in the store: its state, times, impact and timeline.
 
 Times are wall-clock epoch seconds. The measures are defined on them:
-time to detect (MTTD) = first impacted request → opened; time to mitigate
+time to detect (MTTD) = first impacted request → opened (0 when failsoft
+opened it before any request suffered); time to mitigate
 (MTTM) = opened → impact ended (the last failed or degraded request);
 time to resolve (MTTR) = opened → resolved.
 """

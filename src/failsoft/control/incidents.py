@@ -132,11 +132,41 @@ class Incidents:
         self._active: dict[str, list[Incident]] = {}  # model -> its incidents not resolved
         self.next_id = 1
         self.dirty: set[int] = set()
+        self._replica_counts: dict[tuple[str, str], int] = {}
+        self._out: dict[tuple[str, str], dict[str, set[str]]] = {}  # version -> why -> replicas
+        self._all_out: set[tuple[str, str]] = set()
         self.pending_audits: deque[tuple[int, str, str, dict[str, Any]]] = deque(maxlen=10_000)
 
     def configure(self, options: IncidentOptions, models: Iterable[str]) -> None:
         self.options = options
         self._models = list(models)
+
+    def set_replicas(self, counts: dict[tuple[str, str], int]) -> None:
+        """How many replicas each (model, version) has: all of them out is a signal."""
+        self._replica_counts = dict(counts)
+        self._out = {key: out for key, out in self._out.items() if key in counts}
+
+    def _replica_out(self, model: str, version: str, replica: str, why: str, out: bool) -> None:
+        key = (model, version)
+        count = self._replica_counts.get(key)
+        if count is None:
+            return
+        marks = self._out.setdefault(key, {})
+        names = marks.setdefault(why, set())
+        if out:
+            names.add(replica)
+        else:
+            names.discard(replica)
+        down = set().union(*marks.values())
+        if len(down) < count:
+            self._all_out.discard(key)
+            return
+        if key in self._all_out:
+            return
+        self._all_out.add(key)
+        text = f"every replica of {model}/{version} is out ({len(down)} of {count} {why})"
+        self._add(self._wall(), model, "signal", text)
+        self.signal(model, "replicas", text, default_cause="infra")
 
     # -- the bus ----------------------------------------------------------------------
 
@@ -203,10 +233,14 @@ class Incidents:
             verdict = "healthy" if event.healthy else "unhealthy"
             text = f"probe: {event.version}/{event.replica} {verdict} ({event.reason})"
             self._add(now, event.model, "probe", text)
+            out = not event.healthy
+            self._replica_out(event.model, event.version, event.replica, "unhealthy", out)
         elif isinstance(event, ReplicaStateChanged):
             state = "available" if event.available else "unavailable"
             text = f"replica {event.version}/{event.replica} {state} ({event.reason})"
             self._add(now, event.model, "replica", text)
+            out = not event.available
+            self._replica_out(event.model, event.version, event.replica, "unavailable", out)
         elif isinstance(event, WorkerRestarted):
             text = (
                 f"worker {event.version}/{event.replica} restarted (pid {event.pid}, "
@@ -439,6 +473,8 @@ class Incidents:
                 incident.failed += 1
             else:
                 incident.degraded += 1
+            if incident.first_impact_at is None:
+                incident.first_impact_at = now  # detected before any request suffered
             incident.last_impact_at = now
             if incident.state == "mitigated":
                 incident.state = "acknowledged" if incident.acknowledged_at else "open"

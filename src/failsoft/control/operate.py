@@ -58,6 +58,7 @@ class Operate:
         self.wall = wall
         self.book = SloBook(config.models, bus.emit, wall)
         self.incidents = Incidents(config.incidents, config.models, wall, bus.emit)
+        self.incidents.set_replicas(replica_counts(config))
         self._subscribed: set[type[Event]] = set()
         bus.subscribe(self.book.observe, (RequestFinished,))
         self._subscribe_incidents()
@@ -86,6 +87,7 @@ class Operate:
         self._config = config
         self.book.configure(config.models)
         self.incidents.configure(config.incidents, config.models)
+        self.incidents.set_replicas(replica_counts(config))
 
     # -- start-up and shutdown -------------------------------------------------------
 
@@ -272,6 +274,16 @@ class Operate:
         for (model, state), count in sorted(counts.items()):
             active.add_metric([model, state], count)
         yield from (left, burn, alerts, events, bad, active)
+
+
+def replica_counts(config: Config) -> dict[tuple[str, str], int]:
+    """How many replicas each (model, version) runs."""
+    counts: dict[tuple[str, str], int] = {}
+    for model, options in config.models.items():
+        for version, backend in options.versions.items():
+            urls = getattr(backend, "urls", None)
+            counts[(model, version)] = len(urls) if urls else int(getattr(backend, "replicas", 1))
+    return counts
 
 
 def summary(incident: Incident) -> dict[str, Any]:
