@@ -21,6 +21,7 @@ Exit 0 when met, 1 when not, 2 on a setup failure.
 
     python benchmarks/incident_mttd.py            # 3 rounds (about 2 minutes)
     python benchmarks/incident_mttd.py --rounds 1 --scale 0.5
+    python benchmarks/incident_mttd.py --drill drills/all-workers-killed.yaml
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def complete(incident: dict[str, Any]) -> tuple[bool, list[str]]:
     return not missing, missing
 
 
-def one_round(config: Path, scale: float) -> dict[str, Any]:
-    experiment = load_experiment(DRILL)
+def one_round(config: Path, scale: float, drill: Path = DRILL) -> dict[str, Any]:
+    experiment = load_experiment(drill)
     with open_target(config, None) as target:
         os.environ["FAILSOFT_ADMIN_TOKEN"] = target.admin_token or ""
         card = run_drill(experiment, TargetChoice(url=target.url), scale=scale)
@@ -100,6 +101,9 @@ def one_round(config: Path, scale: float) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--drill", type=Path, default=DRILL, help="another drill (all-workers-killed.yaml)"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="shorten the drill (CI)")
     parser.add_argument(
         "--postmortem", type=Path, default=None, help="write round 1's postmortem here"
@@ -111,7 +115,7 @@ def main() -> int:
         except Exception as error:
             print(f"setup failed: {error}", file=sys.stderr)
             return 2
-        rounds = [one_round(config, args.scale) for _ in range(args.rounds)]
+        rounds = [one_round(config, args.scale, args.drill) for _ in range(args.rounds)]
     if args.postmortem is not None and rounds and rounds[0]["postmortem"]:
         args.postmortem.write_text(rounds[0]["postmortem"])
     met = True

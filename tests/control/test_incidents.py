@@ -28,7 +28,7 @@ from failsoft.observe.events import (
 )
 from failsoft.pipeline.breaker import BreakerState, BreakerTransition
 from failsoft.pipeline.fallback import FallbackUsed
-from failsoft.pipeline.version import AttemptFailed, PanicChanged
+from failsoft.pipeline.version import AttemptFailed, PanicChanged, PoisonDetected
 from failsoft.routing.probes import HealthChanged
 from failsoft.store import Store
 from failsoft.store.backup import backup, restore
@@ -368,3 +368,15 @@ async def test_an_incident_opened_before_any_request_suffered_detected_in_zero()
     (incident,) = rig.incidents
     assert incident.first_impact_at == rig.clock.now()
     assert incident.mttd_s == 0.0
+
+
+async def test_the_cause_comes_from_recent_failures_only() -> None:
+    rig = Rig(config(join_window_s=600))
+    for _ in range(50):
+        rig.bus.emit(PoisonDetected("iris", "v1", "r0", "nan in, crash"))
+    await rig.clock.advance(3600)  # long ago now
+    rig.failing_replica()
+    rig.bus.emit(PanicChanged("iris", "v1", True))
+    (incident,) = rig.incidents
+    assert incident.cause == "infra"
+    assert incident.failure_classes == {"replica": 1}

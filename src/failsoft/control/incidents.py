@@ -83,7 +83,8 @@ class _Episode:
     last_good: float | None = None
     failed: int = 0
     degraded: int = 0
-    classes: dict[str, int] = field(default_factory=dict)
+    classes: dict[str, int] = field(default_factory=dict)  # failure class -> count, recent
+    classes_at: dict[str, float] = field(default_factory=dict)  # -> when last seen
     folded: set[str] = field(default_factory=set)
     folded_at: float = 0.0
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=PRE_EVENTS_KEPT))
@@ -349,7 +350,12 @@ class Incidents:
             return None
         now = self._wall()
         episode = self._episode(model)
-        cause = cause_of(episode.classes, default_cause)
+        recent = {
+            name: count
+            for name, count in episode.classes.items()
+            if now - episode.classes_at.get(name, now) <= self.options.join_window_s
+        }
+        cause = cause_of(recent, default_cause)
         signal = {"at": now, "source": source, "text": text}
         for incident in self.incidents.values():
             if (
@@ -394,7 +400,11 @@ class Incidents:
             incident.last_impact_at = last
             incident.failed, incident.degraded = episode.failed, episode.degraded
         incident.last_good_at = episode.last_good
-        incident.failure_classes = dict(episode.classes)
+        incident.failure_classes = {
+            name: count
+            for name, count in episode.classes.items()
+            if now - episode.classes_at.get(name, now) <= recent
+        }
         earlier = [e for e in (*self._global, *episode.events) if now - e["at"] <= recent]
         for entry in sorted(earlier, key=lambda e: e["at"]):
             incident.timeline.append(dict(entry))
@@ -489,9 +499,13 @@ class Incidents:
             self.dirty.add(incident.id)
 
     def _failure_class(self, model: str, name: str) -> None:
-        classes = self._episode(model).classes
+        episode = self._episode(model)
+        classes, now = episode.classes, self._wall()
+        if now - episode.classes_at.get(name, now) > self.options.join_window_s:
+            classes[name] = 0  # seen long ago: this is a new episode of it
         if name in classes or len(classes) < 16:
             classes[name] = classes.get(name, 0) + 1
+            episode.classes_at[name] = now
         for incident in self._active.get(model, ()):
             incident.failure_classes[name] = incident.failure_classes.get(name, 0) + 1
 
@@ -658,6 +672,7 @@ class Incidents:
                 episode.last_impact = incident.last_impact_at
                 episode.last_good = incident.last_good_at
                 episode.classes = dict(incident.failure_classes)
+                episode.classes_at = dict.fromkeys(incident.failure_classes, now)
                 incident.note(
                     now,
                     "state",
