@@ -45,13 +45,15 @@ REPO = Path(__file__).resolve().parents[1]
 DRILL = REPO / "drills" / "all-replicas-down.yaml"
 MAX_MTTD_S = 5.0
 NEEDED = ("fault", "impact", "attempt", "fallback", "signal", "state")
+# Killed workers: their exits and restarts instead of breakers and ejections.
+NEEDED_KILLED = ("fault", "impact", "fallback", "replica", "restart", "signal", "state")
 
 
-def complete(incident: dict[str, Any]) -> tuple[bool, list[str]]:
+def complete(incident: dict[str, Any], killed: bool = False) -> tuple[bool, list[str]]:
     """Whether the timeline holds what a person needs, and what it lacks."""
     kinds = {entry["kind"] for entry in incident["timeline"]}
-    missing = [kind for kind in NEEDED if kind not in kinds]
-    if not kinds & {"breaker", "ejection"}:
+    missing = [kind for kind in (NEEDED_KILLED if killed else NEEDED) if kind not in kinds]
+    if not killed and not kinds & {"breaker", "ejection"}:
         missing.append("breaker|ejection")
     texts = " ".join(entry["text"] for entry in incident["timeline"])
     if " ended (" not in texts:
@@ -85,7 +87,8 @@ def one_round(config: Path, scale: float, drill: Path = DRILL) -> dict[str, Any]
     }
     if found:
         first = min(found, key=lambda i: i["id"])
-        ok, missing = complete(first)
+        killed = any(fault.kind == "kill" for fault in experiment.faults)
+        ok, missing = complete(first, killed)
         result.update(
             cause=first["cause"],
             mttd_s=first["mttd_s"],
@@ -121,7 +124,7 @@ def main() -> int:
     met = True
     for number, result in enumerate(rounds, 1):
         mttd, base = result.get("mttd_s"), result.get("drill_detect_s")
-        ratio = f"{mttd / base:.2f}x" if mttd is not None and base else "n/a"
+        ratio = f"{mttd / base:.1f}x" if mttd is not None and base and base >= 0.001 else "n/a"
         print(
             f"round {number}: incidents {result['incidents']}, cause {result.get('cause')}, "
             f"MTTD {mttd if mttd is None else f'{mttd:.3f} s'} "
