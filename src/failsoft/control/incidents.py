@@ -166,7 +166,6 @@ class Incidents:
             return
         self._all_out.add(key)
         text = f"every replica of {model}/{version} is out ({len(down)} of {count} {why})"
-        self._add(self._wall(), model, "signal", text)
         self.signal(model, "replicas", text, default_cause="infra")
 
     # -- the bus ----------------------------------------------------------------------
@@ -295,7 +294,6 @@ class Incidents:
             )
             return
         text = f"every replica of {event.model}/{event.version} is out"
-        self._add(now, event.model, "signal", text)
         self.signal(event.model, "panic", text, default_cause="infra")
 
     def _burn(self, now: float, alert: BurnAlert) -> None:
@@ -409,7 +407,8 @@ class Incidents:
         for entry in sorted(earlier, key=lambda e: e["at"]):
             incident.timeline.append(dict(entry))
         limit = self.options.timeline_max
-        del incident.timeline[: max(0, len(incident.timeline) - limit + 1)]
+        del incident.timeline[: max(0, len(incident.timeline) - limit + 2)]
+        incident.note(now, "signal", text, limit)
         incident.note(
             now, "state", f"incident {incident.id} opened ({source}, cause {cause})", limit
         )
