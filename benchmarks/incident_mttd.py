@@ -61,7 +61,20 @@ def complete(incident: dict[str, Any], killed: bool = False) -> tuple[bool, list
     return not missing, missing
 
 
-def one_round(config: Path, scale: float, drill: Path = DRILL) -> dict[str, Any]:
+# What a person does after the drill, for the sample postmortem (--postmortem).
+RESPONSE: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("ack", {}),
+    ("update", {"text": "v1 workers answer 503; v2 answers meanwhile (degraded)"}),
+    ("remediation", {"text": "page on v1's own error rate, not only on the fallback's"}),
+    ("remediation", {"text": "drill all-replicas-down weekly in CI"}),
+    ("remediation", {"close": 2}),
+    ("resolve", {"text": "the fault ended; v1 answers again"}),
+)
+
+
+def one_round(
+    config: Path, scale: float, drill: Path = DRILL, respond: bool = False
+) -> dict[str, Any]:
     experiment = load_experiment(drill)
     with open_target(config, None) as target:
         os.environ["FAILSOFT_ADMIN_TOKEN"] = target.admin_token or ""
@@ -75,6 +88,13 @@ def one_round(config: Path, scale: float, drill: Path = DRILL) -> dict[str, Any]
         postmortem = None
         if incidents:
             number = min(i["id"] for i in incidents)
+            for verb, body in RESPONSE if respond else ():
+                httpx.post(
+                    f"{target.url}/admin/incidents/{number}/{verb}",
+                    json=body,
+                    headers=auth,
+                    timeout=10,
+                ).raise_for_status()
             postmortem = httpx.get(
                 f"{target.url}/admin/incidents/{number}/postmortem", headers=auth, timeout=10
             ).text
@@ -109,7 +129,11 @@ def main() -> int:
     )
     parser.add_argument("--scale", type=float, default=1.0, help="shorten the drill (CI)")
     parser.add_argument(
-        "--postmortem", type=Path, default=None, help="write round 1's postmortem here"
+        "--postmortem",
+        type=Path,
+        default=None,
+        help="acknowledge, update, remediate and resolve round 1's incident, "
+        "then write its postmortem here",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="failsoft-mttd-") as scratch:
@@ -118,7 +142,12 @@ def main() -> int:
         except Exception as error:
             print(f"setup failed: {error}", file=sys.stderr)
             return 2
-        rounds = [one_round(config, args.scale, args.drill) for _ in range(args.rounds)]
+        rounds = [
+            one_round(
+                config, args.scale, args.drill, respond=args.postmortem is not None and n == 0
+            )
+            for n in range(args.rounds)
+        ]
     if args.postmortem is not None and rounds and rounds[0]["postmortem"]:
         args.postmortem.write_text(rounds[0]["postmortem"])
     met = True

@@ -41,8 +41,8 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(incident: Incident, budget: dict[str, Any] | None = None) -> str:
-    """The postmortem of ``incident``; ``budget`` is its model's availability SLO row."""
+def render(incident: Incident, budgets: list[dict[str, Any]] | None = None) -> str:
+    """The postmortem of ``incident``; ``budgets``: its model's SLO rows (``slo status``)."""
     i = incident
     answered = i.good + i.degraded
     total = answered + i.failed
@@ -70,10 +70,10 @@ def render(incident: Incident, budget: dict[str, Any] | None = None) -> str:
         )
     if i.budget_burned_pct is not None:
         lines.append(f"| availability error budget burned | {i.budget_burned_pct:.2f} % |")
-    if budget is not None:
+    for budget in budgets or ():
         lines.append(
-            f"| budget left now ({budget['target_pct']:g} % over {budget['window_days']} d) "
-            f"| {100.0 * budget['budget_left']:.2f} % |"
+            f"| {budget['objective']} budget left now ({budget['target_pct']:g} % over "
+            f"{budget['window_days']} d) | {100.0 * budget['budget_left']:.2f} % |"
         )
     if i.failure_classes:
         shown = ", ".join(f"{k} {v}" for k, v in sorted(i.failure_classes.items()))
@@ -129,7 +129,9 @@ def render(incident: Incident, budget: dict[str, Any] | None = None) -> str:
 
 
 def _summary(i: Incident) -> str:
-    signals = "; ".join(s["text"] for s in i.signals[:3]) or "a signal"
+    signals = i.signals[0]["text"] if i.signals else "a signal"
+    if len(i.signals) > 1:
+        signals += f"; {len(i.signals) - 1} more signal(s) joined it"
     text = f"failsoft opened this incident on `{i.model}` at {stamp(i.opened_at)} ({signals})."
     if i.first_impact_at is not None:
         text += (

@@ -74,17 +74,12 @@ async def handle_operate(
     if verb == ["postmortem"]:
         _allow(method, "GET")
         found = await operate.incident(incident_id)
-        budget = next(
-            (
-                row
-                for row in operate.book.status()
-                if row["model"] == found.model
-                and not row["tenant"]
-                and row["objective"] == "availability"
-            ),
-            None,
-        )
-        return Answer(200, render(found, budget).encode(), b"text/markdown; charset=utf-8")
+        budgets = [
+            row
+            for row in operate.book.status()
+            if row["model"] == found.model and not row["tenant"]
+        ]
+        return Answer(200, render(found, budgets).encode(), b"text/markdown; charset=utf-8")
     if len(verb) != 1 or verb[0] not in ("ack", "resolve", "update", "remediation"):
         raise NotFound(f"no admin route /admin/{'/'.join(parts)}")
     _allow(method, "POST")
