@@ -30,7 +30,7 @@ from failsoft.pipeline.breaker import BreakerState, BreakerTransition
 from failsoft.pipeline.fallback import FallbackUsed
 from failsoft.pipeline.version import AttemptFailed, PanicChanged, PoisonDetected
 from failsoft.routing.probes import HealthChanged
-from failsoft.store import Store
+from failsoft.store import Store, StoreUnreachable
 from failsoft.store.backup import backup, restore
 from failsoft.store.engine import default_url
 from tests.store.conftest import Target
@@ -380,3 +380,63 @@ async def test_the_cause_comes_from_recent_failures_only() -> None:
     (incident,) = rig.incidents
     assert incident.cause == "infra"
     assert incident.failure_classes == {"replica": 1}
+
+
+class Flaky:
+    """A real store that refuses every call while ``down``."""
+
+    def __init__(self, store: Store) -> None:
+        self.real = store
+        self.down = True
+
+    def __getattr__(self, name: str) -> Any:
+        if self.down and name == "engine":
+            raise StoreUnreachable(f"control store {self.real.url} is unreachable")
+        return getattr(self.real, name)
+
+
+async def test_a_gateway_started_while_the_store_was_down_merges_when_it_answers(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(EPOCH)
+    store = Store.open(tmp_path / "data", wall=clock.now)
+    try:
+        before = Rig(config(), store, clock)
+        assert before.operate.boot() is None
+        await before.seconds(60)
+        before.failing_replica()
+        before.bus.emit(PanicChanged("iris", "v1", True))
+        await before.operate.close()
+
+        flaky = Flaky(store)
+        during = Rig(config(), flaky, clock)
+        note = during.operate.boot()
+        assert note is not None
+        assert "start empty here and are merged when it answers" in note
+        await during.seconds(30, status=503)
+        during.bus.emit(RequestFinished("wine", "v1", 503, FailureClass.OVERLOAD, 0.01))
+        during.bus.emit(PanicChanged("wine", "v1", True))
+        during.operate.incidents.acknowledge(1, "bob")  # the wine incident, here
+        assert not await during.operate.save()
+        flaky.down = False
+        assert await during.operate.save()
+        assert [(i.id, i.model, i.state) for i in during.incidents] == [
+            (1, "iris", "open"),
+            (2, "wine", "acknowledged"),
+        ]
+        rows = {r["model"]: (r["events"], r["bad"]) for r in during.operate.slo_status()["slos"]}
+        assert rows == {"iris": (450, 150), "wine": (1, 1)}
+
+        after = Rig(config(), store, clock)
+        assert after.operate.boot() is None
+        rows = {r["model"]: (r["events"], r["bad"]) for r in after.operate.slo_status()["slos"]}
+        assert rows == {"iris": (450, 150), "wine": (1, 1)}
+        assert [(i.id, i.model) for i in after.incidents] == [(1, "iris"), (2, "wine")]
+        actions = [(e.action, e.target) for e in store.audit_entries() if "incident" in e.target]
+        assert actions == [
+            ("incident.opened", "incident:1"),
+            ("incident.opened", "incident:2"),
+            ("incident.acknowledged", "incident:2"),
+        ]
+    finally:
+        store.close()

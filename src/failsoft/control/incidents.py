@@ -660,27 +660,48 @@ class Incidents:
 
     # -- restart ----------------------------------------------------------------------
 
-    def load(self, stored: Iterable[Incident], next_id: int) -> None:
-        """Incidents from the store (at start-up); the active ones carry on."""
+    def load(self, stored: Iterable[Incident], next_id: int, *, merge: bool = False) -> None:
+        """Incidents from the store; the active ones carry on.
+
+        ``merge``: this gateway started while the store was down and opened
+        incidents meanwhile: those are renumbered after the stored ones, and an
+        episode seen here since is kept."""
         now = self._wall()
+        stored = list(stored)
+        if merge:
+            self._renumber(max([next_id, *(i.id + 1 for i in stored)]))
         for incident in stored:
             self.incidents[incident.id] = incident
-            if incident.active:
-                episode = self._episode(incident.model)
+            if not incident.active:
+                continue
+            episode = self._episode(incident.model)
+            if not (merge and episode.last_impact is not None):
                 episode.run_start = incident.first_impact_at
                 episode.last_impact = incident.last_impact_at
                 episode.last_good = incident.last_good_at
                 episode.classes = dict(incident.failure_classes)
                 episode.classes_at = dict.fromkeys(incident.failure_classes, now)
-                incident.note(
-                    now,
-                    "state",
-                    "gateway restarted; the incident carries on",
-                    self.options.timeline_max,
-                )
-                self.dirty.add(incident.id)
-        self.next_id = max(self.next_id, next_id)
+            incident.note(
+                now,
+                "state",
+                "gateway restarted; the incident carries on",
+                self.options.timeline_max,
+            )
+            self.dirty.add(incident.id)
+        self.next_id = max([self.next_id, next_id, *(i.id + 1 for i in stored)])
         self._forget_old()
+
+    def _renumber(self, first: int) -> None:
+        """Give the incidents in memory the ids from ``first`` on (audits follow)."""
+        renamed = {old: first + n for n, old in enumerate(sorted(self.incidents))}
+        self.incidents = {renamed[old]: i for old, i in self.incidents.items()}
+        for incident in self.incidents.values():
+            incident.id = renamed[incident.id]
+        self.dirty = {renamed.get(i, i) for i in self.dirty}
+        audits = [(renamed.get(i, i), *rest) for i, *rest in self.pending_audits]
+        self.pending_audits.clear()
+        self.pending_audits.extend(audits)  # type: ignore[arg-type]
+        self.next_id = first + len(renamed)
 
 
 def _bad(message: str) -> Exception:

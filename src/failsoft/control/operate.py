@@ -65,6 +65,7 @@ class Operate:
         self._tasks: list[asyncio.Task[None]] = []
         self._saving = asyncio.Lock()
         self.saved_ok = store is None
+        self._loaded = store is None  # what the store held is in memory
         self.gateway = ""  # this gateway's id in the store, kept in its data directory
         if store is not None:
             from failsoft.store.operate_rows import gateway_id
@@ -96,24 +97,33 @@ class Operate:
         if self.store is None:
             return None
         from failsoft.store import StoreError
-        from failsoft.store.operate_rows import load
 
-        minutes, hours = self.book.oldest_kept()
         try:
-            loaded = load(self.store, self.gateway, (minutes, hours))
+            self._load(merge=False)
         except StoreError as error:
             return (
                 f"the control store is unreachable ({error.message}): SLO budgets and "
                 "incidents start empty here and are merged when it answers"
             )
-        count = self.book.load(loaded.buckets)
-        self.incidents.load(loaded.incidents, loaded.next_id)
+        return None
+
+    def _load(self, *, merge: bool) -> None:
+        """Read what the store holds of this gateway's and take it in (blocking)."""
+        from failsoft.store.operate_rows import load
+
+        assert self.store is not None
+        loaded = load(self.store, self.gateway, self.book.oldest_kept())
+        self._take(loaded, merge=merge)
+
+    def _take(self, loaded: Any, *, merge: bool) -> None:
+        count = self.book.load(loaded.buckets, merge=merge)
+        self.incidents.load(loaded.incidents, loaded.next_id, merge=merge)
+        self._loaded = True
         self.saved_ok = True
         log.info(
-            "SLO buckets and incidents loaded",
+            "SLO buckets and incidents " + ("merged" if merge else "loaded"),
             extra={"buckets": count, "incidents": len(loaded.incidents)},
         )
-        return None
 
     def start(self) -> None:
         """Begin judging and saving (call on the running event loop)."""
@@ -162,9 +172,23 @@ class Operate:
         if self.store is None:
             return False
         from failsoft.store import StoreError
-        from failsoft.store.operate_rows import AuditItem, save
+        from failsoft.store.operate_rows import AuditItem, load, save
 
         async with self._saving:
+            if not self._loaded:  # started while the store was down: merge first
+                try:
+                    loaded = await store_call(
+                        self.store,
+                        load,
+                        self.store,
+                        self.gateway,
+                        self.book.oldest_kept(),
+                        timeout=timeout,
+                    )
+                except StoreError:
+                    self.saved_ok = False
+                    return False
+                self._take(loaded, merge=True)
             buckets = self.book.changed_buckets()
             dirty = sorted(self.incidents.dirty)
             self.incidents.dirty.clear()

@@ -473,8 +473,9 @@ class SloBook:
             else:
                 series.dirty_hours.add(bucket.start // 3600)
 
-    def load(self, buckets: Iterable[Bucket]) -> int:
-        """Put stored buckets back (at start-up, before counting); how many were loaded."""
+    def load(self, buckets: Iterable[Bucket], *, merge: bool = False) -> int:
+        """Put stored buckets back; how many were loaded. ``merge``: add them to what was
+        counted here meanwhile (the store was down at start-up), to be saved again."""
         loaded = 0
         for bucket in buckets:
             model, _, tenant = bucket.series.partition(":")
@@ -482,9 +483,17 @@ class SloBook:
             if series is None:
                 continue
             if bucket.resolution == 60:
-                series.minutes.put(bucket.start // 60, bucket.counts)
+                ring, index, dirty = series.minutes, bucket.start // 60, series.dirty_minutes
             elif bucket.resolution == 3600:
-                series.hours.put(bucket.start // 3600, bucket.counts)
+                ring, index, dirty = series.hours, bucket.start // 3600, series.dirty_hours
+            else:
+                continue
+            if merge:
+                ring.add(index, list(bucket.counts))
+                dirty.add(index)
+            else:
+                ring.put(index, bucket.counts)
+            series.changes += 1
             loaded += 1
         return loaded
 
