@@ -32,7 +32,6 @@ __all__ = [
     "AuditItem",
     "Loaded",
     "gateway_id",
-    "list_incidents",
     "load",
     "read_incident",
     "save",
@@ -202,14 +201,3 @@ def read_incident(store: Store, gateway: str, incident_id: int) -> Incident | No
             )
         ).first()
     return None if row is None else Incident.from_json(json.loads(row.data))
-
-
-def list_incidents(store: Store, gateway: str, limit: int) -> list[Incident]:
-    with store.engine.read() as conn:
-        rows = conn.execute(
-            select(incidents.c.data)
-            .where(incidents.c.gateway == gateway)
-            .order_by(incidents.c.id.desc())
-            .limit(limit)
-        ).all()
-    return [Incident.from_json(json.loads(row.data)) for row in rows]
