@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from failsoft.clock import ManualClock
 from failsoft.config import Config, parse_config
@@ -33,6 +34,7 @@ from failsoft.routing.probes import HealthChanged
 from failsoft.store import Store, StoreUnreachable
 from failsoft.store.backup import backup, restore
 from failsoft.store.engine import default_url
+from failsoft.store.tables import slo_buckets
 from tests.store.conftest import Target
 
 EPOCH = 1_800_000_000.0
@@ -438,5 +440,27 @@ async def test_a_gateway_started_while_the_store_was_down_merges_when_it_answers
             ("incident.opened", "incident:2"),
             ("incident.acknowledged", "incident:2"),
         ]
+    finally:
+        store.close()
+
+
+async def test_buckets_past_their_window_leave_the_store(tmp_path: Path) -> None:
+    clock = ManualClock(EPOCH)
+    store = Store.open(tmp_path / "data", wall=clock.now)
+    try:
+        rig = Rig(config(), store, clock)
+        assert rig.operate.boot() is None
+        await rig.seconds(120)
+        assert await rig.operate.save()
+        await rig.clock.advance(4 * 86_400)  # past the minute buckets' 3 days
+        await rig.seconds(1)
+        assert await rig.operate.save()
+        with store.engine.read() as conn:
+            rows = conn.execute(select(slo_buckets.c.resolution, slo_buckets.c.start)).all()
+        minutes = [start for resolution, start in rows if resolution == 60]
+        hours = [start for resolution, start in rows if resolution == 3600]
+        assert minutes == [int(clock.now() - 1) // 60 * 60]  # only the new one
+        assert len(hours) == 2  # the old hour stays: the budget window is 30 days
+        assert rig.operate.slo_status()["slos"][0]["events"] == 605
     finally:
         store.close()

@@ -36,6 +36,7 @@ __all__ = ["Operate"]
 
 log = logging.getLogger("failsoft.operate")
 
+PRUNE_EVERY_S = 3600.0  # buckets past their window leave the store this often
 CLOSE_WITHIN_S = 1.0  # the last save on shutdown: a healthy store takes milliseconds
 
 
@@ -65,6 +66,7 @@ class Operate:
         self._tasks: list[asyncio.Task[None]] = []
         self._saving = asyncio.Lock()
         self.saved_ok = store is None
+        self._pruned_at = 0.0
         self._loaded = store is None  # what the store held is in memory
         self.gateway = ""  # this gateway's id in the store, kept in its data directory
         if store is not None:
@@ -196,6 +198,8 @@ class Operate:
             audits = list(self.incidents.pending_audits)
             self.incidents.pending_audits.clear()
             items = [AuditItem(i, action, actor, detail) for i, action, actor, detail in audits]
+            now = self.wall()
+            prune = self.book.oldest_kept() if now - self._pruned_at >= PRUNE_EVERY_S else None
             try:
                 await store_call(
                     self.store,
@@ -205,7 +209,7 @@ class Operate:
                     buckets,
                     changed,
                     items,
-                    self.book.oldest_kept(),
+                    prune,
                     timeout=timeout,
                 )
             except StoreError as error:
@@ -219,6 +223,8 @@ class Operate:
                     )
                 self.saved_ok = False
                 return False
+            if prune is not None:
+                self._pruned_at = now
         self.saved_ok = True
         return True
 
