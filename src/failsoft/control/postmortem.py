@@ -30,6 +30,8 @@ def stamp(at: float | None, *, seconds: bool = True) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
         return f"{seconds:.1f} s"
     if seconds < 3600:
