@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from failsoft import __version__, cli_control, cli_flags, cli_slo
+from failsoft import __version__, cli_control, cli_flags, cli_instances, cli_slo, cli_trace
 from failsoft.config import Config, ConfigError, load_config, missing_files
 
 
@@ -517,4 +517,6 @@ def drill_suite(
 
 cli_control.register(main)  # apply, config, model, registry, audit, token, backup, restore
 cli_flags.register(main)  # flag, halt, switch
+cli_instances.register(main)  # instances
+cli_trace.register(main)  # trace, accuracy
 cli_slo.register(main)  # slo, incident

@@ -29,7 +29,11 @@ from failsoft.control.faults import ChaosOptions
 from failsoft.control.incident_model import IncidentOptions
 from failsoft.control.slo import SloOptions
 from failsoft.control.tenants import TenantConfig
+from failsoft.data.constraints import Compatibility, InputPolicy
+from failsoft.data.prediction_options import PredictionLogOptions
+from failsoft.data.schema import check_model_inputs
 from failsoft.errors import BackendLoadError
+from failsoft.jobs.options import JobsOptions
 from failsoft.pipeline.attribution import AttributionOptions
 from failsoft.pipeline.breaker import BreakerOptions
 from failsoft.pipeline.bulkhead import BulkheadOptions
@@ -110,6 +114,12 @@ class ServerConfig(_Strict):
 Execution = Literal["auto", "thread", "inline"]
 
 
+class _Version(_Strict):
+    inputs: Annotated[list[TensorSpec], Field(min_length=1)] | None = Field(
+        default=None, description="this version's inputs, where they differ from the model's"
+    )
+
+
 def _artifact(value: str | None) -> str | None:
     if value is not None:
         ArtifactRef.parse(value)  # ArtifactRefError is a ValueError: reported at the key
@@ -119,7 +129,7 @@ def _artifact(value: str | None) -> str | None:
 ArtifactName = Annotated[str | None, AfterValidator(_artifact)]
 
 
-class _FileBackend(_Strict):
+class _FileBackend(_Version):
     """A model file: a ``path``, or an ``artifact`` from the registry (``iris@v3`` or a sha256).
 
     An artifact is resolved to a verified local copy, with ``path`` and ``sha256``
@@ -172,7 +182,7 @@ class SklearnBackend(_FileBackend):
         return self
 
 
-class PythonBackend(_Strict):
+class PythonBackend(_Version):
     backend: Literal["python"]
     function: Annotated[
         str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:function")
@@ -181,7 +191,7 @@ class PythonBackend(_Strict):
     execution: Execution = "auto"
 
 
-class HttpBackend(_Strict):
+class HttpBackend(_Version):
     backend: Literal["http"]
     urls: Annotated[
         list[Annotated[str, Field(pattern=r"^http://[^\s/]+(/[^\s]*)?$")]],
@@ -205,7 +215,7 @@ LocalBackend = Annotated[
 ]
 
 
-class ProcessBackend(_Strict):
+class ProcessBackend(_Version):
     """N supervised worker processes, each serving ``worker`` over V2 on loopback."""
 
     backend: Literal["process"]
@@ -224,6 +234,8 @@ class ProcessBackend(_Strict):
     def _one_replica_per_worker(cls, worker: Any) -> Any:
         if worker.replicas != 1:
             raise ValueError("set replicas on the process backend, not on its worker")
+        if worker.inputs is not None:
+            raise ValueError("set inputs on the process backend, not on its worker")
         return worker
 
 
@@ -260,6 +272,16 @@ class ModelConfig(_Strict):
     throttle: ThrottleOptions = Field(default_factory=ThrottleOptions)
     attribution: AttributionOptions = Field(default_factory=AttributionOptions)
     fallback: Annotated[list[FallbackTier], Field(max_length=16)] = Field(default_factory=list)
+    input_policy: InputPolicy = Field(
+        default="reject",
+        description="a request breaking an input's features: reject (422), flag (served, "
+        "with Failsoft-Data-Warning) or degrade (answered by the fallback chain)",
+    )
+    compatibility: Compatibility = Field(
+        default="backward",
+        description="how a new revision may change the inputs of a version that serves: "
+        "backward, forward, full or none (data/schema.py)",
+    )
     slo: SloOptions = Field(default_factory=SloOptions)
 
     @property
@@ -286,6 +308,7 @@ class ModelConfig(_Strict):
             )
         self._check_fallback()
         self._check_health_check()
+        check_model_inputs(self)
         return self
 
     def _check_fallback(self) -> None:
@@ -356,6 +379,24 @@ class StoreOptions(_Strict):
     backup_keep: Annotated[int, Field(ge=1, le=10_000)] = Field(
         default=7, description="scheduled backups kept; older ones are removed"
     )
+    listen: bool = Field(
+        default=True,
+        description="PostgreSQL: LISTEN for changes other gateways make, so they apply "
+        "within a second (polling every poll_s stays the backstop)",
+    )
+    listen_url: str | None = Field(
+        default=None,
+        description="PostgreSQL: where to LISTEN, if not the store URL (e.g. the server "
+        "itself when url goes through a transaction-pooling PgBouncer); same database",
+    )
+    heartbeat_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=2.0, description="how often this gateway renews its row in `failsoft instances`"
+    )
+    instance_expire_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = Field(
+        default=600.0,
+        description="the row of a gateway that stopped beating is removed after this long "
+        "(it shows as stale after 3 missed beats)",
+    )
 
 
 class ArtifactOptions(_Strict):
@@ -375,6 +416,8 @@ class Config(_Strict):
         default_factory=dict
     )
     chaos: ChaosOptions = Field(default_factory=ChaosOptions)
+    jobs: JobsOptions = Field(default_factory=JobsOptions)
+    predictions: PredictionLogOptions = Field(default_factory=PredictionLogOptions)
     incidents: IncidentOptions = Field(default_factory=IncidentOptions)
 
     @model_validator(mode="after")

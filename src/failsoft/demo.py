@@ -229,6 +229,14 @@ server:
   host: {json.dumps(host)}
   port: {int(port)}
 
+# Every answer is recorded in predictions/ next to this file (inputs and outputs are
+# not): `failsoft trace REQUEST_ID` shows one; true labels sent to
+# /v2/models/iris/feedback give `failsoft accuracy iris`.
+predictions:
+  enabled: true
+  sample_rate: 1.0
+  directory: predictions
+
 models:
   # Iris flowers: 4 measurements in, a species (0, 1, 2) and its probabilities out.
   iris:

@@ -9,7 +9,8 @@ caused them"), decided before any state machine sees it:
               on replicas that answer other inputs well
 ``client``    the client spent or cut short its own deadline, or sent a
               request the service refuses (404, 405, 413, 401)
-``data``      the input breaks the input contract (400)
+``data``      the input breaks the input contract (400), or a feature constraint
+              (the model's input_policy: 422, flagged or degraded; data/input_checks.py)
 ``overload``  shed by admission control, or over a tenant's quota
 
 Only ``replica`` failures move breakers, ejection, balancer penalties and

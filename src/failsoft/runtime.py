@@ -32,6 +32,8 @@ from failsoft.config import Config, ModelConfig
 from failsoft.control.faults import FaultRegistry, Killable, Target
 from failsoft.control.flags import NO_SWITCHES, FlagSpec, Switches, switches_for
 from failsoft.data.contracts import ModelContract
+from failsoft.data.input_checks import InputChecks
+from failsoft.data.schema import version_inputs
 from failsoft.errors import FailsoftError, FailureClass, NotFound
 from failsoft.observe.events import EventBus
 from failsoft.pipeline.cache import CacheKey, CacheOptions, ResponseCache, request_digest
@@ -125,6 +127,11 @@ _PIPELINE_SETTINGS = {
 }
 
 
+# Per-feature constraints are checked before a version is called: changing them
+# rebuilds neither replicas nor pipelines (breakers and the rest keep their state).
+_FEATURES = {"columns", "features"}
+
+
 def _canonical(value: object) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
@@ -135,7 +142,7 @@ def _keys(name: str, version: str, config: ModelConfig, runtime: Runtime) -> tup
     replicas = _canonical(
         {
             "backend": config.versions[version].model_dump(mode="json"),
-            "inputs": [spec.model_dump(mode="json") for spec in config.inputs],
+            "inputs": [spec.model_dump(mode="json", exclude=_FEATURES) for spec in config.inputs],
             "outputs": [spec.model_dump(mode="json") for spec in config.outputs],
             "server": runtime.config.server.model_dump(mode="json", exclude={"host", "port"}),
             "chaos": runtime.config.chaos.enabled,
@@ -144,7 +151,9 @@ def _keys(name: str, version: str, config: ModelConfig, runtime: Runtime) -> tup
     pipeline = _canonical(
         {
             "replicas": replicas,
-            "model": config.model_dump(mode="json", include=_PIPELINE_SETTINGS),
+            "model": config.model_dump(
+                mode="json", include=_PIPELINE_SETTINGS, exclude={"inputs": {"__all__": _FEATURES}}
+            ),
         }
     )
     return replicas, pipeline
@@ -168,9 +177,23 @@ class ModelRuntime:
         self.config = config
         self.contract = ModelContract(config.inputs, config.outputs, config.max_batch_size)
         self.units: dict[str, VersionUnit] = {}
+        # Per version: its contract and feature checks (a version may declare its own inputs).
+        self.contracts: dict[str, ModelContract] = {}
+        self.checks: dict[str, InputChecks] = {}
         options = resilience_options(config)
-        golden = golden_request(config.health_check, config.inputs)
-        for version in config.versions:
+        model_config = config
+        for version in model_config.versions:
+            inputs = version_inputs(model_config, version)
+            config = model_config
+            contract = self.contract
+            if inputs is not model_config.inputs:
+                config = model_config.model_copy(update={"inputs": inputs})
+                contract = ModelContract(inputs, config.outputs, config.max_batch_size)
+            self.contracts[version] = contract
+            self.checks[version] = InputChecks(
+                inputs, config.input_policy, name, version, runtime.bus.emit
+            )
+            golden = golden_request(config.health_check, inputs)
             replica_key, pipeline_key = _keys(name, version, config, runtime)
             current = previous.units.get(version) if previous is not None else None
             candidates = [unit for unit in (current, *(warm or {}).get(version, ())) if unit]
@@ -191,14 +214,15 @@ class ModelRuntime:
                     for replica in replicas
                 ]
             pipeline = VersionPipeline(
-                name, version, replicas, options, self.contract, runtime.bus, clock, rng
+                name, version, replicas, options, contract, runtime.bus, clock, rng
             )
             prober = Prober(
-                pipeline, config.health_check, self.contract, golden, runtime.bus, clock, rng
+                pipeline, config.health_check, contract, golden, runtime.bus, clock, rng
             )
             self.units[version] = VersionUnit(
                 replica_key, pipeline_key, built, pipeline, prober, started
             )
+        config = model_config
         self.versions = {version: unit.pipeline for version, unit in self.units.items()}
         output_types = {spec.name: spec.datatype for spec in config.outputs}
         # Stale-if-error needs answers stored even when fresh hits are not served.
@@ -292,6 +316,25 @@ class ModelRuntime:
         if switches.halted:
             return frozenset(self.versions)
         return switches.halted_versions | switches.disabled_versions
+
+    async def degrade(
+        self,
+        request: InferRequest,
+        call: Call,
+        version: str,
+        error: FailsoftError,
+        switches: Switches = NO_SWITCHES,
+    ) -> Served:
+        """A request that broke its input constraints under ``degrade``: the fallback chain
+        answers without the version it was routed to, which never sees it."""
+        blocked = frozenset({version})
+        if not switches.quiet:
+            blocked |= self._blocked(switches)
+        sample = call.sample  # no limiter sample: the model's own replicas were not called
+        try:
+            return await self._fall_back(request, call, version, error, None, blocked=blocked)
+        finally:
+            call.sample = sample
 
     async def shed(self, request: InferRequest, call: Call, error: FailsoftError) -> Served:
         """A request the limiter refused: answered by the local fallback tiers if any can.
@@ -409,6 +452,15 @@ class Runtime:
         """Compile the switches of every model from the flags in force at ``now`` (epoch s)."""
         compiled = {name: switches_for(name, flags, now) for name in self.models}
         self.switches = {name: found for name, found in compiled.items() if not found.quiet}
+        self._mark_switched_off()
+
+    def _mark_switched_off(self) -> None:
+        """Tell each version pipeline whether it is halted or switched off now."""
+        for name, target in self.models.items():
+            switches = self.switches.get(name, NO_SWITCHES)
+            blocked = frozenset() if switches.quiet else target._blocked(switches)
+            for version, pipeline in target.versions.items():
+                pipeline.switched_off = version in blocked
 
     def set_split(self, model: str, split: Split | None) -> None:
         """Divide ``model``'s default traffic (a rollout), or stop dividing it."""
@@ -502,6 +554,7 @@ class Runtime:
                 raise
             self.faults.options = config.chaos
             self.models = models  # the swap: from the next request on, the new models serve
+            self._mark_switched_off()
             live = {id(unit) for model in models.values() for unit in model.units.values()}
             for unit in fresh:
                 unit.prober.start()

@@ -54,3 +54,18 @@ def test_the_worker_body_limit_stays_within_its_bound() -> None:
     assert isinstance(spec["server"], dict)
     assert spec["server"]["max_body_bytes"] == 1 << 30
     assert spec_for(None)["server"] == spec_for(ServerConfig())["server"]
+
+
+def test_a_worker_leaves_the_feature_constraints_to_the_gateway() -> None:
+    data = MODEL.model_dump(mode="json", exclude_unset=True)
+    data["inputs"][0].update(columns=["a", "b"], features={"b": {"max": 1}})
+    data["input_policy"] = "degrade"
+    data["fallback"] = [{"static": {"y": [0, 0]}}]
+    model = ModelConfig.model_validate(data)
+    backend = model.versions["v1"]
+    assert isinstance(backend, ProcessBackend)
+    spec = orjson.loads(worker_spec("m", "v1", model, backend, None))
+    worker = Config.model_validate({"models": {"m": spec["config"]}}).models["m"]
+    assert worker.input_policy == "reject"  # degrade without the gateway's fallback is invalid
+    assert worker.inputs[0].features is None
+    assert worker.inputs[0].columns is None

@@ -59,3 +59,9 @@ def slow_rule(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     time.sleep(0.5)
     return {"label": petal_rule(inputs["x"])}
+
+
+def first_label(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Takes x (FP32 [rows, 3]) and k (INT64 [rows, 2]): 1 where x's column b exceeds a."""
+    x = inputs["x"]
+    return {"label": (x[:, 1] > x[:, 0]).astype(np.int64)}

@@ -88,7 +88,7 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
     verdicts = summary(result.stdout)
     assert set(verdicts) == {path.stem for path in DRILLS.glob("*.yaml")}
     assert all(verdict == "passed" for verdict in verdicts.values()), verdicts
-    assert DRILL_COUNT == 13
+    assert DRILL_COUNT == 14
     assert f"resilience score: 100% ({DRILL_COUNT} of {DRILL_COUNT} drills passed)" in result.stdout
     card = json.loads((tmp_path / "replica-crash.json").read_text())
     assert card["passed"] is True
@@ -108,6 +108,13 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
     assert "failed its probe" in deployed["deploys"][1]["reason"]
     assert deployed["lost"] == 0
     assert deployed["degraded_pct"] == 0
+    bad = json.loads((tmp_path / "bad-inputs.json").read_text())
+    assert bad["lost"] == 0
+    marked = bad["marked"]
+    assert marked["violators"] == bad["requests"] // 10  # 2 of the 20 requests cycled
+    assert marked["violators_degraded"] == marked["violators_warned"] == marked["violators"]
+    assert marked["others_degraded"] == marked["others_warned"] == marked["not_as_marked"] == 0
+    assert sum(bad["replica_penalties"].values()) == 0
     for name, steps in (("kill-switch", 1), ("safe-halt", 2)):
         switched = json.loads((tmp_path / f"{name}.json").read_text())
         assert switched["lost"] == 0, name
@@ -161,6 +168,9 @@ def test_the_suite_fails_with_the_right_lines_when_resilience_is_off(
         assert "availability during" in verdicts[name], (name, verdicts[name])
         assert "requests lost" in verdicts[name], (name, verdicts[name])
         assert "flag" not in verdicts[name], (name, verdicts[name])
+    # Without a fallback chain the degrade policy has nothing to answer with: the drill's
+    # setup is refused (the configuration is invalid), and says why.
+    assert "input_policy degrade needs a fallback chain" in verdicts["bad-inputs"]
     assert re.search(r"FAIL availability during\s+0\.00%", result.stdout)
     assert re.search(
         rf"resilience score: \d+% \(\d+ of {DRILL_COUNT} drills passed\)", result.stdout

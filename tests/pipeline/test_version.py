@@ -1108,3 +1108,29 @@ async def test_a_poison_input_repeated_before_it_is_confirmed_still_gets_confirm
     with pytest.raises(PoisonRequest):
         await fleet.infer()
     assert fleet.calls == []  # 12 good answers since the first verdict: refused from memory
+
+
+@both_paths
+async def test_a_version_switched_off_mid_call_gets_no_retry(hedgeable: bool) -> None:
+    fleet = Fleet(hedgeable=hedgeable)
+    fleet.plan = [fail(UpstreamError("connection reset"))]
+
+    task = await fleet.start()
+    fleet.pipeline.switched_off = True  # an operator halts the version while r0 fails
+    await fleet.clock.advance(0.010)
+
+    assert isinstance(failed_with(task), UpstreamError)  # the fallback chain takes it from here
+    assert fleet.kinds() == ["first"]
+
+
+async def test_a_version_switched_off_mid_call_gets_no_hedge() -> None:
+    fleet = Fleet(hedgeable=True)
+    fleet.plan = [slow(1.0)]
+
+    task = await fleet.start()
+    fleet.pipeline.switched_off = True
+    await fleet.clock.advance(0.6)
+
+    assert fleet.kinds() == ["first"]
+    await fleet.clock.advance(0.5)
+    assert finished(task)[1].name == fleet.calls[0]  # the call under way still answers

@@ -68,6 +68,11 @@ def worker_spec(
     spec.update(retry=off, hedge=off, breaker=off, ejection=off, health_check=off, fallback=[])
     spec["attribution"] = off  # the gateway judges whose fault a model error is
     spec["cache"] = off
+    # The gateway judges the feature constraints (and acts on them) before any call.
+    spec["input_policy"] = "reject"
+    for tensor in spec["inputs"]:
+        tensor.pop("columns", None)
+        tensor.pop("features", None)
     return orjson.dumps(
         {"model": model, "config": spec, "server": worker_server(server or ServerConfig())}
     )

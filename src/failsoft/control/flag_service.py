@@ -16,7 +16,9 @@ down then, the flag is out of force all the same and the store is cleared
 on a later poll.
 
 Several gateways sharing a store follow each other: ``watch`` reads the
-store's flags every ``store.poll_s`` and recompiles when they changed. The
+store's flags when woken (PostgreSQL NOTIFY, ``wakeups.py``: within a
+second of the change) and every ``store.poll_s`` in any case, and
+recompiles when they changed. The
 flags in force are also kept in the data directory (``current-flags.json``,
 next to ``current-revision.json``), so a gateway that starts while the store
 is down obeys the switches it obeyed before.
@@ -32,7 +34,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -286,11 +288,17 @@ class FlagService:
 
     # -- following the store ---------------------------------------------------------
 
-    async def watch(self, every_s: float) -> None:
-        """Pick up flags other gateways changed in the shared store (runs until cancelled)."""
+    async def watch(
+        self, every_s: float, wake: Callable[[float], Awaitable[bool]] | None = None
+    ) -> None:
+        """Pick up flags other gateways changed in the shared store (runs until cancelled);
+        between looks, ``every_s`` seconds or less when ``wake`` says the flags changed."""
         warned = False
         while True:
-            await asyncio.sleep(every_s)
+            if wake is None:
+                await asyncio.sleep(every_s)
+            else:
+                await wake(every_s)
             try:
                 await self.poll()
             except StoreError as error:

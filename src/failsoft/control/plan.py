@@ -78,6 +78,12 @@ def plan(old: Config, new: Config) -> Plan:
         restart.append("store")
     if old.artifacts != new.artifacts:
         restart.append("artifacts")
+    if old.predictions.sample_rate != new.predictions.sample_rate:
+        changes.append(Change("~", "predictions.sample_rate", f"{new.predictions.sample_rate:g}"))
+    if old.predictions.model_dump(exclude={"sample_rate"}) != new.predictions.model_dump(
+        exclude={"sample_rate"}
+    ):
+        restart.append("predictions")
     changes += _section_changes("tenants", old.tenants, new.tenants)
     if old.chaos != new.chaos:
         changes.append(Change("~", "chaos", "fault injection settings"))

@@ -4,7 +4,9 @@
 store, and decides which configuration to serve (``Revisions.boot``). The
 background work it owns runs on the gateway's event loop, always off the
 request path: audit checkpoints (about once a second), following revisions
-other gateways applied, following the flags they set, expiring flags, and
+other gateways applied and the flags they set (woken by NOTIFY on
+PostgreSQL, ``wakeups.py``; polled every ``store.poll_s`` in any case),
+heartbeats in the list of instances (``instances.py``), expiring flags, and
 scheduled backups.
 """
 
@@ -17,17 +19,21 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from failsoft.config import Config
+from failsoft.control.instances import InstanceRegistry
 from failsoft.control.registry import ArtifactLocations
 from failsoft.control.revisions import SNAPSHOT, Apply, BootReport, Revisions
 from failsoft.control.storecall import store_call
+from failsoft.control.wakeups import Listener, Wakeups
 from failsoft.observe.events import Event, EventBus
 from failsoft.store import Store, StoreError
 from failsoft.store.backup import backup
+from failsoft.store.notify import FLAGS, REVISION
 
 if TYPE_CHECKING:
     from failsoft.control.flag_service import FlagService
@@ -51,27 +57,59 @@ class ControlPlane:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     emitter: ThreadEmitter | None = None
     flags: FlagService | None = None  # set by the app, which has the runtime
+    wakeups: Wakeups = field(default_factory=Wakeups)
+    listener: Listener | None = None  # PostgreSQL with store.listen
+    address: str = ""  # where this gateway serves, as others reach it (set by serve)
+    instances: InstanceRegistry | None = None  # set by start
 
     def start(self) -> None:
         """Begin the background work (call on the running event loop)."""
+        loop = asyncio.get_running_loop()
         if self.emitter is not None:
-            self.emitter.attach(asyncio.get_running_loop())
+            self.emitter.attach(loop)
+        self.wakeups.attach(loop)
+        if self.listener is not None:
+            self.listener.start()
+        options = self.options.store
+        self.instances = InstanceRegistry(
+            self.store,
+            address=self.address or "(not serving HTTP)",
+            revision=lambda: self.revisions.revision,
+            wakeups=lambda: self.wakeups.mode,
+            heartbeat_s=options.heartbeat_s,
+            expire_s=options.instance_expire_s,
+        )
         self.tasks = [
             asyncio.ensure_future(self._checkpoints()),
-            asyncio.ensure_future(self.revisions.watch(self.options.store.poll_s, actor=ACTOR)),
+            asyncio.ensure_future(
+                self.revisions.watch(options.poll_s, actor=ACTOR, wake=self._wake(REVISION))
+            ),
+            asyncio.ensure_future(self.instances.run()),
         ]
         if self.flags is not None:
             self.flags.start()
-            self.tasks.append(asyncio.ensure_future(self.flags.watch(self.options.store.poll_s)))
+            self.tasks.append(
+                asyncio.ensure_future(self.flags.watch(options.poll_s, wake=self._wake(FLAGS)))
+            )
         if self.options.store.backup_every_s > 0:
             self.tasks.append(asyncio.ensure_future(self._backups()))
 
+    def _wake(self, topic: str) -> Callable[[float], Awaitable[bool]]:
+        async def wait(timeout: float) -> bool:  # noqa: ASYNC109 (a poll period)
+            return await self.wakeups.wait(topic, timeout)
+
+        return wait
+
     async def close(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.instances is not None:
+            await self.instances.leave()
         if self.flags is not None:
             await self.flags.close()
         try:  # a last checkpoint, unless the store hangs
@@ -169,9 +207,39 @@ def open_plane(
     # A gateway that served before starts while the store is down, on what it served.
     served_before = (folder / SNAPSHOT).is_file()
     store = Store.open(folder, config.store.url, unreachable_ok=served_before)
+    try:
+        listen = _listen_params(store, config)
+    except StoreError:
+        store.close()
+        raise
     locations = config.artifacts.locations or [str(folder / ARTIFACTS)]
     emitter = ThreadEmitter(bus)
     registry = ArtifactLocations(locations, emit=emitter)
-    revisions = Revisions(store, registry, folder, apply)
+    holder: list[ControlPlane] = []
+
+    async def applied(new: Config, revision: int) -> None:
+        await apply(new, revision)
+        if holder and holder[0].instances is not None:
+            holder[0].instances.poke()  # its row shows the new revision at once
+
+    revisions = Revisions(store, registry, folder, applied)
     report = revisions.boot(config, apply_file=apply_file, actor="config-file")
-    return ControlPlane(store, registry, revisions, folder, config, emitter=emitter), report
+    plane = ControlPlane(store, registry, revisions, folder, config, emitter=emitter)
+    holder.append(plane)
+    if listen is not None:
+        plane.listener = Listener(listen, plane.wakeups)
+    return plane, report
+
+
+def _listen_params(store: Store, config: Config) -> dict[str, Any] | None:
+    """Where this gateway LISTENs for changes (None: it polls only); checked before any use."""
+    if store.dialect != "postgresql":
+        if config.store.listen_url is not None:
+            raise StoreError("store.listen_url: LISTEN applies to a PostgreSQL store only")
+        return None
+    if not config.store.listen:
+        return None
+    try:
+        return store.engine.listen_params(config.store.listen_url)
+    except StoreError as error:
+        raise StoreError(f"store.listen_url: {error.message}") from None

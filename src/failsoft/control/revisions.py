@@ -5,7 +5,8 @@ planned against what serves, stored as revision N+1, its artifacts resolved
 to verified local files, and applied to the running gateway; the revision is
 then marked ``applied``, or ``failed`` with the reason, and the gateway stays
 on N. ``rollback`` proposes an earlier revision's configuration again.
-``watch`` follows revisions that other gateways sharing the store applied.
+``watch`` follows revisions that other gateways sharing the store applied
+(woken by NOTIFY on PostgreSQL, polled every ``store.poll_s`` in any case).
 
 Static stability: nothing here runs on the request path. Every store call
 runs on a thread; when the store is unreachable a change fails with a clear
@@ -31,6 +32,7 @@ from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.plan import Plan, plan
 from failsoft.control.registry import ArtifactLocations
 from failsoft.control.storecall import store_call
+from failsoft.data.schema import refuse_incompatible
 from failsoft.errors import BadRequest, FailsoftError, FailureClass, NotFound
 from failsoft.store import RevisionStatus, Store, StoreError, StoreUnreachable
 
@@ -39,6 +41,7 @@ log = logging.getLogger("failsoft.control")
 SNAPSHOT = "current-revision.json"
 ARTIFACT_CACHE = "artifact-cache"
 Apply = Callable[[Config, int], Awaitable[None]]
+Wait = Callable[[float], Awaitable[bool]]  # wait at most this long for a wake-up
 
 
 class StoreUnavailable(FailsoftError):
@@ -91,6 +94,7 @@ class Revisions:
         self._data_dir = Path(data_dir)
         self._apply = apply
         self._lock = asyncio.Lock()
+        self._changes = 0  # changes this gateway made (``propose``): ``follow`` reads again
         self.revision = 0  # the revision this gateway serves (0: not from the store)
         self.config: Config | None = None  # the configuration it serves, as stored
         # name@version -> sha256 as resolved (immutable in the store), kept in the
@@ -150,9 +154,20 @@ class Revisions:
     # -- changes ---------------------------------------------------------------
 
     async def propose(
-        self, data: Any, *, actor: str, dry_run: bool = False, reason: str | None = None
+        self,
+        data: Any,
+        *,
+        actor: str,
+        dry_run: bool = False,
+        reason: str | None = None,
+        rollback: bool = False,
     ) -> Outcome:
-        """Validate, plan, store, resolve, apply; ``dry_run`` stops after the plan."""
+        """Validate, plan, store, resolve, apply; ``dry_run`` stops after the plan.
+
+        A change to the inputs of a serving version must fit its model's
+        ``compatibility`` (data/schema.py), except in a ``rollback``: going back
+        to a revision that served is the way out of trouble, never refused for it.
+        """
         if not isinstance(data, dict):
             raise BadRequest("a configuration is a JSON object with a 'models' key")
         try:
@@ -162,6 +177,8 @@ class Revisions:
         async with self._lock:
             served = self.config
             changes = plan(served, config) if served is not None else Plan()
+            if served is not None and not rollback:  # before anything is stored
+                refuse_incompatible(served, config)
             if dry_run:
                 return Outcome(changes, None, "planned")
             if served is not None and changes.empty:
@@ -180,6 +197,7 @@ class Revisions:
                     f"revision {stored.id} was not applied: {error.message}"
                 ) from None
             self.revision, self.config = stored.id, config
+            self._changes += 1
             self._save_snapshot(config, stored.id)
             try:
                 await self._mark(stored.id, RevisionStatus.APPLIED, actor=actor)
@@ -201,7 +219,7 @@ class Revisions:
             raise NotFound(f"there is no revision {target}")
         left = self.revision
         outcome = await self.propose(
-            old.config, actor=actor, reason=f"rollback to revision {target}"
+            old.config, actor=actor, reason=f"rollback to revision {target}", rollback=True
         )
         if outcome.status == "applied" and left:
             reason = f"rolled back to revision {target}"
@@ -232,13 +250,19 @@ class Revisions:
             configs.append(parse_config(found.config, f"revision {number}"))
         return plan(configs[0], configs[1])
 
-    async def watch(self, every_s: float, *, actor: str) -> None:
-        """Apply revisions other gateways applied to the shared store (runs until cancelled)."""
+    async def watch(self, every_s: float, *, actor: str, wake: Wait | None = None) -> None:
+        """Apply revisions other gateways applied to the shared store (runs until cancelled).
+
+        Between looks it waits ``every_s`` seconds, or less when ``wake`` (a
+        ``Wakeups.wait`` for revisions) says the store changed."""
         warned = False
         while True:
-            await asyncio.sleep(every_s)
+            if wake is None:
+                await asyncio.sleep(every_s)
+            else:
+                await wake(every_s)
             try:
-                current = await store_call(self._store, self._store.current_revision, timeout=None)
+                await self.follow()
             except StoreError as error:
                 if not warned:
                     log.warning(
@@ -247,9 +271,23 @@ class Revisions:
                     warned = True
                 continue
             warned = False
-            if current is None or current.id == self.revision:
-                continue
+
+    async def follow(self) -> bool:
+        """Serve the store's applied revision if it is not the one served; True if applied.
+
+        The store is read outside the lock (a hung store must not hold up a
+        change, which has its own deadline); if this gateway changed what it
+        serves meanwhile (``propose``), what was read may be older than that,
+        and is read again."""
+        while True:
+            async with self._lock:  # a change under way finishes first
+                changes = self._changes
+            current = await store_call(self._store, self._store.current_revision)
             async with self._lock:
+                if self._changes != changes:
+                    continue
+                if current is None or current.id == self.revision:
+                    return False
                 try:
                     config = parse_config(current.config, f"revision {current.id}")
                     runnable = await store_call(self._store, self.resolve, config, timeout=None)
@@ -259,9 +297,11 @@ class Revisions:
                         "cannot apply the store's revision",
                         extra={"revision": current.id, "error": error.message},
                     )
-                    continue
+                    return False
                 self.revision, self.config = current.id, config
                 self._save_snapshot(config, current.id)
+            log.info("following the store's revision", extra={"revision": current.id})
+            return True
 
     # -- artifacts -------------------------------------------------------------
 

@@ -138,6 +138,10 @@ class ModelContract:
             contract = self.inputs.get(name)
             if contract is None:
                 raise BadRequest(f"unknown input {name!r} (the model takes {sorted(self.inputs)})")
+            if array.dtype != contract.dtype and _widens(array.dtype, contract.dtype):
+                # An older client's narrower type (schema evolution): converted exactly.
+                array = request.inputs[name] = array.astype(contract.dtype)
+                request.raw = None  # a proxy must not forward the old body
             _check(contract, array, "input", BadRequest, "the model's")
             if not (contract.batched and array.ndim):
                 continue
@@ -209,6 +213,10 @@ def _check(
     problem = contract.value_problem(array)
     if problem is not None:
         raise error(f"{kind} {spec.name!r}: {problem}")
+
+
+def _widens(given: np.dtype, declared: np.dtype) -> bool:
+    return given.kind in "iuf" and declared.kind in "iuf" and np.can_cast(given, declared, "safe")
 
 
 def _all_finite(array: np.ndarray, size: int) -> bool:

@@ -108,6 +108,11 @@ class RequestSpec(StrictModel):
     expect: dict[str, list[Any]] | None = Field(
         default=None, description="outputs a correct answer has (floats within 1e-4)"
     )
+    degraded: bool | None = Field(
+        default=None,
+        description="true: must be answered degraded with a Failsoft-Data-Warning (it breaks "
+        "an input constraint under input_policy: degrade); false: neither (drills/marked.py)",
+    )
 
     @model_validator(mode="after")
     def _numbers(self) -> RequestSpec:
@@ -315,6 +320,10 @@ class Expectations(StrictModel):
         default=None,
         description="inference calls (failsoft_attempts) on switched versions while switched",
     )
+    max_not_as_marked: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="requests marked degraded: true/false answered otherwise (drills/marked.py)",
+    )
 
 
 class Experiment(StrictModel):
@@ -327,6 +336,11 @@ class Experiment(StrictModel):
     attack: Attack | None = None
     deploys: list[Deploy] = Field(default_factory=list, max_length=16)
     flags: list[FlagStep] = Field(default_factory=list, max_length=16)
+    setup: Annotated[list[dict[str, Any]], Field(max_length=8)] = Field(
+        default_factory=list,
+        description="merge patches of the target's configuration applied, in order, before "
+        "the load and undone after it (drills/setup.py)",
+    )
     expect: Expectations = Field(default_factory=Expectations)
 
     @model_validator(mode="after")
@@ -351,6 +365,16 @@ class Experiment(StrictModel):
                 raise ValueError(
                     f"flags[{index}] runs to {end:g} s, after the load ({self.load.duration_s:g} s)"
                 )
+        for index, change in enumerate(self.setup):
+            unknown = sorted(key for key in change if key not in CONFIG_KEYS)
+            if not change or unknown:
+                raise ValueError(
+                    f"setup[{index}]: give configuration keys to change "
+                    f"(one of {', '.join(CONFIG_KEYS)})"
+                )
+        marked = any(request.degraded is not None for request in self.load.requests)
+        if self.expect.max_not_as_marked is not None and not marked:
+            raise ValueError("expect.max_not_as_marked needs load requests with degraded: ...")
         switches = self.expect.max_switch_effective_s, self.expect.max_calls_to_switched
         if any(bound is not None for bound in switches) and not self.flags:
             raise ValueError("expect.max_switch_effective_s and max_calls_to_switched need flags")

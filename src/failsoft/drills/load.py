@@ -153,6 +153,7 @@ class Outcomes:
     priority: list[str]
     started_at: float  # wall-clock time (time.time()) of offset 0
     served_by: list[str] = field(default_factory=list)  # Failsoft-Served-By ("" unanswered)
+    warned: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # data warning
 
     @classmethod
     def empty(cls, offsets: np.ndarray, priority: list[str], started_at: float) -> Outcomes:
@@ -166,6 +167,7 @@ class Outcomes:
             priority,
             started_at,
             [""] * size,
+            np.zeros(size, dtype=bool),
         )
 
 
@@ -246,6 +248,7 @@ async def run_load(
         if response.status == 200:
             outcomes.correct[index] = is_correct(response.body, request.expect)
             outcomes.degraded[index] = response.headers.get("failsoft-degraded") == "true"
+            outcomes.warned[index] = "failsoft-data-warning" in response.headers
 
     await _drive(
         base_url,

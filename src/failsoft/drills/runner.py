@@ -38,6 +38,7 @@ from failsoft.drills.load import (
     run_load,
 )
 from failsoft.drills.scorecard import FaultWindow, Scorecard, score
+from failsoft.drills.setup import apply_setup, undo_setup
 from failsoft.drills.target import AdminClient, TargetError, TenantEntry, open_target
 
 Progress = Callable[[str], None]
@@ -91,8 +92,10 @@ async def _drive(
     admin = AdminClient(url, token)
     model = experiment.load.model
     duration = experiment.load.duration_s * scale
+    original = None
     try:
         await admin.clear_faults()
+        original = await apply_setup(admin, experiment.setup, progress)
         status = await admin.status()
         objective = status.get("models", {}).get(model, {}).get("objective_pct")
         versions = list(status.get("models", {}).get(model, {}).get("versions", {}))
@@ -145,7 +148,10 @@ async def _drive(
         after = await admin.model_counts(model)
         events = _localise(await admin.events(), outcomes)
     finally:
-        await admin.close()
+        try:
+            await undo_setup(admin, original, progress)
+        finally:
+            await admin.close()
     return score(
         experiment,
         outcomes,

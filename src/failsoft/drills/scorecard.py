@@ -58,6 +58,7 @@ from failsoft.drills.deploy import DeployOutcome
 from failsoft.drills.experiment import Experiment
 from failsoft.drills.flagstep import FlagOutcome, FlagScore, score_flag
 from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
+from failsoft.drills.marked import marked_answers
 
 
 def is_reaction(event: dict[str, Any]) -> bool:
@@ -159,6 +160,7 @@ class Scorecard:
     replica_penalties: dict[str, int] | None = None  # kind of penalty -> count
     deploys: list[DeployOutcome] = field(default_factory=list)
     flags: list[FlagScore] = field(default_factory=list)
+    marked: dict[str, int] | None = None  # requests marked degraded: true/false (marked.py)
 
     @property
     def passed(self) -> bool:
@@ -550,6 +552,9 @@ def score(
             )
         )
     checks += [deploy_check(deploy) for deploy in deploys]
+    marked = marked_answers(experiment, outcomes)
+    if expect.max_not_as_marked is not None:
+        checks.append(_as_marked(marked, expect.max_not_as_marked))
     for flag in scored:
         checks += flag_checks(flag, expect)
     polls = None if readiness is None else len(readiness.status)
@@ -593,6 +598,20 @@ def score(
         replica_penalties=penalties,
         deploys=list(deploys),
         flags=scored,
+        marked=marked,
+    )
+
+
+def _as_marked(marked: dict[str, int] | None, bound: int) -> Check:
+    if marked is None:
+        return Check("degraded as marked", "-", f"<= {bound} otherwise", False)
+    measured = (
+        f"violators {marked['violators_degraded']}/{marked['violators']} degraded, "
+        f"others {marked['others_degraded']}/{marked['others']} degraded; "
+        f"{marked['not_as_marked']} otherwise"
+    )
+    return Check(
+        "degraded as marked", measured, f"<= {bound} otherwise", marked["not_as_marked"] <= bound
     )
 
 

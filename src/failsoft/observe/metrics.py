@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import (
 )
 
 from failsoft.control.registry import ArtifactCopyBad, ArtifactRepaired
+from failsoft.data.input_checks import DataViolated
 from failsoft.observe.events import (
     Event,
     ReplicaStateChanged,
@@ -213,7 +214,14 @@ class Metrics:
             "Artifact copies rewritten from a good copy.",
             ["location"],
         )
+        self.data_violations = _Family(
+            "failsoft_data_violations",
+            "Requests that broke an input constraint, by the policy applied and the column "
+            "of the first violation.",
+            ["model", "version", "tensor", "column", "policy"],
+        )
         self._families = [
+            self.data_violations,
             self.requests,
             self.failures,
             self.attempts,
@@ -302,6 +310,10 @@ class Metrics:
             self.artifact_copies_bad.inc(event.location, event.problem)
         elif isinstance(event, ArtifactRepaired):
             self.artifact_repairs.inc(event.location)
+        elif isinstance(event, DataViolated):
+            self.data_violations.inc(
+                event.model, event.version, event.tensor, event.column, event.policy
+            )
 
     def collect(self) -> Iterator[Metric]:
         for family in self._families:

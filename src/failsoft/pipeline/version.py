@@ -188,6 +188,9 @@ class VersionPipeline:
         self._last_success = [-math.inf] * size
         self._was_available = [True] * size
         self._panic = False
+        # Set by the runtime while an operator has this version halted or switched off:
+        # calls already under way get no retry or hedge on it (new ones never reach it).
+        self.switched_off = False
         # Remote and worker replicas can be hedged and throttled; in-process ones cannot.
         self._remote = all(getattr(replica, "hedgeable", True) for replica in self.replicas)
         self._hedging = hedge.enabled and hedge.max_hedges > 0 and self._remote
@@ -243,6 +246,8 @@ class VersionPipeline:
 
     def _choose(self, tally: _Tally, call: Call, kind: str) -> tuple[int, bool] | None:
         """A replica index, and whether it was chosen in panic mode; None when none can go."""
+        if self.switched_off and kind != "first":
+            return None
         if not self.outliers.quiet:
             for index in self.outliers.returned():
                 self.balancer.begin_slow_start(index)

@@ -89,14 +89,14 @@ def build_array(
             f"{where}: shape {shape} needs {math.prod(shape)} elements, got {len(flat)}"
         )
     if datatype in _FLOATS:
-        array = _floats(where, datatype, flat, types, null_as_nan)
+        array = _floats(where, datatype, flat, types, null_as_nan, shape)
     elif datatype in _INTS:
-        array = _ints(where, datatype, flat, types)
+        array = _ints(where, datatype, flat, types, shape)
     elif datatype == "BOOL":
-        _require(where, datatype, flat, types, frozenset({bool}), "true or false")
+        _require(where, datatype, flat, types, frozenset({bool}), "true or false", shape)
         array = np.array(flat, dtype=np.bool_)
     else:
-        _require(where, datatype, flat, types, frozenset({str}), "strings")
+        _require(where, datatype, flat, types, frozenset({str}), "strings", shape)
         # orjson refuses lone surrogates, so every str it returns encodes to UTF-8.
         array = _object_array([item.encode() for item in flat])
     return _reshape(where, array, shape)
@@ -186,12 +186,17 @@ def _flatten(where: str, data: Any) -> tuple[list[Any], list[int], set[type]]:
 
 
 def _floats(
-    where: str, datatype: str, flat: list[Any], types: set[type], null_as_nan: bool
+    where: str,
+    datatype: str,
+    flat: list[Any],
+    types: set[type],
+    null_as_nan: bool,
+    shape: list[int],
 ) -> np.ndarray:
     if null_as_nan and type(None) in types:
         flat = [math.nan if item is None else item for item in flat]
         types = types - {type(None)} | {float}
-    _require(where, datatype, flat, types, _NUMBER_TYPES, "numbers")
+    _require(where, datatype, flat, types, _NUMBER_TYPES, "numbers", shape)
     dtype = DATATYPE_TO_DTYPE[datatype]
     limit = _FLOAT_LIMITS.get(datatype)
     # 1e39 would silently become inf as FP32 (orjson itself only yields finite
@@ -199,7 +204,7 @@ def _floats(
     if limit is not None and flat and _largest(flat, null_as_nan) > limit:
         index = int(np.nanargmax(np.abs(np.array(flat, dtype=np.float64))))
         raise BadRequest(
-            f"{where}: value {flat[index]} at index {index} is out of range for {datatype}"
+            f"{where}: value {flat[index]} {_at(index, shape)} is out of range for {datatype}"
         )
     return np.array(flat, dtype=dtype)
 
@@ -216,10 +221,12 @@ def _largest(flat: list[Any], may_hold_nan: bool) -> float:
     return float(magnitudes[~np.isnan(magnitudes)].max(initial=0.0))
 
 
-def _ints(where: str, datatype: str, flat: list[Any], types: set[type]) -> np.ndarray:
-    _require(where, datatype, flat, types, _NUMBER_TYPES, "integers")
+def _ints(
+    where: str, datatype: str, flat: list[Any], types: set[type], shape: list[int]
+) -> np.ndarray:
+    _require(where, datatype, flat, types, _NUMBER_TYPES, "integers", shape)
     if float in types:
-        flat = [_exact_int(where, datatype, index, item) for index, item in enumerate(flat)]
+        flat = [_exact_int(where, datatype, i, item, shape) for i, item in enumerate(flat)]
     dtype = DATATYPE_TO_DTYPE[datatype]
     if not flat:
         return np.empty(0, dtype=dtype)
@@ -234,18 +241,32 @@ def _ints(where: str, datatype: str, flat: list[Any], types: set[type]) -> np.nd
         low, high = int(wide.min()), int(wide.max())
     for value in (low, high):
         if not info.min <= value <= info.max:
+            index = flat.index(value)
             raise BadRequest(
-                f"{where}: value {value} is out of range for {datatype} ({info.min}..{info.max})"
+                f"{where}: value {value} is out of range for {datatype} "
+                f"({info.min}..{info.max}) {_at(index, shape)}"
             )
     return np.array(flat, dtype=dtype)
 
 
-def _exact_int(where: str, datatype: str, index: int, item: int | float) -> int:
+def _exact_int(where: str, datatype: str, index: int, item: int | float, shape: list[int]) -> int:
     if isinstance(item, int):
         return item
     if not item.is_integer():
-        raise BadRequest(f"{where}: {datatype} data must be integers, got {item} at index {index}")
+        raise BadRequest(
+            f"{where}: {datatype} data must be integers, got {item} {_at(index, shape)}"
+        )
     return int(item)
+
+
+def _at(index: int, shape: list[int]) -> str:
+    """Where element ``index`` (row-major) sits: its row and column in a table."""
+    if len(shape) < 2 or index >= math.prod(shape):
+        return f"at index {index}"
+    position = [int(p) for p in np.unravel_index(index, shape)]
+    if len(shape) == 2:
+        return f"at index {index} (row {position[0]}, column {position[1]})"
+    return f"at index {index} (position {position})"
 
 
 def _require(
@@ -255,13 +276,14 @@ def _require(
     types: set[type],
     allowed: frozenset[type],
     wanted: str,
+    shape: list[int],
 ) -> None:
     if types <= allowed:
         return
     index, item = next((i, v) for i, v in enumerate(flat) if type(v) not in allowed)
     raise BadRequest(
         f"{where}: {datatype} data must be {wanted}, got {json_kind(item)} "
-        f"{_show(item)} at index {index}"
+        f"{_show(item)} {_at(index, shape)}"
     )
 
 

@@ -37,7 +37,16 @@ from failsoft.store import StoreError
 
 ADMIN_BODY_LIMIT = 64 * 1024
 ReadBody = Callable[[int], Awaitable[bytes]]
-_CONTROL_ROUTES = ("config", "artifacts", "registry", "audit", "tokens", "backup", "flags")
+_CONTROL_ROUTES = (
+    "config",
+    "artifacts",
+    "registry",
+    "audit",
+    "tokens",
+    "backup",
+    "flags",
+    "instances",
+)
 
 
 class Forbidden(FailsoftError):

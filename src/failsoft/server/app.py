@@ -39,6 +39,9 @@ from failsoft.control.operate import Operate
 from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import BootReport
 from failsoft.control.tenants import Tenants
+from failsoft.data.input_checks import HEADER as DATA_WARNING
+from failsoft.data.input_checks import DataVerdict, DataViolation
+from failsoft.data.schema import version_inputs
 from failsoft.errors import (
     BadRequest,
     FailsoftError,
@@ -49,6 +52,7 @@ from failsoft.errors import (
     QuotaExceeded,
     Shed,
 )
+from failsoft.jobs.service import Jobs, Reply
 from failsoft.observe.eventlog import LOGGED, log_event
 from failsoft.observe.events import ConfigApplied, RequestFinished, VersionAnswered
 from failsoft.observe.folded import FoldedLog
@@ -73,6 +77,7 @@ from failsoft.server.http import (
     send_response,
 )
 from failsoft.server.ofrep import Ofrep
+from failsoft.server.predictions import FEEDBACK_BODY_LIMIT, open_predictions
 
 log = logging.getLogger("failsoft.server")
 access_log = logging.getLogger("failsoft.access")
@@ -198,6 +203,8 @@ class FailsoftApp:
         self.admin.operate = self.operate
         metrics.registry.register(self.operate)
         self.draining = False  # set on SIGTERM: not ready, no new work
+        self.jobs = Jobs(self, runtime.config.jobs, control.data_dir if control else None)
+        self.predictions = open_predictions(runtime.config, control, metrics, runtime.bus)
         runtime.bus.subscribe(metrics.observe)
         runtime.bus.subscribe(log_event, LOGGED)
         runtime.bus.subscribe(self.recent.observe, (*KEPT, *FOLDED))
@@ -214,6 +221,7 @@ class FailsoftApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.runtime.start()
+                    await self.jobs.start()
                 except Exception as error:
                     log.error("start-up failed", extra={"error": str(error)})
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
@@ -228,6 +236,7 @@ class FailsoftApp:
                 if self._on_ready is not None:
                     self._on_ready()
             elif message["type"] == "lifespan.shutdown":
+                await self.jobs.close()
                 self.decoder.close()
                 # Both end with a last store call under a deadline: wait for them together.
                 closing = [self.operate.close()]
@@ -235,6 +244,8 @@ class FailsoftApp:
                     closing.append(self.control.close())
                 await asyncio.gather(*closing)
                 await self.runtime.close()
+                if self.predictions is not None:  # every accepted prediction, on disk
+                    await asyncio.to_thread(self.predictions.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -249,6 +260,8 @@ class FailsoftApp:
             config.tenants, config.server.require_keys, self.runtime.clock, previous=tenants
         )
         self.admin.token = config.server.resolved_admin_token()
+        if self.predictions is not None:  # the rest of predictions: needs a restart
+            self.predictions.log.set_sample_rate(config.predictions.sample_rate)
         if self.control is not None and self.control.flags is not None:
             self.control.flags.reapply()  # switches of models this change added
         self.revision = revision
@@ -332,6 +345,8 @@ class FailsoftApp:
             headers.append((b"retry-after", str(seconds).encode()))
         elif error.status == 503:
             headers.append((b"retry-after", b"1"))
+        if isinstance(error, DataViolation):  # names the tensor, row and column of each
+            return Answer(error.status, json_body(error.body()), headers)
         message = error.message
         if error.status == 500:
             message = f"the model failed on this request (request id {request_id})"
@@ -367,6 +382,8 @@ class FailsoftApp:
                 return self._guarded_metrics(req)
             return Answer(200, self.metrics.render(), [], CONTENT_TYPE.encode())
         if head == "admin":
+            if parts[1:2] in (["predictions"], ["accuracy"]):
+                return self._predictions_admin(req, parts[1:])
             return self._admin(req, parts[1:])
         if head == "ofrep":
             return self._ofrep(req, parts[1:])
@@ -393,6 +410,23 @@ class FailsoftApp:
             return Answer(answered[0], answered[1], [])
         return Answer(answered.status, answered.body, [], answered.content_type)
 
+    async def _predictions_admin(self, req: Incoming, parts: list[str]) -> Answer:
+        (await self.admin.authenticate(req.authorization)).require("read")
+        if self.predictions is None:
+            raise NotFound("the prediction log is off (set predictions.enabled)")
+        query = {key: values[-1] for key, values in parse_qs(req.query.decode("latin-1")).items()}
+        status, body = await self.predictions.admin(req.method, parts, query)
+        return Answer(status, body, [])
+
+    async def _feedback(self, req: Incoming, model_name: str) -> Answer:
+        tenant = self.admission.tenants.authenticate(req.authorization)
+        self.runtime.model(model_name)
+        if self.predictions is None:
+            raise NotFound("the prediction log is off (set predictions.enabled)")
+        body = await read_body(req.receive, FEEDBACK_BODY_LIMIT, req.content_length)
+        name = tenant.name if tenant is not None else None
+        return Answer(200, await self.predictions.feedback(model_name, name, body), [])
+
     async def _ofrep(self, req: Incoming, parts: list[str]) -> Answer:
         reply = await self.ofrep.handle(
             req.method,
@@ -417,6 +451,8 @@ class FailsoftApp:
             if not self.runtime.ready:
                 raise NotReady("not ready: a model's default version has no available replica")
             return Answer(200, json_body({"ready": True}), [])
+        if parts[1] == "jobs" and n >= 3:
+            return self._jobs_reply(self.jobs.route(req, parts[2:]))
         if parts[1] != "models" or n < 3:
             raise NotFound(f"no route for /{'/'.join(parts)}")
         model_name = parts[2]
@@ -433,7 +469,12 @@ class FailsoftApp:
             return Answer(200, json_body(self._metadata(model_name, version_name)), [])
         if rest == ["infer"]:
             _expect(req, "POST")
+            if self.jobs.wants(req.headers):  # Prefer: respond-async
+                return self._jobs_reply(self.jobs.submit(req, model_name, version_name))
             return self._infer(req, model_name, version_name, v1_codec=False)
+        if rest == ["feedback"] and version_name is None:
+            _expect(req, "POST")
+            return self._feedback(req, model_name)
         if rest == ["ready"]:
             _expect(req, "GET")
             self._guard(req)
@@ -443,6 +484,11 @@ class FailsoftApp:
             return Answer(200, json_body({"name": model_name, "ready": True}), [])
         raise NotFound(f"no route for /{'/'.join(parts)}")
 
+    @staticmethod
+    async def _jobs_reply(reply: Coroutine[Any, Any, Reply]) -> Answer:
+        done = await reply
+        return Answer(done.status, done.body, done.headers, done.content_type)
+
     def _guard(self, req: Incoming) -> None:
         """With require_keys, a route that names models needs a tenant key (401)."""
         if self.admission.tenants.require_keys:
@@ -451,8 +497,9 @@ class FailsoftApp:
     def _metadata(self, model_name: str, version_name: str | None) -> dict[str, object]:
         model = self.runtime.model(model_name)
         versions = [model.version(version_name).version] if version_name else list(model.versions)
+        inputs = version_inputs(model.config, versions[0]) if version_name else model.config.inputs
         return v2.model_metadata(
-            model_name, versions, model.config.platform, model.config.inputs, model.config.outputs
+            model_name, versions, model.config.platform, inputs, model.config.outputs
         )
 
     def _index(self) -> dict[str, object]:
@@ -494,13 +541,14 @@ class FailsoftApp:
         status = 500
         failure = None
         served: Served | None = None
+        request: InferRequest | None = None
         try:
             if self.draining:
                 raise Overloaded("shutting down: send this request to another instance")
             self.admission.admit_request(tenant)
             body = await read_body(req.receive, self.server.max_body_bytes, req.content_length)
             header_length = req.header_length
-            inputs = model.config.inputs if v1_codec else None
+            inputs = version_inputs(model.config, version) if v1_codec else None
             if self.decoder.inline(body, header_length):
                 request = decode(body, header_length, inputs)
             else:
@@ -510,7 +558,9 @@ class FailsoftApp:
                 # a replica is always asked for every output, which the contract checks.
                 request.raw = body
                 request.raw_header_length = header_length
-            self.admission.admit_rows(tenant, model.contract.check_request(request))
+            self.admission.admit_rows(tenant, model.contracts[version].check_request(request))
+            checks = model.checks[version]
+            verdict = checks.judge(request) if checks else None  # 422 under reject
             admission, limiter = self.admission, model.limiter
             held = admission.hold(tenant, priority, limiter, call)
             try:
@@ -519,10 +569,14 @@ class FailsoftApp:
             except Shed as shed:
                 if not model.fallback:
                     raise
-                answer, served = await self._serve(model, route, request, v1_codec, call, shed=shed)
+                answer, served = await self._serve(
+                    model, route, request, v1_codec, call, shed=shed, verdict=verdict
+                )
             else:
                 try:
-                    answer, served = await self._serve(model, route, request, v1_codec, call)
+                    answer, served = await self._serve(
+                        model, route, request, v1_codec, call, verdict=verdict
+                    )
                 finally:
                     held.release()
             status = 200
@@ -533,6 +587,12 @@ class FailsoftApp:
             if status >= 500 or status == 422:
                 self._failures.note(
                     model_name, f"{status} {failure.value}", error.message, req.request_id
+                )
+            if self.predictions is not None:
+                tenant_name = tenant.name if tenant else None
+                config = runtime.config
+                self.predictions.failed(
+                    call, tenant_name, error, self.revision, request, config, time.time()
                 )
             raise
         finally:
@@ -557,13 +617,22 @@ class FailsoftApp:
         v1_codec: bool,
         call: Call,
         shed: Overloaded | None = None,
+        verdict: DataVerdict | None = None,
     ) -> tuple[Answer, Served]:
         if shed is not None:
             served = await model.shed(request, call, shed)
+        elif verdict is not None and verdict.policy == "degrade":
+            version = route.pipeline.version
+            served = await model.degrade(request, call, version, verdict.violation, route.switches)
         else:
             served = await model.serve(request, call, route.pipeline, route.switches)
             if route.split is not None and not served.degraded:
                 self._rollout_observes(model, route, request, served)
+        if self.predictions is not None:
+            config = self.runtime.config
+            self.predictions.served(
+                call, route.tenant, served, self.revision, request, config, time.time(), verdict
+            )
         parameters: dict[str, object] = {
             "failsoft_served_by": served.served_by,
             "failsoft_degraded": served.degraded,
@@ -578,6 +647,8 @@ class FailsoftApp:
         headers.append((b"failsoft-degraded", b"true" if served.degraded else b"false"))
         if revision:
             headers.append((b"failsoft-revision", str(revision).encode()))
+        if verdict is not None:
+            headers.append((DATA_WARNING, verdict.violation.header()))
         return answer, served
 
     def _route_to(

@@ -15,6 +15,7 @@
     GET  /admin/audit/verify                recompute the log and every checkpoint
     GET  /admin/audit/proof/SEQ             an inclusion proof, checkable offline
     GET  /admin/tokens, POST /admin/tokens {"name", "scopes"}, DELETE /admin/tokens/NAME
+    GET  /admin/instances                   the gateways sharing the store (heartbeats)
     GET  /admin/backup                      a consistent snapshot (tar) of store and artifacts
     GET  /admin/flags[/KEY], PUT|DELETE /admin/flags/KEY   runtime flags (flag_routes.py)
 
@@ -94,6 +95,9 @@ class ControlRoutes:
                 raise NotFound("the flags of this gateway are not loaded yet")
             status, body = await handle_flags(self._control.flags, method, rest, actor, read_body)
             return Answer(status, body)
+        if head == "instances" and not rest:
+            _allow(method, "GET")
+            return _ok(await self._instances())
         if head == "backup" and not rest:
             _allow(method, "GET")
             require("write")  # the archive holds the audit signing key
@@ -263,6 +267,24 @@ class ControlRoutes:
                 ]
             }
         )
+
+    async def _instances(self) -> dict[str, Any]:
+        """The gateways sharing the store, and how this one hears of changes right now."""
+        registry = self._control.instances
+        if registry is None:
+            raise NotFound("this gateway has not registered yet")
+        try:
+            listing = await registry.listing()
+        except StoreError as error:  # the list is the store's: without it, nothing to show
+            raise StoreUnavailable(error.message) from None
+        listener = self._control.listener
+        listing["wakeups"] = {
+            "mode": self._control.wakeups.mode,
+            "poll_s": self._control.options.store.poll_s,
+            "listen_connects": listener.connects if listener is not None else 0,
+            "notifications": listener.heard if listener is not None else 0,
+        }
+        return listing
 
     async def _backup(self) -> Answer:
         with tempfile.TemporaryDirectory(prefix="failsoft-backup-") as scratch:

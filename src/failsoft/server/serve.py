@@ -18,6 +18,7 @@ from types import FrameType
 import uvicorn
 
 from failsoft.config import Config, ConfigError
+from failsoft.control.instances import advertised
 from failsoft.control.plane import ControlPlane, open_plane
 from failsoft.control.revisions import BootReport
 from failsoft.errors import FailsoftError
@@ -154,6 +155,7 @@ def serve_on_socket(
     bus = EventBus()
     if store is not None and role == "gateway":
         plane, boot, config, holder = open_control(config, store, bus)
+        plane.address = advertised(url)  # its row in `failsoft instances`
         app = build_app(config, ready, bus=bus, control=plane, boot=boot)
         holder.append(app)
     else:

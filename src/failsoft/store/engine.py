@@ -241,6 +241,20 @@ class StoreEngine:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def listen_params(self, url: str | None = None) -> dict[str, Any]:
+        """psycopg connection parameters for a dedicated LISTEN connection: this store's
+        (or those of ``url``, the same database reached another way), with its schema."""
+        if self.dialect != "postgresql":
+            raise StoreError(f"store {self.url}: LISTEN needs PostgreSQL")
+        parsed = self.engine.url if url is None else _parse(url)
+        if not parsed.drivername.startswith("postgresql"):
+            raise StoreError(f"listen URL {redact(parsed)} is not a PostgreSQL URL")
+        _args, params = self.engine.dialect.create_connect_args(parsed)
+        params["connect_timeout"] = CONNECT_TIMEOUT_S
+        if self.schema is not None:
+            params["options"] = f"-c search_path={self.schema}"
+        return dict(params)
+
 
 _caller = threading.local()
 

@@ -16,6 +16,7 @@ from sqlalchemy import delete, insert, select, update
 
 from failsoft.store.encoding import canonical_json, sha256_hex
 from failsoft.store.engine import StoreError
+from failsoft.store.notify import FLAGS, notify
 from failsoft.store.tables import flags, rollouts
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class LiveRows:
                 after=sha256_hex(text.encode()),
                 detail={"spec": json.loads(text)},
             )
+            notify(conn, FLAGS)
         self._changed()
 
     def clear_flag(
@@ -118,6 +120,7 @@ class LiveRows:
                 after=None,
                 detail={"reason": reason},
             )
+            notify(conn, FLAGS)
         self._changed()
         return True
 

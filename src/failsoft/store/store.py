@@ -39,8 +39,10 @@ from failsoft.control.artifact_ref import ARTIFACT_KINDS, ArtifactRef, ArtifactR
 from failsoft.store.audit import AuditEntry, AuditLog, Checkpoint, InclusionProof
 from failsoft.store.encoding import canonical_json, sha256_hex, utc_text
 from failsoft.store.engine import StoreEngine, StoreError, StoreUnreachable, default_url
+from failsoft.store.instances import InstanceRows
 from failsoft.store.live import LiveRows
 from failsoft.store.migrate import upgrade
+from failsoft.store.notify import REVISION, notify
 from failsoft.store.references import artifact_references
 from failsoft.store.signing import SigningKey, load_or_create_key
 from failsoft.store.tables import artifacts, revisions, tokens
@@ -155,7 +157,7 @@ def _status(status: str) -> RevisionStatus:
         ) from None
 
 
-class Store(LiveRows):
+class Store(LiveRows, InstanceRows):
     """Open with ``Store.open(data_dir, url)``; see the module docstring for the rules."""
 
     def __init__(
@@ -367,6 +369,8 @@ class Store(LiveRows):
                     after=row.config_sha256,
                     detail=detail,
                 )
+                if new is RevisionStatus.APPLIED:
+                    notify(conn, REVISION)
             row = conn.execute(select(revisions).where(revisions.c.id == rev_id)).one()
         if changed:
             self._changed()

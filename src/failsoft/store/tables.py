@@ -10,13 +10,24 @@ they were.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 __all__ = [
     "ALL_TABLES",
     "artifacts",
     "audit_entries",
     "checkpoints",
+    "instances",
     "metadata",
     "revisions",
     "tokens",
@@ -145,6 +156,22 @@ incidents = Table(
     Column("data", Text, nullable=False),
 )
 Index("ix_incidents_state", incidents.c.state)
+
+# The running gateways (heartbeats); not audited, not backed up: it says who runs now.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("address", String(256), nullable=False),
+    Column("host", String(256), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", _TIME, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("heartbeat_at", _TIME, nullable=False),
+    Column("heartbeat_s", Float, nullable=False),
+    Column("wakeups", String(16), nullable=False),  # "listen" or "poll"
+)
+Index("ix_instances_heartbeat_at", instances.c.heartbeat_at)
 
 # Backups dump and restore these, in this order.
 ALL_TABLES = (

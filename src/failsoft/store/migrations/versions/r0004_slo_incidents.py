@@ -7,8 +7,8 @@ impact, remediation items) as JSON. Both belong to the gateway that counted
 or opened them (``gateway``: the id kept in its data directory), so
 gateways sharing a store never overwrite each other's rows.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision: str | None = "0002"
+revision = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | None = None
 depends_on: str | None = None
 

@@ -1,0 +1,489 @@
+"""The prediction log: every answer (or a sampled share), written off the request path.
+
+The request path does one thing: append a ``Pending`` (references only) to a
+bounded buffer. When the buffer is full the record is dropped and counted —
+serving never waits for the disk. A writer thread wakes every
+``flush_interval_s`` (or when a batch is full), turns pending items into
+records (``prediction_record``) and appends them as JSON lines to the active
+segment file, fsynced per batch. Segments rotate by size and age; closed
+ones are removed by age and by the total size of the folder.
+
+Delivery is at-least-once on a clean stop: ``close`` (SIGTERM, Ctrl-C) drains
+the buffer before the process exits. A crash loses what was not yet written
+— at most ``buffer_records``, in practice under ``flush_interval_s`` of
+traffic — and that is counted: the request path counts each accepted record,
+and the writer each written one, in a memory-mapped file (``Tally``). The
+page cache keeps those counts when the process dies (SIGKILL, the OOM
+killer, a segfault), so the next start knows exactly how many records were
+lost, logs it and reports it (``failsoft_prediction_log_lost_at_crash``).
+Only a power loss can take the last counts with it.
+
+Attempts: the pipeline emits events for failed attempts and fallback tiers;
+``observe`` files them under the request id of the current request (a
+context variable every task of the request inherits), and ``record`` takes
+them with the prediction.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import mmap
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from failsoft.data.prediction_options import PredictionLogOptions
+from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker
+from failsoft.observe.events import Event, EventBus
+from failsoft.observe.logging import request_id_var
+from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
+from failsoft.pipeline.version import AttemptFailed, PoisonDetected, RetryDenied
+
+__all__ = ["PredictionLog", "find_records", "segment_files"]
+
+log = logging.getLogger("failsoft.predictions")
+
+SEGMENT_PREFIX = "predictions-"
+SEGMENT_SUFFIX = ".jsonl"
+STATE_FILE = "predictions.state.json"
+TALLY_FILE = "predictions.tally"
+YIELD_EVERY = 32  # records made between two releases of the GIL (about 0.2 ms)
+YIELD_S = 0.0001
+MAX_CONFIGS = 8
+MAX_TRAILS = 10_000  # requests with events not yet taken by ``record``
+TRAIL_EVENTS = (AttemptFailed, PoisonDetected, RetryDenied, FallbackTierFailed, FallbackUsed)
+Consumer = Callable[[list[dict[str, Any]]], None]
+
+
+def segment_files(directory: Path) -> list[Path]:
+    """The segment files, oldest first (their names sort by start time)."""
+    try:
+        names = sorted(
+            name
+            for name in os.listdir(directory)
+            if name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)
+        )
+    except OSError:
+        return []
+    return [directory / name for name in names]
+
+
+def find_records(
+    directory: Path, request_ids: set[str], max_bytes: int
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """The records of ``request_ids`` in the newest ``max_bytes`` of segments, and the bytes
+    read. A torn last line (a crash mid-write) is skipped."""
+    found: dict[str, dict[str, Any]] = {}
+    budget = max_bytes
+    needles = {f'"request_id":"{rid}"'.encode(): rid for rid in request_ids}
+    read = 0
+    for path in reversed(segment_files(directory)):
+        if budget <= 0 or len(found) == len(request_ids):
+            break
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if len(data) > budget:  # the newest part of the segment: its end
+            data = data[-budget:]
+            data = data[data.find(b"\n") + 1 :]
+        budget -= len(data)
+        read += len(data)
+        for line in data.splitlines():
+            start = line.find(b'"request_id":"')
+            if start < 0:
+                continue
+            end = line.find(b'"', start + 14)
+            rid = needles.get(line[start : end + 1])
+            if rid is None or rid in found:
+                continue
+            try:
+                found[rid] = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+    return found, read
+
+
+class Tally:
+    """Two counters (accepted, written) in a memory-mapped file that outlive the process.
+
+    One gateway per folder: two processes counting in one file would mix their counts.
+    """
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 16:
+                os.ftruncate(fd, 16)
+            self._map = mmap.mmap(fd, 16)
+        finally:
+            os.close(fd)
+        self.counts = memoryview(self._map).cast("Q")
+
+    def lost(self) -> int:
+        """What the previous process accepted and never wrote; then both count from 0."""
+        lost = max(self.counts[0] - self.counts[1], 0)
+        self.counts[0] = self.counts[1] = 0
+        return lost
+
+    def close(self) -> None:
+        self.counts.release()
+        self._map.close()
+
+
+class PredictionLog:
+    def __init__(
+        self,
+        options: PredictionLogOptions,
+        directory: Path,
+        rng: random.Random | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.options = options
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._rng = rng or random.Random()
+        self._wall = wall
+        self._rate = options.sample_rate
+        self._capacity = options.buffer_records
+        self._wake_at = options.batch_records
+        self._buffer: collections.deque[Pending] = collections.deque()
+        self._trails: dict[str, list[dict[str, Any]]] = {}
+        self._maker = RecordMaker(options)
+        self._configs: dict[int, Any] = {}
+        self._consumers: list[Consumer] = []
+        self._wake = threading.Event()
+        self._stopping = False
+        self._closed = False
+        self._write_lock = threading.Lock()  # the writer thread and close() never write at once
+        # Counters: written on one thread each, read anywhere (plain ints under the GIL).
+        self.skipped = 0  # not sampled
+        self.dropped = 0  # buffer full
+        self.write_errors = 0
+        self.bad_records = 0
+        self.removed_segments = 0
+        self._tally = Tally(directory / TALLY_FILE)
+        self._counts = self._tally.counts
+        self.lost_at_crash = self._previous_run()
+        self._segment: Any = None
+        self._segment_path: Path | None = None
+        self._segment_bytes = 0
+        self._segment_started = 0.0
+        self._segment_seq = 0
+        self._last_retention = 0.0
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    # -- the request path ----------------------------------------------------------
+
+    def observe(self, event: Event) -> None:
+        """A failed attempt or a fallback step of the current request."""
+        request_id = request_id_var.get(None)
+        if request_id is None:
+            return
+        trail = self._trails.get(request_id)
+        if trail is None:
+            if len(self._trails) >= MAX_TRAILS:  # requests that never reached record()
+                self._trails.pop(next(iter(self._trails)))
+            trail = self._trails[request_id] = []
+        if isinstance(event, AttemptFailed):
+            trail.append(
+                {
+                    "version": event.version,
+                    "replica": event.replica,
+                    "outcome": "failed",
+                    "failure_class": event.failure_class.value,
+                    "message": event.message[:300],
+                    "seconds": round(event.seconds, 6),
+                }
+            )
+        elif isinstance(event, PoisonDetected):
+            trail.append(
+                {
+                    "version": event.version,
+                    "replica": event.replicas or None,
+                    "outcome": "poison",
+                    "failure_class": "request",
+                    "message": event.reason[:300],
+                }
+            )
+        elif isinstance(event, RetryDenied):
+            trail.append(
+                {"version": event.version, "outcome": "retry denied", "message": event.reason}
+            )
+        elif isinstance(event, FallbackTierFailed):
+            trail.append(
+                {"tier": event.tier, "outcome": "tier failed", "message": event.message[:300]}
+            )
+        elif isinstance(event, FallbackUsed):
+            trail.append(
+                {
+                    "version": event.version,
+                    "tier": event.tier,
+                    "outcome": "fallback",
+                    "message": event.reason[:300],
+                }
+            )
+
+    def config_key(self, config: Any) -> int:
+        """The key a ``Pending`` names its configuration by (kept here, not in the item)."""
+        key = id(config)
+        configs = self._configs
+        if configs.get(key) is not config:
+            if len(configs) >= MAX_CONFIGS:  # revisions come and go: keep the newest
+                del configs[next(iter(configs))]
+            configs[key] = config
+        return key
+
+    def record(self, item: Pending) -> None:
+        """Keep one prediction: never blocks; a full buffer drops it and counts it."""
+        trails = self._trails
+        if trails:
+            trail = trails.pop(item[1], None)
+            if trail is not None:
+                item = (*item[:TRAIL], trail, item[TRAIL + 1])
+        if self._rate < 1.0 and self._rng.random() >= self._rate:
+            self.skipped += 1
+            return
+        buffer = self._buffer
+        if len(buffer) >= self._capacity or self._closed:
+            self.dropped += 1
+            return
+        buffer.append(item)
+        self._counts[0] += 1  # in the page cache: survives the process
+        if len(buffer) == self._wake_at:
+            self._wake.set()
+
+    def subscribe_to(self, bus: EventBus) -> None:
+        bus.subscribe(self.observe, TRAIL_EVENTS)
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        """``consumer(records)`` runs on the writer thread as records are made (a few at a
+        time, just before they are written)."""
+        self._consumers.append(consumer)
+
+    def set_sample_rate(self, rate: float) -> None:
+        self._rate = rate
+
+    @property
+    def accepted(self) -> int:
+        return int(self._counts[0])
+
+    @property
+    def written(self) -> int:
+        return int(self._counts[1])
+
+    @property
+    def pending(self) -> int:
+        """Accepted, not yet written: what a crash now would lose."""
+        return len(self._buffer)
+
+    def pending_records(self, request_ids: set[str]) -> dict[str, dict[str, Any]]:
+        """Records of ``request_ids`` still in the buffer (not yet on disk)."""
+        return {item[1]: self._make(item) for item in list(self._buffer) if item[1] in request_ids}
+
+    def _make(self, item: Pending) -> dict[str, Any]:
+        return self._maker.make(item, self._configs.get(item[7]))
+
+    # -- the writer thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self.options.flush_interval_s
+        while True:
+            self._wake.wait(interval)
+            self._wake.clear()
+            stopping = self._stopping
+            try:
+                self.flush()
+            except Exception:  # never let the writer die: count, log, go on
+                log.exception("prediction log: writing failed")
+            if stopping:
+                return
+
+    def flush(self) -> None:
+        """Write everything buffered now (called by the writer thread, and by close)."""
+        with self._write_lock:
+            batch_size = self.options.batch_records
+            buffer = self._buffer
+            wrote = False
+            while buffer:
+                items: list[Pending] = []
+                while buffer and len(items) < batch_size:
+                    items.append(buffer.popleft())
+                if not self._write(items):
+                    buffer.extendleft(reversed(items))  # kept for the next round
+                    break
+                wrote = True
+            if wrote:
+                self._save_state(clean=False)
+            now = self._wall()
+            if now - self._last_retention >= 30.0:
+                self._last_retention = now
+                self._retention()
+
+    def _write(self, items: list[Pending]) -> bool:
+        # Records are made, encoded and handed to the consumers a few at a time and
+        # dropped at once: a batch of live dicts would outlive the collector's youngest
+        # generation and make its passes longer for the request path too.
+        lines: list[bytes] = []
+        made = 0
+        for start in range(0, len(items), YIELD_EVERY):
+            records = []
+            for item in items[start : start + YIELD_EVERY]:
+                try:
+                    record = self._make(item)
+                    lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
+                except Exception:
+                    self.bad_records += 1
+                    log.exception("prediction log: a record could not be made")
+                    continue
+                records.append(record)
+            made += len(records)
+            for consumer in self._consumers:
+                try:
+                    consumer(records)
+                except Exception:
+                    log.exception("prediction log: a consumer failed")
+            del records
+            # Let the event loop have the GIL: holding it for a whole batch would add
+            # milliseconds to requests in flight (and the limiter would read it as load).
+            # A real sleep: with sleep(0) this thread mostly takes the GIL straight back.
+            time.sleep(YIELD_S)
+        data = b"\n".join(lines) + b"\n" if lines else b""
+        try:
+            self._rotate_if_due(len(data))
+            if data:
+                self._segment.write(data)
+                self._segment.flush()
+                if self.options.fsync:
+                    os.fsync(self._segment.fileno())
+        except OSError as error:
+            self.write_errors += 1
+            log.error("prediction log: cannot write", extra={"error": str(error)})
+            self._close_segment()
+            return False
+        self._segment_bytes += len(data)
+        self._counts[1] += made
+        return True
+
+    def _rotate_if_due(self, adding: int) -> None:
+        now = self._wall()
+        if self._segment is not None and (
+            self._segment_bytes + adding > self.options.segment_bytes
+            or now - self._segment_started >= self.options.segment_s
+        ):
+            self._close_segment()
+            self._retention()
+        if self._segment is None:
+            self._segment_seq += 1
+            name = f"{SEGMENT_PREFIX}{int(now * 1000):013d}-{os.getpid()}-{self._segment_seq:05d}"
+            self._segment_path = self.directory / f"{name}{SEGMENT_SUFFIX}"
+            self._segment = self._segment_path.open("ab")
+            self._segment_bytes = 0
+            self._segment_started = now
+
+    def _close_segment(self) -> None:
+        if self._segment is not None:
+            with contextlib.suppress(OSError):
+                self._segment.close()
+        self._segment = None
+
+    def _retention(self) -> None:
+        """Remove closed segments older than max_age_s, then the oldest beyond max_total_bytes."""
+        now = self._wall()
+        files = [path for path in segment_files(self.directory) if path != self._segment_path]
+        sizes: dict[Path, int] = {}
+        for path in files:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            if now - stat.st_mtime > self.options.max_age_s:
+                self._remove(path)
+            else:
+                sizes[path] = stat.st_size
+        total = sum(sizes.values()) + self._segment_bytes
+        for path in sizes:  # oldest first
+            if total <= self.options.max_total_bytes:
+                break
+            total -= sizes[path]
+            self._remove(path)
+
+    def _remove(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except OSError:
+            return
+        self.removed_segments += 1
+
+    # -- crash accounting ------------------------------------------------------------
+
+    def _save_state(self, *, clean: bool) -> None:
+        state = {
+            "pid": os.getpid(),
+            "time": self._wall(),
+            "accepted": self.accepted,
+            "written": self.written,
+            "dropped": self.dropped,
+            "pending": len(self._buffer),
+            "clean": clean,
+        }
+        path = self.directory / STATE_FILE
+        temporary = path.with_suffix(".tmp")
+        try:
+            temporary.write_bytes(orjson.dumps(state))
+            os.replace(temporary, path)
+        except OSError:
+            self.write_errors += 1
+
+    def _previous_run(self) -> int:
+        """Records the previous run accepted and never wrote (0 after a clean stop)."""
+        lost = self._tally.lost()
+        if lost:
+            log.warning(
+                "prediction log: the previous run did not stop cleanly; records it had "
+                "accepted and not yet written are lost",
+                extra={"lost": lost},
+            )
+        return lost
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write everything accepted, then stop the writer (SIGTERM, clean stop)."""
+        if self._closed:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout_s)
+        self._closed = True
+        self.flush()  # whatever came in while the writer stopped
+        with self._write_lock:
+            self._close_segment()
+            self._save_state(clean=not self._buffer)
+            self._counts = memoryview(bytearray(self._counts.tobytes())).cast("Q")
+            self._tally.close()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "accepted": self.accepted,
+            "written": self.written,
+            "pending": len(self._buffer),
+            "dropped": self.dropped,
+            "skipped": self.skipped,
+            "write_errors": self.write_errors,
+            "bad_records": self.bad_records,
+            "removed_segments": self.removed_segments,
+            "lost_at_crash": self.lost_at_crash,
+        }
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(segment_files(self.directory))
