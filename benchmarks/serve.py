@@ -11,11 +11,13 @@ each counts. Prints req/s, p50, p99 and the failsoft/bare throughput ratio.
     PYTHONPATH=src python benchmarks/serve.py            # 2 rounds of 10 s
     PYTHONPATH=src python benchmarks/serve.py --quick    # 1 round of 3 s
     PYTHONPATH=src python benchmarks/serve.py --candidate bare   # harness self-check
+    PYTHONPATH=src python benchmarks/serve.py --tracing 1.0      # traced, OTLP to a sink
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import signal
 import sys
@@ -41,6 +43,7 @@ from _load import (
     src_env,
     wait_until_answers,
 )
+from _otlp_sink import OtlpSink
 
 if str(REPO / "src") not in sys.path:
     sys.path.insert(1, str(REPO / "src"))
@@ -52,8 +55,11 @@ HOST = "127.0.0.1"
 INFER_PATH = "/v2/models/iris/infer"
 
 
-def failsoft_config(model_path: Path, port: int) -> dict[str, Any]:
+def failsoft_config(
+    model_path: Path, port: int, tracing: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
+        **({"tracing": tracing} if tracing else {}),
         "server": {"host": HOST, "port": port},
         "models": {
             "iris": {
@@ -144,6 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument(
+        "--tracing",
+        type=float,
+        default=None,
+        metavar="RATIO",
+        help="serve with tracing on at this sample ratio, exporting OTLP to a local sink",
+    )
+    parser.add_argument(
+        "--tracing-exporter",
+        choices=["otlp", "none"],
+        default="otlp",
+        help="with --tracing: none makes the spans but exports nothing (the SDK's own cost)",
+    )
+    parser.add_argument(
         "--fail-below",
         type=float,
         default=None,
@@ -170,16 +189,27 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
     model_path = config_path.parent / "iris-v1.onnx"
     body = iris_body()
     servers: list[ServerProcess] = []
-    with tempfile.TemporaryDirectory(prefix="failsoft-bench-") as tmp:
+    sink: OtlpSink | None = None
+    with (
+        tempfile.TemporaryDirectory(prefix="failsoft-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         tmp_dir = Path(tmp)
         try:
             bare_port, candidate_port = free_port(), free_port()
             servers.append(ServerProcess("bare", bare_argv(model_path, bare_port), tmp_dir))
             if args.candidate == "failsoft":
                 bench_config = tmp_dir / "failsoft.yaml"
-                bench_config.write_text(
-                    yaml.safe_dump(failsoft_config(model_path, candidate_port), sort_keys=False)
-                )
+                tracing = None
+                if args.tracing is not None:
+                    tracing = {"enabled": True, "sample_ratio": args.tracing}
+                    if args.tracing_exporter == "otlp":
+                        sink = stack.enter_context(OtlpSink())
+                        tracing["endpoint"] = sink.url
+                    else:
+                        tracing["exporter"] = "none"
+                config = failsoft_config(model_path, candidate_port, tracing)
+                bench_config.write_text(yaml.safe_dump(config, sort_keys=False))
                 load_config(bench_config)  # a bad config is our bug: fail before starting
                 servers.append(
                     ServerProcess(
@@ -232,6 +262,8 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
         finally:
             for server in servers:
                 server.stop()
+            if sink is not None:
+                print(f"otlp sink: {sink.posts} exports, {sink.bytes} bytes", flush=True)
     return runs
 
 

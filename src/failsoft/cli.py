@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from failsoft import __version__, cli_control, cli_flags, cli_instances, cli_slo, cli_trace
+from failsoft import (
+    __version__,
+    cli_control,
+    cli_flags,
+    cli_instances,
+    cli_rollouts,
+    cli_slo,
+    cli_trace,
+)
 from failsoft.config import Config, ConfigError, load_config, missing_files
 
 
@@ -519,4 +527,5 @@ cli_control.register(main)  # apply, config, model, registry, audit, token, back
 cli_flags.register(main)  # flag, halt, switch
 cli_instances.register(main)  # instances
 cli_trace.register(main)  # trace, accuracy
+cli_rollouts.register(main)  # rollout
 cli_slo.register(main)  # slo, incident

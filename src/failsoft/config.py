@@ -34,6 +34,7 @@ from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.schema import check_model_inputs
 from failsoft.errors import BackendLoadError
 from failsoft.jobs.options import JobsOptions
+from failsoft.observe.tracing import TracingOptions
 from failsoft.pipeline.attribution import AttributionOptions
 from failsoft.pipeline.breaker import BreakerOptions
 from failsoft.pipeline.bulkhead import BulkheadOptions
@@ -418,6 +419,7 @@ class Config(_Strict):
     chaos: ChaosOptions = Field(default_factory=ChaosOptions)
     jobs: JobsOptions = Field(default_factory=JobsOptions)
     predictions: PredictionLogOptions = Field(default_factory=PredictionLogOptions)
+    tracing: TracingOptions = Field(default_factory=TracingOptions)
     incidents: IncidentOptions = Field(default_factory=IncidentOptions)
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ from failsoft.control.incident_model import Incident
 from failsoft.control.incidents import IncidentChanged
 from failsoft.control.operate import Operate
 from failsoft.control.postmortem import render
+from failsoft.control.rollout_controller import RolloutDecided
 from failsoft.errors import FailureClass, NotFound
 from failsoft.observe.events import (
     Event,
@@ -464,3 +465,15 @@ async def test_buckets_past_their_window_leave_the_store(tmp_path: Path) -> None
         assert rig.operate.slo_status()["slos"][0]["events"] == 605
     finally:
         store.close()
+
+
+async def test_the_rollout_controllers_rollback_opens_an_incident() -> None:
+    rig = Rig(config())
+    rig.bus.emit(RolloutDecided("iris", "r-1", "stepped", "started: 10%", "ops"))
+    assert rig.incidents == []
+    rig.bus.emit(RolloutDecided("iris", "r-1", "rolled-back", "errors 5% > 1%", "failsoft"))
+    (incident,) = rig.incidents
+    assert incident.cause == "logic"
+    texts = [entry["text"] for entry in incident.timeline]
+    assert any("action=stepped" in text for text in texts)
+    assert any("action=rolled-back" in text for text in texts)

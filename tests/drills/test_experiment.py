@@ -66,8 +66,8 @@ def test_bundled_drill_loads(path: Path) -> None:
     assert isinstance(experiment, Experiment)
     # something to get through
     bad_data = any(request.degraded for request in experiment.load.requests)
-    steps = experiment.faults or experiment.attack or experiment.deploys or experiment.flags
-    assert steps or bad_data
+    steps = (experiment.faults, experiment.attack, experiment.deploys, experiment.flags)
+    assert any(steps) or experiment.rollouts or bad_data
     for fault in experiment.faults:
         assert fault.at_s + fault.for_s <= experiment.load.duration_s
 

@@ -88,7 +88,7 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
     verdicts = summary(result.stdout)
     assert set(verdicts) == {path.stem for path in DRILLS.glob("*.yaml")}
     assert all(verdict == "passed" for verdict in verdicts.values()), verdicts
-    assert DRILL_COUNT == 14
+    assert DRILL_COUNT == 18
     assert f"resilience score: 100% ({DRILL_COUNT} of {DRILL_COUNT} drills passed)" in result.stdout
     card = json.loads((tmp_path / "replica-crash.json").read_text())
     assert card["passed"] is True
@@ -115,6 +115,19 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
     assert marked["violators_degraded"] == marked["violators_warned"] == marked["violators"]
     assert marked["others_degraded"] == marked["others_warned"] == marked["not_as_marked"] == 0
     assert sum(bad["replica_penalties"].values()) == 0
+    for name, outcome, stage in (
+        ("rollout-good", "promoted", None),
+        ("rollout-errors", "rolled-back", 0),
+        ("rollout-wrong-predictions", "rolled-back", 0),
+        ("rollout-low-traffic", "paused", 0),
+    ):
+        rolled = json.loads((tmp_path / f"{name}.json").read_text())["rollouts"][0]
+        assert rolled["outcome"] == outcome, (name, rolled["reason"])
+        assert stage is None or rolled["stage"] == stage, (name, rolled["stage"])
+        assert all("samples" in check for check in rolled["checks"]), name
+    wrong = json.loads((tmp_path / "rollout-wrong-predictions.json").read_text())["rollouts"][0]
+    assert any(c["name"].startswith("disagreement") for c in wrong["checks"])
+    assert all(entry["action"] != "promoted" for entry in wrong["history"])
     for name, steps in (("kill-switch", 1), ("safe-halt", 2)):
         switched = json.loads((tmp_path / f"{name}.json").read_text())
         assert switched["lost"] == 0, name

@@ -47,7 +47,11 @@ def main() -> None:
 
     spec = orjson.loads(sys.stdin.buffer.read())
     config = Config.model_validate(
-        {"server": spec["server"], "models": {spec["model"]: spec["config"]}}
+        {
+            "server": spec["server"],
+            "models": {spec["model"]: spec["config"]},
+            "tracing": spec.get("tracing", {}),  # the gateway's, so its traces go on in here
+        }
     )
     serve_on_socket(config, fd=args.fd, role="worker")
 

@@ -35,6 +35,7 @@ from failsoft.errors import (
     PayloadTooLarge,
     UpstreamError,
 )
+from failsoft.observe.tracing import traceparent
 from failsoft.protocol.types import InferRequest, Tensors
 from failsoft.protocol.v2 import decode_infer_response, encode_infer_request
 
@@ -122,6 +123,9 @@ class HttpReplica:
         ]
         if header_length is not None:
             headers.append(("Inference-Header-Content-Length", str(header_length)))
+        parent = traceparent()  # the attempt's span, so the upstream's spans hang under it
+        if parent is not None:
+            headers.append(("traceparent", parent))
         response = await self._request("POST", "/infer", headers, body, remaining)
         if response.status != 200:
             raise _status_error(self.name, response.status, response.body)

@@ -31,6 +31,7 @@ from failsoft.backends.http import HttpReplica
 from failsoft.call import Call
 from failsoft.config import ModelConfig, ProcessBackend, ServerConfig
 from failsoft.errors import BackendLoadError, NotReady
+from failsoft.observe import tracing
 from failsoft.observe.events import EventBus, ReplicaStateChanged, WorkerRestarted
 from failsoft.protocol.types import InferRequest, Tensors
 
@@ -173,7 +174,7 @@ class WorkerReplica:
                 os.unlink(self._socket_path)
         self._socket_path = path
         assert self._process.stdin is not None
-        self._process.stdin.write(self._spec)
+        self._process.stdin.write(tracing.for_worker(self._spec))
         self._process.stdin.write_eof()
         self._http.base_url = f"unix:{path}"
         await self._wait_ready()

@@ -330,7 +330,7 @@ class Incidents:
         }
         shown = ", ".join(f"{k}={v}" for k, v in fields.items() if k != "model")[:300]
         self._add(now, model, kind.__name__.lower(), f"{kind.__name__}: {shown}")
-        if _rollback(kind):
+        if _rollback(kind) or getattr(event, "action", None) == "rolled-back":
             self.signal(model, "rollback", f"automatic rollback ({shown})", default_cause="logic")
         elif _drift_alert(kind):
             self.signal(model, "drift", f"drift alert ({shown})", default_cause="data")

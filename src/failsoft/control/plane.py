@@ -37,6 +37,7 @@ from failsoft.store.notify import FLAGS, REVISION
 
 if TYPE_CHECKING:
     from failsoft.control.flag_service import FlagService
+    from failsoft.control.rollout_controller import RolloutController
 
 log = logging.getLogger("failsoft.control")
 
@@ -61,6 +62,7 @@ class ControlPlane:
     listener: Listener | None = None  # PostgreSQL with store.listen
     address: str = ""  # where this gateway serves, as others reach it (set by serve)
     instances: InstanceRegistry | None = None  # set by start
+    rollouts: RolloutController | None = None  # set by the app, like flags
 
     def start(self) -> None:
         """Begin the background work (call on the running event loop)."""
@@ -91,6 +93,9 @@ class ControlPlane:
             self.tasks.append(
                 asyncio.ensure_future(self.flags.watch(options.poll_s, wake=self._wake(FLAGS)))
             )
+        if self.rollouts is not None:
+            self.rollouts.start()
+            self.tasks.append(asyncio.ensure_future(self.rollouts.watch(options.poll_s)))
         if self.options.store.backup_every_s > 0:
             self.tasks.append(asyncio.ensure_future(self._backups()))
 
@@ -112,6 +117,8 @@ class ControlPlane:
             await self.instances.leave()
         if self.flags is not None:
             await self.flags.close()
+        if self.rollouts is not None:
+            await self.rollouts.close()
         try:  # a last checkpoint, unless the store hangs
             await store_call(self.store, self.store.close, timeout=CLOSE_WITHIN_S)
         except StoreError as error:

@@ -17,3 +17,20 @@ def iris_always_virginica(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray
     probabilities = np.zeros((rows, 3), dtype=np.float32)
     probabilities[:, 2] = 1.0
     return {"label": np.full(rows, 2, dtype=np.int64), "probabilities": probabilities}
+
+
+def iris_confused(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A plausible bad model: right on most flowers, but it swaps versicolor and virginica
+    (1 and 2) where the two meet, petal length 4.5 to 5.0 cm. Its answers are well-formed,
+    its golden probe (a setosa) passes; only comparing its labels with the stable
+    version's tells (the rollout-wrong-predictions drill: 3 of its 20 flowers are there)."""
+    from failsoft.demo import iris_rules
+
+    features = inputs["features"]
+    answer = iris_rules(inputs)
+    label = answer["label"]
+    confused = (features[:, 2] >= 4.5) & (features[:, 2] < 5.0) & (label > 0)
+    label[confused] = 3 - label[confused]
+    probabilities = np.full((len(label), 3), 0.05, dtype=np.float32)
+    probabilities[np.arange(len(label)), label] = 0.9
+    return {"label": label, "probabilities": probabilities}

@@ -46,6 +46,12 @@ through the admin API at ``at_s`` and cleared ``for_s`` later:
     flags:
       - {at_s: 8, for_s: 8, key: failsoft.halt.iris.v1, spec: {kind: boolean, value: true}}
 
+A rollout is a ``rollouts`` step (drills/rolloutstep.py): started through the
+admin API at ``at_s`` and followed to its end, with what it must come to:
+
+    rollouts:
+      - {at_s: 2, spec: {model: iris, to: v2, step_s: 15}, expect: {outcome: promoted}}
+
 The steady-state hypothesis must hold before, during and after the faults
 (and the attack, the deploys and the flags); the expectations bound how the
 gateway got through them.
@@ -63,6 +69,7 @@ from failsoft._options import StrictModel, validation_problems
 from failsoft.config import Config
 from failsoft.control.faults import FaultSpec
 from failsoft.drills.flagstep import FlagStep
+from failsoft.drills.rolloutstep import RolloutStep
 
 Priority = Literal["critical", "default", "sheddable"]
 MAX_REQUESTS = 200_000
@@ -341,6 +348,7 @@ class Experiment(StrictModel):
         description="merge patches of the target's configuration applied, in order, before "
         "the load and undone after it (drills/setup.py)",
     )
+    rollouts: list[RolloutStep] = Field(default_factory=list, max_length=4)
     expect: Expectations = Field(default_factory=Expectations)
 
     @model_validator(mode="after")
@@ -375,6 +383,12 @@ class Experiment(StrictModel):
         marked = any(request.degraded is not None for request in self.load.requests)
         if self.expect.max_not_as_marked is not None and not marked:
             raise ValueError("expect.max_not_as_marked needs load requests with degraded: ...")
+        for index, rollout in enumerate(self.rollouts):
+            if rollout.at_s >= self.load.duration_s:
+                raise ValueError(
+                    f"rollouts[{index}] is at {rollout.at_s:g} s, when the load "
+                    f"({self.load.duration_s:g} s) is over"
+                )
         switches = self.expect.max_switch_effective_s, self.expect.max_calls_to_switched
         if any(bound is not None for bound in switches) and not self.flags:
             raise ValueError("expect.max_switch_effective_s and max_calls_to_switched need flags")

@@ -10,6 +10,7 @@ import click
 from failsoft.drills.chart import draw_timeline
 from failsoft.drills.experiment import Experiment
 from failsoft.drills.flagstep import FlagScore
+from failsoft.drills.rolloutstep import RolloutScore, evidence
 from failsoft.drills.scorecard import Scorecard
 
 
@@ -44,6 +45,25 @@ def _flag_line(flag: FlagScore) -> str:
     )
 
 
+def _rollout_line(rollout: RolloutScore) -> str:
+    """``rollout 1 iris-3f9a0c at 2.0 s: rolled-back at 10% after 10.4 s; ...``."""
+    head = f"  rollout {rollout.number} {rollout.rollout_id} at {rollout.start_s:.1f} s: "
+    if rollout.status != 201:
+        return head + f"refused ({rollout.status or 'no answer'}): {rollout.error}"
+    stage = rollout.stages[rollout.stage] if rollout.stage < len(rollout.stages) else "?"
+    took = (
+        "still going at the end"
+        if rollout.ended_s is None
+        else f"after {rollout.ended_s - rollout.start_s:.1f} s"
+    )
+    return (
+        head
+        + f"{rollout.outcome} at {stage} {took}; failed {rollout.failed} of {rollout.requests}"
+        + ("" if rollout.back_s is None else f"; back to stable in {rollout.back_s:.3f} s")
+        + f"\n    {rollout.reason}\n    evidence: {evidence(rollout.checks)}"
+    )
+
+
 def render(card: Scorecard, color: bool = True) -> str:
     """The scorecard as a plain-text table; failing checks are marked FAIL (red on a tty)."""
     lines = [f"drill {card.name}: {card.requests} requests"]
@@ -75,6 +95,8 @@ def render(card: Scorecard, color: bool = True) -> str:
         )
     for flag in card.flags:
         lines.append(_flag_line(flag))
+    for rollout in card.rollouts:
+        lines.append(_rollout_line(rollout))
     if card.readiness_polls is not None:
         lines.append(f"  readiness: {card.not_ready} of {card.readiness_polls} polls not ready")
     if card.replica_penalties is not None:

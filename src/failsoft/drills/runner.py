@@ -37,6 +37,7 @@ from failsoft.drills.load import (
     run_attack,
     run_load,
 )
+from failsoft.drills.rolloutstep import follow_rollout
 from failsoft.drills.scorecard import FaultWindow, Scorecard, score
 from failsoft.drills.setup import apply_setup, undo_setup
 from failsoft.drills.target import AdminClient, TargetError, TenantEntry, open_target
@@ -106,6 +107,7 @@ async def _drive(
             + (f", an attack at {experiment.attack.rate:g} req/s" if experiment.attack else "")
             + (f", {len(experiment.deploys)} deploy(s)" if experiment.deploys else "")
             + (f", {len(experiment.flags)} flag step(s)" if experiment.flags else "")
+            + (f", {len(experiment.rollouts)} rollout(s)" if experiment.rollouts else "")
         )
         schedule = Schedule.soon(0.05)  # time to build the attack's bodies first
         load = asyncio.create_task(
@@ -137,11 +139,26 @@ async def _drive(
                 for number, step in enumerate(experiment.flags, 1)
             )
         )
+        rollout_steps = asyncio.gather(
+            *(
+                follow_rollout(
+                    admin.request,
+                    step,
+                    number,
+                    scale=scale,
+                    started=schedule.wall,
+                    until_s=duration,
+                    progress=progress,
+                )
+                for number, step in enumerate(experiment.rollouts, 1)
+            )
+        )
         windows = await asyncio.gather(  # their times are the load's (same time 0)
             *(_inject(admin, fault, scale, schedule.wall, progress) for fault in experiment.faults)
         )
         deployed = await deploys
         flagged = await flag_steps
+        rolled = await rollout_steps
         outcomes = await load
         attacked = await attack if attack is not None else None
         polls = await readiness if readiness is not None else None
@@ -165,6 +182,7 @@ async def _drive(
         readiness=polls,
         deploys=deployed,
         flags=flagged,
+        rollouts=rolled,
     )
 
 

@@ -49,7 +49,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,12 @@ from failsoft.drills.experiment import Experiment
 from failsoft.drills.flagstep import FlagOutcome, FlagScore, score_flag
 from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
 from failsoft.drills.marked import marked_answers
+from failsoft.drills.rolloutstep import (
+    RolloutOutcome,
+    RolloutScore,
+    rollout_checks,
+    score_rollout,
+)
 
 
 def is_reaction(event: dict[str, Any]) -> bool:
@@ -161,6 +167,7 @@ class Scorecard:
     deploys: list[DeployOutcome] = field(default_factory=list)
     flags: list[FlagScore] = field(default_factory=list)
     marked: dict[str, int] | None = None  # requests marked degraded: true/false (marked.py)
+    rollouts: list[RolloutScore] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -387,6 +394,7 @@ def score(
     readiness: ReadinessPolls | None = None,
     deploys: Sequence[DeployOutcome] = (),
     flags: Sequence[FlagOutcome] = (),
+    rollouts: Sequence[RolloutOutcome] = (),
 ) -> Scorecard:
     hypothesis, expect = experiment.hypothesis, experiment.expect
     offsets = outcomes.offsets
@@ -419,6 +427,13 @@ def score(
             for f in scored
         ),
         *(deploy_window(deploy, model) for deploy in deploys),
+        *(
+            FaultWindow(
+                f"rollout {r.number}", model, r.start_s, r.ended_s or duration_s, kind="rollout"
+            )
+            for r in rollouts
+            if r.status == 201
+        ),
     ]
     first = min((w.start_s for w in spans), default=duration_s)
     last = max((w.end_s for w in spans), default=duration_s)
@@ -557,6 +572,14 @@ def score(
         checks.append(_as_marked(marked, expect.max_not_as_marked))
     for flag in scored:
         checks += flag_checks(flag, expect)
+    rolled = [
+        score_rollout(
+            r, offsets, outcomes.status, duration_s, outcomes.served_by, outcomes.started_at
+        )
+        for r in rollouts
+    ]
+    for rollout, step in zip(rolled, experiment.rollouts, strict=False):
+        checks += [Check(*astuple(c)) for c in rollout_checks(rollout, step.expect)]
     polls = None if readiness is None else len(readiness.status)
     not_ready = None if readiness is None else int((readiness.status != 200).sum())
     if expect.max_not_ready is not None:
@@ -599,6 +622,7 @@ def score(
         deploys=list(deploys),
         flags=scored,
         marked=marked,
+        rollouts=rolled,
     )
 
 

@@ -27,6 +27,7 @@ from failsoft._options import StrictModel
 from failsoft.call import Call
 from failsoft.data.contracts import ModelContract
 from failsoft.errors import BackendLoadError, FailsoftError, ModelError
+from failsoft.observe import tracing
 from failsoft.observe.events import Event, EventBus
 from failsoft.pipeline.cache import CacheKey, ResponseCache
 from failsoft.protocol.datatypes import DATATYPE_TO_DTYPE
@@ -214,7 +215,8 @@ class FallbackChain:
                 continue
             name = tier_name(tier)
             try:
-                outputs = await self._run(index, tier, request, call, version, key)
+                work = self._run(index, tier, request, call, version, key)
+                outputs = await tracing.tier(work, self._model, name)
             except FailsoftError as failure:
                 self._bus.emit(FallbackTierFailed(self._model, name, failure.message))
                 continue

@@ -70,6 +70,8 @@ class Mirror:
         self._clock = clock
         self._max = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
+        # How two answers are compared; a rollout sets its own (its outputs, its tolerance).
+        self.compare: Callable[[Tensors, Tensors], bool] = disagree
 
     @property
     def in_flight(self) -> int:
@@ -112,7 +114,7 @@ class Mirror:
         except FailsoftError:
             ok, agreed = False, False
         else:
-            ok, agreed = True, not disagree(answer, outputs)
+            ok, agreed = True, not self.compare(answer, outputs)
         self._bus.emit(
             ShadowCompared(
                 candidate.model, stable, candidate.version, ok, agreed, clock.now() - started

@@ -34,8 +34,9 @@ import contextlib
 import dataclasses
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from failsoft.backends.base import Replica
 from failsoft.call import Call
@@ -52,6 +53,7 @@ from failsoft.errors import (
     PoisonRequest,
     UpstreamError,
 )
+from failsoft.observe import tracing
 from failsoft.observe.events import Event, EventBus
 from failsoft.pipeline.attribution import AttributionOptions, PoisonMemory, RecentOutcomes
 from failsoft.pipeline.breaker import BreakerOptions, BreakerState, CircuitBreaker
@@ -85,6 +87,15 @@ class AttemptFailed(Event):
     failure_class: FailureClass
     message: str
     seconds: float
+
+
+@dataclass(slots=True)
+class ContractBroken(Event):
+    """An answer that broke the output contract (counted by a rollout's analysis)."""
+
+    model: str
+    version: str
+    replica: str
 
 
 @dataclass(slots=True)
@@ -290,7 +301,7 @@ class VersionPipeline:
     # -- one attempt -------------------------------------------------------
 
     def _spawn(
-        self, index: int, panic: bool, request: InferRequest, call: Call, tally: _Tally
+        self, index: int, panic: bool, request: InferRequest, call: Call, tally: _Tally, kind: str
     ) -> asyncio.Task[Tensors]:
         """Run an attempt as a task; a task cancelled before it ran gives back its slot."""
         began = False
@@ -298,7 +309,7 @@ class VersionPipeline:
         async def attempt() -> Tensors:
             nonlocal began
             began = True
-            return await self._attempt(index, request, call, tally, panic)
+            return await self._traced(index, request, call, tally, panic, kind)
 
         def never_began(_: asyncio.Task[Tensors]) -> None:
             if not began and not panic:
@@ -307,6 +318,16 @@ class VersionPipeline:
         task = asyncio.ensure_future(attempt())
         task.add_done_callback(never_began)
         return task
+
+    def _traced(
+        self, index: int, request: InferRequest, call: Call, tally: _Tally, panic: bool, kind: str
+    ) -> Coroutine[Any, Any, Tensors]:
+        """The attempt, in its own span when tracing is on."""
+        work = self._attempt(index, request, call, tally, panic)
+        if not tracing.enabled():
+            return work
+        name = self.replicas[index].name
+        return tracing.attempt(work, self.model, self.version, name, "panic" if panic else kind)
 
     async def _attempt(
         self, index: int, request: InferRequest, call: Call, tally: _Tally, panic: bool
@@ -333,6 +354,8 @@ class VersionPipeline:
                 await replica.infer(request, attempt_call), self._contract.batch_rows(request)
             )
         except FailsoftError as error:
+            if isinstance(error, ContractViolation):
+                self._bus.emit(ContractBroken(self.model, self.version, replica.name))
             cut_by_client = attempt_call is call and call.client_limited
             self._judge_failure(
                 index, error, self._clock.now() - started, tally, panic, cut_by_client
@@ -548,9 +571,11 @@ class VersionPipeline:
                 raise error or self._no_replica()
             index, panic = choice
             tally.tried.add(index)
-            self._started(index, "panic" if panic else ("retry" if attempt else "first"))
+            kind = "retry" if attempt else "first"
+            self._started(index, "panic" if panic else kind)
             try:
-                return await self._attempt(index, request, call, tally, panic), self.replicas[index]
+                answer = await self._traced(index, request, call, tally, panic, kind)
+                return answer, self.replicas[index]
             except FailsoftError as failure:
                 if not self._retryable(failure):
                     raise
@@ -578,7 +603,7 @@ class VersionPipeline:
                 return False
             tally.tried.add(index)
             self._started(index, "panic" if panic else kind)
-            in_flight[self._spawn(index, panic, request, call, tally)] = index
+            in_flight[self._spawn(index, panic, request, call, tally, kind)] = index
             return True
 
         if not launch("first"):

@@ -46,6 +46,7 @@ _CONTROL_ROUTES = (
     "backup",
     "flags",
     "instances",
+    "rollouts",
 )
 
 

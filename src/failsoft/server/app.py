@@ -38,6 +38,7 @@ from failsoft.control.flags import NO_SWITCHES, Context, Switches
 from failsoft.control.operate import Operate
 from failsoft.control.plane import ControlPlane
 from failsoft.control.revisions import BootReport
+from failsoft.control.rollout_controller import RolloutController
 from failsoft.control.tenants import Tenants
 from failsoft.data.input_checks import HEADER as DATA_WARNING
 from failsoft.data.input_checks import DataVerdict, DataViolation
@@ -53,6 +54,7 @@ from failsoft.errors import (
     Shed,
 )
 from failsoft.jobs.service import Jobs, Reply
+from failsoft.observe import tracing
 from failsoft.observe.eventlog import LOGGED, log_event
 from failsoft.observe.events import ConfigApplied, RequestFinished, VersionAnswered
 from failsoft.observe.folded import FoldedLog
@@ -188,6 +190,10 @@ class FailsoftApp:
             note = control.flags.boot()
             if note:
                 log.warning("flags", extra={"note": note})
+            control.rollouts = RolloutController(control.store, runtime, control.revisions)
+            note = control.rollouts.boot()  # a restart resumes each rollout at its step
+            if note:
+                log.warning("rollouts", extra={"note": note})
         self.ofrep = Ofrep(
             lambda: control.flags if control is not None else None,
             lambda: self.admission.tenants,
@@ -208,6 +214,8 @@ class FailsoftApp:
         runtime.bus.subscribe(metrics.observe)
         runtime.bus.subscribe(log_event, LOGGED)
         runtime.bus.subscribe(self.recent.observe, (*KEPT, *FOLDED))
+        tracing.configure(runtime.config.tracing)
+        tracing.subscribe(runtime.bus)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -255,6 +263,7 @@ class FailsoftApp:
             config, drain_s=config.server.drain_s, keep_warm_s=config.store.keep_warm_s
         )
         self.server = config.server
+        tracing.configure(config.tracing)
         tenants = self.admission.tenants
         self.admission.tenants = Tenants(
             config.tenants, config.server.require_keys, self.runtime.clock, previous=tenants
@@ -369,7 +378,9 @@ class FailsoftApp:
             name, _, verb = parts[2].partition(":")
             if verb == "predict":
                 _expect(req, "POST")
-                return self._infer(req, name, None, v1_codec=True)
+                return tracing.request(
+                    self._infer(req, name, None, v1_codec=True), req.headers, name
+                )
             if verb:
                 raise NotFound(f"unknown V1 verb {verb!r} (use :predict)")
             _expect(req, "GET")
@@ -471,7 +482,8 @@ class FailsoftApp:
             _expect(req, "POST")
             if self.jobs.wants(req.headers):  # Prefer: respond-async
                 return self._jobs_reply(self.jobs.submit(req, model_name, version_name))
-            return self._infer(req, model_name, version_name, v1_codec=False)
+            infer = self._infer(req, model_name, version_name, v1_codec=False)
+            return tracing.request(infer, req.headers, model_name)
         if rest == ["feedback"] and version_name is None:
             _expect(req, "POST")
             return self._feedback(req, model_name)

@@ -18,6 +18,7 @@
     GET  /admin/instances                   the gateways sharing the store (heartbeats)
     GET  /admin/backup                      a consistent snapshot (tar) of store and artifacts
     GET  /admin/flags[/KEY], PUT|DELETE /admin/flags/KEY   runtime flags (flag_routes.py)
+    GET|POST /admin/rollouts[/KEY[/ACTION]]                 rollouts (rollout_routes.py)
 
 Every store call runs on a thread; none runs on the request path. Scopes:
 reading needs ``read``, changing needs ``write``.
@@ -43,6 +44,7 @@ from failsoft.control.revisions import StoreUnavailable
 from failsoft.control.storecall import store_call
 from failsoft.errors import BadRequest, MethodNotAllowed, NotFound
 from failsoft.server.flag_routes import handle_flags
+from failsoft.server.rollout_routes import handle_rollouts
 from failsoft.store import StoreError, StoreUnreachable
 from failsoft.store.encoding import utc_text
 
@@ -98,6 +100,12 @@ class ControlRoutes:
         if head == "instances" and not rest:
             _allow(method, "GET")
             return _ok(await self._instances())
+        if head == "rollouts" and len(rest) <= 2:
+            if self._control.rollouts is None:
+                raise NotFound("the rollouts of this gateway are not loaded yet")
+            rollouts = self._control.rollouts
+            status, body = await handle_rollouts(rollouts, method, rest, actor, read_body)
+            return Answer(status, body)
         if head == "backup" and not rest:
             _allow(method, "GET")
             require("write")  # the archive holds the audit signing key

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from failsoft.store.audit import AuditLog
     from failsoft.store.engine import StoreEngine
 
-ACTIVE = ("running", "paused")
+ACTIVE = ("pending", "progressing", "running", "paused")
+ENDED = ("promoted", "aborted", "rolled-back")
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,9 @@ class LiveRows:
         state: Mapping[str, Any],
         *,
         actor: str,
+        status: str = "running",
     ) -> RolloutRow:
-        """A new running rollout; refused while the model has another one active."""
+        """A new active rollout; refused while the model has another one active."""
         with self._engine.write() as conn:
             active = conn.execute(
                 select(rollouts.c.id).where(
@@ -154,7 +156,7 @@ class LiveRows:
                 insert(rollouts).values(
                     id=rollout_id,
                     model=model,
-                    status="running",
+                    status=status,
                     spec=_text(spec),
                     state=_text(state),
                     created_at=now,
@@ -190,6 +192,9 @@ class LiveRows:
             old = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).first()
             if old is None:
                 raise StoreError(f"there is no rollout {rollout_id}")
+            if old.status in ENDED and status != old.status:
+                # Gateways sharing a store race: a rollout one of them ended stays ended.
+                raise StoreError(f"rollout {rollout_id} has ended ({old.status})")
             conn.execute(
                 update(rollouts)
                 .where(rollouts.c.id == rollout_id)
@@ -214,7 +219,7 @@ class LiveRows:
         return None if row is None else _rollout(row)
 
     def rollouts(self, *, model: str | None = None, active: bool = False) -> list[RolloutRow]:
-        """Rollouts, newest first; ``active``: running or paused only."""
+        """Rollouts, newest first; ``active``: pending, progressing (running) or paused only."""
         query = select(rollouts).order_by(rollouts.c.created_at.desc())
         if model is not None:
             query = query.where(rollouts.c.model == model)
