@@ -37,7 +37,7 @@ __all__ = ["Operate"]
 log = logging.getLogger("failsoft.operate")
 
 PRUNE_EVERY_S = 3600.0  # buckets past their window leave the store this often
-CLOSE_WITHIN_S = 1.0  # the last save on shutdown: a healthy store takes milliseconds
+CLOSE_WITHIN_S = 5.0  # the last save on shutdown (alongside the last audit checkpoint)
 
 
 class Operate:
@@ -167,7 +167,9 @@ class Operate:
     async def _save_loop(self) -> None:
         while True:
             await self._clock.sleep(self.options.persist_every_s)
-            await self.save()
+            # Shielded: a shutdown waits for a save under way (on the lock) instead of
+            # cutting it off between taking the changes and writing them.
+            await asyncio.shield(self.save())
 
     async def save(self, timeout: float | None = 10.0) -> bool:  # noqa: ASYNC109
         """Write what changed; False (and kept for the next time) when the store is down."""
@@ -212,10 +214,12 @@ class Operate:
                     prune,
                     timeout=timeout,
                 )
-            except StoreError as error:
+            except BaseException as error:
                 self.book.mark_unsaved(buckets)
                 self.incidents.dirty.update(dirty)
                 self.incidents.pending_audits.extendleft(reversed(audits))
+                if not isinstance(error, StoreError):
+                    raise  # cancelled: what was taken is back for the next save
                 if self.saved_ok:
                     log.warning(
                         "SLO state and incidents not saved; kept for later",
