@@ -15,6 +15,7 @@ from failsoft import (
     cli_instances,
     cli_map,
     cli_rollouts,
+    cli_slo,
     cli_trace,
 )
 from failsoft.config import Config, ConfigError, load_config, missing_files
@@ -536,3 +537,4 @@ cli_instances.register(main)  # instances
 cli_trace.register(main)  # trace, accuracy
 cli_rollouts.register(main)  # rollout
 cli_map.register(main)  # map
+cli_slo.register(main)  # slo, incident

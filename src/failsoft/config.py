@@ -26,7 +26,9 @@ from pydantic import (
 from failsoft._options import StrictModel, validation_problems
 from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.faults import ChaosOptions
+from failsoft.control.incident_model import IncidentOptions
 from failsoft.control.quota_options import QuotaOptions
+from failsoft.control.slo import SloOptions
 from failsoft.control.tenants import TenantConfig
 from failsoft.data.constraints import Compatibility, InputPolicy
 from failsoft.data.drift_options import DriftOptions
@@ -287,6 +289,7 @@ class ModelConfig(_Strict):
         description="how a new revision may change the inputs of a version that serves: "
         "backward, forward, full or none (data/schema.py)",
     )
+    slo: SloOptions = Field(default_factory=SloOptions)
 
     @property
     def timeout_cap_ms(self) -> int:
@@ -424,6 +427,7 @@ class Config(_Strict):
     jobs: JobsOptions = Field(default_factory=JobsOptions)
     predictions: PredictionLogOptions = Field(default_factory=PredictionLogOptions)
     tracing: TracingOptions = Field(default_factory=TracingOptions)
+    incidents: IncidentOptions = Field(default_factory=IncidentOptions)
 
     @model_validator(mode="after")
     def _keys_can_be_met(self) -> Config:

@@ -18,7 +18,7 @@ from failsoft.control.flag_service import SNAPSHOT, FlagService
 from failsoft.control.flags import Context
 from failsoft.control.revisions import StoreUnavailable
 from failsoft.errors import BadRequest, NotFound
-from failsoft.observe.events import EventBus
+from failsoft.observe.events import EventBus, FlagChanged
 from failsoft.runtime import Runtime
 from failsoft.store import Store, StoreError, StoreUnreachable
 from tests.store.conftest import Target
@@ -279,3 +279,18 @@ async def test_a_change_while_the_store_is_down_is_refused_and_nothing_changes(
 
     assert refused.value.status == 503
     assert gateway.runtime.switches == {}
+
+
+async def test_every_flip_is_an_event_on_the_bus(gateway: Gateway, clock: ManualClock) -> None:
+    seen: list[FlagChanged] = []
+    gateway.runtime.bus.subscribe(seen.append, (FlagChanged,))  # type: ignore[arg-type]
+    await gateway.flags.set("failsoft.halt.m", {**BOOL, "expires_in_s": 60}, actor="ops")
+    await gateway.flags.set("banner", {"kind": "string", "value": "blue"}, actor="ann")
+    await gateway.flags.clear("banner", actor="ann")
+    await clock.advance(60)
+    assert [(e.key, e.value, e.actor) for e in seen] == [
+        ("failsoft.halt.m", True, "ops"),
+        ("banner", "blue", "ann"),
+        ("banner", None, "ann"),
+        ("failsoft.halt.m", None, "failsoft"),
+    ]

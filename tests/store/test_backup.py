@@ -67,6 +67,8 @@ def archive(store: Store, wall: Wall, data_dir: Path, tmp_path: Path) -> Path:
         "tokens": 1,
         "flags": 0,
         "rollouts": 0,
+        "slo_buckets": 0,
+        "incidents": 0,
         "audit_entries": 7,
         "checkpoints": 3,
     }

@@ -48,6 +48,7 @@ from failsoft.control.flags import FEATURES, KEY_PATTERN, PREFIX, FlagSpec
 from failsoft.control.revisions import StoreUnavailable
 from failsoft.control.storecall import store_call
 from failsoft.errors import BadRequest, NotFound
+from failsoft.observe.events import FlagChanged
 from failsoft.runtime import Runtime
 from failsoft.store import Store, StoreError, StoreUnreachable
 from failsoft.store.encoding import utc_text
@@ -262,6 +263,7 @@ class FlagService:
             self._flags[key] = spec
             self._apply()
             self._schedule(key, spec)
+        self._runtime.bus.emit(FlagChanged(key, spec.value, actor))
         log.info("flag set", extra={"key": key, "actor": actor})
         return spec
 
@@ -277,6 +279,7 @@ class FlagService:
                 self._apply()
         if not removed and not here:
             raise NotFound(f"there is no flag {key!r}")
+        self._runtime.bus.emit(FlagChanged(key, None, actor))
         log.info("flag cleared", extra={"key": key, "actor": actor})
 
     def reapply(self) -> None:
@@ -384,6 +387,7 @@ class FlagService:
             self._timers.pop(key, None)
             self._apply()
             self._expired[key] = self._seen.get(key, _stored_form(spec))
+        self._runtime.bus.emit(FlagChanged(key, None, ACTOR))
         log.info("flag expired", extra={"key": key})
         await self._clear_expired()
 

@@ -62,6 +62,7 @@ from failsoft.control.rollouts import (
 )
 from failsoft.control.storecall import store_call
 from failsoft.errors import BadRequest, FailsoftError, NotFound
+from failsoft.observe.events import Event
 from failsoft.routing.split import BUCKETS, Split
 from failsoft.runtime import Runtime
 from failsoft.store import Store, StoreError, StoreUnreachable
@@ -71,6 +72,20 @@ __all__ = ["ACTOR", "VERIFY_S", "RolloutController"]
 log = logging.getLogger("failsoft.rollouts")
 
 ACTOR = "failsoft"  # the actor of what the analysis decides
+
+
+@dataclass(slots=True)
+class RolloutDecided(Event):
+    """A rollout stepped, paused, held, was promoted, aborted or rolled back (``action``);
+    incidents put it on their timeline, and open one on ``rolled-back``."""
+
+    model: str
+    rollout: str
+    action: str
+    reason: str
+    actor: str
+
+
 VERIFY_S = 1.0  # how long a rollback's verification counts answers
 FOLD_EVERY_S = 0.5  # the windows fold their queued events this often (bounds the queue)
 
@@ -573,6 +588,7 @@ class RolloutController:
         if "stage" in changes:
             changes["stage_started_at"] = self._wall()
         run.state = run.state.with_decision(entry, reason=reason, **changes)
+        self._runtime.bus.emit(RolloutDecided(run.state.model, run.state.id, action, reason, actor))
         return run.state
 
     async def _roll_back(

@@ -35,6 +35,8 @@ class RequestFinished(Event):
     failure_class: FailureClass | None
     seconds: float
     replica: str = ""
+    degraded: bool = False  # answered by a fallback tier
+    tenant: str | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +65,22 @@ class WorkerRestarted(Event):
     pid: int
     exit_code: int | None
     reason: str
+
+
+@dataclass(slots=True)
+class ConfigApplied(Event):
+    """A configuration revision is now served by this gateway."""
+
+    revision: int
+
+
+@dataclass(slots=True)
+class FlagChanged(Event):
+    """A runtime flag was set (``value``) or cleared (``value`` None) by ``actor``."""
+
+    key: str
+    value: object
+    actor: str
 
 
 Observer = Callable[[Event], None]

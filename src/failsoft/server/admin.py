@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from failsoft.control.operate import Operate
 from failsoft.control.plane import ControlPlane
 from failsoft.control.storecall import store_call
 from failsoft.data.drift_service import DriftService
@@ -33,6 +34,7 @@ from failsoft.observe.recent import RecentEvents
 from failsoft.runtime import Runtime
 from failsoft.server.control_routes import SCOPES, Answer, ControlRoutes
 from failsoft.server.http import json_body
+from failsoft.server.operate_routes import handle_operate
 from failsoft.store import StoreError
 
 ADMIN_BODY_LIMIT = 64 * 1024
@@ -84,6 +86,7 @@ class AdminRoutes:
         self._recent = recent
         self._control = control
         self._control_routes = ControlRoutes(control) if control is not None else None
+        self.operate: Operate | None = None  # SLOs and incidents, set by the app
 
     async def handle(
         self,
@@ -115,6 +118,16 @@ class AdminRoutes:
             principal.require("read" if method in ("GET", "HEAD") else "chaos")
             fault_id = parts[1] if len(parts) == 2 else None
             return await self._faults(method, fault_id, read_body, principal)
+        if parts[:1] in (["slo"], ["incidents"]) and self.operate is not None:
+            return await handle_operate(
+                self.operate,
+                method,
+                parts,
+                query or {},
+                principal.name,
+                principal.require,
+                read_body,
+            )
         if parts[:1] and parts[0] in _CONTROL_ROUTES:
             if self._control_routes is None:
                 raise NotFound("the control store is off for this gateway (no --data-dir)")

@@ -36,6 +36,7 @@ from failsoft.call import Call
 from failsoft.config import Config, ServerConfig
 from failsoft.control.flag_service import FlagService
 from failsoft.control.flags import NO_SWITCHES, Context, Switches
+from failsoft.control.operate import Operate
 from failsoft.control.plane import ControlPlane
 from failsoft.control.quota_leases import open_quota_leases
 from failsoft.control.revisions import BootReport
@@ -58,7 +59,7 @@ from failsoft.errors import (
 from failsoft.jobs.service import Jobs, Reply
 from failsoft.observe import tracing
 from failsoft.observe.eventlog import LOGGED, log_event
-from failsoft.observe.events import RequestFinished, VersionAnswered
+from failsoft.observe.events import ConfigApplied, RequestFinished, VersionAnswered
 from failsoft.observe.folded import FoldedLog
 from failsoft.observe.logging import request_id_var
 from failsoft.observe.metrics import CONTENT_TYPE, Metrics
@@ -219,6 +220,15 @@ class FailsoftApp:
             lambda: self.admission.tenants,
             time.time,
         )
+        # SLOs and incidents (control/operate.py): loaded before the first request.
+        self.operate = Operate(
+            runtime.config, runtime.bus, runtime.clock, control.store if control else None
+        )
+        note = self.operate.boot()
+        if note:
+            log.warning("SLOs and incidents", extra={"note": note})
+        self.admin.operate = self.operate
+        metrics.registry.register(self.operate)
         self.draining = False  # set on SIGTERM: not ready, no new work
         self.jobs = Jobs(self, runtime.config.jobs, control.data_dir if control else None)
         self.predictions = open_predictions(runtime.config, control, metrics, runtime.bus)
@@ -257,6 +267,7 @@ class FailsoftApp:
                     )
                     self.control.start()
                 self.drift.start()
+                self.operate.start()
                 await send({"type": "lifespan.startup.complete"})
                 if self._on_ready is not None:
                     self._on_ready()
@@ -266,8 +277,11 @@ class FailsoftApp:
                     await self.quotas.close()
                 self.decoder.close()
                 await self.drift.close()
+                # Both end with a last store call under a deadline: wait for them together.
+                closing = [self.operate.close()]
                 if self.control is not None:
-                    await self.control.close()
+                    closing.append(self.control.close())
+                await asyncio.gather(*closing)
                 await self.runtime.close()
                 if self.predictions is not None:  # every accepted prediction, on disk
                     await asyncio.to_thread(self.predictions.close)
@@ -296,6 +310,8 @@ class FailsoftApp:
         if self.control is not None and self.control.flags is not None:
             self.control.flags.reapply()  # switches of models this change added
         self.revision = revision
+        self.operate.reconfigure(config)
+        self.runtime.bus.emit(ConfigApplied(revision))
         log.info("revision applied", extra={"revision": revision})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -587,7 +603,7 @@ class FailsoftApp:
         )
         status = 500
         failure = None
-        served_by = ""
+        served: Served | None = None
         request: InferRequest | None = None
         try:
             if self.draining:
@@ -616,12 +632,12 @@ class FailsoftApp:
             except Shed as shed:
                 if not model.fallback:
                     raise
-                answer, served_by = await self._serve(
+                answer, served = await self._serve(
                     model, route, request, v1_codec, call, shed=shed, verdict=verdict
                 )
             else:
                 try:
-                    answer, served_by = await self._serve(
+                    answer, served = await self._serve(
                         model, route, request, v1_codec, call, verdict=verdict
                     )
                 finally:
@@ -645,7 +661,14 @@ class FailsoftApp:
         finally:
             self.runtime.bus.emit(
                 RequestFinished(
-                    model_name, version, status, failure, time.perf_counter() - started, served_by
+                    model_name,
+                    version,
+                    status,
+                    failure,
+                    time.perf_counter() - started,
+                    served.served_by if served is not None else "",
+                    served is not None and served.degraded,
+                    tenant.name if tenant else None,
                 )
             )
 
@@ -658,7 +681,7 @@ class FailsoftApp:
         call: Call,
         shed: Overloaded | None = None,
         verdict: DataVerdict | None = None,
-    ) -> tuple[Answer, str]:
+    ) -> tuple[Answer, Served]:
         if shed is not None:
             served = await model.shed(request, call, shed)
         elif verdict is not None and verdict.policy == "degrade":
@@ -691,7 +714,7 @@ class FailsoftApp:
             headers.append((b"failsoft-revision", str(revision).encode()))
         if verdict is not None:
             headers.append((DATA_WARNING, verdict.violation.header()))
-        return answer, served.served_by
+        return answer, served
 
     def _route_to(
         self, req: Incoming, model: ModelRuntime, version_name: str | None, tenant: str | None

@@ -65,6 +65,8 @@ __all__ = ["FORMAT", "BackupResult", "RestoreResult", "backup", "restore"]
 FORMAT = "failsoft-backup/1"
 MANIFEST = "manifest.json"
 AUDIT_FILES = (PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, CHECKPOINT_FILE)
+# The gateway's id, which its SLO buckets and incidents are stored under (operate_rows.py).
+GATEWAY_FILES = ("gateway-id",)
 ARTIFACTS = "artifacts"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
@@ -157,7 +159,7 @@ def backup(
         staging = Path(tmp)
         (staging / "data").mkdir()
         (staging / "store").mkdir()
-        for name in AUDIT_FILES:
+        for name in (*AUDIT_FILES, *GATEWAY_FILES):
             source = data_dir / name
             if source.is_file():
                 target = staging / "data" / name

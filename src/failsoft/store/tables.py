@@ -130,6 +130,33 @@ rollouts = Table(
 )
 Index("ix_rollouts_model", rollouts.c.model)
 
+slo_buckets = Table(
+    "slo_buckets",
+    metadata,
+    Column("gateway", String(64), primary_key=True),
+    Column("series", String(260), primary_key=True),
+    Column("resolution", Integer, primary_key=True, autoincrement=False),
+    Column("start", BigInteger, primary_key=True, autoincrement=False),
+    Column("valid", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    Column("degraded", BigInteger, nullable=False),
+    Column("slow", BigInteger, nullable=False),
+)
+
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("gateway", String(64), primary_key=True),
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("model", _NAME, nullable=False),
+    Column("cause", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("opened_at", _TIME, nullable=False),
+    Column("updated_at", _TIME, nullable=False),
+    Column("data", Text, nullable=False),
+)
+Index("ix_incidents_state", incidents.c.state)
+
 # The running gateways (heartbeats); not audited, not backed up: it says who runs now.
 instances = Table(
     "instances",
@@ -147,4 +174,14 @@ instances = Table(
 Index("ix_instances_heartbeat_at", instances.c.heartbeat_at)
 
 # Backups dump and restore these, in this order.
-ALL_TABLES = (revisions, artifacts, tokens, flags, rollouts, audit_entries, checkpoints)
+ALL_TABLES = (
+    revisions,
+    artifacts,
+    tokens,
+    flags,
+    rollouts,
+    slo_buckets,
+    incidents,
+    audit_entries,
+    checkpoints,
+)
