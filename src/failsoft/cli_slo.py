@@ -4,7 +4,7 @@
     failsoft slo rules [--config FILE]           equivalent Prometheus rules (YAML)
     failsoft incident list [--state S] [--json]
     failsoft incident show N [--json]
-    failsoft incident ack N | resolve N [TEXT] | update N TEXT
+    failsoft incident ack N | resolve N [TEXT] | update N TEXT | approve N
     failsoft incident remediate N TEXT | remediate N --close ITEM
     failsoft incident postmortem N [-o FILE]
 
@@ -329,6 +329,20 @@ def incident_update(number: int, text: str, as_json: bool, gateway: Gateway) -> 
       failsoft incident update 3 "fallback answering; v1 workers restarting"
     """
     _change(gateway, number, "update", {"text": text}, as_json)
+
+
+@incident_group.command("approve")
+@click.argument("number", type=click.IntRange(min=1))
+@_json_option
+@_gateway_options
+def incident_approve(number: int, as_json: bool, gateway: Gateway) -> None:
+    """Approve the runbook steps of an incident that wait for approval.
+
+    \b
+    Example:
+      failsoft incident approve 3
+    """
+    _change(gateway, number, "approve", {}, as_json)
 
 
 @incident_group.command("remediate")

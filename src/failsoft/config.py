@@ -28,6 +28,7 @@ from failsoft.control.artifact_ref import ArtifactRef
 from failsoft.control.faults import ChaosOptions
 from failsoft.control.incident_model import IncidentOptions
 from failsoft.control.quota_options import QuotaOptions
+from failsoft.control.runbook_model import RunbooksOptions
 from failsoft.control.slo import SloOptions
 from failsoft.control.tenants import TenantConfig
 from failsoft.data.constraints import Compatibility, InputPolicy
@@ -428,6 +429,7 @@ class Config(_Strict):
     predictions: PredictionLogOptions = Field(default_factory=PredictionLogOptions)
     tracing: TracingOptions = Field(default_factory=TracingOptions)
     incidents: IncidentOptions = Field(default_factory=IncidentOptions)
+    runbooks: RunbooksOptions = Field(default_factory=RunbooksOptions)
 
     @model_validator(mode="after")
     def _keys_can_be_met(self) -> Config:

@@ -68,6 +68,7 @@ class Operate:
         self.saved_ok = store is None
         self._pruned_at = 0.0
         self._loaded = store is None  # what the store held is in memory
+        self.runbooks: Any = None  # control/runbooks.py, set by the app (approvals)
         self.gateway = ""  # this gateway's id in the store, kept in its data directory
         if store is not None:
             from failsoft.store.operate_rows import gateway_id

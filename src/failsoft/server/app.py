@@ -41,6 +41,8 @@ from failsoft.control.plane import ControlPlane
 from failsoft.control.quota_leases import open_quota_leases
 from failsoft.control.revisions import BootReport
 from failsoft.control.rollout_controller import RolloutController
+from failsoft.control.runbook_actions import GatewayActions
+from failsoft.control.runbooks import Runbooks
 from failsoft.control.tenants import BucketFactory, Tenants
 from failsoft.data.drift_service import DriftService
 from failsoft.data.input_checks import HEADER as DATA_WARNING
@@ -228,6 +230,15 @@ class FailsoftApp:
         if note:
             log.warning("SLOs and incidents", extra={"note": note})
         self.admin.operate = self.operate
+        self.runbooks = Runbooks(  # control/runbooks.py: incident or event -> steps
+            runtime.config.runbooks,
+            self.operate.incidents,
+            runtime.bus,
+            runtime.clock,
+            self.operate.wall,
+            GatewayActions(control) if control is not None else None,
+        )
+        self.operate.runbooks = self.runbooks
         metrics.registry.register(self.operate)
         self.draining = False  # set on SIGTERM: not ready, no new work
         self.jobs = Jobs(self, runtime.config.jobs, control.data_dir if control else None)
@@ -278,7 +289,7 @@ class FailsoftApp:
                 self.decoder.close()
                 await self.drift.close()
                 # Both end with a last store call under a deadline: wait for them together.
-                closing = [self.operate.close()]
+                closing = [self.operate.close(), self.runbooks.close()]
                 if self.control is not None:
                     closing.append(self.control.close())
                 await asyncio.gather(*closing)

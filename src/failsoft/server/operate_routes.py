@@ -9,6 +9,7 @@
     POST /admin/incidents/N/resolve          {"text": "..."} (optional)
     POST /admin/incidents/N/update           {"text": "..."}: a status update, in the timeline
     POST /admin/incidents/N/remediation      {"text": "..."} adds an item, {"close": ID} closes one
+    POST /admin/incidents/N/approve          release the runbook steps waiting for approval
 
 Reading needs ``read``, changing ``write``. A change is in force at once and
 saved (with its audit entry) before the answer; ``"saved": false`` says the
@@ -80,7 +81,7 @@ async def handle_operate(
             if row["model"] == found.model and not row["tenant"]
         ]
         return Answer(200, render(found, budgets).encode(), b"text/markdown; charset=utf-8")
-    if len(verb) != 1 or verb[0] not in ("ack", "resolve", "update", "remediation"):
+    if len(verb) != 1 or verb[0] not in ("ack", "resolve", "update", "remediation", "approve"):
         raise NotFound(f"no admin route /admin/{'/'.join(parts)}")
     _allow(method, "POST")
     body = await _json(read_body)
@@ -90,6 +91,11 @@ async def handle_operate(
         changed = incidents.acknowledge(incident_id, actor)
     elif verb[0] == "resolve":
         changed = incidents.resolve(incident_id, actor, body.get("text", ""))
+    elif verb[0] == "approve":
+        released = operate.runbooks.approve(incident_id, actor) if operate.runbooks else 0
+        if not released:
+            raise BadRequest(f"no runbook step of incident {incident_id} awaits approval")
+        changed = incidents.get(incident_id)
     elif verb[0] == "update":
         changed = incidents.update(incident_id, actor, body.get("text", ""))
     else:
