@@ -1,0 +1,98 @@
+"""The bundled runbook on a real gateway: every replica of iris v1 fails.
+
+An infra incident opens; the runbook all-replicas-out (runbooks/) notifies a
+real local webhook receiver, waits for `failsoft incident approve 1`, switches
+iris/v1 off through the flag service (the fallback answers; the switch
+expires after a few seconds here), and verifies the incident is mitigated.
+Every step is on the incident's timeline and in the audit log with the actor
+runbook:all-replicas-out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.control.test_webhooks import Receiver
+from tests.integration.conftest import REPO
+from tests.integration.test_incidents import AUTH, Gateway, Load, cli, config, poll
+
+pytestmark = pytest.mark.integration
+
+RUNBOOK = "runbook:all-replicas-out"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    made = Receiver([500])
+    yield made
+    made.close()
+
+
+def test_the_bundled_runbook_switches_the_version_off_after_approval_and_verifies(
+    tmp_path: Path, demo_dir: Path, receiver: Receiver
+) -> None:
+    books = tmp_path / "runbooks"
+    books.mkdir()
+    bundled = (REPO / "runbooks" / "all-replicas-out.yaml").read_text()
+    assert "for_s: 60" in bundled
+    (books / "all-replicas-out.yaml").write_text(bundled.replace("for_s: 60", "for_s: 3"))
+    gateway = Gateway(tmp_path / "gw", demo_dir)
+    (gateway.folder / "failsoft.yaml").write_text(
+        config(demo_dir)
+        + f"runbooks: {{dir: {books}, webhooks: {{oncall: '{receiver.url}'}},"
+        + " webhook: {backoff_s: 0.1}}\n"
+    )
+    server = gateway.start()
+    load = Load(server.url)
+    try:
+        poll(lambda: sum(load.statuses.values()) > 20, 10, "good traffic first")
+        fault = {"kind": "error", "status": 503, "model": "iris", "version": "v1", "duration_s": 4}
+        added = httpx.post(f"{server.url}/admin/faults", json=fault, headers=AUTH, timeout=10)
+        assert added.status_code == 201, added.text
+
+        def texts() -> list[str]:
+            found = gateway.get("/admin/incidents")["incidents"]
+            if not found:
+                return []
+            timeline = gateway.get(f"/admin/incidents/{found[-1]['id']}")["timeline"]
+            return [e["text"] for e in timeline if e["kind"] == "runbook"]
+
+        poll(lambda: any(t.startswith("waiting for approval") for t in texts()), 15, "a gate")
+        assert not any(t.startswith("done:") for t in texts())  # nothing done before approval
+        cli(server, "incident", "approve", "1")
+        poll(lambda: any(t.startswith("verified:") for t in texts()), 40, "verified mitigated")
+    finally:
+        load.stop()
+    incident = gateway.get("/admin/incidents/1")
+    said = [e for e in incident["timeline"] if e["kind"] == "runbook"]
+    print("\n".join(f"{e['at']:.3f} {e['text']}" for e in said))
+    print(f"MTTD {incident['mttd_s']} s, MTTM {incident['mttm_s']} s")
+    wanted = [
+        "runbook all-replicas-out started (act)",
+        "webhook oncall queued",
+        "webhook oncall delivered after 2 attempt(s) (HTTP 200)",
+        "waiting for approval to switch iris/v1 off for 3 s (the fallback answers)"
+        " (failsoft incident approve 1)",
+        "done: switch iris/v1 off for 3 s (the fallback answers)",
+        "runbook all-replicas-out finished",
+    ]
+    for text in wanted:
+        assert text in [e["text"] for e in said], text
+    assert all(e["detail"]["actor"] == RUNBOOK for e in said if "approved by" not in e["text"])
+    assert incident["state"] == "mitigated"
+    assert incident["cause"] == "infra"
+    assert receiver.bodies[-1]["incident"]["id"] == 1
+    assert receiver.bodies[-1]["text"] == "every replica of iris/v1 is out (incident 1)"
+    assert load.statuses.get("200:None", 0) + load.statuses.get("200:true", 0) > 0
+    assert not [key for key in load.statuses if not key.startswith("200")], load.statuses
+    audit = httpx.get(f"{server.url}/admin/audit?limit=1000", headers=AUTH, timeout=10).json()
+    by_runbook = {e["action"] for e in audit["entries"] if e["actor"] == RUNBOOK}
+    assert "runbook.disable_version" in by_runbook, by_runbook
+    assert any(a.startswith("flag") for a in by_runbook), by_runbook  # the flag service's own
+    again = httpx.post(f"{server.url}/admin/incidents/1/approve", headers=AUTH, timeout=10)
+    assert again.status_code == 400
+    assert again.json() == {"error": "no runbook step of incident 1 awaits approval"}
