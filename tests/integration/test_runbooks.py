@@ -93,6 +93,13 @@ def test_the_bundled_runbook_switches_the_version_off_after_approval_and_verifie
     by_runbook = {e["action"] for e in audit["entries"] if e["actor"] == RUNBOOK}
     assert "runbook.disable_version" in by_runbook, by_runbook
     assert any(a.startswith("flag") for a in by_runbook), by_runbook  # the flag service's own
+    cli(server, "incident", "update", "1", "<b>fallback</b> answered; all good again")
+    public = httpx.get(f"{server.url}/status", timeout=10)  # no token
+    assert public.status_code == 200
+    assert public.headers["content-type"].startswith("text/html")
+    assert "&lt;b&gt;fallback&lt;/b&gt; answered; all good again" in public.text
+    assert "Incident 1: iris" in public.text
+    assert "every replica" not in public.text  # no internals
     again = httpx.post(f"{server.url}/admin/incidents/1/approve", headers=AUTH, timeout=10)
     assert again.status_code == 400
     assert again.json() == {"error": "no runbook step of incident 1 awaits approval"}

@@ -60,6 +60,7 @@ from failsoft.errors import (
 )
 from failsoft.jobs.service import Jobs, Reply
 from failsoft.observe import tracing
+from failsoft.observe.depmap import runtime_map
 from failsoft.observe.eventlog import LOGGED, log_event
 from failsoft.observe.events import ConfigApplied, RequestFinished, VersionAnswered
 from failsoft.observe.folded import FoldedLog
@@ -85,6 +86,7 @@ from failsoft.server.http import (
 )
 from failsoft.server.ofrep import Ofrep
 from failsoft.server.predictions import FEEDBACK_BODY_LIMIT, open_predictions
+from failsoft.server.status_page import StatusPage
 from failsoft.server.ui.console import Console, UiRequest
 from failsoft.server.ui.sessions import Sessions
 
@@ -239,6 +241,7 @@ class FailsoftApp:
             GatewayActions(control) if control is not None else None,
         )
         self.operate.runbooks = self.runbooks
+        self.status_page = StatusPage(self.operate.wall)
         metrics.registry.register(self.operate)
         self.draining = False  # set on SIGTERM: not ready, no new work
         self.jobs = Jobs(self, runtime.config.jobs, control.data_dir if control else None)
@@ -447,6 +450,11 @@ class FailsoftApp:
             return self._ofrep(req, parts[1:])
         if head == "ui":
             return self._ui(req, parts[1:])
+        if head == "status" and len(parts) == 1:  # the public status page: no token
+            _expect(req, "GET")
+            models = runtime_map(self.runtime, self.admin.status())["models"]
+            page = self.status_page.render(models, list(self.operate.incidents.incidents.values()))
+            return Answer(200, page, [], b"text/html; charset=utf-8")
         if head == "" and len(parts) == 1:
             _expect(req, "GET")
             self._guard(req)
