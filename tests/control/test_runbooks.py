@@ -211,3 +211,25 @@ def test_the_bundled_runbook_loads() -> None:
     assert bundled.name == "all-replicas-out"
     assert [s.action for s in bundled.steps] == ["webhook", "disable_version", "wait"]
     assert bundled.steps[1].approve
+
+
+async def test_an_event_triggers_a_runbook_and_a_new_configuration_brings_new_ones() -> None:
+    from failsoft.observe.events import ConfigApplied
+
+    world = World()
+    world.bus.emit(ConfigApplied(7))
+    await world.settle()
+    assert world.services.calls == []
+    on_apply = {
+        "name": "undo",
+        "mode": "act",
+        "trigger": {"event": "ConfigApplied"},
+        "steps": [{"action": "config_rollback", "revision": 6}],
+    }
+    world.runbooks.configure(RunbooksOptions.model_validate({"runbooks": [on_apply]}))
+    world.bus.emit(ConfigApplied(8))
+    await world.settle()
+    assert world.services.calls == [("rollback", "6", "runbook:undo")]
+    assert [(r.runbook, r.incident, r.state) for r in world.runbooks.runs] == [
+        ("undo", None, "done")
+    ]

@@ -92,6 +92,8 @@ class Operate:
         self.book.configure(config.models)
         self.incidents.configure(config.incidents, config.models)
         self.incidents.set_replicas(replica_counts(config))
+        if self.runbooks is not None:
+            self.runbooks.configure(config.runbooks)
 
     # -- start-up and shutdown -------------------------------------------------------
 

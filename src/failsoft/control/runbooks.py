@@ -84,7 +84,9 @@ class Runbooks:
         poll_s: float = 0.25,
     ) -> None:
         self.options = options
-        self.specs = [*options.runbooks, *load_dir(options.dir)]
+        self.specs: list[RunbookSpec] = []
+        self._bus = bus
+        self._subscribed: set[str] = set()
         self._incidents = incidents
         self._clock = clock
         self._wall = wall
@@ -98,12 +100,21 @@ class Runbooks:
         self._hour: deque[float] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         bus.subscribe(self.observe, (IncidentChanged,))
+        self.configure(options)
+
+    def configure(self, options: RunbooksOptions) -> None:
+        """Take a new configuration's runbooks (runs under way go on as they were)."""
+        self.options = options
+        self.specs = [*options.runbooks, *load_dir(options.dir)]
+        self.notifier.options = options.webhook
         names = {spec.trigger.event for spec in self.specs if spec.trigger.event}
-        if names:
+        new = names - self._subscribed
+        if new:
             from failsoft.control.incidents import generic_kinds
 
-            kinds = [k for k in generic_kinds(names) if k.__name__ in names]
-            bus.subscribe(self.observe, kinds)
+            kinds = [k for k in generic_kinds(new) if k.__name__ in new]
+            self._bus.subscribe(self.observe, kinds)
+            self._subscribed.update(k.__name__ for k in kinds)
 
     # -- triggers ---------------------------------------------------------------------
 
