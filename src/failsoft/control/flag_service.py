@@ -34,7 +34,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from failsoft._options import validation_problems
 from failsoft.clock import Cancel, Clock
 from failsoft.config import ModelConfig
 from failsoft.control.flags import FEATURES, KEY_PATTERN, PREFIX, FlagSpec
+from failsoft.control.follow import Wait, follow_store
 from failsoft.control.revisions import StoreUnavailable
 from failsoft.control.storecall import store_call
 from failsoft.errors import BadRequest, NotFound
@@ -288,28 +289,16 @@ class FlagService:
 
     # -- following the store ---------------------------------------------------------
 
-    async def watch(
-        self, every_s: float, wake: Callable[[float], Awaitable[bool]] | None = None
-    ) -> None:
+    async def watch(self, every_s: float, wake: Wait | None = None) -> None:
         """Pick up flags other gateways changed in the shared store (runs until cancelled);
         between looks, ``every_s`` seconds or less when ``wake`` says the flags changed."""
-        warned = False
-        while True:
-            if wake is None:
-                await asyncio.sleep(every_s)
-            else:
-                await wake(every_s)
-            try:
-                await self.poll()
-            except StoreError as error:
-                if not warned:
-                    log.warning(
-                        "control store unreachable; flags as they were",
-                        extra={"error": error.message},
-                    )
-                    warned = True
-                continue
-            warned = False
+        await follow_store(
+            self.poll,
+            every_s,
+            wake,
+            log=log,
+            unreachable="control store unreachable; flags as they were",
+        )
 
     async def poll(self) -> bool:
         """Read the store's flags once and follow them; True when something changed."""

@@ -29,6 +29,7 @@ import orjson
 
 from failsoft.config import Config, ConfigError, ProcessBackend, parse_config
 from failsoft.control.artifact_ref import ArtifactRef
+from failsoft.control.follow import Wait, follow_store
 from failsoft.control.plan import Plan, plan
 from failsoft.control.registry import ArtifactLocations
 from failsoft.control.storecall import store_call
@@ -41,7 +42,6 @@ log = logging.getLogger("failsoft.control")
 SNAPSHOT = "current-revision.json"
 ARTIFACT_CACHE = "artifact-cache"
 Apply = Callable[[Config, int], Awaitable[None]]
-Wait = Callable[[float], Awaitable[bool]]  # wait at most this long for a wake-up
 
 
 class StoreUnavailable(FailsoftError):
@@ -255,22 +255,9 @@ class Revisions:
 
         Between looks it waits ``every_s`` seconds, or less when ``wake`` (a
         ``Wakeups.wait`` for revisions) says the store changed."""
-        warned = False
-        while True:
-            if wake is None:
-                await asyncio.sleep(every_s)
-            else:
-                await wake(every_s)
-            try:
-                await self.follow()
-            except StoreError as error:
-                if not warned:
-                    log.warning(
-                        "control store unreachable; serving on", extra={"error": error.message}
-                    )
-                    warned = True
-                continue
-            warned = False
+        await follow_store(
+            self.follow, every_s, wake, log=log, unreachable="control store unreachable; serving on"
+        )
 
     async def follow(self) -> bool:
         """Serve the store's applied revision if it is not the one served; True if applied.

@@ -39,7 +39,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,6 +48,7 @@ from pydantic import ValidationError
 from failsoft._options import validation_problems
 from failsoft.clock import Clock
 from failsoft.control.analysis import Analysis, analyse, disagree
+from failsoft.control.follow import Wait, follow_store
 from failsoft.control.revisions import Revisions, StoreUnavailable, config_json
 from failsoft.control.rollout_window import Windows
 from failsoft.control.rollouts import (
@@ -724,29 +725,17 @@ class RolloutController:
 
     # -- several gateways, one store ---------------------------------------------------
 
-    async def watch(
-        self, every_s: float, wake: Callable[[float], Awaitable[bool]] | None = None
-    ) -> None:
+    async def watch(self, every_s: float, wake: Wait | None = None) -> None:
         """Follow what other gateways sharing the store did (runs until cancelled);
         between looks, ``every_s`` seconds or less when ``wake`` says the rollouts changed
         (a rollback on one gateway reaches the others at once on PostgreSQL)."""
-        warned = False
-        while True:
-            if wake is None:
-                await asyncio.sleep(every_s)
-            else:
-                await wake(every_s)
-            try:
-                await self.poll()
-            except StoreError as error:
-                if not warned:
-                    log.warning(
-                        "control store unreachable; rollouts as they were",
-                        extra={"error": error.message},
-                    )
-                    warned = True
-                continue
-            warned = False
+        await follow_store(
+            self.poll,
+            every_s,
+            wake,
+            log=log,
+            unreachable="control store unreachable; rollouts as they were",
+        )
 
     async def poll(self) -> bool:
         """Read the store's rollouts once and follow changes made elsewhere: a rollout
