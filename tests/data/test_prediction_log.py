@@ -259,3 +259,25 @@ def test_find_records_reads_the_newest_bytes_first(tmp_path: Path) -> None:
     found, read = find_records(tmp_path, {"r0", "r199"}, size // 4)
     assert set(found) == {"r199"}  # the oldest lie beyond the budget
     assert read <= size // 4
+
+
+def test_a_record_the_writer_holds_is_still_found_until_it_is_on_disk(tmp_path: Path) -> None:
+    # Feedback may arrive while the writer has taken a batch out of the buffer and is
+    # indexing it a few records at a time: each record must be findable throughout.
+    cfg = config(flush_interval_s=60)
+    log = PredictionLog(cfg.predictions, tmp_path)
+    ids = [f"r{index}" for index in range(100)]
+    for request_id in ids:
+        logged(log, cfg, request_id)
+    seen: list[set[str]] = []
+    indexed: set[str] = set()
+
+    def index_and_look(batch: list[dict[str, Any]]) -> None:
+        indexed.update(record["request_id"] for record in batch)
+        unwritten = set(ids) - indexed
+        seen.append(set(log.pending_records(unwritten)) ^ unwritten)
+
+    log.add_consumer(index_and_look)
+    log.close()
+    assert len(seen) > 1  # the batch was indexed in several goes
+    assert seen == [set()] * len(seen)  # each time, every record not yet indexed was found

@@ -156,6 +156,7 @@ class PredictionLog:
         self._capacity = options.buffer_records
         self._wake_at = options.batch_records
         self._buffer: collections.deque[Pending] = collections.deque()
+        self._in_hand: list[Pending] = []  # the batch the writer took, until it is written
         self._trails: dict[str, list[dict[str, Any]]] = {}
         self._maker = RecordMaker(options)
         self._configs: dict[int, Any] = {}
@@ -287,8 +288,10 @@ class PredictionLog:
         return len(self._buffer)
 
     def pending_records(self, request_ids: set[str]) -> dict[str, dict[str, Any]]:
-        """Records of ``request_ids`` still in the buffer (not yet on disk)."""
-        return {item[1]: self._make(item) for item in list(self._buffer) if item[1] in request_ids}
+        """Records of ``request_ids`` not yet on disk: in the buffer, or in the batch the
+        writer is writing (out of the buffer, not yet on disk nor all indexed)."""
+        waiting = [*self._buffer, *self._in_hand]  # this order: a record moves buffer -> hand
+        return {item[1]: self._make(item) for item in waiting if item[1] in request_ids}
 
     def _make(self, item: Pending) -> dict[str, Any]:
         return self._maker.make(item, self._configs.get(item[7]))
@@ -316,9 +319,15 @@ class PredictionLog:
             wrote = False
             while buffer:
                 items: list[Pending] = []
+                self._in_hand = items
                 while buffer and len(items) < batch_size:
-                    items.append(buffer.popleft())
-                if not self._write(items):
+                    items.append(buffer[0])  # in hand before it leaves the buffer: never in neither
+                    buffer.popleft()
+                try:
+                    written = self._write(items)
+                finally:
+                    self._in_hand = []
+                if not written:
                     buffer.extendleft(reversed(items))  # kept for the next round
                     break
                 wrote = True
