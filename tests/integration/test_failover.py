@@ -32,11 +32,10 @@ from benchmarks.failover import (
 )
 from benchmarks.multi_instance import TOKEN, postgres_schema, start_gateway
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
 
 from failsoft.cli import main
 from failsoft.drills.server import ServerProcess
-from tests.store.conftest import IN_CI, POSTGRES_URL
+from tests.store.conftest import require_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -50,17 +49,7 @@ WITHIN_S = 20.0  # bound on the wait for the dead one to show stale
 
 @pytest.fixture
 def store_url() -> Iterator[str]:
-    engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as error:
-        reason = f"PostgreSQL is not reachable at {POSTGRES_URL}: {str(error).splitlines()[0]}"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    finally:
-        engine.dispose()
+    require_postgres().dispose()
     with postgres_schema("failsoft_failover") as url:
         yield url
 

@@ -31,12 +31,12 @@ from benchmarks.multi_instance import (
     start_gateway,
 )
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import make_url
 
 from failsoft.cli import main
 from failsoft.drills.server import ServerFailed, ServerProcess
 from tests._tcp_proxy import TcpProxy
-from tests.store.conftest import IN_CI, POSTGRES_URL
+from tests.store.conftest import POSTGRES_URL, require_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -50,17 +50,7 @@ ROW = [5.1, 3.5, 1.4, 0.2]
 
 @pytest.fixture
 def store_url() -> Iterator[str]:
-    engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as error:
-        reason = f"PostgreSQL is not reachable at {POSTGRES_URL}: {str(error).splitlines()[0]}"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    finally:
-        engine.dispose()
+    require_postgres().dispose()
     with postgres_schema("failsoft_inst") as url:
         yield url
 

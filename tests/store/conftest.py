@@ -53,8 +53,8 @@ class Target:
         return Store.open(data_dir, self.url, schema=self.schema, wall=wall, **options)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Engine]:
+def require_postgres(why: str = "") -> Engine:
+    """An engine on the test server; skip without one, or fail in CI (saying ``why``)."""
     engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
     try:
         with engine.connect() as conn:
@@ -63,8 +63,14 @@ def postgres() -> Iterator[Engine]:
         engine.dispose()
         reason = f"PostgreSQL is not reachable at {POSTGRES_URL}: {str(error).splitlines()[0]}"
         if IN_CI:
-            pytest.fail(f"{reason} (CI must run the PostgreSQL half of the store suite)")
+            pytest.fail(f"{reason} ({why})" if why else reason)
         pytest.skip(reason)
+    return engine
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Engine]:
+    engine = require_postgres("CI must run the PostgreSQL half of the store suite")
     yield engine
     engine.dispose()
 
