@@ -13,10 +13,13 @@ each counts. Prints req/s, p50, p99 and the failsoft/bare throughput ratio.
     PYTHONPATH=src python benchmarks/serve.py --candidate bare   # harness self-check
     PYTHONPATH=src python benchmarks/serve.py --tracing 1.0      # traced, OTLP to a sink
     PYTHONPATH=src python benchmarks/serve.py --candidate drift  # drift sketches on vs off
+    PYTHONPATH=src python benchmarks/serve.py --candidate assurance  # sketches + log on vs off
 
 With ``--candidate drift`` the baseline is failsoft itself and the candidate is
 the same gateway with drift on (the demo's iris profile: every answer queued
 and sketched, windows judged every 5 s); the ratio is drift-on/drift-off.
+``--candidate assurance`` adds the prediction log at a sampling rate of 100% to
+the drift candidate, and fails when the log dropped a record.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import importlib.util
 import signal
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,13 +60,18 @@ from failsoft.config import load_config
 from failsoft.demo import default_data_dir, prepare_demo
 
 TARGET_RATIO = 0.5
-DRIFT_TARGET_RATIO = 0.9  # drift sketches on, against the same gateway with them off
+DRIFT_TARGET_RATIO = 0.9  # data checks on, against the same gateway with them off
+SELF_BASELINED = ("drift", "assurance")  # candidates measured against failsoft itself
 HOST = "127.0.0.1"
 INFER_PATH = "/v2/models/iris/infer"
 
 
 def failsoft_config(
-    model_path: Path, port: int, tracing: dict[str, Any] | None = None, drift: bool = False
+    model_path: Path,
+    port: int,
+    tracing: dict[str, Any] | None = None,
+    drift: bool = False,
+    log: bool = False,
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         **({"tracing": tracing} if tracing else {}),
@@ -81,6 +90,8 @@ def failsoft_config(
     if drift:
         profile = model_path.with_name("iris-v1.profile.json")
         config["models"]["iris"]["drift"] = {"profile": str(profile)}
+    if log:
+        config["predictions"] = {"enabled": True, "sample_rate": 1.0}
     return config
 
 
@@ -154,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
         "--candidate",
-        choices=["failsoft", "bare", "drift"],
+        choices=["failsoft", "bare", *SELF_BASELINED],
         default="failsoft",
-        help="server compared with the bare one (bare: check the harness)",
+        help="server compared with the bare one (bare: check the harness); drift and "
+        "assurance are compared with failsoft with its data checks off",
     )
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument(
@@ -186,15 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers
 
     try:
-        runs = measure(args, tool)
+        runs, dropped = measure(args, tool)
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return report(runs, args, tool)
+    return report(runs, dropped, args, tool)
 
 
-def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
-    """Start both servers, check them, warm up, run the rounds; always stop them."""
+def measure(args: argparse.Namespace, tool: str) -> tuple[dict[str, list[LoadResult]], float]:
+    """Start both servers, check them, warm up, run the rounds; always stop them.
+
+    Returns the runs and the prediction log records the candidate dropped."""
     config_path = prepare_demo(default_data_dir(), progress=lambda m: print(m, flush=True))
     model_path = config_path.parent / "iris-v1.onnx"
     body = iris_body()
@@ -207,11 +221,11 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
         tmp_dir = Path(tmp)
         try:
             bare_port, candidate_port = free_port(), free_port()
-            if args.candidate == "drift":  # the baseline is failsoft with drift off
+            if args.candidate in SELF_BASELINED:  # the baseline is failsoft with them off
                 servers.append(failsoft_server("failsoft", model_path, bare_port, tmp_dir))
             else:
                 servers.append(ServerProcess("bare", bare_argv(model_path, bare_port), tmp_dir))
-            if args.candidate in ("failsoft", "drift"):
+            if args.candidate in ("failsoft", *SELF_BASELINED):
                 tracing: dict[str, Any] | None = None
                 if args.tracing is not None:
                     tracing = {"enabled": True, "sample_ratio": args.tracing}
@@ -226,7 +240,8 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
                         model_path,
                         candidate_port,
                         tmp_dir,
-                        drift=args.candidate == "drift",
+                        drift=args.candidate in SELF_BASELINED,
+                        log=args.candidate == "assurance",
                         tracing=tracing,
                     )
                 )
@@ -273,12 +288,25 @@ def measure(args: argparse.Namespace, tool: str) -> dict[str, list[LoadResult]]:
                         f"errors {result.errors}",
                         flush=True,
                     )
+            dropped = 0.0
+            if args.candidate == "assurance":
+                dropped = log_metric(
+                    f"http://{HOST}:{candidate_port}", "failsoft_prediction_log_dropped_total"
+                )
         finally:
             for server in servers:
                 server.stop()
             if sink is not None:
                 print(f"otlp sink: {sink.posts} exports, {sink.bytes} bytes", flush=True)
-    return runs
+    return runs, dropped
+
+
+def log_metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise RuntimeError(f"{name} is not in /metrics")
 
 
 def failsoft_server(
@@ -287,16 +315,19 @@ def failsoft_server(
     port: int,
     tmp_dir: Path,
     drift: bool = False,
+    log: bool = False,
     tracing: dict[str, Any] | None = None,
 ) -> ServerProcess:
     config = tmp_dir / f"{name}.yaml"
-    settings = failsoft_config(model_path, port, tracing, drift)
+    settings = failsoft_config(model_path, port, tracing, drift, log)
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
     load_config(config)  # a bad config is our bug: fail before starting
     return ServerProcess(name, failsoft_argv(config, port), tmp_dir, src_env())
 
 
-def report(runs: dict[str, list[LoadResult]], args: argparse.Namespace, tool: str) -> int:
+def report(
+    runs: dict[str, list[LoadResult]], dropped: float, args: argparse.Namespace, tool: str
+) -> int:
     best = {name: max(results, key=lambda r: r.rps) for name, results in runs.items()}
     bare_name, candidate_name = list(best)
     how = (
@@ -312,13 +343,18 @@ def report(runs: dict[str, list[LoadResult]], args: argparse.Namespace, tool: st
             f"{sum(r.errors for r in runs[name]):>7}"
         )
     ratio = best[candidate_name].rps / best[bare_name].rps
-    target = DRIFT_TARGET_RATIO if candidate_name == "drift" else TARGET_RATIO
+    target = DRIFT_TARGET_RATIO if candidate_name in SELF_BASELINED else TARGET_RATIO
     print(f"\nratio {candidate_name}/{bare_name}: {ratio:.2f} (target >= {target})")
     if tool == "python":
         print(
             "note: the Python load driver shares the CPU and may be the bottleneck; "
             "install wrk for a truer number"
         )
+    if candidate_name == "assurance":
+        print(f"prediction log records dropped: {dropped:.0f}")
+        if dropped:
+            print("error: the prediction log dropped records", file=sys.stderr)
+            return 1
     if any(r.errors for results in runs.values() for r in results):
         print("error: some requests failed; the numbers above are not valid", file=sys.stderr)
         return 1
