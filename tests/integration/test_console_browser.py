@@ -427,7 +427,7 @@ def test_pages_without_a_session_redirect_and_never_show_internals(
 ) -> None:
     deadline = time.monotonic() + DEADLINE_S
     with httpx.Client(base_url=gateway.url, timeout=10) as http:
-        for path in ("/ui", "/ui/rollouts", "/ui/drift", "/ui/audit"):
+        for path in ("/ui", "/ui/incidents", "/ui/incidents/1", "/ui/rollouts", "/ui/audit"):
             answer = http.get(path)
             assert answer.status_code == 303, path
             assert answer.headers["location"] == "/ui/login"
@@ -456,6 +456,12 @@ def test_pages_without_a_session_redirect_and_never_show_internals(
         shown = http.get("/ui/rollouts").text
         assert "pause refused — Your token lacks the scope" in shown
         assert http.get("/admin/rollouts/iris", headers=AUTH).json()["status"] == "progressing"
+        acked = http.post("/ui/incidents/1/ack", data={"csrf": found.group(1)})
+        assert acked.status_code == 303
+        assert (
+            "Incident 1: ack refused — Your token lacks the scope"
+            in http.get(acked.headers["location"]).text
+        )
         assert time.monotonic() < deadline
 
 

@@ -143,8 +143,14 @@ class Console:
             self.sessions.close(session.id)
             return _secured(_redirect("/ui/login"))
         except NotFound:
-            message = "There is no such incident."
-            return _secured(self._render("missing.html", 404, session=session, message=message))
+            missing = self._render(
+                "missing.html",
+                404,
+                session=session,
+                message="There is no such incident.",
+                flash=session.take_flash(),
+            )
+            return _secured(missing)
         fragment = request.query.get("part") == "main"
         page_answer = self._render(
             template,
