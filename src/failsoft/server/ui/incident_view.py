@@ -64,9 +64,10 @@ def updates(incident: dict[str, Any]) -> list[dict[str, Any]]:
 def pending_approvals(operate: Any, incident_id: int) -> list[dict[str, Any]]:
     """The runbook runs of ``incident_id`` waiting for an approval (none without runbooks)."""
     runbooks = getattr(operate, "runbooks", None) if operate is not None else None
-    if runbooks is None:
+    listed = getattr(runbooks, "listed", None)
+    if listed is None:
         return []
-    runs = runbooks.listed().get("runs", [])
+    runs = listed().get("runs", [])
     return [
         run
         for run in runs
