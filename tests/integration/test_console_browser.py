@@ -4,7 +4,11 @@ gateway (two model versions, a drift profile, a control store) on an ephemeral p
 Signs in with a named token, loads every page and checks what it shows, pauses a rollout
 with the page's button (checked through the admin API and the audit log, actor = the
 token's name), sees the live refresh pick up a change made elsewhere, and saves
-screenshots under the test's tmp dir (their paths are printed).
+screenshots under the test's tmp dir (their paths are printed). Then a real incident:
+every replica of iris v1 fails (an injected fault), an incident opens and a runbook waits
+for approval; the console shows it with its timeline, the Acknowledge and Approve buttons
+work (checked through the admin API and the audit log), and the overview's SLO budget
+bars show the budget those failures spent.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import httpx
 import pytest
 
 from failsoft.drills.server import ServerProcess
+from failsoft.server.ui.incident_view import duration, times
+from failsoft.server.ui.sessions import COOKIE
 from tests.integration.conftest import ADMIN_TOKEN, REPO
 
 pytestmark = pytest.mark.integration
@@ -31,6 +37,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 ROW = [5.1, 3.5, 1.4, 0.2]
 DEADLINE_S = 30.0
+RUNBOOK = "page-the-owner"
+APPROVED_FLAG = "console.runbook.approved"
 
 
 def _browser_or_fail() -> Any:
@@ -61,6 +69,7 @@ models:
       v1: {{backend: onnx, path: {demo_dir}/iris-v1.onnx}}
       v2: {{backend: onnx, path: {demo_dir}/iris-v2.onnx, replicas: 2}}
     default_version: v1
+    slo: {{quality_pct: 99.0}}
     health_check:
       inputs: {{features: [[5.1, 3.5, 1.4, 0.2]]}}
       expect: {{label: [0]}}
@@ -68,6 +77,15 @@ models:
       profile: {demo_dir}/iris-v1.profile.json
       evaluate_every_s: 0.5
       flush_every_s: 0.1
+chaos: {{enabled: true}}
+incidents: {{evaluate_every_s: 0.25, persist_every_s: 0.25}}
+runbooks:
+  runbooks:
+    - name: {RUNBOOK}
+      mode: act
+      trigger: {{incident: opened, cause: [infra]}}
+      steps:
+        - {{action: kill_switch, key: {APPROVED_FLAG}, approve: true}}
 """
 
 
@@ -274,6 +292,8 @@ def test_the_console_in_a_real_browser(
                 assert forged.status_code == 403
                 assert _rollout(http)["status"] == "progressing"
 
+                _incident_in_the_console(page, http, gateway.url, cookie["value"], shots)
+
                 # Sign out: the session is gone, its cookie opens nothing.
                 page.click("header button:has-text('Sign out')")
                 page.wait_for_url(f"{gateway.url}/ui/login")
@@ -286,6 +306,118 @@ def test_the_console_in_a_real_browser(
                 browser.close()
 
 
+def _incident_opened(http: httpx.Client) -> dict[str, Any]:
+    """Fail every replica of iris v1 under requests until an incident opens and its
+    runbook waits for approval; the incident as the admin API shows it."""
+    fault = {"kind": "error", "status": 503, "model": "iris", "version": "v1", "duration_s": 3}
+    added = http.post("/admin/faults", json=fault, headers=AUTH)
+    assert added.status_code == 201, added.text
+    body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": ROW}]}
+    deadline = time.monotonic() + DEADLINE_S
+    while not (listed := http.get("/admin/incidents", headers=AUTH).json()["incidents"]):
+        assert time.monotonic() < deadline, "no incident opened"
+        for _ in range(5):
+            http.post("/v2/models/iris/infer", json=body)
+    number = listed[0]["id"]
+    while True:
+        incident: dict[str, Any] = http.get(f"/admin/incidents/{number}", headers=AUTH).json()
+        if any(e["text"].startswith("waiting for approval") for e in incident["timeline"]):
+            return incident
+        assert time.monotonic() < deadline, "the runbook did not wait for approval"
+        time.sleep(0.1)
+
+
+def _incident_in_the_console(
+    page: Any, http: httpx.Client, url: str, session_cookie: str, shots: Path
+) -> None:
+    incident = _incident_opened(http)
+    number = incident["id"]
+    assert (incident["model"], incident["cause"], incident["state"]) == ("iris", "infra", "open")
+
+    # The list: the incident with its state, cause and time to detect.
+    page.click("nav >> text=Incidents")
+    page.wait_for_url(f"{url}/ui/incidents")
+    row = page.locator(f"tr.incident[data-incident='{number}']")
+    shown = row.inner_text()
+    for text in ("open", "iris", "infra", duration(incident["mttd_s"])):
+        assert text in shown, (text, shown)
+    _shot(page, shots / "incidents.png")
+
+    # The incident: its timeline, the runbook waiting for approval.
+    row.locator("a").first.click()
+    page.wait_for_url(f"{url}/ui/incidents/{number}")
+    assert page.inner_text("#incident-state") == "open"
+    kinds = {e.get_attribute("data-kind") for e in page.locator("tr.entry").all()}
+    assert {e["kind"] for e in incident["timeline"]} <= kinds, kinds
+    timeline = page.locator("table.timeline").inner_text()
+    for entry in incident["timeline"]:
+        assert entry["text"] in timeline, entry
+    assert RUNBOOK in page.locator("section.approvals").inner_text()
+    _shot(page, shots / "incident-open.png")
+
+    # Actions without the page's CSRF token change nothing.
+    for form in ({"csrf": "forged"}, {}):
+        forged = httpx.post(
+            f"{url}/ui/incidents/{number}/ack", data=form, cookies={COOKIE: session_cookie}
+        )
+        assert forged.status_code == 403
+    assert http.get(f"/admin/incidents/{number}", headers=AUTH).json()["state"] == "open"
+
+    # A status update posted elsewhere shows live, as text (it comes from people).
+    said = "<b>v1</b> is failing; <script>alert(1)</script> looking"
+    posted = http.post(f"/admin/incidents/{number}/update", json={"text": said}, headers=AUTH)
+    assert posted.status_code == 200, posted.text
+    page.locator("div.update", has_text="is failing").wait_for()
+    assert said in page.locator("div.update").first.inner_text()
+    assert page.locator("div.update b, div.update script").count() == 0
+
+    # Acknowledge and Approve with the page's buttons: the admin API's own routes.
+    page.click(f"form[action='/ui/incidents/{number}/ack'] button")
+    page.wait_for_url(f"{url}/ui/incidents/{number}")
+    assert f"Incident {number}: acknowledged." in page.inner_text(".flash")
+    assert page.inner_text("#incident-state") == "acknowledged"
+    acked = http.get(f"/admin/incidents/{number}", headers=AUTH).json()
+    assert acked["state"] == "acknowledged"
+    assert "acknowledged by ops-console" in page.locator("table.timeline").inner_text()
+    page.click(f"form[action='/ui/incidents/{number}/approve'] button")
+    page.wait_for_url(f"{url}/ui/incidents/{number}")
+    assert f"Incident {number}: approved." in page.inner_text(".flash")
+    assert page.locator("section.approvals").count() == 0
+    approved = f"runbook {RUNBOOK} step 1 approved by ops-console"
+    assert approved in page.locator("table.timeline").inner_text()
+    deadline = time.monotonic() + DEADLINE_S
+    while http.get(f"/admin/flags/{APPROVED_FLAG}", headers=AUTH).status_code != 200:
+        assert time.monotonic() < deadline, "the approved runbook step did not run"
+        time.sleep(0.1)
+    _shot(page, shots / "incident.png")
+    audit = http.get("/admin/audit", params={"limit": 1000}, headers=AUTH).json()["entries"]
+    by = {(e["action"], e["actor"]) for e in audit if e["target"] == f"incident:{number}"}
+    assert ("incident.acknowledged", "ops-console") in by, by
+    approvals = [e for e in audit if e["action"] == "runbook.approved"]
+    assert [e["detail"]["by"] for e in approvals] == ["ops-console"], approvals
+
+    # The overview's budget bars: the book's numbers, the failures spent some budget.
+    page.click("nav >> text=Overview")
+    page.wait_for_url(f"{url}/ui")
+    slos = http.get("/admin/slo", headers=AUTH).json()["slos"]
+    rows = [r for r in slos if r["model"] == "iris" and not r["tenant"]]
+    assert {r["objective"] for r in rows} == {"availability", "quality"}
+    for r in rows:
+        objective = f"div.budget[data-objective='{r['objective']}']"
+        bar = page.locator(f"section[data-model='iris'] {objective}")
+        left = r["budget_left"]
+        assert f"{100 * max(0.0, left):.1f}% left" in bar.inner_text()
+        if left < 0:
+            assert f"overspent: {times(1 - left)} the budget" in bar.inner_text()
+        assert f"{r['events']} requests, {r['bad']} bad" in bar.inner_text()
+        meter = bar.locator("meter").evaluate("m => m.value")
+        assert meter == pytest.approx(min(1.0, max(0.0, left)))
+    availability = next(r for r in rows if r["objective"] == "availability")
+    assert availability["bad"] > 0
+    assert availability["budget_left"] < 1.0
+    _shot(page, shots / "overview-slo.png")
+
+
 def _shot(page: Any, path: Path) -> None:
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
@@ -296,7 +428,7 @@ def test_pages_without_a_session_redirect_and_never_show_internals(
 ) -> None:
     deadline = time.monotonic() + DEADLINE_S
     with httpx.Client(base_url=gateway.url, timeout=10) as http:
-        for path in ("/ui", "/ui/rollouts", "/ui/drift", "/ui/audit"):
+        for path in ("/ui", "/ui/incidents", "/ui/incidents/1", "/ui/rollouts", "/ui/audit"):
             answer = http.get(path)
             assert answer.status_code == 303, path
             assert answer.headers["location"] == "/ui/login"
@@ -325,6 +457,12 @@ def test_pages_without_a_session_redirect_and_never_show_internals(
         shown = http.get("/ui/rollouts").text
         assert "pause refused — Your token lacks the scope" in shown
         assert http.get("/admin/rollouts/iris", headers=AUTH).json()["status"] == "progressing"
+        acked = http.post("/ui/incidents/1/ack", data={"csrf": found.group(1)})
+        assert acked.status_code == 303
+        assert (
+            "Incident 1: ack refused — Your token lacks the scope"
+            in http.get(acked.headers["location"]).text
+        )
         assert time.monotonic() < deadline
 
 

@@ -14,13 +14,18 @@ import pytest
 
 from failsoft.clock import ManualClock
 from failsoft.config import parse_config
-from failsoft.observe.events import EventBus
+from failsoft.control.operate import Operate
+from failsoft.errors import FailureClass
+from failsoft.observe.events import EventBus, RequestFinished
+from failsoft.pipeline.version import AttemptFailed, PanicChanged
 from failsoft.runtime import Runtime
 from failsoft.server.admin import AdminRoutes
 from failsoft.server.ui.console import Console, Page, UiRequest
 from failsoft.server.ui.scorecards import read_cards, read_chart
 from failsoft.server.ui.sessions import COOKIE, Sessions, cookie_of, set_cookie
 from tests.server.test_admin import TOKEN, config
+
+EPOCH = 1_800_000_000.0
 
 
 def counting_tokens() -> Callable[[int], str]:
@@ -119,6 +124,8 @@ class Browser:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.cookie: str | None = None
+        self.operate: Operate | None = None  # the SLO book and incidents behind the pages
+        self.bus = EventBus()  # the runtime's, which feeds them
 
     async def request(
         self, method: str, path: str, form: bytes = b"", query: dict[str, str] | None = None
@@ -143,10 +150,15 @@ async def browser() -> AsyncIterator[Callable[[], Awaitable[Browser]]]:
 
     async def start() -> Browser:
         clock = ManualClock(start=time.monotonic())
-        runtime = Runtime(parse_config(config()), EventBus(), clock, random.Random(0))
+        bus = EventBus()
+        runtime = Runtime(parse_config(config()), bus, clock, random.Random(0))
         await runtime.start()
         runtimes.append(runtime)
-        return Browser(Console(AdminRoutes(runtime, TOKEN), Sessions(clock.now)))
+        admin = AdminRoutes(runtime, TOKEN)
+        admin.operate = Operate(runtime.config, bus, clock, None, wall=lambda: EPOCH)
+        made = Browser(Console(admin, Sessions(clock.now)))
+        made.operate, made.bus = admin.operate, bus
+        return made
 
     yield start
     for runtime in runtimes:
@@ -268,3 +280,71 @@ async def test_a_form_posted_from_another_site_is_refused_even_the_sign_in(
     same = [(b"origin", b"http://gateway:8000"), (b"host", b"gateway:8000")]
     allowed = await client.console.handle(UiRequest("POST", ["login"], {}, same, form))
     assert allowed.status == 303
+
+
+# --- SLO budgets and incidents ----------------------------------------------------------
+
+
+def csrf_of(client: Browser) -> str:
+    session = client.console.sessions.get(client.cookie)
+    assert session is not None
+    return session.csrf
+
+
+async def test_budget_bars_incident_pages_and_acknowledge(
+    browser: Callable[[], Awaitable[Browser]],
+) -> None:
+    client = await browser()
+    await client.request("POST", "/ui/login", f"token={TOKEN}".encode())
+    operate, bus = client.operate, client.bus
+    assert operate is not None
+    for status in (200,) * 9 + (503,):
+        failure = FailureClass.REPLICA if status >= 500 else None
+        bus.emit(RequestFinished("m", "v1", status, failure, 0.01))
+    overview = (await client.request("GET", "/ui")).body.decode()
+    assert 'data-objective="availability"' in overview
+    assert "0.0% left" in overview  # 1 bad of 10 against 99.9%: spent
+    assert "overspent: 100 times the budget" in overview
+    assert "10 requests, 1 bad" in overview
+
+    bus.emit(AttemptFailed("m", "v1", "r0", FailureClass.REPLICA, "503", 0.01))
+    bus.emit(PanicChanged("m", "v1", True))
+    (incident,) = operate.incidents.incidents.values()
+    operate.incidents.update(incident.id, "alice", "<img src=x onerror=alert(1)> on it")
+    listed = (await client.request("GET", "/ui/incidents")).body.decode()
+    assert f'data-incident="{incident.id}" data-state="open"' in listed
+    assert "No open incidents" not in listed
+    empty = (await client.request("GET", "/ui/incidents", query={"state": "resolved"})).body
+    assert b"No resolved incidents." in empty
+    shown = (await client.request("GET", f"/ui/incidents/{incident.id}")).body.decode()
+    assert "<img src=x" not in shown
+    assert "&lt;img src=x onerror=alert(1)&gt; on it" in shown
+    assert shown.count('class="entry') == len(incident.timeline)
+    assert f'action="/ui/incidents/{incident.id}/ack"' in shown
+    assert "Waiting for approval" not in shown  # no runbooks here
+
+    forged = await client.request("POST", f"/ui/incidents/{incident.id}/ack", b"csrf=forged")
+    assert forged.status == 403
+    assert incident.state == "open"
+    csrf = f"csrf={csrf_of(client)}".encode()
+    acked = await client.request("POST", f"/ui/incidents/{incident.id}/ack", csrf)
+    assert location(acked) == f"/ui/incidents/{incident.id}"
+    assert incident.state == "acknowledged"
+    assert incident.acknowledged_at == EPOCH
+    assert ("acknowledged by admin") in incident.timeline[-1]["text"]
+    again = (await client.request("GET", f"/ui/incidents/{incident.id}")).body.decode()
+    assert f"Incident {incident.id}: acknowledged." in again
+    assert f'action="/ui/incidents/{incident.id}/ack"' not in again
+    approve = await client.request("POST", f"/ui/incidents/{incident.id}/approve", csrf)
+    assert location(approve) == f"/ui/incidents/{incident.id}"
+    refused = (await client.request("GET", f"/ui/incidents/{incident.id}")).body.decode()
+    assert f"approve refused — no runbook step of incident {incident.id} awaits approval" in refused
+    resolved = await client.request(
+        "POST", f"/ui/incidents/{incident.id}/resolve", csrf + b"&text=drained+%3Cb%3E"
+    )
+    assert location(resolved) == f"/ui/incidents/{incident.id}"
+    assert incident.state == "resolved"
+    assert incident.timeline[-1]["text"] == "resolved by admin: drained <b>"
+
+    for path in ("/ui/incidents/99", "/ui/incidents/x", "/ui/incidents/1/more"):
+        assert (await client.request("GET", path)).status == 404, path

@@ -2,7 +2,9 @@
 
     GET  /ui/login, POST /ui/login      sign in with an admin token (form field ``token``)
     POST /ui/logout                     sign out
-    GET  /ui                            overview: models, versions, replicas, flags in force
+    GET  /ui                            overview: models, versions, replicas, SLO budgets, flags
+    GET  /ui/incidents?state=S          incidents with their MTTD/MTTM/MTTR
+    GET  /ui/incidents/N                one incident: timeline, updates, remediation, approvals
     GET  /ui/map                        the dependency map: models → versions → replicas → fallback
     GET  /ui/rollouts                   rollouts with each analysis decision; pause / resume
     GET  /ui/drift                      each model version's drift windows and features
@@ -10,6 +12,7 @@
     GET  /ui/scorecards                 drill scorecards and charts from $FAILSOFT_UI_SCORECARDS
     POST /ui/rollouts/KEY/pause|resume  an action (CSRF token checked)
     POST /ui/switches/MODEL/VERSION/off|on   a version's kill switch (failsoft.disable.*)
+    POST /ui/incidents/N/ack|approve|resolve|update   an incident action (field ``text``)
     GET  /ui/static/console.js|css      the few lines of live refresh, the style
 
 Every page is read through ``AdminRoutes.handle`` with the session's token, and
@@ -32,10 +35,20 @@ from urllib.parse import parse_qs, quote
 import jinja2
 import orjson
 
+from failsoft.control.incident_model import STATES
 from failsoft.control.plane import ControlPlane
 from failsoft.control.storecall import store_call
 from failsoft.errors import FailsoftError, MethodNotAllowed, NotFound, Unauthorized
 from failsoft.server.admin import AdminRoutes
+from failsoft.server.ui.incident_view import (
+    DONE_AS,
+    INCIDENT_ACTIONS,
+    TEXT_LIMIT,
+    budget_bars,
+    duration,
+    pending_approvals,
+    updates,
+)
 from failsoft.server.ui.scorecards import read_cards, read_chart
 from failsoft.server.ui.sessions import COOKIE, Session, Sessions, cookie_of, set_cookie
 from failsoft.store import StoreError
@@ -44,7 +57,7 @@ from failsoft.store.encoding import utc_text
 FORM_LIMIT = 8 * 1024
 AUDIT_PAGE = 50
 ROLLOUT_ACTIONS = ("pause", "resume")
-PAGES = ("overview", "map", "rollouts", "drift", "audit", "scorecards")
+PAGES = ("overview", "map", "incidents", "rollouts", "drift", "audit", "scorecards")
 STATIC = {"console.js": b"text/javascript", "console.css": b"text/css"}
 ReadBody = Callable[[int], Awaitable[bytes]]
 _SECURITY_HEADERS = [
@@ -93,6 +106,7 @@ class Console:
         self._env.filters["pct"] = _pct
         self._env.filters["num"] = _num
         self._env.filters["when"] = _when
+        self._env.filters["secs"] = duration
         folder = resources.files("failsoft.server.ui") / "static"
         self._static = {name: (folder / name).read_bytes() for name in STATIC}
 
@@ -116,15 +130,28 @@ class Console:
         if len(parts) == 2 and parts[0] == "scorecards" and parts[1].endswith(".png"):
             return _secured(await self._chart(parts[1].removesuffix(".png"), session))
         page = parts[0] if parts else "overview"
-        if page not in PAGES or len(parts) > 1:
+        detail = page == "incidents" and len(parts) == 2
+        if page not in PAGES or (len(parts) > 1 and not detail):
             return _secured(self._render("missing.html", 404, session=session, page=""))
+        template = "incident.html" if detail else f"{page}.html"
         try:
-            data = await getattr(self, f"_{page}")(session, request.query)
+            if detail:
+                data = await self._incident(session, parts[1])
+            else:
+                data = await getattr(self, f"_{page}")(session, request.query)
         except Unauthorized:  # the token was revoked since the sign-in
             self.sessions.close(session.id)
             return _secured(_redirect("/ui/login"))
+        except NotFound:
+            missing = self._render(
+                "missing.html",
+                404,
+                session=session,
+                message="There is no such incident.",
+                flash=session.take_flash(),
+            )
+            return _secured(missing)
         fragment = request.query.get("part") == "main"
-        template = f"{page}.html"
         page_answer = self._render(
             template,
             200,
@@ -184,7 +211,28 @@ class Console:
             return _redirect("/ui/rollouts")
         if len(parts) == 4 and parts[0] == "switches" and parts[3] in ("off", "on"):
             return await self._switch(parts[1], parts[2], parts[3] == "off", session)
+        if len(parts) == 3 and parts[0] == "incidents" and parts[2] in INCIDENT_ACTIONS:
+            return await self._incident_action(parts[1], parts[2], form, session)
         raise NotFound("no such console action")
+
+    async def _incident_action(
+        self, number: str, action: str, form: Mapping[str, str], session: Session
+    ) -> Page:
+        """Acknowledge, approve the waiting runbook steps, resolve or post an update:
+        the admin API's incident routes, which audit the change under the token's name."""
+        if not number.isdigit():
+            raise NotFound("no such incident")
+        text = form.get("text", "").strip()[:TEXT_LIMIT]
+        body = orjson.dumps({"text": text} if action in ("resolve", "update") else {})
+        try:
+            await self._call("POST", ["incidents", number, action], session, body=body)
+            session.note(f"Incident {number}: {DONE_AS[action]}.")
+        except Unauthorized:
+            self.sessions.close(session.id)
+            return _redirect("/ui/login")
+        except FailsoftError as error:
+            session.note(f"Incident {number}: {action} refused — {_safe(error)}")
+        return _redirect(f"/ui/incidents/{number}")
 
     async def _switch(self, model: str, version: str, off: bool, session: Session) -> Page:
         """The kill switch of one version: set (its traffic goes to the fallback chain) or
@@ -215,8 +263,11 @@ class Console:
             for flag in listed
             if flag["key"].startswith("failsoft.disable.") and flag["spec"].get("value") is True
         }
+        slo, slo_error = await self._optional(session, ["slo"])
         return {
             "status": status,
+            "budgets": budget_bars((slo or {}).get("slos", [])),
+            "slo_error": slo_error,
             "flags": listed,
             "flags_error": flags_error,
             "switched_off": switched_off,
@@ -226,6 +277,28 @@ class Console:
     async def _map(self, session: Session, query: Mapping[str, str]) -> dict[str, Any]:
         answer = await self._call("GET", ["map"], session)
         return {"models": answer.get("models", [])}
+
+    async def _incidents(self, session: Session, query: Mapping[str, str]) -> dict[str, Any]:
+        state = query.get("state", "")
+        wanted = {"state": state} if state in STATES else {}
+        listed, error = await self._optional(session, ["incidents"], wanted)
+        return {
+            "incidents": (listed or {}).get("incidents", []),
+            "means": (listed or {}).get("means", {}),
+            "error": error,
+            "state": wanted.get("state", ""),
+            "states": STATES,
+        }
+
+    async def _incident(self, session: Session, number: str) -> dict[str, Any]:
+        if not number.isdigit():
+            raise NotFound("no such incident")
+        incident = await self._call("GET", ["incidents", number], session)
+        return {
+            "incident": incident,
+            "updates": updates(incident),
+            "approvals": pending_approvals(self._admin.operate, int(number)),
+        }
 
     async def _rollouts(self, session: Session, query: Mapping[str, str]) -> dict[str, Any]:
         listed, error = await self._optional(session, ["rollouts"])

@@ -1,16 +1,25 @@
 // Live refresh: every 2 s, fetch this page's main section and swap it in.
-// Pauses while the tab is hidden or a form field has focus; a signed-out
-// session (no fragment header in the answer) reloads the page to the sign-in.
+// Pauses while the tab is hidden, a form field has focus or holds unsent text;
+// a signed-out session (no fragment header in the answer) reloads the page to
+// the sign-in.
 (function () {
   "use strict";
   var live = document.getElementById("live");
   if (!live) { return; }
   var busy = false;
+  function typing() {
+    var fields = live.querySelectorAll("input[type=text]");
+    for (var i = 0; i < fields.length; i += 1) {
+      if (fields[i].value !== "") { return true; }
+    }
+    return false;
+  }
   function refresh() {
     if (busy || document.hidden || live.contains(document.activeElement) &&
         document.activeElement.tagName !== "BODY" && document.activeElement.tagName !== "BUTTON") {
       return;
     }
+    if (typing()) { return; }
     busy = true;
     var url = new URL(window.location.href);
     url.searchParams.set("part", "main");
