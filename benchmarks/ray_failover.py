@@ -1,0 +1,400 @@
+"""A Ray Serve replica actor killed under load: what a client sees through failsoft, and without.
+
+Starts a real local Ray (``num_cpus=2``, every address on 127.0.0.1, usage
+stats off) with Serve's HTTP proxy on an ephemeral port, and deploys the
+demo's iris model (``iris-v1.onnx``, failsoft.backends.ray_app) as two Serve
+applications, ``iris-a`` and ``iris-b``. Two runs, each an open-loop load of
+RATE V2 infer requests/s for SECONDS, one iris row each, with the replica
+actor of ``iris-a`` killed (``ray.kill``) after KILL_AT_S; Serve then starts
+a new one:
+
+- ``failsoft``: through a real failsoft gateway whose version ``v1`` is
+  ``backend: ray`` with both applications as its two replicas;
+- ``direct`` (the baseline): the same load, same HTTP client, straight to
+  ``iris-a`` through the Serve proxy, the application whose replica dies:
+  what a client without failsoft sees.
+
+An answer is correct when its status is 200 and its label is what
+onnxruntime gives for that row with the same model file. Each run prints
+answers, correct %, failed (by status), and p50/p99 latency (from the
+scheduled send, so a stall shows) before the kill, during (from the kill to
+when ``iris-a`` answers again on a new replica) and after. Exit 0 when the
+failsoft run answered 100% correctly, 1 otherwise.
+
+    PYTHONPATH=src:. python3 benchmarks/ray_failover.py              # 30 s at 100/s, ~2.5 min
+    PYTHONPATH=src:. python3 benchmarks/ray_failover.py --seconds 10 --rate 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+
+from failsoft.drills.load import send_on_schedule
+from failsoft.drills.server import ServerProcess
+
+HOST = "127.0.0.1"
+APPS = ("iris-a", "iris-b")
+MODEL = "iris"
+RATE = 100.0
+SECONDS = 30.0
+KILL_AT_S = 10.0
+CLIENT_TIMEOUT_S = 30.0  # the baseline's stall shows as latency, not as a client timeout
+INPUTS = "[{name: features, datatype: FP32, shape: [-1, 4]}]"
+OUTPUTS = (
+    "[{name: label, datatype: INT64, shape: [-1], labels: [0, 1, 2]}, "
+    "{name: probabilities, datatype: FP32, shape: [-1, 3], range: [0, 1]}]"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RayServe:
+    """A local Ray with Serve's HTTP proxy on 127.0.0.1, serving one model as several apps."""
+
+    def __init__(self, model_file: Path, apps: Sequence[str] = APPS, num_cpus: int = 2) -> None:
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no reports leave the machine
+        import ray
+        from ray import serve
+        from ray.serve import RunTarget
+
+        from failsoft.backends.ray_app import application
+        from failsoft.config import ModelConfig
+
+        self.port = _free_port()
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address=HOST,
+        )
+        try:
+            serve.start(http_options={"host": HOST, "port": self.port})
+            config = ModelConfig.model_validate(
+                {
+                    "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],
+                    "outputs": [
+                        {"name": "label", "datatype": "INT64", "shape": [-1]},
+                        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+                    ],
+                    "versions": {"v1": {"backend": "onnx", "path": str(model_file)}},
+                }
+            )
+            cpus = num_cpus / (len(apps) + 1)  # room for a replacement while the old one dies
+            serve.run_many(
+                [
+                    RunTarget(
+                        application(MODEL, "v1", config, cpus), name=app, route_prefix=f"/{app}"
+                    )
+                    for app in apps
+                ]
+            )
+        except BaseException:
+            ray.shutdown()
+            raise
+        self.address = f"http://{HOST}:{self.port}"
+
+    def infer_url(self, app: str) -> str:
+        return f"{self.address}/{app}/v2/models/{MODEL}/infer"
+
+    def replica_actor(self, app: str) -> str | None:
+        """The name of ``app``'s (one) live replica actor, if any."""
+        import ray
+
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if actor["name"].startswith(f"SERVE_REPLICA::{app}#"):
+                return str(actor["name"])
+        return None
+
+    def kill(self, app: str) -> str:
+        """Kill ``app``'s replica actor (Serve will start another); returns its name."""
+        import ray
+
+        name = self.replica_actor(app)
+        if name is None:
+            raise RuntimeError(f"application {app} has no replica actor to kill")
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        return name
+
+    def shutdown(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def iris_rows(model_file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The iris data set's rows and the model's own labels for them (onnxruntime)."""
+    import onnxruntime as ort
+    from sklearn.datasets import load_iris
+
+    rows = load_iris().data.astype(np.float32)
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    labels = session.run(["label"], {"features": rows})[0]
+    return rows, np.asarray(labels, dtype=np.int64)
+
+
+def gateway_yaml(address: str, apps: Sequence[str] = APPS, per_try_timeout_ms: int = 500) -> str:
+    applications = ", ".join(apps)
+    return f"""
+models:
+  {MODEL}:
+    inputs: {INPUTS}
+    outputs: {OUTPUTS}
+    timeout_ms: 5000
+    # Serve holds requests for an app whose replica died until a new one is up:
+    # an attempt stuck there is cut short and retried on the other app.
+    per_try_timeout_ms: {per_try_timeout_ms}
+    versions:
+      v1: {{backend: ray, address: "{address}", applications: [{applications}]}}
+"""
+
+
+@contextmanager
+def gateway(address: str, folder: Path) -> Iterator[ServerProcess]:
+    path = folder / "failsoft.yaml"
+    path.write_text(gateway_yaml(address))
+    repo = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")])}
+    server = ServerProcess(path, "--data-dir", str(folder / "data"), env=env).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Record:
+    sent: float  # scheduled send, seconds since the start of the run
+    latency: float
+    status: int  # 0: no HTTP answer (connection error or client timeout)
+    correct: bool
+
+
+def _body(row: np.ndarray) -> bytes:
+    tensor = {"name": "features", "datatype": "FP32", "shape": [1, 4], "data": row.tolist()}
+    return orjson.dumps({"inputs": [tensor]})
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: bytes, label: int
+) -> tuple[int, bool]:
+    try:
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            payload = await r.read()
+            if r.status != 200:
+                return r.status, False
+    except (TimeoutError, aiohttp.ClientError):
+        return 0, False
+    try:
+        outputs = {o["name"]: o["data"] for o in orjson.loads(payload)["outputs"]}
+        return 200, outputs["label"] == [label]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return 200, False
+
+
+async def drive(
+    url: str,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    rate: float,
+    seconds: float,
+    kill_at: float,
+    kill: Callable[[], Any],
+) -> tuple[list[Record], float]:
+    """Open-loop load at ``rate``/s for ``seconds``; ``kill()`` runs (in a thread) at ``kill_at``.
+
+    Returns the records, in send order, and when the kill returned (seconds since the start).
+    """
+    count = int(rate * seconds)
+    offsets = [i / rate for i in range(count)]
+    records: list[Record | None] = [None] * count
+    lags = np.zeros(count)
+    clock = time.perf_counter
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        start = clock() + 0.05
+
+        async def one(index: int, origin: float) -> None:
+            row = index % len(rows)
+            status, correct = await _post(session, url, _body(rows[row]), int(labels[row]))
+            records[index] = Record(origin - start, clock() - origin, status, correct)
+
+        async def killer() -> float:
+            await asyncio.sleep(max(0.0, start + kill_at - clock()))
+            await asyncio.to_thread(kill)
+            return clock() - start
+
+        kill_task = asyncio.create_task(killer())
+        await send_on_schedule(offsets, start, clock, lags, one, CLIENT_TIMEOUT_S + 5)
+        killed_at = await kill_task
+    done = [r for r in records if r is not None]
+    return done, killed_at
+
+
+def wait_for_new_replica(serve: RayServe, app: str, victim: str, within_s: float) -> float:
+    """Seconds until ``app`` answers a real request on a replica other than ``victim``."""
+    import urllib.request
+
+    started = time.perf_counter()
+    deadline = started + within_s
+    body = _body(np.array([5.1, 3.5, 1.4, 0.2], dtype=np.float32))
+    while time.perf_counter() < deadline:
+        name = serve.replica_actor(app)
+        if name is not None and name != victim:
+            request = urllib.request.Request(
+                serve.infer_url(app), body, {"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=1.0) as answer:
+                    if answer.status == 200:
+                        return time.perf_counter() - started
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{app} did not come back within {within_s:g} s")
+
+
+@dataclass
+class Phase:
+    name: str
+    answers: int
+    correct: int
+    failed: dict[int, int]
+    p50_ms: float
+    p99_ms: float
+
+    def line(self) -> str:
+        share = 100.0 * self.correct / self.answers if self.answers else float("nan")
+        failed = sum(self.failed.values())
+        kinds = ", ".join(
+            f"{status or 'no answer'}: {n}" for status, n in sorted(self.failed.items())
+        )
+        return (
+            f"  {self.name:<7} {self.answers:6d} answers  {share:7.3f}% correct  "
+            f"{failed:5d} failed{f' ({kinds})' if kinds else ''}  "
+            f"p50 {self.p50_ms:8.1f} ms  p99 {self.p99_ms:8.1f} ms"
+        )
+
+
+def phase(name: str, records: Sequence[Record]) -> Phase:
+    failed: dict[int, int] = {}
+    for record in records:
+        if not record.correct:
+            failed[record.status] = failed.get(record.status, 0) + 1
+    latencies = np.array([r.latency for r in records]) * 1000 if records else np.zeros(1)
+    return Phase(
+        name,
+        len(records),
+        sum(r.correct for r in records),
+        failed,
+        float(np.percentile(latencies, 50)),
+        float(np.percentile(latencies, 99)),
+    )
+
+
+def phases(records: Sequence[Record], killed_at: float, recovered_at: float) -> list[Phase]:
+    return [
+        phase("all", records),
+        phase("before", [r for r in records if r.sent < killed_at]),
+        phase("during", [r for r in records if killed_at <= r.sent < recovered_at]),
+        phase("after", [r for r in records if r.sent >= recovered_at]),
+    ]
+
+
+def run(
+    serve: RayServe, url: str, rows: np.ndarray, labels: np.ndarray, args: argparse.Namespace
+) -> tuple[list[Record], list[Phase]]:
+    """One run: the load at ``url``, iris-a's replica killed, phases split at its recovery."""
+    victim: list[str] = []
+    recovered: list[float] = []
+
+    def kill() -> None:
+        victim.append(serve.kill(APPS[0]))
+        killed = time.perf_counter()
+
+        def watch() -> None:  # off the load's loop: it polls Ray and the proxy
+            wait_for_new_replica(serve, APPS[0], victim[0], args.seconds + 60)
+            recovered.append(time.perf_counter() - killed)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    records, killed_at = asyncio.run(
+        drive(url, rows, labels, args.rate, args.seconds, args.kill_at, kill)
+    )
+    deadline = time.monotonic() + 90
+    while not recovered and time.monotonic() < deadline:
+        time.sleep(0.1)
+    back = killed_at + (recovered[0] if recovered else float("inf"))
+    print(f"  killed {victim[0]} at {killed_at:.2f} s; iris-a answered again at {back:.2f} s")
+    return records, phases(records, killed_at, back)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=RATE, help="requests/s (default 100)")
+    parser.add_argument("--seconds", type=float, default=SECONDS, help="per run (default 30)")
+    parser.add_argument("--kill-at", type=float, default=KILL_AT_S, help="seconds (default 10)")
+    args = parser.parse_args(argv)
+
+    from failsoft.demo import prepare_demo
+
+    with tempfile.TemporaryDirectory(prefix="failsoft-ray-") as folder:
+        work = Path(folder)
+        prepare_demo(work / "demo", progress=lambda message: None)
+        model_file = work / "demo" / "iris-v1.onnx"
+        rows, labels = iris_rows(model_file)
+        started = time.perf_counter()
+        serve = RayServe(model_file)
+        print(f"Ray and Serve up with {', '.join(APPS)} in {time.perf_counter() - started:.1f} s")
+        results: dict[str, list[Phase]] = {}
+        try:
+            with gateway(serve.address, work) as server:
+                load = f"{args.rate:g}/s for {args.seconds:g} s, kill at {args.kill_at:g} s"
+                print(f"failsoft ({load}):")
+                _, results["failsoft"] = run(
+                    serve, f"{server.url}/v2/models/{MODEL}/infer", rows, labels, args
+                )
+                for line in results["failsoft"]:
+                    print(line.line())
+            print("direct to iris-a, no failsoft (the baseline):")
+            _, results["direct"] = run(serve, serve.infer_url(APPS[0]), rows, labels, args)
+            for line in results["direct"]:
+                print(line.line())
+        finally:
+            serve.shutdown()
+    total = results["failsoft"][0]
+    ok = total.answers > 0 and total.correct == total.answers
+    print(f"failsoft: {'PASS' if ok else 'FAIL'} (target: 100% correct answers)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
