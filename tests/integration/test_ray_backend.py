@@ -34,9 +34,9 @@ from failsoft.protocol.types import InferRequest
 pytestmark = pytest.mark.integration
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-RATE = 40.0  # what Ray's proxy on two shared cores keeps up with, with room to spare
-SECONDS = 5.0
-KILL_AT_S = 1.0
+RATE = 25.0  # well under what Ray's one proxy takes on 2 shared cores (about 60/s)
+SECONDS = 8.0
+KILL_AT_S = 1.5
 
 
 @pytest.fixture(scope="module")
