@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,17 @@ class RayServe:
             ray.shutdown()
 
 
+@dataclass(frozen=True)
+class Load:
+    """Open-loop load: ``rate``/s for ``seconds`` over ``rows``, the kill at ``kill_at``."""
+
+    rows: np.ndarray
+    labels: np.ndarray  # the model's own label for each row: the correct answer
+    rate: float
+    seconds: float
+    kill_at: float
+
+
 def iris_rows(model_file: Path) -> tuple[np.ndarray, np.ndarray]:
     """The iris data set's rows and the model's own labels for them (onnxruntime)."""
     import onnxruntime as ort
@@ -239,21 +250,14 @@ async def _post(
         return 200, False
 
 
-async def drive(
-    url: str,
-    rows: np.ndarray,
-    labels: np.ndarray,
-    rate: float,
-    seconds: float,
-    kill_at: float,
-    kill: Callable[[], Any],
-) -> tuple[list[Record], float]:
-    """Open-loop load at ``rate``/s for ``seconds``; ``kill()`` runs (in a thread) at ``kill_at``.
+async def drive(url: str, load: Load, kill: Callable[[], Any]) -> tuple[list[Record], float]:
+    """``load`` sent to ``url``; ``kill()`` runs (in a thread) at ``load.kill_at``.
 
     Returns the records, in send order, and when the kill returned (seconds since the start).
     """
-    count = int(rate * seconds)
-    offsets = [i / rate for i in range(count)]
+    rows, labels = load.rows, load.labels
+    count = int(load.rate * load.seconds)
+    offsets = [i / load.rate for i in range(count)]
     records: list[Record | None] = [None] * count
     lags = np.zeros(count)
     clock = time.perf_counter
@@ -268,7 +272,7 @@ async def drive(
             records[index] = Record(origin - start, clock() - origin, status, correct)
 
         async def killer() -> float:
-            await asyncio.sleep(max(0.0, start + kill_at - clock()))
+            await asyncio.sleep(max(0.0, start + load.kill_at - clock()))
             await asyncio.to_thread(kill)
             return clock() - start
 
@@ -360,22 +364,13 @@ class Measured:
         return phases(self.records, self.killed_at, self.back_at)
 
 
-def measure(
-    serve: RayServe,
-    url: str,
-    rows: np.ndarray,
-    labels: np.ndarray,
-    rate: float,
-    seconds: float,
-    kill_at: float,
-    wait_for_recovery_s: float = 0.0,
-) -> Measured:
-    """The load at ``url`` with iris-a's replica killed at ``kill_at``, after an unmeasured warm-up.
+def measure(serve: RayServe, url: str, load: Load, wait_for_recovery_s: float = 0.0) -> Measured:
+    """``load`` at ``url``, iris-a's replica killed at ``load.kill_at``, after a warm-up.
 
     Waits up to ``wait_for_recovery_s`` after the load for iris-a to answer again.
     """
-    # Unmeasured: connections opened, the gateway's adaptive limiter has learnt the latency.
-    asyncio.run(drive(url, rows, labels, rate, WARMUP_S, 0.0, lambda: None))
+    # Unmeasured: connections opened, the gateway's balancer has learnt the latency.
+    asyncio.run(drive(url, replace(load, seconds=WARMUP_S, kill_at=0.0), lambda: None))
     victim, kill = serve.killer(APPS[0])
     back: list[float] = []
 
@@ -384,14 +379,12 @@ def measure(
         killed = time.perf_counter()
 
         def watch() -> None:  # off the load's loop: it polls Ray and the proxy
-            wait_for_new_replica(serve, APPS[0], victim, seconds + wait_for_recovery_s + 60)
+            wait_for_new_replica(serve, APPS[0], victim, load.seconds + wait_for_recovery_s + 60)
             back.append(time.perf_counter() - killed)
 
         threading.Thread(target=watch, daemon=True).start()
 
-    records, killed_at = asyncio.run(
-        drive(url, rows, labels, rate, seconds, kill_at, kill_and_watch)
-    )
+    records, killed_at = asyncio.run(drive(url, load, kill_and_watch))
     deadline = time.monotonic() + wait_for_recovery_s
     while not back and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -429,15 +422,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Ray and Serve up with {', '.join(APPS)} in {time.perf_counter() - started:.1f} s")
         results: dict[str, list[Phase]] = {}
         try:
-            load = (args.rate, args.seconds, args.kill_at, 90.0)
+            load = Load(rows, labels, args.rate, args.seconds, args.kill_at)
             with gateway(serve.address, work) as server:
                 url = f"{server.url}/v2/models/{MODEL}/infer"
-                measured = measure(serve, url, rows, labels, *load)
+                measured = measure(serve, url, load, 90.0)
                 warnings = warnings_of(server)
             shown = f"{args.rate:g}/s for {args.seconds:g} s, kill at {args.kill_at:g} s"
             results["failsoft"] = report(f"failsoft ({shown}):", measured)
             print(f"  the gateway's warnings: {dict(warnings.most_common(8))}")
-            measured = measure(serve, serve.infer_url(APPS[0]), rows, labels, *load)
+            measured = measure(serve, serve.infer_url(APPS[0]), load, 90.0)
             results["direct"] = report("direct to iris-a, no failsoft (the baseline):", measured)
         finally:
             serve.shutdown()

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from benchmarks.ray_failover import APPS, RayServe, gateway, iris_rows, measure
+from benchmarks.ray_failover import APPS, Load, RayServe, gateway, iris_rows, measure
 
 from failsoft.backends.ray_serve import RayServeReplica
 from failsoft.call import Call
@@ -58,10 +58,9 @@ def ray_serve(demo_dir: Path) -> Iterator[RayServe]:
 def test_a_killed_replica_actor_costs_no_answer(
     ray_serve: RayServe, demo_dir: Path, tmp_path: Path
 ) -> None:
-    rows, labels = iris_rows(demo_dir / "iris-v1.onnx")
+    load = Load(*iris_rows(demo_dir / "iris-v1.onnx"), RATE, SECONDS, KILL_AT_S)
     with gateway(ray_serve.address, tmp_path) as server:
-        url = f"{server.url}/v2/models/iris/infer"
-        measured = measure(ray_serve, url, rows, labels, RATE, SECONDS, KILL_AT_S)
+        measured = measure(ray_serve, f"{server.url}/v2/models/iris/infer", load)
         metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
     records = measured.records
     print(f"\nkilled {measured.victim} at {measured.killed_at:.2f} s")
