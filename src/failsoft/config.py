@@ -232,6 +232,9 @@ class RayBackend(_Version):
     backend: Literal["ray"]
     address: Annotated[str, Field(pattern=r"^http://[^\s/]+/?$")] = "http://127.0.0.1:8000"
     applications: Annotated[list[RayApplication], Field(min_length=1, max_length=256)]
+    via: Literal["proxy", "handle"] = Field(
+        default="proxy", description="handle: deployment handles, for a gateway inside Ray"
+    )
     remote_model: Name | None = None
     remote_version: Name | None = None
     pool_size: Annotated[int, Field(ge=1, le=4096)] = 128

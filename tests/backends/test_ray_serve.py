@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from failsoft.backends import build_replicas
-from failsoft.backends.ray_serve import RayServeReplica
+from failsoft.backends.ray_serve import RayHandleReplica, RayServeReplica
 from failsoft.config import ConfigError, RayBackend, parse_config
 from failsoft.errors import (
     BadRequest,
@@ -99,6 +99,13 @@ async def test_each_application_is_a_replica_named_after_it() -> None:
             await replica.close()
 
 
+def test_via_handle_builds_deployment_handle_replicas() -> None:
+    config = parse_config(ray_config("{via: handle, applications: [iris-a, iris-b]}"))
+    built = build_replicas("iris", "v1", config.models["iris"], EventBus())
+    assert [type(r) for r in built.replicas] == [RayHandleReplica, RayHandleReplica]
+    assert [r.name for r in built.replicas] == ["iris-a", "iris-b"]
+
+
 @pytest.mark.parametrize(
     ("version", "problem"),
     [
@@ -111,6 +118,7 @@ async def test_each_application_is_a_replica_named_after_it() -> None:
         ("{address: 'https://x:1', applications: [a]}", "versions.v1.address"),
         ("{applications: [{name: a, route_prefix: no-slash}]}", "route_prefix"),
         ("{urls: [http://x], applications: [a]}", "versions.v1.urls"),
+        ("{via: grpc, applications: [a]}", "versions.v1.via"),
     ],
 )
 def test_a_bad_ray_version_is_a_clear_error(version: str, problem: str) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from benchmarks.ray_failover import APPS, Load, RayServe, gateway, iris_rows, measure
 
-from failsoft.backends.ray_serve import RayServeReplica
+from failsoft.backends.ray_serve import RayHandleReplica, RayServeReplica
 from failsoft.call import Call
 from failsoft.clock import SystemClock
 from failsoft.errors import BadRequest, ModelError, UpstreamError
@@ -80,13 +80,16 @@ def test_a_killed_replica_actor_costs_no_answer(
     assert 'replica="iris-b"' in metrics
 
 
+ROW = np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+
+
+def call() -> Call:
+    return Call("req-1", "iris", "v1", time.monotonic() + 10.0, EventBus(), SystemClock())
+
+
 async def test_the_proxys_answers_are_charged_to_who_caused_them(ray_serve: RayServe) -> None:
     """Against the real proxy: the app's own errors, and a route with no application."""
-    row = np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
-
-    def call() -> Call:
-        return Call("req-1", "iris", "v1", time.monotonic() + 10.0, EventBus(), SystemClock())
-
+    row = ROW
     good = RayServeReplica("iris-b", f"{ray_serve.address}/iris-b", 4, "iris", None)
     missing = RayServeReplica("gone", f"{ray_serve.address}/no-such-app", 4, "iris", None)
     try:
@@ -106,3 +109,21 @@ async def test_the_proxys_answers_are_charged_to_who_caused_them(ray_serve: RayS
             await missing.infer(InferRequest({"features": row}), call())
     finally:
         await asyncio.gather(good.close(), missing.close())
+
+
+async def test_the_deployment_handle_path_answers_and_charges_like_the_proxy(
+    ray_serve: RayServe,
+) -> None:
+    """via: handle, from this process (a driver of the test's Ray, as a gateway inside it is)."""
+    good, missing = RayHandleReplica("iris-b", "iris-b"), RayHandleReplica("gone", "no-such-app")
+    await good.start()
+    # The first call sets up the handle's router (over a second here): not a health probe's.
+    outputs = await good.infer(InferRequest({"features": ROW}), call())
+    assert outputs["label"].tolist() == [2]
+    assert outputs["probabilities"].shape == (1, 3)
+    assert await good.health()
+    with pytest.raises(ModelError, match="the model failed"):
+        await good.infer(InferRequest({"features": ROW[:, :3]}), call())
+    assert not await missing.health()
+    with pytest.raises(UpstreamError, match="gone"):
+        await missing.infer(InferRequest({"features": ROW}), call())

@@ -11,7 +11,7 @@ from failsoft.backends.local import InProcessReplica, Predict
 from failsoft.backends.onnx import load_onnx
 from failsoft.backends.process import WorkerReplica, worker_spec
 from failsoft.backends.python import load_python
-from failsoft.backends.ray_serve import RayServeReplica
+from failsoft.backends.ray_serve import RayHandleReplica, RayServeReplica
 from failsoft.backends.sklearn import load_sklearn
 from failsoft.config import (
     HttpBackend,
@@ -66,6 +66,10 @@ def build_replicas(
         ]
         return BuiltReplicas(replicas)
     if isinstance(config, RayBackend):  # one replica per Serve application, named after it
+        if config.via == "handle":
+            return BuiltReplicas(
+                [RayHandleReplica(app.name, app.name) for app in config.applications]
+            )
         remote = config.remote_model or model_name
         return BuiltReplicas(
             [

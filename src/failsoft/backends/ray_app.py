@@ -34,7 +34,7 @@ from failsoft.config import (
     load_config,
 )
 from failsoft.errors import FailsoftError
-from failsoft.protocol.types import InferResponse
+from failsoft.protocol.types import InferResponse, Tensors
 from failsoft.protocol.v2 import decode_infer_request, encode_infer_response
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -54,6 +54,13 @@ class V2Model:
         self._model, self._version = model, version
         base = f"/v2/models/{model}"
         self._paths = (base, f"{base}/versions/{version}")
+
+    def infer(self, inputs: Tensors) -> Tensors:
+        """The deployment-handle path (``via: handle``): tensors in, tensors out."""
+        return self._predict(inputs)
+
+    def ready(self) -> bool:
+        return True
 
     def _route(self, path: str, suffix: str) -> bool:
         return any(path.endswith(prefix + suffix) for prefix in self._paths)

@@ -1,4 +1,5 @@
-"""The ray backend: Ray Serve applications, reached through Serve's HTTP proxy.
+"""The ray backend: Ray Serve applications, reached through Serve's HTTP proxy
+(or, for a gateway inside the Ray cluster, their deployment handles: ``via: handle``).
 
 Each replica is one Serve application at ``address`` + its route prefix,
 speaking the Open Inference Protocol (V2) under that prefix, as the app in
@@ -26,10 +27,22 @@ retried on the other application, instead of waiting out the deadline.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import numpy as np
 import orjson
 
 from failsoft.backends.http import HttpReplica
-from failsoft.errors import FailsoftError, UpstreamError
+from failsoft.call import Call
+from failsoft.errors import (
+    BackendLoadError,
+    DeadlineExceeded,
+    FailsoftError,
+    ModelError,
+    UpstreamError,
+)
+from failsoft.protocol.types import InferRequest, Tensors
 
 
 class RayServeReplica(HttpReplica):
@@ -52,3 +65,107 @@ def _answered_by_the_app(payload: bytes) -> bool:
     except orjson.JSONDecodeError:
         return False
     return isinstance(message, dict) and isinstance(message.get("error"), str)
+
+
+HEALTH_TIMEOUT_S = 1.0
+
+
+class RayHandleReplica:
+    """One Serve application called through its deployment handle (``via: handle``).
+
+    For a gateway that runs inside the Ray cluster: no HTTP, tensors travel as
+    numpy arrays to the deployment's ``infer`` method (``ray_app.V2Model``).
+    The process joins the cluster (``ray.init(address="auto")``) on start
+    unless it is connected already. Whose fault: an exception the model raised
+    comes back as a ``RayTaskError`` (a ``ModelError``); a dead or unreachable
+    replica actor, or Serve refusing the call (back-pressure, no replica
+    ready), is the replica's (``UpstreamError``).
+    """
+
+    def __init__(self, name: str, application: str) -> None:
+        self.name = name
+        self._application = application
+        self._handle: Any = None
+
+    @property
+    def available(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        try:
+            await asyncio.to_thread(_join_cluster)
+        except Exception as error:
+            raise BackendLoadError(
+                f"replica {self.name}: cannot join the Ray cluster (via: handle runs the "
+                f"gateway inside it): {type(error).__name__}: {error}"
+            ) from None
+
+    def _connect(self) -> Any:
+        """The application's handle, looked up on first use: it may be deployed after start."""
+        if self._handle is None:
+            from ray import serve
+
+            _join_cluster()
+            self._handle = serve.get_app_handle(self._application)
+        return self._handle
+
+    async def _call(self, method: str, argument: Any, seconds: float) -> Any:
+        handle = self._handle or await asyncio.to_thread(self._connect)
+        response = getattr(handle, method).remote(*argument)
+        try:
+            return await asyncio.wait_for(_awaited(response), seconds)
+        except asyncio.CancelledError:  # a hedge that lost: Ray need not finish it
+            response.cancel()
+            raise
+        except TimeoutError:
+            response.cancel()
+            raise DeadlineExceeded(
+                f"replica {self.name} did not answer within the deadline"
+            ) from None
+
+    async def infer(self, request: InferRequest, call: Call) -> Tensors:
+        remaining = call.remaining()
+        if remaining <= 0:
+            raise DeadlineExceeded("deadline passed before the call to the replica")
+        try:
+            outputs = await self._call("infer", (request.inputs,), remaining)
+        except FailsoftError:
+            raise
+        except Exception as error:
+            raise _handle_error(self.name, error) from None
+        if not isinstance(outputs, dict):
+            raise UpstreamError(
+                f"replica {self.name} answered {type(outputs).__name__}, not tensors"
+            )
+        return {str(name): np.asarray(value) for name, value in outputs.items()}
+
+    async def health(self) -> bool:
+        try:
+            return bool(await self._call("ready", (), HEALTH_TIMEOUT_S))
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        return None
+
+
+def _join_cluster() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="auto", log_to_driver=False)
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
+
+
+def _handle_error(replica: str, error: Exception) -> FailsoftError:
+    from ray.exceptions import RayActorError, RayTaskError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    if isinstance(error, BackPressureError | DeploymentUnavailableError):
+        return UpstreamError(f"replica {replica}: Ray Serve refused the call: {error}", 503)
+    if isinstance(error, RayTaskError) and not isinstance(error, RayActorError):
+        return ModelError(f"replica {replica}: the model failed: {str(error)[:300]}")
+    return UpstreamError(f"replica {replica}: {type(error).__name__}: {str(error)[:300]}")
