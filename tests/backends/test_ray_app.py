@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from starlette.requests import Request  # comes with ray[serve], in the test extra
@@ -63,6 +64,10 @@ async def test_the_replica_answers_v2_under_its_route_prefix(demo_dir: Path) -> 
         outputs = {o["name"]: o["data"] for o in decoded["outputs"]}
         assert outputs["label"] == [2]
         assert len(outputs["probabilities"]) == 3
+    # The deployment-handle path (via: handle): numpy in, numpy out.
+    assert replica.ready()
+    direct = replica.infer({"features": np.array([ROW["data"]], dtype=np.float32)})
+    assert direct["label"].tolist() == [2]
 
 
 @pytest.mark.parametrize(
