@@ -141,7 +141,7 @@ def test_a_short_admin_token_in_the_environment_is_refused(
 def test_unknown_backend_lists_the_choices() -> None:
     problems = problems_of(with_versions({"v1": {"backend": "tensorflow"}}))
     assert problems == [
-        "models.m.versions.v1: backend must be one of onnx, sklearn, python, http, process"
+        "models.m.versions.v1: backend must be one of onnx, sklearn, python, http, process, ray"
     ]
 
 

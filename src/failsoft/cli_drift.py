@@ -77,7 +77,7 @@ def profile_build(
       failsoft profile build iris iris.csv --drop species --out iris.profile.json
     """
     from failsoft.backends import _local_loader
-    from failsoft.config import ConfigError, HttpBackend, ProcessBackend, load_config
+    from failsoft.config import ConfigError, HttpBackend, ProcessBackend, RayBackend, load_config
     from failsoft.data.profiles import ProfileError, build_profile, read_data
     from failsoft.errors import FailsoftError
 
@@ -93,7 +93,7 @@ def profile_build(
     if backend is None:
         raise Failed(f"model {model!r} has no version {chosen!r}", 2)
     local = backend.worker if isinstance(backend, ProcessBackend) else backend
-    if isinstance(local, HttpBackend):
+    if isinstance(local, HttpBackend | RayBackend):
         raise Failed(f"{model}/{chosen} is a remote model: profile a local version", 2)
     try:
         tensors, labels = read_data(data, model_config.inputs, drop)

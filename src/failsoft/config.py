@@ -215,6 +215,55 @@ class HttpBackend(_Version):
         return stripped
 
 
+class RayApplication(_Strict):
+    name: Name
+    route_prefix: Annotated[str, Field(pattern=r"^/[^\s?#]*$")] | None = Field(
+        default=None, description="where the Serve proxy routes it; /<name> when not given"
+    )
+
+    @property
+    def prefix(self) -> str:
+        return (self.route_prefix or f"/{self.name}").rstrip("/")
+
+
+class RayBackend(_Version):
+    """Ray Serve applications behind its HTTP proxy, one replica each (backends/ray_serve.py)."""
+
+    backend: Literal["ray"]
+    address: Annotated[str, Field(pattern=r"^http://[^\s/]+/?$")] = "http://127.0.0.1:8000"
+    applications: Annotated[list[RayApplication], Field(min_length=1, max_length=256)]
+    via: Literal["proxy", "handle"] = Field(
+        default="proxy", description="handle: deployment handles, for a gateway inside Ray"
+    )
+    remote_model: Name | None = None
+    remote_version: Name | None = None
+    pool_size: Annotated[int, Field(ge=1, le=4096)] = 128
+
+    @field_validator("applications", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:  # a bare string is an application's name
+        return (
+            [{"name": a} if isinstance(a, str) else a for a in value]
+            if isinstance(value, list)
+            else value
+        )
+
+    @field_validator("applications")
+    @classmethod
+    def _distinct(cls, applications: list[RayApplication]) -> list[RayApplication]:
+        for kind, values in (
+            ("names", [a.name for a in applications]),
+            ("route prefixes", [a.prefix for a in applications]),
+        ):
+            if len(set(values)) != len(values):
+                raise ValueError(f"application {kind} must be distinct")
+        return applications
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.address.rstrip("/") + app.prefix for app in self.applications]
+
+
 LocalBackend = Annotated[
     OnnxBackend | SklearnBackend | PythonBackend, Field(discriminator="backend")
 ]
@@ -247,10 +296,10 @@ class ProcessBackend(_Version):
 
 
 VersionConfig = Annotated[
-    OnnxBackend | SklearnBackend | PythonBackend | HttpBackend | ProcessBackend,
+    OnnxBackend | SklearnBackend | PythonBackend | HttpBackend | ProcessBackend | RayBackend,
     Field(discriminator="backend"),
 ]
-BACKEND_NAMES = ("onnx", "sklearn", "python", "http", "process")
+BACKEND_NAMES = ("onnx", "sklearn", "python", "http", "process", "ray")
 
 
 class ModelConfig(_Strict):

@@ -11,6 +11,7 @@ from failsoft.backends.local import InProcessReplica, Predict
 from failsoft.backends.onnx import load_onnx
 from failsoft.backends.process import WorkerReplica, worker_spec
 from failsoft.backends.python import load_python
+from failsoft.backends.ray_serve import RayHandleReplica, RayServeReplica
 from failsoft.backends.sklearn import load_sklearn
 from failsoft.config import (
     HttpBackend,
@@ -18,6 +19,7 @@ from failsoft.config import (
     OnnxBackend,
     ProcessBackend,
     PythonBackend,
+    RayBackend,
     ServerConfig,
     SklearnBackend,
 )
@@ -63,6 +65,18 @@ def build_replicas(
             for i, url in enumerate(config.urls)
         ]
         return BuiltReplicas(replicas)
+    if isinstance(config, RayBackend):  # one replica per Serve application, named after it
+        if config.via == "handle":
+            return BuiltReplicas(
+                [RayHandleReplica(app.name, app.name) for app in config.applications]
+            )
+        remote = config.remote_model or model_name
+        return BuiltReplicas(
+            [
+                RayServeReplica(app.name, url, config.pool_size, remote, config.remote_version)
+                for app, url in zip(config.applications, config.urls, strict=True)
+            ]
+        )
     if isinstance(config, ProcessBackend):
         spec = worker_spec(model_name, version_name, model, config, server)
         scale = config.autoscale

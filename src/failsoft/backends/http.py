@@ -128,7 +128,7 @@ class HttpReplica:
             headers.append(("traceparent", parent))
         response = await self._request("POST", "/infer", headers, body, remaining)
         if response.status != 200:
-            raise _status_error(self.name, response.status, response.body)
+            raise self.status_error(response.status, response.body)
         answer_length = response.headers.get(HEADER_LENGTH)
         try:
             decoded = decode_infer_response(
@@ -139,6 +139,10 @@ class HttpReplica:
                 f"replica {self.name} sent an undecodable answer: {error}"
             ) from None
         return decoded.outputs
+
+    def status_error(self, status: int, payload: bytes) -> FailsoftError:
+        """The failure a non-200 answer means (a subclass knows its server's habits)."""
+        return _status_error(self.name, status, payload)
 
     async def _request(
         self, method: str, suffix: str, headers: list[tuple[str, str]], body: bytes, seconds: float
