@@ -281,3 +281,48 @@ def test_a_rollout_and_its_rollback_on_one_gateway_are_in_force_on_the_other_at_
     print(f"\nrollout followed by B in {followed:.2f} s; abort on A in force on B {took:.2f} s")
     assert took < max(2 * TARGET_S, MARGIN_S), took  # polls are 30 s apart: NOTIFY woke B
     assert back <= took
+
+
+def slo_events(server: ServerProcess) -> int | None:
+    answer = httpx.get(f"{server.url}/admin/slo", headers=AUTH, timeout=10)
+    assert answer.status_code == 200, answer.text
+    rows = [row for row in answer.json()["slos"] if row["objective"] == "availability"]
+    return rows[0]["events"] if rows else None
+
+
+def test_the_slo_budget_is_the_sum_of_both_gateways_and_a_restart_keeps_it(
+    tmp_path: Path, demo_dir: Path, store_url: str
+) -> None:
+    config = json.loads(gateway_yaml(demo_dir, {"url": store_url, "poll_s": 30.0}))
+    config["incidents"] = {"persist_every_s": 0.2}
+    text = json.dumps(config)
+    started: list[ServerProcess] = []
+    try:
+        a = start_gateway(tmp_path / "a", text)
+        started.append(a)
+        b = start_gateway(tmp_path / "b", text)
+        started.append(b)
+        for _ in range(30):
+            infer(a)
+        for _ in range(20):
+            infer(b)
+        took = until(lambda: slo_events(a) == slo_events(b) == 50, "both showing 50 events")
+        print(f"\n30 requests on A, 20 on B: both show 50 events {took:.2f} s later")
+        shown = CliRunner().invoke(
+            main, ["slo", "status", "--url", a.url, "--json"], env={"FAILSOFT_ADMIN_TOKEN": TOKEN}
+        )
+        assert shown.exit_code == 0, shown.output
+        (row,) = json.loads(shown.output)["slos"]
+        assert (row["model"], row["events"], row["bad"]) == ("iris", 50, 0)
+
+        assert b.stop() == 0  # a clean stop saves; the same data directory: the same id
+        b = start_gateway(tmp_path / "b", text)
+        started.append(b)
+        assert slo_events(b) == 50  # loaded before serving: its own and A's
+        for _ in range(10):
+            infer(b)
+        until(lambda: slo_events(a) == slo_events(b) == 60, "both showing 60 events")
+        assert slo_events(a) == 60  # neither reset nor doubled
+    finally:
+        for server in started:
+            server.stop()

@@ -19,6 +19,13 @@ The buckets changed since the last save are written to the control store
 every few seconds (``Operate``), and loaded again at start-up: a restart
 does not reset a budget. Times are wall-clock epoch seconds from ``wall``
 (a test passes its ManualClock's ``now``).
+
+Gateways sharing a store: each counts and saves its own buckets (rows of
+its own id), and every few seconds reads the sums of the other gateways'
+buckets (``merge_peers``) into a second pair of rings per series, made on
+first use. Budgets, burn rates and alerts read both: the whole fleet's
+traffic, whichever gateway served it. The Prometheus counters stay this
+process's own (Prometheus sums the gateways itself).
 """
 
 from __future__ import annotations
@@ -143,6 +150,16 @@ class _Ring:
         return summed
 
 
+class _Peers:
+    """The other gateways' buckets of one series, summed (as last read from the store)."""
+
+    __slots__ = ("hours", "minutes")
+
+    def __init__(self) -> None:
+        self.minutes = _Ring(MINUTES)
+        self.hours = _Ring(HOURS)
+
+
 class _Series:
     __slots__ = (
         "changes",
@@ -153,6 +170,7 @@ class _Series:
         "minute",
         "minutes",
         "model",
+        "peers",
         "pending",
         "totals",
     )
@@ -168,6 +186,23 @@ class _Series:
         self.changes = 0
         self.totals = [0, 0, 0, 0]  # since this process started (Prometheus counters)
         self.judged: tuple[int, int] = (-1, -1)  # (minute, changes) when alerts were judged
+        self.peers: _Peers | None = None
+
+    def windows(self, now_minute: int) -> dict[int, np.ndarray]:
+        """Every burn window's sums ending at ``now_minute``: this gateway's and its peers'."""
+        spans = [w // 60 for w in WINDOWS]
+        sums = self.minutes.windows(now_minute, spans)
+        if self.peers is not None:
+            theirs = self.peers.minutes.windows(now_minute, spans)
+            sums = {span: sums[span] + theirs[span] for span in spans}
+        return {w: sums[w // 60] for w in WINDOWS}
+
+    def hours_total(self, last: int, count: int) -> np.ndarray:
+        """The sums of the ``count`` hours up to ``last``: this gateway's and its peers'."""
+        summed = self.hours.total(last, count)
+        if self.peers is not None:
+            summed = summed + self.peers.hours.total(last, count)
+        return summed
 
     def flush(self) -> None:
         pending = self.pending
@@ -291,11 +326,6 @@ class SloBook:
         for series in self._series.values():
             series.flush()
 
-    @staticmethod
-    def _windows(series: _Series, now_minute: int) -> dict[int, np.ndarray]:
-        sums = series.minutes.windows(now_minute, [w // 60 for w in WINDOWS])
-        return {w: sums[w // 60] for w in WINDOWS}
-
     def status(self) -> list[dict[str, Any]]:
         """Every objective of every series: budget left, burn rates, alerts firing."""
         self.flush()
@@ -305,9 +335,9 @@ class SloBook:
             plan = self._plans.get(model)
             if plan is None:
                 continue
-            windows = self._windows(series, now_minute)
+            windows = series.windows(now_minute)
             days = plan.options.window_days
-            whole = series.hours.total(now_minute // 60, days * 24)
+            whole = series.hours_total(now_minute // 60, days * 24)
             for objective in plan.objectives:
                 rows.append(self._row(model, tenant, objective, plan, windows, whole, days))
         return rows
@@ -373,7 +403,7 @@ class SloBook:
             return None
         series.flush()
         hour = int(self._wall() // 3600)
-        valid = int(series.hours.total(hour, plan.options.window_days * 24)[VALID])
+        valid = int(series.hours_total(hour, plan.options.window_days * 24)[VALID])
         return valid * (1.0 - plan.objectives[0].target_pct / 100.0)
 
     def subjects(self) -> list[RuleSubject]:
@@ -395,7 +425,7 @@ class SloBook:
             if plan is None or series.judged == (now_minute, series.changes):
                 continue  # nothing new since the last judgement
             series.judged = (now_minute, series.changes)
-            windows = self._windows(series, now_minute)
+            windows = series.windows(now_minute)
             for objective in plan.objectives:
                 for rule in RULES:
                     alert = self._judge(model, tenant, objective, plan, rule, windows)
@@ -496,6 +526,28 @@ class SloBook:
             series.changes += 1
             loaded += 1
         return loaded
+
+    def merge_peers(self, buckets: Iterable[Bucket]) -> int:
+        """Take in the other gateways' buckets (each the sum over all of them, as the
+        store holds it now: it replaces what was read before); how many were taken."""
+        taken = 0
+        for bucket in buckets:
+            model, _, tenant = bucket.series.partition(":")
+            series = self._series.get((model, tenant)) or self._new_series(model, tenant)
+            if series is None:
+                continue
+            peers = series.peers
+            if peers is None:
+                peers = series.peers = _Peers()
+            if bucket.resolution == 60:
+                peers.minutes.put(bucket.start // 60, bucket.counts)
+            elif bucket.resolution == 3600:
+                peers.hours.put(bucket.start // 3600, bucket.counts)
+            else:
+                continue
+            series.changes += 1
+            taken += 1
+        return taken
 
     def oldest_kept(self) -> tuple[int, int]:
         """Epoch seconds before which minute and hour buckets are of no use any more."""
