@@ -21,6 +21,7 @@ from failsoft.control.incidents import IncidentChanged
 from failsoft.control.operate import Operate
 from failsoft.control.postmortem import render
 from failsoft.control.rollout_controller import RolloutDecided
+from failsoft.data.feedback import FeedbackJoined
 from failsoft.errors import FailureClass, NotFound
 from failsoft.observe.events import (
     Event,
@@ -291,8 +292,9 @@ async def test_the_postmortem_says_what_happened() -> None:
     await rig.operate.close()
 
 
-def fleet(rig: Rig) -> list[tuple[str, int, int]]:
-    return [(r["model"], r["events"], r["bad"]) for r in rig.operate.slo_status()["slos"]]
+def fleet(rig: Rig, objective: str = "availability") -> list[tuple[str, int, int]]:
+    rows = rig.operate.slo_status()["slos"]
+    return [(r["model"], r["events"], r["bad"]) for r in rows if r["objective"] == objective]
 
 
 async def test_gateways_sharing_a_store_write_their_own_rows_and_read_the_sum(
@@ -303,12 +305,17 @@ async def test_gateways_sharing_a_store_write_their_own_rows_and_read_the_sum(
     first = target.open(first_dir, clock.now)  # type: ignore[arg-type]
     url = target.url or default_url(first_dir)
     second = Store.open(second_dir, url, schema=target.schema, wall=clock.now)
+    data = config().model_dump(mode="json", exclude_defaults=True)
+    data["models"]["iris"]["slo"] = {"accuracy_pct": 95.0}
+    cfg = parse_config(data)
     try:
-        rigs = [Rig(config(), store, clock) for store in (first, second)]
+        rigs = [Rig(cfg, store, clock) for store in (first, second)]
         for rig in rigs:
             assert rig.operate.boot() is None
         await rigs[0].seconds(30)
         await rigs[1].seconds(10, status=503)
+        for rig, (rows, correct) in zip(rigs, [(8, 7), (4, 1)], strict=True):
+            rig.bus.emit(FeedbackJoined("iris", "v1", None, "classification", rows, correct, ()))
         rigs[1].bus.emit(PanicChanged("iris", "v1", True))
         rigs[0].bus.emit(PanicChanged("wine", "v1", True))
         for rig in rigs:
@@ -317,6 +324,7 @@ async def test_gateways_sharing_a_store_write_their_own_rows_and_read_the_sum(
         for rig in rigs:
             assert await rig.operate.merge_peers()
         assert [fleet(rig) for rig in rigs] == [[("iris", 200, 50)]] * 2
+        assert [fleet(rig, "accuracy") for rig in rigs] == [[("iris", 12, 4)]] * 2
         with first.engine.read() as conn:
             rows = conn.execute(
                 select(slo_buckets.c.gateway, slo_buckets.c.valid, slo_buckets.c.failed).where(
@@ -333,10 +341,11 @@ async def test_gateways_sharing_a_store_write_their_own_rows_and_read_the_sum(
         assert fleet(rigs[0]) == [("iris", 220, 50)]
 
         # Restarted (its data directory, so its id, kept): neither reset nor doubled.
-        again = [Rig(config(), store, clock) for store in (first, second)]
+        again = [Rig(cfg, store, clock) for store in (first, second)]
         for rig in again:
             assert rig.operate.boot() is None
         assert [fleet(rig) for rig in again] == [[("iris", 220, 50)]] * 2
+        assert [fleet(rig, "accuracy") for rig in again] == [[("iris", 12, 4)]] * 2
         assert [[(i.id, i.model) for i in rig.incidents] for rig in again] == [
             [(1, "wine")],
             [(1, "iris")],

@@ -33,6 +33,7 @@ from failsoft.control.incident_model import Incident, means
 from failsoft.control.incidents import Incidents
 from failsoft.control.slo import SloBook
 from failsoft.control.storecall import store_call
+from failsoft.data.feedback import FeedbackJoined
 from failsoft.observe.events import Event, EventBus, RequestFinished
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class Operate:
         self.incidents.set_replicas(replica_counts(config))
         self._subscribed: set[type[Event]] = set()
         bus.subscribe(self.book.observe, (RequestFinished,))
+        bus.subscribe(self.book.observe_feedback, (FeedbackJoined,))
         self._subscribe_incidents()
         self._tasks: list[asyncio.Task[None]] = []
         self._saving = asyncio.Lock()

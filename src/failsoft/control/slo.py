@@ -2,13 +2,18 @@
 
 Each model has an availability objective (its ``objective_pct``: good =
 answered, a degraded answer counts as answered), and optionally a quality
-objective (the share of answers not degraded) and a latency objective (the
-share of answers under a threshold), over a rolling 28- or 30-day window.
-With ``per_tenant`` each tenant of the model is a series of its own too.
+objective (the share of answers not degraded), a latency objective (the
+share of answers under a threshold) and an accuracy objective (the share of
+labelled rows predicted right, from the feedback joined to the prediction
+log), over a rolling 28- or 30-day window. With ``per_tenant`` each tenant
+of the model is a series of its own too.
 
 What counts: a request refused for its own sake (client, data or poison
 failures, a tenant over its quota: 4xx) is no event of the SLO; an answer is
-good; a 5xx (a replica failure, a shed, a safe halt) is bad.
+good; a 5xx (a replica failure, a shed, a safe halt) is bad. For accuracy
+an event is one labelled row, counted when its feedback arrives (so a burn
+shows when the labels come in): good when the label matches (classification)
+or the value is within ``accuracy_tolerance`` of the truth (regression).
 
 Counting is one observer of ``RequestFinished``: it adds to the current
 minute of its series (plain integers on the event loop). Minutes go into two
@@ -48,22 +53,25 @@ from failsoft.control.burn import (
     rule_label,
     window_label,
 )
+from failsoft.data.feedback import FeedbackJoined
 from failsoft.errors import FailureClass
 from failsoft.observe.events import Event, RequestFinished
 
 if TYPE_CHECKING:
     from failsoft.config import ModelConfig
 
-__all__ = ["MAX_SERIES", "Bucket", "SloBook", "SloOptions"]
+__all__ = ["COUNTS", "MAX_SERIES", "Bucket", "SloBook", "SloOptions", "rule_subjects"]
 
 log = logging.getLogger("failsoft.slo")
 
 MAX_SERIES = 256
 MINUTES = 3 * 24 * 60  # one-minute buckets: the longest burn window (3 d)
 HOURS = 30 * 24  # one-hour buckets: the longest SLO window (30 d)
-VALID, FAILED, DEGRADED, SLOW = range(4)
+VALID, FAILED, DEGRADED, SLOW, LABELLED, WRONG = range(6)
+COUNTS = ("valid", "failed", "degraded", "slow", "labelled", "wrong")  # a bucket's columns
+WIDTH = len(COUNTS)
 _EXCLUDED = (FailureClass.CLIENT, FailureClass.DATA, FailureClass.REQUEST)
-OBJECTIVES = ("availability", "quality", "latency")
+OBJECTIVES = ("availability", "quality", "latency", "accuracy")
 
 
 class SloOptions(StrictModel):
@@ -79,6 +87,15 @@ class SloOptions(StrictModel):
     latency_pct: Annotated[float, Field(gt=0, lt=100)] = Field(
         default=99.0, description="latency objective: the share of answers under latency_ms"
     )
+    accuracy_pct: Annotated[float, Field(gt=0, lt=100)] | None = Field(
+        default=None,
+        description="objective: the share of labelled rows predicted right (needs "
+        "predictions.enabled and feedback)",
+    )
+    accuracy_tolerance: Annotated[float, Field(ge=0, le=1e12)] = Field(
+        default=0.0,
+        description="regression: a predicted value within this of the truth is right",
+    )
     per_tenant: bool = Field(default=False, description="also a series per tenant")
     min_events: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
         default=100, description="an alert needs this many events in its long window"
@@ -93,12 +110,13 @@ class Objective:
 
 @dataclass(frozen=True)
 class Bucket:
-    """One stored bucket: its series, size (60 or 3600 s), start (epoch s) and counts."""
+    """One stored bucket: its series, size (60 or 3600 s), start (epoch s) and counts
+    (``COUNTS``)."""
 
     series: str
     resolution: int
     start: int
-    counts: tuple[int, int, int, int]
+    counts: tuple[int, ...]
 
 
 def series_name(model: str, tenant: str) -> str:
@@ -113,7 +131,7 @@ class _Ring:
     def __init__(self, size: int) -> None:
         self.size = size
         self.stamps = np.full(size, -1, dtype=np.int64)
-        self.counts = np.zeros((size, 4), dtype=np.int64)
+        self.counts = np.zeros((size, WIDTH), dtype=np.int64)
 
     def add(self, index: int, values: list[int]) -> None:
         slot = index % self.size
@@ -127,18 +145,17 @@ class _Ring:
         self.stamps[slot] = index
         self.counts[slot] = list(values)
 
-    def get(self, index: int) -> tuple[int, int, int, int]:
+    def get(self, index: int) -> tuple[int, ...]:
         slot = index % self.size
         if self.stamps[slot] != index:
-            return (0, 0, 0, 0)
-        a, b, c, d = (int(x) for x in self.counts[slot])
-        return (a, b, c, d)
+            return (0,) * WIDTH
+        return tuple(int(x) for x in self.counts[slot])
 
     def windows(self, last: int, counts: Iterable[int]) -> dict[int, np.ndarray]:
         """The sums over several windows (in buckets) ending at ``last``, in one pass."""
         ages = last - self.stamps
         kept = (ages >= 0) & (ages < self.size)
-        by_age = np.zeros((self.size, 4), dtype=np.int64)
+        by_age = np.zeros((self.size, WIDTH), dtype=np.int64)
         by_age[ages[kept]] = self.counts[kept]
         running = np.cumsum(by_age, axis=0)
         return {count: running[min(count, self.size) - 1] for count in counts}
@@ -180,11 +197,11 @@ class _Series:
         self.minutes = _Ring(MINUTES)
         self.hours = _Ring(HOURS)
         self.minute = -1
-        self.pending = [0, 0, 0, 0]
+        self.pending = [0] * WIDTH
         self.dirty_minutes: set[int] = set()
         self.dirty_hours: set[int] = set()
         self.changes = 0
-        self.totals = [0, 0, 0, 0]  # since this process started (Prometheus counters)
+        self.totals = [0] * WIDTH  # since this process started (Prometheus counters)
         self.judged: tuple[int, int] = (-1, -1)  # (minute, changes) when alerts were judged
         self.peers: _Peers | None = None
 
@@ -213,9 +230,9 @@ class _Series:
         self.dirty_minutes.add(self.minute)
         self.dirty_hours.add(self.minute // 60)
         totals = self.totals
-        for index in range(4):
+        for index in range(WIDTH):
             totals[index] += pending[index]
-        self.pending = [0, 0, 0, 0]
+        self.pending = [0] * WIDTH
         self.changes += 1
 
 
@@ -226,6 +243,7 @@ class _Plan:
     objectives: tuple[Objective, ...]
     options: SloOptions
     latency_s: float | None
+    accuracy: bool
 
 
 def _plan(config: ModelConfig) -> _Plan:
@@ -235,14 +253,27 @@ def _plan(config: ModelConfig) -> _Plan:
         objectives.append(Objective("quality", slo.quality_pct))
     if slo.latency_ms is not None:
         objectives.append(Objective("latency", slo.latency_pct))
+    if slo.accuracy_pct is not None:
+        objectives.append(Objective("accuracy", slo.accuracy_pct))
     latency_s = None if slo.latency_ms is None else slo.latency_ms / 1000.0
-    return _Plan(tuple(objectives), slo, latency_s)
+    return _Plan(tuple(objectives), slo, latency_s, slo.accuracy_pct is not None)
+
+
+def rule_subjects(models: Mapping[str, ModelConfig]) -> list[RuleSubject]:
+    """Every objective of every model, as the Prometheus rules see it."""
+    return [
+        RuleSubject(name, objective.name, objective.target_pct, plan.options.min_events)
+        for name, plan in sorted((name, _plan(config)) for name, config in models.items())
+        for objective in plan.objectives
+    ]
 
 
 def _bad_and_valid(objective: str, counts: Any) -> tuple[int, int]:
-    valid, failed, degraded, slow = (int(x) for x in counts)
+    valid, failed, degraded, slow, labelled, wrong = (int(x) for x in counts)
     if objective == "availability":
         return failed, valid
+    if objective == "accuracy":
+        return wrong, labelled
     answered = valid - failed
     return (degraded if objective == "quality" else slow), answered
 
@@ -292,21 +323,49 @@ class SloBook:
         if event.tenant and plan.options.per_tenant:
             self._count((event.model, event.tenant), minute, index, slow)
 
-    def _count(self, key: tuple[str, str], minute: int, index: int, slow: bool) -> None:
+    def observe_feedback(self, event: Event) -> None:
+        """Count the rows of one joined feedback item (subscribed to ``FeedbackJoined``)."""
+        assert isinstance(event, FeedbackJoined)
+        plan = self._plans.get(event.model)
+        if plan is None or not plan.accuracy or not event.rows:
+            return
+        if event.kind == "regression":
+            tolerance = plan.options.accuracy_tolerance
+            wrong = sum(1 for error in event.errors if error > tolerance)
+        else:
+            wrong = event.rows - event.correct
+        minute = int(self._wall() // 60)
+        self._labels((event.model, ""), minute, event.rows, wrong)
+        if event.tenant and plan.options.per_tenant:
+            self._labels((event.model, event.tenant), minute, event.rows, wrong)
+
+    def _pending(self, key: tuple[str, str], minute: int) -> list[int] | None:
+        """The current minute's counts of a series (the minute before is flushed)."""
         series = self._series.get(key)
         if series is None:
             series = self._new_series(*key)
             if series is None:
-                return
+                return None
         if series.minute != minute:
             series.flush()
             series.minute = minute
-        pending = series.pending
+        return series.pending
+
+    def _count(self, key: tuple[str, str], minute: int, index: int, slow: bool) -> None:
+        pending = self._pending(key, minute)
+        if pending is None:
+            return
         pending[VALID] += 1
         if index >= 0:
             pending[index] += 1
         if slow:
             pending[SLOW] += 1
+
+    def _labels(self, key: tuple[str, str], minute: int, rows: int, wrong: int) -> None:
+        pending = self._pending(key, minute)
+        if pending is not None:
+            pending[LABELLED] += rows
+            pending[WRONG] += wrong
 
     def _new_series(self, model: str, tenant: str) -> _Series | None:
         if len(self._series) >= MAX_SERIES:
@@ -380,6 +439,7 @@ class SloBook:
             "alerts": firing,
             "min_events": plan.options.min_events,
             "latency_ms": plan.options.latency_ms if name == "latency" else None,
+            "tolerance": plan.options.accuracy_tolerance if name == "accuracy" else None,
         }
 
     def counters(self) -> list[tuple[tuple[str, str, str], int, int]]:

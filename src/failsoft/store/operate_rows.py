@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, func, insert, or_, select, tuple_, update
 
 from failsoft.control.incident_model import Incident
-from failsoft.control.slo import Bucket
+from failsoft.control.slo import COUNTS, Bucket
 from failsoft.store.encoding import canonical_json, utc_text
 from failsoft.store.engine import StoreError
 from failsoft.store.store import Store
@@ -107,14 +107,8 @@ def save(
                 & (slo_buckets.c.resolution == bucket.resolution)
                 & (slo_buckets.c.start == bucket.start)
             )
-            valid, failed, degraded, slow = bucket.counts
-            counts: dict[str, float] = {
-                "valid": valid,
-                "failed": failed,
-                "degraded": degraded,
-                "slow": slow,
-                "saved_at": stamp,
-            }
+            counts: dict[str, float] = dict(zip(COUNTS, bucket.counts, strict=True))
+            counts["saved_at"] = stamp
             if conn.execute(update(slo_buckets).where(key).values(**counts)).rowcount == 0:
                 conn.execute(
                     insert(slo_buckets).values(
@@ -185,9 +179,7 @@ def load(store: Store, gateway: str, keep_after: tuple[int, int]) -> Loaded:
             select(func.coalesce(func.max(incidents.c.id), 0)).where(incidents.c.gateway == gateway)
         ).scalar_one()
     buckets = [
-        Bucket(
-            row.series, row.resolution, row.start, (row.valid, row.failed, row.degraded, row.slow)
-        )
+        Bucket(row.series, row.resolution, row.start, tuple(int(row._mapping[n]) for n in COUNTS))
         for row in rows
     ]
     found = [Incident.from_json(json.loads(row.data)) for row in (*active, *resolved)]
@@ -214,11 +206,8 @@ def load_peers(
         c.series,
         c.resolution,
         c.start,
-        func.sum(c.valid),
-        func.sum(c.failed),
-        func.sum(c.degraded),
-        func.sum(c.slow),
         func.max(c.saved_at),
+        *(func.sum(c[name]) for name in COUNTS),
     ).group_by(c.series, c.resolution, c.start)
     with store.engine.read() as conn:
         if since is None:
@@ -235,15 +224,9 @@ def load_peers(
                 where = tuple_(c.series, c.resolution, c.start).in_(chunk)
                 rows.extend(conn.execute(summed.where(others, where)).all())
     buckets = [
-        Bucket(
-            row[0],
-            int(row[1]),
-            int(row[2]),
-            (int(row[3]), int(row[4]), int(row[5]), int(row[6])),
-        )
-        for row in rows
+        Bucket(row[0], int(row[1]), int(row[2]), tuple(int(n) for n in row[4:])) for row in rows
     ]
-    return buckets, max((float(row[7]) for row in rows), default=since)
+    return buckets, max((float(row[3]) for row in rows), default=since)
 
 
 def read_incident(store: Store, gateway: str, incident_id: int) -> Incident | None:
