@@ -19,7 +19,8 @@ Counting is one observer of ``RequestFinished``: it adds to the current
 minute of its series (plain integers on the event loop). Minutes go into two
 rings: one-minute buckets over 3 days (every burn-rate window) and one-hour
 buckets over 30 days (the budget). A series therefore costs a fixed
-~80 KB, whatever the traffic, and at most ``MAX_SERIES`` series are kept.
+~175 KB, whatever the traffic (twice that once other gateways' sums are
+read), and at most ``MAX_SERIES`` series are kept.
 The buckets changed since the last save are written to the control store
 every few seconds (``Operate``), and loaded again at start-up: a restart
 does not reset a budget. Times are wall-clock epoch seconds from ``wall``
@@ -70,6 +71,7 @@ HOURS = 30 * 24  # one-hour buckets: the longest SLO window (30 d)
 VALID, FAILED, DEGRADED, SLOW, LABELLED, WRONG = range(6)
 COUNTS = ("valid", "failed", "degraded", "slow", "labelled", "wrong")  # a bucket's columns
 WIDTH = len(COUNTS)
+MINUTE_COUNT = np.int32  # 2^31 events a minute is far beyond a gateway; sums are int64
 _EXCLUDED = (FailureClass.CLIENT, FailureClass.DATA, FailureClass.REQUEST)
 OBJECTIVES = ("availability", "quality", "latency", "accuracy")
 
@@ -128,10 +130,10 @@ class _Ring:
 
     __slots__ = ("counts", "size", "stamps")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, dtype: type[np.integer[Any]] = np.int64) -> None:
         self.size = size
         self.stamps = np.full(size, -1, dtype=np.int64)
-        self.counts = np.zeros((size, WIDTH), dtype=np.int64)
+        self.counts = np.zeros((size, WIDTH), dtype=dtype)
 
     def add(self, index: int, values: list[int]) -> None:
         slot = index % self.size
@@ -163,7 +165,7 @@ class _Ring:
     def total(self, last: int, count: int) -> np.ndarray:
         """The sums of the ``count`` buckets up to and including index ``last``."""
         mask = (self.stamps > last - count) & (self.stamps <= last)
-        summed: np.ndarray = self.counts[mask].sum(axis=0)
+        summed: np.ndarray = self.counts[mask].sum(axis=0, dtype=np.int64)
         return summed
 
 
@@ -173,7 +175,7 @@ class _Peers:
     __slots__ = ("hours", "minutes")
 
     def __init__(self) -> None:
-        self.minutes = _Ring(MINUTES)
+        self.minutes = _Ring(MINUTES, MINUTE_COUNT)
         self.hours = _Ring(HOURS)
 
 
@@ -194,7 +196,7 @@ class _Series:
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.minutes = _Ring(MINUTES)
+        self.minutes = _Ring(MINUTES, MINUTE_COUNT)
         self.hours = _Ring(HOURS)
         self.minute = -1
         self.pending = [0] * WIDTH
