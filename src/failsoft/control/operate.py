@@ -207,10 +207,12 @@ class Operate:
         self.book.merge_peers(buckets)
         if seen is not None:
             self._peers_seen = max(seen, self._peers_seen or seen)
-        elif full:  # no other gateway yet: look from now on (by this clock, the overlap aside)
-            self._peers_seen = self.wall()
         if full:
-            self._peers_full_at = self.wall()
+            # After reading everything, look from about now on, even when no other gateway
+            # saved lately (none yet, or only rows from before saves were stamped).
+            now = self.wall()
+            self._peers_seen = max(self._peers_seen or now, now - PEERS_OVERLAP_S)
+            self._peers_full_at = now
 
     async def merge_peers(self, timeout: float | None = 10.0) -> bool:  # noqa: ASYNC109
         """Read what the other gateways saved into the budgets; False when the store is down
