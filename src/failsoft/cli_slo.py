@@ -52,8 +52,10 @@ def slo_group() -> None:
     """SLOs and error budgets of a running gateway.
 
     Each model has an availability objective (its objective_pct; a degraded
-    answer counts as answered) and optionally quality and latency objectives
-    (models.NAME.slo), over a rolling 28- or 30-day window. Alerts follow the
+    answer counts as answered) and optionally quality, latency and accuracy
+    objectives (models.NAME.slo; accuracy counts the labels sent as
+    feedback), over a rolling 28- or 30-day window, summed over every
+    gateway sharing the control store. Alerts follow the
     SRE workbook: 14.4x over 1h and 5m or 6x over 6h and 30m page; 3x over
     1d and 2h or 1x over 3d and 6h open a ticket.
 
@@ -85,7 +87,9 @@ def slo_status(as_json: bool, gateway: Gateway) -> None:
         rows.append(
             (
                 row["model"] + (f" ({row['tenant']})" if row["tenant"] else ""),
-                row["objective"] + (f" <{row['latency_ms']:g}ms" if row.get("latency_ms") else ""),
+                row["objective"]
+                + (f" <{row['latency_ms']:g}ms" if row.get("latency_ms") else "")
+                + (f" ±{row['tolerance']:g}" if row.get("tolerance") else ""),
                 f"{row['target_pct']:g}% / {row['window_days']}d",
                 row["events"],
                 row["bad"],
@@ -140,21 +144,14 @@ def slo_rules(config_path: Path | None, gateway: Gateway) -> None:
         click.echo(gateway.call("GET", "/admin/slo/rules").decode(), nl=False)
         return
     from failsoft.config import ConfigError, load_config
-    from failsoft.control.burn import RuleSubject, prometheus_rules
+    from failsoft.control.burn import prometheus_rules
+    from failsoft.control.slo import rule_subjects
 
     try:
         config = load_config(config_path)
     except ConfigError as error:
         raise Failed(str(error), 2) from None
-    subjects = []
-    for name, model in config.models.items():
-        slo = model.slo
-        subjects.append(RuleSubject(name, "availability", model.objective_pct, slo.min_events))
-        if slo.quality_pct is not None:
-            subjects.append(RuleSubject(name, "quality", slo.quality_pct, slo.min_events))
-        if slo.latency_ms is not None:
-            subjects.append(RuleSubject(name, "latency", slo.latency_pct, slo.min_events))
-    click.echo(prometheus_rules(subjects), nl=False)
+    click.echo(prometheus_rules(rule_subjects(config.models)), nl=False)
 
 
 # -- incident -------------------------------------------------------------------------

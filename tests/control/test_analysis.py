@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from failsoft.control.analysis import (
     LATENCY_SKETCH_K,
     AnalysisOptions,
+    CheckResult,
     PairedWindow,
     Verdict,
     VersionWindow,
@@ -376,3 +377,60 @@ def test_disagree_can_look_at_named_outputs_only() -> None:
     assert disagree(a, b, 0.01)
     assert not disagree(a, b, 0.01, outputs=["label"])
     assert not disagree(a, b, 0.01, outputs=OPTIONS.disagreement_outputs or ["label"])
+
+
+# -- accuracy from feedback -----------------------------------------------------
+
+
+ACCURACY = AnalysisOptions(accuracy_check=True)
+
+
+def labelled(labels: int, wrong: int) -> VersionWindow:
+    return VersionWindow(requests=1000, labelled=labels, mislabelled=wrong)
+
+
+def accuracy_check(
+    options: AnalysisOptions, candidate: VersionWindow, stable: VersionWindow
+) -> CheckResult | None:
+    checks = analyse(options, candidate, stable).checks
+    return next((c for c in checks if c.name.startswith("accuracy")), None)
+
+
+def verdict_of(check: CheckResult | None) -> Verdict | None:
+    return None if check is None else check.verdict
+
+
+def test_accuracy_from_feedback_fails_a_candidate_that_gets_more_wrong() -> None:
+    worse = accuracy_check(ACCURACY, labelled(400, 60), labelled(400, 8))
+    assert verdict_of(worse) is Verdict.FAIL
+    assert worse is not None
+    assert worse.detail.startswith(
+        "accuracy (feedback) 85.0% (n=400 labels) vs stable 98.0% (n=400): fail, "
+        "wrong at most stable +2.0 points; wrong: difference +13.0 points, 90% interval"
+    )
+    assert verdict_of(accuracy_check(ACCURACY, labelled(2000, 20), labelled(2000, 20))) is (
+        Verdict.PASS
+    )
+    few = accuracy_check(ACCURACY, labelled(50, 40), labelled(400, 8))
+    assert verdict_of(few) is Verdict.INCONCLUSIVE
+    assert few is not None
+    assert "needs n≥100 labels per version" in few.detail
+    assert accuracy_check(OPTIONS, labelled(400, 60), labelled(400, 8)) is None  # opt-in
+    with pytest.raises(ValueError, match="exceed"):
+        VersionWindow(labelled=3, mislabelled=4)
+
+
+def test_the_rollout_window_charges_labels_to_the_version_that_predicted() -> None:
+    from failsoft.control.rollout_window import Windows
+    from failsoft.data.feedback import FeedbackJoined
+    from failsoft.observe.events import EventBus
+
+    bus = EventBus()
+    windows = Windows(bus)
+    windows.watch("m", "v1", "v2", None, accuracy_tolerance=0.5)
+    bus.emit(FeedbackJoined("m", "v1", None, "classification", 10, 9, ()))
+    bus.emit(FeedbackJoined("m", "v2", None, "regression", 3, 0, (0.1, 0.6, 0.5)))
+    bus.emit(FeedbackJoined("other", "v2", None, "classification", 5, 0, ()))
+    candidate, stable, _ = windows.windows("m", (0, 0))
+    assert (candidate.labelled, candidate.mislabelled) == (3, 1)
+    assert (stable.labelled, stable.mislabelled) == (10, 1)

@@ -15,11 +15,13 @@ from sqlalchemy import select
 
 from failsoft.clock import ManualClock
 from failsoft.config import Config, parse_config
+from failsoft.control.burn import BurnAlert
 from failsoft.control.incident_model import Incident
 from failsoft.control.incidents import IncidentChanged
 from failsoft.control.operate import Operate
 from failsoft.control.postmortem import render
 from failsoft.control.rollout_controller import RolloutDecided
+from failsoft.data.feedback import FeedbackJoined
 from failsoft.errors import FailureClass, NotFound
 from failsoft.observe.events import (
     Event,
@@ -290,29 +292,60 @@ async def test_the_postmortem_says_what_happened() -> None:
     await rig.operate.close()
 
 
-async def test_gateways_sharing_a_store_keep_their_own_rows(target: Target, tmp_path: Path) -> None:
+def fleet(rig: Rig, objective: str = "availability") -> list[tuple[str, int, int]]:
+    rows = rig.operate.slo_status()["slos"]
+    return [(r["model"], r["events"], r["bad"]) for r in rows if r["objective"] == objective]
+
+
+async def test_gateways_sharing_a_store_write_their_own_rows_and_read_the_sum(
+    target: Target, tmp_path: Path
+) -> None:
     clock = ManualClock(EPOCH)
     first_dir, second_dir = tmp_path / "a", tmp_path / "b"
     first = target.open(first_dir, clock.now)  # type: ignore[arg-type]
     url = target.url or default_url(first_dir)
     second = Store.open(second_dir, url, schema=target.schema, wall=clock.now)
+    data = config().model_dump(mode="json", exclude_defaults=True)
+    data["models"]["iris"]["slo"] = {"accuracy_pct": 95.0}
+    cfg = parse_config(data)
     try:
-        rigs = [Rig(config(), store, clock) for store in (first, second)]
+        rigs = [Rig(cfg, store, clock) for store in (first, second)]
         for rig in rigs:
             assert rig.operate.boot() is None
         await rigs[0].seconds(30)
         await rigs[1].seconds(10, status=503)
+        for rig, (rows, correct) in zip(rigs, [(8, 7), (4, 1)], strict=True):
+            rig.bus.emit(FeedbackJoined("iris", "v1", None, "classification", rows, correct, ()))
         rigs[1].bus.emit(PanicChanged("iris", "v1", True))
         rigs[0].bus.emit(PanicChanged("wine", "v1", True))
         for rig in rigs:
             assert await rig.operate.save()
-        again = [Rig(config(), store, clock) for store in (first, second)]
+        assert fleet(rigs[0]) == [("iris", 150, 0)]  # the other's not read yet
+        for rig in rigs:
+            assert await rig.operate.merge_peers()
+        assert [fleet(rig) for rig in rigs] == [[("iris", 200, 50)]] * 2
+        assert [fleet(rig, "accuracy") for rig in rigs] == [[("iris", 12, 4)]] * 2
+        with first.engine.read() as conn:
+            rows = conn.execute(
+                select(slo_buckets.c.gateway, slo_buckets.c.valid, slo_buckets.c.failed).where(
+                    slo_buckets.c.resolution == 3600
+                )
+            ).all()
+        owners = {rig.operate.gateway: i for i, rig in enumerate(rigs)}
+        assert sorted((owners[g], v, f) for g, v, f in rows) == [(0, 150, 0), (1, 50, 50)]
+
+        # More traffic on one: the other reads only what changed, and the sum moves.
+        await rigs[1].seconds(4)
+        assert await rigs[1].operate.save()
+        assert await rigs[0].operate.merge_peers()
+        assert fleet(rigs[0]) == [("iris", 220, 50)]
+
+        # Restarted (its data directory, so its id, kept): neither reset nor doubled.
+        again = [Rig(cfg, store, clock) for store in (first, second)]
         for rig in again:
             assert rig.operate.boot() is None
-        counts = [
-            [(r["events"], r["bad"]) for r in rig.operate.slo_status()["slos"]] for rig in again
-        ]
-        assert counts == [[(150, 0)], [(50, 50)]]
+        assert [fleet(rig) for rig in again] == [[("iris", 220, 50)]] * 2
+        assert [fleet(rig, "accuracy") for rig in again] == [[("iris", 12, 4)]] * 2
         assert [[(i.id, i.model) for i in rig.incidents] for rig in again] == [
             [(1, "wine")],
             [(1, "iris")],
@@ -320,6 +353,41 @@ async def test_gateways_sharing_a_store_keep_their_own_rows(target: Target, tmp_
     finally:
         first.close()
         second.close()
+
+
+async def test_an_outage_split_over_two_gateways_pages_on_the_fleets_events(
+    tmp_path: Path,
+) -> None:
+    """50 events per gateway are under min_events (80) for each alone; 100 together page."""
+    clock = ManualClock(EPOCH)
+    url = default_url(tmp_path / "a")
+    stores = [Store.open(tmp_path / name, url, wall=clock.now) for name in ("a", "b")]
+    try:
+        data = config().model_dump(mode="json", exclude_defaults=True)
+        data["models"]["iris"]["slo"] = {"min_events": 80}
+        rigs = [Rig(parse_config(data), store, clock) for store in stores]
+        alerts: list[list[BurnAlert]] = [[], []]
+        for rig, seen in zip(rigs, alerts, strict=True):
+            rig.bus.subscribe(seen.append, (BurnAlert,))  # type: ignore[arg-type]
+            assert rig.operate.boot() is None
+        for _ in range(10):  # 5 failures a second on each
+            for rig in rigs:
+                for _ in range(5):
+                    rig.request(503)
+            await clock.advance(1.0)
+        for rig in rigs:  # what the save loop does, then the judge loop
+            rig.operate.judge()
+            assert await rig.operate.save()
+        assert alerts == [[], []]  # 50 events each: too few alone
+        for rig in rigs:
+            assert await rig.operate.merge_peers()
+            rig.operate.judge()
+        for seen in alerts:
+            assert ("iris", "page", True) in {(a.model, a.severity, a.firing) for a in seen}
+        assert all(fleet(rig) == [("iris", 100, 100)] for rig in rigs)
+    finally:
+        for store in stores:
+            store.close()
 
 
 async def test_a_restored_backup_carries_budgets_and_incidents(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from failsoft.config import Config, ConfigError, parse_config
 from failsoft.control.burn import BurnAlert, prometheus_rules
 from failsoft.control.incidents import IncidentChanged
 from failsoft.control.operate import Operate
+from failsoft.control.slo import rule_subjects
 from failsoft.errors import FailureClass
 from failsoft.observe.events import Event, EventBus, RequestFinished
 
@@ -204,6 +205,9 @@ def test_prometheus_rules_name_every_window_and_objective() -> None:
     assert ">= (14.4 * 0.001)" in text
     assert ">= (1 * 0.001)" in text
     assert "severity: ticket" in text
+    accuracy = prometheus_rules(rule_subjects(config(accuracy_pct=95).models))
+    assert "alert: FailsoftSLOBurnAccuracyPage1h" in accuracy
+    assert ">= (14.4 * 0.05)" in accuracy
 
 
 async def test_a_series_per_tenant_when_asked() -> None:
@@ -228,6 +232,11 @@ def test_bad_slo_and_incident_options_are_refused_naming_the_key() -> None:
     text = str(refused.value)
     assert "models.iris.slo.window_days" in text
     assert "models.iris.slo.quality: unknown key" in text
+    with pytest.raises(ConfigError) as refused:
+        config(accuracy_pct=100, accuracy_tolerance=-1)
+    text = str(refused.value)
+    assert "models.iris.slo.accuracy_pct" in text
+    assert "models.iris.slo.accuracy_tolerance" in text
     python = {"backend": "python", "function": "tests._runtime_models:healthy"}
     model = {
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],

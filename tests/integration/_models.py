@@ -53,6 +53,11 @@ def heuristic(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"label": petal_rule(inputs["x"])}
 
 
+def petal_width(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A regression: predicts petal width as a third of petal length (FP32 [rows])."""
+    return {"value": (inputs["x"][:, 2] / 3.0).astype(np.float32)}
+
+
 def slow_rule(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The petal rule, taking half a second: keeps requests in flight for drain tests."""
     import time

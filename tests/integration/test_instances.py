@@ -1,6 +1,7 @@
 """Several real gateways on one PostgreSQL store: changes followed within a second, a listing
-of instances with their revision and liveness, a killed gateway seen stale then expired, and
-the LISTEN connection lost (polling carries on) and regained.
+of instances with their revision and liveness, a killed gateway seen stale then expired, the
+LISTEN connection lost (polling carries on) and regained, and SLO budgets summed over the
+gateways (a restart neither resets nor doubles them).
 
 The gateways poll the store only every 30 s (except where the test says), so
 a change seen within a second was carried by NOTIFY. The flip figure runs
@@ -62,7 +63,9 @@ class Gateways:
 
     def start(self, name: str, **store: Any) -> ServerProcess:
         options = {"url": self.url, "poll_s": 30.0, "heartbeat_s": 0.5, **store}
-        server = start_gateway(self.root / name, gateway_yaml(self.demo_dir, options))
+        config = json.loads(gateway_yaml(self.demo_dir, options))
+        config["incidents"] = {"persist_every_s": 0.5}  # SLO buckets saved and merged
+        server = start_gateway(self.root / name, json.dumps(config))
         self.started.append(server)
         return server
 
@@ -99,6 +102,14 @@ def instances_cli(server: ServerProcess, *args: str) -> Result:
     return result
 
 
+def slo_events(server: ServerProcess) -> int | None:
+    """The availability events of iris in the gateway's SLO status."""
+    answer = httpx.get(f"{server.url}/admin/slo", headers=AUTH, timeout=10)
+    assert answer.status_code == 200, answer.text
+    rows = [row for row in answer.json()["slos"] if row["objective"] == "availability"]
+    return rows[0]["events"] if rows else None
+
+
 def infer(server: ServerProcess) -> httpx.Response:
     body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": ROW}]}
     answer = httpx.post(f"{server.url}/v2/models/iris/infer", json=body, timeout=10)
@@ -123,6 +134,7 @@ def test_changes_on_one_gateway_are_in_force_on_the_other_within_a_second(
     assert infer(b).headers["failsoft-served-by"].startswith("iris/v1/")
     config = json.loads(gateway_yaml(demo_dir, {"url": store_url}))
     config["models"]["iris"]["default_version"] = "v2"
+    config["incidents"] = {"persist_every_s": 0.5}
     sent = time.monotonic()
     answer = httpx.post(f"{a.url}/admin/config", json={"config": config}, headers=AUTH, timeout=60)
     assert answer.status_code == 200, answer.text
@@ -152,6 +164,28 @@ def test_changes_on_one_gateway_are_in_force_on_the_other_within_a_second(
     assert len(lines) == 3
     assert sum(line.startswith("* ") for line in lines) == 1
     assert all("alive" in line and str(revision) in line for line in lines[1:])
+
+    # SLO budgets are the sum of both gateways' traffic, and a restart keeps the sum.
+    until(lambda: slo_events(a) == slo_events(b), "both SLO views settled")
+    before = slo_events(a) or 0
+    for _ in range(30):
+        infer(a)
+    for _ in range(20):
+        infer(b)
+    took = until(lambda: slo_events(a) == slo_events(b) == before + 50, "the sum on both")
+    print(f"30 requests on A, 20 on B: both count all 50 {took:.2f} s later")
+    shown = CliRunner().invoke(
+        main, ["slo", "status", "--url", a.url, "--json"], env={"FAILSOFT_ADMIN_TOKEN": TOKEN}
+    )
+    assert shown.exit_code == 0, shown.output
+    (row,) = json.loads(shown.output)["slos"]
+    assert (row["model"], row["events"], row["bad"]) == ("iris", before + 50, 0)
+    assert b.stop() == 0  # a clean stop saves; the same data directory keeps its id
+    b = gateways.start("b")
+    assert slo_events(b) == before + 50  # loaded before serving: its own rows and A's
+    for _ in range(10):
+        infer(b)
+    until(lambda: slo_events(a) == slo_events(b) == before + 60, "the new sum on both")
 
 
 def test_a_killed_gateway_is_listed_stale_then_expires(gateways: Gateways) -> None:

@@ -20,6 +20,9 @@ traffic stalls or fools them):
 - The latency quantile (p99) uses distribution-free order-statistic intervals
   (ranks from a Wilson interval, widened by the sketch's rank error), combined
   for "candidate ≤ factor x stable + slack" as Newcombe combines rates.
+- Accuracy from feedback (labels joined to each version's predictions while
+  the window runs) compares the share predicted wrong as the error rate is
+  compared: Newcombe's interval of the candidate-minus-stable difference.
 - Output distributions (split traffic) use PSI on the stable version's
   quantile cells for numeric outputs and the Jensen-Shannon distance for
   labels, bias-corrected for the window size (see ``failsoft.data.distance``);
@@ -132,6 +135,23 @@ class AnalysisOptions(StrictModel):
         description="Outputs compared for disagreement (None: all). Name the label output "
         "of a model that also returns probabilities.",
     )
+    accuracy_check: bool = Field(
+        False,
+        description="Judge accuracy from feedback: the labels joined during the window to "
+        "each version's predictions (needs predictions.enabled and labels that come soon).",
+    )
+    min_labels: int = Field(
+        100, ge=1, description="Labelled rows (feedback) per version before accuracy is judged."
+    )
+    accuracy_max_drop: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="Allowed share of rows predicted wrong above the stable's (0.02 = 2 points).",
+    )
+    accuracy_tolerance: float = Field(
+        0.0, ge=0.0, description="Regression: a predicted value within this of the truth is right."
+    )
     min_output_samples: int = Field(
         200, ge=1, description="Output values per version before distributions are compared."
     )
@@ -191,6 +211,8 @@ class VersionWindow:
     probe_passes: int = 0
     probe_failures: int = 0
     outputs: OutputSketches | None = None
+    labelled: int = 0  # rows of its predictions labelled by feedback in the window
+    mislabelled: int = 0  # of those, predicted wrong
 
     def __post_init__(self) -> None:
         for name in (
@@ -199,6 +221,8 @@ class VersionWindow:
             "contract_violations",
             "probe_passes",
             "probe_failures",
+            "labelled",
+            "mislabelled",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -206,6 +230,8 @@ class VersionWindow:
             raise ValueError("replica_failures cannot exceed requests")
         if self.contract_violations > self.requests:
             raise ValueError("contract_violations cannot exceed requests")
+        if self.mislabelled > self.labelled:
+            raise ValueError("mislabelled cannot exceed labelled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +419,45 @@ def _error_rate(
         f"difference {_points(rc - rs)} points, {options.interval_percent} interval "
         f"{_points(low)} to {_points(high)}; candidate {options.interval_percent} interval "
         f"{_pct(rate_low)} to {_pct(rate_high)}"
+    )
+    return CheckResult(
+        name, verdict, rc, threshold, nc, f"{head}: {verdict}, {rule}; {evidence}", ns
+    )
+
+
+def _accuracy(
+    options: AnalysisOptions, candidate: VersionWindow, stable: VersionWindow
+) -> CheckResult | None:
+    """The share of labelled rows predicted wrong, candidate against stable (only with
+    ``accuracy_check``: labels that come late would leave every step inconclusive)."""
+    nc, ns = candidate.labelled, stable.labelled
+    if not options.accuracy_check:
+        return None
+    name = "accuracy (feedback)"
+    wc, ws = candidate.mislabelled, stable.mislabelled
+    rc = wc / nc if nc else math.nan
+    rs = ws / ns if ns else math.nan
+    drop = options.accuracy_max_drop
+    rule = f"wrong at most stable {_points(drop)} points"
+    shown_c = _pct(1 - rc) if nc else "-"
+    shown_s = _pct(1 - rs) if ns else "-"
+    head = f"{name} {shown_c} ({_n(nc)} labels) vs stable {shown_s} ({_n(ns)})"
+    threshold = rs + drop if ns else math.nan
+    if nc < options.min_labels or ns < options.min_labels:
+        return CheckResult(
+            name,
+            Verdict.INCONCLUSIVE,
+            rc,
+            threshold,
+            nc,
+            f"{head}: inconclusive, needs n≥{options.min_labels:,} labels per version; {rule}",
+            ns,
+        )
+    low, high = newcombe_interval(wc, nc, ws, ns, options.z)
+    verdict = _decide(low, high, drop)
+    evidence = (
+        f"wrong: difference {_points(rc - rs)} points, {options.interval_percent} interval "
+        f"{_points(low)} to {_points(high)}"
     )
     return CheckResult(
         name, verdict, rc, threshold, nc, f"{head}: {verdict}, {rule}; {evidence}", ns
@@ -590,6 +655,7 @@ def analyse(
         _latency(options, candidate, stable),
         _probes(options, candidate),
         _disagreement(options, paired),
+        _accuracy(options, candidate, stable),
     ]
     if candidate.outputs is not None or stable.outputs is not None:
         mine = candidate.outputs or OutputSketches()

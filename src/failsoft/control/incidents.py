@@ -304,7 +304,7 @@ class Incidents:
             return
         self._add(now, alert.model, "alert", f"{alert.severity} alert: {scope} {what}")
         if alert.severity == "page" and not alert.tenant:
-            default = "overload" if alert.objective == "latency" else "infra"
+            default = {"latency": "overload", "accuracy": "logic"}.get(alert.objective, "infra")
             self.signal(
                 alert.model,
                 "burn",

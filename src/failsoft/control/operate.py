@@ -8,6 +8,13 @@ with a deadline: the request path never waits on the store. ``boot`` loads
 the buckets and incidents back before the gateway serves, so a restart
 resets neither a budget nor an incident. With the store down, the counting
 and the incidents go on in memory and are saved once it answers.
+
+Gateways sharing the store: after each save, a gateway reads the buckets the
+others saved since it last looked (``merge_peers``), so its budgets, burn
+rates and alerts are the whole fleet's; it reads them all at start-up and
+every ``PEERS_FULL_EVERY_S``. Its own rows are the only ones it writes, so a
+restart neither resets nor doubles anything: it loads its own buckets back
+and reads the others' sums again.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from failsoft.control.incident_model import Incident, means
 from failsoft.control.incidents import Incidents
 from failsoft.control.slo import SloBook
 from failsoft.control.storecall import store_call
+from failsoft.data.feedback import FeedbackJoined
 from failsoft.observe.events import Event, EventBus, RequestFinished
 
 if TYPE_CHECKING:
@@ -38,6 +46,11 @@ log = logging.getLogger("failsoft.operate")
 
 PRUNE_EVERY_S = 3600.0  # buckets past their window leave the store this often
 CLOSE_WITHIN_S = 5.0  # the last save on shutdown (alongside the last audit checkpoint)
+# Reading what the other gateways saved since the latest save seen, less this: a save
+# stamped a little earlier by a clock behind, or committed late, is read all the same
+# (reading a bucket twice is harmless: it holds full counts).
+PEERS_OVERLAP_S = 300.0
+PEERS_FULL_EVERY_S = 3600.0  # and everything, this often, whatever the clocks did
 
 
 class Operate:
@@ -62,12 +75,15 @@ class Operate:
         self.incidents.set_replicas(replica_counts(config))
         self._subscribed: set[type[Event]] = set()
         bus.subscribe(self.book.observe, (RequestFinished,))
+        bus.subscribe(self.book.observe_feedback, (FeedbackJoined,))
         self._subscribe_incidents()
         self._tasks: list[asyncio.Task[None]] = []
         self._saving = asyncio.Lock()
         self.saved_ok = store is None
         self._pruned_at = 0.0
         self._loaded = store is None  # what the store held is in memory
+        self._peers_seen: float | None = None  # the latest peer save read (their clock)
+        self._peers_full_at = 0.0  # when they were all read last (this clock)
         self.runbooks: Any = None  # control/runbooks.py, set by the app (approvals)
         self.gateway = ""  # this gateway's id in the store, kept in its data directory
         if store is not None:
@@ -105,6 +121,7 @@ class Operate:
 
         try:
             self._load(merge=False)
+            self._take_peers(self._read_peers())
         except StoreError as error:
             return (
                 f"the control store is unreachable ({error.message}): SLO budgets and "
@@ -172,7 +189,44 @@ class Operate:
             await self._clock.sleep(self.options.persist_every_s)
             # Shielded: a shutdown waits for a save under way (on the lock) instead of
             # cutting it off between taking the changes and writing them.
-            await asyncio.shield(self.save())
+            if await asyncio.shield(self.save()):
+                await self.merge_peers()
+
+    def _read_peers(self) -> tuple[list[Any], float | None, bool]:
+        """The other gateways' buckets (blocking): what changed, or all now and then."""
+        from failsoft.store.operate_rows import load_peers
+
+        assert self.store is not None
+        full = self._peers_seen is None or self.wall() - self._peers_full_at >= PEERS_FULL_EVERY_S
+        since = None if full or self._peers_seen is None else self._peers_seen - PEERS_OVERLAP_S
+        buckets, seen = load_peers(self.store, self.gateway, self.book.oldest_kept(), since)
+        return buckets, seen, full
+
+    def _take_peers(self, read: tuple[list[Any], float | None, bool]) -> None:
+        buckets, seen, full = read
+        self.book.merge_peers(buckets)
+        if seen is not None:
+            self._peers_seen = max(seen, self._peers_seen or seen)
+        if full:
+            # After reading everything, look from about now on, even when no other gateway
+            # saved lately (none yet, or only rows from before saves were stamped).
+            now = self.wall()
+            self._peers_seen = max(self._peers_seen or now, now - PEERS_OVERLAP_S)
+            self._peers_full_at = now
+
+    async def merge_peers(self, timeout: float | None = 10.0) -> bool:  # noqa: ASYNC109
+        """Read what the other gateways saved into the budgets; False when the store is down
+        (the next round reads it)."""
+        if self.store is None:
+            return False
+        from failsoft.store import StoreError
+
+        try:
+            read = await store_call(self.store, self._read_peers, timeout=timeout)
+        except StoreError:
+            return False  # the save beside it says so
+        self._take_peers(read)
+        return True
 
     async def save(self, timeout: float | None = 10.0) -> bool:  # noqa: ASYNC109
         """Write what changed; False (and kept for the next time) when the store is down."""
@@ -215,6 +269,7 @@ class Operate:
                     changed,
                     items,
                     prune,
+                    now,
                     timeout=timeout,
                 )
             except BaseException as error:

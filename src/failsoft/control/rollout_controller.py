@@ -539,7 +539,12 @@ class RolloutController:
         spec, state = run.spec, run.state
         outputs = spec.outputs or self._label_outputs(spec.model)
         self.windows.watch(
-            spec.model, state.stable, state.candidate, outputs, shadow_phase=run.stage.shadow > 0
+            spec.model,
+            state.stable,
+            state.candidate,
+            outputs,
+            shadow_phase=run.stage.shadow > 0,
+            accuracy_tolerance=spec.analysis.accuracy_tolerance,
         )
         tolerance = spec.analysis.disagreement_tolerance
         compared = spec.analysis.disagreement_outputs or (tuple(outputs) if outputs else None)

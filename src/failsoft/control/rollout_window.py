@@ -17,7 +17,9 @@ Counted per version, on the same window for both:
 - latencies of requests the version answered itself (not from a fallback tier
   or the cache); in a shadow phase the candidate's are its shadow calls';
 - output sketches (DataSketches) of the compared outputs;
-- shadow pairs and how many disagreed (``ShadowCompared``).
+- shadow pairs and how many disagreed (``ShadowCompared``);
+- rows labelled by feedback during the window (``FeedbackJoined``), charged
+  to the version that made the prediction, and how many it got wrong.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from failsoft.control.analysis import LATENCY_SKETCH_K, PairedWindow, VersionWindow
+from failsoft.data.feedback import FeedbackJoined
 from failsoft.data.sketches import NumericSketch, OutputSketches
 from failsoft.observe.events import Event, EventBus, RequestFinished, VersionAnswered
 from failsoft.pipeline.shadow import ShadowCompared
@@ -45,6 +48,7 @@ KINDS: tuple[type[Event], ...] = (
     RequestFinished,
     VersionAnswered,
     ShadowCompared,
+    FeedbackJoined,
 )
 
 
@@ -56,6 +60,8 @@ class Tally:
     failures: int = 0
     contract: int = 0
     answered: int = 0  # requests it answered itself (the latency samples)
+    labelled: int = 0
+    mislabelled: int = 0
     latencies: NumericSketch = field(default_factory=lambda: NumericSketch(LATENCY_SKETCH_K))
     outputs: OutputSketches = field(default_factory=OutputSketches)
 
@@ -69,6 +75,8 @@ class Tally:
             probe_passes=probes[0],
             probe_failures=probes[1],
             outputs=self.outputs if with_outputs else None,
+            labelled=self.labelled,
+            mislabelled=self.mislabelled,
         )
 
 
@@ -78,6 +86,7 @@ class _Watch:
     candidate: str
     outputs: frozenset[str] | None
     shadow_phase: bool
+    tolerance: float = 0.0  # regression: right within this
     tallies: dict[str, Tally] = field(default_factory=dict)
     pairs: int = 0
     disagreements: int = 0
@@ -120,11 +129,12 @@ class Windows:
         outputs: Collection[str] | None,
         *,
         shadow_phase: bool = False,
+        accuracy_tolerance: float = 0.0,
     ) -> None:
         """Count ``model``'s versions from now on, in a fresh window (a new stage)."""
         self.drain()
         names = frozenset(outputs) if outputs else None
-        self._watched[model] = _Watch(stable, candidate, names, shadow_phase)
+        self._watched[model] = _Watch(stable, candidate, names, shadow_phase, accuracy_tolerance)
 
     def unwatch(self, model: str) -> None:
         self.drain()
@@ -147,6 +157,13 @@ class Windows:
                 watch.tally(event.version).contract += 1
             elif isinstance(event, RequestFinished):
                 self._latency(watch, event)
+            elif isinstance(event, FeedbackJoined):
+                tally = watch.tally(event.version)
+                tally.labelled += event.rows
+                if event.kind == "regression":
+                    tally.mislabelled += sum(1 for e in event.errors if e > watch.tolerance)
+                else:
+                    tally.mislabelled += event.rows - event.correct
             elif isinstance(event, VersionAnswered):
                 outputs.setdefault((event.model, event.version), []).append(event.outputs)
             elif isinstance(event, ShadowCompared):

@@ -2,23 +2,36 @@
 
 Each model has an availability objective (its ``objective_pct``: good =
 answered, a degraded answer counts as answered), and optionally a quality
-objective (the share of answers not degraded) and a latency objective (the
-share of answers under a threshold), over a rolling 28- or 30-day window.
-With ``per_tenant`` each tenant of the model is a series of its own too.
+objective (the share of answers not degraded), a latency objective (the
+share of answers under a threshold) and an accuracy objective (the share of
+labelled rows predicted right, from the feedback joined to the prediction
+log), over a rolling 28- or 30-day window. With ``per_tenant`` each tenant
+of the model is a series of its own too.
 
 What counts: a request refused for its own sake (client, data or poison
 failures, a tenant over its quota: 4xx) is no event of the SLO; an answer is
-good; a 5xx (a replica failure, a shed, a safe halt) is bad.
+good; a 5xx (a replica failure, a shed, a safe halt) is bad. For accuracy
+an event is one labelled row, counted when its feedback arrives (so a burn
+shows when the labels come in): good when the label matches (classification)
+or the value is within ``accuracy_tolerance`` of the truth (regression).
 
 Counting is one observer of ``RequestFinished``: it adds to the current
 minute of its series (plain integers on the event loop). Minutes go into two
 rings: one-minute buckets over 3 days (every burn-rate window) and one-hour
 buckets over 30 days (the budget). A series therefore costs a fixed
-~80 KB, whatever the traffic, and at most ``MAX_SERIES`` series are kept.
+~175 KB, whatever the traffic (twice that once other gateways' sums are
+read), and at most ``MAX_SERIES`` series are kept.
 The buckets changed since the last save are written to the control store
 every few seconds (``Operate``), and loaded again at start-up: a restart
 does not reset a budget. Times are wall-clock epoch seconds from ``wall``
 (a test passes its ManualClock's ``now``).
+
+Gateways sharing a store: each counts and saves its own buckets (rows of
+its own id), and every few seconds reads the sums of the other gateways'
+buckets (``merge_peers``) into a second pair of rings per series, made on
+first use. Budgets, burn rates and alerts read both: the whole fleet's
+traffic, whichever gateway served it. The Prometheus counters stay this
+process's own (Prometheus sums the gateways itself).
 """
 
 from __future__ import annotations
@@ -41,22 +54,26 @@ from failsoft.control.burn import (
     rule_label,
     window_label,
 )
+from failsoft.data.feedback import FeedbackJoined
 from failsoft.errors import FailureClass
 from failsoft.observe.events import Event, RequestFinished
 
 if TYPE_CHECKING:
     from failsoft.config import ModelConfig
 
-__all__ = ["MAX_SERIES", "Bucket", "SloBook", "SloOptions"]
+__all__ = ["COUNTS", "MAX_SERIES", "Bucket", "SloBook", "SloOptions", "rule_subjects"]
 
 log = logging.getLogger("failsoft.slo")
 
 MAX_SERIES = 256
 MINUTES = 3 * 24 * 60  # one-minute buckets: the longest burn window (3 d)
 HOURS = 30 * 24  # one-hour buckets: the longest SLO window (30 d)
-VALID, FAILED, DEGRADED, SLOW = range(4)
+VALID, FAILED, DEGRADED, SLOW, LABELLED, WRONG = range(6)
+COUNTS = ("valid", "failed", "degraded", "slow", "labelled", "wrong")  # a bucket's columns
+WIDTH = len(COUNTS)
+MINUTE_COUNT = np.int32  # 2^31 events a minute is far beyond a gateway; sums are int64
 _EXCLUDED = (FailureClass.CLIENT, FailureClass.DATA, FailureClass.REQUEST)
-OBJECTIVES = ("availability", "quality", "latency")
+OBJECTIVES = ("availability", "quality", "latency", "accuracy")
 
 
 class SloOptions(StrictModel):
@@ -72,6 +89,15 @@ class SloOptions(StrictModel):
     latency_pct: Annotated[float, Field(gt=0, lt=100)] = Field(
         default=99.0, description="latency objective: the share of answers under latency_ms"
     )
+    accuracy_pct: Annotated[float, Field(gt=0, lt=100)] | None = Field(
+        default=None,
+        description="objective: the share of labelled rows predicted right (needs "
+        "predictions.enabled and feedback)",
+    )
+    accuracy_tolerance: Annotated[float, Field(ge=0, le=1e12)] = Field(
+        default=0.0,
+        description="regression: a predicted value within this of the truth is right",
+    )
     per_tenant: bool = Field(default=False, description="also a series per tenant")
     min_events: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
         default=100, description="an alert needs this many events in its long window"
@@ -86,12 +112,13 @@ class Objective:
 
 @dataclass(frozen=True)
 class Bucket:
-    """One stored bucket: its series, size (60 or 3600 s), start (epoch s) and counts."""
+    """One stored bucket: its series, size (60 or 3600 s), start (epoch s) and counts
+    (``COUNTS``)."""
 
     series: str
     resolution: int
     start: int
-    counts: tuple[int, int, int, int]
+    counts: tuple[int, ...]
 
 
 def series_name(model: str, tenant: str) -> str:
@@ -103,10 +130,10 @@ class _Ring:
 
     __slots__ = ("counts", "size", "stamps")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, dtype: type[np.integer[Any]] = np.int64) -> None:
         self.size = size
         self.stamps = np.full(size, -1, dtype=np.int64)
-        self.counts = np.zeros((size, 4), dtype=np.int64)
+        self.counts = np.zeros((size, WIDTH), dtype=dtype)
 
     def add(self, index: int, values: list[int]) -> None:
         slot = index % self.size
@@ -120,18 +147,17 @@ class _Ring:
         self.stamps[slot] = index
         self.counts[slot] = list(values)
 
-    def get(self, index: int) -> tuple[int, int, int, int]:
+    def get(self, index: int) -> tuple[int, ...]:
         slot = index % self.size
         if self.stamps[slot] != index:
-            return (0, 0, 0, 0)
-        a, b, c, d = (int(x) for x in self.counts[slot])
-        return (a, b, c, d)
+            return (0,) * WIDTH
+        return tuple(int(x) for x in self.counts[slot])
 
     def windows(self, last: int, counts: Iterable[int]) -> dict[int, np.ndarray]:
         """The sums over several windows (in buckets) ending at ``last``, in one pass."""
         ages = last - self.stamps
         kept = (ages >= 0) & (ages < self.size)
-        by_age = np.zeros((self.size, 4), dtype=np.int64)
+        by_age = np.zeros((self.size, WIDTH), dtype=np.int64)
         by_age[ages[kept]] = self.counts[kept]
         running = np.cumsum(by_age, axis=0)
         return {count: running[min(count, self.size) - 1] for count in counts}
@@ -139,8 +165,18 @@ class _Ring:
     def total(self, last: int, count: int) -> np.ndarray:
         """The sums of the ``count`` buckets up to and including index ``last``."""
         mask = (self.stamps > last - count) & (self.stamps <= last)
-        summed: np.ndarray = self.counts[mask].sum(axis=0)
+        summed: np.ndarray = self.counts[mask].sum(axis=0, dtype=np.int64)
         return summed
+
+
+class _Peers:
+    """The other gateways' buckets of one series, summed (as last read from the store)."""
+
+    __slots__ = ("hours", "minutes")
+
+    def __init__(self) -> None:
+        self.minutes = _Ring(MINUTES, MINUTE_COUNT)
+        self.hours = _Ring(HOURS)
 
 
 class _Series:
@@ -153,21 +189,39 @@ class _Series:
         "minute",
         "minutes",
         "model",
+        "peers",
         "pending",
         "totals",
     )
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.minutes = _Ring(MINUTES)
+        self.minutes = _Ring(MINUTES, MINUTE_COUNT)
         self.hours = _Ring(HOURS)
         self.minute = -1
-        self.pending = [0, 0, 0, 0]
+        self.pending = [0] * WIDTH
         self.dirty_minutes: set[int] = set()
         self.dirty_hours: set[int] = set()
         self.changes = 0
-        self.totals = [0, 0, 0, 0]  # since this process started (Prometheus counters)
+        self.totals = [0] * WIDTH  # since this process started (Prometheus counters)
         self.judged: tuple[int, int] = (-1, -1)  # (minute, changes) when alerts were judged
+        self.peers: _Peers | None = None
+
+    def windows(self, now_minute: int) -> dict[int, np.ndarray]:
+        """Every burn window's sums ending at ``now_minute``: this gateway's and its peers'."""
+        spans = [w // 60 for w in WINDOWS]
+        sums = self.minutes.windows(now_minute, spans)
+        if self.peers is not None:
+            theirs = self.peers.minutes.windows(now_minute, spans)
+            sums = {span: sums[span] + theirs[span] for span in spans}
+        return {w: sums[w // 60] for w in WINDOWS}
+
+    def hours_total(self, last: int, count: int) -> np.ndarray:
+        """The sums of the ``count`` hours up to ``last``: this gateway's and its peers'."""
+        summed = self.hours.total(last, count)
+        if self.peers is not None:
+            summed = summed + self.peers.hours.total(last, count)
+        return summed
 
     def flush(self) -> None:
         pending = self.pending
@@ -178,9 +232,9 @@ class _Series:
         self.dirty_minutes.add(self.minute)
         self.dirty_hours.add(self.minute // 60)
         totals = self.totals
-        for index in range(4):
+        for index in range(WIDTH):
             totals[index] += pending[index]
-        self.pending = [0, 0, 0, 0]
+        self.pending = [0] * WIDTH
         self.changes += 1
 
 
@@ -191,6 +245,7 @@ class _Plan:
     objectives: tuple[Objective, ...]
     options: SloOptions
     latency_s: float | None
+    accuracy: bool
 
 
 def _plan(config: ModelConfig) -> _Plan:
@@ -200,14 +255,27 @@ def _plan(config: ModelConfig) -> _Plan:
         objectives.append(Objective("quality", slo.quality_pct))
     if slo.latency_ms is not None:
         objectives.append(Objective("latency", slo.latency_pct))
+    if slo.accuracy_pct is not None:
+        objectives.append(Objective("accuracy", slo.accuracy_pct))
     latency_s = None if slo.latency_ms is None else slo.latency_ms / 1000.0
-    return _Plan(tuple(objectives), slo, latency_s)
+    return _Plan(tuple(objectives), slo, latency_s, slo.accuracy_pct is not None)
+
+
+def rule_subjects(models: Mapping[str, ModelConfig]) -> list[RuleSubject]:
+    """Every objective of every model, as the Prometheus rules see it."""
+    return [
+        RuleSubject(name, objective.name, objective.target_pct, plan.options.min_events)
+        for name, plan in sorted((name, _plan(config)) for name, config in models.items())
+        for objective in plan.objectives
+    ]
 
 
 def _bad_and_valid(objective: str, counts: Any) -> tuple[int, int]:
-    valid, failed, degraded, slow = (int(x) for x in counts)
+    valid, failed, degraded, slow, labelled, wrong = (int(x) for x in counts)
     if objective == "availability":
         return failed, valid
+    if objective == "accuracy":
+        return wrong, labelled
     answered = valid - failed
     return (degraded if objective == "quality" else slow), answered
 
@@ -257,21 +325,49 @@ class SloBook:
         if event.tenant and plan.options.per_tenant:
             self._count((event.model, event.tenant), minute, index, slow)
 
-    def _count(self, key: tuple[str, str], minute: int, index: int, slow: bool) -> None:
+    def observe_feedback(self, event: Event) -> None:
+        """Count the rows of one joined feedback item (subscribed to ``FeedbackJoined``)."""
+        assert isinstance(event, FeedbackJoined)
+        plan = self._plans.get(event.model)
+        if plan is None or not plan.accuracy or not event.rows:
+            return
+        if event.kind == "regression":
+            tolerance = plan.options.accuracy_tolerance
+            wrong = sum(1 for error in event.errors if error > tolerance)
+        else:
+            wrong = event.rows - event.correct
+        minute = int(self._wall() // 60)
+        self._labels((event.model, ""), minute, event.rows, wrong)
+        if event.tenant and plan.options.per_tenant:
+            self._labels((event.model, event.tenant), minute, event.rows, wrong)
+
+    def _pending(self, key: tuple[str, str], minute: int) -> list[int] | None:
+        """The current minute's counts of a series (the minute before is flushed)."""
         series = self._series.get(key)
         if series is None:
             series = self._new_series(*key)
             if series is None:
-                return
+                return None
         if series.minute != minute:
             series.flush()
             series.minute = minute
-        pending = series.pending
+        return series.pending
+
+    def _count(self, key: tuple[str, str], minute: int, index: int, slow: bool) -> None:
+        pending = self._pending(key, minute)
+        if pending is None:
+            return
         pending[VALID] += 1
         if index >= 0:
             pending[index] += 1
         if slow:
             pending[SLOW] += 1
+
+    def _labels(self, key: tuple[str, str], minute: int, rows: int, wrong: int) -> None:
+        pending = self._pending(key, minute)
+        if pending is not None:
+            pending[LABELLED] += rows
+            pending[WRONG] += wrong
 
     def _new_series(self, model: str, tenant: str) -> _Series | None:
         if len(self._series) >= MAX_SERIES:
@@ -291,11 +387,6 @@ class SloBook:
         for series in self._series.values():
             series.flush()
 
-    @staticmethod
-    def _windows(series: _Series, now_minute: int) -> dict[int, np.ndarray]:
-        sums = series.minutes.windows(now_minute, [w // 60 for w in WINDOWS])
-        return {w: sums[w // 60] for w in WINDOWS}
-
     def status(self) -> list[dict[str, Any]]:
         """Every objective of every series: budget left, burn rates, alerts firing."""
         self.flush()
@@ -305,9 +396,9 @@ class SloBook:
             plan = self._plans.get(model)
             if plan is None:
                 continue
-            windows = self._windows(series, now_minute)
+            windows = series.windows(now_minute)
             days = plan.options.window_days
-            whole = series.hours.total(now_minute // 60, days * 24)
+            whole = series.hours_total(now_minute // 60, days * 24)
             for objective in plan.objectives:
                 rows.append(self._row(model, tenant, objective, plan, windows, whole, days))
         return rows
@@ -350,6 +441,7 @@ class SloBook:
             "alerts": firing,
             "min_events": plan.options.min_events,
             "latency_ms": plan.options.latency_ms if name == "latency" else None,
+            "tolerance": plan.options.accuracy_tolerance if name == "accuracy" else None,
         }
 
     def counters(self) -> list[tuple[tuple[str, str, str], int, int]]:
@@ -373,7 +465,7 @@ class SloBook:
             return None
         series.flush()
         hour = int(self._wall() // 3600)
-        valid = int(series.hours.total(hour, plan.options.window_days * 24)[VALID])
+        valid = int(series.hours_total(hour, plan.options.window_days * 24)[VALID])
         return valid * (1.0 - plan.objectives[0].target_pct / 100.0)
 
     def subjects(self) -> list[RuleSubject]:
@@ -395,7 +487,7 @@ class SloBook:
             if plan is None or series.judged == (now_minute, series.changes):
                 continue  # nothing new since the last judgement
             series.judged = (now_minute, series.changes)
-            windows = self._windows(series, now_minute)
+            windows = series.windows(now_minute)
             for objective in plan.objectives:
                 for rule in RULES:
                     alert = self._judge(model, tenant, objective, plan, rule, windows)
@@ -496,6 +588,28 @@ class SloBook:
             series.changes += 1
             loaded += 1
         return loaded
+
+    def merge_peers(self, buckets: Iterable[Bucket]) -> int:
+        """Take in the other gateways' buckets (each the sum over all of them, as the
+        store holds it now: it replaces what was read before); how many were taken."""
+        taken = 0
+        for bucket in buckets:
+            model, _, tenant = bucket.series.partition(":")
+            series = self._series.get((model, tenant)) or self._new_series(model, tenant)
+            if series is None:
+                continue
+            peers = series.peers
+            if peers is None:
+                peers = series.peers = _Peers()
+            if bucket.resolution == 60:
+                peers.minutes.put(bucket.start // 60, bucket.counts)
+            elif bucket.resolution == 3600:
+                peers.hours.put(bucket.start // 3600, bucket.counts)
+            else:
+                continue
+            series.changes += 1
+            taken += 1
+        return taken
 
     def oldest_kept(self) -> tuple[int, int]:
         """Epoch seconds before which minute and hour buckets are of no use any more."""

@@ -14,6 +14,10 @@ windows by the time of the prediction and in total, for every segment: the
 whole version (``all``), each tenant (``tenant:NAME``) and each bucket of a
 configured feature (``features[2]:4..5``). All is bounded: a fixed number
 of windows, and at most ``MAX_SERIES`` segments.
+
+Each joined item is also told to ``emit`` as a ``FeedbackJoined`` event (its
+rows, how many were right, and for a regression each row's absolute error):
+the accuracy SLO counts them by the time the feedback came.
 """
 
 from __future__ import annotations
@@ -21,17 +25,33 @@ from __future__ import annotations
 import collections
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from failsoft.data.prediction_options import FeedbackOptions
+from failsoft.observe.events import Event
 
-__all__ = ["AccuracyBoard", "FeedbackItem", "FeedbackResult", "parse_feedback"]
+__all__ = ["AccuracyBoard", "FeedbackItem", "FeedbackJoined", "FeedbackResult", "parse_feedback"]
 
 MAX_SERIES = 10_000
 MAX_ITEMS = 100_000  # per call
 MAX_PROBLEMS = 10
 OUTCOMES = ("joined", "unknown", "duplicate", "invalid")
+
+
+@dataclass(slots=True)
+class FeedbackJoined(Event):
+    """The labels of one prediction joined: ``rows`` judged, ``correct`` of them matching
+    (classification), or each row's absolute error in ``errors`` (regression)."""
+
+    model: str
+    version: str
+    tenant: str | None
+    kind: str  # "classification" or "regression"
+    rows: int
+    correct: int
+    errors: tuple[float, ...]
 
 
 @dataclass(slots=True)
@@ -155,8 +175,11 @@ def _same(predicted: Any, truth: Any) -> bool:
 
 
 class AccuracyBoard:
-    def __init__(self, options: FeedbackOptions) -> None:
+    def __init__(
+        self, options: FeedbackOptions, emit: Callable[[Event], None] | None = None
+    ) -> None:
         self.options = options
+        self._emit = emit
         self._lock = threading.Lock()
         self._index: dict[str, _Entry] = {}
         self._order: collections.deque[str] = collections.deque()  # oldest first
@@ -212,16 +235,25 @@ class AccuracyBoard:
     ) -> FeedbackResult:
         """Join each item to its prediction and count it. ``tenant``: the caller's tenant,
         who may judge only its own predictions (others' are ``unknown`` to it)."""
+        joined: list[FeedbackJoined] = []
         with self._lock:
             for record in (from_disk or {}).values():
                 if record["request_id"] not in self._index:
                     self._add(record)
             for item in items:
-                self._judge_one(model, tenant, item, result)
+                self._judge_one(model, tenant, item, result, joined)
+        if self._emit is not None:  # outside the lock: observers may take their time
+            for event in joined:
+                self._emit(event)
         return result
 
     def _judge_one(
-        self, model: str, tenant: str | None, item: FeedbackItem, result: FeedbackResult
+        self,
+        model: str,
+        tenant: str | None,
+        item: FeedbackItem,
+        result: FeedbackResult,
+        joined: list[FeedbackJoined],
     ) -> None:
         entry = self._index.get(item.request_id)
         if (
@@ -261,6 +293,17 @@ class AccuracyBoard:
             for segment in self._segments_of(entry, row):
                 self._stat(entry, segment, None).add(kind, predicted, actual)
                 self._stat(entry, segment, window).add(kind, predicted, actual)
+        if self._emit is not None:
+            pairs = list(zip(predictions, truth, strict=True))
+            if kind == "regression":
+                errors = tuple(abs(float(p) - float(t)) for p, t in pairs)
+                correct = sum(1 for error in errors if error == 0)
+            else:
+                errors = ()
+                correct = sum(1 for p, t in pairs if _same(p, t))
+            joined.append(
+                FeedbackJoined(model, entry[VERSION], entry[TENANT], kind, rows, correct, errors)
+            )
         self._count(model, "joined")
         result.note("joined")
 

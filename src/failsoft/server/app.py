@@ -172,6 +172,7 @@ class FailsoftApp:
         *,
         control: ControlPlane | None = None,
         boot: BootReport | None = None,
+        wall: Callable[[], float] = time.time,  # SLOs' and incidents' clock (tests inject)
     ) -> None:
         self.runtime = runtime
         self.control = control
@@ -226,7 +227,11 @@ class FailsoftApp:
         )
         # SLOs and incidents (control/operate.py): loaded before the first request.
         self.operate = Operate(
-            runtime.config, runtime.bus, runtime.clock, control.store if control else None
+            runtime.config,
+            runtime.bus,
+            runtime.clock,
+            control.store if control else None,
+            wall=wall,
         )
         note = self.operate.boot()
         if note:

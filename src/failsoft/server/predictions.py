@@ -84,16 +84,23 @@ def open_predictions(
         directory = Path(base) / "predictions"
     elif not directory.is_absolute() and base is not None:
         directory = Path(base) / directory
-    service = PredictionService(PredictionLog(options, directory), control)
+    service = PredictionService(PredictionLog(options, directory), control, bus)
     service.log.subscribe_to(bus)
     metrics.registry.register(service)
     return service
 
 
 class PredictionService:
-    def __init__(self, prediction_log: PredictionLog, control: ControlPlane | None) -> None:
+    def __init__(
+        self,
+        prediction_log: PredictionLog,
+        control: ControlPlane | None,
+        bus: EventBus | None = None,
+    ) -> None:
         self.log = prediction_log
-        self.board = AccuracyBoard(prediction_log.options.feedback)
+        self.board = AccuracyBoard(
+            prediction_log.options.feedback, bus.emit if bus is not None else None
+        )
         prediction_log.add_consumer(self.board.add_records)
         self._control = control
 

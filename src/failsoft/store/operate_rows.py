@@ -3,9 +3,12 @@
 Rows belong to one gateway (``gateway``, the id kept in its data directory:
 ``gateway_id``), so gateways sharing a store keep their own counts and
 incidents. One ``save`` writes, in one transaction: the SLO buckets that changed (their
-full counts, so saving twice is harmless), the incidents that changed, and
-the audit entries of the incidents' state changes, so a state and its record
-commit together. Old buckets are pruned in the same transaction.
+full counts, so saving twice is harmless, and the time of the save), the
+incidents that changed, and the audit entries of the incidents' state
+changes, so a state and its record commit together. Buckets past their
+window are pruned in the same transaction, whichever gateway saved them (a
+gateway gone for good leaves none behind). ``load_peers`` sums the other
+gateways' buckets: all of them, or those of the buckets saved since a time.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, or_, select, tuple_, update
 
 from failsoft.control.incident_model import Incident
-from failsoft.control.slo import Bucket
+from failsoft.control.slo import COUNTS, Bucket
 from failsoft.store.encoding import canonical_json, utc_text
 from failsoft.store.engine import StoreError
 from failsoft.store.store import Store
@@ -33,11 +36,13 @@ __all__ = [
     "Loaded",
     "gateway_id",
     "load",
+    "load_peers",
     "read_incident",
     "save",
 ]
 
 RESOLVED_LOADED = 200  # resolved incidents loaded at start-up (older ones stay in the store)
+KEYS_PER_QUERY = 500  # buckets summed per statement (a bounded IN list)
 
 
 @dataclass(frozen=True)
@@ -87,9 +92,12 @@ def save(
     changed: Sequence[Incident],
     audits: Sequence[AuditItem],
     prune_before: tuple[int, int] | None = None,
+    saved_at: float | None = None,
 ) -> None:
+    """``saved_at``: this gateway's clock (epoch seconds), stamped on the buckets."""
     if not buckets and not changed and not audits and prune_before is None:
         return
+    stamp = time.time() if saved_at is None else saved_at
     now = utc_text(time.time())
     with store.engine.write() as conn:
         for bucket in buckets:
@@ -99,13 +107,8 @@ def save(
                 & (slo_buckets.c.resolution == bucket.resolution)
                 & (slo_buckets.c.start == bucket.start)
             )
-            valid, failed, degraded, slow = bucket.counts
-            counts: dict[str, int] = {
-                "valid": valid,
-                "failed": failed,
-                "degraded": degraded,
-                "slow": slow,
-            }
+            counts: dict[str, float] = dict(zip(COUNTS, bucket.counts, strict=True))
+            counts["saved_at"] = stamp
             if conn.execute(update(slo_buckets).where(key).values(**counts)).rowcount == 0:
                 conn.execute(
                     insert(slo_buckets).values(
@@ -144,7 +147,6 @@ def save(
             minutes, hours = prune_before
             conn.execute(
                 delete(slo_buckets).where(
-                    slo_buckets.c.gateway == gateway,
                     or_(
                         (slo_buckets.c.resolution == 60) & (slo_buckets.c.start < minutes),
                         (slo_buckets.c.resolution == 3600) & (slo_buckets.c.start < hours),
@@ -158,16 +160,9 @@ def save(
 
 def load(store: Store, gateway: str, keep_after: tuple[int, int]) -> Loaded:
     """The buckets still in their windows, the active and recent incidents, the next id."""
-    minutes, hours = keep_after
     with store.engine.read() as conn:
         rows = conn.execute(
-            select(slo_buckets).where(
-                slo_buckets.c.gateway == gateway,
-                or_(
-                    (slo_buckets.c.resolution == 60) & (slo_buckets.c.start >= minutes),
-                    (slo_buckets.c.resolution == 3600) & (slo_buckets.c.start >= hours),
-                ),
-            )
+            select(slo_buckets).where(slo_buckets.c.gateway == gateway, _kept(keep_after))
         ).all()
         active = conn.execute(
             select(incidents.c.data).where(
@@ -184,13 +179,54 @@ def load(store: Store, gateway: str, keep_after: tuple[int, int]) -> Loaded:
             select(func.coalesce(func.max(incidents.c.id), 0)).where(incidents.c.gateway == gateway)
         ).scalar_one()
     buckets = [
-        Bucket(
-            row.series, row.resolution, row.start, (row.valid, row.failed, row.degraded, row.slow)
-        )
+        Bucket(row.series, row.resolution, row.start, tuple(int(row._mapping[n]) for n in COUNTS))
         for row in rows
     ]
     found = [Incident.from_json(json.loads(row.data)) for row in (*active, *resolved)]
     return Loaded(buckets, sorted(found, key=lambda i: i.id), int(last) + 1)
+
+
+def _kept(keep_after: tuple[int, int]) -> ColumnElement[bool]:
+    minutes, hours = keep_after
+    return or_(
+        (slo_buckets.c.resolution == 60) & (slo_buckets.c.start >= minutes),
+        (slo_buckets.c.resolution == 3600) & (slo_buckets.c.start >= hours),
+    )
+
+
+def load_peers(
+    store: Store, gateway: str, keep_after: tuple[int, int], since: float | None
+) -> tuple[list[Bucket], float | None]:
+    """Every bucket of the other gateways still in its window, summed over them, or (with
+    ``since``) only the buckets some other gateway saved at or after ``since``; and the
+    latest save time seen (``since`` when nothing was found)."""
+    c = slo_buckets.c
+    others = (c.gateway != gateway) & _kept(keep_after)
+    summed = select(
+        c.series,
+        c.resolution,
+        c.start,
+        func.max(c.saved_at),
+        *(func.sum(c[name]) for name in COUNTS),
+    ).group_by(c.series, c.resolution, c.start)
+    with store.engine.read() as conn:
+        if since is None:
+            rows = list(conn.execute(summed.where(others)).all())
+        else:
+            keys = conn.execute(
+                select(c.series, c.resolution, c.start)
+                .where(others, c.saved_at >= since)
+                .distinct()
+            ).all()
+            rows = []
+            for first in range(0, len(keys), KEYS_PER_QUERY):
+                chunk = [tuple(key) for key in keys[first : first + KEYS_PER_QUERY]]
+                where = tuple_(c.series, c.resolution, c.start).in_(chunk)
+                rows.extend(conn.execute(summed.where(others, where)).all())
+    buckets = [
+        Bucket(row[0], int(row[1]), int(row[2]), tuple(int(n) for n in row[4:])) for row in rows
+    ]
+    return buckets, max((float(row[3]) for row in rows), default=since)
 
 
 def read_incident(store: Store, gateway: str, incident_id: int) -> Incident | None:

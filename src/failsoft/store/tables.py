@@ -141,7 +141,13 @@ slo_buckets = Table(
     Column("failed", BigInteger, nullable=False),
     Column("degraded", BigInteger, nullable=False),
     Column("slow", BigInteger, nullable=False),
+    Column("labelled", BigInteger, nullable=False, server_default="0"),  # accuracy: rows
+    Column("wrong", BigInteger, nullable=False, server_default="0"),
+    # The saving gateway's clock: the others read what changed since they last looked.
+    Column("saved_at", Float, nullable=False, server_default="0"),
 )
+Index("ix_slo_buckets_saved_at", slo_buckets.c.saved_at)
+Index("ix_slo_buckets_series", slo_buckets.c.series, slo_buckets.c.resolution, slo_buckets.c.start)
 
 incidents = Table(
     "incidents",
