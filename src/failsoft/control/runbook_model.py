@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from failsoft._options import StrictModel, validation_problems
 from failsoft.control.incident_model import CAUSES
@@ -109,13 +109,24 @@ class RunbooksOptions(StrictModel):
 
     enabled: bool = True
     runbooks: Annotated[list[RunbookSpec], Field(max_length=1000)] = Field(default_factory=list)
-    dir: str | None = Field(default=None, description="a directory of runbook YAML files")
+    dir: str | None = Field(
+        default=None,
+        description="a directory of runbook YAML files (relative to the configuration file)",
+    )
     webhooks: dict[str, str] = Field(default_factory=dict, description="name -> URL")
     webhook: WebhookOptions = Field(default_factory=WebhookOptions)
     action_cooldown_s: Annotated[float, Field(ge=0, le=86_400)] = Field(
         default=60.0, description="the same action on the same target at most this often"
     )
     max_actions_per_hour: Annotated[int, Field(ge=1, le=10_000)] = 20
+
+    @field_validator("dir")
+    @classmethod
+    def _beside_the_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        base = (info.context or {}).get("base_dir")
+        if value and base is not None and not Path(value).is_absolute():
+            return str((Path(base) / value).resolve())
+        return value
 
     @model_validator(mode="after")
     def _files_and_names(self) -> RunbooksOptions:
