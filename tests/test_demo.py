@@ -15,8 +15,8 @@ import yaml
 from sklearn.datasets import load_breast_cancer, load_iris
 
 from failsoft import demo
-from failsoft.control.runbook_model import load_dir
 from failsoft.config import ProcessBackend, load_config, parse_config
+from failsoft.control.runbook_model import load_dir
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = {
