@@ -463,7 +463,7 @@ class Runbooks:
             return
         actor = f"runbook:{runbook}"
         limit = self._incidents.options.timeline_max
-        incident.note(self._wall(), "runbook", text, limit, actor=actor, **detail)
+        incident.note(self._wall(), "runbook", text, limit, actor=actor, action=action, **detail)
         self._incidents.dirty.add(incident.id)
         self._incidents.pending_audits.append(
             (incident.id, f"runbook.{action}", actor, {"text": text, **detail})
