@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -103,3 +104,86 @@ def test_the_bundled_runbook_switches_the_version_off_after_approval_and_verifie
     again = httpx.post(f"{server.url}/admin/incidents/1/approve", headers=AUTH, timeout=10)
     assert again.status_code == 400
     assert again.json() == {"error": "no runbook step of incident 1 awaits approval"}
+
+
+OPS = "runbook:replica-ops"
+
+
+def test_eject_and_restart_workers_act_on_the_process_version_once(
+    tmp_path: Path, demo_dir: Path
+) -> None:
+    gateway = Gateway(tmp_path / "gw", demo_dir)
+    text = config(demo_dir).replace(
+        f"v1: {{backend: onnx, path: {demo_dir}/iris-v1.onnx, replicas: 2}}",
+        f"v1: {{backend: process, replicas: 2, worker: {{backend: onnx, path: "
+        f"{demo_dir}/iris-v1.onnx}}}}",
+    )
+    assert "backend: process" in text
+    # Passive ejection off: the runbook's ejection is the only one (the breakers still
+    # open, so the version still goes into panic and the incident opens).
+    text = text.replace(
+        "    default_version: v1\n", "    default_version: v1\n    ejection: {enabled: false}\n"
+    )
+    assert "ejection: {enabled: false}" in text
+    (gateway.folder / "failsoft.yaml").write_text(
+        text
+        + """runbooks:
+  runbooks:
+    - name: replica-ops
+      mode: act
+      trigger: {incident: opened, cause: [infra]}
+      steps:
+        - {action: eject, for_s: 2}
+        - {action: restart_workers}
+        - {action: restart_workers}
+"""
+    )
+    server = gateway.start()
+    load = Load(server.url)
+    try:
+        poll(lambda: sum(load.statuses.values()) > 20, 10, "good traffic first")
+        pids = {r["name"]: r for r in replicas(gateway)}
+        fault = {"kind": "error", "status": 503, "model": "iris", "version": "v1", "duration_s": 3}
+        added = httpx.post(f"{server.url}/admin/faults", json=fault, headers=AUTH, timeout=10)
+        assert added.status_code == 201, added.text
+
+        def said() -> list[dict[str, Any]]:
+            found = gateway.get("/admin/incidents")["incidents"]
+            if not found:
+                return []
+            return gateway.get(f"/admin/incidents/{found[-1]['id']}")["timeline"]
+
+        poll(lambda: any("replica-ops finished" in e["text"] for e in said()), 150, "the run")
+    finally:
+        load.stop()
+    timeline = said()
+    print("\n".join(f"{e['at']:.3f} {e['kind']:8} {e['text']}" for e in timeline))
+    ours = [e for e in timeline if e["kind"] == "runbook"]
+    done = [e for e in ours if e["text"].startswith("done:")]
+    assert [e["detail"]["action"] for e in done] == ["eject", "restart_workers"]
+    assert done[0]["text"] == "done: eject the replica faring worst of iris/v1 for 2 s"
+    assert done[0]["detail"]["result"].endswith("ejected for 2 s")
+    assert done[1]["detail"]["result"] == "restarted w0, w1 of iris/v1, one at a time"
+    # The same restart again at once: refused by the action cooldown, nothing restarted.
+    assert any(
+        e["detail"]["action"] == "skipped" and "in its cooldown" in e["text"] for e in ours
+    ), ours
+    ejected = [e for e in timeline if e["kind"] == "ejection" and "ejected" in e["text"]]
+    assert len(ejected) == 1, ejected
+    assert ejected[0]["text"].endswith(f"ejected for 2 s ({OPS})"), ejected
+    restarts = [e["text"] for e in timeline if e["kind"] == "restart"]
+    assert len(restarts) == 2, restarts
+    assert all(f"restarted: {OPS}" in line for line in restarts)
+    now = {r["name"]: r for r in replicas(gateway)}
+    assert all(now[name]["pid"] != pids[name]["pid"] for name in pids), (pids, now)
+    assert all(now[name]["available"] for name in now)
+    # Every request was answered: v2 while v1 failed or restarted, v1 again after.
+    assert not [key for key in load.statuses if not key.startswith("200")], load.statuses
+    audit = httpx.get(f"{server.url}/admin/audit?limit=1000", headers=AUTH, timeout=10).json()
+    actions = {e["action"] for e in audit["entries"] if e["actor"] == OPS}
+    assert {"runbook.eject", "runbook.restart_workers", "runbook.skipped"} <= actions, actions
+
+
+def replicas(gateway: Gateway) -> list[dict[str, Any]]:
+    status = gateway.get("/admin/status")
+    return list(status["models"]["iris"]["versions"]["v1"]["replicas"])

@@ -24,6 +24,8 @@ ACTIONS = (
     "disable_version",
     "rollout_abort",
     "config_rollback",
+    "eject",
+    "restart_workers",
     "wait",
 )
 Cause = Literal["infra", "data", "logic", "overload"]
@@ -59,6 +61,8 @@ class StepSpec(StrictModel):
         "disable_version",
         "rollout_abort",
         "config_rollback",
+        "eject",
+        "restart_workers",
         "wait",
     ]
     approve: bool = Field(default=False, description="wait for `failsoft incident approve N`")
@@ -69,8 +73,13 @@ class StepSpec(StrictModel):
     version: str = "{version}"
     rollout: str | None = Field(default=None, description="rollout_abort: the model (key)")
     revision: int | None = Field(default=None, description="config_rollback: target (None: prev)")
+    replica: str | None = Field(
+        default=None, description="eject: the replica (None: the one faring worst)"
+    )
     for_s: Annotated[float, Field(gt=0, le=7 * 86_400)] | None = Field(
-        default=None, description="switches: in force this long, then cleared by expiry"
+        default=None,
+        description="switches: in force this long, then cleared by expiry; eject: how long "
+        "(default 30 s)",
     )
     until: Literal["mitigated", "resolved"] = "mitigated"
     within_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from failsoft.clock import Clock, within
 from failsoft.control.incident_model import Incident
 from failsoft.control.incidents import IncidentChanged, Incidents
+from failsoft.control.replica_ops import Done
 from failsoft.control.runbook_model import RunbooksOptions, RunbookSpec, StepSpec, load_dir
 from failsoft.control.webhooks import Delivery, Notifier
 from failsoft.errors import FailsoftError
@@ -37,6 +38,7 @@ __all__ = ["Actions", "Runbooks"]
 log = logging.getLogger("failsoft.runbooks")
 
 RUNS_KEPT = 500
+EJECT_S = 30.0  # an eject step without for_s
 _REPLICAS = re.compile(r"every replica of (?P<model>\S+)/(?P<version>\S+) is out")
 
 
@@ -47,6 +49,10 @@ class Actions(Protocol):
     async def set_flag(self, key: str, data: dict[str, Any], actor: str) -> None: ...
     async def abort_rollout(self, key: str, actor: str) -> str: ...
     async def rollback_config(self, target: int | None, actor: str) -> str: ...
+    async def eject(
+        self, model: str, version: str, replica: str | None, seconds: float, actor: str
+    ) -> Done: ...
+    async def restart_workers(self, model: str, version: str, actor: str) -> Done: ...
 
 
 @dataclass
@@ -290,6 +296,9 @@ class Runbooks:
             "rollout_abort": f"abort the rollout of {_fill(step.rollout or step.model, context)}",
             "config_rollback": "roll the configuration back to "
             + (f"revision {step.revision}" if step.revision else "the previous revision"),
+            "eject": f"eject {_replica(step, context)} of {model}/{version} for "
+            f"{step.for_s or EJECT_S:g} s",
+            "restart_workers": f"restart the workers of {model}/{version}, one at a time",
             "wait": f"verify the incident is {step.until} within {step.within_s:g} s",
         }[step.action]
 
@@ -344,6 +353,18 @@ class Runbooks:
                     data["expires_in_s"] = step.for_s
                 await self.actions.set_flag(key, data, actor)
                 detail: dict[str, Any] = {"key": key}
+            elif step.action in ("eject", "restart_workers"):
+                model, version = _fill(step.model, context), _fill(step.version, context)
+                if step.action == "eject":
+                    replica = _fill(step.replica, context) if step.replica else None
+                    seconds = step.for_s or EJECT_S
+                    done = await self.actions.eject(model, version, replica, seconds, actor)
+                else:
+                    done = await self.actions.restart_workers(model, version, actor)
+                if not done.changed:  # idempotent: nothing to do, and no action spent
+                    self._say(run.incident, spec.name, "unchanged", done.text, {})
+                    return True
+                detail = {"result": done.text}
             elif step.action == "rollout_abort":
                 state = await self.actions.abort_rollout(
                     _fill(step.rollout or step.model, context), actor
@@ -495,6 +516,10 @@ class Runbooks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.notifier.close()
+
+
+def _replica(step: StepSpec, context: dict[str, str]) -> str:
+    return f"replica {_fill(step.replica, context)}" if step.replica else "the replica faring worst"
 
 
 def _fill(text: str, context: dict[str, str]) -> str:

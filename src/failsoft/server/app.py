@@ -238,7 +238,7 @@ class FailsoftApp:
             runtime.bus,
             runtime.clock,
             self.operate.wall,
-            GatewayActions(control) if control is not None else None,
+            GatewayActions(control, runtime),
         )
         self.operate.runbooks = self.runbooks
         self.status_page = StatusPage(self.operate.wall)
