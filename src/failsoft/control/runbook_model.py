@@ -68,6 +68,9 @@ class StepSpec(StrictModel):
     approve: bool = Field(default=False, description="wait for `failsoft incident approve N`")
     webhook: str | None = Field(default=None, description="webhook: a name in runbooks.webhooks")
     text: str = Field(default="", max_length=2000, description="webhook: the message")
+    format: Literal["json", "slack"] = Field(
+        default="json", description="webhook: generic JSON, or Slack's text and blocks"
+    )
     key: str | None = Field(default=None, description="kill_switch: the flag key")
     model: str = "{model}"
     version: str = "{version}"
@@ -123,6 +126,9 @@ class RunbooksOptions(StrictModel):
         description="a directory of runbook YAML files (relative to the configuration file)",
     )
     webhooks: dict[str, str] = Field(default_factory=dict, description="name -> URL")
+    public_url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=500)] | None = Field(
+        default=None, description="where people reach this gateway: notices link its /status"
+    )
     webhook: WebhookOptions = Field(default_factory=WebhookOptions)
     action_cooldown_s: Annotated[float, Field(ge=0, le=86_400)] = Field(
         default=60.0, description="the same action on the same target at most this often"

@@ -29,6 +29,7 @@ from failsoft.control.incident_model import Incident
 from failsoft.control.incidents import IncidentChanged, Incidents
 from failsoft.control.replica_ops import Done
 from failsoft.control.runbook_model import RunbooksOptions, RunbookSpec, StepSpec, load_dir
+from failsoft.control.slack import slack_payload
 from failsoft.control.webhooks import Delivery, Notifier
 from failsoft.errors import FailsoftError
 from failsoft.observe.events import Event, EventBus
@@ -417,6 +418,10 @@ class Runbooks:
                 "title": incident.title,
                 "opened_at": incident.opened_at,
             }
+        if step.format == "slack":
+            base = self.options.public_url
+            link = f"{base.rstrip('/')}/status" if base else None
+            payload = slack_payload(payload["text"], spec.name, payload["incident"], link)
         name = spec.name
 
         def done(ok: bool, attempts: int, detail: str) -> None:
