@@ -33,15 +33,22 @@ def receiver() -> Iterator[Receiver]:
     made.close()
 
 
+@pytest.fixture
+def gateway(tmp_path: Path, demo_dir: Path) -> Iterator[Gateway]:
+    made = Gateway(tmp_path / "gw", demo_dir)
+    yield made
+    if made.server is not None:  # stopped, workers and all, whatever the test did
+        made.server.stop()
+
+
 def test_the_bundled_runbook_switches_the_version_off_after_approval_and_verifies(
-    tmp_path: Path, demo_dir: Path, receiver: Receiver
+    tmp_path: Path, demo_dir: Path, receiver: Receiver, gateway: Gateway
 ) -> None:
     books = tmp_path / "runbooks"
     books.mkdir()
     bundled = (REPO / "runbooks" / "all-replicas-out.yaml").read_text()
     assert "for_s: 60" in bundled
     (books / "all-replicas-out.yaml").write_text(bundled.replace("for_s: 60", "for_s: 3"))
-    gateway = Gateway(tmp_path / "gw", demo_dir)
     (gateway.folder / "failsoft.yaml").write_text(
         config(demo_dir)
         + f"runbooks: {{dir: {books}, webhooks: {{oncall: '{receiver.url}'}},"
@@ -106,13 +113,65 @@ def test_the_bundled_runbook_switches_the_version_off_after_approval_and_verifie
     assert again.json() == {"error": "no runbook step of incident 1 awaits approval"}
 
 
+def test_a_pending_approval_survives_a_gateway_restart_and_acts_when_given(
+    demo_dir: Path, gateway: Gateway
+) -> None:
+    (gateway.folder / "failsoft.yaml").write_text(
+        config(demo_dir)
+        + """runbooks:
+  runbooks:
+    - name: gated
+      mode: act
+      trigger: {incident: opened, cause: [infra]}
+      steps:
+        - {action: disable_version, model: "{model}", version: "{version}", for_s: 2,
+           approve: true}
+"""
+    )
+    server = gateway.start()
+    load = Load(server.url)
+    try:
+        poll(lambda: sum(load.statuses.values()) > 20, 10, "good traffic first")
+        fault = {"kind": "error", "status": 503, "model": "iris", "version": "v1", "duration_s": 3}
+        added = httpx.post(f"{server.url}/admin/faults", json=fault, headers=AUTH, timeout=10)
+        assert added.status_code == 201, added.text
+        poll(lambda: gateway.get("/admin/incidents")["incidents"], 10, "an incident")
+        poll(lambda: gateway.get("/admin/incidents/1")["pending_approvals"], 10, "a gate")
+    finally:
+        load.stop()
+    before = gateway.get("/admin/incidents/1")
+    [pending] = before["pending_approvals"]
+    assert (pending["runbook"], pending["step"]) == ("gated", 0)
+
+    gateway.stop()  # mid-incident, the gate still closed
+    server = gateway.start()
+    after = gateway.get("/admin/incidents/1")
+    assert after["pending_approvals"] == before["pending_approvals"]
+    assert after["timeline"][: len(before["timeline"])] == before["timeline"]
+    texts = [e["text"] for e in after["timeline"] if e["kind"] == "runbook"]
+    assert texts[-1].startswith("still waiting for approval to switch iris/v1 off for 2 s")
+    assert texts.count("runbook gated started (act)") == 1
+
+    cli(server, "incident", "approve", "1")
+
+    def said() -> list[str]:
+        timeline = gateway.get("/admin/incidents/1")["timeline"]
+        return [e["text"] for e in timeline if e["kind"] == "runbook"]
+
+    poll(lambda: "runbook gated finished" in said(), 20, "the approved step ran")
+    assert "done: switch iris/v1 off for 2 s (the fallback answers)" in said()
+    assert gateway.get("/admin/incidents/1")["pending_approvals"] == []
+    audit = httpx.get(f"{server.url}/admin/audit?limit=1000", headers=AUTH, timeout=10).json()
+    actions = [e["action"] for e in audit["entries"] if e["actor"] == "runbook:gated"]
+    assert "runbook.disable_version" in actions, actions
+
+
 OPS = "runbook:replica-ops"
 
 
 def test_eject_and_restart_workers_act_on_the_process_version_once(
-    tmp_path: Path, demo_dir: Path
+    demo_dir: Path, gateway: Gateway
 ) -> None:
-    gateway = Gateway(tmp_path / "gw", demo_dir)
     text = config(demo_dir).replace(
         f"v1: {{backend: onnx, path: {demo_dir}/iris-v1.onnx, replicas: 2}}",
         f"v1: {{backend: process, replicas: 2, worker: {{backend: onnx, path: "

@@ -78,6 +78,42 @@ class Run:
         }
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A gate waiting for approval, as its incident keeps it (and the store with it)."""
+
+    runbook: str
+    step: int
+    requested_at: float  # wall clock
+    within_s: float
+    context: dict[str, str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "runbook": self.runbook,
+            "step": self.step,
+            "requested_at": self.requested_at,
+            "within_s": self.within_s,
+            "context": dict(self.context),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Pending | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            context = data.get("context") or {}
+            return cls(
+                str(data["runbook"]),
+                int(data["step"]),
+                float(data["requested_at"]),
+                float(data["within_s"]),
+                {str(k): str(v) for k, v in dict(context).items()},
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
 class Runbooks:
     def __init__(
         self,
@@ -197,17 +233,22 @@ class Runbooks:
 
     # -- a run ------------------------------------------------------------------------
 
-    async def _run(self, spec: RunbookSpec, run: Run) -> None:
+    async def _run(self, spec: RunbookSpec, run: Run, resumed: Pending | None = None) -> None:
+        """Run the steps; ``resumed``: from a gate a restart found pending (its time runs on)."""
         actor = f"runbook:{spec.name}"
-        self._say(
-            run.incident,
-            spec.name,
-            "started",
-            f"runbook {spec.name} started ({spec.mode})",
-            {"mode": spec.mode},
-        )
+        if resumed is None:
+            self._say(
+                run.incident,
+                spec.name,
+                "started",
+                f"runbook {spec.name} started ({spec.mode})",
+                {"mode": spec.mode},
+            )
+        first = resumed.step if resumed is not None else 0
         try:
             for index, step in enumerate(spec.steps):
+                if index < first:
+                    continue
                 run.step = index
                 what = self._describe(step, run.context)
                 if spec.mode == "dry-run":
@@ -220,7 +261,8 @@ class Runbooks:
                         {"step": index},
                     )
                     continue
-                if step.approve and not await self._approval(spec, run, what):
+                waiting = resumed if index == first else None
+                if step.approve and not await self._approval(spec, run, what, waiting):
                     run.state = "failed"
                     return
                 ok = await self._act(spec, run, step, what, actor)
@@ -242,16 +284,35 @@ class Runbooks:
                 {},
             )
 
-    async def _approval(self, spec: RunbookSpec, run: Run, what: str) -> bool:
+    async def _approval(
+        self, spec: RunbookSpec, run: Run, what: str, resumed: Pending | None = None
+    ) -> bool:
         run.state = "awaiting-approval"
-        self._say(
-            run.incident,
-            spec.name,
-            "awaiting-approval",
-            f"waiting for approval to {what} (failsoft incident approve {run.incident})",
-            {},
-        )
-        await self._approved(run, spec.approve_within_s)
+        command = f"failsoft incident approve {run.incident}"
+        if resumed is None:
+            pending = Pending(spec.name, run.step, self._wall(), spec.approve_within_s, run.context)
+            self._say(
+                run.incident,
+                spec.name,
+                "awaiting-approval",
+                f"waiting for approval to {what} ({command})",
+                {},
+            )
+            self._keep(run.incident, pending)
+        else:
+            pending = resumed
+            self._say(
+                run.incident,
+                spec.name,
+                "awaiting-approval",
+                f"still waiting for approval to {what} after a restart ({command})",
+                {"requested_at": pending.requested_at},
+            )
+        # The time to approve counts from the request, across restarts (wall clock).
+        left = pending.requested_at + pending.within_s - self._wall()
+        if left > 0:
+            await self._approved(run, left)
+        self._drop(run.incident, pending)  # not when cancelled (shutdown): it stays pending
         if not run.approved.is_set():
             self._say(
                 run.incident,
@@ -283,6 +344,66 @@ class Runbooks:
                     {"by": actor},
                 )
         return count
+
+    # -- approvals that outlive the process ----------------------------------------------
+
+    def _keep(self, incident_id: int | None, pending: Pending) -> None:
+        """Write the gate into its incident, which the store keeps (operate.py saves it)."""
+        incident = self._incidents.incidents.get(incident_id) if incident_id else None
+        if incident is None:
+            return
+        incident.pending_approvals.append(pending.as_json())
+        self._incidents.dirty.add(incident.id)
+
+    def _drop(self, incident_id: int | None, pending: Pending) -> None:
+        incident = self._incidents.incidents.get(incident_id) if incident_id else None
+        if incident is None:
+            return
+        key = (pending.runbook, pending.step)
+        incident.pending_approvals = [
+            p for p in incident.pending_approvals if (p.get("runbook"), p.get("step")) != key
+        ]
+        self._incidents.dirty.add(incident.id)
+
+    def start(self) -> None:
+        """Re-arm the approval gates the incidents loaded from the store still hold (call
+        on the running event loop, after the incidents were loaded)."""
+        specs = {spec.name: spec for spec in self.specs}
+        for incident in list(self._incidents.incidents.values()):
+            for data in list(incident.pending_approvals):
+                pending = Pending.from_json(data)
+                spec = specs.get(pending.runbook) if pending is not None else None
+                valid = (
+                    pending is not None
+                    and spec is not None
+                    and spec.mode == "act"
+                    and 0 <= pending.step < len(spec.steps)
+                    and spec.steps[pending.step].approve
+                    and incident.active
+                )
+                if not valid or pending is None or spec is None:
+                    incident.pending_approvals.remove(data)
+                    self._incidents.dirty.add(incident.id)
+                    name = data.get("runbook", "?") if isinstance(data, dict) else "?"
+                    self._say(
+                        incident.id,
+                        str(name),
+                        "dropped",
+                        f"runbook {name}: its pending approval was dropped after a restart "
+                        "(the runbook or its step changed, or the incident is resolved)",
+                        {},
+                    )
+                    continue
+                run = Run(spec.name, incident.id, pending.requested_at, spec.mode)
+                run.context = dict(pending.context)
+                run.step = pending.step
+                run.state = "awaiting-approval"
+                self._started[(spec.name, incident.id)] = run
+                self._last_run[spec.name] = self._clock.now()
+                self.runs.append(run)
+                task = asyncio.ensure_future(self._run(spec, run, pending))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     # -- actions ----------------------------------------------------------------------
 
