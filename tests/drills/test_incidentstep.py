@@ -85,6 +85,15 @@ def test_an_incident_opened_in_time_with_its_runbook_and_timeline_passes() -> No
     assert all(verdicts(incident_checks(EXPECT, score)).values())
 
 
+def test_impact_before_the_fault_is_noise_not_the_incidents_start() -> None:
+    noisy = outcomes(30)
+    noisy.degraded[5] = True  # sent at 0.5 s, a timeout's fallback long before the fault
+    noisy.latency_s[:] = 0.01
+    score = score_incident(EXPECT, incident(3.5), noisy, [], {}, since_s=2.95)
+    assert score.first_impact_s == 3.0
+    assert score_incident(EXPECT, incident(3.5), noisy, [], {}).first_impact_s == 0.5
+
+
 def test_a_late_incident_fails_the_mttd_check_and_names_what_is_missing() -> None:
     late = incident(9.5, mitigated=False)
     late["timeline"] = [r for r in late["timeline"] if r["kind"] != "breaker"]

@@ -11,8 +11,9 @@
 
 The incident judged is the first one opened on the load's model after the
 load started. MTTD is measured from the drill's side: from the send time of
-the first request that was not answered correctly or came back degraded, to
-the incident's opening (the gateway's own figure, from the first impacted
+the first request that was not answered correctly or came back degraded
+(answered, or timed out, after the first fault began), to the incident's
+opening (the gateway's own figure, from the first impacted
 request it saw, is shown beside it). A timeline entry matches an item when
 its kind is one of the item's ``|``-separated kinds; ``opened`` and
 ``mitigated`` are the incident's state rows. After the load the drill waits
@@ -193,13 +194,19 @@ def score_incident(
     outcomes: Outcomes,
     approvals: list[float],
     received: dict[str, int],
+    *,
+    since_s: float = 0.0,
+    timeout_s: float = 1.0,
 ) -> IncidentScore:
+    """``since_s``: when the first fault began; an impacted request answered before it
+    is the steady state's noise (the phases judge it), not this incident's."""
     from failsoft.drills.load import NOT_SENT
 
     score = IncidentScore(approvals=approvals, received=received)
     impacted = ~outcomes.correct | outcomes.degraded
     sent = outcomes.status != NOT_SENT
-    first = np.flatnonzero(impacted & sent)
+    answered_s = outcomes.offsets + np.nan_to_num(outcomes.latency_s, nan=timeout_s)
+    first = np.flatnonzero(impacted & sent & (answered_s >= since_s))
     if first.size:
         score.first_impact_s = round(float(outcomes.offsets[first[0]]), 3)
     if incident is None:

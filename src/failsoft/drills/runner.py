@@ -219,7 +219,15 @@ async def _drive(
     )
     if wanted is not None:
         received = {name: receiver.count for name, receiver in receivers.items()}
-        card.incident = score_incident(wanted, incident, outcomes, approvals, received)
+        card.incident = score_incident(
+            wanted,
+            incident,
+            outcomes,
+            approvals,
+            received,
+            since_s=min((window.start_s for window in windows), default=0.0),
+            timeout_s=experiment.load.timeout_ms / 1000,
+        )
         card.checks.extend(Check(*check) for check in incident_checks(wanted, card.incident))
     if experiment.data is not None:
         checks, card.drift = drift_checks(
