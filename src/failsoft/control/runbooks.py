@@ -150,6 +150,10 @@ class Runbooks:
         self.options = options
         self.specs = [*options.runbooks, *load_dir(options.dir)]
         self.notifier.options = options.webhook
+        if options.webhooks:
+            with contextlib.suppress(RuntimeError):  # no running loop yet: start() does it
+                asyncio.get_running_loop()
+                self.notifier.prepare()
         names = {spec.trigger.event for spec in self.specs if spec.trigger.event}
         new = names - self._subscribed
         if new:
@@ -366,8 +370,11 @@ class Runbooks:
         self._incidents.dirty.add(incident.id)
 
     def start(self) -> None:
-        """Re-arm the approval gates the incidents loaded from the store still hold (call
-        on the running event loop, after the incidents were loaded)."""
+        """Build the webhook client ahead of the first notice; re-arm the approval gates
+        the incidents loaded from the store still hold (on the running event loop, after
+        the incidents were loaded)."""
+        if self.options.webhooks:
+            self.notifier.prepare()
         specs = {spec.name: spec for spec in self.specs}
         for incident in list(self._incidents.incidents.values()):
             for data in list(incident.pending_approvals):
