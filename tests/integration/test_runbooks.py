@@ -10,6 +10,7 @@ runbook:all-replicas-out.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from failsoft.drills.incidentstep import approver
+from failsoft.drills.target import AdminClient
 from tests.control.test_webhooks import Receiver
-from tests.integration.conftest import REPO
+from tests.integration.conftest import ADMIN_TOKEN, REPO
 from tests.integration.test_incidents import AUTH, Gateway, Load, cli, config, poll
 
 pytestmark = pytest.mark.integration
@@ -152,7 +155,9 @@ def test_a_pending_approval_survives_a_gateway_restart_and_acts_when_given(
     assert texts[-1].startswith("still waiting for approval to switch iris/v1 off for 2 s")
     assert texts.count("runbook gated started (act)") == 1
 
-    cli(server, "incident", "approve", "1")
+    # Approved as a drill's on-call does (drills/incidentstep.py: approve as it waits).
+    approvals = asyncio.run(approve_as_a_drill(server.url, gateway))
+    assert len(approvals) == 1, approvals
 
     def said() -> list[str]:
         timeline = gateway.get("/admin/incidents/1")["timeline"]
@@ -164,6 +169,24 @@ def test_a_pending_approval_survives_a_gateway_restart_and_acts_when_given(
     audit = httpx.get(f"{server.url}/admin/audit?limit=1000", headers=AUTH, timeout=10).json()
     actions = [e["action"] for e in audit["entries"] if e["actor"] == "runbook:gated"]
     assert "runbook.disable_version" in actions, actions
+
+
+async def approve_as_a_drill(url: str, gateway: Gateway) -> list[float]:
+    admin = AdminClient(url, ADMIN_TOKEN)
+    stop = asyncio.Event()
+    task = asyncio.create_task(approver(admin, "iris", 0.0, stop))
+    try:
+        for _ in range(100):  # 10 s at most
+            await asyncio.sleep(0.1)
+            if not await asyncio.to_thread(
+                lambda: gateway.get("/admin/incidents/1")["pending_approvals"]
+            ):
+                break
+    finally:
+        stop.set()
+        approvals = await task
+        await admin.close()
+    return approvals
 
 
 OPS = "runbook:replica-ops"
