@@ -5,7 +5,9 @@ the runbook's ``cooldown_s``. Each step is said on the incident's timeline
 (kind ``runbook``) and audited with the actor ``runbook:NAME``. In
 ``dry-run`` mode (the default) a step only says what it would do. A step
 with ``approve: true`` waits for ``approve(incident)`` (the admin route
-``POST /admin/incidents/N/approve``) up to ``approve_within_s``. Actions go
+``POST /admin/incidents/N/approve``) up to ``approve_within_s``; the gate
+is kept in its incident (``pending_approvals``, saved to the store with it),
+so a restarted gateway re-arms it and its time still counts from the request. Actions go
 through the same services as the admin API (flags, rollouts, revisions) and
 are idempotent: a switch already in force is not set again, and the same
 action on the same target is refused within ``action_cooldown_s`` and past
@@ -22,17 +24,19 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from failsoft.clock import Clock, within
 from failsoft.control.incident_model import Incident
 from failsoft.control.incidents import IncidentChanged, Incidents
-from failsoft.control.replica_ops import Done
 from failsoft.control.runbook_model import RunbooksOptions, RunbookSpec, StepSpec, load_dir
 from failsoft.control.slack import slack_payload
 from failsoft.control.webhooks import Delivery, Notifier
 from failsoft.errors import FailsoftError
 from failsoft.observe.events import Event, EventBus
+
+if TYPE_CHECKING:  # replica_ops reaches into the runtime; the runbooks need not load it
+    from failsoft.control.replica_ops import Done
 
 __all__ = ["Actions", "Runbooks"]
 
