@@ -157,7 +157,7 @@ class Runbooks:
         if options.webhooks:
             with contextlib.suppress(RuntimeError):  # no running loop yet: start() does it
                 asyncio.get_running_loop()
-                self.notifier.prepare()
+                self.notifier.prepare(options.webhooks.values())
         names = {spec.trigger.event for spec in self.specs if spec.trigger.event}
         new = names - self._subscribed
         if new:
@@ -377,8 +377,7 @@ class Runbooks:
         """Build the webhook client ahead of the first notice; re-arm the approval gates
         the incidents loaded from the store still hold (on the running event loop, after
         the incidents were loaded)."""
-        if self.options.webhooks:
-            self.notifier.prepare()
+        self.notifier.prepare(self.options.webhooks.values())
         specs = {spec.name: spec for spec in self.specs}
         for incident in list(self._incidents.incidents.values()):
             for data in list(incident.pending_approvals):
