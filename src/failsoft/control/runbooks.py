@@ -154,10 +154,9 @@ class Runbooks:
         self.options = options
         self.specs = [*options.runbooks, *load_dir(options.dir)]
         self.notifier.options = options.webhook
-        if options.webhooks:
-            with contextlib.suppress(RuntimeError):  # no running loop yet: start() does it
-                asyncio.get_running_loop()
-                self.notifier.prepare(options.webhooks.values())
+        with contextlib.suppress(RuntimeError):  # no running loop yet: start() does it
+            asyncio.get_running_loop()
+            self._prepare_clients()
         names = {spec.trigger.event for spec in self.specs if spec.trigger.event}
         new = names - self._subscribed
         if new:
@@ -373,11 +372,19 @@ class Runbooks:
         ]
         self._incidents.dirty.add(incident.id)
 
+    def _prepare_clients(self) -> None:
+        """The webhook clients the configuration may need, built ahead of any notice: for
+        its URLs, and for plain HTTP when a runbook notifies (its URL may come later)."""
+        urls = list(self.options.webhooks.values())
+        if any(step.action == "webhook" for spec in self.specs for step in spec.steps):
+            urls.append("http:")
+        self.notifier.prepare(urls)
+
     def start(self) -> None:
         """Build the webhook client ahead of the first notice; re-arm the approval gates
         the incidents loaded from the store still hold (on the running event loop, after
         the incidents were loaded)."""
-        self.notifier.prepare(self.options.webhooks.values())
+        self._prepare_clients()
         specs = {spec.name: spec for spec in self.specs}
         for incident in list(self._incidents.incidents.values()):
             for data in list(incident.pending_approvals):
