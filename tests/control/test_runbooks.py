@@ -127,7 +127,7 @@ async def test_an_approval_gate_waits_and_a_late_approval_is_too_late() -> None:
     assert "not approved within 60 s: stopped" in said(second)
 
 
-def restarted(world: World, *runbooks: dict[str, Any]) -> World:
+async def restarted(world: World, *runbooks: dict[str, Any]) -> World:
     """Another process: the incidents as the store gave them back, on the same clock."""
     again = World(*runbooks)
     again.clock = world.clock
@@ -144,7 +144,7 @@ def restarted(world: World, *runbooks: dict[str, Any]) -> World:
         world.clock.now,
         again.services,
     )
-    again.runbooks.start()
+    await again.runbooks.start()
     return again
 
 
@@ -163,7 +163,7 @@ async def test_a_pending_approval_outlives_a_restart_and_its_time_counts_from_th
     assert world.services.calls == [("flag", "ops.paged", "runbook:down")]
     await world.runbooks.close()  # the process stops; the gate stays in the incident
 
-    again = restarted(world, runbook)
+    again = await restarted(world, runbook)
     kept = again.incidents.incidents[incident.id]
     await again.settle(30)  # 50 s since the request: still in time
     assert again.runbooks.runs[0].state == "awaiting-approval"
@@ -179,7 +179,7 @@ async def test_a_pending_approval_outlives_a_restart_and_its_time_counts_from_th
     second = late.open()
     await late.settle(40)
     await late.runbooks.close()
-    after = restarted(late, runbook)
+    after = await restarted(late, runbook)
     await after.settle(21)  # 61 s since the request, 21 since the restart
     kept = after.incidents.incidents[second.id]
     assert "not approved within 60 s: stopped" in said(kept)
@@ -194,7 +194,7 @@ async def test_a_pending_approval_of_a_runbook_gone_is_dropped_on_restart() -> N
     incident = world.open()
     await world.settle(1)
     await world.runbooks.close()
-    again = restarted(world, book(name="other", mode="act", steps=[step]))
+    again = await restarted(world, book(name="other", mode="act", steps=[step]))
     kept = again.incidents.incidents[incident.id]
     assert kept.pending_approvals == []
     assert again.runbooks.runs == type(again.runbooks.runs)()

@@ -380,11 +380,11 @@ class Runbooks:
             urls.append("http:")
         self.notifier.prepare(urls)
 
-    def start(self) -> None:
-        """Build the webhook client ahead of the first notice; re-arm the approval gates
-        the incidents loaded from the store still hold (on the running event loop, after
-        the incidents were loaded)."""
+    async def start(self) -> None:
+        """Build the webhook clients before serving (their imports would stall requests
+        later); re-arm the approval gates the incidents loaded from the store still hold."""
         self._prepare_clients()
+        await self.notifier.ready()
         specs = {spec.name: spec for spec in self.specs}
         for incident in list(self._incidents.incidents.values()):
             for data in list(incident.pending_approvals):

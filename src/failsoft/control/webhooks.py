@@ -69,6 +69,10 @@ class Notifier:
             found = self._clients[scheme] = asyncio.ensure_future(build)
         return found
 
+    async def ready(self) -> None:
+        """Wait for the clients being built."""
+        await asyncio.gather(*self._clients.values(), return_exceptions=True)
+
     async def drain(self) -> None:
         """Wait until every queued delivery was tried (tests, shutdown)."""
         await self._queue.join()

@@ -282,7 +282,7 @@ class FailsoftApp:
                     self.control.start()
                 self.drift.start()
                 self.operate.start()
-                self.runbooks.start()  # re-arms the approvals a restart found pending
+                await self.runbooks.start()  # re-arms approvals a restart found pending
                 await send({"type": "lifespan.startup.complete"})
                 if self._on_ready is not None:
                     self._on_ready()
