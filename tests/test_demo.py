@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from sklearn.datasets import load_breast_cancer, load_iris
 
 from failsoft import demo
 from failsoft.config import ProcessBackend, load_config, parse_config
+from failsoft.control.runbook_model import load_dir
 
+REPO = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "iris-v1.onnx": (load_iris, 4, 3),
     "iris-v2.onnx": (load_iris, 4, 3),
@@ -36,8 +39,9 @@ def _session(path: Path) -> ort.InferenceSession:
 
 def _snapshot(data_dir: Path) -> dict[str, tuple[int, int, bytes]]:
     return {
-        p.name: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes())
-        for p in sorted(data_dir.iterdir())
+        str(p.relative_to(data_dir)): (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes())
+        for p in sorted(data_dir.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -160,6 +164,20 @@ def test_new_library_version_invalidates_the_cache(
     real = demo._versions()
     monkeypatch.setattr(demo, "_versions", lambda: {**real, "sklearn": "0.0.0"})
     assert not demo._cache_is_valid(data_dir)
+
+
+def test_the_demo_configuration_loads_the_bundled_runbook(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # runbooks.dir is beside the configuration, not the cwd
+    config = load_config(trained / demo.CONFIG_NAME)
+    assert config.runbooks.dir == str(trained / demo.RUNBOOKS_DIR)
+    specs = load_dir(config.runbooks.dir)
+    assert [spec.name for spec in specs] == ["all-replicas-out"]
+    assert specs[0].mode == "act"
+    shipped = files("failsoft").joinpath("runbooks", "all-replicas-out.yaml").read_bytes()
+    assert (trained / demo.RUNBOOKS_DIR / "all-replicas-out.yaml").read_bytes() == shipped
+    assert (REPO / "runbooks" / "all-replicas-out.yaml").read_bytes() == shipped
 
 
 def test_host_and_port_rewrite_only_the_config(trained: Path, tmp_path: Path) -> None:

@@ -145,6 +145,12 @@ def test_the_plan_says_what_changes() -> None:
     assert "~ models.m.timeout_ms: 5000 -> 800" in shown
     assert shown[-1] == "1 to add, 2 to change, 0 to remove"
     assert plan(old, old).render() == "no changes"
+    # The incident tracker and the runbooks take their settings at once: a change to them
+    # alone is a change to apply, not "no changes".
+    quiet = old.model_copy(update={"incidents": old.incidents.model_copy(update={"quiet_s": 2.0})})
+    assert plan(old, quiet).render().splitlines()[0] == "~ incidents: incidents settings"
+    hooks = old.runbooks.model_copy(update={"webhooks": {"oncall": "http://127.0.0.1:9/h"}})
+    assert not plan(old, old.model_copy(update={"runbooks": hooks})).empty
 
 
 async def test_a_rollback_finds_the_versions_it_left_warm(runtime: Runtime) -> None:

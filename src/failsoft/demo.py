@@ -37,6 +37,7 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "failsoft-demo.yaml"
+RUNBOOKS_DIR = "runbooks"  # the bundled runbooks, copied next to the demo configuration
 MODEL_FILES = ("iris-v1.onnx", "iris-v2.onnx", "breast-cancer-v1.onnx")
 # Bump when the recipe below changes, so old caches are retrained.
 _RECIPE = 1
@@ -216,7 +217,26 @@ def prepare_demo(
     from failsoft.data.demo_profiles import ensure_demo_profiles
 
     ensure_demo_profiles(data_dir, config, _load, progress)
+    _copy_runbooks(data_dir / RUNBOOKS_DIR)
     return config
+
+
+def _copy_runbooks(folder: Path) -> None:
+    """The bundled runbooks (package data), into the demo's ``runbooks/`` when changed."""
+    from importlib.resources import files
+
+    folder.mkdir(exist_ok=True)
+    for bundled in files("failsoft").joinpath("runbooks").iterdir():
+        if not bundled.name.endswith(".yaml"):
+            continue
+        data = bundled.read_bytes()
+        target = folder / bundled.name
+        try:
+            unchanged = target.read_bytes() == data
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            _write_atomic(target, data)
 
 
 def demo_config_text(port: int = 8000, host: str = "127.0.0.1") -> str:
@@ -286,6 +306,13 @@ models:
       # A scaler + logistic regression pipeline, in-process.
       v1: {{backend: onnx, path: breast-cancer-v1.onnx}}
     drift: {{profile: breast-cancer-v1.profile.json}}
+
+# Runbooks: what failsoft does by itself when an incident opens (the bundled
+# {RUNBOOKS_DIR}/*.yaml next to this file). all-replicas-out notifies the webhook
+# oncall (give it a URL here: webhooks: {{oncall: "https://..."}}), then waits for
+# `failsoft incident approve N` before switching the failing version off.
+runbooks:
+  dir: {RUNBOOKS_DIR}
 """
 
 

@@ -127,6 +127,80 @@ async def test_an_approval_gate_waits_and_a_late_approval_is_too_late() -> None:
     assert "not approved within 60 s: stopped" in said(second)
 
 
+async def restarted(world: World, *runbooks: dict[str, Any]) -> World:
+    """Another process: the incidents as the store gave them back, on the same clock."""
+    again = World(*runbooks)
+    again.clock = world.clock
+    stored = [Incident.from_json(i.as_json()) for i in world.incidents.incidents.values()]
+    again.incidents = Incidents(
+        IncidentOptions(), ["iris", "other"], world.clock.now, again.bus.emit
+    )
+    again.incidents.load(stored, world.incidents.next_id)
+    again.runbooks = Runbooks(
+        again.runbooks.options,
+        again.incidents,
+        again.bus,
+        world.clock,
+        world.clock.now,
+        again.services,
+    )
+    await again.runbooks.start()
+    return again
+
+
+async def test_a_pending_approval_outlives_a_restart_and_its_time_counts_from_the_request() -> None:
+    steps = [
+        {"action": "kill_switch", "key": "ops.paged"},
+        {"action": "safe_halt", "model": "{model}", "approve": True},
+    ]
+    runbook = book(mode="act", steps=steps, approve_within_s=60)
+    world = World(runbook)
+    incident = world.open()
+    await world.settle(20)
+    [pending] = incident.pending_approvals
+    assert (pending["runbook"], pending["step"], pending["within_s"]) == ("down", 1, 60.0)
+    assert pending["context"]["model"] == "iris"
+    assert world.services.calls == [("flag", "ops.paged", "runbook:down")]
+    await world.runbooks.close()  # the process stops; the gate stays in the incident
+
+    again = await restarted(world, runbook)
+    kept = again.incidents.incidents[incident.id]
+    await again.settle(30)  # 50 s since the request: still in time
+    assert again.runbooks.runs[0].state == "awaiting-approval"
+    assert any(t.startswith("still waiting for approval") for t in said(kept))
+    assert again.runbooks.approve(incident.id, "alice") == 1
+    await again.settle(1)
+    assert again.services.calls == [("flag", "failsoft.halt.iris", "runbook:down")]
+    assert kept.pending_approvals == []
+    assert said(kept).count("runbook down started (act)") == 1  # resumed, not run again
+    assert "runbook down finished" in said(kept)
+
+    late = World(runbook)
+    second = late.open()
+    await late.settle(40)
+    await late.runbooks.close()
+    after = await restarted(late, runbook)
+    await after.settle(21)  # 61 s since the request, 21 since the restart
+    kept = after.incidents.incidents[second.id]
+    assert "not approved within 60 s: stopped" in said(kept)
+    assert after.runbooks.approve(second.id, "alice") == 0
+    assert after.services.calls == []
+    assert kept.pending_approvals == []
+
+
+async def test_a_pending_approval_of_a_runbook_gone_is_dropped_on_restart() -> None:
+    step = {"action": "safe_halt", "model": "{model}", "approve": True}
+    world = World(book(mode="act", steps=[step]))
+    incident = world.open()
+    await world.settle(1)
+    await world.runbooks.close()
+    again = await restarted(world, book(name="other", mode="act", steps=[step]))
+    kept = again.incidents.incidents[incident.id]
+    assert kept.pending_approvals == []
+    assert again.runbooks.runs == type(again.runbooks.runs)()
+    assert any("pending approval was dropped" in t for t in said(kept))
+
+
 async def test_a_runbook_runs_once_per_incident_and_not_within_its_cooldown() -> None:
     world = World(book(mode="act", cooldown_s=100))
     first = world.open()

@@ -110,3 +110,61 @@ async def test_a_4xx_is_final_and_a_full_queue_drops_without_waiting() -> None:
         refusing.close()
     assert outcomes == [(False, 1, "HTTP 404")]
     assert len(refusing.bodies) == 1
+
+
+async def test_a_slack_notice_carries_the_incident_in_blocks_escaped_with_a_link() -> None:
+    receiver = Receiver([])
+    clock = SystemClock()
+    bus = EventBus()
+    incidents = Incidents(IncidentOptions(), ["iris"], clock.now, bus.emit)
+    options = RunbooksOptions.model_validate(
+        {
+            "webhooks": {"chat": receiver.url},
+            "public_url": "https://failsoft.example/",
+            "runbooks": [
+                {
+                    "name": "tell-chat",
+                    "mode": "act",
+                    "trigger": {"incident": "opened"},
+                    "steps": [
+                        {
+                            "action": "webhook",
+                            "webhook": "chat",
+                            "format": "slack",
+                            "text": "{model} <down> & out (incident {incident})",
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    runbooks = Runbooks(options, incidents, bus, clock, clock.now, None)
+    try:
+        incident = incidents.signal(
+            "iris", "replicas", "every replica of iris/v1 is out", default_cause="infra"
+        )
+        assert incident is not None
+        await within(clock, 10, runbooks.drain())
+    finally:
+        await runbooks.close()
+        receiver.close()
+    [body] = receiver.bodies
+    assert set(body) == {"text", "blocks"}
+    title = "iris: every replica of iris/v1 is out"
+    assert body["text"] == f"{title}: iris <down> & out (incident {incident.id})"
+    header, message, fields, context = body["blocks"]
+    assert header == {"type": "header", "text": {"type": "plain_text", "text": title}}
+    assert message["text"] == {
+        "type": "mrkdwn",
+        "text": f"iris &lt;down&gt; &amp; out (incident {incident.id})",
+    }
+    assert [f["text"] for f in fields["fields"]] == [
+        f"*Incident*\n{incident.id}",
+        "*State*\nopen",
+        "*Model*\niris",
+        "*Cause*\ninfra",
+    ]
+    assert context["elements"][0]["text"] == (
+        "failsoft runbook tell-chat · <https://failsoft.example/status|status page>"
+    )
+    assert runbooks.notifier.delivered == 1

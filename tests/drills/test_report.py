@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from failsoft.drills.incidentstep import IncidentScore
 from failsoft.drills.report import render
 from tests.drills.test_scorecard import (
     FAULT,
@@ -67,3 +68,26 @@ def test_a_drill_without_the_new_figures_shows_none_of_them() -> None:
     assert not _lines(text, "readiness:")
     assert not _lines(text, "replicas penalised:")
     assert "after heal 0" in text
+
+
+def test_an_incident_is_shown_with_its_mttd_and_runbook_rows() -> None:
+    card = _score(_clean_run(), windows=[FAULT])
+    card.incident = IncidentScore(
+        id=3,
+        cause="infra",
+        state="mitigated",
+        opened_at_s=8.14,
+        mttd_s=0.064,
+        runbook=[{"at_s": 8.15, "action": "webhook", "text": "webhook oncall queued"}],
+        received={"oncall": 1},
+    )
+
+    text = render(card, color=False)
+
+    assert _lines(text, "incident 3") == [
+        "incident 3 (infra, mitigated) opened at 8.14 s · MTTD 0.06 s · approvals given 0"
+        " · oncall received 1"
+    ]
+    assert _lines(text, "+ 8.15s") == ["+ 8.15s webhook oncall queued"]
+    card.incident = IncidentScore()
+    assert _lines(render(card, color=False), "incident:") == ["incident: none opened"]

@@ -133,6 +133,15 @@ def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_
     for name in ("all-replicas-down", "all-workers-killed"):
         healed = json.loads((tmp_path / f"{name}.json").read_text())
         assert healed["failed_after_heal"] <= 5, (name, healed["failed_after_heal"])
+    # The infra incident, the bundled runbook's notice (received by the drill) and MTTD.
+    down = json.loads((tmp_path / "all-replicas-down.json").read_text())["incident"]
+    assert down["cause"] == "infra"
+    assert down["state"] == "mitigated"
+    assert down["acted"] == ["webhook"]
+    assert down["received"] == {"oncall": 1}
+    assert down["missing"] == []
+    assert 0 <= down["mttd_s"] <= 5
+    assert any(row["text"].startswith("waiting for approval") for row in down["runbook"])
     deployed = json.loads((tmp_path / "bad-deploy.json").read_text())
     assert [deploy["result"] for deploy in deployed["deploys"]] == ["refused", "refused"]
     assert "sha256" in deployed["deploys"][0]["reason"]

@@ -107,6 +107,7 @@ class WorkerReplica:
         self._closing = False
         self._restarts = 0
         self._consecutive_failures = 0
+        self._restart_reason: str | None = None  # an asked-for restart under way
         self._tasks: list[asyncio.Task[None]] = []
         # A parked worker is a slot the autoscaler may fill (``launch``): no process, never
         # available, so the pipeline and its prober pass it by.
@@ -135,6 +136,31 @@ class WorkerReplica:
             return None
         process.kill()
         return process.pid
+
+    @property
+    def restarting(self) -> bool:
+        return self._restart_reason is not None
+
+    @property
+    def startup_bound_s(self) -> float:
+        """The longest a restart may take: its drain, its start, and a little slack."""
+        return self._config.drain_timeout_s + self._config.startup_timeout_s + 1.0
+
+    async def restart(self, reason: str) -> bool:
+        """Replace the worker on purpose: out of rotation, its calls drain, a new one starts.
+
+        False when there is no running worker to replace (parked, closing, already
+        restarting, or exited and about to be restarted by the supervisor anyway).
+        """
+        process = self._process
+        if self.parked or self._closing or self.restarting:
+            return False
+        if process is None or process.returncode is not None:
+            return False
+        self._restart_reason = reason
+        self._set_ready(False, f"restarting ({reason})")
+        await self._stop_process(self._config.drain_timeout_s)
+        return True
 
     async def start(self) -> None:
         if self.parked:
@@ -235,11 +261,13 @@ class WorkerReplica:
             if self._closing:
                 return
             self._set_ready(False, f"exited with code {exit_code}")
-            if time.monotonic() - started > STABLE_AFTER_S:
+            asked = self._restart_reason
+            if time.monotonic() - started > STABLE_AFTER_S or asked:
                 backoff = self._config.restart_backoff_s
-            # Full jitter: many workers crashing together do not restart in lockstep.
-            await asyncio.sleep(self._rng.uniform(0, backoff))
-            backoff = min(backoff * 2, self._config.restart_backoff_max_s)
+            if not asked:  # a crash: back off (an asked-for restart starts at once)
+                # Full jitter: many workers crashing together do not restart in lockstep.
+                await asyncio.sleep(self._rng.uniform(0, backoff))
+                backoff = min(backoff * 2, self._config.restart_backoff_max_s)
             old_pid = process.pid
             try:
                 await self._spawn()
@@ -247,10 +275,13 @@ class WorkerReplica:
                 log.error(
                     "worker restart failed", extra={"replica": self.name, "error": str(error)}
                 )
+                self._restart_reason = None  # tried: from here on a crash like any other
                 continue
+            self._restart_reason = None
             self._restarts += 1
+            why = f"restarted: {asked}" if asked else "exited"
             self._bus.emit(
-                WorkerRestarted(self._model, self._version, self.name, old_pid, exit_code, "exited")
+                WorkerRestarted(self._model, self._version, self.name, old_pid, exit_code, why)
             )
             log.warning(
                 "worker restarted",

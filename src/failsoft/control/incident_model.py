@@ -94,6 +94,9 @@ class Incident:
     timeline_dropped: int = 0
     remediation: list[dict[str, Any]] = field(default_factory=list)
     budget_burned_pct: float | None = None  # of the availability budget, when last measured
+    # Runbook gates waiting for approval (control/runbooks.py): kept here so the store
+    # keeps them, and a restarted gateway re-arms them.
+    pending_approvals: list[dict[str, Any]] = field(default_factory=list)
     last_signal_at: float = 0.0
 
     # -- measures ---------------------------------------------------------------------

@@ -87,6 +87,10 @@ def plan(old: Config, new: Config) -> Plan:
     changes += _section_changes("tenants", old.tenants, new.tenants)
     if old.chaos != new.chaos:
         changes.append(Change("~", "chaos", "fault injection settings"))
+    # Applied at once by the incident tracker and the runbooks (Operate.reconfigure).
+    for section in ("incidents", "runbooks"):
+        if getattr(old, section) != getattr(new, section):
+            changes.append(Change("~", section, f"{section} settings"))
     for name in sorted(set(old.models) | set(new.models)):
         before, after = old.models.get(name), new.models.get(name)
         if before is None and after is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from failsoft._options import StrictModel, validation_problems
 from failsoft.control.incident_model import CAUSES
@@ -24,6 +24,8 @@ ACTIONS = (
     "disable_version",
     "rollout_abort",
     "config_rollback",
+    "eject",
+    "restart_workers",
     "wait",
 )
 Cause = Literal["infra", "data", "logic", "overload"]
@@ -59,18 +61,28 @@ class StepSpec(StrictModel):
         "disable_version",
         "rollout_abort",
         "config_rollback",
+        "eject",
+        "restart_workers",
         "wait",
     ]
     approve: bool = Field(default=False, description="wait for `failsoft incident approve N`")
     webhook: str | None = Field(default=None, description="webhook: a name in runbooks.webhooks")
     text: str = Field(default="", max_length=2000, description="webhook: the message")
+    format: Literal["json", "slack"] = Field(
+        default="json", description="webhook: generic JSON, or Slack's text and blocks"
+    )
     key: str | None = Field(default=None, description="kill_switch: the flag key")
     model: str = "{model}"
     version: str = "{version}"
     rollout: str | None = Field(default=None, description="rollout_abort: the model (key)")
     revision: int | None = Field(default=None, description="config_rollback: target (None: prev)")
+    replica: str | None = Field(
+        default=None, description="eject: the replica (None: the one faring worst)"
+    )
     for_s: Annotated[float, Field(gt=0, le=7 * 86_400)] | None = Field(
-        default=None, description="switches: in force this long, then cleared by expiry"
+        default=None,
+        description="switches: in force this long, then cleared by expiry; eject: how long "
+        "(default 30 s)",
     )
     until: Literal["mitigated", "resolved"] = "mitigated"
     within_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
@@ -109,13 +121,27 @@ class RunbooksOptions(StrictModel):
 
     enabled: bool = True
     runbooks: Annotated[list[RunbookSpec], Field(max_length=1000)] = Field(default_factory=list)
-    dir: str | None = Field(default=None, description="a directory of runbook YAML files")
+    dir: str | None = Field(
+        default=None,
+        description="a directory of runbook YAML files (relative to the configuration file)",
+    )
     webhooks: dict[str, str] = Field(default_factory=dict, description="name -> URL")
+    public_url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=500)] | None = Field(
+        default=None, description="where people reach this gateway: notices link its /status"
+    )
     webhook: WebhookOptions = Field(default_factory=WebhookOptions)
     action_cooldown_s: Annotated[float, Field(ge=0, le=86_400)] = Field(
         default=60.0, description="the same action on the same target at most this often"
     )
     max_actions_per_hour: Annotated[int, Field(ge=1, le=10_000)] = 20
+
+    @field_validator("dir")
+    @classmethod
+    def _beside_the_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        base = (info.context or {}).get("base_dir")
+        if value and base is not None and not Path(value).is_absolute():
+            return str((Path(base) / value).resolve())
+        return value
 
     @model_validator(mode="after")
     def _files_and_names(self) -> RunbooksOptions:

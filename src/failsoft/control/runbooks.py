@@ -5,7 +5,9 @@ the runbook's ``cooldown_s``. Each step is said on the incident's timeline
 (kind ``runbook``) and audited with the actor ``runbook:NAME``. In
 ``dry-run`` mode (the default) a step only says what it would do. A step
 with ``approve: true`` waits for ``approve(incident)`` (the admin route
-``POST /admin/incidents/N/approve``) up to ``approve_within_s``. Actions go
+``POST /admin/incidents/N/approve``) up to ``approve_within_s``; the gate
+is kept in its incident (``pending_approvals``, saved to the store with it),
+so a restarted gateway re-arms it and its time still counts from the request. Actions go
 through the same services as the admin API (flags, rollouts, revisions) and
 are idempotent: a switch already in force is not set again, and the same
 action on the same target is refused within ``action_cooldown_s`` and past
@@ -22,21 +24,26 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from failsoft.clock import Clock, within
 from failsoft.control.incident_model import Incident
 from failsoft.control.incidents import IncidentChanged, Incidents
 from failsoft.control.runbook_model import RunbooksOptions, RunbookSpec, StepSpec, load_dir
+from failsoft.control.slack import slack_payload
 from failsoft.control.webhooks import Delivery, Notifier
 from failsoft.errors import FailsoftError
 from failsoft.observe.events import Event, EventBus
+
+if TYPE_CHECKING:  # replica_ops reaches into the runtime; the runbooks need not load it
+    from failsoft.control.replica_ops import Done
 
 __all__ = ["Actions", "Runbooks"]
 
 log = logging.getLogger("failsoft.runbooks")
 
 RUNS_KEPT = 500
+EJECT_S = 30.0  # an eject step without for_s
 _REPLICAS = re.compile(r"every replica of (?P<model>\S+)/(?P<version>\S+) is out")
 
 
@@ -47,6 +54,10 @@ class Actions(Protocol):
     async def set_flag(self, key: str, data: dict[str, Any], actor: str) -> None: ...
     async def abort_rollout(self, key: str, actor: str) -> str: ...
     async def rollback_config(self, target: int | None, actor: str) -> str: ...
+    async def eject(
+        self, model: str, version: str, replica: str | None, seconds: float, actor: str
+    ) -> Done: ...
+    async def restart_workers(self, model: str, version: str, actor: str) -> Done: ...
 
 
 @dataclass
@@ -69,6 +80,42 @@ class Run:
             "state": self.state,
             "step": self.step,
         }
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A gate waiting for approval, as its incident keeps it (and the store with it)."""
+
+    runbook: str
+    step: int
+    requested_at: float  # wall clock
+    within_s: float
+    context: dict[str, str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "runbook": self.runbook,
+            "step": self.step,
+            "requested_at": self.requested_at,
+            "within_s": self.within_s,
+            "context": dict(self.context),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Pending | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            context = data.get("context") or {}
+            return cls(
+                str(data["runbook"]),
+                int(data["step"]),
+                float(data["requested_at"]),
+                float(data["within_s"]),
+                {str(k): str(v) for k, v in dict(context).items()},
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 class Runbooks:
@@ -107,6 +154,9 @@ class Runbooks:
         self.options = options
         self.specs = [*options.runbooks, *load_dir(options.dir)]
         self.notifier.options = options.webhook
+        with contextlib.suppress(RuntimeError):  # no running loop yet: start() does it
+            asyncio.get_running_loop()
+            self._prepare_clients()
         names = {spec.trigger.event for spec in self.specs if spec.trigger.event}
         new = names - self._subscribed
         if new:
@@ -190,17 +240,22 @@ class Runbooks:
 
     # -- a run ------------------------------------------------------------------------
 
-    async def _run(self, spec: RunbookSpec, run: Run) -> None:
+    async def _run(self, spec: RunbookSpec, run: Run, resumed: Pending | None = None) -> None:
+        """Run the steps; ``resumed``: from a gate a restart found pending (its time runs on)."""
         actor = f"runbook:{spec.name}"
-        self._say(
-            run.incident,
-            spec.name,
-            "started",
-            f"runbook {spec.name} started ({spec.mode})",
-            {"mode": spec.mode},
-        )
+        if resumed is None:
+            self._say(
+                run.incident,
+                spec.name,
+                "started",
+                f"runbook {spec.name} started ({spec.mode})",
+                {"mode": spec.mode},
+            )
+        first = resumed.step if resumed is not None else 0
         try:
             for index, step in enumerate(spec.steps):
+                if index < first:
+                    continue
                 run.step = index
                 what = self._describe(step, run.context)
                 if spec.mode == "dry-run":
@@ -213,7 +268,8 @@ class Runbooks:
                         {"step": index},
                     )
                     continue
-                if step.approve and not await self._approval(spec, run, what):
+                waiting = resumed if index == first else None
+                if step.approve and not await self._approval(spec, run, what, waiting):
                     run.state = "failed"
                     return
                 ok = await self._act(spec, run, step, what, actor)
@@ -235,16 +291,35 @@ class Runbooks:
                 {},
             )
 
-    async def _approval(self, spec: RunbookSpec, run: Run, what: str) -> bool:
+    async def _approval(
+        self, spec: RunbookSpec, run: Run, what: str, resumed: Pending | None = None
+    ) -> bool:
         run.state = "awaiting-approval"
-        self._say(
-            run.incident,
-            spec.name,
-            "awaiting-approval",
-            f"waiting for approval to {what} (failsoft incident approve {run.incident})",
-            {},
-        )
-        await self._approved(run, spec.approve_within_s)
+        command = f"failsoft incident approve {run.incident}"
+        if resumed is None:
+            pending = Pending(spec.name, run.step, self._wall(), spec.approve_within_s, run.context)
+            self._say(
+                run.incident,
+                spec.name,
+                "awaiting-approval",
+                f"waiting for approval to {what} ({command})",
+                {},
+            )
+            self._keep(run.incident, pending)
+        else:
+            pending = resumed
+            self._say(
+                run.incident,
+                spec.name,
+                "awaiting-approval",
+                f"still waiting for approval to {what} after a restart ({command})",
+                {"requested_at": pending.requested_at},
+            )
+        # The time to approve counts from the request, across restarts (wall clock).
+        left = pending.requested_at + pending.within_s - self._wall()
+        if left > 0:
+            await self._approved(run, left)
+        self._drop(run.incident, pending)  # not when cancelled (shutdown): it stays pending
         if not run.approved.is_set():
             self._say(
                 run.incident,
@@ -277,6 +352,76 @@ class Runbooks:
                 )
         return count
 
+    # -- approvals that outlive the process ----------------------------------------------
+
+    def _keep(self, incident_id: int | None, pending: Pending) -> None:
+        """Write the gate into its incident, which the store keeps (operate.py saves it)."""
+        incident = self._incidents.incidents.get(incident_id) if incident_id else None
+        if incident is None:
+            return
+        incident.pending_approvals.append(pending.as_json())
+        self._incidents.dirty.add(incident.id)
+
+    def _drop(self, incident_id: int | None, pending: Pending) -> None:
+        incident = self._incidents.incidents.get(incident_id) if incident_id else None
+        if incident is None:
+            return
+        key = (pending.runbook, pending.step)
+        incident.pending_approvals = [
+            p for p in incident.pending_approvals if (p.get("runbook"), p.get("step")) != key
+        ]
+        self._incidents.dirty.add(incident.id)
+
+    def _prepare_clients(self) -> None:
+        """The webhook clients the configuration may need, built ahead of any notice: for
+        its URLs, and for plain HTTP when a runbook notifies (its URL may come later)."""
+        urls = list(self.options.webhooks.values())
+        if any(step.action == "webhook" for spec in self.specs for step in spec.steps):
+            urls.append("http:")
+        self.notifier.prepare(urls)
+
+    async def start(self) -> None:
+        """Build the webhook clients before serving (their imports would stall requests
+        later); re-arm the approval gates the incidents loaded from the store still hold."""
+        self._prepare_clients()
+        await self.notifier.ready()
+        specs = {spec.name: spec for spec in self.specs}
+        for incident in list(self._incidents.incidents.values()):
+            for data in list(incident.pending_approvals):
+                pending = Pending.from_json(data)
+                spec = specs.get(pending.runbook) if pending is not None else None
+                valid = (
+                    pending is not None
+                    and spec is not None
+                    and spec.mode == "act"
+                    and 0 <= pending.step < len(spec.steps)
+                    and spec.steps[pending.step].approve
+                    and incident.active
+                )
+                if not valid or pending is None or spec is None:
+                    incident.pending_approvals.remove(data)
+                    self._incidents.dirty.add(incident.id)
+                    name = data.get("runbook", "?") if isinstance(data, dict) else "?"
+                    self._say(
+                        incident.id,
+                        str(name),
+                        "dropped",
+                        f"runbook {name}: its pending approval was dropped after a restart "
+                        "(the runbook or its step changed, or the incident is resolved)",
+                        {},
+                    )
+                    continue
+                run = Run(spec.name, incident.id, pending.requested_at, spec.mode)
+                run.context = dict(pending.context)
+                run.step = pending.step
+                run.state = "awaiting-approval"
+                self._started[(spec.name, incident.id)] = run
+                self._last_run[spec.name] = self._clock.now()
+                self.runs.append(run)
+                task = asyncio.ensure_future(self._run(spec, run, pending))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
     # -- actions ----------------------------------------------------------------------
 
     def _describe(self, step: StepSpec, context: dict[str, str]) -> str:
@@ -290,6 +435,9 @@ class Runbooks:
             "rollout_abort": f"abort the rollout of {_fill(step.rollout or step.model, context)}",
             "config_rollback": "roll the configuration back to "
             + (f"revision {step.revision}" if step.revision else "the previous revision"),
+            "eject": f"eject {_replica(step, context)} of {model}/{version} for "
+            f"{step.for_s or EJECT_S:g} s",
+            "restart_workers": f"restart the workers of {model}/{version}, one at a time",
             "wait": f"verify the incident is {step.until} within {step.within_s:g} s",
         }[step.action]
 
@@ -344,6 +492,18 @@ class Runbooks:
                     data["expires_in_s"] = step.for_s
                 await self.actions.set_flag(key, data, actor)
                 detail: dict[str, Any] = {"key": key}
+            elif step.action in ("eject", "restart_workers"):
+                model, version = _fill(step.model, context), _fill(step.version, context)
+                if step.action == "eject":
+                    replica = _fill(step.replica, context) if step.replica else None
+                    seconds = step.for_s or EJECT_S
+                    done = await self.actions.eject(model, version, replica, seconds, actor)
+                else:
+                    done = await self.actions.restart_workers(model, version, actor)
+                if not done.changed:  # idempotent: nothing to do, and no action spent
+                    self._say(run.incident, spec.name, "unchanged", done.text, {})
+                    return True
+                detail = {"result": done.text}
             elif step.action == "rollout_abort":
                 state = await self.actions.abort_rollout(
                     _fill(step.rollout or step.model, context), actor
@@ -396,6 +556,10 @@ class Runbooks:
                 "title": incident.title,
                 "opened_at": incident.opened_at,
             }
+        if step.format == "slack":
+            base = self.options.public_url
+            link = f"{base.rstrip('/')}/status" if base else None
+            payload = slack_payload(payload["text"], spec.name, payload["incident"], link)
         name = spec.name
 
         def done(ok: bool, attempts: int, detail: str) -> None:
@@ -463,7 +627,7 @@ class Runbooks:
             return
         actor = f"runbook:{runbook}"
         limit = self._incidents.options.timeline_max
-        incident.note(self._wall(), "runbook", text, limit, actor=actor, **detail)
+        incident.note(self._wall(), "runbook", text, limit, actor=actor, action=action, **detail)
         self._incidents.dirty.add(incident.id)
         self._incidents.pending_audits.append(
             (incident.id, f"runbook.{action}", actor, {"text": text, **detail})
@@ -495,6 +659,10 @@ class Runbooks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.notifier.close()
+
+
+def _replica(step: StepSpec, context: dict[str, str]) -> str:
+    return f"replica {_fill(step.replica, context)}" if step.replica else "the replica faring worst"
 
 
 def _fill(text: str, context: dict[str, str]) -> str:

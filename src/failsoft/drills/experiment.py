@@ -70,6 +70,7 @@ from failsoft.config import Config
 from failsoft.control.faults import FaultSpec
 from failsoft.drills.datastep import DataStep
 from failsoft.drills.flagstep import FlagStep
+from failsoft.drills.incidentstep import IncidentExpect
 from failsoft.drills.rolloutstep import RolloutStep
 
 Priority = Literal["critical", "default", "sheddable"]
@@ -337,6 +338,10 @@ class Expectations(StrictModel):
         default=None,
         description="requests marked degraded: true/false answered otherwise (drills/marked.py)",
     )
+    incident: IncidentExpect | None = Field(
+        default=None,
+        description="the incident the gateway opens, its runbook and timeline (incidentstep.py)",
+    )
 
 
 class Experiment(StrictModel):
@@ -361,6 +366,13 @@ class Experiment(StrictModel):
         "the load and undone after it (drills/setup.py)",
     )
     rollouts: list[RolloutStep] = Field(default_factory=list, max_length=4)
+    webhooks: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=8)
+    ] = Field(
+        default_factory=list,
+        description="runbook webhooks the drill receives itself (a local receiver each, set "
+        "as runbooks.webhooks.NAME for the run)",
+    )
     expect: Expectations = Field(default_factory=Expectations)
 
     def scale_for(self, short_s: float | None) -> float:
@@ -414,6 +426,8 @@ class Experiment(StrictModel):
                     f"rollouts[{index}] is at {rollout.at_s:g} s, when the load "
                     f"({self.load.duration_s:g} s) is over"
                 )
+        if self.webhooks and self.expect.incident is None:
+            raise ValueError("webhooks: the drill receives them for expect.incident")
         switches = self.expect.max_switch_effective_s, self.expect.max_calls_to_switched
         if any(bound is not None for bound in switches) and not self.flags:
             raise ValueError("expect.max_switch_effective_s and max_calls_to_switched need flags")

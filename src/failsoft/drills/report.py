@@ -10,6 +10,7 @@ import click
 from failsoft.drills.chart import draw_timeline
 from failsoft.drills.experiment import Experiment
 from failsoft.drills.flagstep import FlagScore
+from failsoft.drills.incidentstep import IncidentScore
 from failsoft.drills.rolloutstep import RolloutScore, evidence
 from failsoft.drills.scorecard import Scorecard
 
@@ -64,6 +65,19 @@ def _rollout_line(rollout: RolloutScore) -> str:
     )
 
 
+def _incident_lines(incident: IncidentScore) -> list[str]:
+    if incident.id is None:
+        return ["  incident: none opened"]
+    mttd = "-" if incident.mttd_s is None else f"{incident.mttd_s:.2f} s"
+    lines = [
+        f"  incident {incident.id} ({incident.cause}, {incident.state}) opened at "
+        f"{incident.opened_at_s:.2f} s · MTTD {mttd} · approvals given {len(incident.approvals)}"
+        + "".join(f" · {name} received {count}" for name, count in incident.received.items())
+    ]
+    lines += [f"    +{row['at_s']:6.2f}s {row['text']}" for row in incident.runbook]
+    return lines
+
+
 def render(card: Scorecard, color: bool = True) -> str:
     """The scorecard as a plain-text table; failing checks are marked FAIL (red on a tty)."""
     lines = [f"drill {card.name}: {card.requests} requests"]
@@ -104,6 +118,8 @@ def render(card: Scorecard, color: bool = True) -> str:
             "  replicas penalised: "
             + ", ".join(f"{name} x{count}" for name, count in card.replica_penalties.items())
         )
+    if card.incident is not None:
+        lines.extend(_incident_lines(card.incident))
     lines.append("  checks:")
     for check in card.checks:
         mark = "ok  " if check.ok else "FAIL"

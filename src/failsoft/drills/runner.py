@@ -29,6 +29,13 @@ from failsoft.drills.datastep import data_bodies, drift_checks
 from failsoft.drills.deploy import DeployOutcome, classify, merge_patch
 from failsoft.drills.experiment import Deploy, Experiment, ScheduledFault
 from failsoft.drills.flagstep import FlagOutcome, FlagStep, switched_versions
+from failsoft.drills.incidentstep import (
+    Receiver,
+    approver,
+    follow_incident,
+    incident_checks,
+    score_incident,
+)
 from failsoft.drills.load import (
     AttackOutcomes,
     Outcomes,
@@ -39,7 +46,7 @@ from failsoft.drills.load import (
     run_load,
 )
 from failsoft.drills.rolloutstep import follow_rollout
-from failsoft.drills.scorecard import FaultWindow, Scorecard, score
+from failsoft.drills.scorecard import Check, FaultWindow, Scorecard, score
 from failsoft.drills.setup import apply_setup, undo_setup
 from failsoft.drills.target import AdminClient, TargetError, TenantEntry, open_target
 
@@ -95,9 +102,18 @@ async def _drive(
     model = experiment.load.model
     duration = experiment.load.duration_s * scale
     original = None
+    receivers = {name: Receiver() for name in experiment.webhooks}
+    setup = list(experiment.setup)
+    if receivers:
+        hooks = {name: receiver.url for name, receiver in receivers.items()}
+        setup.append({"runbooks": {"webhooks": hooks}})
+    wanted = experiment.expect.incident
+    incident = None
+    approvals: list[float] = []
+    approving: asyncio.Task[list[float]] | None = None
     try:
         await admin.clear_faults()
-        original = await apply_setup(admin, experiment.setup, progress)
+        original = await apply_setup(admin, setup, progress)
         status = await admin.status()
         objective = status.get("models", {}).get(model, {}).get("objective_pct")
         versions = list(status.get("models", {}).get(model, {}).get("versions", {}))
@@ -156,6 +172,12 @@ async def _drive(
                 for number, step in enumerate(experiment.rollouts, 1)
             )
         )
+        stop_approving = asyncio.Event()
+        approving = (
+            asyncio.create_task(approver(admin, model, schedule.wall, stop_approving))
+            if wanted is not None and wanted.approve
+            else None
+        )
         windows = await asyncio.gather(  # their times are the load's (same time 0)
             *(_inject(admin, fault, scale, schedule.wall, progress) for fault in experiment.faults)
         )
@@ -167,11 +189,19 @@ async def _drive(
         polls = await readiness if readiness is not None else None
         after = await admin.model_counts(model)
         events = _localise(await admin.events(), outcomes)
+        if wanted is not None:
+            incident = await follow_incident(admin, wanted, model, outcomes.started_at)
+            stop_approving.set()
+            approvals = await approving if approving is not None else []
     finally:
         try:
             await undo_setup(admin, original, progress)
         finally:
+            if approving is not None:
+                approving.cancel()
             await admin.close()
+            for receiver in receivers.values():
+                receiver.close()
     card = score(
         experiment,
         outcomes,
@@ -187,6 +217,18 @@ async def _drive(
         flags=flagged,
         rollouts=rolled,
     )
+    if wanted is not None:
+        received = {name: receiver.count for name, receiver in receivers.items()}
+        card.incident = score_incident(
+            wanted,
+            incident,
+            outcomes,
+            approvals,
+            received,
+            since_s=min((window.start_s for window in windows), default=0.0),
+            timeout_s=experiment.load.timeout_ms / 1000,
+        )
+        card.checks.extend(Check(*check) for check in incident_checks(wanted, card.incident))
     if experiment.data is not None:
         checks, card.drift = drift_checks(
             experiment.data, model, events, scale, experiment.expect.max_drift_detect_s

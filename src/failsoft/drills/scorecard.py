@@ -57,6 +57,7 @@ import numpy as np
 from failsoft.drills.deploy import DeployOutcome
 from failsoft.drills.experiment import Experiment
 from failsoft.drills.flagstep import FlagOutcome, FlagScore, score_flag
+from failsoft.drills.incidentstep import IncidentScore
 from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
 from failsoft.drills.marked import marked_answers
 from failsoft.drills.rolloutstep import (
@@ -169,6 +170,7 @@ class Scorecard:
     drift: dict[str, Any] | None = None  # a data step's detection (drills/datastep.py)
     marked: dict[str, int] | None = None  # requests marked degraded: true/false (marked.py)
     rollouts: list[RolloutScore] = field(default_factory=list)
+    incident: IncidentScore | None = None  # expect.incident (drills/incidentstep.py)
 
     @property
     def passed(self) -> bool:

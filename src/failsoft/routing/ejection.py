@@ -174,13 +174,16 @@ class OutlierDetector:
         self._returned.clear()
         return indices
 
-    def eject(self, index: int, reason: str) -> bool:
-        """Eject now unless already ejected or the cap forbids it; say whether it happened."""
+    def eject(self, index: int, reason: str, seconds: float | None = None) -> bool:
+        """Eject now unless already ejected or the cap forbids it; say whether it happened.
+
+        ``seconds`` (an operator's ejection) replaces the escalating duration.
+        """
         self._check(index)
         now = self._clock.now()
         if self._still_ejected(index, now):
             return False
-        return self._eject(index, reason, now)
+        return self._eject(index, reason, now, seconds)
 
     @property
     def quiet(self) -> bool:
@@ -225,14 +228,14 @@ class OutlierDetector:
             return FAILURE_RATE
         return None
 
-    def _eject(self, index: int, reason: str, now: float) -> bool:
+    def _eject(self, index: int, reason: str, now: float, asked: float | None = None) -> bool:
         self._end_expired(now)
         if not self._room_to_eject():
             return False
         replica = self._replicas[index]
         replica.times = self._times_ejected(index, now) + 1
         seconds = min(self._options.base_ejection_ms * replica.times, self._options.max_ejection_ms)
-        seconds /= 1000.0
+        seconds = seconds / 1000.0 if asked is None else asked
         replica.ejected_until = now + seconds
         self._ejected.add(index)
         self._next_return = min(self._next_return, replica.ejected_until)

@@ -243,7 +243,7 @@ class FailsoftApp:
             runtime.bus,
             runtime.clock,
             self.operate.wall,
-            GatewayActions(control) if control is not None else None,
+            GatewayActions(control, runtime),
         )
         self.operate.runbooks = self.runbooks
         self.status_page = StatusPage(self.operate.wall)
@@ -287,6 +287,7 @@ class FailsoftApp:
                     self.control.start()
                 self.drift.start()
                 self.operate.start()
+                await self.runbooks.start()  # re-arms approvals a restart found pending
                 await send({"type": "lifespan.startup.complete"})
                 if self._on_ready is not None:
                     self._on_ready()
