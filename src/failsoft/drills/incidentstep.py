@@ -40,6 +40,7 @@ import orjson
 from pydantic import Field
 
 from failsoft._options import StrictModel
+from failsoft.control.runbook_model import ACTIONS
 from failsoft.drills.target import AdminClient, TargetError
 
 if TYPE_CHECKING:  # load.py imports the experiment, which imports this
@@ -236,17 +237,10 @@ def score_incident(
     return score
 
 
-# The runbook rows that say an action was done (the others say started, skipped, ...).
-_ACTIONS = (
-    "kill_switch",
-    "safe_halt",
-    "disable_version",
-    "rollout_abort",
-    "config_rollback",
-    "eject",
-    "restart_workers",
-    "verified",
-)
+# The runbook rows that say an action was done (the others say started, skipped, ...):
+# every action but a webhook (judged by its delivery) and a wait (whose done row says
+# "verified").
+_ACTIONS = (*(a for a in ACTIONS if a not in ("webhook", "wait")), "verified")
 
 
 def _holds(item: str, rows: list[dict[str, Any]], actor: str | None) -> bool:
