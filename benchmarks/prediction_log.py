@@ -48,7 +48,7 @@ from _load import (
     src_env,
     wait_until_answers,
 )
-from serve import HOST, INFER_PATH, failsoft_argv, failsoft_config, make_check
+from serve import HOST, INFER_PATH, failsoft_argv, failsoft_config, make_check, metric
 
 if str(REPO / "src") not in sys.path:
     sys.path.insert(1, str(REPO / "src"))
@@ -124,14 +124,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise RuntimeError(f"{name} is not in /metrics")
 
 
 def count_records(directory: Path) -> int:

@@ -290,7 +290,7 @@ def measure(args: argparse.Namespace, tool: str) -> tuple[dict[str, list[LoadRes
                     )
             dropped = 0.0
             if args.candidate == "assurance":
-                dropped = log_metric(
+                dropped = metric(
                     f"http://{HOST}:{candidate_port}", "failsoft_prediction_log_dropped_total"
                 )
         finally:
@@ -301,7 +301,7 @@ def measure(args: argparse.Namespace, tool: str) -> tuple[dict[str, list[LoadRes
     return runs, dropped
 
 
-def log_metric(url: str, name: str) -> float:
+def metric(url: str, name: str) -> float:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
         for line in response.read().decode().splitlines():
             if line.startswith(name + " "):
