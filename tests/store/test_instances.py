@@ -9,13 +9,16 @@ when they commit.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from failsoft.control.instances import InstanceRegistry
 from failsoft.store import Store, StoreUnreachable
 from failsoft.store.engine import deadline
 from failsoft.store.notify import CHANNEL_SQL
@@ -140,3 +143,51 @@ def test_stores_in_two_schemas_have_two_channels(store: Store, target: Target) -
     assert other is not None
     assert ours[0] != other[0]
     assert len(str(ours[0])) <= 63
+
+
+# -- the registry's first beat: start-up waits for it, boundedly -------------------------
+
+
+def registry(store: Store) -> InstanceRegistry:
+    return InstanceRegistry(
+        store,
+        address="http://127.0.0.1:8000",
+        revision=lambda: 1,
+        wakeups=lambda: "poll",
+        heartbeat_s=30.0,
+        expire_s=60.0,
+    )
+
+
+def test_a_gateway_is_listed_once_it_has_joined(store: Store) -> None:
+    async def start() -> tuple[bool, list[str]]:
+        joining = registry(store)
+        beating = asyncio.ensure_future(joining.run())
+        try:
+            return await joining.joined(within_s=10.0), [row.id for row in store.instances()]
+        finally:
+            beating.cancel()
+
+    joined, listed = asyncio.run(start())
+    assert joined is True
+    assert len(listed) == 1
+
+
+def test_a_store_that_refuses_delays_joining_by_the_bound_only(tmp_path: Path) -> None:
+    down = Store.open(tmp_path, "postgresql+psycopg://u@127.0.0.1:1/x", unreachable_ok=True)
+
+    async def start() -> tuple[bool, float]:
+        joining = registry(down)
+        beating = asyncio.ensure_future(joining.run())
+        began = time.monotonic()
+        try:
+            return await joining.joined(within_s=0.2), time.monotonic() - began
+        finally:
+            beating.cancel()
+
+    try:
+        joined, waited = asyncio.run(start())
+    finally:
+        down.close()
+    assert joined is False
+    assert waited < 5.0

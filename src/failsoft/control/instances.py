@@ -33,6 +33,7 @@ log = logging.getLogger("failsoft.control")
 
 EXPIRE_EVERY_BEATS = 5
 LEAVE_WITHIN_S = 3.0  # on shutdown, the row's removal waits no longer for the store
+JOIN_WITHIN_S = 3.0  # at start-up, readiness waits no longer for the first beat
 _UNSPECIFIED = ("", "0.0.0.0", "::")
 
 
@@ -73,11 +74,22 @@ class InstanceRegistry:
         self._wall = wall
         self._started = wall()
         self._poke = asyncio.Event()
+        self._joined = asyncio.Event()
         self.beats = 0  # beats that reached the store
 
     def poke(self) -> None:
         """Beat now (the revision served changed): the listing shows it at once."""
         self._poke.set()
+
+    async def joined(self, within_s: float = JOIN_WITHIN_S) -> bool:
+        """Wait, at most ``within_s``, for the first beat to reach the store.
+
+        Start-up waits for it so that a gateway reporting ready is already in
+        the listing; a slow or absent store only delays readiness by the bound.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._joined.wait(), within_s)
+        return self._joined.is_set()
 
     async def run(self) -> None:
         """Beat until cancelled."""
@@ -115,6 +127,7 @@ class InstanceRegistry:
             timeout=None,
         )
         self.beats += 1
+        self._joined.set()
 
     async def leave(self) -> None:
         """Remove this gateway's row (a clean stop), unless the store does not answer."""

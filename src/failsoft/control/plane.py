@@ -103,6 +103,11 @@ class ControlPlane:
         if self.options.store.backup_every_s > 0:
             self.tasks.append(asyncio.ensure_future(self._backups()))
 
+    async def joined(self) -> None:
+        """Wait (bounded) until this gateway is in the store's list of instances."""
+        if self.instances is not None and not await self.instances.joined():
+            log.warning("not yet in the list of instances: the store is slow or down")
+
     def _wake(self, topic: str) -> Callable[[float], Awaitable[bool]]:
         async def wait(timeout: float) -> bool:  # noqa: ASYNC109 (a poll period)
             return await self.wakeups.wait(topic, timeout)

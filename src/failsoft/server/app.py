@@ -285,6 +285,7 @@ class FailsoftApp:
                         self._boot, self._boot.config, actor="config-file"
                     )
                     self.control.start()
+                    await self.control.joined()
                 self.drift.start()
                 self.operate.start()
                 await self.runbooks.start()  # re-arms approvals a restart found pending
