@@ -97,12 +97,14 @@ class RecordMakerProcess:
         Raises MakerUnavailable (the caller makes the chunk itself), or
         orjson.JSONEncodeError when an item holds arrays JSON cannot carry.
         """
+        keys = {item[7] for item in chunk}
+        if not keys <= configs.keys():
+            raise MakerUnavailable("a configuration no longer held")  # rare: many revisions
         conn = self._connection()
         payload = orjson.dumps(chunk, option=orjson.OPT_SERIALIZE_NUMPY)
         try:
-            for key in {item[7] for item in chunk} - self._sent:
-                config = configs.get(key)
-                conn.send_bytes(_CONFIG + key.to_bytes(8, "little") + pickle.dumps(config))
+            for key in keys - self._sent:
+                conn.send_bytes(_CONFIG + key.to_bytes(8, "little") + pickle.dumps(configs[key]))
                 self._sent.add(key)
             conn.send_bytes(_CHUNK + payload)
             if not conn.poll(ANSWER_WITHIN_S):
