@@ -94,6 +94,8 @@ def test_every_accepted_record_is_on_disk_after_close(tmp_path: Path) -> None:
     assert orjson.loads((tmp_path / STATE_FILE).read_bytes())["clean"] is True
     assert log.stats()["written"] == 500
     assert log.stats()["dropped"] == 0
+    assert log._away is not None
+    assert log._away.restarts == 0  # the child made them all, and stopped when asked
 
 
 def test_a_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None:

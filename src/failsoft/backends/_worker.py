@@ -18,7 +18,7 @@ import time
 import orjson
 
 
-def die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(parent_pid: int) -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args()
-    die_with_parent(args.parent)
+    _die_with_parent(args.parent)
 
     from failsoft.config import Config
     from failsoft.server.serve import serve_on_socket

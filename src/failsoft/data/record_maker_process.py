@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +44,8 @@ __all__ = ["INDEX_FIELDS", "MakerUnavailable", "RecordMakerProcess", "index_fiel
 log = logging.getLogger("failsoft.predictions")
 
 ANSWER_WITHIN_S = 30.0  # a chunk not made by then: the child is stuck, replaced
-RESTART_AFTER_S = 10.0  # after a failure, chunks are made in the parent this long
+RESTART_AFTER_S = 10.0
+STOP_WITHIN_S = 2.0  # after a failure, chunks are made in the parent this long
 INDEX_FIELDS = (
     "request_id",
     "time",
@@ -137,8 +138,6 @@ class RecordMakerProcess:
                     "failsoft.data.record_maker_process",
                     "--fd",
                     str(theirs.fileno()),
-                    "--parent",
-                    str(os.getpid()),
                 ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -174,10 +173,11 @@ class RecordMakerProcess:
                 self._conn.close()
             self._conn = None
         if self._process is not None:
-            with contextlib.suppress(OSError):
+            try:
+                self._process.wait(timeout=STOP_WITHIN_S)  # its socket closed: it exits
+            except subprocess.TimeoutExpired:
                 self._process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._process.wait(timeout=5.0)
+                self._process.wait()
             self._process = None
 
 
@@ -252,11 +252,14 @@ def _serve(conn: Connection) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="failsoft record maker (started by the gateway)")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args()
-    from failsoft.backends._worker import die_with_parent
-
-    die_with_parent(args.parent)
+    # No death signal: it would come when the writer thread that started this process
+    # ends, before the log's last records. When the gateway dies, its end of the socket
+    # closes and this process, reading EOF, exits.
+    # Ctrl-C and a SIGTERM to the gateway's process group are the gateway's to handle: it
+    # still sends its last records here while it stops, then closes the socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _serve(Connection(args.fd))
 
 
