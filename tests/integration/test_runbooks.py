@@ -100,9 +100,7 @@ def test_the_bundled_runbook_switches_the_version_off_after_approval_and_verifie
     assert receiver.bodies[-1]["text"] == "every replica of iris/v1 is out (incident 1)"
     assert load.statuses.get("200:None", 0) + load.statuses.get("200:true", 0) > 0
     assert not [key for key in load.statuses if not key.startswith("200")], load.statuses
-    audit = httpx.get(f"{server.url}/admin/audit?limit=1000", headers=AUTH, timeout=10).json()
-    by_runbook = {e["action"] for e in audit["entries"] if e["actor"] == RUNBOOK}
-    assert "runbook.disable_version" in by_runbook, by_runbook
+    by_runbook = audited(server.url, RUNBOOK, {"runbook.disable_version"})
     assert any(a.startswith("flag") for a in by_runbook), by_runbook  # the flag service's own
     cli(server, "incident", "update", "1", "<b>fallback</b> answered; all good again")
     public = httpx.get(f"{server.url}/status", timeout=10)  # no token
@@ -166,9 +164,7 @@ def test_a_pending_approval_survives_a_gateway_restart_and_acts_when_given(
     poll(lambda: "runbook gated finished" in said(), 20, "the approved step ran")
     assert "done: switch iris/v1 off for 2 s (the fallback answers)" in said()
     assert gateway.get("/admin/incidents/1")["pending_approvals"] == []
-    audit = httpx.get(f"{server.url}/admin/audit?limit=1000", headers=AUTH, timeout=10).json()
-    actions = [e["action"] for e in audit["entries"] if e["actor"] == "runbook:gated"]
-    assert "runbook.disable_version" in actions, actions
+    audited(server.url, "runbook:gated", {"runbook.disable_version"})
 
 
 async def approve_as_a_drill(url: str, gateway: Gateway) -> list[float]:
@@ -261,9 +257,21 @@ def test_eject_and_restart_workers_act_on_the_process_version_once(
     assert all(now[name]["available"] for name in now)
     # Every request was answered: v2 while v1 failed or restarted, v1 again after.
     assert not [key for key in load.statuses if not key.startswith("200")], load.statuses
-    audit = httpx.get(f"{server.url}/admin/audit?limit=1000", headers=AUTH, timeout=10).json()
-    actions = {e["action"] for e in audit["entries"] if e["actor"] == OPS}
-    assert {"runbook.eject", "runbook.restart_workers", "runbook.skipped"} <= actions, actions
+    audited(server.url, OPS, {"runbook.eject", "runbook.restart_workers", "runbook.skipped"})
+
+
+def audited(url: str, actor: str, expected: set[str]) -> set[str]:
+    """``actor``'s audited actions once they include ``expected``: timeline entries are
+    audited at the incident book's next checkpoint, a moment after they show."""
+    actions: set[str] = set()
+
+    def complete() -> bool:
+        audit = httpx.get(f"{url}/admin/audit?limit=1000", headers=AUTH, timeout=10).json()
+        actions.update(e["action"] for e in audit["entries"] if e["actor"] == actor)
+        return expected <= actions
+
+    poll(complete, 10, f"{sorted(expected)} audited")
+    return actions
 
 
 def replicas(gateway: Gateway) -> list[dict[str, Any]]:
