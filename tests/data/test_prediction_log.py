@@ -13,7 +13,6 @@ import pytest
 
 from failsoft.config import ConfigError, parse_config
 from failsoft.data.prediction_log import (
-    SENT_EVERY,
     STATE_FILE,
     TALLY_FILE,
     PredictionLog,
@@ -94,8 +93,6 @@ def test_every_accepted_record_is_on_disk_after_close(tmp_path: Path) -> None:
     assert orjson.loads((tmp_path / STATE_FILE).read_bytes())["clean"] is True
     assert log.stats()["written"] == 500
     assert log.stats()["dropped"] == 0
-    assert log._away is not None
-    assert log._away.restarts == 0  # the child made them all, and stopped when asked
 
 
 def test_a_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None:
@@ -264,15 +261,12 @@ def test_find_records_reads_the_newest_bytes_first(tmp_path: Path) -> None:
     assert read <= size // 4
 
 
-@pytest.mark.parametrize("maker", ["thread", "process"])
-def test_a_record_the_writer_holds_is_still_found_until_it_is_on_disk(
-    tmp_path: Path, maker: str
-) -> None:
+def test_a_record_the_writer_holds_is_still_found_until_it_is_on_disk(tmp_path: Path) -> None:
     # Feedback may arrive while the writer has taken a batch out of the buffer and is
     # indexing it a few records at a time: each record must be findable throughout.
-    cfg = config(flush_interval_s=60, maker=maker)
+    cfg = config(flush_interval_s=60)
     log = PredictionLog(cfg.predictions, tmp_path)
-    ids = [f"r{index}" for index in range(2 * SENT_EVERY + 1)]
+    ids = [f"r{index}" for index in range(100)]
     for request_id in ids:
         logged(log, cfg, request_id)
     seen: list[set[str]] = []
@@ -287,110 +281,3 @@ def test_a_record_the_writer_holds_is_still_found_until_it_is_on_disk(
     log.close()
     assert len(seen) > 1  # the batch was indexed in several goes
     assert seen == [set()] * len(seen)  # each time, every record not yet indexed was found
-
-
-# -- records made in the child process -------------------------------------------------
-
-
-def varied_items(cfg: Any, key: int) -> list[Pending]:
-    """Answers, a fallback with its failed attempts, a flagged input, a refused request."""
-    trail = [{"replica": "r0", "outcome": "failed", "failure_class": "replica", "seconds": 0.5}]
-    fell_back = item(cfg, "fb", key=key, served_by="m/v1/fallback:heuristic", degraded=True)
-    flagged = item(cfg, "flagged", key=key, x2=float("nan"))
-    refused = pending(
-        1_700_000_000.0,
-        "refused",
-        None,
-        "m",
-        "v1",
-        422,
-        3,
-        key,
-        inputs={"x": np.array([[1.0, -2.5, 3.25, 1e30]], dtype=np.float32)},
-        failure="data",
-        error="x[0][3] is out of range",
-    )
-    return [
-        *(item(cfg, f"r{index}", label=index % 3, x2=index / 7, key=key) for index in range(40)),
-        (*fell_back[:TRAIL], trail, None),
-        (*flagged[:TRAIL], None, "flag: x[0][2] is NaN"),
-        refused,
-    ]
-
-
-def test_the_child_process_makes_the_records_the_thread_would(tmp_path: Path) -> None:
-    cfg = config(
-        flush_interval_s=60,
-        record_inputs=True,
-        record_outputs=True,
-        feedback={"segments": {"m": {"input": "x", "column": 2, "edges": [2.5, 4.9]}}},
-    )
-    items = varied_items(cfg, id(cfg))
-    written = {}
-    for maker in ("thread", "process"):
-        folder = tmp_path / maker
-        log = PredictionLog(cfg.predictions.model_copy(update={"maker": maker}), folder)
-        assert log.config_key(cfg) == id(cfg)
-        for kept in items:
-            log.record(kept)
-        log.flush()
-        if maker == "process":
-            assert log._away is not None
-            assert log._away._process is not None  # the child made them
-            assert log._away.restarts == 0
-        log.close()
-        written[maker] = [
-            line for path in segment_files(folder) for line in path.read_bytes().splitlines()
-        ]
-    assert len(written["process"]) == 43
-    assert written["process"] == written["thread"]  # byte for byte
-
-
-def test_a_child_that_dies_costs_no_record(tmp_path: Path) -> None:
-    cfg = config(flush_interval_s=60)
-    log = PredictionLog(cfg.predictions, tmp_path)
-    logged(log, cfg, "before")
-    log.flush()
-    assert log._away is not None
-    assert log._away._process is not None
-    log._away._process.kill()
-    log._away._process.wait()
-    for index in range(10):
-        logged(log, cfg, f"after{index}")
-    log.flush()  # made on the writer's thread meanwhile
-    log.close()
-    assert log._away.restarts == 1
-    assert [r["request_id"] for r in records(tmp_path)] == ["before"] + [
-        f"after{index}" for index in range(10)
-    ]
-    assert log.stats()["written"] == 11
-
-
-def test_an_input_json_cannot_carry_is_made_on_the_thread(tmp_path: Path) -> None:
-    model = {
-        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
-        "versions": MODEL["versions"],
-    }
-    cfg = parse_config({"predictions": {"enabled": True}, "models": {"m": model}})
-    log = PredictionLog(cfg.predictions, tmp_path)
-    text = pending(
-        1_700_000_000.0,
-        "t1",
-        None,
-        "m",
-        "v1",
-        200,
-        1,
-        log.config_key(cfg),
-        served_by="m/v1/r0",
-        inputs={"text": np.array([b"caf\xc3\xa9"], dtype=object)},
-        outputs={"label": np.array([2], dtype=np.int64)},
-    )
-    log.record(text)
-    log.close()
-    [record] = records(tmp_path)
-    thread_made = RecordMaker(cfg.predictions).make(text, cfg)
-    assert record["input_digest"] == thread_made["input_digest"]
-    assert record["prediction"] == [2]
-    assert log.stats()["bad_records"] == 0

@@ -3,11 +3,9 @@
 The request path does one thing: append a ``Pending`` (references only) to a
 bounded buffer. When the buffer is full the record is dropped and counted —
 serving never waits for the disk. A writer thread wakes every
-``flush_interval_s`` (or when a batch is full), has the pending items turned
-into records (``prediction_record``) — by a child process with ``maker:
-process``, the default (``record_maker_process``: the CPU it takes stays off
-the event loop's GIL), else on the thread itself — and appends them as JSON
-lines to the active segment file, fsynced per batch. Segments rotate by size and age; closed
+``flush_interval_s`` (or when a batch is full), turns pending items into
+records (``prediction_record``) and appends them as JSON lines to the active
+segment file, fsynced per batch. Segments rotate by size and age; closed
 ones are removed by age and by the total size of the folder.
 
 Delivery is at-least-once on a clean stop: ``close`` (SIGTERM, Ctrl-C) drains
@@ -44,11 +42,6 @@ import orjson
 
 from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker
-from failsoft.data.record_maker_process import (
-    MakerUnavailable,
-    RecordMakerProcess,
-    transferable,
-)
 from failsoft.observe.events import Event, EventBus
 from failsoft.observe.logging import request_id_var
 from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
@@ -62,14 +55,12 @@ SEGMENT_PREFIX = "predictions-"
 SEGMENT_SUFFIX = ".jsonl"
 STATE_FILE = "predictions.state.json"
 TALLY_FILE = "predictions.tally"
-YIELD_EVERY = 32  # records made on the thread between two releases of the GIL (about 0.2 ms)
-SENT_EVERY = 512  # records sent to the maker process at once (encoded in about 0.3 ms)
+YIELD_EVERY = 32  # records made between two releases of the GIL (about 0.2 ms)
 YIELD_S = 0.0001
 MAX_CONFIGS = 8
 MAX_TRAILS = 10_000  # requests with events not yet taken by ``record``
 TRAIL_EVENTS = (AttemptFailed, PoisonDetected, RetryDenied, FallbackTierFailed, FallbackUsed)
 Consumer = Callable[[list[dict[str, Any]]], None]
-_JSON_LINE = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 
 
 def segment_files(directory: Path) -> list[Path]:
@@ -168,7 +159,6 @@ class PredictionLog:
         self._in_hand: list[Pending] = []  # the batch the writer took, until it is written
         self._trails: dict[str, list[dict[str, Any]]] = {}
         self._maker = RecordMaker(options)
-        self._away = RecordMakerProcess(options) if options.maker == "process" else None
         self._configs: dict[int, Any] = {}
         self._consumers: list[Consumer] = []
         self._wake = threading.Event()
@@ -278,9 +268,7 @@ class PredictionLog:
 
     def add_consumer(self, consumer: Consumer) -> None:
         """``consumer(records)`` runs on the writer thread as records are made (a few at a
-        time, just before they are written). It reads the fields in
-        ``record_maker_process.INDEX_FIELDS`` only: made in the child process,
-        records reach it as those fields."""
+        time, just before they are written)."""
         self._consumers.append(consumer)
 
     def set_sample_rate(self, rate: float) -> None:
@@ -303,44 +291,10 @@ class PredictionLog:
         """Records of ``request_ids`` not yet on disk: in the buffer, or in the batch the
         writer is writing (out of the buffer, not yet on disk nor all indexed)."""
         waiting = [*self._buffer, *self._in_hand]  # this order: a record moves buffer -> hand
-        return {item[1]: self._make_one(item) for item in waiting if item[1] in request_ids}
+        return {item[1]: self._make(item) for item in waiting if item[1] in request_ids}
 
-    def _make_one(self, item: Pending) -> dict[str, Any]:
+    def _make(self, item: Pending) -> dict[str, Any]:
         return self._maker.make(item, self._configs.get(item[7]))
-
-    def _make(self, chunk: list[Pending], pieces: list[bytes]) -> int:
-        """Make ``chunk``'s records into ``pieces``, hand them to the consumers; how many."""
-        if self._away is not None:
-            sendable = [item if item[TRAIL + 1] is None else transferable(item) for item in chunk]
-            try:
-                lines, index = self._away.make(sendable, self._configs)
-            except (MakerUnavailable, orjson.JSONEncodeError):
-                pass  # made here instead (an array JSON cannot carry, or no child)
-            else:
-                records = [fields for fields in index if fields is not None]
-                self.bad_records += len(index) - len(records)
-                pieces.append(lines)
-                self._hand_over(records)
-                return len(records)
-        records = []
-        for item in chunk:
-            try:
-                record = self._make_one(item)
-                pieces.append(orjson.dumps(record, option=_JSON_LINE))
-            except Exception:
-                self.bad_records += 1
-                log.exception("prediction log: a record could not be made")
-                continue
-            records.append(record)
-        self._hand_over(records)
-        return len(records)
-
-    def _hand_over(self, records: list[dict[str, Any]]) -> None:
-        for consumer in self._consumers:
-            try:
-                consumer(records)
-            except Exception:
-                log.exception("prediction log: a consumer failed")
 
     # -- the writer thread -----------------------------------------------------------
 
@@ -385,16 +339,34 @@ class PredictionLog:
                 self._retention()
 
     def _write(self, items: list[Pending]) -> bool:
-        pieces: list[bytes] = []  # JSON lines, each piece newline-terminated
+        # Records are made, encoded and handed to the consumers a few at a time and
+        # dropped at once: a batch of live dicts would outlive the collector's youngest
+        # generation and make its passes longer for the request path too.
+        lines: list[bytes] = []
         made = 0
-        step = SENT_EVERY if self._away is not None else YIELD_EVERY
-        for start in range(0, len(items), step):
-            made += self._make(items[start : start + step], pieces)
+        for start in range(0, len(items), YIELD_EVERY):
+            records = []
+            for item in items[start : start + YIELD_EVERY]:
+                try:
+                    record = self._make(item)
+                    lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
+                except Exception:
+                    self.bad_records += 1
+                    log.exception("prediction log: a record could not be made")
+                    continue
+                records.append(record)
+            made += len(records)
+            for consumer in self._consumers:
+                try:
+                    consumer(records)
+                except Exception:
+                    log.exception("prediction log: a consumer failed")
+            del records
             # Let the event loop have the GIL: holding it for a whole batch would add
             # milliseconds to requests in flight (and the limiter would read it as load).
             # A real sleep: with sleep(0) this thread mostly takes the GIL straight back.
             time.sleep(YIELD_S)
-        data = b"".join(pieces)
+        data = b"\n".join(lines) + b"\n" if lines else b""
         try:
             self._rotate_if_due(len(data))
             if data:
@@ -508,8 +480,6 @@ class PredictionLog:
             self._save_state(clean=not self._buffer)
             self._counts = memoryview(bytearray(self._counts.tobytes())).cast("Q")
             self._tally.close()
-        if self._away is not None:
-            self._away.close()
 
     def stats(self) -> dict[str, int]:
         return {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
@@ -87,11 +87,6 @@ class PredictionLogOptions(StrictModel):
     )
     batch_records: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
     fsync: bool = Field(default=True, description="fsync each batch (survives a power loss)")
-    maker: Literal["process", "thread"] = Field(
-        default="process",
-        description="where records are made: a child process (their CPU off the gateway's "
-        "GIL) or the writer thread (no extra process; costs the event loop more)",
-    )
     segment_bytes: Annotated[int, Field(ge=4096, le=1 << 40)] = 64 << 20
     segment_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = 3600.0
     max_age_s: Annotated[float, Field(gt=0, le=3650 * 86_400)] = 7 * 86_400.0

@@ -29,7 +29,6 @@ __all__ = [
     "flat",
     "lineage_digest",
     "pending",
-    "verdict_text",
 ]
 
 MAX_ROWS = 64  # predicted labels and segments kept per request
@@ -384,7 +383,7 @@ class RecordMaker:
             "checks": _checks(status, failure, input_items is not None),
         }
         if verdict is not None:  # served, though the input broke a constraint
-            record["checks"] = {**record["checks"], "input_constraints": verdict_text(verdict)}
+            record["checks"] = {**record["checks"], "input_constraints": _verdict(verdict)}
         if trail:
             record["attempts"] = [*trail, *static["attempts"]]
         if tenant is not None:
@@ -419,10 +418,7 @@ _NOT_REACHED = {"input_contract": "not reached"}
 _NO_ANSWER = {"input_contract": "passed", "output_contract": "no answer"}
 
 
-def verdict_text(verdict: Any) -> str:
-    """An input-check verdict as a record shows it (kept as text when already made)."""
-    if isinstance(verdict, str):
-        return verdict
+def _verdict(verdict: Any) -> str:
     header = verdict.violation.header()
     text = header.decode("ascii", "replace") if isinstance(header, bytes) else str(header)
     return f"{verdict.policy}: {text}"
