@@ -29,6 +29,7 @@ from failsoft.observe.metrics import Metrics
 from failsoft.runtime import Runtime
 from failsoft.server.app import FailsoftApp
 from failsoft.server.h1 import H1Limits, protocol_class
+from failsoft.server.heap import freeze_startup_heap
 from failsoft.store import StoreError
 
 log = logging.getLogger("failsoft.server")
@@ -152,6 +153,7 @@ def serve_on_socket(
                 "chaos is enabled: faults may be injected through /admin/faults",
                 extra={"max_duration_s": config.chaos.max_duration_s},
             )
+        freeze_startup_heap()  # a process of its own: its start-up heap, frozen once
         log.info("ready", extra={"url": url, "role": role})
         if on_ready is not None:
             on_ready(url)
