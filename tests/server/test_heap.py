@@ -43,3 +43,25 @@ def test_startup_objects_are_frozen_and_later_cycles_still_collected() -> None:
     assert seen["kept_tracked_but_frozen"] is True
     assert seen["later_collected"] is True
     assert seen["threshold"][0] > 0  # the collector still runs for what comes later
+
+
+EXIT = """
+import datasketches
+from failsoft.server.heap import freeze_startup_heap, thaw_heap
+
+class Sketches:
+    pass
+
+held = Sketches()
+held.me = held  # a cycle holding a native sketch, alive at start-up
+held.sketch = datasketches.kll_doubles_sketch(200)
+freeze_startup_heap()
+thaw_heap()  # on the way out, as serve_on_socket does
+"""
+
+
+def test_a_thawed_heap_exits_without_native_leak_reports() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "leaked" not in done.stderr, done.stderr[:500]

@@ -29,7 +29,7 @@ from failsoft.observe.metrics import Metrics
 from failsoft.runtime import Runtime
 from failsoft.server.app import FailsoftApp
 from failsoft.server.h1 import H1Limits, protocol_class
-from failsoft.server.heap import freeze_startup_heap
+from failsoft.server.heap import freeze_startup_heap, thaw_heap
 from failsoft.store import StoreError
 
 log = logging.getLogger("failsoft.server")
@@ -195,6 +195,7 @@ def serve_on_socket(
         signal.signal(signum, lambda *_: None)
     log.info("listening", extra={"url": url, "role": role})
     server.run(sockets=[sock])
+    thaw_heap()
     if not server.started:
         sys.exit(1)
 
