@@ -4,7 +4,7 @@ Start-up leaves a few hundred thousand long-lived objects (modules, the
 configuration, the models' wrappers, compiled templates). Every full
 collection walked them all again: with drift sketches on, those walks were
 the gateway's slowest moments (``benchmarks/serve.py --candidate drift``:
-p99 26.6 ms, 8.5 ms once they are frozen; throughput +4%). ``gc.freeze``
+p99 26.6 ms, 9.3 ms once they are frozen; ratio to drift off 0.97). ``gc.freeze``
 moves what is alive now to a generation the collector never scans; what is
 made later is collected as before. ``thaw_heap`` gives it back before the
 process exits, so that the interpreter's last collection frees it (native
