@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from failsoft.config import ConfigError, parse_config
 from failsoft.data.prediction_log import (
     STATE_FILE,
     TALLY_FILE,
+    YIELD_EVERY,
     PredictionLog,
     Tally,
     find_records,
@@ -261,12 +263,15 @@ def test_find_records_reads_the_newest_bytes_first(tmp_path: Path) -> None:
     assert read <= size // 4
 
 
-def test_a_record_the_writer_holds_is_still_found_until_it_is_on_disk(tmp_path: Path) -> None:
+async def test_a_record_the_writer_holds_is_still_found_until_it_is_on_disk(
+    tmp_path: Path,
+) -> None:
     # Feedback may arrive while the writer has taken a batch out of the buffer and is
-    # indexing it a few records at a time: each record must be findable throughout.
+    # indexing it a few records at a time, between requests: each record must be
+    # findable throughout.
     cfg = config(flush_interval_s=60)
     log = PredictionLog(cfg.predictions, tmp_path)
-    ids = [f"r{index}" for index in range(100)]
+    ids = [f"r{index}" for index in range(3 * YIELD_EVERY)]
     for request_id in ids:
         logged(log, cfg, request_id)
     seen: list[set[str]] = []
@@ -278,6 +283,71 @@ def test_a_record_the_writer_holds_is_still_found_until_it_is_on_disk(tmp_path: 
         seen.append(set(log.pending_records(unwritten)) ^ unwritten)
 
     log.add_consumer(index_and_look)
+    log.start()
+    await log.stop()  # wakes the writer: it writes what is buffered, then ends
+    assert log.written == len(ids)
+    assert len(seen) == 3  # the batch was made in three turns of the event loop
+    assert seen == [set()] * 3  # each time, every record not yet indexed was found
     log.close()
-    assert len(seen) > 1  # the batch was indexed in several goes
-    assert seen == [set()] * len(seen)  # each time, every record not yet indexed was found
+    assert [r["request_id"] for r in records(tmp_path)] == ids
+
+
+async def test_the_writer_makes_records_between_requests(tmp_path: Path) -> None:
+    # A full batch wakes the writer; it makes YIELD_EVERY records at a time and lets
+    # the event loop run other tasks in between, and the disk work is not on the loop.
+    cfg = config(flush_interval_s=60, batch_records=2 * YIELD_EVERY)
+    log = PredictionLog(cfg.predictions, tmp_path)
+    turns: list[int] = []
+    log.add_consumer(lambda batch: turns.append(len(batch)))
+    log.start()
+    others = 0
+
+    async def another_request() -> None:
+        nonlocal others
+        while log.written < 2 * YIELD_EVERY:
+            others += 1
+            await asyncio.sleep(0)
+
+    for index in range(2 * YIELD_EVERY):
+        logged(log, cfg, f"r{index}")
+    await asyncio.wait_for(another_request(), timeout=10)
+    assert turns == [YIELD_EVERY, YIELD_EVERY]
+    assert others >= 2  # the loop ran other work while the batch was made and written
+    await log.stop()
+    log.close()
+    assert len(records(tmp_path)) == 2 * YIELD_EVERY
+
+
+async def test_a_failed_write_keeps_the_batch_for_the_next_round(tmp_path: Path) -> None:
+    cfg = config(flush_interval_s=60)
+    folder = tmp_path / "log"
+    log = PredictionLog(cfg.predictions, folder)
+    for index in range(10):
+        logged(log, cfg, f"r{index}")
+    aside = tmp_path / "aside"
+    folder.rename(aside)
+    folder.write_text("")  # a file where the folder was: no segment can be created in it
+    try:
+        log.start()
+        await log.stop()
+        assert log.write_errors == 1
+        assert (log.pending, log.written) == (10, 0)
+    finally:
+        folder.unlink()
+        aside.rename(folder)
+    log.close()
+    assert len(records(folder)) == 10
+
+
+async def test_stop_then_close_leaves_nothing_behind(tmp_path: Path) -> None:
+    cfg = config(flush_interval_s=60)
+    log = PredictionLog(cfg.predictions, tmp_path)
+    log.start()
+    for index in range(50):
+        logged(log, cfg, f"r{index}")
+    await log.stop()
+    logged(log, cfg, "late")  # accepted after the writer ended: close writes it
+    log.close()
+    assert log.stats()["pending"] == 0
+    assert len(records(tmp_path)) == 51
+    assert orjson.loads((tmp_path / STATE_FILE).read_bytes())["clean"] is True

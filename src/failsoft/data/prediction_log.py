@@ -2,11 +2,19 @@
 
 The request path does one thing: append a ``Pending`` (references only) to a
 bounded buffer. When the buffer is full the record is dropped and counted —
-serving never waits for the disk. A writer thread wakes every
-``flush_interval_s`` (or when a batch is full), turns pending items into
-records (``prediction_record``) and appends them as JSON lines to the active
-segment file, fsynced per batch. Segments rotate by size and age; closed
-ones are removed by age and by the total size of the folder.
+serving never waits for the disk. A task on the event loop (``start``) wakes
+every ``flush_interval_s`` (or when a batch is full), turns pending items into
+records (``prediction_record``) a few dozen at a time, yielding to requests
+in between, and hands the encoded batch to a worker thread, which appends it
+to the active segment file and fsyncs it. Segments rotate by size and age;
+closed ones are removed by age and by the total size of the folder.
+
+Why the loop and not a thread of its own: a Python writer thread on the
+other core slowed the event loop itself by far more than the writer's own
+work (its GIL hand-offs and the cache lines both threads' objects share);
+``benchmarks/serve.py --candidate assurance`` went from 0.62-0.66 with the
+thread to 0.76-0.81 with the loop on the same machine. The worker thread only
+writes and fsyncs, with the GIL released.
 
 Delivery is at-least-once on a clean stop: ``close`` (SIGTERM, Ctrl-C) drains
 the buffer before the process exits. A crash loses what was not yet written
@@ -26,8 +34,10 @@ them with the prediction.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import mmap
 import os
@@ -55,8 +65,7 @@ SEGMENT_PREFIX = "predictions-"
 SEGMENT_SUFFIX = ".jsonl"
 STATE_FILE = "predictions.state.json"
 TALLY_FILE = "predictions.tally"
-YIELD_EVERY = 32  # records made between two releases of the GIL (about 0.2 ms)
-YIELD_S = 0.0001
+YIELD_EVERY = 64  # records made between two turns of the event loop (about 0.3 ms)
 MAX_CONFIGS = 8
 MAX_TRAILS = 10_000  # requests with events not yet taken by ``record``
 TRAIL_EVENTS = (AttemptFailed, PoisonDetected, RetryDenied, FallbackTierFailed, FallbackUsed)
@@ -161,10 +170,12 @@ class PredictionLog:
         self._maker = RecordMaker(options)
         self._configs: dict[int, Any] = {}
         self._consumers: list[Consumer] = []
-        self._wake = threading.Event()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._closed = False
-        self._write_lock = threading.Lock()  # the writer thread and close() never write at once
+        self._finished = False  # files closed
+        self._write_lock = threading.Lock()  # the worker thread and close() never write at once
         # Counters: written on one thread each, read anywhere (plain ints under the GIL).
         self.skipped = 0  # not sampled
         self.dropped = 0  # buffer full
@@ -180,8 +191,6 @@ class PredictionLog:
         self._segment_started = 0.0
         self._segment_seq = 0
         self._last_retention = 0.0
-        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-        self._thread.start()
 
     # -- the request path ----------------------------------------------------------
 
@@ -260,15 +269,15 @@ class PredictionLog:
             return
         buffer.append(item)
         self._counts[0] += 1  # in the page cache: survives the process
-        if len(buffer) == self._wake_at:
+        if len(buffer) == self._wake_at and self._wake is not None:
             self._wake.set()
 
     def subscribe_to(self, bus: EventBus) -> None:
         bus.subscribe(self.observe, TRAIL_EVENTS)
 
     def add_consumer(self, consumer: Consumer) -> None:
-        """``consumer(records)`` runs on the writer thread as records are made (a few at a
-        time, just before they are written)."""
+        """``consumer(records)`` runs as records are made (a few at a time, just before
+        they are written): on the event loop once started, else in ``flush``."""
         self._consumers.append(consumer)
 
     def set_sample_rate(self, rate: float) -> None:
@@ -296,91 +305,135 @@ class PredictionLog:
     def _make(self, item: Pending) -> dict[str, Any]:
         return self._maker.make(item, self._configs.get(item[7]))
 
-    # -- the writer thread -----------------------------------------------------------
+    # -- the writer: a task on the event loop -------------------------------------------
 
-    def _run(self) -> None:
+    def start(self) -> None:
+        """Write in the background from now on (call on the running event loop)."""
+        if self._task is None and not self._closed:
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-log")
+
+    async def stop(self) -> None:
+        """End the background writer once the batch in hand is on disk; ``close`` writes
+        what is left."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+        await task
+
+    async def _run(self) -> None:
         interval = self.options.flush_interval_s
+        wake = self._wake
+        assert wake is not None
         while True:
-            self._wake.wait(interval)
-            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()
             stopping = self._stopping
             try:
-                self.flush()
+                await self._flush_in_turns()
             except Exception:  # never let the writer die: count, log, go on
                 log.exception("prediction log: writing failed")
             if stopping:
                 return
 
+    async def _flush_in_turns(self) -> None:
+        """Like ``flush``, but records are made between requests and written by a worker
+        thread: the event loop never waits for the disk."""
+        buffer = self._buffer
+        while buffer and not self._closed:
+            items = self._take()
+            written = False
+            try:
+                lines: list[bytes] = []
+                made = 0
+                for start in range(0, len(items), YIELD_EVERY):
+                    made += self._make_lines(items[start : start + YIELD_EVERY], lines)
+                    await asyncio.sleep(0)  # requests waiting go first
+                written = await asyncio.to_thread(self._append, lines, made)
+            finally:
+                self._in_hand = []
+                if not written:  # kept for the next round (a failed write, a cancel)
+                    buffer.extendleft(reversed(items))
+            if not written:
+                break
+
     def flush(self) -> None:
-        """Write everything buffered now (called by the writer thread, and by close)."""
+        """Write everything buffered now, on this thread (close; a log never started)."""
+        buffer = self._buffer
+        while buffer:
+            items = self._take()
+            lines: list[bytes] = []
+            try:
+                made = self._make_lines(items, lines)
+                written = self._append(lines, made)
+            finally:
+                self._in_hand = []
+            if not written:
+                buffer.extendleft(reversed(items))
+                break
+
+    def _take(self) -> list[Pending]:
+        """The next batch: in hand before it leaves the buffer, never in neither."""
+        buffer = self._buffer
+        items = list(itertools.islice(buffer, self.options.batch_records))
+        self._in_hand = items
+        if len(items) == len(buffer):
+            buffer.clear()
+        else:
+            for _ in range(len(items)):
+                buffer.popleft()
+        return items
+
+    def _make_lines(self, items: list[Pending], lines: list[bytes]) -> int:
+        """Make and encode the records of ``items`` (appended to ``lines``), hand them to
+        the consumers; how many were made."""
+        records = []
+        for item in items:
+            try:
+                record = self._make(item)
+                lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
+            except Exception:
+                self.bad_records += 1
+                log.exception("prediction log: a record could not be made")
+                continue
+            records.append(record)
+        for consumer in self._consumers:
+            try:
+                consumer(records)
+            except Exception:
+                log.exception("prediction log: a consumer failed")
+        return len(records)
+
+    def _append(self, lines: list[bytes], made: int) -> bool:
+        """Append encoded records to the active segment and fsync it (on a worker thread:
+        the GIL is released while the disk works); False when the disk refused."""
+        data = b"\n".join(lines) + b"\n" if lines else b""
         with self._write_lock:
-            batch_size = self.options.batch_records
-            buffer = self._buffer
-            wrote = False
-            while buffer:
-                items: list[Pending] = []
-                self._in_hand = items
-                while buffer and len(items) < batch_size:
-                    items.append(buffer[0])  # in hand before it leaves the buffer: never in neither
-                    buffer.popleft()
-                try:
-                    written = self._write(items)
-                finally:
-                    self._in_hand = []
-                if not written:
-                    buffer.extendleft(reversed(items))  # kept for the next round
-                    break
-                wrote = True
-            if wrote:
-                self._save_state(clean=False)
+            if self._finished:  # a writer not stopped before close: its batch stays
+                return False
+            try:
+                self._rotate_if_due(len(data))
+                if data:
+                    self._segment.write(data)
+                    self._segment.flush()
+                    if self.options.fsync:
+                        os.fsync(self._segment.fileno())
+            except OSError as error:
+                self.write_errors += 1
+                log.error("prediction log: cannot write", extra={"error": str(error)})
+                self._close_segment()
+                return False
+            self._segment_bytes += len(data)
+            self._counts[1] += made
+            self._save_state(clean=False)
             now = self._wall()
             if now - self._last_retention >= 30.0:
                 self._last_retention = now
                 self._retention()
-
-    def _write(self, items: list[Pending]) -> bool:
-        # Records are made, encoded and handed to the consumers a few at a time and
-        # dropped at once: a batch of live dicts would outlive the collector's youngest
-        # generation and make its passes longer for the request path too.
-        lines: list[bytes] = []
-        made = 0
-        for start in range(0, len(items), YIELD_EVERY):
-            records = []
-            for item in items[start : start + YIELD_EVERY]:
-                try:
-                    record = self._make(item)
-                    lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
-                except Exception:
-                    self.bad_records += 1
-                    log.exception("prediction log: a record could not be made")
-                    continue
-                records.append(record)
-            made += len(records)
-            for consumer in self._consumers:
-                try:
-                    consumer(records)
-                except Exception:
-                    log.exception("prediction log: a consumer failed")
-            del records
-            # Let the event loop have the GIL: holding it for a whole batch would add
-            # milliseconds to requests in flight (and the limiter would read it as load).
-            # A real sleep: with sleep(0) this thread mostly takes the GIL straight back.
-            time.sleep(YIELD_S)
-        data = b"\n".join(lines) + b"\n" if lines else b""
-        try:
-            self._rotate_if_due(len(data))
-            if data:
-                self._segment.write(data)
-                self._segment.flush()
-                if self.options.fsync:
-                    os.fsync(self._segment.fileno())
-        except OSError as error:
-            self.write_errors += 1
-            log.error("prediction log: cannot write", extra={"error": str(error)})
-            self._close_segment()
-            return False
-        self._segment_bytes += len(data)
-        self._counts[1] += made
         return True
 
     def _rotate_if_due(self, adding: int) -> None:
@@ -466,16 +519,16 @@ class PredictionLog:
 
     # -- stopping ----------------------------------------------------------------------
 
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Write everything accepted, then stop the writer (SIGTERM, clean stop)."""
+    def close(self) -> None:
+        """Write everything accepted and close the files (SIGTERM, clean stop); once
+        started, ``await stop()`` first."""
         if self._closed:
             return
         self._stopping = True
-        self._wake.set()
-        self._thread.join(timeout_s)
         self._closed = True
-        self.flush()  # whatever came in while the writer stopped
+        self.flush()  # whatever came in since the writer's last batch
         with self._write_lock:
+            self._finished = True
             self._close_segment()
             self._save_state(clean=not self._buffer)
             self._counts = memoryview(bytearray(self._counts.tobytes())).cast("Q")

@@ -287,6 +287,8 @@ class FailsoftApp:
                     self.control.start()
                     await self.control.joined()
                 self.drift.start()
+                if self.predictions is not None:
+                    self.predictions.log.start()
                 self.operate.start()
                 await self.runbooks.start()  # re-arms approvals a restart found pending
                 await send({"type": "lifespan.startup.complete"})
@@ -305,6 +307,7 @@ class FailsoftApp:
                 await asyncio.gather(*closing)
                 await self.runtime.close()
                 if self.predictions is not None:  # every accepted prediction, on disk
+                    await self.predictions.log.stop()
                     await asyncio.to_thread(self.predictions.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
