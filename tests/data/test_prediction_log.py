@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from pathlib import Path
@@ -23,7 +24,14 @@ from failsoft.data.prediction_log import (
     segment_files,
 )
 from failsoft.data.prediction_options import PredictionLogOptions
-from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker, bucket_name, pending
+from failsoft.data.prediction_record import (
+    TRAIL,
+    Pending,
+    RecordMaker,
+    bucket_name,
+    lineage_digest,
+    pending,
+)
 
 MODEL = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
@@ -351,3 +359,18 @@ async def test_stop_then_close_leaves_nothing_behind(tmp_path: Path) -> None:
     assert log.stats()["pending"] == 0
     assert len(records(tmp_path)) == 51
     assert orjson.loads((tmp_path / STATE_FILE).read_bytes())["clean"] is True
+
+
+def test_the_input_digest_is_blake2b_of_names_dtypes_shapes_and_bytes() -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    ids = np.array([3, 1], dtype=np.int64)
+    expected = hashlib.blake2b(digest_size=16)
+    for name, array in (("ids", ids), ("x", x)):  # in name order
+        expected.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        expected.update(array.tobytes())
+    assert lineage_digest({"x": x, "ids": ids}) == expected.hexdigest()
+    assert lineage_digest({"ids": ids, "x": x}) == expected.hexdigest()
+    assert lineage_digest({"ids": ids, "x": x}) == expected.hexdigest()  # a cached start
+    wide = np.arange(16, dtype=np.float32).reshape(2, 8)[:, ::2]  # not contiguous
+    assert lineage_digest({"x": wide}) == lineage_digest({"x": np.ascontiguousarray(wide)})
+    assert lineage_digest({"x": x}) != lineage_digest({"x": x.reshape(4, 2)})

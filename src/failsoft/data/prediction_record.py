@@ -204,27 +204,38 @@ def _predictions(outputs: tuple[Any, ...], name: str | None) -> tuple[list[Any],
     return None
 
 
-_HEADERS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+# Hashers already fed one input's name, dtype and shape: a copy costs less than a new
+# hasher and a header (the digest is the log's costliest field after the JSON).
+_STARTS: dict[tuple[str, str, tuple[int, ...]], Any] = {}
+
+
+def _header(key: tuple[str, str, tuple[int, ...]]) -> bytes:
+    return f"{key[0]}\0{key[1]}\0{key[2]}\0".encode()
 
 
 def lineage_digest(inputs: Tensors | tuple[Any, ...]) -> str:
     """blake2b-128 of the inputs' names, dtypes, shapes and bytes (hex), in name order."""
     parts = inputs if isinstance(inputs, tuple) else flat(inputs)
     pairs = sorted(zip(parts[::2], parts[1::2], strict=True)) if len(parts) > 2 else [parts]
-    hasher = hashlib.blake2b(digest_size=16)
+    hasher = None
     for name, array in pairs:
         key = (name, array.dtype.str, array.shape)
-        header = _HEADERS.get(key)
-        if header is None:
-            header = f"{name}\0{key[1]}\0{key[2]}\0".encode()
-            if len(_HEADERS) < 4096:
-                _HEADERS[key] = header
-        hasher.update(header)
+        if hasher is None:
+            start = _STARTS.get(key)
+            if start is None:
+                start = hashlib.blake2b(_header(key), digest_size=16)
+                if len(_STARTS) < 4096:
+                    _STARTS[key] = start
+            hasher = start.copy()
+        else:
+            hasher.update(_header(key))
         if array.dtype.hasobject:
             hasher.update(orjson.dumps(array.tolist(), default=repr))
+        elif array.flags.c_contiguous:
+            hasher.update(array)  # its buffer: the bytes tobytes() would copy
         else:
             hasher.update(array.tobytes())
-    return hasher.hexdigest()
+    return (hasher or hashlib.blake2b(digest_size=16)).hexdigest()
 
 
 def _segments(inputs: tuple[Any, ...], segment: SegmentOptions) -> list[str] | None:
