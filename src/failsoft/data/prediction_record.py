@@ -3,7 +3,7 @@
 The request path keeps references only (its request, the answer, the
 configuration it ran under); everything that costs — the input digest, the
 artifact's sha256, the predicted labels, feature buckets — is computed here,
-on the log's writer thread.
+by the log's writer, between requests (``prediction_log``).
 """
 
 from __future__ import annotations
