@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -374,3 +375,29 @@ def test_the_input_digest_is_blake2b_of_names_dtypes_shapes_and_bytes() -> None:
     wide = np.arange(16, dtype=np.float32).reshape(2, 8)[:, ::2]  # not contiguous
     assert lineage_digest({"x": wide}) == lineage_digest({"x": np.ascontiguousarray(wide)})
     assert lineage_digest({"x": x}) != lineage_digest({"x": x.reshape(4, 2)})
+
+
+async def test_the_writer_hashes_an_artifact_off_the_event_loop(tmp_path: Path) -> None:
+    # Reading a model file to hash it can take seconds: never on the event loop.
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(random.Random(7).randbytes(1 << 20))
+    onnx = {**MODEL, "versions": {"v1": {"backend": "onnx", "path": str(artifact)}}}
+    cfg = parse_config({"predictions": {"enabled": True}, "models": {"m": onnx}})
+    log = PredictionLog(cfg.predictions, tmp_path / "log")
+    hashed_on: list[int] = []
+    hash_artifacts = log._maker.hash_artifacts
+
+    def spied(wanted: list[Any]) -> None:
+        hashed_on.append(threading.get_ident())
+        hash_artifacts(wanted)
+
+    log._maker.hash_artifacts = spied  # type: ignore[method-assign]
+    for index in range(3):
+        logged(log, cfg, f"r{index}")
+    log.start()
+    await log.stop()
+    log.close()
+    assert len(hashed_on) == 1  # once for the batch: its records find it known
+    assert hashed_on[0] != threading.get_ident()
+    expected = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    assert {r["artifact_sha256"] for r in records(tmp_path / "log")} == {expected}

@@ -348,6 +348,7 @@ class PredictionLog:
             items = self._take()
             written = False
             try:
+                await self._hash_artifacts(items)
                 lines: list[bytes] = []
                 made = 0
                 for start in range(0, len(items), YIELD_EVERY):
@@ -360,6 +361,24 @@ class PredictionLog:
                     buffer.extendleft(reversed(items))
             if not written:
                 break
+
+    async def _hash_artifacts(self, items: list[Pending]) -> None:
+        """Have the artifacts these records name hashed on a worker thread if they are not
+        yet: making a record on the event loop must never read a model file."""
+        seen: set[tuple[Any, ...]] = set()
+        wanted: list[tuple[Any, str, str]] = []
+        configs = self._configs
+        for item in items:
+            key = (item[7], item[3], item[4], item[8], item[9])
+            if key in seen:
+                continue
+            seen.add(key)
+            config = configs.get(item[7])
+            target = self._maker.unhashed(config, item[3], item[4], item[8], item[9])
+            if target is not None:
+                wanted.append((config, *target))
+        if wanted:
+            await asyncio.to_thread(self._maker.hash_artifacts, wanted)
 
     def flush(self) -> None:
         """Write everything buffered now, on this thread (close; a log never started)."""

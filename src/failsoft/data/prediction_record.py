@@ -303,6 +303,25 @@ class RecordMaker:
             artifacts[key] = self._hashes.of(backend) if backend is not None else None
         return artifacts[key]
 
+    def unhashed(
+        self, config: Any, model: str, asked: str, served_version: str | None, served_by: str
+    ) -> tuple[str, str] | None:
+        """The (model, version) whose artifact the record of this answer names, when its
+        sha256 is not known yet (None: known, or no artifact)."""
+        if config is None:
+            return None
+        target = _answering(config, model, served_version or asked, _tier(served_by))
+        if target is None or target[1] is None:
+            return None
+        artifacts, _ = self._of(config)
+        return None if target in artifacts else (target[0], target[1])
+
+    def hash_artifacts(self, wanted: list[tuple[Any, str, str]]) -> None:
+        """Hash the artifacts of (config, model, version) now: model files can take seconds
+        to read, so the log does it on a worker thread before it makes their records."""
+        for config, model, version in wanted:
+            self.artifact(config, model, version)
+
     def label_output(self, config: Any, model: str) -> str | None:
         segment = self.options.feedback.segments.get(model)
         if segment is not None and segment.label_output is not None:
@@ -341,17 +360,13 @@ class RecordMaker:
             replica = served_by.rsplit("/", 1)[-1]
             static["replica"] = replica
             static["attempts"] = [{"replica": replica, "outcome": "answered"}]
-        answering_model = model
-        answering_version: str | None = version
         if tier is not None:
             static["fallback_tier"] = tier
             if tier.startswith("model:"):
-                answering_model = tier.partition(":")[2]
-                target = config.models.get(answering_model) if config is not None else None
-                answering_version = target.default if target is not None else None
-                static["artifact_model"] = answering_model
-        if tier not in _LOCAL_TIERS:
-            artifact = self.artifact(config, answering_model, answering_version)
+                static["artifact_model"] = tier.partition(":")[2]
+        answering = _answering(config, model, version, tier)
+        if answering is not None:
+            artifact = self.artifact(config, *answering)
             if artifact is not None:
                 static["artifact_sha256"] = artifact
         label = self.label_output(config, model)
@@ -423,6 +438,21 @@ class RecordMaker:
 
 
 _LOCAL_TIERS = ("heuristic", "static", "stale_cache")
+
+
+def _answering(
+    config: Any, model: str, version: str, tier: str | None
+) -> tuple[str, str | None] | None:
+    """The model and version whose artifact made an answer (None: a local fallback)."""
+    if tier in _LOCAL_TIERS:
+        return None
+    if tier is not None and tier.startswith("model:"):
+        other = tier.partition(":")[2]
+        target = config.models.get(other) if config is not None else None
+        return other, target.default if target is not None else None
+    return model, version
+
+
 _PASSED = {"input_contract": "passed", "output_contract": "passed"}
 _REFUSED = {"input_contract": "refused"}
 _NOT_REACHED = {"input_contract": "not reached"}
