@@ -67,6 +67,7 @@ STATE_FILE = "predictions.state.json"
 TALLY_FILE = "predictions.tally"
 YIELD_EVERY = 64  # records made between two turns of the event loop (about 0.3 ms)
 MAX_CONFIGS = 8
+STOP_WITHIN_S = 30.0  # for the writer's last batch at a stop
 MAX_TRAILS = 10_000  # requests with events not yet taken by ``record``
 TRAIL_EVENTS = (AttemptFailed, PoisonDetected, RetryDenied, FallbackTierFailed, FallbackUsed)
 Consumer = Callable[[list[dict[str, Any]]], None]
@@ -322,7 +323,10 @@ class PredictionLog:
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
-        await task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_WITHIN_S)
+        except TimeoutError:  # a disk that hangs: close() still writes what it can
+            log.error("prediction log: the writer did not end", extra={"within_s": STOP_WITHIN_S})
 
     async def _run(self) -> None:
         interval = self.options.flush_interval_s
