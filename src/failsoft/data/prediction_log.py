@@ -369,16 +369,11 @@ class PredictionLog:
     async def _hash_artifacts(self, items: list[Pending]) -> None:
         """Have the artifacts these records name hashed on a worker thread if they are not
         yet: making a record on the event loop must never read a model file."""
-        seen: set[tuple[Any, ...]] = set()
+        answers = {(item[7], item[3], item[4], item[8], item[9]) for item in items}
         wanted: list[tuple[Any, str, str]] = []
-        configs = self._configs
-        for item in items:
-            key = (item[7], item[3], item[4], item[8], item[9])
-            if key in seen:
-                continue
-            seen.add(key)
-            config = configs.get(item[7])
-            target = self._maker.unhashed(config, item[3], item[4], item[8], item[9])
+        for key, model, asked, served_version, served_by in answers:
+            config = self._configs.get(key)
+            target = self._maker.unhashed(config, model, asked, served_version, served_by)
             if target is not None:
                 wanted.append((config, *target))
         if wanted:
