@@ -327,6 +327,54 @@ async def test_the_writer_makes_records_between_requests(tmp_path: Path) -> None
     assert len(records(tmp_path)) == 2 * YIELD_EVERY
 
 
+async def test_records_are_made_soon_and_written_when_due(tmp_path: Path) -> None:
+    # A few dozen waiting wake the writer: their records are made (and the feedback
+    # index fed) long before the disk write is due, and they stay findable until then.
+    cfg = config(flush_interval_s=60)
+    log = PredictionLog(cfg.predictions, tmp_path)
+    made = asyncio.Event()
+    log.add_consumer(lambda batch: made.set())
+    log.start()
+    for index in range(YIELD_EVERY):
+        logged(log, cfg, f"r{index}")
+    await asyncio.wait_for(made.wait(), timeout=10)
+    assert (log.written, log.pending) == (0, YIELD_EVERY)
+    found = log.pending_records({"r0", f"r{YIELD_EVERY - 1}", "unknown"})
+    assert set(found) == {"r0", f"r{YIELD_EVERY - 1}"}
+    assert found["r0"]["prediction"] == [1]
+    assert records(tmp_path) == []
+    await log.stop()  # a stop writes what was made
+    assert (log.written, log.pending) == (YIELD_EVERY, 0)
+    log.close()
+
+
+async def test_made_records_waiting_for_the_disk_count_against_the_buffer(
+    tmp_path: Path,
+) -> None:
+    cfg = config(flush_interval_s=60, buffer_records=YIELD_EVERY, batch_records=YIELD_EVERY)
+    folder = tmp_path / "log"
+    log = PredictionLog(cfg.predictions, folder)
+    aside = tmp_path / "aside"
+    folder.rename(aside)
+    folder.write_text("")  # no segment can be created: every write fails
+    made = asyncio.Event()
+    log.add_consumer(lambda batch: made.set())
+    log.start()
+    try:
+        for index in range(YIELD_EVERY):
+            logged(log, cfg, f"r{index}")
+        await asyncio.wait_for(made.wait(), timeout=10)
+        logged(log, cfg, "one too many")
+        assert (log.pending, log.dropped) == (YIELD_EVERY, 1)
+        await log.stop()
+        assert log.write_errors >= 1
+    finally:
+        folder.unlink()
+        aside.rename(folder)
+    log.close()
+    assert len(records(folder)) == YIELD_EVERY
+
+
 async def test_a_failed_write_keeps_the_batch_for_the_next_round(tmp_path: Path) -> None:
     cfg = config(flush_interval_s=60)
     folder = tmp_path / "log"

@@ -3,11 +3,12 @@
 The request path does one thing: append a ``Pending`` (references only) to a
 bounded buffer. When the buffer is full the record is dropped and counted —
 serving never waits for the disk. A task on the event loop (``start``) wakes
-every ``flush_interval_s`` (or when a batch is full), turns pending items into
-records (``prediction_record``) a few dozen at a time, yielding to requests
-in between, and hands the encoded batch to a worker thread, which appends it
-to the active segment file and fsyncs it. Segments rotate by size and age;
-closed ones are removed by age and by the total size of the folder.
+as soon as a few dozen items wait, turns them into records
+(``prediction_record``), yielding to requests between chunks, and keeps the
+encoded lines; every ``flush_interval_s`` (or when a batch is full) it hands
+them to a worker thread, which appends them to the active segment file and
+fsyncs it. Segments rotate by size and age; closed ones are removed by age and
+by the total size of the folder.
 
 Why the loop and not a thread of its own: a Python writer thread on the
 other core slowed the event loop itself by far more than the writer's own
@@ -93,7 +94,6 @@ def find_records(
     read. A torn last line (a crash mid-write) is skipped."""
     found: dict[str, dict[str, Any]] = {}
     budget = max_bytes
-    needles = {f'"request_id":"{rid}"'.encode(): rid for rid in request_ids}
     read = 0
     for path in reversed(segment_files(directory)):
         if budget <= 0 or len(found) == len(request_ids):
@@ -107,19 +107,28 @@ def find_records(
             data = data[data.find(b"\n") + 1 :]
         budget -= len(data)
         read += len(data)
-        for line in data.splitlines():
-            start = line.find(b'"request_id":"')
-            if start < 0:
-                continue
-            end = line.find(b'"', start + 14)
-            rid = needles.get(line[start : end + 1])
-            if rid is None or rid in found:
-                continue
-            try:
-                found[rid] = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
+        match_lines(data.splitlines(), request_ids - set(found), found)
     return found, read
+
+
+def match_lines(lines: list[bytes], request_ids: set[str], found: dict[str, Any]) -> None:
+    """Add to ``found`` the records of ``request_ids`` among encoded ``lines`` (the first
+    of each; lines that do not parse are skipped)."""
+    if not request_ids:
+        return
+    needles = {f'"request_id":"{rid}"'.encode(): rid for rid in request_ids}
+    for line in lines:
+        start = line.find(b'"request_id":"')
+        if start < 0:
+            continue
+        end = line.find(b'"', start + 14)
+        rid = needles.get(line[start : end + 1])
+        if rid is None or rid in found:
+            continue
+        try:
+            found[rid] = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
 
 
 class Tally:
@@ -164,9 +173,10 @@ class PredictionLog:
         self._wall = wall
         self._rate = options.sample_rate
         self._capacity = options.buffer_records
-        self._wake_at = options.batch_records
+        self._wake_at = YIELD_EVERY  # records are made soon: see _make_in_turns
         self._buffer: collections.deque[Pending] = collections.deque()
-        self._in_hand: list[Pending] = []  # the batch the writer took, until it is written
+        self._lines: list[bytes] = []  # records made and encoded, not yet written
+        self._writing: list[bytes] = []  # records the worker thread is writing
         self._trails: dict[str, list[dict[str, Any]]] = {}
         self._maker = RecordMaker(options)
         self._configs: dict[int, Any] = {}
@@ -192,6 +202,7 @@ class PredictionLog:
         self._segment_started = 0.0
         self._segment_seq = 0
         self._last_retention = 0.0
+        self._state_saved = False  # written once at the first write, and at close
 
     # -- the request path ----------------------------------------------------------
 
@@ -265,7 +276,8 @@ class PredictionLog:
             self.skipped += 1
             return
         buffer = self._buffer
-        if len(buffer) >= self._capacity or self._closed:
+        waiting = len(buffer) + len(self._lines) + len(self._writing)  # all not on disk
+        if waiting >= self._capacity or self._closed:
             self.dropped += 1
             return
         buffer.append(item)
@@ -295,13 +307,16 @@ class PredictionLog:
     @property
     def pending(self) -> int:
         """Accepted, not yet written: what a crash now would lose."""
-        return len(self._buffer)
+        return len(self._buffer) + len(self._lines) + len(self._writing)
 
     def pending_records(self, request_ids: set[str]) -> dict[str, dict[str, Any]]:
-        """Records of ``request_ids`` not yet on disk: in the buffer, or in the batch the
-        writer is writing (out of the buffer, not yet on disk nor all indexed)."""
-        waiting = [*self._buffer, *self._in_hand]  # this order: a record moves buffer -> hand
-        return {item[1]: self._make(item) for item in waiting if item[1] in request_ids}
+        """Records of ``request_ids`` not yet on disk: in the buffer, made and waiting for
+        the disk, or being written (may run on another thread)."""
+        # A record moves buffer -> lines -> writing -> disk, and is in its next place
+        # before it leaves the last one: read them in that order and none is missed.
+        found = {item[1]: self._make(item) for item in [*self._buffer] if item[1] in request_ids}
+        match_lines([*self._lines, *self._writing], request_ids - set(found), found)
+        return found
 
     def _make(self, item: Pending) -> dict[str, Any]:
         return self._maker.make(item, self._configs.get(item[7]))
@@ -315,7 +330,7 @@ class PredictionLog:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-log")
 
     async def stop(self) -> None:
-        """End the background writer once the batch in hand is on disk; ``close`` writes
+        """End the background writer once what it holds is on disk; ``close`` writes
         what is left."""
         task, self._task = self._task, None
         if task is None:
@@ -329,42 +344,61 @@ class PredictionLog:
             log.error("prediction log: the writer did not end", extra={"within_s": STOP_WITHIN_S})
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         interval = self.options.flush_interval_s
         wake = self._wake
         assert wake is not None
+        retry_at = loop.time()
+        due = retry_at + interval
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), interval)
+                await asyncio.wait_for(wake.wait(), max(due - loop.time(), 0.0))
             wake.clear()
             stopping = self._stopping
             try:
-                await self._flush_in_turns()
+                await self._make_in_turns()
+                now = loop.time()
+                full = len(self._lines) >= self.options.batch_records
+                if self._lines and (stopping or now >= due or (full and now >= retry_at)):
+                    due = now + interval
+                    if not await self._write_in_turn():
+                        retry_at = due  # a disk that refuses: not again at every wake
             except Exception:  # never let the writer die: count, log, go on
                 log.exception("prediction log: writing failed")
             if stopping:
                 return
+            if loop.time() >= due:
+                due = loop.time() + interval
 
-    async def _flush_in_turns(self) -> None:
-        """Like ``flush``, but records are made between requests and written by a worker
-        thread: the event loop never waits for the disk."""
+    async def _make_in_turns(self) -> None:
+        """Make the records of what is buffered, YIELD_EVERY at a time with a turn of the
+        event loop between chunks (requests waiting go first). Made soon after their
+        requests, records cost less: what they read is still in the cache, and what the
+        requests left behind is freed while the memory is warm."""
         buffer = self._buffer
         while buffer and not self._closed:
-            items = self._take()
-            written = False
-            try:
-                await self._hash_artifacts(items)
-                lines: list[bytes] = []
-                made = 0
-                for start in range(0, len(items), YIELD_EVERY):
-                    made += self._make_lines(items[start : start + YIELD_EVERY], lines)
-                    await asyncio.sleep(0)  # requests waiting go first
-                written = await asyncio.to_thread(self._append, lines, made)
-            finally:
-                self._in_hand = []
-                if not written:  # kept for the next round (a failed write, a cancel)
-                    buffer.extendleft(reversed(items))
+            items = list(itertools.islice(buffer, YIELD_EVERY))
+            await self._hash_artifacts(items)
+            if self._closed:  # close() took over while the artifacts were hashed
+                return
+            self._make_lines(items, self._lines)
+            for _ in range(len(items)):  # only now: each record is always findable
+                buffer.popleft()
+            await asyncio.sleep(0)
+
+    async def _write_in_turn(self) -> bool:
+        """Append the records made so far on a worker thread (write and fsync release the
+        GIL); on failure they are kept for the next turn."""
+        lines = self._writing = self._lines  # this order: see pending_records
+        self._lines = []
+        written = False
+        try:
+            written = await asyncio.to_thread(self._append, lines)
+        finally:
             if not written:
-                break
+                self._lines[:0] = lines
+            self._writing = []
+        return written
 
     async def _hash_artifacts(self, items: list[Pending]) -> None:
         """Have the artifacts these records name hashed on a worker thread if they are not
@@ -380,35 +414,27 @@ class PredictionLog:
             await asyncio.to_thread(self._maker.hash_artifacts, wanted)
 
     def flush(self) -> None:
-        """Write everything buffered now, on this thread (close; a log never started)."""
+        """Make and write everything now, on this thread (close; a log never started)."""
         buffer = self._buffer
         while buffer:
-            items = self._take()
-            lines: list[bytes] = []
-            try:
-                made = self._make_lines(items, lines)
-                written = self._append(lines, made)
-            finally:
-                self._in_hand = []
-            if not written:
-                buffer.extendleft(reversed(items))
-                break
-
-    def _take(self) -> list[Pending]:
-        """The next batch: in hand before it leaves the buffer, never in neither."""
-        buffer = self._buffer
-        items = list(itertools.islice(buffer, self.options.batch_records))
-        self._in_hand = items
-        if len(items) == len(buffer):
-            buffer.clear()
-        else:
+            items = list(itertools.islice(buffer, self.options.batch_records))
+            self._make_lines(items, self._lines)
             for _ in range(len(items)):
                 buffer.popleft()
-        return items
+        if self._lines:
+            lines = self._writing = self._lines
+            self._lines = []
+            written = False
+            try:
+                written = self._append(lines)
+            finally:
+                if not written:
+                    self._lines[:0] = lines
+                self._writing = []
 
-    def _make_lines(self, items: list[Pending], lines: list[bytes]) -> int:
-        """Make and encode the records of ``items`` (appended to ``lines``), hand them to
-        the consumers; how many were made."""
+    def _make_lines(self, items: list[Pending], lines: list[bytes]) -> None:
+        """Make and encode the records of ``items`` (appended to ``lines``), then hand them
+        to the consumers."""
         records = []
         for item in items:
             try:
@@ -416,6 +442,7 @@ class PredictionLog:
                 lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
             except Exception:
                 self.bad_records += 1
+                self._counts[1] += 1  # never to be written: not lost at a crash either
                 log.exception("prediction log: a record could not be made")
                 continue
             records.append(record)
@@ -424,9 +451,8 @@ class PredictionLog:
                 consumer(records)
             except Exception:
                 log.exception("prediction log: a consumer failed")
-        return len(records)
 
-    def _append(self, lines: list[bytes], made: int) -> bool:
+    def _append(self, lines: list[bytes]) -> bool:
         """Append encoded records to the active segment and fsync it (on a worker thread:
         the GIL is released while the disk works); False when the disk refused."""
         data = b"\n".join(lines) + b"\n" if lines else b""
@@ -446,8 +472,10 @@ class PredictionLog:
                 self._close_segment()
                 return False
             self._segment_bytes += len(data)
-            self._counts[1] += made
-            self._save_state(clean=False)
+            self._counts[1] += len(lines)
+            if not self._state_saved:  # from now on a crash leaves "clean": false
+                self._state_saved = True
+                self._save_state(clean=False)
             now = self._wall()
             if now - self._last_retention >= 30.0:
                 self._last_retention = now
@@ -513,7 +541,7 @@ class PredictionLog:
             "accepted": self.accepted,
             "written": self.written,
             "dropped": self.dropped,
-            "pending": len(self._buffer),
+            "pending": self.pending,
             "clean": clean,
         }
         path = self.directory / STATE_FILE
@@ -548,7 +576,7 @@ class PredictionLog:
         with self._write_lock:
             self._finished = True
             self._close_segment()
-            self._save_state(clean=not self._buffer)
+            self._save_state(clean=not self.pending)
             self._counts = memoryview(bytearray(self._counts.tobytes())).cast("Q")
             self._tally.close()
 
@@ -556,7 +584,7 @@ class PredictionLog:
         return {
             "accepted": self.accepted,
             "written": self.written,
-            "pending": len(self._buffer),
+            "pending": self.pending,
             "dropped": self.dropped,
             "skipped": self.skipped,
             "write_errors": self.write_errors,
