@@ -16,6 +16,7 @@ import pytest
 
 from failsoft.config import ConfigError, parse_config
 from failsoft.data.prediction_log import (
+    IOV_MAX,
     STATE_FILE,
     TALLY_FILE,
     YIELD_EVERY,
@@ -23,6 +24,7 @@ from failsoft.data.prediction_log import (
     Tally,
     find_records,
     segment_files,
+    write_all,
 )
 from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.prediction_record import (
@@ -449,3 +451,12 @@ async def test_the_writer_hashes_an_artifact_off_the_event_loop(tmp_path: Path) 
     assert hashed_on[0] != threading.get_ident()
     expected = hashlib.sha256(artifact.read_bytes()).hexdigest()
     assert {r["artifact_sha256"] for r in records(tmp_path / "log")} == {expected}
+
+
+def test_write_all_writes_every_chunk_in_order_beyond_one_system_call(tmp_path: Path) -> None:
+    chunks = [f"chunk {index}\n".encode() for index in range(IOV_MAX * 2 + 5)]
+    chunks[7] = b""  # an empty chunk is skipped
+    path = tmp_path / "out"
+    with path.open("wb", buffering=0) as handle:
+        write_all(handle.fileno(), chunks)
+    assert path.read_bytes() == b"".join(chunks)
