@@ -3,19 +3,23 @@
 The request path does one thing: append a ``Pending`` (references only) to a
 bounded buffer. When the buffer is full the record is dropped and counted —
 serving never waits for the disk. A task on the event loop (``start``) wakes
-as soon as a few dozen items wait, turns them into records
-(``prediction_record``), yielding to requests between chunks, and keeps the
-encoded lines; every ``flush_interval_s`` (or when a batch is full) it hands
-them to a worker thread, which appends them to the active segment file and
-fsyncs it. Segments rotate by size and age; closed ones are removed by age and
-by the total size of the folder.
+as soon as 64 items wait, turns them into records (``prediction_record``) and
+encodes them as one chunk of JSON lines, with a turn of the loop between
+chunks; every ``flush_interval_s`` (or when a batch is full) it hands the
+chunks to a worker thread, which appends them to the active segment file with
+one ``writev`` and fsyncs it. Segments rotate by size and age; closed ones
+are removed by age and by the total size of the folder.
 
-Why the loop and not a thread of its own: a Python writer thread on the
-other core slowed the event loop itself by far more than the writer's own
-work (its GIL hand-offs and the cache lines both threads' objects share);
-``benchmarks/serve.py --candidate assurance`` went from 0.62-0.66 with the
-thread to 0.76-0.81 with the loop on the same machine. The worker thread only
-writes and fsyncs, with the GIL released.
+Why this shape (each measured with ``benchmarks/serve.py --candidate
+assurance`` on one 2-core virtual machine): a Python writer thread of its own
+slowed the event loop far beyond the writer's own work (GIL hand-offs), so
+the records are made on the loop and the worker thread only writes, with the
+GIL released. Records made soon after their requests, rather than a batch
+every half second, let go of the requests' objects within milliseconds.
+Chunks rather than a bytes object per line: thousands of lines held until the
+write filled fresh allocator arenas, paid for in page faults at each batch.
+The state file is written at the first write and at close only: its rename
+at every batch made the file system flush it each time.
 
 Delivery is at-least-once on a clean stop: ``close`` (SIGTERM, Ctrl-C) drains
 the buffer before the process exits. A crash loses what was not yet written
@@ -414,8 +418,8 @@ class PredictionLog:
     async def _make_in_turns(self) -> None:
         """Make the records of what is buffered, YIELD_EVERY at a time with a turn of the
         event loop between chunks (requests waiting go first). Made soon after their
-        requests, records cost less: what they read is still in the cache, and what the
-        requests left behind is freed while the memory is warm."""
+        requests, records hold on to the requests' objects for milliseconds, not for
+        half a second."""
         buffer = self._buffer
         while buffer and not self._closed:
             items = list(itertools.islice(buffer, YIELD_EVERY))
