@@ -223,6 +223,8 @@ class PredictionLog:
         self._trails: dict[str, list[dict[str, Any]]] = {}
         self._maker = RecordMaker(options)
         self._configs: dict[int, Any] = {}
+        self._last_config: Any = None
+        self._last_key = 0
         self._consumers: list[Consumer] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -300,12 +302,15 @@ class PredictionLog:
 
     def config_key(self, config: Any) -> int:
         """The key a ``Pending`` names its configuration by (kept here, not in the item)."""
+        if config is self._last_config:  # nearly always: a revision lasts
+            return self._last_key
         key = id(config)
         configs = self._configs
         if configs.get(key) is not config:
             if len(configs) >= MAX_CONFIGS:  # revisions come and go: keep the newest
                 del configs[next(iter(configs))]
             configs[key] = config
+        self._last_config, self._last_key = config, key
         return key
 
     def record(self, item: Pending) -> None:

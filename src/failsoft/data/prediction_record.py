@@ -64,14 +64,13 @@ TRAIL: Final = 15
 def flat(tensors: Tensors) -> tuple[Any, ...]:
     """``{a: x, b: y}`` as ``(a, x, b, y)``: one tuple of atoms and arrays, which the
     collector untracks in one pass (nested pairs would take a pass per level)."""
-    items = list(tensors.items())
-    if len(items) == 1:
-        (a, x) = items[0]
-        return (a, x)
-    if len(items) == 2:
-        (a, x), (b, y) = items
+    if len(tensors) == 1:
+        for pair in tensors.items():
+            return pair
+    if len(tensors) == 2:
+        (a, x), (b, y) = tensors.items()
         return (a, x, b, y)
-    return tuple(itertools.chain.from_iterable(items))
+    return tuple(itertools.chain.from_iterable(tensors.items()))
 
 
 def _named(parts: tuple[Any, ...], name: str | None) -> Any:
