@@ -46,7 +46,7 @@ def logged(data_dir: Path) -> dict[str, dict[str, Any]]:
 def test_sigterm_under_load_leaves_every_accepted_prediction_in_the_log(
     start_server: Callable[[str], ServerProcess], tmp_path: Path
 ) -> None:
-    # The writer would not wake on its own during the test: only the shutdown writes.
+    # The writer makes records as they come but writes none before the shutdown (not due).
     server = start_server(
         """
 predictions: {enabled: true, flush_interval_s: 60, batch_records: 65536}
