@@ -432,23 +432,30 @@ class PredictionLog:
             if self._closed:  # close() took over while the artifacts were hashed
                 return
             self._make_chunk(items)
-            for _ in range(len(items)):  # only now: each record is always findable
-                buffer.popleft()
             await asyncio.sleep(0)
 
     async def _write_in_turn(self) -> bool:
         """Append the records made so far on a worker thread (write and fsync release the
         GIL); on failure they are kept for the next turn."""
-        batch = self._writing = self._made  # this order: see pending_records
-        self._made = Encoded()
+        batch = self._hand_over()
         written = False
         try:
             written = await asyncio.to_thread(self._append, batch)
         finally:
-            if not written:
-                self._made.put_back(batch)
-            self._writing = Encoded()
+            self._handed_back(batch, written)
         return written
+
+    def _hand_over(self) -> Encoded:
+        """The records made so far, now being written."""
+        batch = self._writing = self._made  # this order: see pending_records
+        self._made = Encoded()
+        return batch
+
+    def _handed_back(self, batch: Encoded, written: bool) -> None:
+        """After a write: on disk, or kept to go first next time."""
+        if not written:
+            self._made.put_back(batch)
+        self._writing = Encoded()
 
     async def _hash_artifacts(self, items: list[Pending]) -> None:
         """Have the artifacts these records name hashed on a worker thread if they are not
@@ -467,24 +474,19 @@ class PredictionLog:
         """Make and write everything now, on this thread (close; a log never started)."""
         buffer = self._buffer
         while buffer:
-            items = list(itertools.islice(buffer, YIELD_EVERY))
-            self._make_chunk(items)
-            for _ in range(len(items)):
-                buffer.popleft()
+            self._make_chunk(list(itertools.islice(buffer, YIELD_EVERY)))
         if self._made.records:
-            batch = self._writing = self._made
-            self._made = Encoded()
+            batch = self._hand_over()
             written = False
             try:
                 written = self._append(batch)
             finally:
-                if not written:
-                    self._made.put_back(batch)
-                self._writing = Encoded()
+                self._handed_back(batch, written)
 
     def _make_chunk(self, items: list[Pending]) -> None:
-        """Make and encode the records of ``items``, keep them as one chunk of lines, then
-        hand them to the consumers.
+        """Make and encode the records of ``items`` (the head of the buffer), keep them as
+        one chunk of lines, take the items out of the buffer (only now: each record is
+        always findable), then hand the records to the consumers.
 
         One chunk, not a line each: thousands of small lines held until the write fill
         fresh allocator arenas, which the allocator returns to the system when they are
@@ -505,6 +507,9 @@ class PredictionLog:
         if lines:
             lines.append(b"")
             self._made.add(b"\n".join(lines), len(records))
+        buffer = self._buffer
+        for _ in range(len(items)):
+            buffer.popleft()
         for consumer in self._consumers:
             try:
                 consumer(records)
