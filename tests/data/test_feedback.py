@@ -113,3 +113,13 @@ def test_found_on_disk_joins_like_the_index() -> None:
 def test_a_bulk_body_that_is_not_a_list_is_refused() -> None:
     with pytest.raises(ValueError, match="feedback must be a list"):
         parse_feedback({"feedback": {"request_id": "a"}}, FeedbackResult())
+
+
+def test_prepare_maps_the_index_before_a_lookup() -> None:
+    board = AccuracyBoard(FeedbackOptions(index_records=1000))
+    board.add_records([record(f"r{i}", [i % 3]) for i in range(1500)])
+    board.prepare()
+    feedback = [{"request_id": f"r{i}", "label": i % 3} for i in range(400, 1500)]
+    result = send(board, {"feedback": feedback})
+    assert result.counts["joined"] == 1000
+    assert result.counts["unknown"] == 100

@@ -1,9 +1,9 @@
 """Ground truth, late: true labels joined to logged predictions, and accuracy from them.
 
-``AccuracyBoard`` keeps an index of the most recent predictions (request id
--> model, version, tenant, time, predicted labels, feature buckets), fed by
-the prediction log's writer after each batch; it is bounded
-(``index_records``), the oldest leaving first. Feedback for an id that left
+``AccuracyBoard`` keeps an index of the most recent predictions (model,
+version, tenant, time, predicted labels, feature buckets by request id;
+``prediction_index``), fed by the prediction log's writer as it makes
+records; it is bounded (``index_records``), the oldest leaving first. Feedback for an id that left
 the index is looked up in the log files (``find_records``, bounded bytes per
 call); one not found there either is counted ``unknown``. Feedback for an id
 already judged is counted ``duplicate`` and changes nothing.
@@ -22,13 +22,13 @@ the accuracy SLO counts them by the time the feedback came.
 
 from __future__ import annotations
 
-import collections
 import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
+from failsoft.data.prediction_index import IndexedPrediction, PredictionIndex
 from failsoft.data.prediction_options import FeedbackOptions
 from failsoft.observe.events import Event
 
@@ -118,20 +118,6 @@ def parse_feedback(body: Any, result: FeedbackResult) -> list[FeedbackItem]:
     return items
 
 
-# An index entry is a plain tuple of atoms — (model, version, tenant, time, predictions,
-# segments, kind, judged) — so the garbage collector stops tracking it: hundreds of
-# thousands of tracked objects would make every full collection pause serving.
-_Entry = tuple[str, str, str | None, float, tuple[Any, ...], tuple[str, ...] | None, str, bool]
-MODEL: Final = 0
-VERSION: Final = 1
-TENANT: Final = 2
-TIME: Final = 3
-PREDICTIONS: Final = 4
-SEGMENTS: Final = 5
-KIND: Final = 6
-JUDGED: Final = 7
-
-
 class _Stat:
     __slots__ = ("abs_error", "correct", "count", "squared_error")
 
@@ -181,8 +167,7 @@ class AccuracyBoard:
         self.options = options
         self._emit = emit
         self._lock = threading.Lock()
-        self._index: dict[str, _Entry] = {}
-        self._order: collections.deque[str] = collections.deque()  # oldest first
+        self._index = PredictionIndex(options.index_records)
         self._totals: dict[tuple[str, str, str], _Stat] = {}
         self._windows: dict[tuple[str, str, str, float], _Stat] = {}
         self._kinds: dict[tuple[str, str], str] = {}
@@ -199,26 +184,30 @@ class AccuracyBoard:
         predictions = record.get("prediction")
         if not predictions or record.get("status") != 200:
             return
-        request_id = record["request_id"]
-        segments = record.get("segments")
-        index = self._index
-        if request_id not in index:
-            self._order.append(request_id)
-        index[request_id] = (
+        self._index.add(
+            record["request_id"],
             record["model"],
             record["version"],
             record.get("tenant"),
             float(record["time"]),
-            tuple(predictions),
-            tuple(segments) if segments else None,
+            predictions,
+            record.get("segments"),
             record.get("kind") or "classification",
-            False,
         )
-        order = self._order
-        while len(index) > self.options.index_records:
-            index.pop(order.popleft(), None)
 
     # -- feedback ----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Bring the index's map of request ids up to date, if that means building it anew
+        (tens of ms after a long time without feedback): call it on a worker thread, so
+        that the event loop goes on serving meanwhile."""
+        with self._lock:
+            if not self._index.stale():
+                return
+            snapshot = self._index.snapshot()
+        slots = PredictionIndex.map_of(snapshot)
+        with self._lock:
+            self._index.install(slots, snapshot)
 
     def missing(self, model: str, items: list[FeedbackItem]) -> set[str]:
         """The ids of ``items`` not in the index (to look up on disk)."""
@@ -255,21 +244,17 @@ class AccuracyBoard:
         result: FeedbackResult,
         joined: list[FeedbackJoined],
     ) -> None:
-        entry = self._index.get(item.request_id)
-        if (
-            entry is None
-            or entry[MODEL] != model
-            or (tenant is not None and entry[TENANT] != tenant)
-        ):
+        entry = self._index.find(item.request_id)
+        if entry is None or entry.model != model or (tenant is not None and entry.tenant != tenant):
             self._count(model, "unknown")
             result.note("unknown")
             return
-        if entry[JUDGED]:
+        if entry.judged:
             self._count(model, "duplicate")
             result.note("duplicate")
             return
         truth = item.truth
-        predictions, kind = entry[PREDICTIONS], entry[KIND]
+        predictions, kind = entry.predictions, entry.kind
         rows = len(predictions)
         if len(truth) == 1 and rows > 1:
             truth = truth * rows
@@ -286,9 +271,9 @@ class AccuracyBoard:
             self._count(model, "invalid")
             result.note("invalid", f"{item.request_id}: a regression needs numeric values")
             return
-        self._index[item.request_id] = (*entry[:JUDGED], True)
-        self._kinds[(entry[MODEL], entry[VERSION])] = kind
-        window = math.floor(entry[TIME] / self.options.window_s) * self.options.window_s
+        self._index.mark_judged(entry)
+        self._kinds[(entry.model, entry.version)] = kind
+        window = math.floor(entry.time / self.options.window_s) * self.options.window_s
         for row, (predicted, actual) in enumerate(zip(predictions, truth, strict=True)):
             for segment in self._segments_of(entry, row):
                 self._stat(entry, segment, None).add(kind, predicted, actual)
@@ -302,37 +287,37 @@ class AccuracyBoard:
                 errors = ()
                 correct = sum(1 for p, t in pairs if _same(p, t))
             joined.append(
-                FeedbackJoined(model, entry[VERSION], entry[TENANT], kind, rows, correct, errors)
+                FeedbackJoined(model, entry.version, entry.tenant, kind, rows, correct, errors)
             )
         self._count(model, "joined")
         result.note("joined")
 
     @staticmethod
-    def _segments_of(entry: _Entry, row: int) -> list[str]:
+    def _segments_of(entry: IndexedPrediction, row: int) -> list[str]:
         found = ["all"]
-        if entry[TENANT] is not None:
-            found.append(f"tenant:{entry[TENANT]}")
-        segments = entry[SEGMENTS]
+        if entry.tenant is not None:
+            found.append(f"tenant:{entry.tenant}")
+        segments = entry.segments
         if segments is not None and row < len(segments):
             found.append(segments[row])
         return found
 
-    def _stat(self, entry: _Entry, segment: str, window: float | None) -> _Stat:
+    def _stat(self, entry: IndexedPrediction, segment: str, window: float | None) -> _Stat:
         if window is None:
-            key3 = (entry[MODEL], entry[VERSION], segment)
+            key3 = (entry.model, entry.version, segment)
             stat = self._totals.get(key3)
             if stat is None:
                 stat = _Stat()
                 if len(self._totals) < MAX_SERIES:
                     self._totals[key3] = stat
             return stat
-        key4 = (entry[MODEL], entry[VERSION], segment, window)
+        key4 = (entry.model, entry.version, segment, window)
         stat = self._windows.get(key4)
         if stat is None:
             stat = _Stat()
             if len(self._windows) < MAX_SERIES:
                 self._windows[key4] = stat
-                self._prune_windows(entry[MODEL], entry[VERSION])
+                self._prune_windows(entry.model, entry.version)
         return stat
 
     def _prune_windows(self, model: str, version: str) -> None:

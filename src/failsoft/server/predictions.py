@@ -180,6 +180,7 @@ class PredictionService:
             items = parse_feedback(data, result)
         except ValueError as error:
             raise BadRequest(str(error)) from None
+        await asyncio.to_thread(self.board.prepare)
         missing = self.board.missing(model, items)
         from_disk: dict[str, dict[str, Any]] = {}
         if missing:

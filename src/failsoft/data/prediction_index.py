@@ -1,0 +1,186 @@
+"""The most recent predictions, kept for the feedback join and findable by request id.
+
+A ring of ``capacity`` slots held column by column (plain lists, an array of
+times, a byte per slot for "judged"), the newest prediction taking the
+oldest one's slot. Adding a prediction stores references only: its request
+id, model, version and tenant are strings that exist already, a one-row
+prediction is kept as the label itself, and the time goes into an array.
+
+Why not a dict of request id -> entry: the index is fed every prediction the
+log makes, on the event loop, and most are never asked for. A tuple per
+entry in a dict growing to hundreds of thousands of keys cost 1.39 us and
+199 bytes per prediction (beyond its request id); the ring costs 0.61 us
+and 66 bytes, and makes no object per prediction for the collector to track.
+
+The map from request id to slot is built only when feedback looks something
+up, from the ids added since the last lookup; ids whose slot has been
+taken since are recognised (the slot holds another id) and are rebuilt
+away once they make up half of the map. After a long time without lookups
+the whole map is built anew (35 ms for 200,000 ids): ``snapshot``,
+``map_of`` and ``install`` let a worker thread do that while adds go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["IndexedPrediction", "PredictionIndex", "Snapshot"]
+
+Snapshot = tuple[list[str], int, int]  # the ids by slot, the next slot, adds so far
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedPrediction:
+    slot: int
+    model: str
+    version: str
+    tenant: str | None
+    time: float
+    predictions: tuple[Any, ...]
+    segments: tuple[str, ...] | None
+    kind: str
+    judged: bool
+
+
+class PredictionIndex:
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"an index holds at least one prediction, not {capacity}")
+        self.capacity = capacity
+        self._ids: list[str] = []
+        self._models: list[str] = []
+        self._versions: list[str] = []
+        self._tenants: list[str | None] = []
+        self._kinds: list[str] = []
+        self._times = array("d")
+        self._predictions: list[Any] = []  # one row: the label; more rows: a tuple
+        self._segments: list[tuple[str, ...] | None] = []
+        self._judged = bytearray()
+        self._next = 0  # the slot the next prediction takes
+        self._added = 0
+        self._slots: dict[str, int] = {}  # request id -> slot, as of ``_mapped`` adds
+        self._mapped = 0
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(
+        self,
+        request_id: str,
+        model: str,
+        version: str,
+        tenant: str | None,
+        time: float,
+        predictions: list[Any],
+        segments: list[str] | None,
+        kind: str,
+    ) -> None:
+        kept = predictions[0] if len(predictions) == 1 else tuple(predictions)
+        parts = tuple(segments) if segments else None
+        slot = self._next
+        if len(self._ids) < self.capacity:
+            self._ids.append(request_id)
+            self._models.append(model)
+            self._versions.append(version)
+            self._tenants.append(tenant)
+            self._kinds.append(kind)
+            self._times.append(time)
+            self._predictions.append(kept)
+            self._segments.append(parts)
+            self._judged.append(0)
+        else:
+            self._ids[slot] = request_id
+            self._models[slot] = model
+            self._versions[slot] = version
+            self._tenants[slot] = tenant
+            self._kinds[slot] = kind
+            self._times[slot] = time
+            self._predictions[slot] = kept
+            self._segments[slot] = parts
+            self._judged[slot] = 0
+        self._next = slot + 1 if slot + 1 < self.capacity else 0
+        self._added += 1
+
+    def __contains__(self, request_id: str) -> bool:
+        return self._slot_of(request_id) is not None
+
+    def find(self, request_id: str) -> IndexedPrediction | None:
+        slot = self._slot_of(request_id)
+        if slot is None:
+            return None
+        kept = self._predictions[slot]
+        return IndexedPrediction(
+            slot,
+            self._models[slot],
+            self._versions[slot],
+            self._tenants[slot],
+            self._times[slot],
+            kept if isinstance(kept, tuple) else (kept,),
+            self._segments[slot],
+            self._kinds[slot],
+            bool(self._judged[slot]),
+        )
+
+    def mark_judged(self, found: IndexedPrediction) -> None:
+        self._judged[found.slot] = 1
+
+    def stale(self) -> bool:
+        """Whether the next lookup would build the whole map anew."""
+        fresh = self._added - self._mapped
+        return fresh >= len(self._ids) or len(self._slots) + fresh > 2 * self.capacity
+
+    def snapshot(self) -> Snapshot:
+        return self._ids.copy(), self._next, self._added
+
+    @staticmethod
+    def map_of(snapshot: Snapshot) -> dict[str, int]:
+        """Request id -> slot as of ``snapshot`` (slow for a large ring: see the module)."""
+        ids, next_slot, _ = snapshot
+        slots: dict[str, int] = {}
+        size = len(ids)
+        for span in _by_age(next_slot, size, size):
+            slots.update(zip(itertools.islice(ids, span.start, span.stop), span, strict=True))
+        return slots
+
+    def install(self, slots: dict[str, int], snapshot: Snapshot) -> None:
+        """Take a map made by ``map_of`` from a snapshot of this index, unless a newer one
+        is in place; adds made since are mapped at the next lookup."""
+        added = snapshot[2]
+        if added > self._mapped and self._added - added < len(self._ids):
+            self._slots, self._mapped = slots, added
+
+    def _slot_of(self, request_id: str) -> int | None:
+        self._catch_up()
+        slot = self._slots.get(request_id)
+        if slot is None or self._ids[slot] != request_id:  # never here, or its slot retaken
+            return None
+        return slot
+
+    def _catch_up(self) -> None:
+        """Map the ids added since the last lookup, oldest first (a repeated id: its newest
+        slot wins)."""
+        fresh = self._added - self._mapped
+        if not fresh:
+            return
+        size = len(self._ids)
+        if fresh >= size or len(self._slots) + fresh > 2 * self.capacity:
+            self._slots = {}
+            fresh = size
+        ids = self._ids
+        for span in _by_age(self._next, fresh, size):
+            self._slots.update(zip(itertools.islice(ids, span.start, span.stop), span, strict=True))
+        self._mapped = self._added
+
+
+def _by_age(next_slot: int, count: int, size: int) -> list[range]:
+    """The slots of the ``count`` newest predictions, oldest first, in a ring of ``size``
+    whose next prediction takes ``next_slot``."""
+    if not count:
+        return []
+    start = (next_slot - count) % size
+    if start < next_slot:
+        return [range(start, next_slot)]
+    return [range(start, size), range(0, next_slot)]  # around the end of the ring
