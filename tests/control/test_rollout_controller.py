@@ -1,8 +1,9 @@
 """RolloutController on a ManualClock: a step in force and audited when start returns; a
 failing candidate rolled back at the next check and the rollback verified; a good one
 stepped up and promoted; too little evidence extended, then held, with the sample sizes;
-bad input refused naming the field with nothing changed; operator actions; and a new
-controller on the same store resuming at the same step.
+bad input refused naming the field with nothing changed; operator actions; a new
+controller on the same store resuming at the same step; and a poll of the store that a
+pause overtakes leaving the pause in force.
 
 The replicas are real (python backend, started) and so is the store (SQLite and
 PostgreSQL); the data plane's events are emitted on the real bus as the server emits them.
@@ -10,6 +11,8 @@ PostgreSQL); the data plane's events are emitted on the real bus as the server e
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -338,3 +341,50 @@ async def test_a_rollback_while_the_store_is_down_holds_and_is_stored_later(
     restarted = Gateway(store, gateway.clock)
     assert restarted.rollouts.boot() is None
     assert restarted.runtime.splits == {}  # a restart does not bring the candidate back
+
+
+class ReadHeldBack:
+    """The store, but once ``armed``, ``rollouts`` hands back what it read only when the
+    test says so: a poll whose read is overtaken by a change this gateway makes meanwhile."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.armed = False
+        self.read = threading.Event()
+        self.go_on = threading.Event()
+
+    def rollouts(self, **kwargs: Any) -> Any:
+        rows = self._store.rollouts(**kwargs)
+        if not self.armed:
+            return rows
+        self.armed = False
+        self.read.set()
+        assert self.go_on.wait(30), "the test never let the read go on"
+        return rows
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def test_a_poll_that_read_before_a_pause_does_not_undo_it(
+    store: Store, clock: ManualClock
+) -> None:
+    held = ReadHeldBack(store)
+    gateway = Gateway(held, clock)  # type: ignore[arg-type]
+    await gateway.runtime.start()
+    try:
+        assert gateway.rollouts.boot() is None
+        await gateway.start(FAST)
+        held.armed = True
+        polling = asyncio.ensure_future(gateway.rollouts.poll())
+        await asyncio.to_thread(held.read.wait, 30)  # the rows read say "progressing"
+        await gateway.rollouts.pause("m", actor="ana")
+        held.go_on.set()
+        assert await polling is False  # its rows may predate the pause: read again next time
+        assert gateway.rollouts.find("m")[1].status is Status.PAUSED  # type: ignore[index]
+        assert await gateway.rollouts.poll() is False  # the store says paused too
+        assert gateway.rollouts.find("m")[1].status is Status.PAUSED  # type: ignore[index]
+    finally:
+        held.go_on.set()
+        await gateway.rollouts.close()
+        await gateway.runtime.close()

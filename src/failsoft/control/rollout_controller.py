@@ -143,6 +143,7 @@ class RolloutController:
         self._folding: asyncio.Task[None] | None = None
         # Changes in force but not stored (the store was down), by rollout: retried by poll.
         self._unsaved: dict[str, tuple[_Run, str, str, dict[str, Any] | None]] = {}
+        self._saves = 0  # changes of ours sent to the store: see poll
 
     # -- start-up and shutdown -----------------------------------------------------
 
@@ -700,6 +701,7 @@ class RolloutController:
         self, run: _Run, action: str, actor: str, detail: dict[str, Any] | None = None
     ) -> None:
         """Store the state with its audit entry; the change is in force whatever the store."""
+        self._saves += 1
         try:
             row = await store_call(
                 self._store,
@@ -749,12 +751,17 @@ class RolloutController:
         first decision stored wins and the others follow it here. True when one changed."""
         for unsaved, action, actor, detail in list(self._unsaved.values()):
             await self._save(unsaved, action, actor, detail)
+        saves = self._saves
         rows = await store_call(self._store, self._store.rollouts)
         latest: dict[str, Any] = {}
         for row in rows:  # newest first
             latest.setdefault(row.model, row)
         changed = False
         async with self._lock:
+            if self._saves != saves:
+                # A change of ours (a pause, a step) was stored while we read: these rows
+                # may be older than it, and following them would undo it. Read again next time.
+                return False
             for model, row in latest.items():
                 if row.id in self._unsaved:
                     continue  # ours is newer than the store's
