@@ -3,9 +3,10 @@
 ``AccuracyBoard`` keeps an index of the most recent predictions (model,
 version, tenant, time, predicted labels, feature buckets by request id;
 ``prediction_index``), fed by the prediction log's writer as it makes
-records; it is bounded (``index_records``), the oldest leaving first. Feedback for an id that left
-the index is looked up in the log files (``find_records``, bounded bytes per
-call); one not found there either is counted ``unknown``. Feedback for an id
+records; it is bounded (``index_records``), the oldest leaving first.
+Feedback for an id that left the index is looked up in the log files
+(``find_records``, bounded bytes per call); one not found there either is
+counted ``unknown``. Feedback for an id
 already judged is counted ``duplicate`` and changes nothing.
 
 Accuracy (classification: the share of rows whose label matches) or error

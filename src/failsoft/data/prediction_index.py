@@ -139,17 +139,13 @@ class PredictionIndex:
     def map_of(snapshot: Snapshot) -> dict[str, int]:
         """Request id -> slot as of ``snapshot`` (slow for a large ring: see the module)."""
         ids, next_slot, _ = snapshot
-        slots: dict[str, int] = {}
-        size = len(ids)
-        for span in _by_age(next_slot, size, size):
-            slots.update(zip(itertools.islice(ids, span.start, span.stop), span, strict=True))
-        return slots
+        return _mapped({}, ids, next_slot, len(ids))
 
     def install(self, slots: dict[str, int], snapshot: Snapshot) -> None:
         """Take a map made by ``map_of`` from a snapshot of this index, unless a newer one
         is in place; adds made since are mapped at the next lookup."""
         added = snapshot[2]
-        if added > self._mapped and self._added - added < len(self._ids):
+        if added > self._mapped:
             self._slots, self._mapped = slots, added
 
     def _slot_of(self, request_id: str) -> int | None:
@@ -165,22 +161,23 @@ class PredictionIndex:
         fresh = self._added - self._mapped
         if not fresh:
             return
-        size = len(self._ids)
-        if fresh >= size or len(self._slots) + fresh > 2 * self.capacity:
+        if self.stale():
             self._slots = {}
-            fresh = size
-        ids = self._ids
-        for span in _by_age(self._next, fresh, size):
-            self._slots.update(zip(itertools.islice(ids, span.start, span.stop), span, strict=True))
+            fresh = len(self._ids)
+        _mapped(self._slots, self._ids, self._next, fresh)
         self._mapped = self._added
 
 
-def _by_age(next_slot: int, count: int, size: int) -> list[range]:
-    """The slots of the ``count`` newest predictions, oldest first, in a ring of ``size``
-    whose next prediction takes ``next_slot``."""
+def _mapped(slots: dict[str, int], ids: list[str], next_slot: int, count: int) -> dict[str, int]:
+    """``slots`` with the ``count`` newest ids of the ring ``ids`` (whose next prediction takes
+    ``next_slot``) mapped to their slots, oldest first: a repeated id's newest slot wins."""
+    size = len(ids)
     if not count:
-        return []
+        return slots
     start = (next_slot - count) % size
-    if start < next_slot:
-        return [range(start, next_slot)]
-    return [range(start, size), range(0, next_slot)]  # around the end of the ring
+    spans = [range(start, next_slot)]
+    if start >= next_slot:  # around the end of the ring
+        spans = [range(start, size), range(0, next_slot)]
+    for span in spans:
+        slots.update(zip(itertools.islice(ids, span.start, span.stop), span, strict=True))
+    return slots
