@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from failsoft.data.prediction_index import PredictionIndex
+from failsoft.data.prediction_index import Predicted, PredictionIndex
 
 
 def add(
@@ -129,3 +131,41 @@ def test_an_older_snapshot_does_not_replace_a_newer_map() -> None:
     assert "b" in index  # a lookup maps both
     index.install(PredictionIndex.map_of(old), old)
     assert "b" in index
+
+
+FIELDS = ("request_id", "model", "version", "tenant", "time", "prediction", "segments", "kind")
+
+
+def _state(index: PredictionIndex, ids: list[str]) -> list[object]:
+    return [index.find(request_id) for request_id in ids]
+
+
+@pytest.mark.parametrize("capacity", [1, 5, 16])
+def test_adding_many_at_once_is_adding_them_one_by_one(capacity: int) -> None:
+    # Chunks of every size, across the end of the ring, larger than the ring, with
+    # lookups between them: the same predictions are found, in the same slots.
+    rng = random.Random(7)
+    one_by_one, at_once = PredictionIndex(capacity), PredictionIndex(capacity)
+    ids: list[str] = []
+    for chunk in range(40):
+        predicted = Predicted()
+        for _ in range(rng.randrange(0, 2 * capacity + 3)):
+            request_id = f"r{rng.randrange(60)}"  # some ids come back
+            ids.append(request_id)
+            rows = [rng.randrange(3) for _ in range(rng.choice([1, 1, 2]))]
+            tenant = rng.choice([None, "acme"])
+            segments = rng.choice([None, ["x:<1"], ["x:<1", "x:>=1"]])
+            args = ("m", f"v{chunk % 2}", tenant, float(chunk), rows, segments, "classification")
+            one_by_one.add(request_id, *args)
+            stored = dict(zip(FIELDS, (request_id, *args), strict=True), status=200)
+            predicted.append_record(stored)
+        at_once.add_many(predicted)
+        if rng.random() < 0.3:
+            found = _state(at_once, ids)
+            assert found == _state(one_by_one, ids)
+            for entry in found:  # judged flags are reset when a slot is taken
+                if entry is not None and rng.random() < 0.5:
+                    at_once.mark_judged(entry)
+                    one_by_one.mark_judged(entry)
+    assert len(at_once) == len(one_by_one) == min(capacity, len(ids))
+    assert _state(at_once, ids) == _state(one_by_one, ids)

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from failsoft.config import ConfigError, parse_config
+from failsoft.data.prediction_index import Predicted
 from failsoft.data.prediction_log import (
     IOV_MAX,
     STATE_FILE,
@@ -288,8 +289,8 @@ async def test_a_record_the_writer_holds_is_still_found_until_it_is_on_disk(
     seen: list[set[str]] = []
     indexed: set[str] = set()
 
-    def index_and_look(batch: list[dict[str, Any]]) -> None:
-        indexed.update(record["request_id"] for record in batch)
+    def index_and_look(batch: Predicted) -> None:
+        indexed.update(batch.request_ids)
         unwritten = set(ids) - indexed
         seen.append(set(log.pending_records(unwritten)) ^ unwritten)
 
@@ -460,3 +461,29 @@ def test_write_all_writes_every_chunk_in_order_beyond_one_system_call(tmp_path: 
     with path.open("wb", buffering=0) as handle:
         write_all(handle.fileno(), chunks)
     assert path.read_bytes() == b"".join(chunks)
+
+
+async def test_under_steady_load_chunks_are_full_and_writes_are_not_put_off(
+    tmp_path: Path,
+) -> None:
+    # Requests log a record at every turn of the event loop. The writer makes full chunks
+    # only (but for what waits when a write is due), and takes what waits when it starts:
+    # taking records as they came, it never finished and never wrote while the load went
+    # on.
+    cfg = config(flush_interval_s=0.05)
+    log = PredictionLog(cfg.predictions, tmp_path)
+    sizes: list[int] = []
+    log.add_consumer(lambda batch: sizes.append(len(batch)))
+    log.start()
+    logged_count = 0
+    began = time.monotonic()
+    while log.written == 0 and time.monotonic() - began < 10 and logged_count < 60_000:
+        logged(log, cfg, f"r{logged_count}")
+        logged_count += 1
+        await asyncio.sleep(0)
+    assert log.written > 0  # written while the load went on
+    assert log.dropped == 0
+    assert sizes.count(YIELD_EVERY) >= len(sizes) - 2  # full chunks, but at a due write
+    await log.stop()
+    log.close()
+    assert log.written == logged_count

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from failsoft.data.prediction_index import IndexedPrediction, PredictionIndex
+from failsoft.data.prediction_index import IndexedPrediction, Predicted, PredictionIndex
 from failsoft.data.prediction_options import FeedbackOptions
 from failsoft.observe.events import Event
 
@@ -176,25 +176,17 @@ class AccuracyBoard:
 
     # -- fed by the prediction log's writer -------------------------------------------
 
-    def add_records(self, records: list[dict[str, Any]]) -> None:
+    def add_predicted(self, predicted: Predicted) -> None:
+        """Index predictions the log has just made (a chunk of them, oldest first)."""
         with self._lock:
-            for record in records:
-                self._add(record)
+            self._index.add_many(predicted)
 
-    def _add(self, record: dict[str, Any]) -> None:
-        predictions = record.get("prediction")
-        if not predictions or record.get("status") != 200:
-            return
-        self._index.add(
-            record["request_id"],
-            record["model"],
-            record["version"],
-            record.get("tenant"),
-            float(record["time"]),
-            predictions,
-            record.get("segments"),
-            record.get("kind") or "classification",
-        )
+    def add_records(self, records: list[dict[str, Any]]) -> None:
+        """Index stored records (those with a prediction to judge)."""
+        predicted = Predicted()
+        for record in records:
+            predicted.append_record(record)
+        self.add_predicted(predicted)
 
     # -- feedback ----------------------------------------------------------------------
 
@@ -227,9 +219,11 @@ class AccuracyBoard:
         who may judge only its own predictions (others' are ``unknown`` to it)."""
         joined: list[FeedbackJoined] = []
         with self._lock:
+            from_disk_now = Predicted()
             for record in (from_disk or {}).values():
                 if record["request_id"] not in self._index:
-                    self._add(record)
+                    from_disk_now.append_record(record)
+            self._index.add_many(from_disk_now)
             for item in items:
                 self._judge_one(model, tenant, item, result, joined)
         if self._emit is not None:  # outside the lock: observers may take their time

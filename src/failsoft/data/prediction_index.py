@@ -11,6 +11,9 @@ log makes, on the event loop, and most are never asked for. A tuple per
 entry in a dict growing to hundreds of thousands of keys cost 1.39 us and
 199 bytes per prediction (beyond its request id); the ring costs 0.61 us
 and 66 bytes, and makes no object per prediction for the collector to track.
+The log hands its predictions over a chunk at a time, column by column
+(``Predicted``), and ``add_many`` stores them with a slice assignment per
+column rather than a call per prediction.
 
 The map from request id to slot is built only when feedback looks something
 up, from the ids added since the last lookup; ids whose slot has been
@@ -24,10 +27,18 @@ from __future__ import annotations
 
 import itertools
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["IndexedPrediction", "PredictionIndex", "Snapshot"]
+__all__ = [
+    "IndexRow",
+    "IndexedPrediction",
+    "Predicted",
+    "PredictionIndex",
+    "Snapshot",
+    "index_row",
+    "kept_form",
+]
 
 Snapshot = tuple[list[str], int, int]  # the ids by slot, the next slot, adds so far
 
@@ -43,6 +54,87 @@ class IndexedPrediction:
     segments: tuple[str, ...] | None
     kind: str
     judged: bool
+
+
+def kept_form(predictions: list[Any]) -> Any:
+    """How the index keeps a prediction's rows: one row as the label itself, more as a tuple."""
+    return predictions[0] if len(predictions) == 1 else tuple(predictions)
+
+
+# One prediction as the index takes it: request id, model, version, tenant, time, the
+# prediction in its kept form (``kept_form``), the segments as a tuple (or None), kind.
+IndexRow = tuple[str, str, str, str | None, float, Any, tuple[str, ...] | None, str]
+
+
+def index_row(record: dict[str, Any]) -> IndexRow | None:
+    """What the index keeps of a stored record; None if it has no prediction to judge."""
+    labels = record.get("prediction")
+    if not labels or record.get("status") != 200:
+        return None
+    segments = record.get("segments")
+    return (
+        record["request_id"],
+        record["model"],
+        record["version"],
+        record.get("tenant"),
+        float(record["time"]),
+        kept_form(labels),
+        tuple(segments) if segments else None,
+        record.get("kind") or "classification",
+    )
+
+
+@dataclass(slots=True)
+class Predicted:
+    """Predictions to index, column by column, oldest first (the order of ``IndexRow``)."""
+
+    request_ids: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    tenants: list[str | None] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    predictions: list[Any] = field(default_factory=list)
+    segments: list[tuple[str, ...] | None] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def extend(self, rows: list[IndexRow]) -> None:
+        if not rows:
+            return
+        columns = zip(*rows, strict=True)
+        for column, values in zip(self._all(), columns, strict=True):
+            column.extend(values)
+
+    def append_record(self, record: dict[str, Any]) -> None:
+        row = index_row(record)
+        if row is not None:
+            self.extend([row])
+
+    def _all(self) -> tuple[list[Any], ...]:
+        return (
+            self.request_ids,
+            self.models,
+            self.versions,
+            self.tenants,
+            self.times,
+            self.predictions,
+            self.segments,
+            self.kinds,
+        )
+
+    def columns(self) -> tuple[list[Any], ...]:
+        """In the order of the index's own columns (``PredictionIndex._columns``)."""
+        return (
+            self.request_ids,
+            self.models,
+            self.versions,
+            self.tenants,
+            self.kinds,
+            self.predictions,
+            self.segments,
+        )
 
 
 class PredictionIndex:
@@ -78,7 +170,7 @@ class PredictionIndex:
         segments: list[str] | None,
         kind: str,
     ) -> None:
-        kept = predictions[0] if len(predictions) == 1 else tuple(predictions)
+        kept = kept_form(predictions)
         parts = tuple(segments) if segments else None
         slot = self._next
         if len(self._ids) < self.capacity:
@@ -103,6 +195,41 @@ class PredictionIndex:
             self._judged[slot] = 0
         self._next = slot + 1 if slot + 1 < self.capacity else 0
         self._added += 1
+
+    def _columns(self) -> tuple[list[Any], ...]:
+        return (
+            self._ids,
+            self._models,
+            self._versions,
+            self._tenants,
+            self._kinds,
+            self._predictions,
+            self._segments,
+        )
+
+    def add_many(self, predicted: Predicted) -> None:
+        """Add ``predicted``, oldest first, as ``add`` would one by one."""
+        count = len(predicted)
+        given = predicted.columns()
+        times = predicted.times
+        done = 0
+        while done < count:
+            slot = self._next
+            end = done + min(count - done, self.capacity - slot)
+            if len(self._ids) < self.capacity:  # still filling: the next slot is the end
+                for column, values in zip(self._columns(), given, strict=True):
+                    column.extend(values[done:end])
+                self._times.extend(times[done:end])
+                self._judged.extend(bytes(end - done))
+            else:
+                stop = slot + end - done
+                for column, values in zip(self._columns(), given, strict=True):
+                    column[slot:stop] = values[done:end]
+                self._times[slot:stop] = array("d", times[done:end])
+                self._judged[slot:stop] = bytes(end - done)
+            self._next = (slot + end - done) % self.capacity
+            self._added += end - done
+            done = end
 
     def __contains__(self, request_id: str) -> bool:
         return self._slot_of(request_id) is not None

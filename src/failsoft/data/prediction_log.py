@@ -3,8 +3,8 @@
 The request path does one thing: append a ``Pending`` (references only) to a
 bounded buffer. When the buffer is full the record is dropped and counted —
 serving never waits for the disk. A task on the event loop (``start``) wakes
-as soon as 64 items wait, turns them into records (``prediction_record``) and
-encodes them as one chunk of JSON lines, with a turn of the loop between
+as soon as 64 items wait, turns them into records and encodes them as one
+chunk of JSON lines (``prediction_lines``), with a turn of the loop between
 chunks; every ``flush_interval_s`` (or when a batch is full) it hands the
 chunks to a worker thread, which appends them to the active segment file with
 one ``writev`` and fsyncs it. Segments rotate by size and age; closed ones
@@ -55,6 +55,8 @@ from typing import Any
 
 import orjson
 
+from failsoft.data.prediction_index import Predicted
+from failsoft.data.prediction_lines import ChunkEncoder
 from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker
 from failsoft.observe.events import Event, EventBus
@@ -76,7 +78,7 @@ IOV_MAX = 1024  # buffers one writev takes (the POSIX minimum; Linux allows exac
 STOP_WITHIN_S = 30.0  # for the writer's last batch at a stop
 MAX_TRAILS = 10_000  # requests with events not yet taken by ``record``
 TRAIL_EVENTS = (AttemptFailed, PoisonDetected, RetryDenied, FallbackTierFailed, FallbackUsed)
-Consumer = Callable[[list[dict[str, Any]]], None]
+Consumer = Callable[[Predicted], None]
 
 
 def segment_files(directory: Path) -> list[Path]:
@@ -222,6 +224,7 @@ class PredictionLog:
         self._writing = Encoded()  # records the worker thread is writing
         self._trails: dict[str, list[dict[str, Any]]] = {}
         self._maker = RecordMaker(options)
+        self._encoder = ChunkEncoder(self._maker)
         self._configs: dict[int, Any] = {}
         self._last_config: Any = None
         self._last_key = 0
@@ -337,7 +340,7 @@ class PredictionLog:
         bus.subscribe(self.observe, TRAIL_EVENTS)
 
     def add_consumer(self, consumer: Consumer) -> None:
-        """``consumer(records)`` runs as records are made (a few at a time, just before
+        """``consumer(predicted)`` runs as records are made (a few at a time, just before
         they are written): on the event loop once started, else in ``flush``."""
         self._consumers.append(consumer)
 
@@ -405,7 +408,7 @@ class PredictionLog:
             wake.clear()
             stopping = self._stopping
             try:
-                await self._make_in_turns()
+                await self._make_in_turns(everything=stopping or loop.time() >= due)
                 now = loop.time()
                 made = self._made.records
                 full = made >= self.options.batch_records
@@ -420,19 +423,29 @@ class PredictionLog:
             if loop.time() >= due:
                 due = loop.time() + interval
 
-    async def _make_in_turns(self) -> None:
-        """Make the records of what is buffered, YIELD_EVERY at a time with a turn of the
-        event loop between chunks (requests waiting go first). Made soon after their
+    async def _make_in_turns(self, everything: bool) -> None:
+        """Make the records of what is buffered now, YIELD_EVERY at a time with a turn of
+        the event loop between chunks (requests waiting go first). Made soon after their
         requests, records hold on to the requests' objects for milliseconds, not for
-        half a second."""
+        half a second.
+
+        Full chunks only, unless ``everything`` (a write is due): a chunk's work is done
+        column by column (``prediction_lines``). And only what waits when it starts:
+        under load a few records come in at every turn, and taking them as they came
+        made chunks of a dozen and put the write off for as long as the load lasted."""
         buffer = self._buffer
-        while buffer and not self._closed:
-            items = list(itertools.islice(buffer, YIELD_EVERY))
+        waiting = len(buffer)
+        left = waiting if everything else waiting - waiting % YIELD_EVERY
+        while left > 0 and not self._closed:
+            items = list(itertools.islice(buffer, min(left, YIELD_EVERY)))
             await self._hash_artifacts(items)
             if self._closed:  # close() took over while the artifacts were hashed
                 return
             self._make_chunk(items)
+            left -= len(items)
             await asyncio.sleep(0)
+        if len(buffer) >= YIELD_EVERY and self._wake is not None:
+            self._wake.set()  # more came meanwhile: the next round takes them
 
     async def _write_in_turn(self) -> bool:
         """Append the records made so far on a worker thread (write and fsync release the
@@ -486,33 +499,26 @@ class PredictionLog:
     def _make_chunk(self, items: list[Pending]) -> None:
         """Make and encode the records of ``items`` (the head of the buffer), keep them as
         one chunk of lines, take the items out of the buffer (only now: each record is
-        always findable), then hand the records to the consumers.
+        always findable), then hand their predictions to the consumers.
 
         One chunk, not a line each: thousands of small lines held until the write fill
         fresh allocator arenas, which the allocator returns to the system when they are
         freed, so each batch paid a page fault per line or so (5 us a record on a
         virtual machine). A chunk's lines are freed at once, into memory still warm."""
-        records = []
-        lines = []
-        for item in items:
-            try:
-                record = self._make(item)
-                lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
-            except Exception:
-                self.bad_records += 1
-                self._counts[1] += 1  # never to be written: not lost at a crash either
-                log.exception("prediction log: a record could not be made")
-                continue
-            records.append(record)
+        predicted = Predicted()
+        lines, bad = self._encoder.encode(items, self._configs, predicted)
+        if bad:
+            self.bad_records += bad
+            self._counts[1] += bad  # never to be written: not lost at a crash either
         if lines:
             lines.append(b"")
-            self._made.add(b"\n".join(lines), len(records))
+            self._made.add(b"\n".join(lines), len(lines) - 1)
         buffer = self._buffer
         for _ in range(len(items)):
             buffer.popleft()
         for consumer in self._consumers:
             try:
-                consumer(records)
+                consumer(predicted)
             except Exception:
                 log.exception("prediction log: a consumer failed")
 

@@ -229,13 +229,14 @@ def lineage_digest(inputs: Tensors | tuple[Any, ...]) -> str:
             hasher = start.copy()
         else:
             hasher.update(_header(name, array))
-        if array.dtype.hasobject:
+        if array.dtype.hasobject:  # its buffer holds pointers: hash the values
             hasher.update(orjson.dumps(array.tolist(), default=repr))
-        elif array.flags.c_contiguous:
+            continue
+        try:
             hasher.update(array)  # its buffer: the bytes tobytes() would copy
-        else:
+        except ValueError:  # not C-contiguous
             hasher.update(array.tobytes())
-    return (hasher or hashlib.blake2b(digest_size=16)).digest().hex()
+    return (hasher or hashlib.blake2b(digest_size=16)).hexdigest()
 
 
 def _segments(inputs: tuple[Any, ...], segment: SegmentOptions) -> list[str] | None:

@@ -101,7 +101,7 @@ class PredictionService:
         self.board = AccuracyBoard(
             prediction_log.options.feedback, bus.emit if bus is not None else None
         )
-        prediction_log.add_consumer(self.board.add_records)
+        prediction_log.add_consumer(self.board.add_predicted)
         self._control = control
 
     # -- the request path --------------------------------------------------------------

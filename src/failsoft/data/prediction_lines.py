@@ -1,0 +1,296 @@
+"""A chunk of the log's records encoded as JSON lines, the common case from a template.
+
+Most answers are plain: a 200 with no failed attempt, no data warning and no
+recorded tensors. Their records differ only in a few fields (request id,
+time, tenant, revision, digest, rows, prediction); the rest depends on who
+answered, which ``RecordMaker._static`` already knows. Making a dict per
+record and encoding it with orjson cost 4 us a record on one core and 9 us in
+a busy gateway (``benchmarks/serve.py --candidate assurance``); filling a
+template with those few fields costs less than half as much. Every other
+answer is made the general way (``RecordMaker.make``). Either way a line is
+byte for byte what ``orjson.dumps(RecordMaker.make(...))`` gives
+(``tests/data/test_prediction_lines.py``), so readers see one format.
+
+The same pass gathers what the feedback index takes, column by column
+(``Predicted``), in the order of the records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import re
+from typing import Any
+
+import numpy as np
+import orjson
+
+from failsoft.data.prediction_index import IndexRow, Predicted, index_row, kept_form
+from failsoft.data.prediction_record import (
+    Pending,
+    RecordMaker,
+    _checks,
+    _header,
+    _named,
+    _predictions,
+    lineage_digest,
+)
+
+__all__ = ["ChunkEncoder", "Lines"]
+
+log = logging.getLogger("failsoft.predictions")
+
+UNSAFE_IN_JSON = re.compile(r'["\\\x00-\x1f]')  # what a JSON string must escape
+PASSED = orjson.dumps(_checks(200, None, True))
+MAX_SHAPES = 4096
+LINE = (
+    b'{"request_id":%b,"time":%b,%b,"status":200,"degraded":%b,"checks":'
+    + PASSED
+    + b'%b,"input_digest":"%b","rows":%d%b}'
+)
+LINE_ONE_LABEL = LINE.replace(b"%b}", b',"prediction":[%d],"kind":"classification"}')
+DEGRADED = {False: b"false", True: b"true"}
+
+# (model, asked, served version, served by) under one configuration -> what a plain
+# record of such an answer takes from it: the configuration (to tell a new one that
+# reuses the id), the static fields encoded, the version that answered, the label
+# output, and whether its records can be plain at all.
+Shape = tuple[Any, bytes, str, str | None, bool]
+
+# A prediction's fields in the line, its kept form, and its kind (None: not to index).
+Prediction = tuple[bytes, Any, str | None]
+CLASSIFICATION = "classification"
+
+# Lines and the number of records that could not be made (counted, logged).
+Lines = tuple[list[bytes], int]
+
+
+class ChunkEncoder:
+    def __init__(self, maker: RecordMaker) -> None:
+        self._maker = maker
+        self._shapes: dict[tuple[Any, ...], Shape] = {}
+        options = maker.options
+        self._plain_possible = not (options.record_inputs or options.record_outputs)
+        self._record_prediction = options.record_prediction
+
+    def encode(self, items: list[Pending], configs: dict[int, Any], predicted: Predicted) -> Lines:
+        """Each item's line, in order; what carries a prediction is added to ``predicted``."""
+        if not items:
+            return [], 0
+        times = orjson.dumps([item[0] for item in items])[1:-1].split(b",")
+        quoted = _quoted_ids(items)
+        try:
+            lines = self._alike_chunk(items, configs, quoted, times, predicted)
+        except Exception:  # taken item by item, where a record that cannot be made is counted
+            log.debug("prediction log: a chunk taken item by item", exc_info=True)
+            lines = None
+        if lines is not None:
+            return lines, 0
+        lines = []
+        indexed: list[IndexRow] = []
+        bad = 0
+        for item, request_id, when in zip(items, quoted, times, strict=True):
+            try:
+                line = self._plain_line(item, request_id, when, configs, indexed)
+                lines.append(line if line is not None else self._general(item, configs, indexed))
+            except Exception:
+                bad += 1
+                log.exception("prediction log: a record could not be made")
+        predicted.extend(indexed)
+        return lines, bad
+
+    def _plain_line(
+        self,
+        item: Pending,
+        request_id: bytes | None,
+        when: bytes,
+        configs: dict[int, Any],
+        indexed: list[IndexRow],
+    ) -> bytes | None:
+        """The line of a plain answer (its prediction added to ``indexed``); None for any
+        other answer, to be made the general way."""
+        inputs, outputs = item[11], item[12]
+        if item[5] != 200 or item[15] or item[16] is not None or request_id is None:
+            return None
+        if not inputs or outputs is None:
+            return None
+        _, static, version, label, plain = self._shape(
+            item[7], item[3], item[4], item[8], item[9], configs
+        )
+        if not plain:
+            return None
+        tenant = item[2]
+        prediction, kept, kind = self._prediction(outputs, label)
+        line = LINE % (
+            request_id,
+            when,
+            static,
+            DEGRADED[item[10]],
+            _extra(tenant, item[6]),
+            lineage_digest(inputs).encode(),
+            len(inputs[1]),
+            prediction,
+        )
+        if kind is not None:
+            indexed.append((item[1], item[3], version, tenant, item[0], kept, None, kind))
+        return line
+
+    def _alike_chunk(
+        self,
+        items: list[Pending],
+        configs: dict[int, Any],
+        quoted: list[bytes | None],
+        times: list[bytes],
+        predicted: Predicted,
+    ) -> list[bytes] | None:
+        """The chunk's lines if its answers are all plain and alike (one model, version and
+        replica; one input tensor of one dtype and shape; a one-row integer label of one
+        dtype), made column by column; None for any other chunk."""
+        count = len(items)
+        columns = zip(*items, strict=True)  # the fields of Pending, each as a column
+        (whens, ids, tenants, models, asked, statuses, revisions, keys, served_versions,
+         served_bys, degraded, inputs, outputs, _, _, trails, verdicts) = columns  # fmt: skip
+        if (
+            statuses.count(200) != count
+            or trails.count(None) != count
+            or verdicts.count(None) != count
+            or None in quoted
+            or None in inputs
+            or None in outputs
+            or not self._record_prediction
+        ):
+            return None
+        answers = set(zip(keys, models, asked, served_versions, served_bys, strict=True))
+        if len(answers) != 1:
+            return None
+        _, static, version, label, plain = self._shape(*answers.pop(), configs)
+        if not plain or {len(parts) for parts in inputs} != {2}:
+            return None
+        names = {parts[0] for parts in inputs}
+        arrays = [parts[1] for parts in inputs]
+        forms = {(array.dtype, array.shape) for array in arrays}
+        labels = [parts[1] for parts in outputs]
+        label_forms = {(array.dtype, array.shape) for array in labels}
+        if len(names) != 1 or len(forms) != 1 or len(label_forms) != 1:
+            return None
+        if {parts[0] for parts in outputs} != {label}:
+            return None
+        dtype, shape = forms.pop()
+        label_dtype, label_shape = label_forms.pop()
+        if dtype.hasobject or not shape or label_dtype.kind not in "iu" or label_shape != (1,):
+            return None
+        values = np.concatenate(labels).tolist()
+        start = hashlib.blake2b(_header(names.pop(), arrays[0]), digest_size=16)
+        digests = []
+        for array in arrays:
+            hasher = start.copy()
+            try:
+                hasher.update(array)
+            except ValueError:  # not C-contiguous
+                hasher.update(array.tobytes())
+            digests.append(hasher.hexdigest().encode())
+        pairs = list(zip(tenants, revisions, strict=True))
+        extras = {pair: _extra(*pair) for pair in set(pairs)}
+        rows = shape[0]
+        lines = [
+            LINE_ONE_LABEL
+            % (request_id, when, static, DEGRADED[flag], extras[pair], digest, rows, value)
+            for request_id, when, flag, pair, digest, value in zip(
+                quoted, times, degraded, pairs, digests, values, strict=True
+            )
+        ]
+        same = itertools.repeat
+        predicted.extend(
+            list(
+                zip(
+                    ids,
+                    models,
+                    same(version, count),
+                    tenants,
+                    whens,
+                    values,
+                    same(None, count),
+                    same(CLASSIFICATION, count),
+                    strict=True,
+                )
+            )
+        )
+        return lines
+
+    def _shape(
+        self,
+        config_key: int,
+        model: str,
+        asked: str,
+        served_version: str | None,
+        served_by: str,
+        configs: dict[int, Any],
+    ) -> Shape:
+        """What the records of answers from (model, asked, served version, served by) under
+        one configuration share."""
+        config = configs.get(config_key)
+        key = (config_key, model, asked, served_version, served_by)
+        shape = self._shapes.get(key)
+        if shape is not None and shape[0] is config:
+            return shape
+        maker = self._maker
+        static, label = maker._static(config, model, asked, served_version, served_by)
+        plain = self._plain_possible and model not in maker.options.feedback.segments
+        encoded = orjson.dumps(static, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+        if len(self._shapes) >= MAX_SHAPES:
+            self._shapes.clear()
+        shape = self._shapes[key] = (config, encoded, static["version"], label, plain)
+        return shape
+
+    def _prediction(self, outputs: tuple[Any, ...], label: str | None) -> Prediction:
+        """The prediction's fields in the line, and what the index keeps of it (kind None:
+        nothing to index)."""
+        if not self._record_prediction:
+            return b"", None, None
+        array = outputs[1] if outputs[0] == label else _named(outputs, label)
+        if array is not None and array.ndim == 1 and len(array) == 1 and array.dtype.kind in "iu":
+            value = array.item()  # the common case: one row, an integer class
+            return b',"prediction":[%d],"kind":"classification"' % value, value, CLASSIFICATION
+        found = _predictions(outputs, label)
+        if found is None:
+            return b"", None, None
+        labels, kind = found
+        encoded = b',"prediction":%b,"kind":"%b"' % (orjson.dumps(labels), kind.encode())
+        return encoded, kept_form(labels), kind if labels else None
+
+    def _general(self, item: Pending, configs: dict[int, Any], indexed: list[IndexRow]) -> bytes:
+        record = self._maker.make(item, configs.get(item[7]))
+        line = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+        row = index_row(record)
+        if row is not None:
+            indexed.append(row)
+        return line
+
+
+def _extra(tenant: str | None, revision: int) -> bytes:
+    """The optional fields between the checks and the digest."""
+    extra = b""
+    if tenant is not None:
+        extra = b',"tenant":' + orjson.dumps(tenant)
+    if revision:
+        extra += b',"revision":%d' % revision
+    return extra
+
+
+def _quoted_ids(items: list[Pending]) -> list[bytes | None]:
+    """Each item's request id as a JSON string (None: it cannot be one)."""
+    ids = [item[1] for item in items]
+    try:
+        if not UNSAFE_IN_JSON.search("".join(ids)):
+            return [b'"%b"' % request_id.encode() for request_id in ids]
+    except (ValueError, TypeError):
+        pass
+    return [_quoted(request_id) for request_id in ids]
+
+
+def _quoted(request_id: str) -> bytes | None:
+    try:
+        return orjson.dumps(request_id)
+    except orjson.JSONEncodeError:
+        return None
