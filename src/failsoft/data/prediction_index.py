@@ -13,7 +13,7 @@ entry in a dict growing to hundreds of thousands of keys cost 1.39 us and
 and 66 bytes, and makes no object per prediction for the collector to track.
 The log hands its predictions over a chunk at a time, column by column
 (``Predicted``), and ``add_many`` stores them with a slice assignment per
-column rather than a call per prediction.
+column rather than a call per prediction (``add`` is a chunk of one).
 
 The map from request id to slot is built only when feedback looks something
 up, from the ids added since the last lookup; ids whose slot has been
@@ -103,8 +103,7 @@ class Predicted:
     def extend(self, rows: list[IndexRow]) -> None:
         if not rows:
             return
-        columns = zip(*rows, strict=True)
-        for column, values in zip(self._all(), columns, strict=True):
+        for column, values in zip(self.columns(), zip(*rows, strict=True), strict=True):
             column.extend(values)
 
     def append_record(self, record: dict[str, Any]) -> None:
@@ -112,7 +111,8 @@ class Predicted:
         if row is not None:
             self.extend([row])
 
-    def _all(self) -> tuple[list[Any], ...]:
+    def columns(self) -> tuple[list[Any], ...]:
+        """In the order of ``IndexRow`` (and of ``PredictionIndex._columns``)."""
         return (
             self.request_ids,
             self.models,
@@ -122,18 +122,6 @@ class Predicted:
             self.predictions,
             self.segments,
             self.kinds,
-        )
-
-    def columns(self) -> tuple[list[Any], ...]:
-        """In the order of the index's own columns (``PredictionIndex._columns``)."""
-        return (
-            self.request_ids,
-            self.models,
-            self.versions,
-            self.tenants,
-            self.kinds,
-            self.predictions,
-            self.segments,
         )
 
 
@@ -170,63 +158,47 @@ class PredictionIndex:
         segments: list[str] | None,
         kind: str,
     ) -> None:
-        kept = kept_form(predictions)
+        one = Predicted()
         parts = tuple(segments) if segments else None
-        slot = self._next
-        if len(self._ids) < self.capacity:
-            self._ids.append(request_id)
-            self._models.append(model)
-            self._versions.append(version)
-            self._tenants.append(tenant)
-            self._kinds.append(kind)
-            self._times.append(time)
-            self._predictions.append(kept)
-            self._segments.append(parts)
-            self._judged.append(0)
-        else:
-            self._ids[slot] = request_id
-            self._models[slot] = model
-            self._versions[slot] = version
-            self._tenants[slot] = tenant
-            self._kinds[slot] = kind
-            self._times[slot] = time
-            self._predictions[slot] = kept
-            self._segments[slot] = parts
-            self._judged[slot] = 0
-        self._next = slot + 1 if slot + 1 < self.capacity else 0
-        self._added += 1
+        one.extend(
+            [(request_id, model, version, tenant, time, kept_form(predictions), parts, kind)]
+        )
+        self.add_many(one)
 
-    def _columns(self) -> tuple[list[Any], ...]:
+    def _columns(self) -> tuple[Any, ...]:
+        """In the order of ``IndexRow``."""
         return (
             self._ids,
             self._models,
             self._versions,
             self._tenants,
-            self._kinds,
+            self._times,
             self._predictions,
             self._segments,
+            self._kinds,
         )
 
     def add_many(self, predicted: Predicted) -> None:
-        """Add ``predicted``, oldest first, as ``add`` would one by one."""
+        """Add ``predicted``, oldest first, one slice per column (wrapping around the ring)."""
         count = len(predicted)
         given = predicted.columns()
-        times = predicted.times
         done = 0
         while done < count:
             slot = self._next
             end = done + min(count - done, self.capacity - slot)
-            if len(self._ids) < self.capacity:  # still filling: the next slot is the end
-                for column, values in zip(self._columns(), given, strict=True):
-                    column.extend(values[done:end])
-                self._times.extend(times[done:end])
+            filling = len(self._ids) < self.capacity  # then the next slot is the end
+            for column, values in zip(self._columns(), given, strict=True):
+                part = values[done:end]
+                if filling:
+                    column.extend(part)
+                elif isinstance(column, array):
+                    column[slot : slot + end - done] = array("d", part)
+                else:
+                    column[slot : slot + end - done] = part
+            if filling:
                 self._judged.extend(bytes(end - done))
             else:
-                stop = slot + end - done
-                for column, values in zip(self._columns(), given, strict=True):
-                    column[slot:stop] = values[done:end]
-                self._times[slot:stop] = array("d", times[done:end])
-                self._judged[slot:stop] = bytes(end - done)
+                self._judged[slot : slot + end - done] = bytes(end - done)
             self._next = (slot + end - done) % self.capacity
             self._added += end - done
             done = end

@@ -17,7 +17,6 @@ The same pass gathers what the feedback index takes, column by column
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import re
@@ -31,9 +30,9 @@ from failsoft.data.prediction_record import (
     Pending,
     RecordMaker,
     _checks,
-    _header,
-    _named,
     _predictions,
+    digest_start,
+    feed,
     lineage_digest,
 )
 
@@ -181,14 +180,11 @@ class ChunkEncoder:
         if dtype.hasobject or not shape or label_dtype.kind not in "iu" or label_shape != (1,):
             return None
         values = np.concatenate(labels).tolist()
-        start = hashlib.blake2b(_header(names.pop(), arrays[0]), digest_size=16)
+        start = digest_start(names.pop(), arrays[0])  # lineage_digest's, a column at a time
         digests = []
         for array in arrays:
             hasher = start.copy()
-            try:
-                hasher.update(array)
-            except ValueError:  # not C-contiguous
-                hasher.update(array.tobytes())
+            feed(hasher, array)
             digests.append(hasher.hexdigest().encode())
         pairs = list(zip(tenants, revisions, strict=True))
         extras = {pair: _extra(*pair) for pair in set(pairs)}
@@ -246,13 +242,7 @@ class ChunkEncoder:
     def _prediction(self, outputs: tuple[Any, ...], label: str | None) -> Prediction:
         """The prediction's fields in the line, and what the index keeps of it (kind None:
         nothing to index)."""
-        if not self._record_prediction:
-            return b"", None, None
-        array = outputs[1] if outputs[0] == label else _named(outputs, label)
-        if array is not None and array.ndim == 1 and len(array) == 1 and array.dtype.kind in "iu":
-            value = array.item()  # the common case: one row, an integer class
-            return b',"prediction":[%d],"kind":"classification"' % value, value, CLASSIFICATION
-        found = _predictions(outputs, label)
+        found = _predictions(outputs, label) if self._record_prediction else None
         if found is None:
             return b"", None, None
         labels, kind = found

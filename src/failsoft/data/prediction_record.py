@@ -213,6 +213,28 @@ def _header(name: str, array: Any) -> bytes:
     return f"{name}\0{array.dtype.str}\0{array.shape}\0".encode()
 
 
+def digest_start(name: str, array: Any) -> Any:
+    """A blake2b-128 hasher fed the header of the first input (copy it before use)."""
+    key = (name, array.dtype, array.shape)
+    start = _STARTS.get(key)
+    if start is None:
+        start = hashlib.blake2b(_header(name, array), digest_size=16)
+        if len(_STARTS) < 4096:
+            _STARTS[key] = start
+    return start
+
+
+def feed(hasher: Any, array: Any) -> None:
+    """Add an input's values to a lineage digest."""
+    if array.dtype.hasobject:  # its buffer holds pointers: hash the values
+        hasher.update(orjson.dumps(array.tolist(), default=repr))
+        return
+    try:
+        hasher.update(array)  # its buffer: the bytes tobytes() would copy
+    except ValueError:  # not C-contiguous
+        hasher.update(array.tobytes())
+
+
 def lineage_digest(inputs: Tensors | tuple[Any, ...]) -> str:
     """blake2b-128 of the inputs' names, dtypes, shapes and bytes (hex), in name order."""
     parts = inputs if isinstance(inputs, tuple) else flat(inputs)
@@ -220,22 +242,10 @@ def lineage_digest(inputs: Tensors | tuple[Any, ...]) -> str:
     hasher = None
     for name, array in pairs:
         if hasher is None:
-            key = (name, array.dtype, array.shape)
-            start = _STARTS.get(key)
-            if start is None:
-                start = hashlib.blake2b(_header(name, array), digest_size=16)
-                if len(_STARTS) < 4096:
-                    _STARTS[key] = start
-            hasher = start.copy()
+            hasher = digest_start(name, array).copy()
         else:
             hasher.update(_header(name, array))
-        if array.dtype.hasobject:  # its buffer holds pointers: hash the values
-            hasher.update(orjson.dumps(array.tolist(), default=repr))
-            continue
-        try:
-            hasher.update(array)  # its buffer: the bytes tobytes() would copy
-        except ValueError:  # not C-contiguous
-            hasher.update(array.tobytes())
+        feed(hasher, array)
     return (hasher or hashlib.blake2b(digest_size=16)).hexdigest()
 
 
