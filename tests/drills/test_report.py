@@ -27,7 +27,17 @@ def test_a_hostile_client_drill_shows_the_attack_readiness_and_penalties() -> No
         windows=[],
         attack=_attack([422, 504, 413, 200, 504, 413], [False, False, False, True, False, False]),
         readiness=_polls([200] * 99 + [503]),
-        events=[{"type": "BreakerTransition", "model": "iris", "new": "open", "at_s": 4.0}],
+        events=[
+            {
+                "type": "BreakerTransition",
+                "model": "iris",
+                "version": "v1",
+                "replica": "w1",
+                "new": "open",
+                "reason": "failure rate 60% over 10 calls",
+                "at_s": 4.0,
+            }
+        ],
         expect={"max_poison_uncontained": 0, "max_not_ready": 0, "max_replicas_penalised": 0},
     )
 
@@ -39,6 +49,9 @@ def test_a_hostile_client_drill_shows_the_attack_readiness_and_penalties() -> No
     assert _lines(text, "readiness:") == ["readiness: 1 of 100 polls not ready"]
     assert _lines(text, "replicas penalised:") == [
         "replicas penalised: breaker opened x1, ejected x0, probe failed x0"
+    ]
+    assert _lines(text, "breaker opened v1/w1") == [
+        "breaker opened v1/w1 at 4.0 s: failure rate 60% over 10 calls"
     ]
     assert _lines(text, "ok poison uncontained") == ["ok poison uncontained 0 of 2 (expected <= 0)"]
     assert _lines(text, "FAIL") == [

@@ -16,6 +16,7 @@ from failsoft.drills.deploy import DeployOutcome
 from failsoft.drills.experiment import Experiment
 from failsoft.drills.load import NO_ANSWER, NOT_SENT, AttackOutcomes, Outcomes, ReadinessPolls
 from failsoft.drills.scorecard import (
+    MAX_PENALTY_NOTES,
     Check,
     FaultWindow,
     Scorecard,
@@ -24,6 +25,7 @@ from failsoft.drills.scorecard import (
     healed,
     is_reaction,
     onset,
+    penalty_notes,
     recovery,
     replica_penalties,
     score,
@@ -1134,6 +1136,30 @@ def test_replica_penalties_count_breaker_openings_ejections_and_failed_probes() 
         "breaker opened": 2,
         "ejected": 1,
         "probe failed": 1,
+    }
+    assert penalty_notes("iris", events) == [
+        "breaker opened ?/? at 1.0 s: no reason given",
+        "breaker opened ?/? at 2.1 s: no reason given",
+        "ejected ?/? at 4.0 s: no reason given",
+        "probe failed ?/? at 5.0 s: no reason given",
+    ]
+
+
+def test_penalty_notes_name_the_replica_and_reason_and_stop_at_a_few() -> None:
+    events = [
+        _event("ReplicaEjected", float(i), version="v1", replica=f"w{i}", reason="5 in a row")
+        for i in range(MAX_PENALTY_NOTES + 3)
+    ]
+
+    card = _score(_clean_run(), events=events, expect={"max_replicas_penalised": 0})
+
+    assert card.penalty_notes == [
+        f"ejected v1/w{i} at {i:.1f} s: 5 in a row" for i in range(MAX_PENALTY_NOTES)
+    ]
+    assert card.replica_penalties == {
+        "breaker opened": 0,
+        "ejected": MAX_PENALTY_NOTES + 3,
+        "probe failed": 0,
     }
 
 

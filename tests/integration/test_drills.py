@@ -95,6 +95,15 @@ def summary(stdout: str) -> dict[str, str]:
     return found
 
 
+def failed_reports(stdout: str) -> str:
+    """The scorecards of the drills that failed, then the suite's summary: what a failure
+    needs explained, where the output's tail would show only the last drills."""
+    report = re.compile(r"^drill (\S+): \d+ requests\n.*?^drill \1 (PASSED|FAILED)$", re.M | re.S)
+    failed = [m.group(0) for m in report.finditer(stdout) if m.group(2) == "FAILED"]
+    summary_at = stdout.find("suite summary:")
+    return "\n".join([*failed, stdout[summary_at:] if summary_at >= 0 else stdout[-6000:]])
+
+
 def fragile_config(demo_dir: Path, directory: Path) -> Path:
     """The demo without retries, hedging, ejection, fallback, admission control, failure
     attribution, or the balancer's failure penalty (which alone steers calls away from a
@@ -115,7 +124,7 @@ def fragile_config(demo_dir: Path, directory: Path) -> Path:
 
 def test_the_bundled_suite_passes_on_the_demo_configuration(demo_dir: Path, tmp_path: Path) -> None:
     result = run_suite(demo_dir / CONFIG_NAME, tmp_path)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert result.returncode == 0, failed_reports(result.stdout) + result.stderr[-3000:]
     verdicts = summary(result.stdout)
     assert set(verdicts) == {path.stem for path in DRILLS.glob("*.yaml")}
     assert all(verdict == "passed" for verdict in verdicts.values()), verdicts

@@ -118,6 +118,7 @@ def render(card: Scorecard, color: bool = True) -> str:
             "  replicas penalised: "
             + ", ".join(f"{name} x{count}" for name, count in card.replica_penalties.items())
         )
+        lines.extend(f"    {note}" for note in card.penalty_notes)
     if card.incident is not None:
         lines.extend(_incident_lines(card.incident))
     lines.append("  checks:")

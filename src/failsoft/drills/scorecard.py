@@ -165,6 +165,7 @@ class Scorecard:
     readiness_polls: int | None = None
     not_ready: int | None = None
     replica_penalties: dict[str, int] | None = None  # kind of penalty -> count
+    penalty_notes: list[str] = field(default_factory=list)  # the first few, which and why
     deploys: list[DeployOutcome] = field(default_factory=list)
     flags: list[FlagScore] = field(default_factory=list)
     drift: dict[str, Any] | None = None  # a data step's detection (drills/datastep.py)
@@ -298,16 +299,36 @@ PENALTIES = {
 }
 
 
+MAX_PENALTY_NOTES = 5
+
+
 def replica_penalties(model: str, events: Sequence[dict[str, Any]]) -> dict[str, int]:
     """The model's replicas' breaker openings, ejections and failed probes during the run."""
     counts = dict.fromkeys(PENALTIES, 0)
+    for name, _ in _penalties(model, events):
+        counts[name] += 1
+    return counts
+
+
+def penalty_notes(model: str, events: Sequence[dict[str, Any]]) -> list[str]:
+    """The first ``MAX_PENALTY_NOTES`` penalties, each with its replica, time and reason:
+    what a failing "replicas penalised" check needs to be understood from its report."""
+    return [
+        f"{name} {event.get('version', '?')}/{event.get('replica', '?')} at "
+        f"{event['at_s']:.1f} s: {event.get('reason') or 'no reason given'}"
+        for name, event in _penalties(model, events)[:MAX_PENALTY_NOTES]
+    ]
+
+
+def _penalties(model: str, events: Sequence[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    found = []
     for event in events:
         if event["at_s"] < 0 or event.get("model") != model:
             continue
         for name, kind in PENALTIES.items():
             if event["type"] == kind and is_reaction(event):
-                counts[name] += 1
-    return counts
+                found.append((name, event))
+    return found
 
 
 def deploy_window(deploy: DeployOutcome, model: str) -> FaultWindow:
@@ -622,6 +643,7 @@ def score(
         readiness_polls=polls,
         not_ready=not_ready,
         replica_penalties=penalties,
+        penalty_notes=[] if penalties is None else penalty_notes(experiment.load.model, events),
         deploys=list(deploys),
         flags=scored,
         marked=marked,
