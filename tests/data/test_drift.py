@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from failsoft.data.drift import DriftCleared, DriftDetected, DriftMonitor
 from failsoft.data.drift_options import DriftOptions, DriftWindow
 from failsoft.data.drift_service import DriftService
 from failsoft.data.profiles import Profile, ProfileError, build_profile
+from failsoft.data.sketches import CategoricalSketch, NumericSketch
 from failsoft.demo import CONFIG_NAME, _load
 from failsoft.observe.events import Event, EventBus
 from failsoft.protocol.spec import TensorSpec
@@ -224,3 +227,102 @@ def test_the_no_false_alarm_simulation_short_form() -> None:
     shifted = simulate(config, predict, rows, 180, seed=12, shift=(60.0, 2), stop_on_alarm=True)
     assert shifted.alarms[0].worst == "features[2]"
     assert shifted.alarm_times[0] - 60.0 <= 60.0
+
+
+@pytest.mark.parametrize(
+    "windows",
+    [
+        [("30s", 30, 5), ("1h", 3600, 300)],
+        [("10s", 10, 1), ("1m", 60, 10), ("10m", 600, 60), ("odd", 70, 7)],
+    ],
+)
+def test_a_window_fed_from_a_shorter_ones_buckets_holds_exactly_its_rows(
+    profile: Profile, windows: list[tuple[str, float, float]]
+) -> None:
+    """The long windows take the short ones' closed buckets (and their open one when
+    judged): each window holds the rows of its own span, as the sketches can tell."""
+    options = DriftOptions(
+        windows=[DriftWindow(name=n, seconds=s, bucket_s=b) for n, s, b in windows]
+    )
+    monitor = DriftMonitor("iris", "v1", profile, options, lambda event: None)
+    sources = {w.options.name: w.source and w.source.options.name for w in monitor._windows}
+    assert sources == (
+        {"30s": None, "1h": "30s"}
+        if len(windows) == 2
+        else {"10s": None, "1m": "10s", "10m": "1m", "odd": "10s"}
+    )
+    rng = np.random.default_rng(11)
+    sent: list[tuple[float, np.ndarray]] = []
+    now = 0.25
+    checked = 0
+    # Traffic with pauses longer than the short windows, and a shift in one feature.
+    for stretch, (seconds, rate, shift) in enumerate(
+        [(40, 60, None), (0, 0, None), (130, 20, None), (45, 60, 2), (0, 0, None), (30, 40, 2)]
+    ):
+        if not seconds:
+            for pause in (5.0, 30.0, 95.0 if stretch == 1 else 700.0):
+                now += pause
+                # Judged before any new row comes, the long windows first: their
+                # sources have not yet seen the time either.
+                for window in reversed(monitor._windows):
+                    _assert_holds(window, now, sent)
+        end = now + seconds
+        while now < end:
+            batch = ROWS[rng.integers(0, len(ROWS), rng.integers(1, rate // 2 + 2))].copy()
+            if shift is not None:
+                batch[:, shift] += SD[shift]
+            monitor.update({"features": batch}, fake_outputs(batch), now)
+            sent.append((now, batch))
+            now += rng.uniform(0.1, 0.9)
+            if rng.random() < 0.1:
+                for window in monitor._windows:
+                    _assert_holds(window, now, sent)
+                    checked += 1
+    assert checked > 100
+
+
+def _assert_holds(window: Any, now: float, sent: list[tuple[float, np.ndarray]]) -> None:
+    """The window's merged sketches against the rows sent within its span: the same row
+    count, exact label counts, and each feature's ranks within the sketch's error."""
+    bucket_s, buckets = window.options.bucket_s, window.options.buckets
+    oldest = math.floor(now / bucket_s) - buckets + 1
+    kept = [batch for when, batch in sent if math.floor(when / bucket_s) >= oldest]
+    rows, sketches = window.merged(now)
+    assert rows == sum(len(batch) for batch in kept), window.options.name
+    if not kept:
+        return
+    data = np.concatenate(kept)
+    features, label = sketches[:4], sketches[4]
+    assert isinstance(label, CategoricalSketch)
+    expected_labels = fake_outputs(data)["label"]
+    distinct, counts = np.unique(expected_labels, return_counts=True)
+    assert label.counts() == {
+        str(value): int(count) for value, count in zip(distinct, counts, strict=True)
+    }
+    for column, sketch in enumerate(features):
+        assert isinstance(sketch, NumericSketch)
+        values = data[:, column].astype(np.float64)
+        assert sketch.count == len(values)
+        for split in np.quantile(values, [0.1, 0.3, 0.5, 0.7, 0.9]):
+            true_rank = float(np.mean(values < split))
+            assert abs(sketch.rank(split) - true_rank) <= 3 * sketch.rank_error + 1e-9
+
+
+def test_windows_chain_only_where_buckets_tile() -> None:
+    from failsoft.data.drift import _Window, chain_windows
+
+    def window(name: str, seconds: float, bucket: float) -> _Window:
+        return _Window(DriftWindow(name=name, seconds=seconds, bucket_s=bucket), [])
+
+    short, hour, odd, same = (
+        window("30s", 30, 5),
+        window("1h", 3600, 300),
+        window("21s", 21, 7),
+        window("1m", 60, 5),
+    )
+    chain_windows([hour, odd, short, same])
+    assert short.source is None
+    assert odd.source is None
+    assert same.source is short  # the same buckets: folded, not sketched twice
+    assert hour.source is same  # the nearest shorter one that tiles it
+    assert short._folds_into == [same]

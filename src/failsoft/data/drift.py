@@ -5,7 +5,11 @@ last 30 seconds in 5-second buckets and the last hour in 5-minute buckets), a
 ring of buckets, each one sketch per column (the profile's input columns and,
 with ``drift.outputs``, its output columns). ``update`` adds a batch of rows
 to the current bucket of every window; a bucket older than its window is
-dropped whole, so a window slides by one bucket at a time.
+dropped whole, so a window slides by one bucket at a time. A window whose
+buckets are a whole number of a shorter window's (the hour's 5-minute buckets,
+of the 30 seconds' 5-second ones) is not updated with every batch again: it
+takes the shorter window's buckets as they close, merged, and when judged also
+the one still open, so it holds the same rows for half the work.
 
 ``evaluate`` merges each window's buckets and scores every column against
 the reference: PSI on the reference's quantile cells for numbers, the
@@ -114,6 +118,10 @@ class FeatureScore:
         return data
 
 
+def _as_doubles(values: np.ndarray | None) -> np.ndarray | None:
+    return None if values is None else np.ascontiguousarray(values, dtype=np.float64)
+
+
 def _round(value: float) -> float | None:
     return None if not math.isfinite(value) else round(value, 6)
 
@@ -162,22 +170,60 @@ class _Bucket:
 
 
 class _Window:
+    """A ring of buckets. A window is fed either every batch (``update``) or, when a
+    shorter window's buckets tile its own, that window's buckets as they close
+    (``fold``): the long window then costs a merge per closed bucket, not a second
+    update per value. Merged, it also takes its source's bucket still open, so it
+    holds the same rows either way."""
+
     def __init__(self, options: DriftWindow, columns: Sequence[ColumnProfile]) -> None:
         self.options = options
         self._columns = columns
         self._buckets: deque[_Bucket] = deque()
+        self.source: _Window | None = None  # the shorter window that folds into this one
+        self._folds_into: list[_Window] = []
+        self._folded_through = -math.inf  # the newest bucket index already folded
+
+    def fed_by(self, source: _Window) -> None:
+        self.source = source
+        source._folds_into.append(self)
 
     def _current(self, now: float) -> _Bucket:
         index = math.floor(now / self.options.bucket_s)
+        return self._bucket_at(index)
+
+    def _bucket_at(self, index: int) -> _Bucket:
         self._expire(index)
         if not self._buckets or self._buckets[-1].index != index:
+            if self._buckets:
+                self._fold(self._buckets[-1])  # it is closed
             self._buckets.append(_Bucket(index, self._columns))
         return self._buckets[-1]
 
     def _expire(self, index: int) -> None:
         oldest = index - self.options.buckets + 1
         while self._buckets and self._buckets[0].index < oldest:
-            self._buckets.popleft()
+            self._fold(self._buckets.popleft())
+
+    def _fold(self, bucket: _Bucket) -> None:
+        if bucket.index <= self._folded_through:
+            return
+        self._folded_through = bucket.index
+        for into in self._folds_into:
+            target = into._bucket_at(self._index_in(into, bucket))
+            target.rows += bucket.rows
+            for mine, theirs in zip(target.sketches, bucket.sketches, strict=True):
+                _merge(mine, theirs)
+
+    def _index_in(self, other: _Window, bucket: _Bucket) -> int:
+        middle = (bucket.index + 0.5) * self.options.bucket_s  # robust to rounding
+        return math.floor(middle / other.options.bucket_s)
+
+    def _open(self) -> _Bucket | None:
+        """The newest bucket when it is not folded yet."""
+        if self._buckets and self._buckets[-1].index > self._folded_through:
+            return self._buckets[-1]
+        return None
 
     def update(self, now: float, rows: int, values: Sequence[np.ndarray | None]) -> None:
         bucket = self._current(now)
@@ -187,20 +233,49 @@ class _Window:
                 sketch.update(column)
 
     def merged(self, now: float) -> tuple[int, list[Sketch]]:
-        self._expire(math.floor(now / self.options.bucket_s))
+        chain = []  # the windows that fold into this one, directly or not, nearest first
+        source = self.source
+        while source is not None:
+            chain.append(source)
+            source = source.source
+        for window in [*reversed(chain), self]:  # what expires folds on up the chain
+            window._expire(math.floor(now / window.options.bucket_s))
+        index = math.floor(now / self.options.bucket_s)
+        oldest = index - self.options.buckets + 1
+        buckets = list(self._buckets)
+        for window in chain:  # and what has not reached this window yet
+            open_bucket = window._open()
+            if open_bucket is not None and window._index_in(self, open_bucket) >= oldest:
+                buckets.append(open_bucket)
         merged: list[Sketch] = [
             NumericSketch() if isinstance(c.sketch, NumericSketch) else CategoricalSketch()
             for c in self._columns
         ]
         rows = 0
-        for bucket in self._buckets:
+        for bucket in buckets:
             rows += bucket.rows
             for into, sketch in zip(merged, bucket.sketches, strict=True):
-                if isinstance(into, NumericSketch) and isinstance(sketch, NumericSketch):  # noqa: SIM114 - two branches so mypy narrows both
-                    into.merge(sketch)
-                elif isinstance(into, CategoricalSketch) and isinstance(sketch, CategoricalSketch):
-                    into.merge(sketch)
+                _merge(into, sketch)
         return rows, merged
+
+
+def _merge(into: Sketch, sketch: Sketch) -> None:
+    if isinstance(into, NumericSketch) and isinstance(sketch, NumericSketch):  # noqa: SIM114 - two branches so mypy narrows both
+        into.merge(sketch)
+    elif isinstance(into, CategoricalSketch) and isinstance(sketch, CategoricalSketch):
+        into.merge(sketch)
+
+
+def chain_windows(windows: Sequence[_Window]) -> None:
+    """Feed each window from the shorter-bucketed window nearest to it whose buckets
+    tile its own (bucket_s a whole multiple), where there is one."""
+    ordered = sorted(windows, key=lambda w: (w.options.bucket_s, w.options.seconds))
+    for position, window in enumerate(ordered):
+        for shorter in reversed(ordered[:position]):
+            ratio = window.options.bucket_s / shorter.options.bucket_s
+            if abs(ratio - round(ratio)) < 1e-9:
+                window.fed_by(shorter)
+                break
 
 
 class DriftMonitor:
@@ -227,6 +302,8 @@ class DriftMonitor:
         self.columns: list[ColumnProfile] = columns
         self._n_inputs = len(profile.inputs)
         self._windows = [_Window(window, columns) for window in options.windows]
+        chain_windows(self._windows)
+        self._fed = [window for window in self._windows if window.source is None]
         self._splits = [
             reference_splits(c.sketch, options.bins) if isinstance(c.sketch, NumericSketch) else []
             for c in columns
@@ -250,7 +327,12 @@ class DriftMonitor:
             return
         rows = len(first)
         self.rows += rows
-        for window in self._windows:
+        if len(self._fed) > 1:  # convert each column once, not once per window
+            values = [
+                _as_doubles(v) if isinstance(c.sketch, NumericSketch) else v
+                for v, c in zip(values, self.columns, strict=True)
+            ]
+        for window in self._fed:
             window.update(now, rows, values)
 
     def evaluate(
