@@ -118,10 +118,6 @@ class FeatureScore:
         return data
 
 
-def _as_doubles(values: np.ndarray | None) -> np.ndarray | None:
-    return None if values is None else np.ascontiguousarray(values, dtype=np.float64)
-
-
 def _round(value: float) -> float | None:
     return None if not math.isfinite(value) else round(value, 6)
 
@@ -188,10 +184,6 @@ class _Window:
         self.source = source
         source._folds_into.append(self)
 
-    def _current(self, now: float) -> _Bucket:
-        index = math.floor(now / self.options.bucket_s)
-        return self._bucket_at(index)
-
     def _bucket_at(self, index: int) -> _Bucket:
         self._expire(index)
         if not self._buckets or self._buckets[-1].index != index:
@@ -226,7 +218,7 @@ class _Window:
         return None
 
     def update(self, now: float, rows: int, values: Sequence[np.ndarray | None]) -> None:
-        bucket = self._current(now)
+        bucket = self._bucket_at(math.floor(now / self.options.bucket_s))
         bucket.rows += rows
         for sketch, column in zip(bucket.sketches, values, strict=True):
             if column is not None:
@@ -327,11 +319,6 @@ class DriftMonitor:
             return
         rows = len(first)
         self.rows += rows
-        if len(self._fed) > 1:  # convert each column once, not once per window
-            values = [
-                _as_doubles(v) if isinstance(c.sketch, NumericSketch) else v
-                for v, c in zip(values, self.columns, strict=True)
-            ]
         for window in self._fed:
             window.update(now, rows, values)
 
