@@ -13,7 +13,7 @@ import pytest
 from failsoft.config import parse_config
 from failsoft.data.input_checks import DataVerdict, DataViolation, Violation
 from failsoft.data.prediction_index import Predicted
-from failsoft.data.prediction_lines import ChunkEncoder
+from failsoft.data.prediction_lines import ChunkEncoder, _quoted_ids
 from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker, pending
 
 PYTHON = {"backend": "python", "function": "tests.integration._models:heuristic"}
@@ -229,3 +229,25 @@ def test_a_chunk_of_alike_answers_is_written_as_the_general_way_writes_it(spoile
         items, {1: config}, quoted, times, Predicted()
     )
     assert (column_by_column is not None) == (spoiler in ("none", "escaped-id", "strided-input"))
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["0123456789abcdef0123456789abcdef"],
+        ["a", "", "caf\u00e9", "b"],
+        ["plain", "nul\0inside", "other"],  # NUL joins the ids: one inside must not cut
+        ["plain", 'quote"d', "back\\slash", "tab\tbed", "\x1f"],
+        ["plain", "\ud800"],  # not encodable: no JSON string at all
+    ],
+)
+def test_request_ids_are_quoted_as_orjson_quotes_them(ids: list[str]) -> None:
+    items: list[Pending] = [pending(1.0, rid, None, "m", "v1", 200, 0, 1) for rid in ids]
+
+    def expected(rid: str) -> bytes | None:
+        try:
+            return orjson.dumps(rid)
+        except orjson.JSONEncodeError:
+            return None
+
+    assert list(_quoted_ids(items)) == [expected(rid) for rid in ids]

@@ -45,6 +45,7 @@ import contextlib
 import itertools
 import logging
 import mmap
+import operator
 import os
 import random
 import threading
@@ -79,6 +80,7 @@ STOP_WITHIN_S = 30.0  # for the writer's last batch at a stop
 MAX_TRAILS = 10_000  # requests with events not yet taken by ``record``
 TRAIL_EVENTS = (AttemptFailed, PoisonDetected, RetryDenied, FallbackTierFailed, FallbackUsed)
 Consumer = Callable[[Predicted], None]
+ANSWERED_BY = operator.itemgetter(7, 3, 4, 8, 9)  # configuration, model, asked, served by
 
 
 def segment_files(directory: Path) -> list[Path]:
@@ -473,7 +475,7 @@ class PredictionLog:
     async def _hash_artifacts(self, items: list[Pending]) -> None:
         """Have the artifacts these records name hashed on a worker thread if they are not
         yet: making a record on the event loop must never read a model file."""
-        answers = {(item[7], item[3], item[4], item[8], item[9]) for item in items}
+        answers = set(map(ANSWERED_BY, items))
         wanted: list[tuple[Any, str, str]] = []
         for key, model, asked, served_version, served_by in answers:
             config = self._configs.get(key)
