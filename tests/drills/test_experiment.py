@@ -534,3 +534,19 @@ def test_the_bad_deploy_drill_expects_two_refusals() -> None:
     assert [deploy.expect for deploy in experiment.deploys] == ["refused", "refused"]
     assert experiment.expect.max_lost == 0
     assert experiment.expect.max_degraded_pct == 0
+
+
+def test_the_short_form_judges_p99_with_the_noise_margin() -> None:
+    tight = Experiment.model_validate(_drill(hypothesis={"availability_pct": 99.5, "p99_ms": 100}))
+    loose = Experiment.model_validate(_drill(hypothesis={"p99_ms": 5}))
+
+    assert tight.with_noise_margin().hypothesis.p99_ms == 200  # 2x
+    assert loose.with_noise_margin().hypothesis.p99_ms == 25  # +20 ms
+    assert tight.with_noise_margin().hypothesis.availability_pct == 99.5
+    assert tight.hypothesis.p99_ms == 100  # the drill as written is untouched
+
+
+def test_without_a_p99_hypothesis_the_short_form_judges_as_written() -> None:
+    drill = Experiment.model_validate(_drill())
+
+    assert drill.with_noise_margin() == drill
