@@ -1163,6 +1163,21 @@ def test_penalty_notes_name_the_replica_and_reason_and_stop_at_a_few() -> None:
     }
 
 
+def test_a_penalty_note_shows_the_last_failure_charged_before_it() -> None:
+    events = [
+        _event("AttemptFailed", 0.5, replica="w1", message="an earlier one"),
+        _event("AttemptFailed", 1.9, replica="w0", message="timed out after 1000 ms", count=5),
+        _event("AttemptFailed", 2.0, model="wine", replica="w0", message="not this model"),
+        _event("ReplicaEjected", 2.1, version="v1", replica="w0", reason="consecutive_failures"),
+        _event("AttemptFailed", 3.0, replica="w0", message="after it"),
+    ]
+
+    assert penalty_notes("iris", events) == [
+        "ejected v1/w0 at 2.1 s: consecutive_failures; last charged failure: w0 at 1.9 s, "
+        "timed out after 1000 ms (x5 within a second)"
+    ]
+
+
 def test_replicas_penalised_check() -> None:
     events = [_event("BreakerTransition", 4.0, new="open")]
 

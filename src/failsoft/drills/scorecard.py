@@ -311,13 +311,41 @@ def replica_penalties(model: str, events: Sequence[dict[str, Any]]) -> dict[str,
 
 
 def penalty_notes(model: str, events: Sequence[dict[str, Any]]) -> list[str]:
-    """The first ``MAX_PENALTY_NOTES`` penalties, each with its replica, time and reason:
-    what a failing "replicas penalised" check needs to be understood from its report."""
-    return [
-        f"{name} {event.get('version', '?')}/{event.get('replica', '?')} at "
-        f"{event['at_s']:.1f} s: {event.get('reason') or 'no reason given'}"
-        for name, event in _penalties(model, events)[:MAX_PENALTY_NOTES]
-    ]
+    """The first ``MAX_PENALTY_NOTES`` penalties, each with its replica, time and reason,
+    and the last failure charged to one of the model's replicas before it: what a failing
+    "replicas penalised" check needs to be understood from its report."""
+    notes = []
+    for name, event in _penalties(model, events)[:MAX_PENALTY_NOTES]:
+        note = (
+            f"{name} {event.get('version', '?')}/{event.get('replica', '?')} at "
+            f"{event['at_s']:.1f} s: {event.get('reason') or 'no reason given'}"
+        )
+        charged = _last_charged(model, events, event["at_s"])
+        if charged is not None:
+            count = charged.get("count", 1)
+            note += (
+                f"; last charged failure: {charged.get('replica', '?')} at "
+                f"{charged['at_s']:.1f} s, {charged.get('message') or 'no message'}"
+                + (f" (x{count} within a second)" if count > 1 else "")
+            )
+        notes.append(note)
+    return notes
+
+
+def _last_charged(
+    model: str, events: Sequence[dict[str, Any]], before_s: float
+) -> dict[str, Any] | None:
+    """The last ``AttemptFailed`` of ``model`` at or before ``before_s`` (the gateway keeps
+    the first of each second, with a count)."""
+    last = None
+    for event in events:
+        if (
+            event["type"] == "AttemptFailed"
+            and event.get("model") == model
+            and 0 <= event["at_s"] <= before_s
+        ):
+            last = event
+    return last
 
 
 def _penalties(model: str, events: Sequence[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

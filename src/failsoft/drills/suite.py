@@ -3,12 +3,22 @@
 Each drill gets a fresh target (started from the same configuration), so one
 drill's ejections and open breakers cannot help or hurt the next. The
 resilience score is the share of drills that passed.
+
+With ``jobs`` above 1 that many drills run at once, each in a process of its
+own (its load's timing never waits on another drill's work for the GIL) and
+against its own target. Most drills send a fixed 100 requests a second and
+spend their time waiting, so a few at once take a fraction of the time on a
+small machine; but drills running together share its cores, so the figures
+to keep come from a run with one at a time.
 """
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,24 +69,70 @@ def run_suite(
     choice: TargetChoice,
     *,
     short_s: float | None = None,
+    jobs: int = 1,
     progress: Progress,
     on_card: Callable[[Experiment, Scorecard], None] | None = None,
 ) -> SuiteResult:
-    """Run each drill; with ``short_s``, each drill's times shrink to a load of that long."""
+    """Run each drill, ``jobs`` at a time; with ``short_s``, each drill's times shrink to a
+    load of that long. ``on_card`` sees each scorecard as its drill ends; the result keeps
+    the suite's order."""
+    if jobs > 1 and choice.url is not None:
+        raise ValueError("drills against one running gateway run one at a time")
+    outcomes: list[Outcome | None] = [None] * len(experiments)
+    if jobs <= 1:
+        for index, experiment in enumerate(experiments):
+            progress(f"[{index + 1}/{len(experiments)}] {experiment.name}")
+            outcomes[index] = _run_one(experiment, choice, short_s, progress)
+            _show(outcomes[index], experiment, on_card)
+    else:
+        spawn = multiprocessing.get_context("spawn")  # no copy of this process's threads
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn) as pool:
+            running: dict[Future[Outcome], int] = {}
+            for index, experiment in enumerate(experiments):
+                tagged = functools.partial(_tagged, progress, experiment.name)
+                running[pool.submit(_run_one, experiment, choice, short_s, tagged)] = index
+            progress(f"{len(experiments)} drills, {jobs} at a time")
+            for future in as_completed(running):
+                index = running[future]
+                try:
+                    outcomes[index] = future.result()
+                except Exception as error:  # the drill's process died: say so, go on
+                    outcomes[index] = (None, f"its process failed: {error}", 0.0)
+                _show(outcomes[index], experiments[index], on_card)
     result = SuiteResult([])
-    for index, experiment in enumerate(experiments, 1):
-        progress(f"[{index}/{len(experiments)}] {experiment.name}")
-        scale = experiment.scale_for(short_s)
-        started = time.monotonic()
-        try:
-            card = run_drill(experiment, choice, scale=scale, progress=progress)
-        except TargetError as error:
-            result.cards.append((experiment, None, str(error)))
-            result.seconds.append(time.monotonic() - started)
-            progress(f"{experiment.name}: could not run: {error}")
-            continue
-        result.cards.append((experiment, card, ""))
-        result.seconds.append(time.monotonic() - started)
-        if on_card is not None:
-            on_card(experiment, card)
+    for experiment, outcome in zip(experiments, outcomes, strict=True):
+        assert outcome is not None
+        card, problem, seconds = outcome
+        result.cards.append((experiment, card, problem))
+        result.seconds.append(seconds)
     return result
+
+
+# A drill's scorecard (None when it could not run), why it could not, its wall time.
+Outcome = tuple[Scorecard | None, str, float]
+
+
+def _run_one(
+    experiment: Experiment, choice: TargetChoice, short_s: float | None, progress: Progress
+) -> Outcome:
+    started = time.monotonic()
+    try:
+        card = run_drill(experiment, choice, scale=experiment.scale_for(short_s), progress=progress)
+    except TargetError as error:
+        progress(f"{experiment.name}: could not run: {error}")
+        return None, str(error), time.monotonic() - started
+    return card, "", time.monotonic() - started
+
+
+def _show(
+    outcome: Outcome | None,
+    experiment: Experiment,
+    on_card: Callable[[Experiment, Scorecard], None] | None,
+) -> None:
+    if outcome is not None and outcome[0] is not None and on_card is not None:
+        on_card(experiment, outcome[0])
+
+
+def _tagged(progress: Progress, name: str, message: str) -> None:
+    """``progress`` with every line naming its drill (drills running at once interleave)."""
+    progress(message if message.startswith(name) else f"{name}: {message.strip()}")
