@@ -1134,3 +1134,75 @@ async def test_a_version_switched_off_mid_call_gets_no_hedge() -> None:
     assert fleet.kinds() == ["first"]
     await fleet.clock.advance(0.5)
     assert finished(task)[1].name == fleet.calls[0]  # the call under way still answers
+
+
+def late_nan(seconds: float) -> Action:
+    """A NaN score after ``seconds`` of the fleet's ManualClock: poison, answered slowly."""
+
+    async def act(replica: ScriptedReplica) -> Tensors:
+        await replica.fleet.clock.sleep(seconds)
+        outputs = replica.good_outputs()
+        outputs["score"] = np.array([np.nan, 0.5], dtype=np.float32)
+        return outputs
+
+    return act
+
+
+@both_paths
+async def test_a_burst_of_one_poison_input_in_flight_at_once_charges_nobody(
+    hedgeable: bool,
+) -> None:
+    # A stalled gateway takes a hostile client's queued requests in one go: one poison
+    # input, many times over, on the replicas at once before any verdict is in. Each
+    # failure says nothing new about the replicas once another copy of the input is a
+    # suspect; counting each pushed healthy replicas under the healthy rate, after
+    # which their failures were charged and one was ejected (seen in the hostile-client
+    # drill on a starved machine: five charged in a second).
+    fleet = Fleet(hedgeable=hedgeable, retry=NO_BACKOFF)
+    await warm_up(fleet)
+    fleet.plan = [late_nan(0.01) for _ in range(32)]
+
+    tasks = [await fleet.start() for _ in range(8)]
+    for _ in range(4):
+        await fleet.clock.advance(0.01)
+
+    assert all(isinstance(failed_with(task), PoisonRequest) for task in tasks)
+    assert charged(fleet) == []
+    assert window_failures(fleet, 0) == window_failures(fleet, 1) == 0.0
+    assert all(fleet.pipeline._recent[i].healthy(AttributionOptions()) for i in (0, 1))
+
+
+@both_paths
+async def test_a_replica_the_balancer_seldom_picked_is_judged_by_its_version(
+    hedgeable: bool,
+) -> None:
+    # On a starved machine the balancer sent one of two workers nothing for seconds:
+    # with too few calls of its own it was judged unhealthy, so a poison input's first
+    # failure on it was charged at once, and a hostile client had it ejected.
+    fleet = Fleet(hedgeable=hedgeable, retry=NO_BACKOFF)
+    fleet.replicas[0].available = False
+    for _ in range(2 * AttributionOptions().min_calls):  # only r1 answers, well
+        await fleet.infer()
+    fleet.replicas[0].available = True
+    fleet.calls.clear()
+    fleet.plan = [nan_score(), nan_score()]
+
+    task = await fleet.start()
+    await fleet.clock.advance(0.0)
+
+    assert isinstance(failed_with(task), PoisonRequest)
+    assert sorted(fleet.calls) == ["r0", "r1"]
+    assert charged(fleet) == []
+
+
+async def test_a_fresh_version_whose_replicas_fail_is_charged_at_once() -> None:
+    # No replica has a record yet, nor the version: its first model errors are the
+    # replicas' (a bad deploy shows from its first calls), not a poison input's.
+    fleet = Fleet(retry=NO_BACKOFF)
+    fleet.plan = [nan_score() for _ in range(RETRY.max_attempts)]
+
+    task = await fleet.start()
+    await fleet.clock.advance(0.0)
+
+    assert isinstance(failed_with(task), ContractViolation)
+    assert set(charged(fleet)) == {"r0", "r1"}

@@ -9,10 +9,18 @@ from one client could take a healthy fleet out of service.
 The verdict, per request:
 
 - Every replica keeps its last ``WINDOW`` raw outcomes (every call, whatever
-  the verdict, except a second replica's failure that confirms a suspect: a
-  poison input counts once). It is *healthy* when it has at least ``min_calls`` of them
-  and at least ``healthy_success_rate`` succeeded: it answers other inputs
-  well.
+  the verdict, except a second replica's failure that confirms a suspect, and
+  the failure of an input that another request in flight already has as a
+  suspect: a poison input counts once, however many copies of it a stalled
+  gateway takes from its queue at once). It is *healthy* when it has at least
+  ``min_calls`` of them and at least ``healthy_success_rate`` succeeded: it
+  answers other inputs well. A replica with fewer calls of its own (one the
+  balancer seldom picks) is judged by its version's outcomes, all replicas
+  together: judged unhealthy for want of calls, a poison input's first failure
+  on it was charged at once (on a starved machine the balancer sent one of two
+  workers nothing for seconds, and a hostile client's poison had it ejected).
+  A fresh version, with too few calls altogether, is not healthy: its first
+  model errors are charged.
 - A model error on a healthy replica is a *suspect*: nobody is charged yet,
   and the request is tried on another replica, the confirmation.
 - If any attempt of the request then succeeds, the input was fine: every
@@ -81,6 +89,10 @@ class RecentOutcomes:
     @property
     def calls(self) -> int:
         return self._calls
+
+    @property
+    def failures(self) -> int:
+        return self._bits.bit_count()
 
     @property
     def success_rate(self) -> float:

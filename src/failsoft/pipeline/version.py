@@ -140,12 +140,13 @@ class ResilienceOptions:
 class _Tally:
     """One request's attempts: where it went, and the model errors awaiting a verdict."""
 
-    __slots__ = ("suspect_error", "suspects", "tried")
+    __slots__ = ("suspect_error", "suspected", "suspects", "tried")
 
     def __init__(self) -> None:
         self.tried: set[int] = set()
         self.suspects: list[tuple[int, float]] = []  # (replica, seconds) of each suspect
         self.suspect_error: ModelError | None = None
+        self.suspected: bytes | None = None  # the input's digest, once it is a suspect
 
 
 class VersionPipeline:
@@ -196,6 +197,8 @@ class VersionPipeline:
             attribution.poison_ttl_s, attribution.poison_max_entries, attribution.min_calls, clock
         )
         self._answered = 0  # good answers from any replica: what confirms a poison verdict
+        # Inputs that are a suspect in a request in flight -> how many such requests.
+        self._suspected: dict[bytes, int] = {}
         self._last_success = [-math.inf] * size
         self._was_available = [True] * size
         self._panic = False
@@ -358,7 +361,7 @@ class VersionPipeline:
                 self._bus.emit(ContractBroken(self.model, self.version, replica.name))
             cut_by_client = attempt_call is call and call.client_limited
             self._judge_failure(
-                index, error, self._clock.now() - started, tally, panic, cut_by_client
+                index, error, self._clock.now() - started, request, tally, panic, cut_by_client
             )
             raise
         except asyncio.CancelledError:
@@ -394,6 +397,7 @@ class VersionPipeline:
         index: int,
         error: FailsoftError,
         seconds: float,
+        request: InferRequest,
         tally: _Tally,
         panic: bool,
         cut_by_client: bool,
@@ -415,12 +419,15 @@ class VersionPipeline:
             isinstance(error, ModelError)
             and self._attributing
             and not panic
-            and recent.healthy(self._attribution)
+            and self._healthy(recent)
         ):
-            # One raw failure per request: a confirming replica's failure would let
-            # each poison input count twice against the replicas' healthy rate.
+            # One raw failure per input in flight: a confirming replica's failure, or
+            # another copy of the input failing meanwhile, would let one poison input
+            # count many times against the replicas' healthy rate (a burst of copies,
+            # as a stalled gateway takes a client's queued requests, drove healthy
+            # replicas under it, and their failures were then charged).
             if not tally.suspects:
-                recent.add(False)
+                self._suspect(request, tally, recent)
             tally.suspects.append((index, seconds))
             if tally.suspect_error is None:
                 tally.suspect_error = error
@@ -432,6 +439,34 @@ class VersionPipeline:
             # been the first failures of a bad deploy, not bad inputs.
             self.poison.clear()
         self._charge(index, seconds, error.message, panic)
+
+    def _healthy(self, recent: RecentOutcomes) -> bool:
+        """Whether a replica answers other inputs well (``attribution``): by its own recent
+        calls, or with too few of them, by its version's."""
+        options = self._attribution
+        if recent.calls >= options.min_calls:
+            return recent.healthy(options)
+        calls = sum(outcomes.calls for outcomes in self._recent)
+        failures = sum(outcomes.failures for outcomes in self._recent)
+        return calls >= options.min_calls and (
+            1.0 - failures / calls >= options.healthy_success_rate
+        )
+
+    def _suspect(self, request: InferRequest, tally: _Tally, recent: RecentOutcomes) -> None:
+        digest = request_digest(request)
+        copies = self._suspected.get(digest, 0)
+        if not copies:
+            recent.add(False)
+        self._suspected[digest] = copies + 1
+        tally.suspected = digest
+
+    def _unsuspect(self, tally: _Tally) -> None:
+        digest = tally.suspected
+        if digest is None:
+            return
+        copies = self._suspected.pop(digest, 1) - 1
+        if copies:
+            self._suspected[digest] = copies
 
     def _charge(self, index: int, seconds: float, message: str, panic: bool) -> None:
         self.balancer.finished(index, seconds, False)
@@ -548,6 +583,7 @@ class VersionPipeline:
             raise
         finally:
             self.in_flight -= 1
+            self._unsuspect(tally)
         self._settle(tally, request, answered=True)
         if self.poison.entries:  # answered well: whatever memory says about it is wrong
             self.poison.discard(request_digest(request))
