@@ -1141,9 +1141,7 @@ def late_nan(seconds: float) -> Action:
 
     async def act(replica: ScriptedReplica) -> Tensors:
         await replica.fleet.clock.sleep(seconds)
-        outputs = replica.good_outputs()
-        outputs["score"] = np.array([np.nan, 0.5], dtype=np.float32)
-        return outputs
+        return await nan_score()(replica)
 
     return act
 
