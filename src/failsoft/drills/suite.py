@@ -82,8 +82,9 @@ def run_suite(
     if jobs <= 1:
         for index, experiment in enumerate(experiments):
             progress(f"[{index + 1}/{len(experiments)}] {experiment.name}")
-            outcomes[index] = _run_one(experiment, choice, short_s, progress)
-            _show(outcomes[index], experiment, on_card)
+            outcome = _run_one(experiment, choice, short_s, progress)
+            outcomes[index] = outcome
+            _show(outcome, experiment, on_card)
     else:
         spawn = multiprocessing.get_context("spawn")  # no copy of this process's threads
         with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn) as pool:
@@ -95,14 +96,15 @@ def run_suite(
             for future in as_completed(running):
                 index = running[future]
                 try:
-                    outcomes[index] = future.result()
+                    outcome = future.result()
                 except Exception as error:  # the drill's process died: say so, go on
-                    outcomes[index] = (None, f"its process failed: {error}", 0.0)
-                _show(outcomes[index], experiments[index], on_card)
+                    outcome = (None, f"its process failed: {error}", 0.0)
+                outcomes[index] = outcome
+                _show(outcome, experiments[index], on_card)
     result = SuiteResult([])
-    for experiment, outcome in zip(experiments, outcomes, strict=True):
-        assert outcome is not None
-        card, problem, seconds = outcome
+    for experiment, ended in zip(experiments, outcomes, strict=True):
+        assert ended is not None
+        card, problem, seconds = ended
         result.cards.append((experiment, card, problem))
         result.seconds.append(seconds)
     return result
@@ -125,11 +127,11 @@ def _run_one(
 
 
 def _show(
-    outcome: Outcome | None,
+    outcome: Outcome,
     experiment: Experiment,
     on_card: Callable[[Experiment, Scorecard], None] | None,
 ) -> None:
-    if outcome is not None and outcome[0] is not None and on_card is not None:
+    if outcome[0] is not None and on_card is not None:
         on_card(experiment, outcome[0])
 
 

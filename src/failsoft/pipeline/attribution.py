@@ -49,6 +49,7 @@ quotas bound that share for keyed clients.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Annotated
 
 from pydantic import Field
@@ -100,10 +101,17 @@ class RecentOutcomes:
             return 1.0
         return 1.0 - self._bits.bit_count() / self._calls
 
-    def healthy(self, options: AttributionOptions) -> bool:
-        return self._calls >= options.min_calls and (
-            self.success_rate >= options.healthy_success_rate
-        )
+    def healthy(self, options: AttributionOptions, version: Sequence[RecentOutcomes] = ()) -> bool:
+        """Whether it answers other inputs well: by its own calls, or with fewer than
+        ``min_calls`` of them, by its ``version``'s (every replica's, together)."""
+        if self._calls >= options.min_calls or not version:
+            return _answers_well(self._calls, self.failures, options)
+        calls = sum(outcomes.calls for outcomes in version)
+        return _answers_well(calls, sum(outcomes.failures for outcomes in version), options)
+
+
+def _answers_well(calls: int, failures: int, options: AttributionOptions) -> bool:
+    return calls >= options.min_calls and 1.0 - failures / calls >= options.healthy_success_rate
 
 
 class PoisonMemory:

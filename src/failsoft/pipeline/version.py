@@ -419,7 +419,7 @@ class VersionPipeline:
             isinstance(error, ModelError)
             and self._attributing
             and not panic
-            and self._healthy(recent)
+            and recent.healthy(self._attribution, self._recent)
         ):
             # One raw failure per input in flight: a confirming replica's failure, or
             # another copy of the input failing meanwhile, would let one poison input
@@ -439,18 +439,6 @@ class VersionPipeline:
             # been the first failures of a bad deploy, not bad inputs.
             self.poison.clear()
         self._charge(index, seconds, error.message, panic)
-
-    def _healthy(self, recent: RecentOutcomes) -> bool:
-        """Whether a replica answers other inputs well (``attribution``): by its own recent
-        calls, or with too few of them, by its version's."""
-        options = self._attribution
-        if recent.calls >= options.min_calls:
-            return recent.healthy(options)
-        calls = sum(outcomes.calls for outcomes in self._recent)
-        failures = sum(outcomes.failures for outcomes in self._recent)
-        return calls >= options.min_calls and (
-            1.0 - failures / calls >= options.healthy_success_rate
-        )
 
     def _suspect(self, request: InferRequest, tally: _Tally, recent: RecentOutcomes) -> None:
         digest = request_digest(request)
