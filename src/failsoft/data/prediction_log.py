@@ -56,6 +56,7 @@ from typing import Any
 
 import orjson
 
+from failsoft.data.doorbell import Doorbell
 from failsoft.data.prediction_index import Predicted
 from failsoft.data.prediction_lines import ChunkEncoder
 from failsoft.data.prediction_options import PredictionLogOptions
@@ -231,7 +232,7 @@ class PredictionLog:
         self._last_config: Any = None
         self._last_key = 0
         self._consumers: list[Consumer] = []
-        self._wake: asyncio.Event | None = None
+        self._wake: Doorbell | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._closed = False
@@ -336,7 +337,7 @@ class PredictionLog:
         buffer.append(item)
         self._counts[0] += 1  # in the page cache: survives the process
         if len(buffer) == self._wake_at and self._wake is not None:
-            self._wake.set()
+            self._wake.ring()
 
     def subscribe_to(self, bus: EventBus) -> None:
         bus.subscribe(self.observe, TRAIL_EVENTS)
@@ -380,7 +381,7 @@ class PredictionLog:
     def start(self) -> None:
         """Write in the background from now on (call on the running event loop)."""
         if self._task is None and not self._closed:
-            self._wake = asyncio.Event()
+            self._wake = Doorbell(asyncio.get_running_loop())
             self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-log")
 
     async def stop(self) -> None:
@@ -391,7 +392,7 @@ class PredictionLog:
             return
         self._stopping = True
         if self._wake is not None:
-            self._wake.set()
+            self._wake.ring()
         try:
             await asyncio.wait_for(asyncio.shield(task), STOP_WITHIN_S)
         except TimeoutError:  # a disk that hangs: close() still writes what it can
@@ -405,9 +406,7 @@ class PredictionLog:
         retry_at = loop.time()
         due = retry_at + interval
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), max(due - loop.time(), 0.0))
-            wake.clear()
+            await wake.wait(due)
             stopping = self._stopping
             try:
                 await self._make_in_turns(everything=stopping or loop.time() >= due)
@@ -421,6 +420,7 @@ class PredictionLog:
             except Exception:  # never let the writer die: count, log, go on
                 log.exception("prediction log: writing failed")
             if stopping:
+                wake.cancel_timer()
                 return
             if loop.time() >= due:
                 due = loop.time() + interval
@@ -447,7 +447,7 @@ class PredictionLog:
             left -= len(items)
             await asyncio.sleep(0)
         if len(buffer) >= YIELD_EVERY and self._wake is not None:
-            self._wake.set()  # more came meanwhile: the next round takes them
+            self._wake.ring()  # more came meanwhile: the next round takes them
 
     async def _write_in_turn(self) -> bool:
         """Append the records made so far on a worker thread (write and fsync release the
