@@ -48,6 +48,7 @@ from failsoft.pipeline.version import ResilienceOptions, VersionPipeline
 from failsoft.protocol.types import InferRequest, Tensors
 from failsoft.routing.probes import Prober, golden_request
 from failsoft.routing.split import Split
+from failsoft.waiting import wait_at_most
 
 log = logging.getLogger("failsoft.runtime")
 
@@ -569,7 +570,7 @@ class Runtime:
                 if id(unit) not in kept and id(unit) not in rewarmed
             ]
             try:
-                await asyncio.wait_for(_all(_bring_up(unit) for unit in fresh), timeout_s)
+                await wait_at_most(_all(_bring_up(unit) for unit in fresh), timeout_s)
             except BaseException as error:
                 self.config = old_config
                 await self._discard(fresh, old_models)

@@ -26,6 +26,7 @@ from typing import Literal
 from failsoft.call import Call
 from failsoft.errors import DeadlineExceeded, FailsoftError, ModelError
 from failsoft.protocol.types import InferRequest, Tensors
+from failsoft.waiting import wait_at_most
 
 log = logging.getLogger("failsoft.backends")
 
@@ -95,7 +96,7 @@ class InProcessReplica:
                 future = loop.run_in_executor(
                     self._executor, self._timed, predict, request.inputs, self._thread_clock
                 )
-                outputs, seconds = await asyncio.wait_for(future, remaining)
+                outputs, seconds = await wait_at_most(future, remaining)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"replica {self.name}: the model did not answer within the deadline"

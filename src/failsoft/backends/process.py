@@ -34,6 +34,7 @@ from failsoft.errors import BackendLoadError, NotReady
 from failsoft.observe import tracing
 from failsoft.observe.events import EventBus, ReplicaStateChanged, WorkerRestarted
 from failsoft.protocol.types import InferRequest, Tensors
+from failsoft.waiting import wait_at_most
 
 log = logging.getLogger("failsoft.backends.process")
 
@@ -316,7 +317,7 @@ class WorkerReplica:
 
     async def _probe_once(self) -> bool:
         try:
-            return await asyncio.wait_for(self._http.health(), self._config.probe_timeout_s)
+            return await wait_at_most(self._http.health(), self._config.probe_timeout_s)
         except TimeoutError:
             return False
 
@@ -327,7 +328,7 @@ class WorkerReplica:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), grace_s)
+            await wait_at_most(process.wait(), grace_s)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()

@@ -43,6 +43,7 @@ from failsoft.errors import (
     UpstreamError,
 )
 from failsoft.protocol.types import InferRequest, Tensors
+from failsoft.waiting import wait_at_most
 
 
 class RayServeReplica(HttpReplica):
@@ -113,7 +114,7 @@ class RayHandleReplica:
         handle = self._handle or await asyncio.to_thread(self._connect)
         response = getattr(handle, method).remote(*argument)
         try:
-            return await asyncio.wait_for(_awaited(response), seconds)
+            return await wait_at_most(_awaited(response), seconds)
         except asyncio.CancelledError:  # a hedge that lost: Ray need not finish it
             response.cancel()
             raise

@@ -26,6 +26,7 @@ from typing import Any
 from failsoft.control.storecall import store_call
 from failsoft.store import Store, StoreError
 from failsoft.store.instances import STALE_AFTER_BEATS
+from failsoft.waiting import wait_at_most
 
 __all__ = ["EXPIRE_EVERY_BEATS", "InstanceRegistry", "advertised", "new_instance_id"]
 
@@ -88,7 +89,7 @@ class InstanceRegistry:
         the listing; a slow or absent store only delays readiness by the bound.
         """
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._joined.wait(), within_s)
+            await wait_at_most(self._joined.wait(), within_s)
         return self._joined.is_set()
 
     async def run(self) -> None:
@@ -108,7 +109,7 @@ class InstanceRegistry:
             else:
                 warned = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.heartbeat_s)
+                await wait_at_most(self._poke.wait(), self.heartbeat_s)
             self._poke.clear()
 
     async def beat(self) -> None:

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from failsoft.clock import Clock
 from failsoft.control.quota_options import QuotaOptions
 from failsoft.control.tenants import Bucket, TokenBucket
+from failsoft.waiting import wait_at_most
 
 __all__ = ["LEASE_SCRIPT", "LeasedBucket", "QuotaLeases", "QuotaOptions"]
 
@@ -279,7 +280,7 @@ class QuotaLeases:
             else:
                 with contextlib.suppress(TimeoutError):
                     # Idle, a round still comes every second: it counts this gateway in.
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                    await wait_at_most(self._wake.wait(), 1.0)
             self._wake.clear()
             await self.round()
             await asyncio.sleep(options.refill_s)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from failsoft.store import Store, StoreUnreachable
 from failsoft.store.engine import deadline
+from failsoft.waiting import wait_at_most
 
 __all__ = ["STORE_DEADLINE_S", "store_call"]
 
@@ -67,7 +68,7 @@ async def store_call(
 
     threading.Thread(target=run, name="failsoft-store-call", daemon=True).start()
     try:
-        return await asyncio.wait_for(done, timeout)
+        return await wait_at_most(done, timeout)
     except TimeoutError:
         raise StoreUnreachable(
             f"control store {store.url} did not answer within {timeout:g} s"

@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from failsoft.store.notify import CHANNEL_SQL, TOPICS
+from failsoft.waiting import wait_at_most
 
 __all__ = ["Backoff", "Listener", "Wakeups"]
 
@@ -56,7 +57,7 @@ class Wakeups:
         """Wait for ``topic`` to be woken, at most ``timeout`` seconds; True when woken."""
         event = self._events[topic]
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await wait_at_most(event.wait(), timeout)
         except TimeoutError:
             return False
         finally:

@@ -65,6 +65,7 @@ from failsoft.observe.events import Event, EventBus
 from failsoft.observe.logging import request_id_var
 from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
 from failsoft.pipeline.version import AttemptFailed, PoisonDetected, RetryDenied
+from failsoft.waiting import wait_at_most
 
 __all__ = ["PredictionLog", "find_records", "segment_files"]
 
@@ -394,7 +395,7 @@ class PredictionLog:
         if self._wake is not None:
             self._wake.ring()
         try:
-            await asyncio.wait_for(asyncio.shield(task), STOP_WITHIN_S)
+            await wait_at_most(asyncio.shield(task), STOP_WITHIN_S)
         except TimeoutError:  # a disk that hangs: close() still writes what it can
             log.error("prediction log: the writer did not end", extra={"within_s": STOP_WITHIN_S})
 

@@ -42,6 +42,7 @@ from pydantic import Field
 from failsoft._options import StrictModel
 from failsoft.control.runbook_model import ACTIONS
 from failsoft.drills.target import AdminClient, TargetError
+from failsoft.waiting import wait_at_most
 
 if TYPE_CHECKING:  # load.py imports the experiment, which imports this
     from failsoft.drills.load import Outcomes
@@ -151,7 +152,7 @@ async def approver(
         except TargetError:
             pass  # the gateway is busy or restarting: look again
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), POLL_S)
+            await wait_at_most(stop.wait(), POLL_S)
     return approved
 
 

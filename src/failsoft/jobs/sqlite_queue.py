@@ -26,6 +26,7 @@ from failsoft.jobs.queue import (
     QueueFull,
     Submitted,
 )
+from failsoft.waiting import wait_at_most
 
 T = TypeVar("T")
 
@@ -252,7 +253,7 @@ class SqliteQueue:
         if leases or wait_s <= 0:
             return leases
         try:
-            await asyncio.wait_for(self._wake.wait(), wait_s)
+            await wait_at_most(self._wake.wait(), wait_s)
         except TimeoutError:
             return []
         return await self._run(lambda db: self._lease(db, worker, count))
