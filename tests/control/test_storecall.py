@@ -50,6 +50,24 @@ async def test_a_hung_call_is_given_up_and_its_late_write_rolled_back(store: Sto
     assert store.revisions() == []  # the write came after the caller gave up
 
 
+async def test_a_call_cancelled_as_its_answer_comes_is_cancelled(store: Store) -> None:
+    # The cancel is queued to run after the answer is handed to the loop and before the
+    # caller resumes: asyncio.wait_for dropped such a cancellation, and a save loop
+    # stopped this way ran on, so the gateway's shutdown waited for it for ever.
+    loop = asyncio.get_running_loop()
+    caller: asyncio.Task[str] | None = None
+
+    def answers() -> str:
+        assert caller is not None
+        cancel = caller.cancel
+        loop.call_soon_threadsafe(lambda: loop.call_soon(cancel))
+        return "answered"
+
+    caller = loop.create_task(store_call(store, answers))
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+
 def test_events_from_start_up_wait_for_the_loop() -> None:
     bus = EventBus()
     seen: list[tuple[Event, str]] = []
