@@ -16,9 +16,8 @@ import sys
 import threading
 from typing import Any
 
-STALL_S = (
-    300.0  # the slowest test (the drill suite) takes about 2 minutes; at most half the timeout
-)
+# The slowest test (the drill suite) takes minutes; conftest takes at most half the timeout.
+STALL_S = 300.0
 
 
 def print_pending_tasks(name: str, after_s: float) -> None:

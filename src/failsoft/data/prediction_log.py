@@ -382,8 +382,9 @@ class PredictionLog:
     def start(self) -> None:
         """Write in the background from now on (call on the running event loop)."""
         if self._task is None and not self._closed:
-            self._wake = Doorbell(asyncio.get_running_loop())
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-log")
+            loop = asyncio.get_running_loop()
+            self._wake = Doorbell(loop)
+            self._task = loop.create_task(self._run(), name="prediction-log")
 
     async def stop(self) -> None:
         """End the background writer once what it holds is on disk; ``close`` writes
