@@ -14,6 +14,7 @@ from failsoft.config import parse_config
 from failsoft.data.input_checks import DataVerdict, DataViolation, Violation
 from failsoft.data.prediction_index import Predicted
 from failsoft.data.prediction_lines import ChunkEncoder, _quoted_ids
+from failsoft.data.prediction_packed import ALIKE, lines_of
 from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker, pending
 
 PYTHON = {"backend": "python", "function": "tests.integration._models:heuristic"}
@@ -55,6 +56,14 @@ SEGMENTS = {"seg": {"input": "x", "column": 2, "edges": [1.0, 2.0]}}
 def configured(**options: Any) -> Any:
     predictions = {"enabled": True, "feedback": {"segments": SEGMENTS}, **options}
     return parse_config({"predictions": predictions, "models": MODELS})
+
+
+def encoded(
+    encoder: ChunkEncoder, items: list[Pending], configs: dict[int, Any], predicted: Predicted
+) -> tuple[list[bytes], int]:
+    """The chunk's lines as the writer process makes them, and the records not made."""
+    chunk, bad = encoder.encode(items, configs, predicted)
+    return (lines_of(chunk).splitlines() if chunk else []), bad
 
 
 def verdict() -> DataVerdict:
@@ -153,7 +162,7 @@ def test_the_template_writes_what_the_general_way_writes(options: dict[str, Any]
     for _ in range(60):
         items = [random_item(rng, 1) for _ in range(rng.randrange(1, 80))]
         predicted = Predicted()
-        lines, bad = encoder.encode(items, configs, predicted)
+        lines, bad = encoded(encoder, items, configs, predicted)
         expected, expected_bad, expected_predicted = the_general_way(reference, items, config)
         assert lines == expected
         assert bad == expected_bad
@@ -170,10 +179,10 @@ def test_a_new_configuration_under_a_reused_key_is_not_confused_with_the_old() -
         1.5, "r1", None, "m", "v1", 200, 0, 1, served_version="v1", served_by="m/v1/r0",
         inputs=inputs_of(1, rng), outputs=outputs_of("m", 1, rng),
     )  # fmt: skip
-    encoder.encode([item], {1: first}, Predicted())
+    encoded(encoder, [item], {1: first}, Predicted())
     # The same key now names another configuration, whose first output is another one.
     second.models["m"].outputs.reverse()
-    lines, _ = encoder.encode([item], {1: second}, Predicted())
+    lines, _ = encoded(encoder, [item], {1: second}, Predicted())
     expected = RecordMaker(second.predictions).make(item, second)
     assert orjson.loads(lines[0]) == expected
     assert expected["kind"] == "classification"
@@ -217,18 +226,15 @@ def test_a_chunk_of_alike_answers_is_written_as_the_general_way_writes_it(spoile
     maker = RecordMaker(config.predictions)
     items = [alike(rng, index, spoiler) for index in range(64)]
     predicted = Predicted()
-    lines, bad = ChunkEncoder(maker).encode(items, {1: config}, predicted)
+    lines, bad = encoded(ChunkEncoder(maker), items, {1: config}, predicted)
     expected, expected_bad, expected_predicted = the_general_way(maker, items, config)
     assert (lines, bad) == (expected, expected_bad)
     assert predicted == expected_predicted
     assert len(predicted) == 64
     # Column by column for such a chunk; item by item for any other.
-    times = orjson.dumps([item[0] for item in items])[1:-1].split(b",")
-    quoted = [orjson.dumps(item[1]) for item in items]
-    column_by_column = ChunkEncoder(maker)._alike_chunk(
-        items, {1: config}, quoted, times, Predicted()
-    )
-    assert (column_by_column is not None) == (spoiler in ("none", "escaped-id", "strided-input"))
+    chunk, _ = ChunkEncoder(maker).encode(items, {1: config}, Predicted())
+    column_by_column = chunk[:1] == ALIKE
+    assert column_by_column == (spoiler in ("none", "escaped-id", "strided-input"))
 
 
 @pytest.mark.parametrize(

@@ -158,7 +158,7 @@ def test_segments_rotate_by_size_and_retention_keeps_the_total_under_the_cap(
         for index in range(10):
             logged(log, cfg, f"r{round_no}-{index}")
         log.flush()
-    log._retention()
+    log._segments.retention()
     log.close()
     files = segment_files(tmp_path)
     assert len(files) >= 2

@@ -26,29 +26,21 @@ import numpy as np
 import orjson
 
 from failsoft.data.prediction_index import IndexRow, Predicted, index_row, kept_form
+from failsoft.data.prediction_packed import LINE, pack_alike, pack_lines
 from failsoft.data.prediction_record import (
     Pending,
     RecordMaker,
-    _checks,
+    _header,
     _predictions,
-    digest_start,
-    feed,
     lineage_digest,
 )
 
-__all__ = ["ChunkEncoder", "Lines"]
+__all__ = ["Chunk", "ChunkEncoder"]
 
 log = logging.getLogger("failsoft.predictions")
 
 UNSAFE_BYTES = bytes(range(32)) + b'"\\'  # what a JSON string must escape
-PASSED = orjson.dumps(_checks(200, None, True))
 MAX_SHAPES = 4096
-LINE = (
-    b'{"request_id":%b,"time":%b,%b,"status":200,"degraded":%b,"checks":'
-    + PASSED
-    + b'%b,"input_digest":"%b","rows":%d%b}'
-)
-LINE_ONE_LABEL = LINE.replace(b"%b}", b',"prediction":[%d],"kind":"classification"}')
 DEGRADED = {False: b"false", True: b"true"}
 
 # (model, asked, served version, served by) under one configuration -> what a plain
@@ -61,8 +53,8 @@ Shape = tuple[Any, bytes, str, str | None, bool]
 Prediction = tuple[bytes, Any, str | None]
 CLASSIFICATION = "classification"
 
-# Lines and the number of records that could not be made (counted, logged).
-Lines = tuple[list[bytes], int]
+# A chunk (``prediction_packed``) and the number of records that could not be made.
+Chunk = tuple[bytes, int]
 
 
 class ChunkEncoder:
@@ -73,23 +65,24 @@ class ChunkEncoder:
         self._plain_possible = not (options.record_inputs or options.record_outputs)
         self._record_prediction = options.record_prediction
 
-    def encode(self, items: list[Pending], configs: dict[int, Any], predicted: Predicted) -> Lines:
-        """Each item's line, in order; what carries a prediction is added to ``predicted``."""
+    def encode(self, items: list[Pending], configs: dict[int, Any], predicted: Predicted) -> Chunk:
+        """The items' records as one chunk (``prediction_packed``; empty when none could be
+        made); what carries a prediction is added to ``predicted``."""
         if not items:
-            return [], 0
-        times = orjson.dumps([item[0] for item in items])[1:-1].split(b",")
+            return b"", 0
+        times = orjson.dumps([item[0] for item in items])[1:-1]
         quoted = _quoted_ids(items)
         try:
-            lines = self._alike_chunk(items, configs, quoted, times, predicted)
+            packed = self._alike_chunk(items, configs, quoted, times, predicted)
         except Exception:  # taken item by item, where a record that cannot be made is counted
             log.debug("prediction log: a chunk taken item by item", exc_info=True)
-            lines = None
-        if lines is not None:
-            return lines, 0
+            packed = None
+        if packed is not None:
+            return packed, 0
         lines = []
         indexed: list[IndexRow] = []
         bad = 0
-        for item, request_id, when in zip(items, quoted, times, strict=True):
+        for item, request_id, when in zip(items, quoted, times.split(b","), strict=True):
             try:
                 line = self._plain_line(item, request_id, when, configs, indexed)
                 lines.append(line if line is not None else self._general(item, configs, indexed))
@@ -97,7 +90,7 @@ class ChunkEncoder:
                 bad += 1
                 log.exception("prediction log: a record could not be made")
         predicted.extend(indexed)
-        return lines, bad
+        return (pack_lines(lines) if lines else b""), bad
 
     def _plain_line(
         self,
@@ -140,12 +133,13 @@ class ChunkEncoder:
         items: list[Pending],
         configs: dict[int, Any],
         quoted: Sequence[bytes | None],
-        times: list[bytes],
+        times: bytes,
         predicted: Predicted,
-    ) -> list[bytes] | None:
-        """The chunk's lines if its answers are all plain and alike (one model, version and
-        replica; one input tensor of one dtype and shape; a one-row integer label of one
-        dtype), made column by column; None for any other chunk."""
+    ) -> bytes | None:
+        """The chunk packed column by column if its answers are all plain and alike (one
+        model, version and replica; one input tensor of one dtype and shape; a one-row
+        integer label of one dtype); None for any other chunk. Its lines are made from
+        the packed columns by the writer process (``prediction_packed.lines_of``)."""
         count = len(items)
         columns = zip(*items, strict=True)  # the fields of Pending, each as a column
         (whens, ids, tenants, models, asked, statuses, revisions, keys, served_versions,
@@ -185,15 +179,17 @@ class ChunkEncoder:
         if label_dtype.kind not in "iu" or label_shape != (1,):
             return None
         values = np.concatenate(labels).tolist()
-        digests = _digests(names[0], arrays)
-        extras = _extras(tenants, revisions)
-        rows = shape[0]
-        lines = [
-            LINE_ONE_LABEL % (request_id, when, static, DEGRADED[flag], extra, digest, rows, value)
-            for request_id, when, flag, extra, digest, value in zip(
-                quoted, times, degraded, extras, digests, values, strict=True
-            )
-        ]
+        packed = pack_alike(
+            static,
+            _header(names[0], arrays[0]),
+            shape[0],
+            quoted,  # type: ignore[arg-type]  # no None: checked above
+            times,
+            degraded,
+            list(_extras(tenants, revisions)),
+            orjson.dumps(values)[1:-1],
+            np.concatenate(arrays).tobytes(),
+        )
         same = itertools.repeat
         predicted.extend(
             list(
@@ -210,7 +206,7 @@ class ChunkEncoder:
                 )
             )
         )
-        return lines
+        return packed
 
     def _shape(
         self,
@@ -269,23 +265,6 @@ def _extras(tenants: Sequence[str | None], revisions: Sequence[int]) -> Iterable
     pairs = list(zip(tenants, revisions, strict=True))
     made = {pair: _extra(*pair) for pair in set(pairs)}
     return [made[pair] for pair in pairs]
-
-
-def _digests(name: str, arrays: list[Any]) -> list[bytes]:
-    """``lineage_digest`` of each one-tensor input, for arrays of one dtype and shape."""
-    start = digest_start(name, arrays[0])
-    copy = start.copy
-    hashers = [copy() for _ in arrays]
-    try:
-        if arrays[0].dtype.hasobject:  # its buffer holds pointers
-            raise ValueError
-        for hasher, array in zip(hashers, arrays, strict=True):
-            hasher.update(array)  # its buffer: the bytes tobytes() would copy
-    except ValueError:  # not C-contiguous, or objects: feed() knows what to hash
-        hashers = [copy() for _ in arrays]
-        for hasher, array in zip(hashers, arrays, strict=True):
-            feed(hasher, array)
-    return [hasher.hexdigest().encode() for hasher in hashers]
 
 
 def _extra(tenant: str | None, revision: int) -> bytes:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import logging
 import mmap
@@ -60,42 +59,44 @@ from failsoft.data.doorbell import Doorbell
 from failsoft.data.prediction_index import Predicted
 from failsoft.data.prediction_lines import ChunkEncoder
 from failsoft.data.prediction_options import PredictionLogOptions
+from failsoft.data.prediction_packed import count_of, lines_of
 from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker
+from failsoft.data.prediction_segments import (
+    IOV_MAX,
+    SEGMENT_PREFIX,
+    SEGMENT_SUFFIX,
+    SegmentWriter,
+    segment_files,
+    write_all,
+)
+from failsoft.data.prediction_writer import WriterGone, WriterProcess
 from failsoft.observe.events import Event, EventBus
 from failsoft.observe.logging import request_id_var
 from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
 from failsoft.pipeline.version import AttemptFailed, PoisonDetected, RetryDenied
 from failsoft.waiting import wait_at_most
 
-__all__ = ["PredictionLog", "find_records", "segment_files"]
+__all__ = [
+    "IOV_MAX",
+    "SEGMENT_PREFIX",
+    "SEGMENT_SUFFIX",
+    "PredictionLog",
+    "find_records",
+    "segment_files",
+    "write_all",
+]
 
 log = logging.getLogger("failsoft.predictions")
 
-SEGMENT_PREFIX = "predictions-"
-SEGMENT_SUFFIX = ".jsonl"
 STATE_FILE = "predictions.state.json"
 TALLY_FILE = "predictions.tally"
 YIELD_EVERY = 64  # records made between two turns of the event loop (about 0.3 ms)
 MAX_CONFIGS = 8
-IOV_MAX = 1024  # buffers one writev takes (the POSIX minimum; Linux allows exactly this)
 STOP_WITHIN_S = 30.0  # for the writer's last batch at a stop
 MAX_TRAILS = 10_000  # requests with events not yet taken by ``record``
 TRAIL_EVENTS = (AttemptFailed, PoisonDetected, RetryDenied, FallbackTierFailed, FallbackUsed)
 Consumer = Callable[[Predicted], None]
 ANSWERED_BY = operator.itemgetter(7, 3, 4, 8, 9)  # configuration, model, asked, served by
-
-
-def segment_files(directory: Path) -> list[Path]:
-    """The segment files, oldest first (their names sort by start time)."""
-    try:
-        names = sorted(
-            name
-            for name in os.listdir(directory)
-            if name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)
-        )
-    except OSError:
-        return []
-    return [directory / name for name in names]
 
 
 def find_records(
@@ -143,7 +144,7 @@ def match_lines(lines: list[bytes], request_ids: set[str], found: dict[str, Any]
 
 
 class Encoded:
-    """Records made and encoded, not yet on disk: chunks of lines, and how many records
+    """Records made, not yet on disk: chunks (``prediction_packed``), and how many records
     they hold."""
 
     __slots__ = ("chunks", "records")
@@ -160,24 +161,6 @@ class Encoded:
         """``earlier``'s records go first again (a write that failed)."""
         self.chunks[:0] = earlier.chunks
         self.records += earlier.records
-
-    def size(self) -> int:
-        return sum(len(chunk) for chunk in self.chunks)
-
-
-def write_all(fd: int, chunks: list[bytes]) -> None:
-    """Write ``chunks`` to ``fd`` in order, in as few system calls as the system allows
-    (no joined copy of the batch)."""
-    views = [memoryview(chunk) for chunk in chunks if chunk]
-    while views:
-        written = os.writev(fd, views[:IOV_MAX])
-        done = 0
-        while done < len(views) and written >= len(views[done]):
-            written -= len(views[done])
-            done += 1
-        del views[:done]
-        if written:  # a short write ends inside a chunk
-            views[0] = views[0][written:]
 
 
 class Tally:
@@ -244,16 +227,12 @@ class PredictionLog:
         self.dropped = 0  # buffer full
         self.write_errors = 0
         self.bad_records = 0
-        self.removed_segments = 0
         self._tally = Tally(directory / TALLY_FILE)
         self._counts = self._tally.counts
         self.lost_at_crash = self._previous_run()
-        self._segment: Any = None
-        self._segment_path: Path | None = None
-        self._segment_bytes = 0
-        self._segment_started = 0.0
-        self._segment_seq = 0
-        self._last_retention = 0.0
+        self._segments = SegmentWriter(directory, options, wall)
+        self._in_background = False  # started: batches go to the writer process
+        self._process: WriterProcess | None = None
         self._state_saved = False  # written once at the first write, and at close
 
     # -- the request path ----------------------------------------------------------
@@ -371,7 +350,8 @@ class PredictionLog:
         # before it leaves the last one: read them in that order and none is missed.
         found = {item[1]: self._make(item) for item in [*self._buffer] if item[1] in request_ids}
         chunks = [*self._made.chunks, *self._writing.chunks]
-        match_lines(b"".join(chunks).splitlines(), request_ids - set(found), found)
+        lines = b"".join(map(lines_of, chunks)).splitlines()
+        match_lines(lines, request_ids - set(found), found)
         return found
 
     def _make(self, item: Pending) -> dict[str, Any]:
@@ -384,6 +364,7 @@ class PredictionLog:
         if self._task is None and not self._closed:
             loop = asyncio.get_running_loop()
             self._wake = Doorbell(loop)
+            self._in_background = True
             self._task = loop.create_task(self._run(), name="prediction-log")
 
     async def stop(self) -> None:
@@ -510,13 +491,12 @@ class PredictionLog:
         freed, so each batch paid a page fault per line or so (5 us a record on a
         virtual machine). A chunk's lines are freed at once, into memory still warm."""
         predicted = Predicted()
-        lines, bad = self._encoder.encode(items, self._configs, predicted)
+        chunk, bad = self._encoder.encode(items, self._configs, predicted)
         if bad:
             self.bad_records += bad
             self._counts[1] += bad  # never to be written: not lost at a crash either
-        if lines:
-            lines.append(b"")
-            self._made.add(b"\n".join(lines), len(lines) - 1)
+        if chunk:
+            self._made.add(chunk, count_of(chunk))
         buffer = self._buffer
         for _ in range(len(items)):
             buffer.popleft()
@@ -527,83 +507,56 @@ class PredictionLog:
                 log.exception("prediction log: a consumer failed")
 
     def _append(self, batch: Encoded) -> bool:
-        """Append encoded records to the active segment and fsync it (on a worker thread:
-        the GIL is released while the disk works); False when the disk refused."""
-        size = batch.size()
+        """Write a batch and fsync it (on a worker thread: the event loop goes on); False
+        when the disk refused."""
         with self._write_lock:
             if self._finished:  # a writer not stopped before close: its batch stays
                 return False
             try:
-                self._rotate_if_due(size)
-                if size:
-                    write_all(self._segment.fileno(), batch.chunks)
-                    if self.options.fsync:
-                        os.fsync(self._segment.fileno())
+                self._write(batch.chunks)
             except OSError as error:
                 self.write_errors += 1
                 log.error("prediction log: cannot write", extra={"error": str(error)})
-                self._close_segment()
                 return False
-            self._segment_bytes += size
             self._counts[1] += batch.records
             if not self._state_saved:  # from now on a crash leaves "clean": false
                 self._state_saved = True
                 self._save_state(clean=False)
-            now = self._wall()
-            if now - self._last_retention >= 30.0:
-                self._last_retention = now
-                self._retention()
         return True
 
-    def _rotate_if_due(self, adding: int) -> None:
-        now = self._wall()
-        if self._segment is not None and (
-            self._segment_bytes + adding > self.options.segment_bytes
-            or now - self._segment_started >= self.options.segment_s
-        ):
-            self._close_segment()
-            self._retention()
-        if self._segment is None:
-            self._segment_seq += 1
-            name = f"{SEGMENT_PREFIX}{int(now * 1000):013d}-{os.getpid()}-{self._segment_seq:05d}"
-            self._segment_path = self.directory / f"{name}{SEGMENT_SUFFIX}"
-            self._segment = self._segment_path.open("ab", buffering=0)
-            self._segment_bytes = 0
-            self._segment_started = now
-
-    def _close_segment(self) -> None:
-        if self._segment is not None:
-            with contextlib.suppress(OSError):
-                self._segment.close()
-        self._segment = None
-
-    def _retention(self) -> None:
-        """Remove closed segments older than max_age_s, then the oldest beyond max_total_bytes."""
-        now = self._wall()
-        files = [path for path in segment_files(self.directory) if path != self._segment_path]
-        sizes: dict[Path, int] = {}
-        for path in files:
+    def _write(self, chunks: list[bytes]) -> None:
+        """By the writer process once the log runs in the background, else (or when that
+        process is gone) here."""
+        process = self._writer_process()
+        if process is not None:
             try:
-                stat = path.stat()
-            except OSError:
-                continue
-            if now - stat.st_mtime > self.options.max_age_s:
-                self._remove(path)
-            else:
-                sizes[path] = stat.st_size
-        total = sum(sizes.values()) + self._segment_bytes
-        for path in sizes:  # oldest first
-            if total <= self.options.max_total_bytes:
-                break
-            total -= sizes[path]
-            self._remove(path)
+                process.write(chunks)
+                return
+            except WriterGone as error:
+                log.error(
+                    "prediction log: the writer process is gone; the gateway writes from now on",
+                    extra={"error": str(error)},
+                )
+                self._process = None
+                process.close(within_s=1.0)
+        self._segments.append([lines_of(chunk) for chunk in chunks])
 
-    def _remove(self, path: Path) -> None:
-        try:
-            path.unlink()
-        except OSError:
-            return
-        self.removed_segments += 1
+    def _writer_process(self) -> WriterProcess | None:
+        if self._process is None and self._in_background:
+            self._in_background = False  # one try: if it cannot start, the gateway writes
+            try:
+                self._process = WriterProcess(self.directory, self.options)
+            except OSError as error:
+                log.error(
+                    "prediction log: cannot start the writer process; the gateway writes",
+                    extra={"error": str(error)},
+                )
+        return self._process
+
+    @property
+    def removed_segments(self) -> int:
+        process = self._process
+        return self._segments.removed_segments + (process.removed_segments if process else 0)
 
     # -- crash accounting ------------------------------------------------------------
 
@@ -648,7 +601,9 @@ class PredictionLog:
         self.flush()  # whatever came in since the writer's last batch
         with self._write_lock:
             self._finished = True
-            self._close_segment()
+            if self._process is not None:
+                self._process.close()
+            self._segments.close()
             self._save_state(clean=not self.pending)
             self._counts = memoryview(bytearray(self._counts.tobytes())).cast("Q")
             self._tally.close()
