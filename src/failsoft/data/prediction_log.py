@@ -3,23 +3,26 @@
 The request path does one thing: append a ``Pending`` (references only) to a
 bounded buffer. When the buffer is full the record is dropped and counted —
 serving never waits for the disk. A task on the event loop (``start``) wakes
-as soon as 64 items wait, turns them into records and encodes them as one
-chunk of JSON lines (``prediction_lines``), with a turn of the loop between
-chunks; every ``flush_interval_s`` (or when a batch is full) it hands the
-chunks to a worker thread, which appends them to the active segment file with
-one ``writev`` and fsyncs it. Segments rotate by size and age; closed ones
-are removed by age and by the total size of the folder.
+as soon as 64 items wait and makes them into one chunk (``prediction_lines``:
+alike answers packed column by column, any other encoded as JSON lines),
+with a turn of the loop between chunks; every ``flush_interval_s`` (or when
+a batch is full) a worker thread hands the chunks to the writer process
+(``prediction_writer``), which makes the packed chunks' lines, appends them to
+the active segment (``prediction_segments``) with one ``writev`` and fsyncs
+it. A log never started, a stop, and a gateway whose writer process is gone
+write in this process instead.
 
 Why this shape (each measured with ``benchmarks/serve.py --candidate
-assurance`` on one 2-core virtual machine): a Python writer thread of its own
+assurance`` on 2-core virtual machines): a Python writer thread of its own
 slowed the event loop far beyond the writer's own work (GIL hand-offs), so
-the records are made on the loop and the worker thread only writes, with the
-GIL released. Records made soon after their requests, rather than a batch
-every half second, let go of the requests' objects within milliseconds.
-Chunks rather than a bytes object per line: thousands of lines held until the
-write filled fresh allocator arenas, paid for in page faults at each batch.
-The state file is written at the first write and at close only: its rename
-at every batch made the file system flush it each time.
+the records are made on the loop and what costs per record — input digests,
+lines — is done in another process. Records made soon after their requests,
+rather than a batch every half second, let go of the requests' objects
+within milliseconds. Chunks rather than a bytes object per line: thousands
+of lines held until the write filled fresh allocator arenas, paid for in
+page faults at each batch. The state file is written at the first write and
+at close only: its rename at every batch made the file system flush it each
+time.
 
 Delivery is at-least-once on a clean stop: ``close`` (SIGTERM, Ctrl-C) drains
 the buffer before the process exits. A crash loses what was not yet written
