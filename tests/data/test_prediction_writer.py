@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -22,13 +23,20 @@ def pid_of(segment: Path) -> int:
     return int(segment.name.split("-")[2])
 
 
-async def test_a_started_log_writes_through_its_writer_process(tmp_path: Path) -> None:
+async def logged_in_background(folder: Path, count: int) -> tuple[PredictionLog, Any]:
+    """A started log, ``count`` records logged (r0, r1, ...), then stopped: written."""
     cfg = config(flush_interval_s=60)
-    log = PredictionLog(cfg.predictions, tmp_path)
+    log = PredictionLog(cfg.predictions, folder)
     log.start()
-    for index in range(2 * YIELD_EVERY + 5):  # two alike chunks, and a few made at the stop
+    for index in range(count):
         logged(log, cfg, f"r{index}")
     await log.stop()
+    return log, cfg
+
+
+async def test_a_started_log_writes_through_its_writer_process(tmp_path: Path) -> None:
+    # Two alike chunks, and a few made at the stop.
+    log, _ = await logged_in_background(tmp_path, 2 * YIELD_EVERY + 5)
     assert log.written == 2 * YIELD_EVERY + 5
     writer = log._process
     assert writer is not None
@@ -44,12 +52,7 @@ async def test_a_started_log_writes_through_its_writer_process(tmp_path: Path) -
 async def test_when_the_writer_process_dies_the_gateway_writes_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
-    cfg = config(flush_interval_s=60)
-    log = PredictionLog(cfg.predictions, tmp_path)
-    log.start()
-    for index in range(10):
-        logged(log, cfg, f"r{index}")
-    await log.stop()
+    log, cfg = await logged_in_background(tmp_path, 10)
     writer = log._process
     assert writer is not None
     os.kill(writer.pid, signal.SIGKILL)
