@@ -17,7 +17,6 @@ import pytest
 from failsoft.config import ConfigError, parse_config
 from failsoft.data.prediction_index import Predicted
 from failsoft.data.prediction_log import (
-    IOV_MAX,
     STATE_FILE,
     TALLY_FILE,
     YIELD_EVERY,
@@ -25,7 +24,6 @@ from failsoft.data.prediction_log import (
     Tally,
     find_records,
     segment_files,
-    write_all,
 )
 from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.prediction_record import (
@@ -36,6 +34,7 @@ from failsoft.data.prediction_record import (
     lineage_digest,
     pending,
 )
+from failsoft.data.prediction_segments import IOV_MAX, write_all
 
 MODEL = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],

@@ -64,14 +64,7 @@ from failsoft.data.prediction_lines import ChunkEncoder
 from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.prediction_packed import count_of, lines_of
 from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker
-from failsoft.data.prediction_segments import (
-    IOV_MAX,
-    SEGMENT_PREFIX,
-    SEGMENT_SUFFIX,
-    SegmentWriter,
-    segment_files,
-    write_all,
-)
+from failsoft.data.prediction_segments import SegmentWriter, segment_files
 from failsoft.data.prediction_writer import WriterGone, WriterProcess
 from failsoft.observe.events import Event, EventBus
 from failsoft.observe.logging import request_id_var
@@ -79,15 +72,7 @@ from failsoft.pipeline.fallback import FallbackTierFailed, FallbackUsed
 from failsoft.pipeline.version import AttemptFailed, PoisonDetected, RetryDenied
 from failsoft.waiting import wait_at_most
 
-__all__ = [
-    "IOV_MAX",
-    "SEGMENT_PREFIX",
-    "SEGMENT_SUFFIX",
-    "PredictionLog",
-    "find_records",
-    "segment_files",
-    "write_all",
-]
+__all__ = ["PredictionLog", "find_records", "segment_files"]
 
 log = logging.getLogger("failsoft.predictions")
 
@@ -234,7 +219,7 @@ class PredictionLog:
         self._counts = self._tally.counts
         self.lost_at_crash = self._previous_run()
         self._segments = SegmentWriter(directory, options, wall)
-        self._in_background = False  # started: batches go to the writer process
+        self._wants_process = False  # started: batches go to a writer process
         self._process: WriterProcess | None = None
         self._state_saved = False  # written once at the first write, and at close
 
@@ -367,7 +352,7 @@ class PredictionLog:
         if self._task is None and not self._closed:
             loop = asyncio.get_running_loop()
             self._wake = Doorbell(loop)
-            self._in_background = True
+            self._wants_process = True
             self._task = loop.create_task(self._run(), name="prediction-log")
 
     async def stop(self) -> None:
@@ -545,8 +530,8 @@ class PredictionLog:
         self._segments.append([lines_of(chunk) for chunk in chunks])
 
     def _writer_process(self) -> WriterProcess | None:
-        if self._process is None and self._in_background:
-            self._in_background = False  # one try: if it cannot start, the gateway writes
+        if self._process is None and self._wants_process:
+            self._wants_process = False  # one try: if it cannot start, the gateway writes
             try:
                 self._process = WriterProcess(self.directory, self.options)
             except OSError as error:
