@@ -398,7 +398,15 @@ async def test_store_outage_under_load(
         # Changes resume: the same change, tried again until the store answers.
         deadline = time.monotonic() + RESUME_WITHIN_S
         while True:
-            response = await client.post("/admin/config", json={"config": change})
+            try:
+                response = await client.post("/admin/config", json={"config": change})
+            except httpx.TransportError:
+                # Idle for the outage, about the gateway's keep-alive (5 s): the gateway may
+                # close the connection as the change goes out. Sent again on a new one (the
+                # history below shows it was applied once).
+                if time.monotonic() > deadline:
+                    raise
+                continue
             if response.status_code != 503 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
