@@ -61,7 +61,7 @@ def pack_alike(
     degraded: Sequence[bool],
     extras: Sequence[bytes],
     labels: bytes,
-    inputs: bytes,
+    inputs: bytes | memoryview,
 ) -> bytes:
     """An alike chunk: ``static`` is the records' shared fields (encoded, no braces),
     ``header`` the digest's header of the input, ``times`` and ``labels`` JSON arrays
