@@ -527,6 +527,7 @@ class PredictionLog:
                 )
                 self._process = None
                 process.close(within_s=1.0)
+                self._segments.removed_segments += process.removed_segments
         self._segments.append([lines_of(chunk) for chunk in chunks])
 
     def _writer_process(self) -> WriterProcess | None:
