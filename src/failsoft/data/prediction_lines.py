@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 
 from failsoft.data.prediction_index import IndexRow, Predicted, index_row, kept_form
-from failsoft.data.prediction_packed import LINE, pack_alike, pack_lines
+from failsoft.data.prediction_packed import DEGRADED, LINE, pack_alike, pack_lines
 from failsoft.data.prediction_record import (
     Pending,
     RecordMaker,
@@ -41,7 +41,6 @@ log = logging.getLogger("failsoft.predictions")
 
 UNSAFE_BYTES = bytes(range(32)) + b'"\\'  # what a JSON string must escape
 MAX_SHAPES = 4096
-DEGRADED = {False: b"false", True: b"true"}
 
 # (model, asked, served version, served by) under one configuration -> what a plain
 # record of such an answer takes from it: the configuration (to tell a new one that
@@ -186,7 +185,7 @@ class ChunkEncoder:
             quoted,  # type: ignore[arg-type]  # no None: checked above
             times,
             degraded,
-            list(_extras(tenants, revisions)),
+            _extras(tenants, revisions),
             orjson.dumps(values)[1:-1],
             np.concatenate(arrays).data,  # its buffer: no copy before the one into the chunk
         )

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 import orjson
 
 from failsoft.data.prediction_record import _checks
 
-__all__ = ["ALIKE", "LINE", "LINES", "count_of", "lines_of", "pack_alike", "pack_lines"]
+__all__ = ["ALIKE", "DEGRADED", "LINE", "LINES", "count_of", "lines_of", "pack_alike", "pack_lines"]
 
 LINES: Final = b"L"
 ALIKE: Final = b"A"
@@ -43,7 +43,7 @@ LINE: Final = (
     + b'%b,"input_digest":"%b","rows":%d%b}'
 )
 LINE_ONE_LABEL: Final = LINE.replace(b"%b}", b',"prediction":[%d],"kind":"classification"}')
-_DEGRADED = (b"false", b"true")
+DEGRADED: Final = (b"false", b"true")  # by the flag (bool or 0/1)
 
 
 def pack_lines(lines: list[bytes]) -> bytes:
@@ -59,7 +59,7 @@ def pack_alike(
     quoted_ids: Sequence[bytes],
     times: bytes,
     degraded: Sequence[bool],
-    extras: Sequence[bytes],
+    extras: Iterable[bytes],
     labels: bytes,
     inputs: bytes | memoryview,
 ) -> bytes:
@@ -110,7 +110,7 @@ def lines_of(chunk: bytes) -> bytes:
         hasher.update(inputs[index * width : (index + 1) * width])
         digests.append(hasher.hexdigest().encode())
     lines = [
-        LINE_ONE_LABEL % (request_id, when, static, _DEGRADED[flag], extra, digest, rows, label)
+        LINE_ONE_LABEL % (request_id, when, static, DEGRADED[flag], extra, digest, rows, label)
         for request_id, when, flag, extra, digest, label in zip(
             ids.split(b"\0"),
             times.split(b","),
