@@ -58,12 +58,10 @@ class WriterProcess:
 
     def __init__(self, directory: Path, options: Any) -> None:
         settings = {name: getattr(options, name) for name in SEGMENT_OPTIONS}
-        root = str(Path(__file__).resolve().parents[2])  # failsoft's own import path
-        path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+        # Started as the gateway's workers are: this interpreter, this environment.
         command = [sys.executable, "-m", __name__, str(directory), json.dumps(settings)]
         self._process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
         )
         assert self._process.stdin is not None
         assert self._process.stdout is not None
