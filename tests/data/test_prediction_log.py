@@ -22,6 +22,7 @@ from failsoft.data.prediction_log import (
     YIELD_EVERY,
     PredictionLog,
     Tally,
+    _answers,
     find_records,
     segment_files,
 )
@@ -486,3 +487,17 @@ async def test_under_steady_load_chunks_are_full_and_writes_are_not_put_off(
     await log.stop()
     log.close()
     assert log.written == logged_count
+
+
+def test_the_answers_a_chunk_names_are_found_whether_one_or_many() -> None:
+    made = config()
+    alike = [item(made, f"r{n}") for n in range(64)]
+    assert _answers(alike) == {(0, "m", "v1", "v1", "m/v1/r0")}
+    mixed = [*alike[:10], item(made, "other", served_by="m/v1/r1"), *alike[10:]]
+    mixed.append(item(made, "later", key=7))
+    assert _answers(mixed) == {
+        (0, "m", "v1", "v1", "m/v1/r0"),
+        (0, "m", "v1", "v1", "m/v1/r1"),
+        (7, "m", "v1", "v1", "m/v1/r0"),
+    }
+    assert _answers([]) == set()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,11 @@ class Predicted:
         if not rows:
             return
         for column, values in zip(self.columns(), zip(*rows, strict=True), strict=True):
+            column.extend(values)
+
+    def extend_columns(self, *columns: Sequence[Any]) -> None:
+        """Add predictions given column by column (in the order of ``IndexRow``)."""
+        for column, values in zip(self.columns(), columns, strict=True):
             column.extend(values)
 
     def append_record(self, record: dict[str, Any]) -> None:

@@ -177,7 +177,7 @@ class ChunkEncoder:
             return None
         if label_dtype.kind not in "iu" or label_shape != (1,):
             return None
-        values = np.concatenate(labels).tolist()
+        values = np.frombuffer(_joined_bytes(labels), label_dtype).tolist()
         packed = pack_alike(
             static,
             _header(names[0], arrays[0]),
@@ -187,24 +187,12 @@ class ChunkEncoder:
             degraded,
             _extras(tenants, revisions),
             orjson.dumps(values)[1:-1],
-            np.concatenate(arrays).data,  # its buffer: no copy before the one into the chunk
+            _joined_bytes(arrays),
         )
-        same = itertools.repeat
-        predicted.extend(
-            list(
-                zip(
-                    ids,
-                    models,
-                    same(version, count),
-                    tenants,
-                    whens,
-                    values,
-                    same(None, count),
-                    same(CLASSIFICATION, count),
-                    strict=True,
-                )
-            )
-        )
+        predicted.extend_columns(
+            ids, models, [version] * count, tenants, whens, values, [None] * count,
+            [CLASSIFICATION] * count,
+        )  # fmt: skip
         return packed
 
     def _shape(
@@ -249,6 +237,17 @@ class ChunkEncoder:
         if row is not None:
             indexed.append(row)
         return line
+
+
+def _joined_bytes(arrays: Sequence[np.ndarray]) -> bytes | memoryview:
+    """The bytes of arrays of one dtype and shape back to back, laid out as
+    ``np.concatenate`` lays them out: joined through the buffer protocol, about 50 ns an
+    array where ``np.concatenate`` takes 200 (it checks and converts each one, and the
+    caller has checked them already); concatenated when one is not C-contiguous."""
+    try:
+        return b"".join(arrays)  # type: ignore[arg-type]  # ndarrays are buffers
+    except TypeError:
+        return np.concatenate(arrays).data
 
 
 def _uniform(values: Sequence[Any]) -> bool:

@@ -85,6 +85,20 @@ MAX_TRAILS = 10_000  # requests with events not yet taken by ``record``
 TRAIL_EVENTS = (AttemptFailed, PoisonDetected, RetryDenied, FallbackTierFailed, FallbackUsed)
 Consumer = Callable[[Predicted], None]
 ANSWERED_BY = operator.itemgetter(7, 3, 4, 8, 9)  # configuration, model, asked, served by
+ANSWER_FIELDS = tuple(map(operator.itemgetter, (7, 3, 4, 8, 9)))
+
+
+def _answers(items: list[Pending]) -> set[tuple[Any, ...]]:
+    """The distinct ``ANSWERED_BY`` of ``items``. Nearly always one: checked field by field
+    (a pass in C each, identity first) before a tuple is made and hashed per item."""
+    count = len(items)
+    if not count:
+        return set()
+    for field in ANSWER_FIELDS:
+        values = list(map(field, items))
+        if values.count(values[0]) != count:
+            return set(map(ANSWERED_BY, items))
+    return {ANSWERED_BY(items[0])}
 
 
 def find_records(
@@ -446,7 +460,7 @@ class PredictionLog:
     async def _hash_artifacts(self, items: list[Pending]) -> None:
         """Have the artifacts these records name hashed on a worker thread if they are not
         yet: making a record on the event loop must never read a model file."""
-        answers = set(map(ANSWERED_BY, items))
+        answers = _answers(items)
         wanted: list[tuple[Any, str, str]] = []
         for key, model, asked, served_version, served_by in answers:
             config = self._configs.get(key)
