@@ -35,7 +35,7 @@ from failsoft.data.prediction_record import (
     lineage_digest,
 )
 
-__all__ = ["Chunk", "ChunkEncoder"]
+__all__ = ["Chunk", "ChunkEncoder", "uniform"]
 
 log = logging.getLogger("failsoft.predictions")
 
@@ -153,22 +153,22 @@ class ChunkEncoder:
             or not self._record_prediction
         ):
             return None
-        if not all(map(_uniform, (keys, models, asked, served_versions, served_bys))):
+        if not all(map(uniform, (keys, models, asked, served_versions, served_bys))):
             return None
         answer = (keys[0], models[0], asked[0], served_versions[0], served_bys[0])
         _, static, version, label, plain = self._shape(*answer, configs)
-        if not plain or not _uniform([len(parts) for parts in inputs]) or len(inputs[0]) != 2:
+        if not plain or not uniform([len(parts) for parts in inputs]) or len(inputs[0]) != 2:
             return None
         names = [parts[0] for parts in inputs]
         arrays = [parts[1] for parts in inputs]
         labels = [parts[1] for parts in outputs]
         if not (
-            _uniform(names)
-            and _uniform([parts[0] for parts in outputs])
-            and _uniform([array.dtype for array in arrays])
-            and _uniform([array.shape for array in arrays])
-            and _uniform([array.dtype for array in labels])
-            and _uniform([array.shape for array in labels])
+            uniform(names)
+            and uniform([parts[0] for parts in outputs])
+            and uniform([array.dtype for array in arrays])
+            and uniform([array.shape for array in arrays])
+            and uniform([array.dtype for array in labels])
+            and uniform([array.shape for array in labels])
         ):
             return None
         dtype, shape = arrays[0].dtype, arrays[0].shape
@@ -250,7 +250,7 @@ def _joined_bytes(arrays: Sequence[np.ndarray]) -> bytes | memoryview:
         return np.concatenate(arrays).data
 
 
-def _uniform(values: Sequence[Any]) -> bool:
+def uniform(values: Sequence[Any]) -> bool:
     """Whether every value equals the first (``count`` checks identity first, and a chunk's
     values are mostly the same object)."""
     return values.count(values[0]) == len(values)
@@ -258,7 +258,7 @@ def _uniform(values: Sequence[Any]) -> bool:
 
 def _extras(tenants: Sequence[str | None], revisions: Sequence[int]) -> Iterable[bytes]:
     """Each record's ``_extra``, made once per distinct (tenant, revision)."""
-    if _uniform(tenants) and _uniform(revisions):
+    if uniform(tenants) and uniform(revisions):
         return itertools.repeat(_extra(tenants[0], revisions[0]), len(tenants))
     pairs = list(zip(tenants, revisions, strict=True))
     made = {pair: _extra(*pair) for pair in set(pairs)}

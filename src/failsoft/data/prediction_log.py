@@ -60,7 +60,7 @@ import orjson
 
 from failsoft.data.doorbell import Doorbell
 from failsoft.data.prediction_index import Predicted
-from failsoft.data.prediction_lines import ChunkEncoder
+from failsoft.data.prediction_lines import ChunkEncoder, uniform
 from failsoft.data.prediction_options import PredictionLogOptions
 from failsoft.data.prediction_packed import count_of, lines_of
 from failsoft.data.prediction_record import TRAIL, Pending, RecordMaker
@@ -84,21 +84,19 @@ STOP_WITHIN_S = 30.0  # for the writer's last batch at a stop
 MAX_TRAILS = 10_000  # requests with events not yet taken by ``record``
 TRAIL_EVENTS = (AttemptFailed, PoisonDetected, RetryDenied, FallbackTierFailed, FallbackUsed)
 Consumer = Callable[[Predicted], None]
-ANSWERED_BY = operator.itemgetter(7, 3, 4, 8, 9)  # configuration, model, asked, served by
-ANSWER_FIELDS = tuple(map(operator.itemgetter, (7, 3, 4, 8, 9)))
+ANSWER = (7, 3, 4, 8, 9)  # a Pending's configuration, model, asked, served version, served by
+ANSWERED_BY = operator.itemgetter(*ANSWER)
+ANSWER_FIELDS = tuple(map(operator.itemgetter, ANSWER))
 
 
 def _answers(items: list[Pending]) -> set[tuple[Any, ...]]:
     """The distinct ``ANSWERED_BY`` of ``items``. Nearly always one: checked field by field
     (a pass in C each, identity first) before a tuple is made and hashed per item."""
-    count = len(items)
-    if not count:
+    if not items:
         return set()
-    for field in ANSWER_FIELDS:
-        values = list(map(field, items))
-        if values.count(values[0]) != count:
-            return set(map(ANSWERED_BY, items))
-    return {ANSWERED_BY(items[0])}
+    if all(uniform(list(map(field, items))) for field in ANSWER_FIELDS):
+        return {ANSWERED_BY(items[0])}
+    return set(map(ANSWERED_BY, items))
 
 
 def find_records(
