@@ -154,6 +154,21 @@ def test_the_queue_is_bounded_and_drops_are_counted(demo_dir: Path) -> None:
     assert drift.flush() == 2
 
 
+def test_answers_queued_before_a_live_change_go_to_the_monitors_they_were_offered_for(
+    demo_dir: Path,
+) -> None:
+    drift = service(demo_dir, ManualClock(), [])
+    monitor = drift.monitors[("iris", "v1")]
+    for i in range(10):
+        drift.offer("iris", "v1", {"features": ROWS[i : i + 1]}, fake_outputs(ROWS[i : i + 1]))
+    assert drift.snapshot()["queued"] == 10
+    drift.configure(load_config(demo_dir / CONFIG_NAME).models, strict=False)
+    assert monitor.rows == 10
+    assert drift.monitors[("iris", "v1")] is monitor  # same profile: its windows go on
+    assert drift.snapshot()["queued"] == 0
+    assert drift.flush() == 0
+
+
 async def test_the_service_sketches_and_judges_on_its_clock(demo_dir: Path) -> None:
     clock = ManualClock()
     events: list[Event] = []

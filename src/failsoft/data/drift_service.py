@@ -1,14 +1,15 @@
 """Drift on the gateway: answers queued from the request path, sketched in batches.
 
 The request path calls ``offer`` with a request's inputs and the answer's
-outputs: one dictionary lookup and an append to a bounded deque, never a
+outputs: two dictionary lookups and the rows of the tensors the profile reads
+appended to its model version's buffers (``data/drift_queue.py``), never a
 sketch update. When the queue is full the answer is dropped and counted
 (``failsoft_drift_dropped_total``): serving never waits for drift. A task on
 the event loop wakes every ``flush_every_s`` (on the injected clock), takes
-everything queued, concatenates it per model version and updates the
-sketches in one call per column and window; every ``evaluate_every_s`` it
-judges the windows (``data/drift.py``), which emits ``DriftDetected`` /
-``DriftCleared`` on the event bus.
+what each model version has joined and updates the sketches in one call per
+column and window; every ``evaluate_every_s`` it judges the windows
+(``data/drift.py``), which emits ``DriftDetected`` / ``DriftCleared`` on the
+event bus.
 
 Profiles come from ``models.NAME.drift.profile`` (or ``profiles`` per
 version). ``configure`` loads and checks them: a profile of another model,
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from failsoft.clock import Clock
 from failsoft.data.drift import STATUS_VALUES, DriftMonitor
 from failsoft.data.drift_options import DriftOptions
+from failsoft.data.drift_queue import PendingAnswers
 from failsoft.data.profiles import Profile, ProfileError, check_fits
 from failsoft.observe.events import EventBus
 
@@ -41,7 +42,6 @@ __all__ = ["DriftService", "profile_problems"]
 log = logging.getLogger("failsoft.drift")
 
 Tensors = Mapping[str, np.ndarray]
-_Item = tuple[str, str, Tensors, Tensors | None]
 
 
 class DriftService:
@@ -49,9 +49,9 @@ class DriftService:
         self._bus = bus
         self._clock = clock
         self.monitors: dict[tuple[str, str], DriftMonitor] = {}
-        self._watched: dict[str, frozenset[str]] = {}  # model -> versions with a monitor
+        self._pending: dict[str, dict[str, PendingAnswers]] = {}  # model -> version -> answers
         self._options: dict[str, DriftOptions] = {}
-        self._queue: deque[_Item] = deque()
+        self._queued = 0
         self._capacity = 0
         self._row_capacity = 0
         self._rows_queued = 0
@@ -66,6 +66,7 @@ class DriftService:
     def configure(self, models: Mapping[str, Any], *, strict: bool) -> None:
         """Monitors for every version with a profile; ProfileError (strict) or a problem
         noted per model (not strict) when a profile cannot be used."""
+        self.flush()  # what is queued goes to the monitors it was offered for
         monitors: dict[tuple[str, str], DriftMonitor] = {}
         options_by_model: dict[str, DriftOptions] = {}
         problems: dict[str, str] = {}
@@ -87,9 +88,10 @@ class DriftService:
         self.monitors = monitors
         self._options = options_by_model
         self.problems = problems
-        self._watched = {
-            model: frozenset(v for m, v in monitors if m == model) for model, _ in monitors
-        }
+        pending: dict[str, dict[str, PendingAnswers]] = {}
+        for (model, version), monitor in monitors.items():
+            pending.setdefault(model, {})[version] = _pending_for(monitor)
+        self._pending = pending
         self._capacity = max((o.queue for o in options_by_model.values()), default=0)
         self._row_capacity = max((o.queue_rows for o in options_by_model.values()), default=0)
 
@@ -116,17 +118,20 @@ class DriftService:
 
     def offer(self, model: str, version: str, inputs: Tensors, outputs: Tensors | None) -> None:
         """Queue one answer for sketching; never blocks, drops (counted) when full."""
-        versions = self._watched.get(model)
-        if versions is None or version not in versions:
+        versions = self._pending.get(model)
+        if versions is None:
             return
-        queue = self._queue
+        pending = versions.get(version)
+        if pending is None:
+            return
         first = next(iter(inputs.values()), None)
         rows = len(first) if first is not None and first.ndim else 1
-        if len(queue) >= self._capacity or self._rows_queued + rows > self._row_capacity:
+        if self._queued >= self._capacity or self._rows_queued + rows > self._row_capacity:
             self.dropped[model] = self.dropped.get(model, 0) + 1
             return
+        self._queued += 1
         self._rows_queued += rows
-        queue.append((model, version, inputs, outputs))
+        pending.add(inputs, outputs)
 
     # -- off the request path ----------------------------------------------------
 
@@ -157,27 +162,22 @@ class DriftService:
 
     def flush(self) -> int:
         """Sketch everything queued; how many answers were taken."""
-        queue = self._queue
-        taken = len(queue)
+        taken = self._queued
         if not taken:
             return 0
-        grouped: dict[tuple[str, str], list[_Item]] = {}
-        for _ in range(taken):
-            item = queue.popleft()
-            grouped.setdefault((item[0], item[1]), []).append(item)
-        self._rows_queued = 0
+        self._queued = self._rows_queued = 0
         now = self._clock.now()
-        for key, items in grouped.items():
-            monitor = self.monitors.get(key)
-            if monitor is None:
-                continue
-            inputs = _concatenate([item[2] for item in items])
-            outputs = _concatenate([item[3] for item in items if item[3] is not None])
-            if inputs is None:
-                monitor.unusable += len(items)
-                continue
-            monitor.update(inputs, outputs, now)
-            self.sketched[key] = self.sketched.get(key, 0) + len(items)
+        for model, versions in self._pending.items():
+            for version, pending in versions.items():
+                if not pending.answers:
+                    continue
+                versions[version] = pending.fresh()
+                monitor = self.monitors[(model, version)]
+                monitor.unusable += pending.unlike
+                inputs, outputs = pending.tensors()
+                monitor.update(inputs, outputs, now)
+                key = (model, version)
+                self.sketched[key] = self.sketched.get(key, 0) + pending.answers
         return taken
 
     def evaluate(self) -> None:
@@ -216,7 +216,7 @@ class DriftService:
         for name, problem in self.problems.items():
             if model is None or name == model:
                 models.setdefault(name, {"versions": {}})["problem"] = problem
-        return {"models": models, "queued": len(self._queue)}
+        return {"models": models, "queued": self._queued}
 
     def collect(self) -> Iterator[Metric]:
         """Prometheus families (registered with the gateway's metrics registry)."""
@@ -309,20 +309,8 @@ def _load(path: Path) -> Profile:
     return found
 
 
-def _concatenate(batches: list[Tensors]) -> dict[str, np.ndarray] | None:
-    """One tensor per name, rows of every batch in order; None when they do not stack."""
-    if not batches:
-        return None
-    if len(batches) == 1:
-        return dict(batches[0])
-    names = batches[0].keys()
-    try:
-        return {name: np.concatenate([batch[name] for batch in batches]) for name in names}
-    except (KeyError, ValueError):
-        # Requests of different widths (a contract allows -1): keep those like the first.
-        first = {name: batches[0][name].shape[1:] for name in names}
-        alike = [b for b in batches if all(b[n].shape[1:] == first[n] for n in names if n in b)]
-        alike = [b for b in alike if set(b) >= set(names)]
-        if not alike:
-            return None
-        return {name: np.concatenate([batch[name] for batch in alike]) for name in names}
+def _pending_for(monitor: DriftMonitor) -> PendingAnswers:
+    """The queue of a monitor: the tensors its input and output columns read."""
+    inputs = monitor.columns[: len(monitor.profile.inputs)]
+    outputs = monitor.columns[len(monitor.profile.inputs) :]
+    return PendingAnswers((c.column.tensor for c in inputs), (c.column.tensor for c in outputs))
