@@ -21,7 +21,8 @@ concatenated at the batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -33,25 +34,18 @@ Tensors = Mapping[str, np.ndarray]
 class JoinedTensor:
     """One tensor's rows from many answers, in the order they came."""
 
-    __slots__ = ("_data", "_parts", "dtype", "trailing")
+    __slots__ = ("_data", "_parts", "dtype", "extend", "trailing")
 
     def __init__(self, first: np.ndarray) -> None:
         self.dtype = first.dtype
         self.trailing: tuple[int, ...] = first.shape[1:]
         self._data = bytearray()
         self._parts: list[np.ndarray] | None = [] if first.dtype.hasobject else None
-
-    def fits(self, array: np.ndarray) -> bool:
-        return array.dtype == self.dtype and array.shape[1:] == self.trailing
-
-    def add(self, array: np.ndarray) -> None:
-        if self._parts is not None:
-            self._parts.append(array)
-            return
-        try:
-            self._data.extend(array)  # its bytes, when it is one C-contiguous block
-        except (BufferError, TypeError):  # not contiguous
-            self._data.extend(array.tobytes())
+        # An array's bytes when it is one C-contiguous block (else TypeError or
+        # BufferError: see ``_join``); arrays of objects are kept as they are.
+        self.extend: Callable[[Any], None] = (
+            self._data.extend if self._parts is None else self._parts.append
+        )
 
     def array(self) -> np.ndarray:
         if self._parts is not None:
@@ -95,7 +89,8 @@ class PendingAnswers:
 
 def _join(joined: dict[str, JoinedTensor], tensors: Tensors, names: tuple[str, ...]) -> bool:
     """Append each tensor named; False when one was left out for being unlike the first.
-    A tensor the answer lacks is skipped, as its columns are by the sketches."""
+    A tensor the answer lacks is skipped, as its columns are by the sketches. (On the
+    request path, so written out rather than in calls per tensor.)"""
     whole = True
     for name in names:
         array = tensors.get(name)
@@ -104,8 +99,13 @@ def _join(joined: dict[str, JoinedTensor], tensors: Tensors, names: tuple[str, .
         tensor = joined.get(name)
         if tensor is None:
             tensor = joined[name] = JoinedTensor(array)
-        elif not tensor.fits(array):
+        elif array.shape[1:] != tensor.trailing or (
+            array.dtype is not tensor.dtype and array.dtype != tensor.dtype
+        ):
             whole = False
             continue
-        tensor.add(array)
+        try:
+            tensor.extend(array)
+        except (BufferError, TypeError):  # not one contiguous block
+            tensor.extend(array.tobytes())
     return whole
