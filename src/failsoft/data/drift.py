@@ -303,7 +303,7 @@ class DriftMonitor:
         self.drifting: dict[str, bool] = {window.name: False for window in options.windows}
         self.reports: dict[str, WindowReport] = {}
         self.rows = 0
-        self.unusable = 0  # batches whose tensors did not fit the profile's columns
+        self.unusable = 0  # batches that fit no column, answers with a tensor unlike their batch's
 
     def update(
         self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray] | None, now: float
