@@ -8,7 +8,8 @@ interleaved rounds (wrk -t1 -c16, or the Python load driver) and reads the
 CPU times of every thread of each gateway and of its child processes (the
 log's writer) from /proc before and after. Prints per variant the requests a
 second and the microseconds of CPU a request: the event loop's thread (user,
-system), the gateway's other threads, its children; then the ratios to `off`
+system), the gateway's other threads, its children; the loop's thread's minor
+page faults a request; then the ratios to `off`
 measured in the same run, for CPU a request (off/variant: what a gateway
 bound by its loop's thread would keep) and for throughput (variant/off).
 
@@ -45,7 +46,7 @@ VARIANTS = {  # name: (drift, prediction log)
 }
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
-Times = dict[tuple[int, int], tuple[int, int]]  # (pid, tid) -> (user, system) ticks
+Times = dict[tuple[int, int], tuple[int, int, int]]  # (pid, tid) -> user, system ticks; faults
 
 
 @dataclass
@@ -74,7 +75,7 @@ def thread_times(pid: int) -> Times:
             except OSError:
                 continue  # ended meanwhile
             fields = stat[stat.rindex(")") + 2 :].split()
-            times[(process, tid)] = (int(fields[11]), int(fields[12]))
+            times[(process, tid)] = (int(fields[11]), int(fields[12]), int(fields[7]))
     return times
 
 
@@ -87,14 +88,16 @@ def _tasks(pid: int) -> list[int]:
 
 def per_request(variant: Variant, after: Times) -> dict[str, float]:
     """Microseconds of CPU a request: the loop's thread (user, system), other threads,
-    children."""
+    children; and the loop's thread's minor page faults a request."""
     pid = variant.server.process.pid
     parts = {"loop user": 0.0, "loop sys": 0.0, "threads": 0.0, "children": 0.0}
-    for key, (user, system) in after.items():
-        user0, system0 = variant.before.get(key, (0, 0))
+    faults = 0
+    for key, (user, system, minor) in after.items():
+        user0, system0, minor0 = variant.before.get(key, (0, 0, 0))
         spent_user, spent_system = (user - user0) * TICK_S, (system - system0) * TICK_S
         process, tid = key
         if process == pid and tid == pid:
+            faults = minor - minor0
             parts["loop user"] += spent_user
             parts["loop sys"] += spent_system
         elif process == pid:
@@ -102,7 +105,8 @@ def per_request(variant: Variant, after: Times) -> dict[str, float]:
         else:
             parts["children"] += spent_user + spent_system
     requests = max(variant.requests, 1)
-    return {name: seconds / requests * 1e6 for name, seconds in parts.items()}
+    costs = {name: seconds / requests * 1e6 for name, seconds in parts.items()}
+    return costs | {"faults": faults / requests}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,18 +186,23 @@ def report(
         f"{args.duration:g} s; microseconds of CPU a request"
     )
     header = ["variant", "req/s", "loop user", "loop sys", "threads", "children", "total"]
-    print("".join(f"{h:>11}" for h in header) + "   cpu ratio   req/s ratio")
+    print("".join(f"{h:>11}" for h in header) + "   cpu ratio   req/s ratio   faults")
     off = variants[0]
-    off_total = sum(costs["off"].values())
+    off_total = _total(costs["off"])
     off_rps = off.requests / off.seconds
     for variant in variants:
         cost = costs[variant.name]
-        total = sum(cost.values())
+        total = _total(cost)
         rps = variant.requests / variant.seconds
         cells = [f"{variant.name:>11}", f"{rps:>11,.0f}"]
         cells += [f"{cost[part]:>11.1f}" for part in ("loop user", "loop sys", "threads")]
         cells += [f"{cost['children']:>11.1f}", f"{total:>11.1f}"]
-        print("".join(cells) + f"   {off_total / total:>9.3f}   {rps / off_rps:>11.3f}")
+        ratios = f"   {off_total / total:>9.3f}   {rps / off_rps:>11.3f}"
+        print("".join(cells) + ratios + f"   {cost['faults']:>6.3f}")
+
+
+def _total(cost: dict[str, float]) -> float:
+    return sum(value for name, value in cost.items() if name != "faults")
 
 
 if __name__ == "__main__":
