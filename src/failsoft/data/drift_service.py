@@ -172,11 +172,11 @@ class DriftService:
                 if not pending.answers:
                     continue
                 versions[version] = pending.fresh()
-                monitor = self.monitors[(model, version)]
+                key = (model, version)
+                monitor = self.monitors[key]
                 monitor.unusable += pending.unlike
                 inputs, outputs = pending.tensors()
                 monitor.update(inputs, outputs, now)
-                key = (model, version)
                 self.sketched[key] = self.sketched.get(key, 0) + pending.answers
         return taken
 

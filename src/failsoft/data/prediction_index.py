@@ -102,10 +102,8 @@ class Predicted:
         return len(self.request_ids)
 
     def extend(self, rows: list[IndexRow]) -> None:
-        if not rows:
-            return
-        for column, values in zip(self.columns(), zip(*rows, strict=True), strict=True):
-            column.extend(values)
+        if rows:
+            self.extend_columns(*zip(*rows, strict=True))
 
     def extend_columns(self, *columns: Sequence[Any]) -> None:
         """Add predictions given column by column (in the order of ``IndexRow``)."""
